@@ -1,0 +1,106 @@
+"""The `failovervm` command line (also installed as the kubectl plugin `kubectl-failovervm`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from failovervm.errors import FailoverVMError
+
+
+def _sandbox_opts(args: argparse.Namespace) -> object:
+    from failovervm.sandbox.manager import Options
+
+    return Options(
+        state_dir=Path(args.state_dir),
+        images_dir=Path(getattr(args, "images_dir", None) or Path(args.state_dir) / "images"),
+        nodes=getattr(args, "nodes", 2),
+        vfs_per_node=getattr(args, "vfs_per_node", 8),
+        address_base=getattr(args, "address_base", "127.0.0.10"),
+        bridge=getattr(args, "bridge", "fvmsbr0"),
+        operator=not getattr(args, "no_operator", False),
+    )
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from failovervm.sandbox import manager
+
+    opts = _sandbox_opts(args)
+    assert isinstance(opts, manager.Options)
+    if args.action == "up":
+        state = manager.up(opts)
+        print(f"export KUBECONFIG={state.kubeconfig}")
+        return 0
+    if args.action == "down":
+        manager.down(opts)
+        return 0
+    if args.action == "status":
+        st = manager.status(opts)
+        if args.output == "json":
+            print(json.dumps(st, indent=2))
+        else:
+            if not st["components"]:
+                print(f"no sandbox in {st['state_dir']}")
+                return 1
+            print(f"state: {st['state_dir']}   kubeconfig: {st['kubeconfig']}   accel: {st['accel']} "
+                  f"({st['accel_detail']})")
+            print(f"{'COMPONENT':34} {'PID':>8} {'STATE':8} {'RSS(MiB)':>9}  DETAIL")
+            for r in st["components"]:
+                state_word = "ok" if r["ok"] else ("running" if r["running"] else "DOWN")
+                print(f"{r['component']:34} {r['pid'] or '-':>8} {state_word:8} {r['rss_mib']:>9}  {r['detail']}")
+            print(f"total RSS (incl. QEMU): {st['total_rss_mib']} MiB")
+        return 0 if st["ok"] else 1
+    if args.action == "heartbeat":
+        from failovervm.sandbox import nodes
+
+        state = manager.State(opts.state_dir.resolve())
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        version = state.data.get("versions", {}).get("KUBERNETES_VERSION", "v0.0.0")
+        nodes.heartbeat(str(state.kubeconfig), state.sandbox_nodes(), version)
+        return 0
+    raise AssertionError(args.action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
+
+    p = argparse.ArgumentParser(prog="failovervm", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sb = sub.add_parser("sandbox", help="local cluster: etcd + kube-apiserver + libvirt/QEMU nodes")
+    sbs = sb.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                        help=f"where the sandbox keeps its state (default {DEFAULT_STATE_DIR})")
+    up = sbs.add_parser("up", parents=[common], help="start the sandbox (idempotent)")
+    up.add_argument("--nodes", type=int, default=2, help="number of libvirt nodes (default 2)")
+    up.add_argument("--vfs-per-node", type=int, default=8, help="simulated SR-IOV VFs per node (default 8)")
+    up.add_argument("--images-dir", default=None,
+                    help="shared image directory (stands in for NFS/Ceph); default <state-dir>/images")
+    up.add_argument("--address-base", default="127.0.0.10",
+                    help="node N's libvirtd listens on this loopback address + N (default 127.0.0.10)")
+    up.add_argument("--bridge", default="fvmsbr0", help="Linux bridge for the virtio standby NICs")
+    up.add_argument("--no-operator", action="store_true", help="do not start the operator processes")
+    sbs.add_parser("down", parents=[common], help="stop everything `up` started and remove its state")
+    st = sbs.add_parser("status", parents=[common], help="report each component")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    sbs.add_parser("heartbeat", parents=[common], help=argparse.SUPPRESS)
+    sb.set_defaults(func=cmd_sandbox)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FailoverVMError as exc:
+        print(f"failovervm: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

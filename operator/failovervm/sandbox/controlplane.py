@@ -1,0 +1,211 @@
+"""etcd, kube-apiserver and kube-controller-manager for the sandbox, bound to loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from failovervm.errors import SandboxError
+from failovervm.sandbox import pki, procs
+
+SERVICE_CIDR = "10.96.0.0/24"
+SERVICE_IP = "10.96.0.1"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class ControlPlanePaths:
+    root: Path
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "pki"
+
+    @property
+    def etcd_data(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def kcm_kubeconfig(self) -> Path:
+        return self.root / "pki" / "kube-controller-manager.kubeconfig"
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> None:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "failovervm-sandbox", "cluster": {"server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": {"client-certificate": str(cert), "client-key": str(key)}}],
+        "contexts": [{"name": "failovervm-sandbox", "context": {"cluster": "failovervm-sandbox", "user": user}}],
+        "current-context": "failovervm-sandbox",
+    }
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.chmod(0o600)
+
+
+def generate_pki(paths: ControlPlanePaths) -> None:
+    """Create the CA, serving and client certificates and ServiceAccount keys (once)."""
+    d = paths.pki
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "ca.crt").exists() and (d / "sa.key").exists() and (d / "admin.crt").exists():
+        return
+    ca = pki.make_ca(d)
+    pki.issue(
+        ca, d, "apiserver", "kube-apiserver", server=True,
+        dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                   "kubernetes.default.svc.cluster.local"),
+        ip_addresses=("127.0.0.1", SERVICE_IP),
+    )
+    pki.issue(ca, d, "admin", "sandbox-admin", org="system:masters", client=True)
+    pki.issue(ca, d, "kube-controller-manager", "system:kube-controller-manager", client=True)
+    pki.make_service_account_keys(d)
+
+
+def _ssl_context(paths: ControlPlanePaths) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(paths.pki / "ca.crt"))
+    ctx.load_cert_chain(str(paths.pki / "admin.crt"), str(paths.pki / "admin.key"))
+    return ctx
+
+
+def wait_http(url: str, timeout: float, ctx: ssl.SSLContext | None = None, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=3, context=ctx) as resp:  # noqa: S310 - loopback URL we built
+                if resp.status == 200:
+                    return
+                last = f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = str(exc)
+        time.sleep(0.3)
+    raise SandboxError(f"{what or url} did not become ready within {timeout:.0f}s: {last}")
+
+
+def start_etcd(binary: Path, paths: ControlPlanePaths, client_port: int, peer_port: int) -> int:
+    paths.etcd_data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(binary),
+        "--name=sandbox",
+        f"--data-dir={paths.etcd_data}",
+        f"--listen-client-urls=http://127.0.0.1:{client_port}",
+        f"--advertise-client-urls=http://127.0.0.1:{client_port}",
+        f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+        f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+        f"--initial-cluster=sandbox=http://127.0.0.1:{peer_port}",
+        "--listen-metrics-urls=",
+        "--quota-backend-bytes=2147483648",
+        "--unsafe-no-fsync",  # a throwaway sandbox: trade durability for speed on slow disks
+        "--log-level=warn",
+    ]
+    pid = procs.spawn(argv, paths.logs / "etcd.log")
+    wait_http(f"http://127.0.0.1:{client_port}/health", 30, what="etcd")
+    return pid
+
+
+def start_apiserver(binary: Path, paths: ControlPlanePaths, port: int, etcd_port: int) -> int:
+    d = paths.pki
+    argv = [
+        str(binary),
+        f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={d / 'apiserver.crt'}",
+        f"--tls-private-key-file={d / 'apiserver.key'}",
+        f"--client-ca-file={d / 'ca.crt'}",
+        f"--service-account-key-file={d / 'sa.pub'}",
+        f"--service-account-signing-key-file={d / 'sa.key'}",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
+        "--authorization-mode=RBAC",
+        "--anonymous-auth=false",
+        "--allow-privileged=true",
+        "--enable-admission-plugins=NodeRestriction",
+        "--profiling=false",
+        "--endpoint-reconciler-type=none",
+        "--v=1",
+    ]
+    pid = procs.spawn(argv, paths.logs / "kube-apiserver.log")
+    wait_http(f"https://127.0.0.1:{port}/readyz", 120, _ssl_context(paths), what="kube-apiserver")
+    return pid
+
+
+KCM_CONTROLLERS = (
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+    "node-lifecycle-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "daemonset-controller",
+    "job-controller",
+    "ttl-after-finished-controller",
+)
+
+
+def start_controller_manager(binary: Path, paths: ControlPlanePaths, server: str) -> int:
+    d = paths.pki
+    write_kubeconfig(
+        paths.kcm_kubeconfig, server, d / "ca.crt", d / "kube-controller-manager.crt",
+        d / "kube-controller-manager.key", "system:kube-controller-manager",
+    )
+    kc = str(paths.kcm_kubeconfig)
+    argv = [
+        str(binary),
+        f"--kubeconfig={kc}",
+        f"--authentication-kubeconfig={kc}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+        "--leader-elect=false",
+        "--use-service-account-credentials=true",
+        f"--service-account-private-key-file={d / 'sa.key'}",
+        f"--root-ca-file={d / 'ca.crt'}",
+        # Only what the sandbox relies on: owner-reference GC, namespace deletion, default
+        # ServiceAccounts, node health, RBAC aggregation and the workload controllers the
+        # Helm chart's objects use. No cloud or volume controllers: nothing backs them here.
+        "--controllers=" + ",".join(KCM_CONTROLLERS),
+        "--v=1",
+    ]
+    return procs.spawn(argv, paths.logs / "kube-controller-manager.log")
+
+
+def apiserver_version(paths: ControlPlanePaths, port: int) -> str:
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{port}/version", timeout=5, context=_ssl_context(paths)
+    ) as resp:
+        return str(json.load(resp)["gitVersion"])
+
+
+def apiserver_ready(paths: ControlPlanePaths, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{port}/readyz", timeout=3, context=_ssl_context(paths)
+        ) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False

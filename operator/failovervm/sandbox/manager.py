@@ -1,0 +1,336 @@
+"""`failovervm sandbox up|down|status`: orchestrates the sandbox's components.
+
+Every process is started detached, its PID recorded in <state-dir>/sandbox.json,
+and stopped by that PID. `up` is idempotent: components that still run are left
+alone, dead ones are restarted with the same ports and data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failovervm.errors import SandboxError
+from failovervm.sandbox import binaries, controlplane, images, libvirthost, procs, sriov
+from failovervm.sandbox.nodes import SandboxNode
+
+DEFAULT_STATE_DIR = Path("/var/lib/failovervm-sandbox")
+DEFAULT_IMAGES_DIR = DEFAULT_STATE_DIR / "images"
+STATE_FILE = "sandbox.json"
+
+
+@dataclass
+class Options:
+    state_dir: Path = DEFAULT_STATE_DIR
+    images_dir: Path = DEFAULT_IMAGES_DIR
+    nodes: int = 2
+    vfs_per_node: int = 8
+    address_base: str = "127.0.0.10"
+    node_cpu: str = "16"
+    node_memory: str = "16Gi"
+    bridge: str = "fvmsbr0"
+    operator: bool = True
+    quiet: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def say(opts: Options, msg: str) -> None:
+    if not opts.quiet:
+        print(f"[sandbox {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def node_name(i: int) -> str:
+    return f"sandbox-node-{i}"
+
+
+class State:
+    """The JSON record of what `up` started."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.path = state_dir / STATE_FILE
+        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        tmp.replace(self.path)
+
+    @property
+    def cp_paths(self) -> controlplane.ControlPlanePaths:
+        return controlplane.ControlPlanePaths(self.dir)
+
+    def hosts(self) -> list[libvirthost.LibvirtHost]:
+        return [
+            libvirthost.LibvirtHost(h["index"], h["address"], Path(h["root"]))
+            for h in self.data.get("libvirt", [])
+        ]
+
+    def sandbox_nodes(self) -> list[SandboxNode]:
+        return [
+            SandboxNode(
+                name=h["node"], address=h["address"], libvirt_uri=h["uri"], sysfs_root=h["sysfs_root"],
+                accel=self.data["accel"], cpu=self.data["node_cpu"], memory=self.data["node_memory"],
+            )
+            for h in self.data.get("libvirt", [])
+        ]
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cp_paths.admin_kubeconfig
+
+
+def _node_address(base: str, i: int) -> str:
+    return str(ipaddress.ip_address(base) + i)
+
+
+def _check_prereqs() -> None:
+    if os.geteuid() != 0:
+        raise SandboxError("the sandbox needs root (mount namespaces for libvirtd, QEMU as root); run with sudo")
+    for tool in ("unshare", "mount", "ip"):
+        if not shutil.which(tool):
+            raise SandboxError(f"{tool} not found in PATH (util-linux / iproute2)")
+    if not os.path.exists(libvirthost.LIBVIRTD):
+        raise SandboxError("libvirtd not found: run hack/install-deps.sh (Debian libvirt-daemon)")
+    try:
+        import pwd
+
+        pwd.getpwnam("libvirt-qemu")
+    except KeyError:
+        raise SandboxError("the libvirt-qemu user must exist (useradd -r libvirt-qemu)") from None
+
+
+def _ensure_component(
+    state: State, key: str, marker: str, start: Callable[[], int], opts: Options, label: str
+) -> None:
+    entry = state.data.setdefault(key, {})
+    if procs.alive(entry.get("pid"), marker):
+        say(opts, f"{label}: already running (pid {entry['pid']})")
+        return
+    t0 = time.monotonic()
+    entry["pid"] = start()
+    state.save()
+    say(opts, f"{label}: started (pid {entry['pid']}) in {time.monotonic() - t0:.1f}s")
+
+
+def _ensure_bridge(name: str) -> bool:
+    """Create the Linux bridge the virtio standby NICs attach to. True if created now."""
+    if Path(f"/sys/class/net/{name}").exists():
+        return False
+    subprocess.run(["ip", "link", "add", "name", name, "type", "bridge"], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+    return True
+
+
+def up(opts: Options) -> State:
+    _check_prereqs()
+    t_start = time.monotonic()
+    state_dir = opts.state_dir.resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state = State(state_dir)
+    d = state.data
+    if d.get("nodes") not in (None, opts.nodes) or d.get("vfs_per_node") not in (None, opts.vfs_per_node):
+        raise SandboxError(
+            f"a sandbox with {d['nodes']} nodes x {d['vfs_per_node']} VFs exists in {state_dir}; "
+            "run `failovervm sandbox down` first to change its shape"
+        )
+    accel_ok, accel_detail = libvirthost.kvm_usable()
+    d.update(
+        {
+            "nodes": opts.nodes, "vfs_per_node": opts.vfs_per_node, "node_cpu": opts.node_cpu,
+            "node_memory": opts.node_memory, "images_dir": str(opts.images_dir.resolve()),
+            "accel": "kvm" if accel_ok else "tcg", "accel_detail": accel_detail, "bridge": opts.bridge,
+            "versions": binaries.versions(),
+        }
+    )
+    d.setdefault("etcd", {}).setdefault("client_port", controlplane.free_port())
+    d["etcd"].setdefault("peer_port", controlplane.free_port())
+    d.setdefault("apiserver", {}).setdefault("port", controlplane.free_port())
+    state.save()
+
+    say(opts, "binaries: checking the pinned etcd, kube-apiserver and kube-controller-manager builds")
+    bins = binaries.ensure("etcd", "kube-apiserver", "kube-controller-manager")
+    paths = state.cp_paths
+    controlplane.generate_pki(paths)
+    api_port = d["apiserver"]["port"]
+    server = f"https://127.0.0.1:{api_port}"
+    controlplane.write_kubeconfig(
+        paths.admin_kubeconfig, server, paths.pki / "ca.crt", paths.pki / "admin.crt",
+        paths.pki / "admin.key", "sandbox-admin",
+    )
+    _ensure_component(
+        state, "etcd", "etcd",
+        lambda: controlplane.start_etcd(bins["etcd"], paths, d["etcd"]["client_port"], d["etcd"]["peer_port"]),
+        opts, "etcd",
+    )
+    _ensure_component(
+        state, "apiserver", "kube-apiserver",
+        lambda: controlplane.start_apiserver(bins["kube-apiserver"], paths, api_port, d["etcd"]["client_port"]),
+        opts, f"kube-apiserver ({server})",
+    )
+    if not controlplane.apiserver_ready(paths, api_port):
+        controlplane.wait_http(f"{server}/readyz", 60, controlplane._ssl_context(paths), what="kube-apiserver")
+    _ensure_component(
+        state, "controller_manager", "kube-controller-manager",
+        lambda: controlplane.start_controller_manager(bins["kube-controller-manager"], paths, server),
+        opts, "kube-controller-manager",
+    )
+
+    images.ensure_images(opts.images_dir)
+    if _ensure_bridge(opts.bridge):
+        d["bridge_created"] = True
+    hosts_state = d.setdefault("libvirt", [])
+    launched: list[tuple[libvirthost.LibvirtHost, int, float]] = []
+    for i in range(1, opts.nodes + 1):
+        if len(hosts_state) < i:
+            addr = _node_address(opts.address_base, i)
+            root = state_dir / "nodes" / node_name(i)
+            hosts_state.append(
+                {
+                    "index": i, "node": node_name(i), "address": addr, "root": str(root / "libvirt"),
+                    "uri": f"qemu+tcp://{addr}/system", "sysfs_root": str(root / "sysfs"),
+                }
+            )
+        entry = hosts_state[i - 1]
+        host = libvirthost.LibvirtHost(i, entry["address"], Path(entry["root"]))
+        if not (Path(entry["sysfs_root"]) / "SIMULATED").exists():
+            sriov.create(Path(entry["sysfs_root"]), opts.vfs_per_node, entry["node"])
+        libvirthost.prepare(host)
+        key = f"libvirt-{i}"
+        if procs.alive(d.get(key, {}).get("pid"), "libvirtd"):
+            say(opts, f"libvirtd {entry['node']}: already running (pid {d[key]['pid']})")
+            continue
+        # Start the first daemon alone when the capabilities cache is cold, so the
+        # others can start from its probe; then start the rest in parallel.
+        pid = libvirthost.launch(host)
+        d[key] = {"pid": pid}
+        entry["pid"] = pid
+        state.save()
+        launched.append((host, pid, time.monotonic()))
+        if not any(libvirthost.caps_cache().glob("*.xml")):
+            libvirthost.wait_ready(host, pid)
+            libvirthost.save_caps(host)
+    for host, pid, t0 in launched:
+        libvirthost.wait_ready(host, pid)
+        say(opts, f"libvirtd {node_name(host.index)} ({host.uri}, {d['accel']}): started (pid {pid}) "
+                  f"in {time.monotonic() - t0:.1f}s")
+
+    from kubernetes import client, config
+
+    config.load_kube_config(config_file=str(paths.admin_kubeconfig))
+    version = controlplane.apiserver_version(paths, api_port)
+    from failovervm.sandbox import nodes as nodes_mod
+
+    nodes_mod.register(client.CoreV1Api(), state.sandbox_nodes(), version)
+    say(opts, f"nodes: registered {', '.join(n.name for n in state.sandbox_nodes())}")
+    _ensure_component(
+        state, "heartbeat", "heartbeat",
+        lambda: procs.spawn(
+            [sys.executable, "-m", "failovervm.cli", "sandbox", "heartbeat", "--state-dir", str(state_dir)],
+            paths.logs / "heartbeat.log",
+        ),
+        opts, "node heartbeat",
+    )
+    if opts.operator:
+        from failovervm.sandbox import operator_procs
+
+        operator_procs.ensure(state, opts)
+    d["up_seconds"] = round(time.monotonic() - t_start, 1)
+    state.save()
+    say(opts, f"sandbox is up in {d['up_seconds']}s")
+    return state
+
+
+def down(opts: Options) -> None:
+    """Stop everything `up` started (by PID), destroy its domains and remove its state. Idempotent."""
+    state_dir = opts.state_dir.resolve()
+    state = State(state_dir)
+    d = state.data
+    if not d:
+        say(opts, f"no sandbox state in {state_dir}; nothing to stop")
+        if state_dir.exists() and state_dir != DEFAULT_STATE_DIR:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        return
+    from failovervm.sandbox import operator_procs
+
+    operator_procs.stop(state)
+    procs.stop(d.get("heartbeat", {}).get("pid"), "heartbeat")
+    for host in state.hosts():
+        libvirthost.stop(host, d.get(f"libvirt-{host.index}", {}).get("pid"))
+        say(opts, f"libvirtd node {host.index}: stopped")
+    for key, marker in (("controller_manager", "kube-controller-manager"), ("apiserver", "kube-apiserver"),
+                        ("etcd", "etcd")):
+        if procs.stop(d.get(key, {}).get("pid"), marker):
+            say(opts, f"{key}: stopped")
+    if d.get("bridge_created") and Path(f"/sys/class/net/{d['bridge']}").exists():
+        subprocess.run(["ip", "link", "del", d["bridge"]], check=False)
+    # Remove state but keep the shared image directory if it lives inside the state dir.
+    images_dir = Path(d.get("images_dir", ""))
+    for child in state_dir.iterdir():
+        if child.resolve() == images_dir.resolve():
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    say(opts, f"sandbox in {state_dir} is down")
+
+
+def status(opts: Options) -> dict[str, Any]:
+    """Per-component status; `ok` is True when every component runs."""
+    state = State(opts.state_dir.resolve())
+    d = state.data
+    rows: list[dict[str, Any]] = []
+    if not d:
+        return {"ok": False, "state_dir": str(state.dir), "components": [], "message": "no sandbox here"}
+
+    def row(name: str, pid: int | None, marker: str, detail: str, healthy: bool | None = None) -> None:
+        running = procs.alive(pid, marker)
+        ok = running if healthy is None else (running and healthy)
+        rows.append({"component": name, "pid": pid, "running": running, "ok": ok,
+                     "rss_mib": round(procs.rss_kib(pid) / 1024, 1) if running and pid else 0, "detail": detail})
+
+    paths = state.cp_paths
+    row("etcd", d.get("etcd", {}).get("pid"), "etcd", f"http://127.0.0.1:{d['etcd']['client_port']}")
+    api_port = d["apiserver"]["port"]
+    ready = controlplane.apiserver_ready(paths, api_port)
+    row("kube-apiserver", d["apiserver"].get("pid"), "kube-apiserver",
+        f"https://127.0.0.1:{api_port} {'ready' if ready else 'NOT ready'}", ready)
+    row("kube-controller-manager", d.get("controller_manager", {}).get("pid"), "kube-controller-manager", "")
+    row("heartbeat", d.get("heartbeat", {}).get("pid"), "heartbeat", f"{d['nodes']} nodes")
+    for host in state.hosts():
+        pid = d.get(f"libvirt-{host.index}", {}).get("pid")
+        try:
+            ndom = libvirthost.domain_count(host)
+            answering = True
+        except Exception:
+            ndom, answering = 0, False
+        qemu_rss = sum(procs.rss_kib(p) for p in libvirthost.qemu_pids(host)) / 1024
+        row(f"libvirtd {node_name(host.index)}", pid, "libvirtd",
+            f"{host.uri} accel={d['accel']} domains={ndom} qemu_rss={qemu_rss:.0f}MiB"
+            + ("" if answering else " NOT answering"), answering)
+    from failovervm.sandbox import operator_procs
+
+    rows.extend(operator_procs.status_rows(state))
+    total = sum(r["rss_mib"] for r in rows) + sum(
+        sum(procs.rss_kib(p) for p in libvirthost.qemu_pids(h)) / 1024 for h in state.hosts()
+    )
+    return {
+        "ok": all(r["ok"] for r in rows),
+        "state_dir": str(state.dir),
+        "kubeconfig": str(state.kubeconfig),
+        "accel": d.get("accel"),
+        "accel_detail": d.get("accel_detail"),
+        "components": rows,
+        "total_rss_mib": round(total, 1),
+    }

@@ -1,0 +1,175 @@
+"""Node objects for the sandbox, and the heartbeat a kubelet would otherwise keep.
+
+There is no kubelet in the sandbox. `register` creates one Node per libvirt host
+with Ready status, capacity and the standard labels; `heartbeat` (run as a
+background process by `sandbox up`) renews each node's Lease in kube-node-lease
+and refreshes its Ready condition, so kube-controller-manager's node lifecycle
+controller sees healthy nodes exactly as it would with kubelets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import platform
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from failovervm import labels
+
+log = logging.getLogger(__name__)
+LEASE_NS = "kube-node-lease"
+LEASE_SECONDS = 40
+
+
+@dataclass(frozen=True)
+class SandboxNode:
+    name: str
+    address: str
+    libvirt_uri: str
+    sysfs_root: str
+    accel: str
+    cpu: str
+    memory: str
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _arch() -> str:
+    m = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
+
+
+def _conditions(now: dt.datetime) -> list[dict[str, Any]]:
+    def cond(type_: str, status: str, reason: str, message: str) -> dict[str, Any]:
+        return {
+            "type": type_, "status": status, "reason": reason, "message": message,
+            "lastHeartbeatTime": now.isoformat(), "lastTransitionTime": now.isoformat(),
+        }
+
+    return [
+        cond("Ready", "True", "SandboxHeartbeat", "failovervm sandbox heartbeat is posting status"),
+        cond("MemoryPressure", "False", "SandboxHeartbeat", "no memory pressure"),
+        cond("DiskPressure", "False", "SandboxHeartbeat", "no disk pressure"),
+        cond("PIDPressure", "False", "SandboxHeartbeat", "no PID pressure"),
+    ]
+
+
+def node_manifest(node: SandboxNode) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": {
+                "kubernetes.io/hostname": node.name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": _arch(),
+                labels.SANDBOX_NODE: "true",
+            },
+            "annotations": {
+                labels.LIBVIRT_URI: node.libvirt_uri,
+                labels.SYSFS_ROOT: node.sysfs_root,
+                labels.ACCEL: node.accel,
+                labels.SIMULATED_VFS: "true",
+            },
+        },
+        "spec": {},
+    }
+
+
+def node_status(node: SandboxNode, k8s_version: str) -> dict[str, Any]:
+    now = _now()
+    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", "ephemeral-storage": "50Gi"}
+    return {
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": _conditions(now),
+            "addresses": [
+                {"type": "InternalIP", "address": node.address},
+                {"type": "Hostname", "address": node.name},
+            ],
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": platform.release(),
+                "osImage": "failovervm sandbox node (libvirt/QEMU)",
+                "containerRuntimeVersion": "none://",
+                "kubeletVersion": f"{k8s_version}-sandbox",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": _arch(),
+            },
+        }
+    }
+
+
+def register(api: client.CoreV1Api, nodes: Sequence[SandboxNode], k8s_version: str) -> None:
+    """Create (or update) the Node objects, post their status and take their first Lease."""
+    coord = client.CoordinationV1Api(api.api_client)
+    for node in nodes:
+        body = node_manifest(node)
+        try:
+            api.create_node(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            api.patch_node(node.name, {"metadata": body["metadata"]})
+        api.patch_node_status(node.name, node_status(node, k8s_version))
+        renew_lease(coord, node.name)
+
+
+def renew_lease(coord: client.CoordinationV1Api, name: str) -> None:
+    now = _now()
+    body = {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": name, "namespace": LEASE_NS},
+        "spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now.isoformat()},
+    }
+    try:
+        coord.patch_namespaced_lease(name, LEASE_NS, {"spec": body["spec"]})
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        coord.create_namespaced_lease(LEASE_NS, body)
+
+
+def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, interval: float = 10.0) -> None:
+    """Renew Leases every `interval` s and post Ready status; runs until SIGTERM."""
+    config.load_kube_config(config_file=kubeconfig)
+    core, coord = client.CoreV1Api(), client.CoordinationV1Api()
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    tick = 0
+    while not stopping:
+        for node in nodes:
+            try:
+                renew_lease(coord, node.name)
+                if tick % 3 == 0:
+                    core.patch_node_status(node.name, {"status": {"conditions": _conditions(_now())}})
+            except ApiException as exc:
+                if exc.status == 404:
+                    log.info("node %s is gone; not posting its heartbeat", node.name)
+                else:
+                    log.warning("heartbeat for %s failed: %s", node.name, exc.reason)
+            except Exception as exc:  # keep beating through apiserver restarts
+                log.warning("heartbeat for %s failed: %s", node.name, exc)
+        tick += 1
+        deadline = time.monotonic() + interval
+        while not stopping and time.monotonic() < deadline:
+            time.sleep(0.2)

