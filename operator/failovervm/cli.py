@@ -64,6 +64,27 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
+def cmd_controller(args: argparse.Namespace) -> int:
+    from failovervm.controller.main import ControllerArgs, run
+
+    return run(ControllerArgs(
+        kubeconfig=args.kubeconfig, storage_roots=args.storage_root, webhook_host=args.webhook_host,
+        webhook_port=args.webhook_port, webhook_cert_dir=args.webhook_cert_dir,
+        webhook_managed=not args.webhook_unmanaged, metrics_port=args.metrics_port,
+        health_port=args.health_port, peering=not args.standalone,
+    ))
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from failovervm.agent.main import AgentArgs, run
+
+    return run(AgentArgs(
+        node=args.node, libvirt_uri=args.libvirt_uri, sysfs_root=args.sysfs_root, kubeconfig=args.kubeconfig,
+        storage_roots=args.storage_root, metrics_port=args.metrics_port, resync_seconds=args.resync_seconds,
+        serial_log_dir=args.serial_log_dir,
+    ))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from failovervm.sandbox.manager import DEFAULT_STATE_DIR
 
@@ -89,6 +110,32 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sbs.add_parser("heartbeat", parents=[common], help=argparse.SUPPRESS)
     sb.set_defaults(func=cmd_sandbox)
+
+    ctl = sub.add_parser("controller", help="run the cluster controller (Kopf; one active replica via peering)")
+    ctl.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then $KUBECONFIG)")
+    ctl.add_argument("--storage-root", action="append", default=[], required=True,
+                     help="directory VM disks/kernels must live under (repeatable)")
+    ctl.add_argument("--webhook-host", default=None, help="serve the validating webhook on this address")
+    ctl.add_argument("--webhook-port", type=int, default=9443)
+    ctl.add_argument("--webhook-cert-dir", default=None,
+                     help="ca.crt/tls.crt/tls.key; generated there when absent (self-signed)")
+    ctl.add_argument("--webhook-unmanaged", action="store_true",
+                     help="do not create the ValidatingWebhookConfiguration (Helm manages it)")
+    ctl.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
+    ctl.add_argument("--health-port", type=int, default=None, help="liveness endpoint port")
+    ctl.add_argument("--standalone", action="store_true", help="no peering (single replica, tests only)")
+    ctl.set_defaults(func=cmd_controller)
+
+    ag = sub.add_parser("agent", help="run the node agent (libvirt domains and VF inventory of one node)")
+    ag.add_argument("--node", required=True, help="this node's name (NODE_NAME from the downward API)")
+    ag.add_argument("--libvirt-uri", default="qemu:///system")
+    ag.add_argument("--sysfs-root", default="/sys", help="where to read SR-IOV VFs from")
+    ag.add_argument("--kubeconfig", default=None)
+    ag.add_argument("--storage-root", action="append", default=[], required=True)
+    ag.add_argument("--metrics-port", type=int, default=8081)
+    ag.add_argument("--resync-seconds", type=float, default=30.0)
+    ag.add_argument("--serial-log-dir", default=None, help="write each VM's serial console to a file here")
+    ag.set_defaults(func=cmd_agent)
     return p
 
 

@@ -26,11 +26,24 @@ def _apply_crds(state: State) -> None:
     )
 
 
+PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "failovervm"}}
+
+
+def _apply_peering(state: State) -> None:
+    import json
+
+    subprocess.run(
+        [str(binaries.kubectl()), "--kubeconfig", str(state.kubeconfig), "apply", "-f", "-"],
+        input=json.dumps(PEERING), text=True, check=True, stdout=subprocess.DEVNULL,
+    )
+
+
 def ensure(state: State, opts: Options) -> None:
     from failovervm.sandbox.manager import _ensure_component
 
     d = state.data
     _apply_crds(state)
+    _apply_peering(state)
     logs = state.cp_paths.logs
     op = d.setdefault("operator", {})
     op.setdefault("webhook_port", controlplane.free_port())
@@ -52,6 +65,7 @@ def ensure(state: State, opts: Options) -> None:
             sys.executable, "-m", "failovervm.cli", "agent", "--kubeconfig", kc, "--node", host["node"],
             "--libvirt-uri", host["uri"], "--sysfs-root", host["sysfs_root"],
             "--storage-root", d["images_dir"], "--metrics-port", str(op[f"{key}_metrics_port"]),
+            "--serial-log-dir", str(state.dir / "console"),
         ]
         _ensure_component(
             state, key, "agent",

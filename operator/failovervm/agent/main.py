@@ -1,0 +1,205 @@
+"""`failovervm agent`: reconciles this node's FailoverVMs into libvirt domains.
+
+Event sources, all feeding one de-duplicating work queue (one reconcile per VM at a time):
+- a Kubernetes watch of FailoverVMs with the server-side label selector failovervm.io/node=<node>;
+- libvirt lifecycle events (through libvirtaio), so a guest shutdown or crash shows promptly;
+- a periodic resync, which also removes domains whose FailoverVM is gone;
+- requeues asked for by a reconcile (VF hot-plug backoff, transient errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes import watch
+
+from failovervm import API_GROUP, API_VERSION, domxml, labels
+from failovervm import kube as kube_mod
+from failovervm.agent.connection import LibvirtConnection
+from failovervm.agent.domains import DomainManager
+from failovervm.agent.inventory import publish
+from failovervm.agent.reconcile import AgentContext, reconcile
+from failovervm.metrics import RECONCILE_ERRORS, start_metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentArgs:
+    node: str
+    libvirt_uri: str
+    sysfs_root: str
+    kubeconfig: str | None
+    storage_roots: list[str]
+    metrics_port: int
+    resync_seconds: float = 30.0
+    inventory_seconds: float = 15.0
+    workers: int = 4
+    serial_log_dir: str | None = None
+
+
+class WorkQueue:
+    """Keys (namespace/name) waiting for reconcile; a key is never processed twice at once."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._pending: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+
+    def add(self, key: str) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._pending:
+            self._pending.add(key)
+            self._queue.put_nowait(key)
+
+    def add_after(self, key: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.add, key)
+
+    async def get(self) -> str:
+        key = await self._queue.get()
+        self._pending.discard(key)
+        self._active.add(key)
+        return key
+
+    def done(self, key: str) -> None:
+        self._active.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.add(key)
+
+
+class Agent:
+    def __init__(self, args: AgentArgs) -> None:
+        self.args = args
+        self.kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
+        self.queue = WorkQueue()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.conn = LibvirtConnection(args.libvirt_uri, args.node, self._on_domain_event, self._on_reconnect)
+        self.ctx: AgentContext | None = None
+        self._stop = threading.Event()
+
+    # -- event sources ---------------------------------------------------------------
+    def _on_domain_event(self, dom_name: str, event: str, detail: int) -> None:
+        parsed = domxml.parse_domain_name(dom_name)
+        if parsed:
+            log.info("domain %s: %s (detail %d)", dom_name, event, detail)
+            self.queue.add(f"{parsed[0]}/{parsed[1]}")
+
+    def _on_reconnect(self) -> None:
+        assert self.conn.conn is not None
+        dm = DomainManager(self.conn.conn)
+        kvm = dm.kvm_available()
+        self.ctx = AgentContext(
+            node=self.args.node, kube=self.kube, dm=dm,
+            storage_roots=[str(Path(r).resolve()) for r in self.args.storage_roots],
+            sysfs_root=Path(self.args.sysfs_root), kvm=kvm,
+            vf_state=self.ctx.vf_state if self.ctx else {}, serial_log_dir=self.args.serial_log_dir,
+        )
+        log.info("libvirt host %s: KVM %s", self.args.libvirt_uri, "available" if kvm else "NOT available (TCG)")
+        asyncio.get_running_loop().create_task(self._resync())
+
+    def _watch_thread(self) -> None:
+        """Blocking watch with the server-side label selector; restarts with backoff."""
+        selector = f"{labels.VM_NODE}={self.args.node}"
+        backoff = 0.5
+        assert self.loop is not None
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for ev in w.stream(self.kube.custom.list_cluster_custom_object, API_GROUP, API_VERSION,
+                                   kube_mod.FVM, label_selector=selector, timeout_seconds=300):
+                    obj = ev["object"]
+                    meta = obj.get("metadata", {})
+                    key = f"{meta.get('namespace')}/{meta.get('name')}"
+                    self.loop.call_soon_threadsafe(self.queue.add, key)
+                    backoff = 0.5
+                    if self._stop.is_set():
+                        break
+            except Exception as exc:
+                log.warning("FailoverVM watch failed: %s; retrying in %.1fs", exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                w.stop()
+
+    async def _resync(self) -> None:
+        try:
+            vms = await asyncio.to_thread(self.kube.list_vms, f"{labels.VM_NODE}={self.args.node}")
+            for vm in vms:
+                self.queue.add(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
+            if self.ctx is not None:
+                for info in await asyncio.to_thread(self.ctx.dm.owned_domains):
+                    assert info.owner is not None
+                    self.queue.add(f"{info.owner.namespace}/{info.owner.name}")
+        except Exception as exc:
+            log.warning("resync failed: %s", exc)
+
+    async def _periodic(self, seconds: float, fn: object) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            if callable(fn):
+                await fn()
+
+    async def _inventory(self) -> None:
+        try:
+            counts = await asyncio.to_thread(publish, self.kube, self.args.node, Path(self.args.sysfs_root))
+            log.debug("published VF inventory: %s", counts)
+        except Exception as exc:
+            log.warning("publishing the VF inventory failed: %s", exc)
+
+    # -- workers -------------------------------------------------------------------------
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            try:
+                await self.conn.connected.wait()
+                assert self.ctx is not None
+                ns, name = key.split("/", 1)
+                outcome = await asyncio.to_thread(reconcile, self.ctx, ns, name)
+                log.debug("reconciled %s: %s", key, outcome.action)
+                if outcome.requeue_after:
+                    self.queue.add_after(key, outcome.requeue_after)
+            except Exception as exc:
+                RECONCILE_ERRORS.labels("agent", "FailoverVM").inc()
+                log.exception("reconcile of %s failed: %s", key, exc)
+                if "connection" in str(exc).lower() or "broken pipe" in str(exc).lower():
+                    self.conn.lost()
+                self.queue.add_after(key, 5.0)
+            finally:
+                self.queue.done(key)
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, stop.set)
+        start_metrics(self.args.metrics_port)
+        tasks = [
+            asyncio.create_task(self.conn.run()),
+            asyncio.create_task(self._inventory()),
+            asyncio.create_task(self._periodic(self.args.resync_seconds, self._resync)),
+            asyncio.create_task(self._periodic(self.args.inventory_seconds, self._inventory)),
+            *(asyncio.create_task(self._worker()) for _ in range(self.args.workers)),
+        ]
+        threading.Thread(target=self._watch_thread, name="fvm-watch", daemon=True).start()
+        log.info("agent for node %s started (libvirt %s)", self.args.node, self.args.libvirt_uri)
+        await stop.wait()
+        self._stop.set()
+        for t in tasks:
+            t.cancel()
+
+
+def run(args: AgentArgs) -> int:
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s %(levelname)s node={args.node} %(name)s: %(message)s")
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    asyncio.run(Agent(args).run())
+    return 0

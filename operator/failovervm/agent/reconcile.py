@@ -1,0 +1,236 @@
+"""Per-VM reconcile on a node: FailoverVM (desired) -> libvirt domain (actual) -> status.
+
+Synchronous and idempotent; the agent runs one reconcile per VM at a time in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from failovervm import conditions, domxml
+from failovervm.agent.domains import DomainManager, real_pci_device_exists
+from failovervm.controller.config import AGENT_FINALIZER
+from failovervm.kube import Kube
+from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH
+from failovervm.vfs import is_simulated
+from failovervm.vmspec import domain_spec
+
+log = logging.getLogger(__name__)
+
+VF_BACKOFF_START = 5.0
+VF_BACKOFF_MAX = 300.0
+
+
+@dataclass
+class VFAttachState:
+    attempts: int = 0
+    next_try: float = 0.0
+    last_error: str = ""
+
+
+@dataclass
+class AgentContext:
+    node: str
+    kube: Kube
+    dm: DomainManager
+    storage_roots: list[str]
+    sysfs_root: Path
+    kvm: bool = True
+    vf_state: dict[str, VFAttachState] = field(default_factory=dict)
+    serial_log_dir: str | None = None
+
+
+@dataclass
+class Outcome:
+    action: str
+    requeue_after: float | None = None
+
+
+def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+    meta = vm["metadata"]
+
+    def write(phase: str | None = None, conds: list[tuple[str, bool, str, str]] = (), **fields: Any) -> None:  # type: ignore[assignment]
+        def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+            if st.get("nodeName") != ctx.node:
+                return None  # moved away meanwhile: not ours to write
+            if phase:
+                st["phase"] = phase
+            st.update(fields)
+            for type_, ok, reason, message in conds:
+                st["conditions"] = conditions.set_condition(
+                    st.get("conditions"), type_, ok, reason, message, meta.get("generation"))
+            return st
+
+        ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
+
+    return write
+
+
+def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
+    dname = domxml.domain_name(namespace, name)
+    vm = ctx.kube.get_vm(namespace, name)
+    dom = ctx.dm.lookup(dname)
+    if vm is None:
+        if dom is not None:
+            return _remove_orphan(ctx, dom, None)
+        return Outcome("absent")
+    meta = vm["metadata"]
+    status = vm.get("status") or {}
+    if dom is not None:
+        owner = domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if owner is None:
+            log.error("domain %s exists but was not created by failovervm; leaving it alone", dname)
+            return Outcome("foreign-domain")
+        if owner.uid != meta["uid"]:
+            # A previous VM of the same name: it is gone, its domain must go too.
+            _remove_orphan(ctx, dom, owner)
+            dom = None
+    if status.get("nodeName") != ctx.node:
+        return Outcome("not-ours")
+    if meta.get("deletionTimestamp"):
+        return _delete(ctx, vm, dom)
+    if not ctx.kube.set_finalizer(namespace, name, AGENT_FINALIZER, True):
+        return Outcome("deleting")
+    migration = status.get("migration") or {}
+    if migration.get("state") in ("Running",):
+        return Outcome("migrating")
+
+    write = _status_writer(ctx, vm)
+    pool_name = ((vm.get("spec") or {}).get("network") or {}).get("pool", "")
+    pool = ctx.kube.get_pool(pool_name)
+    if pool is None:
+        write("Failed", [("Ready", False, "PoolNotFound", f"VFPool {pool_name!r} does not exist")])
+        return Outcome("no-pool", requeue_after=30)
+    vf = status.get("vf") or {}
+    serial_log = f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None
+    try:
+        spec = domain_spec(vm, pool, storage_roots=ctx.storage_roots,
+                           vf=vf.get("pciAddress") if vf.get("node") == ctx.node else None,
+                           vf_node=ctx.node, kvm_available=ctx.kvm, serial_log=serial_log)
+        xml = domxml.to_xml(domxml.build_domain(spec, include_vf=False))
+    except ValueError as exc:
+        write("Failed", [("Ready", False, "InvalidSpec", str(exc))])
+        ctx.kube.event(vm, "InvalidSpec", str(exc), type_="Warning", component=f"agent/{ctx.node}")
+        return Outcome("invalid-spec")
+
+    recorded = (status.get("domain") or {}).get("generation")
+    if dom is None or recorded != meta.get("generation"):
+        try:
+            dom = ctx.dm.define(xml)
+        except libvirt.libvirtError as exc:
+            write("Failed", [("Ready", False, "DefineFailed", str(exc))])
+            ctx.kube.event(vm, "DefineFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
+            return Outcome("define-failed", requeue_after=30)
+        write(domain={"name": dname, "uuid": dom.UUIDString(), "generation": meta.get("generation")})
+        if recorded is None:
+            ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
+
+    want_running = bool((vm.get("spec") or {}).get("running", True))
+    active = bool(dom.isActive())
+    if want_running and not active:
+        write("Starting", [("Ready", False, "Starting", "starting the domain")])
+        t0 = time.monotonic()
+        try:
+            ctx.dm.start(dom)
+        except libvirt.libvirtError as exc:
+            write("Failed", [("Ready", False, "StartFailed", str(exc))])
+            ctx.kube.event(vm, "StartFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
+            return Outcome("start-failed", requeue_after=15)
+        DOMAIN_START_SECONDS.labels(ctx.node).observe(time.monotonic() - t0)
+        ctx.vf_state.pop(meta["uid"], None)  # a fresh start: attach the VF again
+        ctx.kube.event(vm, "Started", f"domain {dname} started on {ctx.node}", component=f"agent/{ctx.node}")
+        active = True
+    elif not want_running and active:
+        write("Stopping", [("Ready", False, "Stopping", "spec.running is false")])
+        how = ctx.dm.stop(dom)
+        write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
+                          ("VFAttached", False, "Stopped", "the domain is not running")])
+        ctx.kube.event(vm, "Stopped", f"domain {dname} stopped ({how})", component=f"agent/{ctx.node}")
+        return Outcome("stopped")
+
+    if not active:
+        write("Stopped", [("Ready", False, "Stopped", "the domain is not running"),
+                          ("VFAttached", False, "Stopped", "the domain is not running")])
+        return Outcome("stopped")
+
+    state, reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason != libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+        msg = f"domain is paused (libvirt reason {reason}); see the QEMU log on {ctx.node}"
+        write("Failed", [("Ready", False, "Paused", msg)])
+        ctx.kube.event(vm, "DomainPaused", msg, type_="Warning", component=f"agent/{ctx.node}")
+        return Outcome("paused", requeue_after=30)
+
+    requeue = None
+    vf_cond: tuple[str, bool, str, str]
+    if spec.vf is None:
+        vf_cond = ("VFAttached", False, "NoVF", "no VF is assigned to this VM on this node")
+    else:
+        vf_cond, requeue = _ensure_vf(ctx, vm, dom, spec)
+    write("Running", [("Ready", True, "Running", f"domain {dname} is running on {ctx.node}"), vf_cond],
+          mac=spec.mac)
+    return Outcome("running", requeue_after=requeue)
+
+
+def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
+               spec: domxml.DomainSpec) -> tuple[tuple[str, bool, str, str], float | None]:
+    uid = vm["metadata"]["uid"]
+    pci = str(spec.vf)
+    if ctx.dm.has_vf(dom):
+        ctx.vf_state.pop(uid, None)
+        return ("VFAttached", True, "Attached", f"VF {pci} is attached as the failover primary"), None
+    st = ctx.vf_state.setdefault(uid, VFAttachState())
+    now = time.monotonic()
+    if now < st.next_try:
+        return ("VFAttached", False, "AttachFailed", st.last_error), st.next_try - now
+    simulated = is_simulated(ctx.sysfs_root)
+    if simulated and real_pci_device_exists(pci):
+        msg = (f"VF {pci} is simulated (sandbox sysfs) but a real PCI device has that address on this host; "
+               "refusing to hot-plug it")
+        st.last_error, st.next_try = msg, now + VF_BACKOFF_MAX
+        return ("VFAttached", False, "SimulatedAddressExists", msg), VF_BACKOFF_MAX
+    st.attempts += 1
+    try:
+        ctx.dm.attach_vf(dom, spec)
+    except (libvirt.libvirtError, ValueError) as exc:
+        delay = min(VF_BACKOFF_START * 2 ** (st.attempts - 1), VF_BACKOFF_MAX)
+        prefix = "simulated VF (sandbox, no SR-IOV hardware): " if simulated else ""
+        st.last_error = f"{prefix}attaching VF {pci} failed (attempt {st.attempts}): {exc}"
+        st.next_try = now + delay
+        VF_ATTACH.labels(ctx.node, "failed").inc()
+        if st.attempts == 1:
+            ctx.kube.event(vm, "VFAttachFailed", st.last_error, type_="Warning", component=f"agent/{ctx.node}")
+        return ("VFAttached", False, "AttachFailed", st.last_error), delay
+    VF_ATTACH.labels(ctx.node, "ok").inc()
+    ctx.vf_state.pop(uid, None)
+    ctx.kube.event(vm, "VFAttached", f"VF {pci} hot-plugged as failover primary", component=f"agent/{ctx.node}")
+    return ("VFAttached", True, "Attached", f"VF {pci} is attached as the failover primary"), None
+
+
+def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+    meta = vm["metadata"]
+    if dom is not None:
+        how = ctx.dm.stop(dom, timeout=30.0)
+        ctx.dm.undefine(dom)
+        ctx.kube.event(vm, "Deleted", f"domain {dom.name()} removed from {ctx.node} ({how})",
+                       component=f"agent/{ctx.node}")
+    ctx.vf_state.pop(meta["uid"], None)
+    ctx.kube.set_finalizer(meta["namespace"], meta["name"], AGENT_FINALIZER, False)
+    return Outcome("deleted")
+
+
+def _remove_orphan(ctx: AgentContext, dom: libvirt.virDomain, owner: domxml.OwnerRef | None) -> Outcome:
+    owner = owner or domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    if owner is None:
+        return Outcome("foreign-domain")
+    log.warning("removing domain %s: its FailoverVM %s/%s (uid %s) is gone", dom.name(), owner.namespace,
+                owner.name, owner.uid)
+    ctx.dm.destroy(dom)
+    ctx.dm.undefine(dom)
+    return Outcome("orphan-removed")

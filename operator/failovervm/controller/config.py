@@ -1,0 +1,26 @@
+"""Runtime configuration of the controller process (set once by `failovervm controller`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from failovervm.kube import Kube
+
+CONTROLLER_FINALIZER = "failovervm.io/controller"
+AGENT_FINALIZER = "failovervm.io/agent"
+
+
+@dataclass
+class ControllerConfig:
+    kube: Kube | None = None
+    storage_roots: list[str] = field(default_factory=list)
+    pending_retry_seconds: float = 3.0
+    claim_gc_grace_seconds: float = 60.0
+
+    def k(self) -> Kube:
+        if self.kube is None:
+            raise RuntimeError("controller is not configured")
+        return self.kube
+
+
+CONFIG = ControllerConfig()

@@ -1,0 +1,87 @@
+"""`failovervm controller`: runs the Kopf operator with the controller's handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kopf
+
+from failovervm import kube as kube_mod
+from failovervm.controller.config import CONFIG, CONTROLLER_FINALIZER
+from failovervm.metrics import start_metrics
+
+log = logging.getLogger(__name__)
+PEERING_NAME = "failovervm"
+
+
+@dataclass
+class ControllerArgs:
+    kubeconfig: str | None
+    storage_roots: list[str]
+    webhook_host: str | None
+    webhook_port: int
+    webhook_cert_dir: str | None
+    webhook_managed: bool
+    metrics_port: int
+    health_port: int | None
+    peering: bool = True
+
+
+def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
+    assert args.webhook_host
+    cert_dir = Path(args.webhook_cert_dir or "/tmp/failovervm-webhook")
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    ca, crt, key = cert_dir / "ca.crt", cert_dir / "tls.crt", cert_dir / "tls.key"
+    if not crt.exists():
+        from failovervm.sandbox import pki
+
+        ca_pair = pki.make_ca(cert_dir, "ca", "failovervm-webhook-ca")
+        leaf = pki.issue(ca_pair, cert_dir, "webhook", args.webhook_host, server=True,
+                         ip_addresses=(args.webhook_host,) if args.webhook_host[0].isdigit() else (),
+                         dns_names=() if args.webhook_host[0].isdigit() else (args.webhook_host,))
+        leaf.cert.replace(crt)
+        leaf.key.replace(key)
+        assert ca_pair.cert == ca
+    return kopf.WebhookServer(
+        addr=args.webhook_host, port=args.webhook_port, host=args.webhook_host,
+        certfile=str(crt), pkeyfile=str(key), cafile=str(ca),
+    )
+
+
+def run(args: ControllerArgs) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    CONFIG.kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
+    CONFIG.storage_roots = [str(Path(r).resolve()) for r in args.storage_roots]
+    import failovervm.controller.handlers  # noqa: F401  (registers the handlers)
+
+    @kopf.on.startup()
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = CONTROLLER_FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="controller.failovervm.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="controller.failovervm.io", key="last-handled-configuration")
+        settings.posting.level = logging.WARNING
+        settings.execution.max_workers = 8
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        if args.webhook_host:
+            settings.admission.server = _webhook_server(args)
+            if args.webhook_managed:
+                settings.admission.managed = "failovervm.io"
+
+    start_metrics(args.metrics_port)
+    liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
+    asyncio.run(kopf.operator(
+        clusterwide=True,
+        peering_name=PEERING_NAME if args.peering else None,
+        standalone=not args.peering,
+        liveness_endpoint=liveness,
+    ))
+    return 0

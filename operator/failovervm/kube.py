@@ -1,0 +1,217 @@
+"""Kubernetes adapter: the few API operations the operator needs, over the official client.
+
+Status is shared by the controller and the agents, so status writes are
+read-modify-write with the object's resourceVersion and retried on conflict:
+conditions are a list, and a merge patch would overwrite the other writer's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client import ApiException
+
+from failovervm import API_GROUP, API_VERSION
+from failovervm.conditions import now_iso
+
+log = logging.getLogger(__name__)
+
+FVM = "failovervms"
+FVMM = "failovervmmigrations"
+VFPOOL = "vfpools"
+VFCLAIM = "vfclaims"
+
+
+def load(kubeconfig: str | None = None) -> client.ApiClient:
+    """Load a kubeconfig (path, or $KUBECONFIG) or the in-cluster ServiceAccount config."""
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+    client.Configuration.set_default(cfg)
+    return client.ApiClient(cfg)
+
+
+class Kube:
+    """Thin, synchronous wrapper; async callers run it in a thread."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.events = client.EventsV1Api(api)
+
+    # -- FailoverVMs ---------------------------------------------------------
+    def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_vms(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        kw = {"label_selector": label_selector} if label_selector else {}
+        res = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, FVM, **kw)
+        return list(res.get("items", []))
+
+    def patch_vm(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name, body))
+
+    def update_vm_status(
+        self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+        uid: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Apply `mutate(status) -> new status` with optimistic concurrency. None if the VM is gone."""
+        for attempt in range(8):
+            obj = self.get_vm(namespace, name)
+            if obj is None or (uid and obj["metadata"]["uid"] != uid):
+                return None
+            old = dict(obj.get("status") or {})
+            new = mutate(dict(old))
+            if new is None or new == old:
+                return obj
+            obj["status"] = new
+            try:
+                return dict(self.custom.replace_namespaced_custom_object_status(
+                    API_GROUP, API_VERSION, namespace, FVM, name, obj))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                if exc.status != 409:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise RuntimeError(f"status update of {namespace}/{name} kept conflicting")
+
+    # -- finalizers ----------------------------------------------------------
+    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool) -> bool:
+        """Add or remove a finalizer (resourceVersion-guarded). False if the VM is gone."""
+        for _ in range(8):
+            obj = self.get_vm(namespace, name)
+            if obj is None:
+                return False
+            fins = list(obj["metadata"].get("finalizers") or [])
+            if (finalizer in fins) == present:
+                return True
+            if present:
+                if obj["metadata"].get("deletionTimestamp"):
+                    return False
+                fins.append(finalizer)
+            else:
+                fins.remove(finalizer)
+            body = {"metadata": {"finalizers": fins, "resourceVersion": obj["metadata"]["resourceVersion"]}}
+            try:
+                self.patch_vm(namespace, name, body)
+                return True
+            except ApiException as exc:
+                if exc.status == 404:
+                    return False
+                if exc.status != 409:
+                    raise
+        raise RuntimeError(f"finalizer update of {namespace}/{name} kept conflicting")
+
+    # -- VFPools and VFClaims --------------------------------------------------
+    def list_pools(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, VFPOOL).get("items", []))
+
+    def get_pool(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_cluster_custom_object(API_GROUP, API_VERSION, VFPOOL, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        for attempt in range(10):
+            obj = self.get_pool(name)
+            if obj is None:
+                return
+            old = dict(obj.get("status") or {})
+            new = mutate(dict(old))
+            if new is None or new == old:
+                return
+            obj["status"] = new
+            try:
+                self.custom.replace_cluster_custom_object_status(API_GROUP, API_VERSION, VFPOOL, name, obj)
+                return
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 409:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise RuntimeError(f"status update of VFPool {name} kept conflicting")
+
+    def list_claims(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM).get("items", []))
+
+    def create_claim(self, body: dict[str, Any]) -> bool:
+        """Create a VFClaim. Its name is the lock: False if the VF is already claimed."""
+        try:
+            self.custom.create_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM, body)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def delete_claim(self, name: str, uid: str | None = None) -> None:
+        """Delete a VFClaim (only that exact object when `uid` is given)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            self.custom.delete_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM, name, body=body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    # -- Nodes ---------------------------------------------------------------------
+    def list_nodes(self) -> list[dict[str, Any]]:
+        res = self.api.sanitize_for_serialization(self.core.list_node())
+        return list(res.get("items", []))
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.api.sanitize_for_serialization(self.core.read_node(name)))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # -- Events --------------------------------------------------------------------
+    def event(
+        self, obj: Mapping[str, Any], reason: str, note: str, *, type_: str = "Normal", action: str = "Reconcile",
+        component: str = "failovervm",
+    ) -> None:
+        """Post an events.k8s.io/v1 Event about `obj`; failures are logged, never raised."""
+        meta = obj.get("metadata", {})
+        namespace = meta.get("namespace") or "default"
+        body = {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
+            "eventTime": now_iso().replace("Z", ".000000Z"),
+            "reportingController": f"{API_GROUP}/{component}",
+            "reportingInstance": component,
+            "action": action,
+            "reason": reason,
+            "note": note[:1024],
+            "type": type_,
+            "regarding": {
+                "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
+                "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+        }
+        try:
+            self.events.create_namespaced_event(namespace, body)
+        except Exception as exc:
+            log.warning("could not post event %s on %s: %s", reason, meta.get("name"), exc)
