@@ -47,7 +47,7 @@ class Kube:
         self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
-        self.events = client.EventsV1Api(api)
+        self._recent_events: dict[tuple[Any, str, str], float] = {}
 
     # -- FailoverVMs ---------------------------------------------------------
     def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -187,31 +187,49 @@ class Kube:
             raise
 
     # -- Events --------------------------------------------------------------------
+    _EVENT_DEDUPE_SECONDS = 300.0
+
     def event(
         self, obj: Mapping[str, Any], reason: str, note: str, *, type_: str = "Normal", action: str = "Reconcile",
         component: str = "failovervm",
     ) -> None:
-        """Post an events.k8s.io/v1 Event about `obj`; failures are logged, never raised."""
+        """Post a core/v1 Event about `obj` (shown by kubectl describe / get events).
+
+        The same (object, reason, message) is posted at most once per 5 minutes by this
+        process, so a retry loop cannot flood the API. Failures are logged, never raised.
+        """
         meta = obj.get("metadata", {})
+        key = (meta.get("uid"), reason, note)
+        now = time.monotonic()
+        if now - self._recent_events.get(key, -1e9) < self._EVENT_DEDUPE_SECONDS:
+            return
+        self._recent_events[key] = now
+        if len(self._recent_events) > 4096:
+            cutoff = now - self._EVENT_DEDUPE_SECONDS
+            self._recent_events = {k: t for k, t in self._recent_events.items() if t >= cutoff}
         namespace = meta.get("namespace") or "default"
+        stamp = now_iso()
         body = {
-            "apiVersion": "events.k8s.io/v1",
+            "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{meta.get('name', 'object')}.", "namespace": namespace},
-            "eventTime": now_iso().replace("Z", ".000000Z"),
-            "reportingController": f"{API_GROUP}/{component}",
-            "reportingInstance": component,
-            "action": action,
-            "reason": reason,
-            "note": note[:1024],
-            "type": type_,
-            "regarding": {
+            "involvedObject": {
                 "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta.get("name"),
                 "namespace": meta.get("namespace"), "uid": meta.get("uid"),
                 "resourceVersion": meta.get("resourceVersion"),
             },
+            "reason": reason,
+            "message": note[:1024],
+            "type": type_,
+            "action": action,
+            "source": {"component": component},
+            "reportingComponent": f"{API_GROUP}/{component.split('/')[0]}",
+            "reportingInstance": component,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
         }
         try:
-            self.events.create_namespaced_event(namespace, body)
+            self.core.create_namespaced_event(namespace, body)
         except Exception as exc:
             log.warning("could not post event %s on %s: %s", reason, meta.get("name"), exc)

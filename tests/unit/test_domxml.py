@@ -651,3 +651,17 @@ def test_standby_spec_validation(args: tuple[str, ...], message: str) -> None:
 def test_disk_spec_validation(args: tuple[object, ...], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DiskSpec(*args)  # type: ignore[arg-type]
+
+
+def test_check_teaming_ignores_libvirt_assigned_duplicate_aliases() -> None:
+    """A live domain's <console> carries the alias of its <serial> (serial0); that is not a conflict."""
+    from failovervm.domxml import parse_xml
+
+    live = parse_xml(
+        "<domain type='kvm'><name>x</name><devices>"
+        "<interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='b'/>"
+        "<model type='virtio'/><teaming type='persistent'/><alias name='ua-fvm-standby'/></interface>"
+        "<serial type='pty'><alias name='serial0'/></serial><console type='pty'><alias name='serial0'/></console>"
+        "</devices></domain>"
+    )
+    check_teaming(live)

@@ -89,6 +89,9 @@ class DomainManager:
         """Graceful ACPI shutdown, then destroy after `timeout`. Returns how it stopped."""
         if not dom.isActive():
             return "inactive"
+        if timeout <= 0:
+            self.destroy(dom)
+            return "destroyed"
         try:
             dom.shutdown()
         except libvirt.libvirtError:

@@ -182,6 +182,8 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, stop.set)
         start_metrics(self.args.metrics_port)
+        if self.args.serial_log_dir:
+            Path(self.args.serial_log_dir).mkdir(parents=True, exist_ok=True)
         tasks = [
             asyncio.create_task(self.conn.run()),
             asyncio.create_task(self._inventory()),

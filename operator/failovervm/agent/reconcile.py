@@ -44,7 +44,20 @@ class AgentContext:
     sysfs_root: Path
     kvm: bool = True
     vf_state: dict[str, VFAttachState] = field(default_factory=dict)
+    failures: dict[str, VFAttachState] = field(default_factory=dict)
     serial_log_dir: str | None = None
+
+    def backoff_left(self, uid: str) -> float:
+        st = self.failures.get(uid)
+        return max(0.0, st.next_try - time.monotonic()) if st else 0.0
+
+    def failed(self, uid: str, error: str) -> float:
+        """Record a failed define/start; returns the delay before the next try (5 s doubling to 5 min)."""
+        st = self.failures.setdefault(uid, VFAttachState())
+        st.attempts += 1
+        delay = min(VF_BACKOFF_START * 2 ** (st.attempts - 1), VF_BACKOFF_MAX)
+        st.next_try, st.last_error = time.monotonic() + delay, error
+        return delay
 
 
 @dataclass
@@ -71,6 +84,10 @@ def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no
         ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
 
     return write
+
+
+def grace_period(vm: Mapping[str, Any]) -> float:
+    return float((vm.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
 
 
 def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
@@ -120,6 +137,9 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         ctx.kube.event(vm, "InvalidSpec", str(exc), type_="Warning", component=f"agent/{ctx.node}")
         return Outcome("invalid-spec")
 
+    wait = ctx.backoff_left(meta["uid"])
+    if wait > 0:
+        return Outcome("backoff", requeue_after=wait)
     recorded = (status.get("domain") or {}).get("generation")
     if dom is None or recorded != meta.get("generation"):
         try:
@@ -127,7 +147,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         except libvirt.libvirtError as exc:
             write("Failed", [("Ready", False, "DefineFailed", str(exc))])
             ctx.kube.event(vm, "DefineFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
-            return Outcome("define-failed", requeue_after=30)
+            return Outcome("define-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
         write(domain={"name": dname, "uuid": dom.UUIDString(), "generation": meta.get("generation")})
         if recorded is None:
             ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
@@ -142,14 +162,15 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         except libvirt.libvirtError as exc:
             write("Failed", [("Ready", False, "StartFailed", str(exc))])
             ctx.kube.event(vm, "StartFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
-            return Outcome("start-failed", requeue_after=15)
+            return Outcome("start-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
         DOMAIN_START_SECONDS.labels(ctx.node).observe(time.monotonic() - t0)
+        ctx.failures.pop(meta["uid"], None)
         ctx.vf_state.pop(meta["uid"], None)  # a fresh start: attach the VF again
         ctx.kube.event(vm, "Started", f"domain {dname} started on {ctx.node}", component=f"agent/{ctx.node}")
         active = True
     elif not want_running and active:
         write("Stopping", [("Ready", False, "Stopping", "spec.running is false")])
-        how = ctx.dm.stop(dom)
+        how = ctx.dm.stop(dom, timeout=grace_period(vm))
         write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
                           ("VFAttached", False, "Stopped", "the domain is not running")])
         ctx.kube.event(vm, "Stopped", f"domain {dname} stopped ({how})", component=f"agent/{ctx.node}")
@@ -216,7 +237,7 @@ def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
 def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
     meta = vm["metadata"]
     if dom is not None:
-        how = ctx.dm.stop(dom, timeout=30.0)
+        how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
         ctx.kube.event(vm, "Deleted", f"domain {dom.name()} removed from {ctx.node} ({how})",
                        component=f"agent/{ctx.node}")

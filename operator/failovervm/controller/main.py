@@ -61,6 +61,12 @@ def run(args: ControllerArgs) -> int:
     CONFIG.storage_roots = [str(Path(r).resolve()) for r in args.storage_roots]
     import failovervm.controller.handlers  # noqa: F401  (registers the handlers)
 
+    @kopf.on.login()
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # Kopf's client piggybacking does not recognise this kubernetes client version;
+        # use its own loaders: the ServiceAccount in-cluster, else the kubeconfig.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = CONTROLLER_FINALIZER

@@ -130,11 +130,13 @@ def check_teaming(domain_el: etree._Element, extra_devices: Iterable[etree._Elem
     if devices is None:
         return
 
+    # Only user aliases (ua-*) must be unique: in a live domain libvirt gives the
+    # <console> the same alias as the <serial> it mirrors (serial0).
     aliases: dict[str, int] = {}
     for dev in devices:
         alias = dev.find("alias")
         name = alias.get("name") if alias is not None else None
-        if name:
+        if name and name.startswith("ua-"):
             aliases[name] = aliases.get(name, 0) + 1
     dup = sorted(a for a, n in aliases.items() if n > 1)
     if dup:
