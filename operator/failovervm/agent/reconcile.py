@@ -55,7 +55,7 @@ class AgentContext:
         """Record a failed define/start; returns the delay before the next try (5 s doubling to 5 min)."""
         st = self.failures.setdefault(uid, VFAttachState())
         st.attempts += 1
-        delay = min(VF_BACKOFF_START * 2 ** (st.attempts - 1), VF_BACKOFF_MAX)
+        delay = float(min(VF_BACKOFF_START * 2 ** (st.attempts - 1), VF_BACKOFF_MAX))
         st.next_try, st.last_error = time.monotonic() + delay, error
         return delay
 
@@ -87,7 +87,8 @@ def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no
 
 
 def grace_period(vm: Mapping[str, Any]) -> float:
-    return float((vm.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+    spec = vm.get("spec") or {}
+    return float(spec["terminationGracePeriodSeconds"]) if "terminationGracePeriodSeconds" in spec else 30.0
 
 
 def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:

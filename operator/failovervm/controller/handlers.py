@@ -60,8 +60,9 @@ def pool_status(*, name: str, **_: Any) -> None:
 
 
 @kopf.on.validate(*FVM, operations=["CREATE", "UPDATE"], id="failovervm-validate")
-def validate_failovervm(*, body: kopf.Body, old: Any, operation: str | None, **_: Any) -> None:
-    if operation == "UPDATE" and old is not None and dict(old.get("spec") or {}) == dict(body.get("spec") or {}):
+def validate_failovervm(*, body: kopf.Body, **kwargs: Any) -> None:
+    old = kwargs.get("old")
+    if kwargs.get("operation") == "UPDATE" and old and dict(old.get("spec") or {}) == dict(body.get("spec") or {}):
         return  # metadata/finalizer/label changes: the spec was validated when it was written
     kube = CONFIG.k()
     vm = {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
