@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_ADDRESS_BASE = "127.0.77.10"
 TEST_BRIDGE = "fvmtbr0"
 TEST_NODES = 3
+# The examples reference images in the default sandbox image directory; the test
+# sandbox shares it (it only holds read-only test images).
+TEST_IMAGES_DIR = "/var/lib/failovervm-sandbox/images"
 
 
 class Sandbox:
@@ -71,6 +74,42 @@ def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _up_args(state_dir: Path) -> list[str]:
+    return ["sandbox", "up", "--nodes", str(TEST_NODES), "--vfs-per-node", "4", "--state-dir", str(state_dir),
+            "--images-dir", TEST_IMAGES_DIR, "--address-base", TEST_ADDRESS_BASE, "--bridge", TEST_BRIDGE]
+
+
+def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.5, what: str = "condition") -> Any:
+    """Poll `predicate()` until it returns a truthy value; fail with `what` after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def operator_sandbox(sandbox: Sandbox) -> Sandbox:
+    """The session sandbox with the operator (controller + one agent per node) running."""
+    res = _cli(*_up_args(sandbox.state_dir))
+    if res.returncode != 0:
+        pytest.fail(f"starting the operator failed:\n{res.stderr}", pytrace=False)
+    sandbox.data = json.loads((sandbox.state_dir / "sandbox.json").read_text())
+    return sandbox
+
+
+def restart_operator(sandbox: Sandbox) -> None:
+    """Start whatever operator process is not running (after a test killed one)."""
+    res = _cli(*_up_args(sandbox.state_dir))
+    assert res.returncode == 0, res.stderr
+    sandbox.data = json.loads((sandbox.state_dir / "sandbox.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def sandbox_prereqs() -> None:
     from failovervm.sandbox import binaries
@@ -94,10 +133,7 @@ def sandbox_prereqs() -> None:
 def sandbox(sandbox_prereqs: None) -> Iterator[Sandbox]:
     """A 3-node sandbox without the operator, shared by the whole session."""
     state_dir = Path(tempfile.mkdtemp(prefix="fvm-test-sandbox-"))
-    images = state_dir / "images"
-    res = _cli("sandbox", "up", "--no-operator", "--nodes", str(TEST_NODES), "--vfs-per-node", "4",
-               "--state-dir", str(state_dir), "--images-dir", str(images),
-               "--address-base", TEST_ADDRESS_BASE, "--bridge", TEST_BRIDGE)
+    res = _cli(*_up_args(state_dir), "--no-operator")
     if res.returncode != 0:
         _cli("sandbox", "down", "--state-dir", str(state_dir))
         pytest.fail(f"sandbox up failed:\n{res.stdout}\n{res.stderr}", pytrace=False)

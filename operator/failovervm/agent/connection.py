@@ -33,6 +33,8 @@ def register_event_loop() -> None:
     """Plug libvirt's event loop into asyncio (once per process, before the first connection)."""
     global _AIO_REGISTERED
     if not _AIO_REGISTERED:
+        # libvirt-python prints every error to stderr by default; the agent handles them.
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirtaio.virEventRegisterAsyncIOImpl(loop=asyncio.get_running_loop())
         _AIO_REGISTERED = True
 
