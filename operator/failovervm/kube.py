@@ -7,9 +7,11 @@ conditions are a list, and a merge patch would overwrite the other writer's.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kubernetes import client, config
@@ -48,6 +50,8 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self._recent_events: dict[tuple[Any, str, str], float] = {}
+        # Events are posted off the reconcile path: they must never slow down or fail it.
+        self._event_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
     # -- FailoverVMs ---------------------------------------------------------
     def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -68,11 +72,15 @@ class Kube:
 
     def update_vm_status(
         self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
-        uid: str | None = None,
+        uid: str | None = None, current: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Apply `mutate(status) -> new status` with optimistic concurrency. None if the VM is gone."""
+        """Apply `mutate(status) -> new status` with optimistic concurrency. None if the VM is gone.
+
+        `current`, a recently read copy, saves the first GET; a stale copy costs one 409 and a retry.
+        """
         for attempt in range(8):
-            obj = self.get_vm(namespace, name)
+            use_current = current is not None and attempt == 0
+            obj = copy.deepcopy(dict(current or {})) if use_current else self.get_vm(namespace, name)
             if obj is None or (uid and obj["metadata"]["uid"] != uid):
                 return None
             old = dict(obj.get("status") or {})
@@ -92,28 +100,29 @@ class Kube:
         raise RuntimeError(f"status update of {namespace}/{name} kept conflicting")
 
     # -- finalizers ----------------------------------------------------------
-    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool) -> bool:
-        """Add or remove a finalizer (resourceVersion-guarded). False if the VM is gone."""
-        for _ in range(8):
-            obj = self.get_vm(namespace, name)
+    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool,
+                      current: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """Add or remove a finalizer (resourceVersion-guarded). Returns the updated object,
+        or None if the VM is gone (or, when adding, already being deleted)."""
+        for attempt in range(8):
+            obj = dict(current) if (current is not None and attempt == 0) else self.get_vm(namespace, name)
             if obj is None:
-                return False
+                return None
             fins = list(obj["metadata"].get("finalizers") or [])
             if (finalizer in fins) == present:
-                return True
+                return obj
             if present:
                 if obj["metadata"].get("deletionTimestamp"):
-                    return False
+                    return None
                 fins.append(finalizer)
             else:
                 fins.remove(finalizer)
             body = {"metadata": {"finalizers": fins, "resourceVersion": obj["metadata"]["resourceVersion"]}}
             try:
-                self.patch_vm(namespace, name, body)
-                return True
+                return self.patch_vm(namespace, name, body)
             except ApiException as exc:
                 if exc.status == 404:
-                    return False
+                    return None
                 if exc.status != 409:
                     raise
         raise RuntimeError(f"finalizer update of {namespace}/{name} kept conflicting")
@@ -229,7 +238,10 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
+        self._event_pool.submit(self._post_event, namespace, body, reason, str(meta.get("name")))
+
+    def _post_event(self, namespace: str, body: dict[str, Any], reason: str, name: str) -> None:
         try:
             self.core.create_namespaced_event(namespace, body)
         except Exception as exc:
-            log.warning("could not post event %s on %s: %s", reason, meta.get("name"), exc)
+            log.warning("could not post event %s on %s: %s", reason, name, exc)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,9 @@ class Outcome:
 
 def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no-untyped-def]
     meta = vm["metadata"]
+    latest: dict[str, Any] = {"obj": vm}  # the last version we read or wrote: saves a GET per write
 
-    def write(phase: str | None = None, conds: list[tuple[str, bool, str, str]] = (), **fields: Any) -> None:  # type: ignore[assignment]
+    def write(phase: str | None = None, conds: Sequence[tuple[str, bool, str, str]] = (), **fields: Any) -> None:
         def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
             if st.get("nodeName") != ctx.node:
                 return None  # moved away meanwhile: not ours to write
@@ -81,7 +82,10 @@ def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no
                     st.get("conditions"), type_, ok, reason, message, meta.get("generation"))
             return st
 
-        ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
+        obj = ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"],
+                                        current=latest["obj"])
+        if obj is not None:
+            latest["obj"] = obj
 
     return write
 
@@ -114,8 +118,11 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         return Outcome("not-ours")
     if meta.get("deletionTimestamp"):
         return _delete(ctx, vm, dom)
-    if not ctx.kube.set_finalizer(namespace, name, AGENT_FINALIZER, True):
-        return Outcome("deleting")
+    if AGENT_FINALIZER not in (meta.get("finalizers") or []):
+        refreshed = ctx.kube.set_finalizer(namespace, name, AGENT_FINALIZER, True, current=vm)
+        if refreshed is None:
+            return Outcome("deleting")
+        vm, meta, status = refreshed, refreshed["metadata"], refreshed.get("status") or {}
     migration = status.get("migration") or {}
     if migration.get("state") in ("Running",):
         return Outcome("migrating")
@@ -142,6 +149,8 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
     if wait > 0:
         return Outcome("backoff", requeue_after=wait)
     recorded = (status.get("domain") or {}).get("generation")
+    want_running = bool((vm.get("spec") or {}).get("running", True))
+    domain_fields: dict[str, Any] = {}
     if dom is None or recorded != meta.get("generation"):
         try:
             dom = ctx.dm.define(xml)
@@ -149,14 +158,14 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
             write("Failed", [("Ready", False, "DefineFailed", str(exc))])
             ctx.kube.event(vm, "DefineFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
             return Outcome("define-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
-        write(domain={"name": dname, "uuid": dom.UUIDString(), "generation": meta.get("generation")})
+        domain_fields["domain"] = {"name": dname, "uuid": dom.UUIDString(), "generation": meta.get("generation")}
         if recorded is None:
             ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
 
-    want_running = bool((vm.get("spec") or {}).get("running", True))
     active = bool(dom.isActive())
     if want_running and not active:
-        write("Starting", [("Ready", False, "Starting", "starting the domain")])
+        write("Starting", [("Ready", False, "Starting", "starting the domain")], **domain_fields)
+        domain_fields = {}
         t0 = time.monotonic()
         try:
             ctx.dm.start(dom)
@@ -170,12 +179,15 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         ctx.kube.event(vm, "Started", f"domain {dname} started on {ctx.node}", component=f"agent/{ctx.node}")
         active = True
     elif not want_running and active:
-        write("Stopping", [("Ready", False, "Stopping", "spec.running is false")])
+        write("Stopping", [("Ready", False, "Stopping", "spec.running is false")], **domain_fields)
+        domain_fields = {}
         how = ctx.dm.stop(dom, timeout=grace_period(vm))
         write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
                           ("VFAttached", False, "Stopped", "the domain is not running")])
         ctx.kube.event(vm, "Stopped", f"domain {dname} stopped ({how})", component=f"agent/{ctx.node}")
         return Outcome("stopped")
+    if domain_fields:
+        write(None, **domain_fields)
 
     if not active:
         write("Stopped", [("Ready", False, "Stopped", "the domain is not running"),
@@ -189,14 +201,16 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         ctx.kube.event(vm, "DomainPaused", msg, type_="Warning", component=f"agent/{ctx.node}")
         return Outcome("paused", requeue_after=30)
 
+    ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
+    # Running as soon as the domain runs; the VF is a separate step with its own condition.
+    write("Running", [ready], mac=spec.mac)
     requeue = None
     vf_cond: tuple[str, bool, str, str]
     if spec.vf is None:
         vf_cond = ("VFAttached", False, "NoVF", "no VF is assigned to this VM on this node")
     else:
         vf_cond, requeue = _ensure_vf(ctx, vm, dom, spec)
-    write("Running", [("Ready", True, "Running", f"domain {dname} is running on {ctx.node}"), vf_cond],
-          mac=spec.mac)
+    write("Running", [ready, vf_cond], mac=spec.mac)
     return Outcome("running", requeue_after=requeue)
 
 

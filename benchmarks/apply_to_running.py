@@ -1,0 +1,156 @@
+"""Benchmark: latency from `apply` of a FailoverVM to phase Running, next to raw libvirt.
+
+For each of N VMs, one after the other on the real QEMU sandbox:
+  operator: create the FailoverVM, watch it until status.phase == Running;
+  raw:      on the same node, define + start the same domain XML with libvirt-python
+            (the XML the operator generated, renamed), then destroy + undefine it.
+Prints p50/p95 of both and the ratio of the p50s, from the same run.
+
+  .venv/bin/python -m benchmarks.apply_to_running --state-dir /var/lib/failovervm-sandbox -n 20
+(the sandbox must run with the operator: `failovervm sandbox up`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import libvirt
+from kubernetes import watch
+from lxml import etree
+
+from benchmarks.common import SandboxHandle, machine, summary
+from failovervm import API_GROUP, API_VERSION
+
+POOL = "bench-pool"
+
+
+def _pool(bridge: str) -> dict[str, Any]:
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": POOL},
+            "spec": {"nodeSelector": {"failovervm.io/sandbox-node": "true"}, "pfNames": ["sbxpf0"],
+                     "standby": {"type": "bridge", "source": bridge}}}
+
+
+def _vm(name: str, ns: str, image: str) -> dict[str, Any]:
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"running": True, "cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
+                     "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
+                     "network": {"pool": POOL}}}
+
+
+def _ensure_pool(sb: SandboxHandle) -> None:
+    try:
+        sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", _pool(sb.data["bridge"]))
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pool = sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", POOL)
+        if ((pool.get("status") or {}).get("totals") or {}).get("free", 0) > 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError("bench pool has no free VF")
+
+
+def _operator_once(sb: SandboxHandle, ns: str, name: str, image: str) -> tuple[float, dict[str, Any]]:
+    w = watch.Watch()
+    t0 = time.perf_counter()
+    sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", _vm(name, ns, image))
+    for ev in w.stream(sb.custom.list_namespaced_custom_object, API_GROUP, API_VERSION, ns, "failovervms",
+                       field_selector=f"metadata.name={name}", timeout_seconds=120):
+        obj = ev["object"]
+        if (obj.get("status") or {}).get("phase") == "Running":
+            elapsed = time.perf_counter() - t0
+            w.stop()
+            return elapsed, obj
+    raise RuntimeError(f"{ns}/{name} did not reach Running")
+
+
+def _raw_once(uri: str, xml: str) -> float:
+    conn = libvirt.open(uri)
+    try:
+        t0 = time.perf_counter()
+        dom = conn.defineXML(xml)
+        dom.create()
+        elapsed = time.perf_counter() - t0
+        dom.destroy()
+        dom.undefine()
+        return elapsed
+    finally:
+        conn.close()
+
+
+def _raw_xml(uri: str, domain: str) -> str:
+    conn = libvirt.open(uri)
+    try:
+        el = etree.fromstring(conn.lookupByName(domain).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    finally:
+        conn.close()
+    el.find("name").text = f"raw-{domain}"[:60]
+    el.find("uuid").text = str(uuid.uuid4())
+    md = el.find("metadata")
+    if md is not None:
+        el.remove(md)  # not an operator domain
+    return etree.tostring(el, encoding="unicode")
+
+
+def _delete_and_wait(sb: SandboxHandle, ns: str, name: str) -> None:
+    sb.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
+        except Exception:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{ns}/{name} was not deleted")
+
+
+def run(state_dir: Path, n: int = 20, namespace: str = "bench-apply") -> dict[str, Any]:
+    sb = SandboxHandle(state_dir)
+    image = str(Path(sb.data["images_dir"]) / "halt.img")
+    try:
+        sb.core.create_namespace({"metadata": {"name": namespace}})
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+    _ensure_pool(sb)
+    op, raw = [], []
+    for i in range(n):
+        name = f"bench-{i}"
+        elapsed, obj = _operator_once(sb, namespace, name, image)
+        op.append(elapsed)
+        node = obj["status"]["nodeName"]
+        raw.append(_raw_once(sb.uri(node), _raw_xml(sb.uri(node), obj["status"]["domain"]["name"])))
+        _delete_and_wait(sb, namespace, name)
+    o, r = summary(op), summary(raw)
+    return {"benchmark": "apply_to_running", "n": n, "operator_s": o, "raw_libvirt_s": r,
+            "ratio_p50": o["p50"] / r["p50"], "ratio_p95": o["p95"] / r["p95"], "machine": machine()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
+    ap.add_argument("-n", type=int, default=20)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = run(Path(args.state_dir), args.n)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    o, r = res["operator_s"], res["raw_libvirt_s"]
+    print(f"apply -> Running over {res['n']} VMs (sandbox, real QEMU, {res['machine']['cpu']})")
+    print(f"{'':24}{'p50 (s)':>10}{'p95 (s)':>10}")
+    print(f"{'operator (apply->Running)':24}{o['p50']:>10.3f}{o['p95']:>10.3f}")
+    print(f"{'raw libvirt define+start':24}{r['p50']:>10.3f}{r['p95']:>10.3f}")
+    print(f"{'ratio operator/raw':24}{res['ratio_p50']:>10.2f}{res['ratio_p95']:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Every benchmark runs in a small, quick mode here so it cannot rot. Figures are not asserted:
+speed is measured by the benchmarks themselves (benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.conftest import Sandbox
+from tests.e2e.helpers import apply, pool_manifest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_apply_to_running_benchmark_quick(operator_sandbox: Sandbox) -> None:
+    from benchmarks import apply_to_running
+
+    apply(operator_sandbox, pool_manifest(apply_to_running.POOL, operator_sandbox.data["bridge"]))
+    res = apply_to_running.run(operator_sandbox.state_dir, n=3, namespace="bench-quick")
+    assert res["operator_s"]["n"] == 3 and res["raw_libvirt_s"]["n"] == 3
+    assert math.isfinite(res["ratio_p50"]) and res["ratio_p50"] > 0
+    operator_sandbox.kubectl("delete", "namespace", "bench-quick", "--wait=false")

@@ -1,0 +1,83 @@
+"""The generated domain XML on libvirt's real QEMU driver (a sandbox libvirt host)."""
+
+from __future__ import annotations
+
+import uuid
+
+import libvirt
+import pytest
+
+from failovervm import domxml
+from tests.conftest import Sandbox
+
+pytestmark = pytest.mark.integration
+
+
+def _spec(sb: Sandbox, name: str, vf: str | None = "0000:3b:02.0") -> domxml.DomainSpec:
+    return domxml.DomainSpec(
+        name=name, uuid=str(uuid.uuid4()), namespace="it", vm_name=name.split("_")[-1], vm_uid=str(uuid.uuid4()),
+        vcpus=1, memory_mib=32, mac=domxml.generate_mac(name),
+        disks=(domxml.DiskSpec("boot", str(sb.images_dir / "halt.img"), "raw", "virtio", True, 1),),
+        standby=domxml.StandbySpec("bridge", sb.data["bridge"]),
+        vf=domxml.PCIAddress.parse(vf) if vf else None,
+        accel="kvm" if sb.data["accel"] == "kvm" else "qemu",
+    )
+
+
+def test_qemu_driver_accepts_the_full_failover_pair(sandbox: Sandbox) -> None:
+    """The QEMU driver runs libvirt's teaming validation at define time (virtio persistent member,
+    hostdev transient member, QEMU with failover support)."""
+    conn = libvirt.open(sandbox.nodes[0]["uri"])
+    name = "fvm_it_fullpair"
+    try:
+        spec = _spec(sandbox, name)
+        dom = conn.defineXML(domxml.to_xml(domxml.build_domain(spec, include_vf=True)))
+        xml = domxml.parse_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        nics = xml.findall("devices/interface")
+        assert {n.get("type") for n in nics} == {"bridge", "hostdev"}
+        assert {n.find("mac").get("address") for n in nics} == {spec.mac}
+        hostdev = next(n for n in nics if n.get("type") == "hostdev")
+        assert hostdev.find("teaming").get("type") == "transient"
+        assert hostdev.find("teaming").get("persistent") == domxml.STANDBY_ALIAS
+        assert domxml.parse_owner(xml) is not None
+    finally:
+        try:
+            conn.lookupByName(name).undefine()
+        except libvirt.libvirtError:
+            pass
+        conn.close()
+
+
+def test_qemu_driver_rejects_a_non_virtio_persistent_member(sandbox: Sandbox) -> None:
+    """Shows what libvirt's own validation catches (and that our builder never emits)."""
+    conn = libvirt.open(sandbox.nodes[0]["uri"])
+    try:
+        xml = domxml.build_domain(_spec(sandbox, "fvm_it_e1000e", vf=None), include_vf=False)
+        xml.find("devices/interface/model").set("type", "e1000e")
+        with pytest.raises(libvirt.libvirtError, match="must be <model type='virtio'/>"):
+            conn.defineXML(domxml.to_xml(xml))
+    finally:
+        conn.close()
+
+
+def test_domain_without_vf_starts_and_takes_a_vf_hotplug_attempt(sandbox: Sandbox) -> None:
+    """The persistent definition (virtio only) starts; the VF hot-plug then reaches the host's
+    PCI passthrough check, which fails here because there is no VFIO/SR-IOV hardware."""
+    conn = libvirt.open(sandbox.nodes[1]["uri"])
+    name = "fvm_it_hotplug"
+    spec = _spec(sandbox, name)
+    try:
+        dom = conn.defineXML(domxml.to_xml(domxml.build_domain(spec, include_vf=False)))
+        dom.create()
+        with pytest.raises(libvirt.libvirtError, match="passthrough of host PCI devices"):
+            dom.attachDeviceFlags(domxml.build_vf_interface_xml(spec), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        assert dom.isActive()
+    finally:
+        try:
+            d = conn.lookupByName(name)
+            if d.isActive():
+                d.destroy()
+            d.undefine()
+        except libvirt.libvirtError:
+            pass
+        conn.close()
