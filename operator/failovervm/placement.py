@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from failovervm.vfs import claim_name
 from failovervm.vmspec import pool_info, vm_request
 
 log = logging.getLogger(__name__)
+_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="placement-read")
 
 
 @dataclass(frozen=True)
@@ -90,18 +92,24 @@ def place(
 ) -> Claimed | Unschedulable:
     """Choose a node and claim a free VF there for `vm`. Retries on claim races."""
     req = vm_request(vm)
-    pool = kube.get_pool(req.pool)
+    # The four reads are independent: issue them together.
+    f_pool = _READS.submit(kube.get_pool, req.pool)
+    f_nodes = _READS.submit(kube.list_nodes)
+    f_vms = _READS.submit(kube.list_vms)
+    f_claims = _READS.submit(kube.list_claims)
+    pool = f_pool.result()
     if pool is None:
         return Unschedulable(reason="NoMatchingNode", message=f"VFPool {req.pool!r} does not exist")
     inventory = pool_inventory(pool)
-    nodes = [NodeInfo.from_k8s(n) for n in kube.list_nodes()]
+    nodes = [NodeInfo.from_k8s(n) for n in f_nodes.result()]
     if target_node is not None:
         nodes = [n for n in nodes if n.name == target_node]
         if not nodes:
             return Unschedulable(reason="NoMatchingNode", message=f"node {target_node!r} does not exist")
-    used = used_resources(kube.list_vms(), exclude_uid=vm["metadata"]["uid"])
-    for _attempt in range(16):
-        taken = claimed_vfs(kube.list_claims())
+    used = used_resources(f_vms.result(), exclude_uid=vm["metadata"]["uid"])
+    claim_list = f_claims.result()
+    for attempt in range(16):
+        taken = claimed_vfs(claim_list if attempt == 0 else kube.list_claims())
         free = {node: [pci for pci in vfs if (node, pci) not in taken] for node, vfs in inventory.items()}
         decision = schedule(req, nodes, pool_info(pool), free, used, exclude=set(exclude_nodes))
         if isinstance(decision, Unschedulable):

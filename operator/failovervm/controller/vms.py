@@ -8,6 +8,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes.client import ApiException
+
 from failovervm import conditions, labels
 from failovervm.controller.config import AGENT_FINALIZER, CONFIG
 from failovervm.placement import Claimed, place
@@ -51,16 +53,42 @@ def ensure_scheduled(namespace: str, name: str) -> str:
             _record_unschedulable(vm, result)
             return f"pending:{result.reason}"
         assert isinstance(result, Claimed)
-        if not _record_placement(vm, result):
+        placed = _record_placement(vm, result)
+        if placed is None:
             kube.delete_claim(result.claim)
             return "gone"
-        kube.patch_vm(namespace, name, {"metadata": {"labels": {labels.VM_NODE: result.node}}})
+        # The node label lets the node's agent watch its VMs; its finalizer is added here in the
+        # same patch, so the domain can never be created without the finalizer that removes it.
+        _label_and_guard(namespace, name, result.node, placed)
         kube.event(vm, "Scheduled", f"Scheduled to {result.node} with VF {result.pci_address} ({result.claim})",
                    component="controller")
         return f"placed:{result.node}"
 
 
-def _record_placement(vm: Mapping[str, Any], c: Claimed) -> bool:
+def _label_and_guard(namespace: str, name: str, node: str, current: Mapping[str, Any] | None) -> None:
+    kube = CONFIG.k()
+    for _ in range(8):
+        obj = current or kube.get_vm(namespace, name)
+        current = None
+        if obj is None:
+            return
+        fins = list(obj["metadata"].get("finalizers") or [])
+        if AGENT_FINALIZER not in fins and not obj["metadata"].get("deletionTimestamp"):
+            fins.append(AGENT_FINALIZER)
+        try:
+            kube.patch_vm(namespace, name, {"metadata": {
+                "labels": {labels.VM_NODE: node}, "finalizers": fins,
+                "resourceVersion": obj["metadata"]["resourceVersion"]}})
+            return
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            if exc.status != 409:
+                raise
+    raise RuntimeError(f"labelling {namespace}/{name} kept conflicting")
+
+
+def _record_placement(vm: Mapping[str, Any], c: Claimed) -> dict[str, Any] | None:
     kube = CONFIG.k()
     meta = vm["metadata"]
 
@@ -75,7 +103,7 @@ def _record_placement(vm: Mapping[str, Any], c: Claimed) -> bool:
             meta.get("generation"))
         return st
 
-    return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"]) is not None
+    return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
 
 
 def _record_unschedulable(vm: Mapping[str, Any], u: Unschedulable) -> None:
