@@ -71,8 +71,60 @@ def cmd_controller(args: argparse.Namespace) -> int:
         kubeconfig=args.kubeconfig, storage_roots=args.storage_root, webhook_host=args.webhook_host,
         webhook_port=args.webhook_port, webhook_cert_dir=args.webhook_cert_dir,
         webhook_managed=not args.webhook_unmanaged, metrics_port=args.metrics_port,
-        health_port=args.health_port, peering=not args.standalone,
+        health_port=args.health_port, peering=not args.standalone, namespace=args.namespace,
+        parallel_migrations_per_cluster=args.parallel_migrations_per_cluster,
+        parallel_outbound_migrations_per_node=args.parallel_outbound_migrations_per_node,
+        guard_image=args.guard_image,
     ))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from failovervm import kube as kube_mod
+
+    kube = kube_mod.Kube(kube_mod.load(args.kubeconfig, args.context))
+    ns = args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context)
+    if kube.get_vm(ns, args.name) is None:
+        print(f"failovervm: error: FailoverVM {ns}/{args.name} not found", file=sys.stderr)
+        return 1
+    spec: dict[str, str] = {"vmName": args.name}
+    if args.to:
+        spec["targetNode"] = args.to
+    created = kube.create_migration({
+        "apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVMMigration",
+        "metadata": {"generateName": f"{args.name}-migration-"[:58], "namespace": ns}, "spec": spec})
+    name = created["metadata"]["name"]
+    if args.output in ("json", "yaml") and not args.wait:
+        _print_obj(created, args.output)
+        return 0
+    print(f"failovervmmigration.failovervm.io/{name} created", file=sys.stderr)
+    if not args.wait:
+        return 0
+    import time
+
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        mig = kube.get_migration(ns, name) or {}
+        st = mig.get("status") or {}
+        if st.get("phase") in ("Succeeded", "Failed", "Aborted"):
+            if args.output in ("json", "yaml"):
+                _print_obj(mig, args.output)
+            else:
+                stats = st.get("stats") or {}
+                print(f"{name}: {st['phase']} {st.get('sourceNode')} -> {st.get('targetNode')} "
+                      f"downtime={stats.get('downtimeMs', '-')}ms {st.get('reason', '')} {st.get('message', '')}")
+            return 0 if st["phase"] == "Succeeded" else 1
+        time.sleep(0.5)
+    print(f"failovervm: error: {name} did not finish within {args.timeout}s", file=sys.stderr)
+    return 1
+
+
+def _print_obj(obj: object, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(obj, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(obj, sort_keys=False))
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -124,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
     ctl.add_argument("--health-port", type=int, default=None, help="liveness endpoint port")
     ctl.add_argument("--standalone", action="store_true", help="no peering (single replica, tests only)")
+    ctl.add_argument("--namespace", default="failovervm-system",
+                     help="the operator's namespace (drain guard pods live here)")
+    ctl.add_argument("--parallel-migrations-per-cluster", type=int, default=5)
+    ctl.add_argument("--parallel-outbound-migrations-per-node", type=int, default=2)
+    ctl.add_argument("--guard-image", default="registry.k8s.io/pause:3.10",
+                     help="image of the per-node drain guard pods (never does any work)")
     ctl.set_defaults(func=cmd_controller)
 
     ag = sub.add_parser("agent", help="run the node agent (libvirt domains and VF inventory of one node)")
@@ -136,7 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--resync-seconds", type=float, default=30.0)
     ag.add_argument("--serial-log-dir", default=None, help="write each VM's serial console to a file here")
     ag.set_defaults(func=cmd_agent)
+
+    mi = sub.add_parser("migrate", help="live-migrate a FailoverVM (creates a FailoverVMMigration)")
+    mi.add_argument("name", help="the FailoverVM")
+    mi.add_argument("--to", default=None, help="target node (default: the operator picks one)")
+    mi.add_argument("--wait", action="store_true", help="wait until the migration finishes")
+    mi.add_argument("--timeout", type=float, default=600)
+    _kubectl_flags(mi)
+    mi.set_defaults(func=cmd_migrate)
     return p
+
+
+def _kubectl_flags(p: argparse.ArgumentParser) -> None:
+    """The kubectl conventions: --kubeconfig, --context, -n/--namespace, -o."""
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--context", default=None)
+    p.add_argument("-n", "--namespace", default=None)
+    p.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
 
 def main(argv: list[str] | None = None) -> int:

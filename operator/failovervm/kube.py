@@ -28,11 +28,23 @@ VFPOOL = "vfpools"
 VFCLAIM = "vfclaims"
 
 
-def load(kubeconfig: str | None = None) -> client.ApiClient:
+def current_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
+    """The namespace of the kubeconfig's (current) context, as kubectl uses it."""
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        if context:
+            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
+            active = next((c for c in contexts if c["name"] == context), active)
+        return str((active or {}).get("context", {}).get("namespace") or "default")
+    except (config.ConfigException, OSError, TypeError):
+        return "default"
+
+
+def load(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """Load a kubeconfig (path, or $KUBECONFIG) or the in-cluster ServiceAccount config."""
     cfg = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    if kubeconfig or context:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
     else:
         try:
             config.load_incluster_config(client_configuration=cfg)
@@ -42,7 +54,7 @@ def load(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-class Kube:
+class _KubeBase:
     """Thin, synchronous wrapper; async callers run it in a thread."""
 
     def __init__(self, api: client.ApiClient) -> None:
@@ -195,6 +207,28 @@ class Kube:
                 return None
             raise
 
+    # -- Pods (drain guards) --------------------------------------------------------------
+    def ensure_pod(self, body: dict[str, Any]) -> bool:
+        """Create the pod unless it exists. True if created now."""
+        try:
+            self.core.create_namespaced_pod(body["metadata"]["namespace"], body)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool:
+        """Delete a pod (grace 0: at once; nothing waits for a kubelet). True if it existed."""
+        body = {"gracePeriodSeconds": grace_period} if grace_period is not None else None
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=body, grace_period_seconds=grace_period)
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
     # -- Events --------------------------------------------------------------------
     _EVENT_DEDUPE_SECONDS = 300.0
 
@@ -245,3 +279,55 @@ class Kube:
             self.core.create_namespaced_event(namespace, body)
         except Exception as exc:
             log.warning("could not post event %s on %s: %s", reason, name, exc)
+
+
+class MigrationsMixin:
+    """FailoverVMMigration operations (mixed into Kube below)."""
+
+    custom: Any
+
+    def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVMM, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_migrations(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        if namespace:
+            res = self.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVMM)
+        else:
+            res = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, FVMM)
+        return list(res.get("items", []))
+
+    def create_migration(self, body: dict[str, Any]) -> dict[str, Any]:
+        ns = body["metadata"]["namespace"]
+        return dict(self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, FVMM, body))
+
+    def update_migration_status(
+        self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        for attempt in range(8):
+            obj = self.get_migration(namespace, name)
+            if obj is None:
+                return None
+            old = dict(obj.get("status") or {})
+            new = mutate(copy.deepcopy(old))
+            if new is None or new == old:
+                return obj
+            obj["status"] = new
+            try:
+                return dict(self.custom.replace_namespaced_custom_object_status(
+                    API_GROUP, API_VERSION, namespace, FVMM, name, obj))
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                if exc.status != 409:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise RuntimeError(f"status update of migration {namespace}/{name} kept conflicting")
+
+
+class Kube(_KubeBase, MigrationsMixin):
+    """The Kubernetes adapter used by the controller, the agents and the CLI."""

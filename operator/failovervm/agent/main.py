@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes import watch
 
@@ -84,6 +85,7 @@ class Agent:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.conn = LibvirtConnection(args.libvirt_uri, args.node, self._on_domain_event, self._on_reconnect)
         self.ctx: AgentContext | None = None
+        self.migrator: Any = None
         self._stop = threading.Event()
 
     # -- event sources ---------------------------------------------------------------
@@ -103,6 +105,13 @@ class Agent:
             sysfs_root=Path(self.args.sysfs_root), kvm=kvm,
             vf_state=self.ctx.vf_state if self.ctx else {}, serial_log_dir=self.args.serial_log_dir,
         )
+        from failovervm.agent.migrate import Migrator
+
+        migrator = self.migrator
+        if migrator is None:
+            migrator = self.migrator = Migrator(self.ctx)
+        migrator.ctx = self.ctx
+        self.ctx.migration_hook = migrator.handle
         log.info("libvirt host %s: KVM %s", self.args.libvirt_uri, "available" if kvm else "NOT available (TCG)")
         asyncio.get_running_loop().create_task(self._resync())
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import libvirt
 
-from failovervm import conditions, domxml
+from failovervm import conditions, domxml, labels
 from failovervm.agent.domains import DomainManager, real_pci_device_exists
 from failovervm.controller.config import AGENT_FINALIZER
 from failovervm.kube import Kube
@@ -24,6 +24,7 @@ from failovervm.vmspec import domain_spec
 
 log = logging.getLogger(__name__)
 
+EVICT_ANNOTATION = "failovervm.io/evict"
 VF_BACKOFF_START = 5.0
 VF_BACKOFF_MAX = 300.0
 
@@ -46,6 +47,8 @@ class AgentContext:
     vf_state: dict[str, VFAttachState] = field(default_factory=dict)
     failures: dict[str, VFAttachState] = field(default_factory=dict)
     serial_log_dir: str | None = None
+    # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
+    migration_hook: Callable[[Mapping[str, Any], libvirt.virDomain | None], Outcome | None] | None = None
 
     def backoff_left(self, uid: str) -> float:
         st = self.failures.get(uid)
@@ -123,9 +126,12 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         if refreshed is None:
             return Outcome("deleting")
         vm, meta, status = refreshed, refreshed["metadata"], refreshed.get("status") or {}
-    migration = status.get("migration") or {}
-    if migration.get("state") in ("Running",):
-        return Outcome("migrating")
+    if status.get("migration") and ctx.migration_hook is not None:
+        handled = ctx.migration_hook(vm, dom)
+        if handled is not None:
+            return handled
+    if (meta.get("annotations") or {}).get(EVICT_ANNOTATION) == ctx.node:
+        return _evict(ctx, vm, dom)
 
     write = _status_writer(ctx, vm)
     pool_name = ((vm.get("spec") or {}).get("network") or {}).get("pool", "")
@@ -247,6 +253,37 @@ def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
     ctx.vf_state.pop(uid, None)
     ctx.kube.event(vm, "VFAttached", f"VF {pci} hot-plugged as failover primary", component=f"agent/{ctx.node}")
     return ("VFAttached", True, "Attached", f"VF {pci} is attached as the failover primary"), None
+
+
+def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+    """evictionStrategy Shutdown on a draining node: shut down, undefine, and hand the VM back to
+    the controller, which starts it on another node."""
+    meta = vm["metadata"]
+    how = "not defined"
+    if dom is not None:
+        how = ctx.dm.stop(dom, timeout=grace_period(vm))
+        ctx.dm.undefine(dom)
+
+    def release(st: dict[str, Any]) -> dict[str, Any] | None:
+        if st.get("nodeName") != ctx.node:
+            return None
+        for key in ("nodeName", "vf", "domain"):
+            st.pop(key, None)
+        st["phase"] = "Pending"
+        st["conditions"] = conditions.set_condition(
+            st.get("conditions"), "Ready", False, "Evicted",
+            f"shut down ({how}) on draining node {ctx.node}; to be started on another node", meta.get("generation"))
+        st["conditions"] = conditions.set_condition(st["conditions"], "Scheduled", False, "Evicted",
+                                                    f"evicted from {ctx.node}")
+        return st
+
+    ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
+    fins = [f for f in meta.get("finalizers") or [] if f != AGENT_FINALIZER]
+    ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {
+        "labels": {labels.VM_NODE: None}, "annotations": {EVICT_ANNOTATION: None}, "finalizers": fins}})
+    ctx.kube.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}",
+                   component=f"agent/{ctx.node}")
+    return Outcome("evicted")
 
 
 def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:

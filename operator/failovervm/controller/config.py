@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from failovervm.kube import Kube
+from failovervm.migration import Limits
 
 CONTROLLER_FINALIZER = "failovervm.io/controller"
 AGENT_FINALIZER = "failovervm.io/agent"
@@ -16,6 +17,9 @@ class ControllerConfig:
     storage_roots: list[str] = field(default_factory=list)
     pending_retry_seconds: float = 3.0
     claim_gc_grace_seconds: float = 60.0
+    namespace: str = "failovervm-system"
+    guard_image: str = "registry.k8s.io/pause:3.10"
+    limits: Limits = field(default_factory=Limits)
 
     def k(self) -> Kube:
         if self.kube is None:

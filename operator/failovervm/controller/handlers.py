@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from failovervm import API_GROUP, API_VERSION
-from failovervm.controller import vms
+from failovervm.controller import migrations, vms
 from failovervm.controller.config import CONFIG
 from failovervm.validation import validate_vm
 
@@ -76,3 +76,66 @@ def validate_failovervm(*, body: kopf.Body, **kwargs: Any) -> None:
     )
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+# -- FailoverVMMigration -----------------------------------------------------------------------
+FVMM = (API_GROUP, API_VERSION, "failovervmmigrations")
+
+
+def _active(*, status: kopf.Status, **_: Any) -> bool:
+    return (status.get("phase") or "Pending") not in ("Succeeded", "Failed", "Aborted") or not any(
+        c.get("type") == "CleanedUp" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+@kopf.on.event(*FVMM)
+def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+    if type == "DELETED" or meta.get("deletionTimestamp") or namespace is None:
+        return
+    migrations.advance(namespace, name)
+
+
+@kopf.timer(*FVMM, interval=1.0, when=_active)
+def drive_migration(*, name: str, namespace: str | None, **_: Any) -> None:
+    migrations.advance(namespace or "", name)
+
+
+@kopf.on.delete(*FVMM)
+def on_migration_delete(*, name: str, namespace: str | None, **_: Any) -> None:
+    try:
+        migrations.on_delete(namespace or "", name)
+    except migrations.WaitForAgent as exc:
+        raise kopf.TemporaryError(str(exc), delay=1) from None
+
+
+# -- Nodes: drain guard pods and evacuation -------------------------------------------------------
+@kopf.on.event("", "v1", "nodes")
+def on_node_event(*, type: str, body: kopf.Body, **_: Any) -> None:
+    if type != "DELETED":
+        migrations.reconcile_node(body)
+
+
+@kopf.timer("", "v1", "nodes", interval=2.0)
+def node_tick(*, body: kopf.Body, **_: Any) -> None:
+    migrations.reconcile_node(body)
+
+
+@kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",
+                  ignore_failures=True)
+def guard_pod_eviction(*, name: str | None, namespace: str | None, **_: Any) -> None:
+    """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
+    FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
+    if namespace != CONFIG.namespace or not name or not name.startswith(migrations.GUARD_PREFIX):
+        return
+    node_name = name[len(migrations.GUARD_PREFIX):]
+    remaining = migrations.node_has_vms(node_name)
+    kube = CONFIG.k()
+    node = kube.get_node(node_name)
+    if node is not None:
+        migrations.reconcile_node(node)  # the attempt itself starts the evacuation
+    if remaining:
+        raise kopf.AdmissionError(
+            f"node {node_name} still runs {remaining} FailoverVM(s); they are being live-migrated away", code=429)
+    # Empty: remove the guard pod now (grace period 0, no kubelet to wait for); the retried
+    # eviction then finds it gone, which drain counts as done.
+    kube.delete_pod(CONFIG.namespace, name, grace_period=0)
+    raise kopf.AdmissionError(f"node {node_name} has no FailoverVMs left; guard pod removed", code=429)

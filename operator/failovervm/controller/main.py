@@ -14,6 +14,7 @@ import kopf
 from failovervm import kube as kube_mod
 from failovervm.controller.config import CONFIG, CONTROLLER_FINALIZER
 from failovervm.metrics import start_metrics
+from failovervm.migration import Limits
 
 log = logging.getLogger(__name__)
 PEERING_NAME = "failovervm"
@@ -30,6 +31,10 @@ class ControllerArgs:
     metrics_port: int
     health_port: int | None
     peering: bool = True
+    namespace: str = "failovervm-system"
+    parallel_migrations_per_cluster: int = 5
+    parallel_outbound_migrations_per_node: int = 2
+    guard_image: str = "registry.k8s.io/pause:3.10"
 
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
@@ -59,6 +64,10 @@ def run(args: ControllerArgs) -> int:
         os.environ["KUBECONFIG"] = args.kubeconfig
     CONFIG.kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
     CONFIG.storage_roots = [str(Path(r).resolve()) for r in args.storage_roots]
+    CONFIG.namespace = args.namespace
+    CONFIG.guard_image = args.guard_image
+    CONFIG.limits = Limits(per_cluster=args.parallel_migrations_per_cluster,
+                           per_node_outbound=args.parallel_outbound_migrations_per_node)
     import failovervm.controller.handlers  # noqa: F401  (registers the handlers)
 
     @kopf.on.login()

@@ -48,6 +48,10 @@ def ensure_scheduled(namespace: str, name: str) -> str:
 
             kube.update_vm_status(namespace, name, stopped, uid=uid)
             return "not-running"
+        # Claims of an unplaced VM are stale (e.g. after an eviction): release them first.
+        for claim in kube.list_claims():
+            if (claim["spec"].get("owner") or {}).get("uid") == uid:
+                kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
         result = place(kube, vm)
         if isinstance(result, Unschedulable):
             _record_unschedulable(vm, result)

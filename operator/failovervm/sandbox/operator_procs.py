@@ -44,6 +44,8 @@ def ensure(state: State, opts: Options) -> None:
     d = state.data
     _apply_crds(state)
     _apply_peering(state)
+    subprocess.run([str(binaries.kubectl()), "--kubeconfig", str(state.kubeconfig), "create", "namespace",
+                    "failovervm-system"], check=False, capture_output=True)
     logs = state.cp_paths.logs
     op = d.setdefault("operator", {})
     op.setdefault("webhook_port", controlplane.free_port())

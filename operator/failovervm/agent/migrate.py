@@ -1,0 +1,308 @@
+"""Source-node side of a live migration: libvirt peer-to-peer migration of the VM's domain.
+
+The controller has already reserved a VF on the target (VM.status.migration.state == TargetReady).
+The agent of the source node then:
+1. marks the migration Running (FailoverVMMigration and VM status, phase Migrating);
+2. calls migrateToURI3(LIVE | PEER2PEER | PERSIST_DEST | UNDEFINE_SOURCE) in a thread, passing a
+   destination XML whose VF teaming member (if the VF is plugged) points at the target's VF, and
+   the persistent definition for the target; QEMU unplugs the VF on the source before the memory
+   copy and the guest keeps networking through the virtio standby;
+3. on success moves VM status, node label and VF to the target and records libvirt's
+   completed-job statistics; on failure leaves the VM running on the source and reports why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import libvirt
+
+from failovervm import conditions, domxml, labels
+from failovervm import migration as mg
+from failovervm.agent.reconcile import AgentContext, Outcome
+from failovervm.vmspec import domain_spec
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 2.0
+
+
+def migration_flags(transport: str) -> int:
+    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    if transport == "tls":
+        flags |= libvirt.VIR_MIGRATE_TLS
+    return int(flags)
+
+
+def destination_xml(live_xml: str, target_pci: str | None) -> str:
+    """The source's migratable XML with the VF teaming member (if plugged) pointed at the target VF."""
+    el = domxml.parse_xml(live_xml)
+    if target_pci:
+        addr = domxml.PCIAddress.parse(target_pci)
+        for iface in el.iterfind("devices/interface[@type='hostdev']"):
+            src = iface.find("source/address")
+            if src is not None:
+                for k, v in addr.xml_attrs().items():
+                    src.set(k, v)
+    return domxml.to_xml(el)
+
+
+@dataclass
+class Migrator:
+    """Tracks the migrations this agent runs (one thread each)."""
+
+    ctx: AgentContext
+    transport: str = field(default_factory=lambda: os.environ.get("FAILOVERVM_MIGRATION_TRANSPORT", "tcp"))
+    running: dict[str, threading.Thread] = field(default_factory=dict)
+    aborting: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome | None:
+        """Called by reconcile for a VM with status.migration; None means: reconcile as usual."""
+        st = vm.get("status") or {}
+        mig = st.get("migration") or {}
+        uid = vm["metadata"]["uid"]
+        state = mig.get("state")
+        with self.lock:
+            in_process = uid in self.running and self.running[uid].is_alive()
+        if state == mg.TARGET_READY and not in_process:
+            if dom is None or not dom.isActive():
+                self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
+                return Outcome("migration-failed")
+            t = threading.Thread(target=self._run, args=(dict(vm),), name=f"migrate-{vm['metadata']['name']}",
+                                 daemon=True)
+            with self.lock:
+                self.running[uid] = t
+            t.start()
+            return Outcome("migration-started")
+        if state in (mg.RUNNING, mg.ABORTING) and in_process:
+            if state == mg.ABORTING and uid not in self.aborting and dom is not None:
+                self.aborting.add(uid)
+                try:
+                    dom.abortJob()
+                    log.info("aborting migration %s of %s", mig.get("name"), vm["metadata"]["name"])
+                except libvirt.libvirtError as exc:
+                    log.warning("abortJob failed: %s", exc)
+            return Outcome("migrating", requeue_after=2.0)
+        if state in (mg.RUNNING, mg.ABORTING) and not in_process:
+            return self._recover(vm, mig, dom)
+        if state in (mg.TARGET_READY, mg.RUNNING):
+            return Outcome("migrating")
+        return None  # Scheduling: the VM keeps running as usual
+
+    # -- the migration thread ---------------------------------------------------------------
+    def _run(self, vm: dict[str, Any]) -> None:
+        uid = vm["metadata"]["uid"]
+        try:
+            self._migrate(vm)
+        except Exception as exc:
+            log.exception("migration of %s failed unexpectedly", vm["metadata"]["name"])
+            try:
+                mig = (vm.get("status") or {}).get("migration") or {}
+                self._finish_failed(vm, mig, "AgentError", str(exc))
+            except Exception:
+                log.exception("could not record the failure")
+        finally:
+            with self.lock:
+                self.running.pop(uid, None)
+                self.aborting.discard(uid)
+
+    def _migrate(self, vm: dict[str, Any]) -> None:
+        ctx = self.ctx
+        meta = vm["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        mig = dict((vm.get("status") or {}).get("migration") or {})
+        mig_name, target = mig["name"], mig["targetNode"]
+        dname = domxml.domain_name(ns, name)
+        started = time.monotonic()
+
+        def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
+            if st.get("phase") != mg.TARGET_READY:
+                return None
+            st.update(phase=mg.RUNNING, message=f"live-migrating from {ctx.node} to {target}")
+            return st
+
+        ctx.kube.update_migration_status(ns, mig_name, to_running)
+
+        def vm_running(st: dict[str, Any]) -> dict[str, Any] | None:
+            cur = st.get("migration") or {}
+            if cur.get("name") != mig_name or st.get("nodeName") != ctx.node:
+                return None
+            st["migration"] = {**cur, "state": mg.RUNNING}
+            st["phase"] = "Migrating"
+            return st
+
+        if ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"]) is None:
+            return
+        node_obj = ctx.kube.get_node(target)
+        uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
+        if not uri:
+            self._finish_failed(vm, mig, "TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation")
+            return
+        dom = ctx.dm.lookup(dname)
+        if dom is None or not dom.isActive():
+            self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
+            return
+        pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
+        persist_spec = domain_spec(vm, pool, storage_roots=ctx.storage_roots, vf=mig.get("targetPciAddress"),
+                                   vf_node=target, kvm_available=ctx.kvm,
+                                   serial_log=f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None)
+        persist_xml = domxml.to_xml(domxml.build_domain(persist_spec, include_vf=False))
+        dest_xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), mig.get("targetPciAddress"))
+        params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml}
+        stop_progress = threading.Event()
+        progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, stop_progress), daemon=True)
+        progress.start()
+        log.info("migrating %s/%s to %s (%s) with %s", ns, name, target, uri, mig_name)
+        try:
+            dom.migrateToURI3(uri, params, migration_flags(self.transport))
+        except libvirt.libvirtError as exc:
+            stop_progress.set()
+            aborted = meta["uid"] in self.aborting or exc.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED
+            if aborted:
+                self._finish_failed(vm, mig, "Aborted", f"aborted: {exc}", phase=mg.ABORTED)
+            else:
+                self._finish_failed(vm, mig, "MigrationFailed", str(exc))
+            return
+        finally:
+            stop_progress.set()
+        wall = time.monotonic() - started
+        stats = self._completed_stats(uri, dname)
+        self._finish_succeeded(vm, mig, stats, wall)
+
+    def _progress(self, dom: libvirt.virDomain, ns: str, mig_name: str, stop: threading.Event) -> None:
+        while not stop.wait(PROGRESS_INTERVAL):
+            try:
+                js = dom.jobStats()
+            except libvirt.libvirtError:
+                return
+            total, done = js.get("memory_total"), js.get("memory_processed")
+            if not total:
+                continue
+            msg = (f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes), "
+                   f"iteration {js.get('memory_iteration', '?')}")
+
+            def mutate(st: dict[str, Any], msg: str = msg) -> dict[str, Any] | None:
+                if st.get("phase") != mg.RUNNING:
+                    return None
+                st["conditions"] = conditions.set_condition(st.get("conditions"), "Progress", True, "Copying", msg)
+                return st
+
+            try:
+                self.ctx.kube.update_migration_status(ns, mig_name, mutate)
+            except Exception as exc:  # progress is best effort
+                log.debug("progress update failed: %s", exc)
+
+    @staticmethod
+    def _completed_stats(uri: str, dname: str) -> dict[str, int]:
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError:
+            return {}
+        try:
+            return mg.job_stats(conn.lookupByName(dname).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
+        except libvirt.libvirtError:
+            return {}
+        finally:
+            conn.close()
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _finish_succeeded(self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int],
+                          wall: float) -> None:
+        ctx = self.ctx
+        meta = vm["metadata"]
+        ns, name, mig_name, target = meta["namespace"], meta["name"], mig["name"], mig["targetNode"]
+        old_vf = dict((vm.get("status") or {}).get("vf") or {})
+
+        def move(st: dict[str, Any]) -> dict[str, Any] | None:
+            if (st.get("migration") or {}).get("name") != mig_name:
+                return None
+            st["nodeName"] = target
+            st["vf"] = {"node": target, "pf": old_vf.get("pf", ""), "pciAddress": mig.get("targetPciAddress"),
+                        "claimName": mig.get("targetClaim")}
+            st.pop("migration", None)
+            st["phase"] = "Running"
+            st["conditions"] = conditions.set_condition(
+                st.get("conditions"), "Ready", True, "Migrated",
+                f"live-migrated from {ctx.node} to {target} (downtime {stats.get('downtimeMs', '?')} ms)",
+                meta.get("generation"))
+            return st
+
+        ctx.kube.update_vm_status(ns, name, move, uid=meta["uid"])
+        ctx.kube.patch_vm(ns, name, {"metadata": {"labels": {labels.VM_NODE: target}}})
+
+        def done(st: dict[str, Any]) -> dict[str, Any]:
+            st.update(phase=mg.SUCCEEDED, targetNode=target, stats=stats, endTimestamp=conditions.now_iso(),
+                      reason="", message=f"migrated from {ctx.node} to {target} in {wall:.1f}s")
+            return st
+
+        ctx.kube.update_migration_status(ns, mig_name, done)
+        log.info("migrated %s/%s to %s in %.1fs: %s", ns, name, target, wall, stats)
+
+    def _finish_failed(self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str,
+                       phase: str = mg.FAILED) -> None:
+        ctx = self.ctx
+        meta = vm["metadata"]
+        ns, name, mig_name = meta["namespace"], meta["name"], mig.get("name")
+        dom = ctx.dm.lookup(domxml.domain_name(ns, name))
+        still_here = dom is not None and bool(dom.isActive())
+
+        def unlock(st: dict[str, Any]) -> dict[str, Any] | None:
+            if (st.get("migration") or {}).get("name") != mig_name:
+                return None
+            st.pop("migration", None)
+            if st.get("phase") == "Migrating":
+                st["phase"] = "Running" if still_here else "Failed"
+            return st
+
+        ctx.kube.update_vm_status(ns, name, unlock, uid=meta["uid"])
+        if mig_name:
+            def fail(st: dict[str, Any]) -> dict[str, Any]:
+                st.update(phase=phase, reason=reason, endTimestamp=conditions.now_iso(),
+                          message=f"{message}; the VM {'keeps running on' if still_here else 'is NOT running on'} "
+                                  f"{ctx.node}")
+                return st
+
+            ctx.kube.update_migration_status(ns, mig_name, fail)
+        log.warning("migration %s of %s/%s %s: %s", mig_name, ns, name, phase.lower(), message)
+
+    def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+        """The agent restarted while a migration ran (libvirtd kept driving it)."""
+        if dom is not None and dom.isActive():
+            try:
+                info = dom.jobInfo()
+                if info and info[0] not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED):
+                    if mig.get("state") == mg.ABORTING:
+                        dom.abortJob()
+                    return Outcome("migrating", requeue_after=2.0)
+            except libvirt.libvirtError:
+                pass
+            self._finish_failed(vm, mig, "AgentRestarted", "the agent restarted during the migration; it did not "
+                                "complete", phase=mg.ABORTED if mig.get("state") == mg.ABORTING else mg.FAILED)
+            return Outcome("migration-failed")
+        # The domain left this node: did it arrive on the target?
+        target = mig.get("targetNode")
+        node_obj = self.ctx.kube.get_node(target) if target else None
+        uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
+        if uri:
+            dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
+            try:
+                conn = libvirt.open(uri)
+                try:
+                    arrived = bool(conn.lookupByName(dname).isActive())
+                finally:
+                    conn.close()
+            except libvirt.libvirtError:
+                arrived = False
+            if arrived:
+                self._finish_succeeded(vm, mig, self._completed_stats(uri, dname), 0.0)
+                return Outcome("migration-succeeded")
+        self._finish_failed(vm, mig, "DomainLost", "the domain is neither on the source nor on the target")
+        return Outcome("migration-failed")

@@ -1,0 +1,310 @@
+"""Controller side of live migration: locking the VM, reserving the target VF, cleaning up,
+and evacuating nodes (drain, cordon, cluster-autoscaler scale-down)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from failovervm import conditions, labels
+from failovervm import migration as mg
+from failovervm.controller.config import CONFIG
+from failovervm.placement import Claimed, place
+from failovervm.scheduling import NodeInfo, Unschedulable, node_needs_evacuation
+
+log = logging.getLogger(__name__)
+
+
+class WaitForAgent(Exception):
+    """The abort was requested; the source agent has not stopped the migration yet."""
+
+
+def _key(mig: Mapping[str, Any]) -> tuple[str, str]:
+    return mig["metadata"]["namespace"], mig["metadata"]["name"]
+
+
+def _set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str, Any] | None:
+    ns, name = _key(mig)
+    old_phase = mg.phase(mig)
+
+    def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+        cur = st.get("phase") or mg.PENDING
+        if cur != new_phase and not mg.can_transition(cur, new_phase):
+            return None
+        st["phase"] = new_phase
+        st.update({k: v for k, v in fields.items() if v is not None})
+        if new_phase in mg.TERMINAL_PHASES and not st.get("endTimestamp"):
+            st["endTimestamp"] = conditions.now_iso()
+        return st
+
+    obj = CONFIG.k().update_migration_status(ns, name, mutate)
+    if obj is not None and old_phase != new_phase and mg.phase(obj) == new_phase:
+        log.info("migration %s/%s: %s -> %s", ns, name, old_phase, new_phase)
+    return obj
+
+
+def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str, Any] | None,
+                         claim_only_if_free: bool = False) -> bool:
+    """Set (fields) or clear (None) VM.status.migration if it is free or ours. True on success."""
+    kube = CONFIG.k()
+    meta = vm["metadata"]
+    ok = {"v": False}
+
+    def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+        cur = st.get("migration") or {}
+        if cur and cur.get("name") != mig_name:
+            return None
+        if fields is None:
+            if not cur:
+                ok["v"] = True
+                return None
+            st.pop("migration", None)
+            if st.get("phase") == "Migrating":
+                st["phase"] = "Running"
+        else:
+            if claim_only_if_free and cur:
+                ok["v"] = True
+                return None
+            st["migration"] = {**cur, "name": mig_name, **fields}
+        ok["v"] = True
+        return st
+
+    kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
+    return ok["v"]
+
+
+def advance(namespace: str, name: str) -> str:
+    """Drive one FailoverVMMigration as far as the controller can. Returns its phase."""
+    kube = CONFIG.k()
+    mig = kube.get_migration(namespace, name)
+    if mig is None or mig["metadata"].get("deletionTimestamp"):
+        return "gone"
+    ph = mg.phase(mig)
+    if ph in mg.TERMINAL_PHASES:
+        cleanup(mig)
+        return ph
+    vm_name = mig["spec"]["vmName"]
+    vm = kube.get_vm(namespace, vm_name)
+    if vm is None:
+        _set_phase(mig, mg.FAILED, reason="VMNotFound", message=f"FailoverVM {namespace}/{vm_name} does not exist")
+        return mg.FAILED
+    status = vm.get("status") or {}
+    if ph == mg.PENDING:
+        if status.get("phase") != "Running" or not status.get("nodeName"):
+            _set_phase(mig, mg.FAILED, reason="VMNotRunning",
+                       message=f"FailoverVM {vm_name} is not running (phase {status.get('phase')})")
+            return mg.FAILED
+        source = status["nodeName"]
+        if mig["spec"].get("targetNode") == source:
+            _set_phase(mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
+            return mg.FAILED
+        current = status.get("migration") or {}
+        if current and current.get("name") != name:
+            _set_phase(mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
+            return mg.PENDING
+        if not _update_vm_migration(vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
+            return mg.PENDING
+        _set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(),
+                   message="looking for a target node with a free VF")
+        kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
+        return mg.SCHEDULING
+    if ph == mg.SCHEDULING:
+        return _schedule_target(mig, vm)
+    return ph  # TargetReady / Running: the source agent drives it
+
+
+def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
+    kube = CONFIG.k()
+    _ns, name = _key(mig)
+    source = str((mig.get("status") or {}).get("sourceNode") or (vm.get("status") or {}).get("nodeName") or "")
+    result = place(kube, vm, exclude_nodes={source}, target_node=mig["spec"].get("targetNode"),
+                   purpose="MigrationTarget", migration=name)
+    if isinstance(result, Unschedulable):
+        st = mig.get("status") or {}
+        if st.get("reason") != result.reason or st.get("message") != result.message:
+            _set_phase(mig, mg.SCHEDULING, reason=result.reason, message=result.message)
+            kube.event(mig, "NoTarget", result.message, type_="Warning", component="controller")
+        return mg.SCHEDULING
+    assert isinstance(result, Claimed)
+    if not _update_vm_migration(vm, name, {
+        "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
+        "targetClaim": result.claim,
+    }):
+        kube.delete_claim(result.claim)
+        return mg.SCHEDULING
+    _set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
+               targetVF={"pciAddress": result.pci_address, "claimName": result.claim},
+               message=f"VF {result.pci_address} reserved on {result.node}")
+    return mg.TARGET_READY
+
+
+def cleanup(mig: Mapping[str, Any]) -> None:
+    """After a terminal phase: release the VF that is not used any more, unlock the VM. Idempotent."""
+    kube = CONFIG.k()
+    ns, name = _key(mig)
+    if conditions.is_true((mig.get("status") or {}).get("conditions"), "CleanedUp"):
+        return
+    vm = kube.get_vm(ns, mig["spec"]["vmName"])
+    ph = mg.phase(mig)
+    released = []
+    if vm is not None:
+        _update_vm_migration(vm, name, None)
+        vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
+        keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
+        other = (vm.get("status") or {}).get("migration") or {}
+        for claim in kube.list_claims():
+            spec = claim["spec"]
+            if spec.get("owner", {}).get("uid") != vm["metadata"]["uid"]:
+                continue
+            name_c = claim["metadata"]["name"]
+            if name_c in (keep, other.get("targetClaim")):
+                continue
+            kube.delete_claim(name_c, claim["metadata"]["uid"])
+            released.append(name_c)
+    st = mig.get("status") or {}
+    if vm is not None:
+        if ph == mg.SUCCEEDED:
+            note = (f"migrated from {st.get('sourceNode')} to {st.get('targetNode')}, downtime "
+                    f"{(st.get('stats') or {}).get('downtimeMs', '?')} ms (migration {name})")
+            kube.event(vm, "Migrated", note, component="controller")
+            for node in (st.get("sourceNode"), st.get("targetNode")):
+                node_obj = kube.get_node(node) if node else None
+                if node_obj:
+                    kube.event(node_obj, "VMMigrated", f"{ns}/{vm['metadata']['name']}: {note}",
+                               component="controller")
+        else:
+            kube.event(vm, f"Migration{ph}", f"migration {name} {ph.lower()}: {st.get('reason', '')} "
+                       f"{st.get('message', '')}".strip(), type_="Warning", component="controller")
+
+    def mark(s: dict[str, Any]) -> dict[str, Any]:
+        s["conditions"] = conditions.set_condition(s.get("conditions"), "CleanedUp", True, "Released",
+                                                   f"released {', '.join(released) or 'nothing'}")
+        return s
+
+    kube.update_migration_status(ns, name, mark)
+
+
+def on_delete(namespace: str, name: str) -> None:
+    """Deleting a migration aborts it: before it runs, just release; while it runs, ask the agent."""
+    kube = CONFIG.k()
+    mig = kube.get_migration(namespace, name)
+    if mig is None:
+        return
+    ph = mg.phase(mig)
+    vm = kube.get_vm(namespace, mig["spec"]["vmName"])
+    if ph in (mg.PENDING, mg.SCHEDULING, mg.TARGET_READY):
+        vm_mig = ((vm or {}).get("status") or {}).get("migration") or {}
+        if ph == mg.TARGET_READY and vm_mig.get("name") == name and vm_mig.get("state") == mg.RUNNING:
+            ph = mg.RUNNING  # the agent has just started it
+        else:
+            if vm is not None:
+                _update_vm_migration(vm, name, None)
+            mig = _set_phase(mig, mg.ABORTED, reason="Deleted", message="deleted before it ran") or mig
+            cleanup(mig)
+            return
+    if ph == mg.RUNNING:
+        if vm is not None:
+            _update_vm_migration(vm, name, {"state": mg.ABORTING})
+        raise WaitForAgent(f"asked the agent on {(mig.get('status') or {}).get('sourceNode')} to abort")
+    cleanup(mig)
+
+
+# -- evacuation -----------------------------------------------------------------------------
+
+GUARD_PREFIX = "fvm-guard-"
+
+
+def guard_pod_name(node: str) -> str:
+    return f"{GUARD_PREFIX}{node}"[:253]
+
+
+def guard_pod(node: Mapping[str, Any], namespace: str, image: str) -> dict[str, Any]:
+    meta = node["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": guard_pod_name(meta["name"]),
+            "namespace": namespace,
+            "labels": {"failovervm.io/guard": "true", labels.VM_NODE: meta["name"]},
+            "annotations": {
+                "cluster-autoscaler.kubernetes.io/safe-to-evict": "true",
+                "failovervm.io/purpose": "Holds `kubectl drain` until the node's FailoverVMs have live-migrated away",
+            },
+            # A controller owner keeps `kubectl drain` from refusing the pod without --force, and
+            # lets the garbage collector remove it with its Node.
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": meta["name"], "uid": meta["uid"],
+                                 "controller": True, "blockOwnerDeletion": False}],
+        },
+        "spec": {
+            "nodeName": meta["name"],
+            "containers": [{"name": "guard", "image": image,
+                            "resources": {"requests": {"cpu": "1m", "memory": "4Mi"},
+                                          "limits": {"cpu": "10m", "memory": "16Mi"}},
+                            "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                                                "runAsUser": 65535, "capabilities": {"drop": ["ALL"]},
+                                                "readOnlyRootFilesystem": True}}],
+            "tolerations": [{"operator": "Exists"}],
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": False,
+        },
+    }
+
+
+def vms_on(node: str) -> list[dict[str, Any]]:
+    return [vm for vm in CONFIG.k().list_vms(f"{labels.VM_NODE}={node}")
+            if (vm.get("status") or {}).get("nodeName") == node or not (vm.get("status") or {}).get("nodeName")]
+
+
+def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied."""
+    kube = CONFIG.k()
+    name = node["metadata"]["name"]
+    vms = vms_on(name)
+    out: dict[str, Any] = {"vms": len(vms)}
+    if vms:
+        kube.ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
+    else:
+        kube.delete_pod(CONFIG.namespace, guard_pod_name(name), grace_period=0)
+    if not vms or not node_needs_evacuation(NodeInfo.from_k8s(node)):
+        return out
+    now = dt.datetime.now(dt.UTC)
+    migrations = kube.list_migrations()
+    start, waiting = mg.plan_evacuation(name, vms, migrations, CONFIG.limits, now)
+    for vm in start:
+        body = {
+            "apiVersion": "failovervm.io/v1alpha1",
+            "kind": "FailoverVMMigration",
+            "metadata": {
+                "generateName": f"evac-{vm['metadata']['name']}-"[:58],
+                "namespace": vm["metadata"]["namespace"],
+                "labels": {mg.EVACUATION_LABEL: name, mg.VM_LABEL: vm["metadata"]["name"]},
+            },
+            "spec": {"vmName": vm["metadata"]["name"]},
+        }
+        created = kube.create_migration(body)
+        kube.event(vm, "Evacuating", f"node {name} is being drained: live-migrating with {created['metadata']['name']}",
+                   component="controller")
+    for vm in vms:
+        meta = vm["metadata"]
+        if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown" and not meta.get("deletionTimestamp"):
+            _evict_by_shutdown(vm, name)
+    out.update(started=[v["metadata"]["name"] for v in start], waiting=waiting)
+    return out
+
+
+def _evict_by_shutdown(vm: Mapping[str, Any], node: str) -> None:
+    """evictionStrategy Shutdown: ask the agent to shut the VM down and release it from the node."""
+    kube = CONFIG.k()
+    meta = vm["metadata"]
+    if (meta.get("annotations") or {}).get("failovervm.io/evict") == node:
+        return
+    kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"annotations": {"failovervm.io/evict": node}}})
+    kube.event(vm, "Evicting", f"node {node} is being drained: shutting the VM down (evictionStrategy Shutdown); "
+               "it starts again on another node", component="controller")
+
+
+def node_has_vms(node: str) -> int:
+    return len([vm for vm in vms_on(node) if not vm["metadata"].get("deletionTimestamp")])

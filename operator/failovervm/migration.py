@@ -1,0 +1,154 @@
+"""Pure logic of live migration and node evacuation: phases, limits, retry backoff.
+
+The FailoverVMMigration state machine:
+
+    Pending -> Scheduling -> TargetReady -> Running -> Succeeded | Failed | Aborted
+
+- Pending:     accepted; the controller checks the VM and locks it (VM.status.migration).
+- Scheduling:  the controller looks for a target node and reserves its VF with a VFClaim.
+- TargetReady: the target VF is reserved; the source node's agent takes over.
+- Running:     the source agent runs the libvirt peer-to-peer live migration.
+- Succeeded:   the VM runs on the target; its status, node label and VF moved; source VF released.
+- Failed:      the VM still runs on the source; the target VF is released; `reason` says why.
+- Aborted:     the migration object was deleted while it ran; the VM stays on the source.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PENDING, SCHEDULING, TARGET_READY, RUNNING = "Pending", "Scheduling", "TargetReady", "Running"
+SUCCEEDED, FAILED, ABORTED = "Succeeded", "Failed", "Aborted"
+ACTIVE_PHASES = frozenset({PENDING, SCHEDULING, TARGET_READY, RUNNING})
+TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, ABORTED})
+ABORTING = "Aborting"  # VM.status.migration.state while the controller asks the agent to abort
+
+EVACUATION_LABEL = "failovervm.io/evacuation"
+VM_LABEL = "failovervm.io/vm"
+
+_ALLOWED = {
+    PENDING: {SCHEDULING, FAILED, ABORTED},
+    SCHEDULING: {TARGET_READY, FAILED, ABORTED},
+    TARGET_READY: {RUNNING, FAILED, ABORTED},
+    RUNNING: {SUCCEEDED, FAILED, ABORTED},
+}
+
+
+def can_transition(old: str, new: str) -> bool:
+    return new in _ALLOWED.get(old, set())
+
+
+def phase(mig: Mapping[str, Any]) -> str:
+    return str((mig.get("status") or {}).get("phase") or PENDING)
+
+
+def is_active(mig: Mapping[str, Any]) -> bool:
+    return phase(mig) in ACTIVE_PHASES and not (mig.get("metadata") or {}).get("deletionTimestamp")
+
+
+@dataclass(frozen=True)
+class Limits:
+    per_cluster: int = 5
+    per_node_outbound: int = 2
+    max_attempts: int = 5
+    backoff_start: float = 5.0
+    backoff_max: float = 60.0
+
+
+def _ts(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def retry_state(vm_name: str, vm_namespace: str, migrations: Iterable[Mapping[str, Any]], node: str,
+                limits: Limits, now: dt.datetime) -> tuple[bool, str]:
+    """Whether an evacuation may start another migration of the VM now, and why not."""
+    failed = [
+        m for m in migrations
+        if m["metadata"].get("namespace") == vm_namespace and (m.get("spec") or {}).get("vmName") == vm_name
+        and (m["metadata"].get("labels") or {}).get(EVACUATION_LABEL) == node
+        and phase(m) in (FAILED, ABORTED)
+    ]
+    if len(failed) >= limits.max_attempts:
+        return False, f"gave up after {len(failed)} failed migration attempts"
+    if failed:
+        last = max((_ts((m.get("status") or {}).get("endTimestamp")) or _ts(m["metadata"].get("creationTimestamp"))
+                    or now) for m in failed)
+        delay = min(limits.backoff_start * 2 ** (len(failed) - 1), limits.backoff_max)
+        if (now - last).total_seconds() < delay:
+            return False, f"retrying in {delay - (now - last).total_seconds():.0f}s after {len(failed)} failure(s)"
+    return True, ""
+
+
+def plan_evacuation(
+    node: str,
+    vms: Iterable[Mapping[str, Any]],
+    migrations: Iterable[Mapping[str, Any]],
+    limits: Limits,
+    now: dt.datetime,
+) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
+    """Which LiveMigrate VMs on `node` to start migrating now (within the parallelism limits),
+    and why each other VM waits (namespace/name -> reason)."""
+    migrations = list(migrations)
+    active = [m for m in migrations if is_active(m)]
+    cluster_budget = limits.per_cluster - len(active)
+    vms = list(vms)
+    node_budget = limits.per_node_outbound - sum(1 for m in active if _vm_node(m, vms) == node)
+    busy = {(m["metadata"].get("namespace"), (m.get("spec") or {}).get("vmName")) for m in active}
+    start: list[Mapping[str, Any]] = []
+    waiting: dict[str, str] = {}
+    for vm in sorted(vms, key=lambda v: (v["metadata"]["namespace"], v["metadata"]["name"])):
+        meta = vm["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        if meta.get("deletionTimestamp"):
+            continue
+        if (vm.get("spec") or {}).get("evictionStrategy", "LiveMigrate") != "LiveMigrate":
+            continue
+        if (meta["namespace"], meta["name"]) in busy or (vm.get("status") or {}).get("migration"):
+            waiting[key] = "migrating"
+            continue
+        if (vm.get("status") or {}).get("phase") != "Running":
+            waiting[key] = f"not running (phase {(vm.get('status') or {}).get('phase')})"
+            continue
+        ok, why = retry_state(meta["name"], meta["namespace"], migrations, node, limits, now)
+        if not ok:
+            waiting[key] = why
+            continue
+        if cluster_budget <= 0:
+            waiting[key] = f"cluster limit of {limits.per_cluster} parallel migrations reached"
+            continue
+        if node_budget <= 0:
+            waiting[key] = f"node limit of {limits.per_node_outbound} outbound migrations reached"
+            continue
+        start.append(vm)
+        cluster_budget -= 1
+        node_budget -= 1
+    return start, waiting
+
+
+def _vm_node(mig: Mapping[str, Any], vms: Iterable[Mapping[str, Any]]) -> str | None:
+    src = (mig.get("status") or {}).get("sourceNode")
+    if src:
+        return str(src)
+    ns, name = mig["metadata"].get("namespace"), (mig.get("spec") or {}).get("vmName")
+    for vm in vms:
+        if vm["metadata"]["namespace"] == ns and vm["metadata"]["name"] == name:
+            return (vm.get("status") or {}).get("nodeName")
+    return None
+
+
+def job_stats(stats: Mapping[str, Any]) -> dict[str, int]:
+    """libvirt's completed-job statistics -> FailoverVMMigration status.stats."""
+    out: dict[str, int] = {}
+    for src, dst in (("downtime", "downtimeMs"), ("time_elapsed", "totalTimeMs"), ("setup_time", "setupTimeMs"),
+                     ("memory_iteration", "memoryIteration")):
+        if stats.get(src) is not None:
+            out[dst] = int(stats[src])
+    total = stats.get("data_total", stats.get("memory_total"))
+    if total is not None:
+        out["dataTotalBytes"] = int(total)
+    return out
