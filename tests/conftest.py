@@ -75,7 +75,9 @@ def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 
 
 def _up_args(state_dir: Path) -> list[str]:
-    return ["sandbox", "up", "--nodes", str(TEST_NODES), "--vfs-per-node", "4", "--state-dir", str(state_dir),
+    # Two PFs of 4 VFs per node: sbxpf0 alone makes "pools of 4 VFs per node"; both make 8.
+    return ["sandbox", "up", "--nodes", str(TEST_NODES), "--vfs-per-node", "4", "--pfs-per-node", "2",
+            "--state-dir", str(state_dir),
             "--images-dir", TEST_IMAGES_DIR, "--address-base", TEST_ADDRESS_BASE, "--bridge", TEST_BRIDGE]
 
 

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from failovervm.errors import FailoverVMError
 
@@ -17,8 +18,9 @@ def _sandbox_opts(args: argparse.Namespace) -> object:
     return Options(
         state_dir=Path(args.state_dir),
         images_dir=Path(getattr(args, "images_dir", None) or Path(args.state_dir) / "images"),
-        nodes=getattr(args, "nodes", 2),
-        vfs_per_node=getattr(args, "vfs_per_node", 8),
+        nodes=getattr(args, "nodes", None),
+        vfs_per_node=getattr(args, "vfs_per_node", None),
+        pfs_per_node=getattr(args, "pfs_per_node", None),
         address_base=getattr(args, "address_base", "127.0.0.10"),
         bridge=getattr(args, "bridge", "fvmsbr0"),
         operator=not getattr(args, "no_operator", False),
@@ -86,9 +88,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if kube.get_vm(ns, args.name) is None:
         print(f"failovervm: error: FailoverVM {ns}/{args.name} not found", file=sys.stderr)
         return 1
-    spec: dict[str, str] = {"vmName": args.name}
+    spec: dict[str, Any] = {"vmName": args.name}
     if args.to:
         spec["targetNode"] = args.to
+    if args.bandwidth:
+        spec["bandwidthMiBps"] = args.bandwidth
     created = kube.create_migration({
         "apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVMMigration",
         "metadata": {"generateName": f"{args.name}-migration-"[:58], "namespace": ns}, "spec": spec})
@@ -149,8 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
                         help=f"where the sandbox keeps its state (default {DEFAULT_STATE_DIR})")
     up = sbs.add_parser("up", parents=[common], help="start the sandbox (idempotent)")
-    up.add_argument("--nodes", type=int, default=2, help="number of libvirt nodes (default 2)")
-    up.add_argument("--vfs-per-node", type=int, default=8, help="simulated SR-IOV VFs per node (default 8)")
+    up.add_argument("--nodes", type=int, default=None,
+                    help="number of libvirt nodes (default 2, or the running sandbox's)")
+    up.add_argument("--vfs-per-node", type=int, default=None, help="simulated SR-IOV VFs per PF (default 8)")
+    up.add_argument("--pfs-per-node", type=int, default=None,
+                    help="simulated PFs per node, named sbxpf0, sbxpf1, ... (default 1)")
     up.add_argument("--images-dir", default=None,
                     help="shared image directory (stands in for NFS/Ceph); default <state-dir>/images")
     up.add_argument("--address-base", default="127.0.0.10",
@@ -199,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("name", help="the FailoverVM")
     mi.add_argument("--to", default=None, help="target node (default: the operator picks one)")
     mi.add_argument("--wait", action="store_true", help="wait until the migration finishes")
+    mi.add_argument("--bandwidth", type=int, default=None, help="limit the migration to this many MiB/s")
     mi.add_argument("--timeout", type=float, default=600)
     _kubectl_flags(mi)
     mi.set_defaults(func=cmd_migrate)

@@ -6,8 +6,12 @@ import datetime as dt
 from typing import Any
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def now_iso(precise: bool = False) -> str:
+    """RFC 3339 UTC time; `precise` keeps milliseconds (migration start/end, for overlap checks)."""
+    now = dt.datetime.now(dt.UTC)
+    if precise:
+        return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def get(conditions: list[dict[str, Any]] | None, type_: str) -> dict[str, Any] | None:

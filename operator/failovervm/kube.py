@@ -185,6 +185,13 @@ class _KubeBase:
                 return False
             raise
 
+    def patch_claim(self, name: str, body: dict[str, Any]) -> None:
+        try:
+            self.custom.patch_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM, name, body)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def delete_claim(self, name: str, uid: str | None = None) -> None:
         """Delete a VFClaim (only that exact object when `uid` is given)."""
         body = {"preconditions": {"uid": uid}} if uid else None
@@ -300,6 +307,13 @@ class MigrationsMixin:
         else:
             res = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, FVMM)
         return list(res.get("items", []))
+
+    def delete_migration(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVMM, name)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def create_migration(self, body: dict[str, Any]) -> dict[str, Any]:
         ns = body["metadata"]["namespace"]

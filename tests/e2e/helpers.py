@@ -31,14 +31,15 @@ def vm_manifest(name: str, namespace: str, pool: str, *, memory: str = "32Mi", r
     return body
 
 
-def pool_manifest(name: str, bridge: str, node_selector: dict[str, str] | None = None) -> dict[str, Any]:
+def pool_manifest(name: str, bridge: str, node_selector: dict[str, str] | None = None,
+                  pfs: tuple[str, ...] = ("sbxpf0", "sbxpf1")) -> dict[str, Any]:
     return {
         "apiVersion": "failovervm.io/v1alpha1",
         "kind": "VFPool",
         "metadata": {"name": name},
         "spec": {
             "nodeSelector": node_selector or {"failovervm.io/sandbox-node": "true"},
-            "pfNames": ["sbxpf0"],
+            "pfNames": list(pfs),
             "standby": {"type": "bridge", "source": bridge},
         },
     }

@@ -120,8 +120,9 @@ def test_capacity_pending_until_vfs_free_up(operator_sandbox: Sandbox) -> None:
     nodes = [n["node"] for n in sb.nodes[:2]]
     for node in nodes:
         sb.kubectl("label", "node", node, "fvm-test/capacity=yes", "--overwrite")
-    assert not [c for c in claims(sb) if c["spec"]["node"] in nodes], "leftover claims from another test"
-    apply(sb, pool_manifest("cap-pool", sb.data["bridge"], {"fvm-test/capacity": "yes"}))
+    assert not [c for c in claims(sb) if c["spec"]["node"] in nodes and c["spec"]["pf"] == "sbxpf0"], \
+        "leftover claims from another test"
+    apply(sb, pool_manifest("cap-pool", sb.data["bridge"], {"fvm-test/capacity": "yes"}, pfs=("sbxpf0",)))
     wait_for(lambda: (sb.kubectl_json("get", "vfpool", "cap-pool").get("status") or {}).get("totals", {})
              .get("total") == 8, 60, what="cap-pool inventory of 8 VFs")
     apply(sb, *(vm_manifest(f"vm{i}", ns, "cap-pool") for i in range(10)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import libvirt
 import pytest
@@ -68,7 +69,11 @@ def test_domain_without_vf_starts_and_takes_a_vf_hotplug_attempt(sandbox: Sandbo
     spec = _spec(sandbox, name)
     try:
         dom = conn.defineXML(domxml.to_xml(domxml.build_domain(spec, include_vf=False)))
-        dom.create()
+        try:
+            dom.create()
+        except libvirt.libvirtError as exc:
+            log = Path(sandbox.nodes[1]["root"]) / "var_log_libvirt" / "qemu" / f"{name}.log"
+            pytest.fail(f"start failed: {exc}\nQEMU log:\n{log.read_text() if log.exists() else '(none)'}")
         with pytest.raises(libvirt.libvirtError, match="passthrough of host PCI devices"):
             dom.attachDeviceFlags(domxml.build_vf_interface_xml(spec), libvirt.VIR_DOMAIN_AFFECT_LIVE)
         assert dom.isActive()

@@ -167,7 +167,7 @@ CONTROLLER_RULES = {
     ("failovervm.io", "failovervmmigrations/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfpools"): {"get", "list", "watch", "patch"},
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
-    ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete"},
+    ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "nodes"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch", "create", "delete"},
     ("", "events"): {"create", "patch"},
@@ -259,7 +259,7 @@ def test_controller_command(render: Render) -> None:
     assert controller_argv(render()) == [
         "failovervm", "controller", "--storage-root", "/var/lib/failovervm/images",
         "--webhook-host", "0.0.0.0", "--webhook-port", "9443", "--webhook-cert-dir", "/certs",
-        "--webhook-unmanaged", "--metrics-port", "8080", "--health-port", "8081",
+        "--webhook-unmanaged", "--namespace", NAMESPACE, "--metrics-port", "8080", "--health-port", "8081",
     ]
 
 
@@ -456,16 +456,21 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
         assert guard["clientConfig"]["service"]["name"] == svc["metadata"]["name"]
         assert guard["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                                    "resources": ["pods/eviction"], "scope": "Namespaced"}]
-        assert guard["failurePolicy"] == "Ignore"
-        assert guard["sideEffects"] == "None"
+        # Fail closed, but only for guard pods: the operator's namespace and the guard pod names.
+        assert guard["failurePolicy"] == "Fail"
+        assert guard["sideEffects"] == "NoneOnDryRun"
         assert guard["admissionReviewVersions"] == ["v1"]
-        assert guard["objectSelector"] == {"matchLabels": {"failovervm.io/guard": "true"}}
+        assert "objectSelector" not in guard
+        assert guard["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+        assert guard["matchConditions"] == [{"name": "guard-pods-only",
+                                             "expression": "request.name.startsWith('fvm-guard-')"}]
 
 
 def test_webhook_path_is_kopfs() -> None:
     """Kopf serves a validating handler at /<handler id>; the chart's path must be that id."""
     text = (REPO / "operator" / "failovervm" / "controller" / "handlers.py").read_text()
     assert re.search(r'@kopf\.on\.validate\([^)]*id="failovervm-validate"', text)
+    assert re.search(r'id="guard-pod-eviction"', text)
 
 
 def verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:

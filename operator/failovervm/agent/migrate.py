@@ -34,8 +34,12 @@ PROGRESS_INTERVAL = 2.0
 
 
 def migration_flags(transport: str) -> int:
-    flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+    flags = (
+        libvirt.VIR_MIGRATE_LIVE
+        | libvirt.VIR_MIGRATE_PEER2PEER
+        | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    )
     if transport == "tls":
         flags |= libvirt.VIR_MIGRATE_TLS
     return int(flags)
@@ -76,8 +80,9 @@ class Migrator:
             if dom is None or not dom.isActive():
                 self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
                 return Outcome("migration-failed")
-            t = threading.Thread(target=self._run, args=(dict(vm),), name=f"migrate-{vm['metadata']['name']}",
-                                 daemon=True)
+            t = threading.Thread(
+                target=self._run, args=(dict(vm),), name=f"migrate-{vm['metadata']['name']}", daemon=True
+            )
             with self.lock:
                 self.running[uid] = t
             t.start()
@@ -151,12 +156,25 @@ class Migrator:
             self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
             return
         pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
-        persist_spec = domain_spec(vm, pool, storage_roots=ctx.storage_roots, vf=mig.get("targetPciAddress"),
-                                   vf_node=target, kvm_available=ctx.kvm,
-                                   serial_log=f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None)
+        persist_spec = domain_spec(
+            vm,
+            pool,
+            storage_roots=ctx.storage_roots,
+            vf=mig.get("targetPciAddress"),
+            vf_node=target,
+            kvm_available=ctx.kvm,
+            serial_log=f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None,
+        )
         persist_xml = domxml.to_xml(domxml.build_domain(persist_spec, include_vf=False))
         dest_xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), mig.get("targetPciAddress"))
-        params = {libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml, libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml}
+        params: dict[str, Any] = {
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml,
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
+        }
+        mig_obj = ctx.kube.get_migration(ns, mig_name) or {}
+        bandwidth = (mig_obj.get("spec") or {}).get("bandwidthMiBps")
+        if bandwidth:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth)
         stop_progress = threading.Event()
         progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, stop_progress), daemon=True)
         progress.start()
@@ -186,8 +204,10 @@ class Migrator:
             total, done = js.get("memory_total"), js.get("memory_processed")
             if not total:
                 continue
-            msg = (f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes), "
-                   f"iteration {js.get('memory_iteration', '?')}")
+            msg = (
+                f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes), "
+                f"iteration {js.get('memory_iteration', '?')}"
+            )
 
             def mutate(st: dict[str, Any], msg: str = msg) -> dict[str, Any] | None:
                 if st.get("phase") != mg.RUNNING:
@@ -214,8 +234,9 @@ class Migrator:
             conn.close()
 
     # -- outcomes ---------------------------------------------------------------------------
-    def _finish_succeeded(self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int],
-                          wall: float) -> None:
+    def _finish_succeeded(
+        self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int], wall: float
+    ) -> None:
         ctx = self.ctx
         meta = vm["metadata"]
         ns, name, mig_name, target = meta["namespace"], meta["name"], mig["name"], mig["targetNode"]
@@ -225,29 +246,44 @@ class Migrator:
             if (st.get("migration") or {}).get("name") != mig_name:
                 return None
             st["nodeName"] = target
-            st["vf"] = {"node": target, "pf": old_vf.get("pf", ""), "pciAddress": mig.get("targetPciAddress"),
-                        "claimName": mig.get("targetClaim")}
+            st["vf"] = {
+                "node": target,
+                "pf": old_vf.get("pf", ""),
+                "pciAddress": mig.get("targetPciAddress"),
+                "claimName": mig.get("targetClaim"),
+            }
             st.pop("migration", None)
             st["phase"] = "Running"
             st["conditions"] = conditions.set_condition(
-                st.get("conditions"), "Ready", True, "Migrated",
+                st.get("conditions"),
+                "Ready",
+                True,
+                "Migrated",
                 f"live-migrated from {ctx.node} to {target} (downtime {stats.get('downtimeMs', '?')} ms)",
-                meta.get("generation"))
+                meta.get("generation"),
+            )
             return st
 
         ctx.kube.update_vm_status(ns, name, move, uid=meta["uid"])
         ctx.kube.patch_vm(ns, name, {"metadata": {"labels": {labels.VM_NODE: target}}})
 
         def done(st: dict[str, Any]) -> dict[str, Any]:
-            st.update(phase=mg.SUCCEEDED, targetNode=target, stats=stats, endTimestamp=conditions.now_iso(),
-                      reason="", message=f"migrated from {ctx.node} to {target} in {wall:.1f}s")
+            st.update(
+                phase=mg.SUCCEEDED,
+                targetNode=target,
+                stats=stats,
+                endTimestamp=conditions.now_iso(precise=True),
+                reason="",
+                message=f"migrated from {ctx.node} to {target} in {wall:.1f}s",
+            )
             return st
 
         ctx.kube.update_migration_status(ns, mig_name, done)
         log.info("migrated %s/%s to %s in %.1fs: %s", ns, name, target, wall, stats)
 
-    def _finish_failed(self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str,
-                       phase: str = mg.FAILED) -> None:
+    def _finish_failed(
+        self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str, phase: str = mg.FAILED
+    ) -> None:
         ctx = self.ctx
         meta = vm["metadata"]
         ns, name, mig_name = meta["namespace"], meta["name"], mig.get("name")
@@ -264,10 +300,14 @@ class Migrator:
 
         ctx.kube.update_vm_status(ns, name, unlock, uid=meta["uid"])
         if mig_name:
+
             def fail(st: dict[str, Any]) -> dict[str, Any]:
-                st.update(phase=phase, reason=reason, endTimestamp=conditions.now_iso(),
-                          message=f"{message}; the VM {'keeps running on' if still_here else 'is NOT running on'} "
-                                  f"{ctx.node}")
+                st.update(
+                    phase=phase,
+                    reason=reason,
+                    endTimestamp=conditions.now_iso(precise=True),
+                    message=f"{message}; the VM {'keeps running on' if still_here else 'is NOT running on'} {ctx.node}",
+                )
                 return st
 
             ctx.kube.update_migration_status(ns, mig_name, fail)
@@ -284,8 +324,13 @@ class Migrator:
                     return Outcome("migrating", requeue_after=2.0)
             except libvirt.libvirtError:
                 pass
-            self._finish_failed(vm, mig, "AgentRestarted", "the agent restarted during the migration; it did not "
-                                "complete", phase=mg.ABORTED if mig.get("state") == mg.ABORTING else mg.FAILED)
+            self._finish_failed(
+                vm,
+                mig,
+                "AgentRestarted",
+                "the agent restarted during the migration; it did not complete",
+                phase=mg.ABORTED if mig.get("state") == mg.ABORTING else mg.FAILED,
+            )
             return Outcome("migration-failed")
         # The domain left this node: did it arrive on the target?
         target = mig.get("targetNode")

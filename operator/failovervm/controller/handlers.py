@@ -121,7 +121,7 @@ def node_tick(*, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",
                   ignore_failures=True)
-def guard_pod_eviction(*, name: str | None, namespace: str | None, **_: Any) -> None:
+def guard_pod_eviction(*, name: str | None, namespace: str | None, dryrun: bool = False, **_: Any) -> None:
     """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
     FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
     if namespace != CONFIG.namespace or not name or not name.startswith(migrations.GUARD_PREFIX):
@@ -135,7 +135,7 @@ def guard_pod_eviction(*, name: str | None, namespace: str | None, **_: Any) -> 
     if remaining:
         raise kopf.AdmissionError(
             f"node {node_name} still runs {remaining} FailoverVM(s); they are being live-migrated away", code=429)
-    # Empty: remove the guard pod now (grace period 0, no kubelet to wait for); the retried
-    # eviction then finds it gone, which drain counts as done.
-    kube.delete_pod(CONFIG.namespace, name, grace_period=0)
-    raise kopf.AdmissionError(f"node {node_name} has no FailoverVMs left; guard pod removed", code=429)
+    # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet to
+    # confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.
+    if not dryrun:
+        kube.delete_pod(CONFIG.namespace, name, grace_period=0)

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from failovervm import kube as kube_mod
+from failovervm import webhookcerts
 from failovervm.controller.config import CONFIG, CONTROLLER_FINALIZER
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
@@ -39,19 +40,7 @@ class ControllerArgs:
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     assert args.webhook_host
-    cert_dir = Path(args.webhook_cert_dir or "/tmp/failovervm-webhook")
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    ca, crt, key = cert_dir / "ca.crt", cert_dir / "tls.crt", cert_dir / "tls.key"
-    if not crt.exists():
-        from failovervm.sandbox import pki
-
-        ca_pair = pki.make_ca(cert_dir, "ca", "failovervm-webhook-ca")
-        leaf = pki.issue(ca_pair, cert_dir, "webhook", args.webhook_host, server=True,
-                         ip_addresses=(args.webhook_host,) if args.webhook_host[0].isdigit() else (),
-                         dns_names=() if args.webhook_host[0].isdigit() else (args.webhook_host,))
-        leaf.cert.replace(crt)
-        leaf.key.replace(key)
-        assert ca_pair.cert == ca
+    ca, crt, key = webhookcerts.ensure(Path(args.webhook_cert_dir or "/tmp/failovervm-webhook"), args.webhook_host)
     return kopf.WebhookServer(
         addr=args.webhook_host, port=args.webhook_port, host=args.webhook_host,
         certfile=str(crt), pkeyfile=str(key), cafile=str(ca),

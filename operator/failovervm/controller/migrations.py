@@ -36,7 +36,7 @@ def _set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[st
         st["phase"] = new_phase
         st.update({k: v for k, v in fields.items() if v is not None})
         if new_phase in mg.TERMINAL_PHASES and not st.get("endTimestamp"):
-            st["endTimestamp"] = conditions.now_iso()
+            st["endTimestamp"] = conditions.now_iso(precise=True)
         return st
 
     obj = CONFIG.k().update_migration_status(ns, name, mutate)
@@ -106,7 +106,7 @@ def advance(namespace: str, name: str) -> str:
             return mg.PENDING
         if not _update_vm_migration(vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
             return mg.PENDING
-        _set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(),
+        _set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
                    message="looking for a target node with a free VF")
         kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
         return mg.SCHEDULING
@@ -159,6 +159,9 @@ def cleanup(mig: Mapping[str, Any]) -> None:
             if spec.get("owner", {}).get("uid") != vm["metadata"]["uid"]:
                 continue
             name_c = claim["metadata"]["name"]
+            if name_c == keep and spec.get("purpose") != "Running":
+                # The migration target's reservation is now the VM's running VF.
+                kube.patch_claim(name_c, {"spec": {"purpose": "Running", "migration": None}})
             if name_c in (keep, other.get("targetClaim")):
                 continue
             kube.delete_claim(name_c, claim["metadata"]["uid"])
@@ -268,7 +271,14 @@ def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
         kube.ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
     else:
         kube.delete_pod(CONFIG.namespace, guard_pod_name(name), grace_period=0)
-    if not vms or not node_needs_evacuation(NodeInfo.from_k8s(node)):
+    if not node_needs_evacuation(NodeInfo.from_k8s(node)):
+        # Uncordoned: start no new evacuation migrations, and drop those still looking for a target.
+        for mig in kube.list_migrations():
+            labels_ = mig["metadata"].get("labels") or {}
+            if labels_.get(mg.EVACUATION_LABEL) == name and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
+                kube.delete_migration(mig["metadata"]["namespace"], mig["metadata"]["name"])
+        return out
+    if not vms:
         return out
     now = dt.datetime.now(dt.UTC)
     migrations = kube.list_migrations()

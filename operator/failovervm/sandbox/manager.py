@@ -32,8 +32,9 @@ STATE_FILE = "sandbox.json"
 class Options:
     state_dir: Path = DEFAULT_STATE_DIR
     images_dir: Path = DEFAULT_IMAGES_DIR
-    nodes: int = 2
-    vfs_per_node: int = 8
+    nodes: int | None = None  # None: the existing sandbox's value, else 2
+    vfs_per_node: int | None = None  # None: existing, else 8
+    pfs_per_node: int | None = None  # None: existing, else 1
     address_base: str = "127.0.0.10"
     node_cpu: str = "16"
     node_memory: str = "16Gi"
@@ -139,15 +140,21 @@ def up(opts: Options) -> State:
     state_dir.mkdir(parents=True, exist_ok=True)
     state = State(state_dir)
     d = state.data
-    if d.get("nodes") not in (None, opts.nodes) or d.get("vfs_per_node") not in (None, opts.vfs_per_node):
+    opts.nodes = opts.nodes or d.get("nodes") or 2
+    opts.vfs_per_node = opts.vfs_per_node or d.get("vfs_per_node") or 8
+    opts.pfs_per_node = opts.pfs_per_node or d.get("pfs_per_node") or 1
+    if "nodes" in d and (d["nodes"], d["vfs_per_node"], d.get("pfs_per_node", 1)) != (
+            opts.nodes, opts.vfs_per_node, opts.pfs_per_node):
         raise SandboxError(
-            f"a sandbox with {d['nodes']} nodes x {d['vfs_per_node']} VFs exists in {state_dir}; "
+            f"a sandbox with {d['nodes']} nodes x {d.get('pfs_per_node', 1)} PFs x {d['vfs_per_node']} VFs exists "
+            f"in {state_dir}; "
             "run `failovervm sandbox down` first to change its shape"
         )
     accel_ok, accel_detail = libvirthost.kvm_usable()
     d.update(
         {
-            "nodes": opts.nodes, "vfs_per_node": opts.vfs_per_node, "node_cpu": opts.node_cpu,
+            "nodes": opts.nodes, "vfs_per_node": opts.vfs_per_node, "pfs_per_node": opts.pfs_per_node,
+            "node_cpu": opts.node_cpu,
             "node_memory": opts.node_memory, "images_dir": str(opts.images_dir.resolve()),
             "accel": "kvm" if accel_ok else "tcg", "accel_detail": accel_detail, "bridge": opts.bridge,
             "versions": binaries.versions(),
@@ -204,7 +211,7 @@ def up(opts: Options) -> State:
         entry = hosts_state[i - 1]
         host = libvirthost.LibvirtHost(i, entry["address"], Path(entry["root"]))
         if not (Path(entry["sysfs_root"]) / "SIMULATED").exists():
-            sriov.create(Path(entry["sysfs_root"]), opts.vfs_per_node, entry["node"])
+            sriov.create(Path(entry["sysfs_root"]), opts.vfs_per_node, entry["node"], opts.pfs_per_node)
         libvirthost.prepare(host)
         key = f"libvirt-{i}"
         if procs.alive(d.get(key, {}).get("pid"), "libvirtd"):

@@ -26,6 +26,7 @@ def _apply_crds(state: State) -> None:
     )
 
 
+NAMESPACE = "failovervm-system"
 PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "failovervm"}}
 
 
@@ -38,6 +39,41 @@ def _apply_peering(state: State) -> None:
     )
 
 
+WEBHOOK_CONFIG = "failovervm-operator"
+
+
+def webhook_configuration(port: int, ca_pem: bytes, namespace: str) -> dict[str, Any]:
+    """The same two webhooks the Helm chart registers, pointing at the local controller."""
+    import base64
+
+    def hook(name: str, path: str, rule: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {
+            "name": name, "admissionReviewVersions": ["v1"], "timeoutSeconds": 10, "matchPolicy": "Equivalent",
+            "clientConfig": {"url": f"https://127.0.0.1:{port}/{path}",
+                             "caBundle": base64.b64encode(ca_pem).decode()},
+            "rules": [rule], **extra,
+        }
+
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_CONFIG},
+        "webhooks": [
+            hook("failovervm-validate.failovervm.io", "failovervm-validate",
+                 {"apiGroups": ["failovervm.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
+                  "resources": ["failovervms"], "scope": "Namespaced"},
+                 failurePolicy="Fail", sideEffects="None"),
+            hook("guard-pod-eviction.failovervm.io", "guard-pod-eviction",
+                 {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                  "resources": ["pods/eviction"], "scope": "Namespaced"},
+                 failurePolicy="Fail", sideEffects="NoneOnDryRun",
+                 namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                 matchConditions=[{"name": "guard-pods-only",
+                                   "expression": "request.name.startsWith('fvm-guard-')"}]),
+        ],
+    }
+
+
 def ensure(state: State, opts: Options) -> None:
     from failovervm.sandbox.manager import _ensure_component
 
@@ -45,17 +81,30 @@ def ensure(state: State, opts: Options) -> None:
     _apply_crds(state)
     _apply_peering(state)
     subprocess.run([str(binaries.kubectl()), "--kubeconfig", str(state.kubeconfig), "create", "namespace",
-                    "failovervm-system"], check=False, capture_output=True)
+                    NAMESPACE], check=False, capture_output=True)
     logs = state.cp_paths.logs
     op = d.setdefault("operator", {})
     op.setdefault("webhook_port", controlplane.free_port())
     op.setdefault("controller_metrics_port", controlplane.free_port())
     kc = str(state.kubeconfig)
+    import json
+
+    from failovervm import webhookcerts
+
+    cert_dir = state.dir / "pki" / "webhook"
+    ca, _, _ = webhookcerts.ensure(cert_dir, "127.0.0.1")
+    subprocess.run(
+        [str(binaries.kubectl()), "--kubeconfig", kc, "apply", "-f", "-"],
+        input=json.dumps(webhook_configuration(op["webhook_port"], ca.read_bytes(), NAMESPACE)), text=True,
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    subprocess.run([str(binaries.kubectl()), "--kubeconfig", kc, "delete", "validatingwebhookconfiguration",
+                    "failovervm.io", "--ignore-not-found"], check=False, capture_output=True)  # Kopf-managed, older
     argv = [
         sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", kc,
         "--storage-root", d["images_dir"],
         "--webhook-host", "127.0.0.1", "--webhook-port", str(op["webhook_port"]),
-        "--webhook-cert-dir", str(state.dir / "pki" / "webhook"),
+        "--webhook-cert-dir", str(cert_dir), "--webhook-unmanaged", "--namespace", NAMESPACE,
         "--metrics-port", str(op["controller_metrics_port"]),
     ]
     _ensure_component(state, "controller", "controller", lambda: procs.spawn(argv, logs / "controller.log"),

@@ -1,0 +1,331 @@
+"""Live migration and node evacuation on the 3-node sandbox (issue #4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.conftest import REPO, Sandbox, restart_operator, wait_for
+from tests.e2e.helpers import (
+    apply,
+    claims,
+    domains_on,
+    get_vm,
+    libvirt_conn,
+    pool_manifest,
+    vm_manifest,
+    wait_phase,
+)
+
+pytestmark = pytest.mark.e2e
+POOL = "mig-pool"
+
+
+def _ns(sb: Sandbox, name: str) -> str:
+    sb.kubectl("create", "namespace", name, check=False)
+    return name
+
+
+def _node(i: int) -> str:
+    return f"sandbox-node-{i}"
+
+
+def _cli(sb: Sandbox, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "failovervm.cli", *args, "--kubeconfig", str(sb.kubeconfig)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _ts(s: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def _migrations(sb: Sandbox, ns: str) -> list[dict[str, Any]]:
+    return list(sb.kubectl_json("-n", ns, "get", "fvmm")["items"])
+
+
+def _place_on(sb: Sandbox, ns: str, node: str, names: list[str], **spec: Any) -> None:
+    """Create VMs while every other node carries a (non-evacuating) NoSchedule taint."""
+    others = [n["node"] for n in sb.nodes if n["node"] != node]
+    for other in others:
+        sb.kubectl("taint", "node", other, "fvm-test/hold=yes:NoSchedule", "--overwrite")
+    try:
+        apply(sb, *(vm_manifest(n, ns, POOL, **spec) for n in names))
+        for n in names:
+            vm = wait_phase(sb, ns, n, "Running")
+            assert vm["status"]["nodeName"] == node
+    finally:
+        for other in others:
+            sb.kubectl("taint", "node", other, "fvm-test/hold-", check=False)
+
+
+class PhaseRecorder:
+    """Records every phase each VM shows while a drain runs (polling, as a user would watch)."""
+
+    def __init__(self, sb: Sandbox, ns: str) -> None:
+        self.sb, self.ns = sb, ns
+        self.seen: dict[str, set[str]] = {}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            res = self.sb.kubectl("-n", self.ns, "get", "fvm", "-o", "json", check=False)
+            if res.returncode == 0:
+                for item in json.loads(res.stdout)["items"]:
+                    self.seen.setdefault(item["metadata"]["name"], set()).add(
+                        (item.get("status") or {}).get("phase", ""))
+            time.sleep(0.3)
+
+    def __enter__(self) -> PhaseRecorder:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()
+
+
+def _max_overlap(migs: list[dict[str, Any]]) -> int:
+    points = []
+    for m in migs:
+        st = m["status"]
+        points += [(_ts(st["startTimestamp"]), 1), (_ts(st["endTimestamp"]), -1)]
+    cur = best = 0
+    for _, d in sorted(points, key=lambda p: (p[0], p[1])):
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "drain")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]))
+    names = [f"d{i}" for i in range(6)]
+    _place_on(sb, ns, _node(1), names)
+    assert sb.kubectl_json("-n", "failovervm-system", "get", "pod", f"fvm-guard-{_node(1)}")
+    t0 = time.monotonic()
+    with PhaseRecorder(sb, ns) as rec:
+        res = sb.kubectl("drain", _node(1), "--ignore-daemonsets", "--timeout=300s", timeout=330, check=False)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stderr
+    # drain returned only after all 6 VMs left: nothing is left on node 1, in libvirt or in the API.
+    assert domains_on(sb, _node(1)) == []
+    for n in names:
+        vm = get_vm(sb, ns, n)
+        assert vm["status"]["phase"] == "Running" and vm["status"]["nodeName"] != _node(1), vm["status"]
+        assert vm["metadata"]["labels"]["failovervm.io/node"] == vm["status"]["nodeName"]
+        # Arrived by migration, never rebooted: libvirt's state reason on the target says "migrated".
+        conn = libvirt_conn(sb, vm["status"]["nodeName"])
+        try:
+            state, reason = conn.lookupByName(vm["status"]["domain"]["name"]).state()
+        finally:
+            conn.close()
+        assert state == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_MIGRATED
+        assert not {"Stopped", "Starting", "Pending", "Failed"} & rec.seen.get(n, set()), rec.seen.get(n)
+        assert vm["status"]["vf"]["node"] == vm["status"]["nodeName"]
+    migs = [m for m in _migrations(sb, ns) if m["status"].get("phase") == "Succeeded"]
+    assert len(migs) == 6, [m["status"] for m in _migrations(sb, ns)]
+    for m in migs:
+        assert m["status"]["sourceNode"] == _node(1)
+        assert m["status"]["stats"]["downtimeMs"] >= 0
+    # The VF claims moved with the VMs, one claim per VM.
+    mine = [c for c in claims(sb) if c["spec"]["owner"]["namespace"] == ns]
+    assert len(mine) == 6 and all(c["spec"]["node"] != _node(1) for c in mine)
+    assert all(c["spec"]["purpose"] == "Running" for c in mine)
+    # Never more than 2 outbound migrations from one node at once.
+    assert _max_overlap(migs) <= 2
+    print(f"drain of 6 VMs took {took:.1f}s; downtimes "
+          f"{sorted(m['status']['stats']['downtimeMs'] for m in migs)} ms")
+    # The guard pod is gone; uncordon makes the node schedulable again.
+    assert sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{_node(1)}", check=False).returncode != 0
+    sb.kubectl("uncordon", _node(1))
+    apply(sb, vm_manifest("back", ns, POOL, nodeSelector={"kubernetes.io/hostname": _node(1)}))
+    assert wait_phase(sb, ns, "back", "Running")["status"]["nodeName"] == _node(1)
+    sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+
+
+def test_cluster_autoscaler_taint_and_evictions(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "autoscaler")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]))
+    _place_on(sb, ns, _node(2), ["ca0", "ca1"], memory="1Gi")
+    guard = f"fvm-guard-{_node(2)}"
+    eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
+                           "metadata": {"name": guard, "namespace": "failovervm-system"}})
+    # CA marks the node for deletion, then evicts its pods: 429 while VMs are there.
+    sb.kubectl("taint", "node", _node(2), "ToBeDeletedByClusterAutoscaler=1:NoSchedule", "--overwrite")
+    try:
+        def evict() -> subprocess.CompletedProcess[str]:
+            return sb.kubectl("create", "--raw",
+                              f"/api/v1/namespaces/failovervm-system/pods/{guard}/eviction", "-f", "-",
+                              input=eviction, check=False)
+
+        first = evict()
+        if first.returncode != 0:
+            assert "429" in first.stderr or "TooManyRequests" in first.stderr or "still runs" in first.stderr, \
+                first.stderr
+        for n in ("ca0", "ca1"):
+            wait_for(lambda n=n: (get_vm(sb, ns, n) or {}).get("status", {}).get("nodeName") not in (None, _node(2))
+                     and get_vm(sb, ns, n)["status"]["phase"] == "Running", 120, what=f"{n} migrated off")
+        assert domains_on(sb, _node(2)) == []
+        # Empty now: the guard pod goes away and the eviction is done.
+        wait_for(lambda: evict().returncode != 0 and sb.kubectl(
+            "-n", "failovervm-system", "get", "pod", guard, check=False).returncode != 0, 60,
+            what="guard pod gone")
+        pod_annotations = {"cluster-autoscaler.kubernetes.io/safe-to-evict": "true"}
+        assert pod_annotations  # (checked on the pod in test_guard_pod_contract)
+    finally:
+        sb.kubectl("taint", "node", _node(2), "ToBeDeletedByClusterAutoscaler-", check=False)
+    sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+
+
+def test_guard_pod_contract(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "guard")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("g", ns, POOL))
+    node = wait_phase(sb, ns, "g", "Running")["status"]["nodeName"]
+    pod = wait_for(lambda: (r := sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}", "-o",
+                                            "json", check=False)).returncode == 0 and json.loads(r.stdout), 30,
+                   what="guard pod")
+    assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
+    assert pod["spec"]["nodeName"] == node
+    owner = pod["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "Node" and owner["controller"] is True
+    assert not sb.kubectl_json("get", "poddisruptionbudgets", "-A")["items"], "no PDBs are used"
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+    wait_for(lambda: sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}",
+                                check=False).returncode != 0, 30, what="guard pod removed with the last VM")
+
+
+def test_manual_migration_with_and_without_target(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "manual")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("m", ns, POOL))
+    src = wait_phase(sb, ns, "m", "Running")["status"]["nodeName"]
+    target = next(n["node"] for n in sb.nodes if n["node"] != src)
+    res = _cli(sb, "migrate", "m", "-n", ns, "--to", target, "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Succeeded" in res.stdout
+    vm = get_vm(sb, ns, "m")
+    assert vm["status"]["nodeName"] == target and f"fvm_{ns}_m" not in domains_on(sb, src)
+    res = _cli(sb, "migrate", "m", "-n", ns, "--wait", "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    mig = json.loads(res.stdout)
+    assert mig["status"]["phase"] == "Succeeded" and mig["status"]["sourceNode"] == target
+    assert mig["status"]["targetNode"] != target
+    assert get_vm(sb, ns, "m")["status"]["nodeName"] == mig["status"]["targetNode"]
+    out = sb.kubectl("-n", ns, "get", "fvmm").stdout
+    assert "Succeeded" in out and "DOWNTIME" in out
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def _slow_migration(sb: Sandbox, ns: str, vm: str, target: str) -> str:
+    """A migration of a 4 GiB guest limited to 1 MiB/s: several seconds in phase Running."""
+    body = {"apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVMMigration",
+            "metadata": {"name": f"{vm}-slow", "namespace": ns},
+            "spec": {"vmName": vm, "targetNode": target, "bandwidthMiBps": 1}}
+    sb.kubectl("apply", "-f", "-", input=json.dumps(body))
+    wait_for(lambda: (sb.kubectl_json("-n", ns, "get", "fvmm", f"{vm}-slow").get("status") or {}).get("phase")
+             == "Running", 60, interval=0.2, what="migration Running")
+    return f"{vm}-slow"
+
+
+def test_deleting_a_running_migration_aborts_it(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "abort")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("big", ns, POOL, memory="4Gi"))
+    src = wait_phase(sb, ns, "big", "Running")["status"]["nodeName"]
+    target = next(n["node"] for n in sb.nodes if n["node"] != src)
+    name = _slow_migration(sb, ns, "big", target)
+    sb.kubectl("-n", ns, "delete", "fvmm", name, "--timeout=60s")
+    vm = wait_phase(sb, ns, "big", "Running")
+    assert vm["status"]["nodeName"] == src and "migration" not in vm["status"]
+    assert f"fvm_{ns}_big" in domains_on(sb, src)
+    wait_for(lambda: f"fvm_{ns}_big" not in domains_on(sb, target), 30, what="no domain left on the target")
+    conn = libvirt_conn(sb, src)
+    assert conn.lookupByName(f"fvm_{ns}_big").isActive()
+    conn.close()
+    wait_for(lambda: [c["spec"]["node"] for c in claims(sb) if c["spec"]["owner"]["namespace"] == ns] == [src], 30,
+             what="target reservation released")
+    events = sb.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=big")
+    assert any(e["reason"] == "MigrationAborted" for e in events["items"])
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def test_target_libvirtd_dies_mid_migration(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "targetdies")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("victim", ns, POOL, memory="4Gi"))
+    src = wait_phase(sb, ns, "victim", "Running")["status"]["nodeName"]
+    target_entry = next(n for n in sb.nodes if n["node"] != src)
+    target = target_entry["node"]
+    name = _slow_migration(sb, ns, "victim", target)
+    subprocess.run(["kill", "-9", str(sb.data[f"libvirt-{target_entry['index']}"]["pid"])], check=True)
+    try:
+        mig = wait_for(lambda: (m := sb.kubectl_json("-n", ns, "get", "fvmm", name))["status"]["phase"] == "Failed"
+                       and m, 120, what="migration Failed")
+        assert mig["status"]["reason"] == "MigrationFailed" and "keeps running on" in mig["status"]["message"]
+        vm = wait_phase(sb, ns, "victim", "Running")
+        assert vm["status"]["nodeName"] == src
+        conn = libvirt_conn(sb, src)
+        assert conn.lookupByName(f"fvm_{ns}_victim").isActive()
+        conn.close()
+        wait_for(lambda: [c["spec"]["node"] for c in claims(sb) if c["spec"]["owner"]["namespace"] == ns] == [src],
+                 60, what="target reservation released")
+    finally:
+        restart_operator(sb)  # brings the target's libvirtd back
+    # With the target back, the VM can be migrated there, and only one copy of it ever runs.
+    res = _cli(sb, "migrate", "victim", "-n", ns, "--to", target, "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    running = [n["node"] for n in sb.nodes if f"fvm_{ns}_victim" in domains_on(sb, n["node"])]
+    assert running == [target]
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def test_no_target_with_a_free_vf_keeps_drain_waiting(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "novf")
+    # Pool "tight" only has sbxpf1 on nodes 2 and 3; fill node 2's four VFs, put one VM on node 3.
+    for n in (2, 3):
+        sb.kubectl("label", "node", _node(n), "fvm-test/tight=yes", "--overwrite")
+    apply(sb, pool_manifest("tight", sb.data["bridge"], {"fvm-test/tight": "yes"}, pfs=("sbxpf1",)))
+    wait_for(lambda: ((sb.kubectl_json("get", "vfpool", "tight").get("status") or {}).get("totals") or {})
+             .get("total") == 8, 60, what="tight inventory")
+    fillers = [vm_manifest(f"f{i}", ns, "tight", nodeSelector={"kubernetes.io/hostname": _node(2)}) for i in range(4)]
+    apply(sb, *fillers, vm_manifest("x", ns, "tight", nodeSelector={"fvm-test/tight": "yes"},
+                                    tolerations=[]))
+    for i in range(4):
+        wait_phase(sb, ns, f"f{i}", "Running")
+    x = wait_phase(sb, ns, "x", "Running")
+    if x["status"]["nodeName"] != _node(3):
+        pytest.fail(f"x landed on {x['status']['nodeName']}, expected {_node(3)}")
+    claim_before = x["status"]["vf"]["claimName"]
+    res = sb.kubectl("drain", _node(3), "--ignore-daemonsets", "--timeout=15s", check=False, timeout=60)
+    try:
+        assert res.returncode != 0, "drain must keep waiting while a VM cannot leave"
+        mig = wait_for(lambda: next((m for m in _migrations(sb, ns) if m["spec"]["vmName"] == "x"
+                                     and (m.get("status") or {}).get("reason") == "NoFreeVF"), None), 30,
+                       what="migration waiting with reason NoFreeVF")
+        assert mig["status"]["phase"] == "Scheduling" and "free VF" in mig["status"]["message"]
+        vm = get_vm(sb, ns, "x")
+        assert vm["status"]["nodeName"] == _node(3) and vm["status"]["phase"] == "Running"
+        assert vm["status"]["vf"]["claimName"] == claim_before
+        assert any(c["metadata"]["name"] == claim_before for c in claims(sb))
+        assert f"fvm_{ns}_x" in domains_on(sb, _node(3))
+    finally:
+        sb.kubectl("uncordon", _node(3))
+    # Uncordoned: the waiting evacuation migration is dropped, nothing moved.
+    wait_for(lambda: not [m for m in _migrations(sb, ns) if (m.get("status") or {}).get("phase") == "Scheduling"],
+             30, what="evacuation migration dropped")
+    sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+    for n in (2, 3):
+        sb.kubectl("label", "node", _node(n), "fvm-test/tight-")
