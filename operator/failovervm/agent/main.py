@@ -40,7 +40,7 @@ class AgentArgs:
     storage_roots: list[str]
     metrics_port: int
     resync_seconds: float = 30.0
-    inventory_seconds: float = 15.0
+    inventory_seconds: float = 5.0
     workers: int = 4
     serial_log_dir: str | None = None
 

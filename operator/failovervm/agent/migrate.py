@@ -89,12 +89,13 @@ class Migrator:
             return Outcome("migration-started")
         if state in (mg.RUNNING, mg.ABORTING) and in_process:
             if state == mg.ABORTING and uid not in self.aborting and dom is not None:
-                self.aborting.add(uid)
                 try:
                     dom.abortJob()
+                    self.aborting.add(uid)
                     log.info("aborting migration %s of %s", mig.get("name"), vm["metadata"]["name"])
                 except libvirt.libvirtError as exc:
-                    log.warning("abortJob failed: %s", exc)
+                    # No job yet (the thread is just starting it): try again on the requeue.
+                    log.info("abortJob not possible yet: %s", exc)
             return Outcome("migrating", requeue_after=2.0)
         if state in (mg.RUNNING, mg.ABORTING) and not in_process:
             return self._recover(vm, mig, dom)
@@ -128,17 +129,14 @@ class Migrator:
         dname = domxml.domain_name(ns, name)
         started = time.monotonic()
 
-        def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
-            if st.get("phase") != mg.TARGET_READY:
-                return None
-            st.update(phase=mg.RUNNING, message=f"live-migrating from {ctx.node} to {target}")
-            return st
-
-        ctx.kube.update_migration_status(ns, mig_name, to_running)
+        aborted_early = {"v": False}
 
         def vm_running(st: dict[str, Any]) -> dict[str, Any] | None:
             cur = st.get("migration") or {}
             if cur.get("name") != mig_name or st.get("nodeName") != ctx.node:
+                return None
+            if cur.get("state") == mg.ABORTING:  # deleted before we got going
+                aborted_early["v"] = True
                 return None
             st["migration"] = {**cur, "state": mg.RUNNING}
             st["phase"] = "Migrating"
@@ -146,6 +144,17 @@ class Migrator:
 
         if ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"]) is None:
             return
+        if aborted_early["v"]:
+            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED)
+            return
+
+        def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
+            if st.get("phase") != mg.TARGET_READY:
+                return None
+            st.update(phase=mg.RUNNING, message=f"live-migrating from {ctx.node} to {target}")
+            return st
+
+        ctx.kube.update_migration_status(ns, mig_name, to_running)
         node_obj = ctx.kube.get_node(target)
         uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
         if not uri:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from failovervm.sandbox import binaries, controlplane, procs
@@ -74,6 +75,23 @@ def webhook_configuration(port: int, ca_pem: bytes, namespace: str) -> dict[str,
     }
 
 
+def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:port."""
+    import socket
+    import time
+
+    from failovervm.errors import SandboxError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SandboxError(f"{what} is not listening on 127.0.0.1:{port} after {timeout:.0f}s; see {log}")
+
+
 def ensure(state: State, opts: Options) -> None:
     from failovervm.sandbox.manager import _ensure_component
 
@@ -109,6 +127,7 @@ def ensure(state: State, opts: Options) -> None:
     ]
     _ensure_component(state, "controller", "controller", lambda: procs.spawn(argv, logs / "controller.log"),
                       opts, "operator controller")
+    _wait_port(op["webhook_port"], 60, "the controller's admission webhook", logs / "controller.log")
     for host in state.data["libvirt"]:
         key = f"agent-{host['index']}"
         op.setdefault(f"{key}_metrics_port", controlplane.free_port())
