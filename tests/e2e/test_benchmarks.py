@@ -21,3 +21,11 @@ def test_apply_to_running_benchmark_quick(operator_sandbox: Sandbox) -> None:
     assert res["operator_s"]["n"] == 3 and res["raw_libvirt_s"]["n"] == 3
     assert math.isfinite(res["ratio_p50"]) and res["ratio_p50"] > 0
     operator_sandbox.kubectl("delete", "namespace", "bench-quick", "--wait=false")
+
+
+def test_evacuation_benchmark_quick(operator_sandbox: Sandbox) -> None:
+    from benchmarks import evacuation
+
+    res = evacuation.run(operator_sandbox.state_dir, n=3, namespace="bench-evac-quick", raw_rounds=1)
+    assert res["downtime_ms"]["n"] == 3
+    assert res["evacuation_s"] > 0 and math.isfinite(res["ratio_to_ideal"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -60,22 +62,31 @@ def pool_status(*, name: str, **_: Any) -> None:
 
 
 @kopf.on.validate(*FVM, operations=["CREATE", "UPDATE"], id="failovervm-validate")
-def validate_failovervm(*, body: kopf.Body, **kwargs: Any) -> None:
+async def validate_failovervm(*, body: kopf.Body, **kwargs: Any) -> None:
+    # Async on purpose: admission must never wait for a handler thread, because the controller's
+    # own writes (labels, finalizers) pass through this webhook while handler threads wait on them.
     old = kwargs.get("old")
     if kwargs.get("operation") == "UPDATE" and old and dict(old.get("spec") or {}) == dict(body.get("spec") or {}):
         return  # metadata/finalizer/label changes: the spec was validated when it was written
+    errors = await asyncio.get_running_loop().run_in_executor(_ADMISSION_POOL, _validate_vm_sync, body)
+    if errors:
+        raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+_ADMISSION_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="admission")
+
+
+def _validate_vm_sync(body: kopf.Body) -> list[str]:
     kube = CONFIG.k()
     vm = {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
           "status": dict(body.get("status") or {})}
     pool = (vm["spec"].get("network") or {}).get("pool")
-    errors = validate_vm(
+    return validate_vm(
         vm,
         others=kube.list_vms(),
         pool_exists=bool(pool) and kube.get_pool(str(pool)) is not None,
         storage_roots=CONFIG.storage_roots,
     )
-    if errors:
-        raise kopf.AdmissionError("; ".join(errors), code=422)
 
 
 # -- FailoverVMMigration -----------------------------------------------------------------------
@@ -121,21 +132,28 @@ def node_tick(*, body: kopf.Body, **_: Any) -> None:
 
 @kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",
                   ignore_failures=True)
-def guard_pod_eviction(*, name: str | None, namespace: str | None, dryrun: bool = False, **_: Any) -> None:
+async def guard_pod_eviction(*, name: str | None, namespace: str | None, dryrun: bool = False,
+                             **_: Any) -> None:
     """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
     FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
     if namespace != CONFIG.namespace or not name or not name.startswith(migrations.GUARD_PREFIX):
         return
     node_name = name[len(migrations.GUARD_PREFIX):]
+    remaining = await asyncio.get_running_loop().run_in_executor(
+        _ADMISSION_POOL, _guard_check, node_name, name, dryrun)
+    if remaining:
+        raise kopf.AdmissionError(
+            f"node {node_name} still runs {remaining} FailoverVM(s); they are being live-migrated away", code=429)
+
+
+def _guard_check(node_name: str, pod_name: str, dryrun: bool) -> int:
     remaining = migrations.node_has_vms(node_name)
     kube = CONFIG.k()
     node = kube.get_node(node_name)
     if node is not None:
         migrations.reconcile_node(node)  # the attempt itself starts the evacuation
-    if remaining:
-        raise kopf.AdmissionError(
-            f"node {node_name} still runs {remaining} FailoverVM(s); they are being live-migrated away", code=429)
-    # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet to
-    # confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.
-    if not dryrun:
-        kube.delete_pod(CONFIG.namespace, name, grace_period=0)
+    if not remaining and not dryrun:
+        # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet
+        # to confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.
+        kube.delete_pod(CONFIG.namespace, pod_name, grace_period=0)
+    return remaining

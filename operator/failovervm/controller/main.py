@@ -72,7 +72,7 @@ def run(args: ControllerArgs) -> int:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="controller.failovervm.io", key="last-handled-configuration")
         settings.posting.level = logging.WARNING
-        settings.execution.max_workers = 8
+        settings.execution.max_workers = 16
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
         if args.webhook_host:

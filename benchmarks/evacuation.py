@@ -1,0 +1,183 @@
+"""Benchmark: evacuating N VMs from one node (cordon -> every VM running elsewhere), next to the
+ideal ceil(N / per-node limit) x t(raw libvirt migration of one such VM), and per-migration
+downtime p50/p95 from libvirt's completed-job statistics. Same run, same sandbox.
+
+  .venv/bin/python -m benchmarks.evacuation --state-dir /var/lib/failovervm-sandbox -n 10
+(needs a sandbox of >= 2 nodes with >= N VFs on the first node, e.g.
+ `failovervm sandbox up --nodes 3 --pfs-per-node 2 --vfs-per-node 8`, with the operator running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import libvirt
+from lxml import etree
+
+from benchmarks.common import SandboxHandle, machine, summary
+from failovervm import API_GROUP, API_VERSION
+
+POOL = "bench-evac-pool"
+HOLD_TAINT = {"key": "failovervm.io/bench-hold", "value": "yes", "effect": "NoSchedule"}
+FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+
+def _vms(sb: SandboxHandle, ns: str) -> list[dict[str, Any]]:
+    return list(sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms")["items"])
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _set_taint(sb: SandboxHandle, node: str, on: bool) -> None:
+    obj = sb.core.read_node(node)
+    taints = [t for t in (obj.spec.taints or []) if t.key != HOLD_TAINT["key"]]
+    body_taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in taints]
+    if on:
+        body_taints.append(HOLD_TAINT)
+    sb.core.patch_node(node, {"spec": {"taints": body_taints or None}})
+
+
+def _cordon(sb: SandboxHandle, node: str, on: bool) -> None:
+    sb.core.patch_node(node, {"spec": {"unschedulable": on or None}})
+
+
+def _raw_migration(
+    sb: SandboxHandle, src: str, dst: str, template_dom: str, rounds: int
+) -> tuple[list[float], list[int]]:
+    """Ping-pong a renamed copy of an operator VM's domain between src and dst with libvirt directly."""
+    conn = libvirt.open(sb.uri(src))
+    el = etree.fromstring(conn.lookupByName(template_dom).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    name = f"raw-bench-{uuid.uuid4().hex[:8]}"
+    el.find("name").text = name
+    el.find("uuid").text = str(uuid.uuid4())
+    md = el.find("metadata")
+    if md is not None:
+        el.remove(md)
+    dom = conn.defineXML(etree.tostring(el, encoding="unicode"))
+    dom.create()
+    conn.close()
+    times, downtimes = [], []
+    here, there = src, dst
+    try:
+        for _ in range(rounds):
+            c_src, c_dst = libvirt.open(sb.uri(here)), libvirt.open(sb.uri(there))
+            d = c_src.lookupByName(name)
+            t0 = time.perf_counter()
+            d.migrateToURI3(sb.uri(there), {}, FLAGS)
+            times.append(time.perf_counter() - t0)
+            downtimes.append(int(c_dst.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+                                 .get("downtime", 0)))
+            c_src.close()
+            c_dst.close()
+            here, there = there, here
+    finally:
+        c = libvirt.open(sb.uri(here))
+        try:
+            d = c.lookupByName(name)
+            d.destroy()
+            d.undefine()
+        except libvirt.libvirtError:
+            pass
+        c.close()
+    return times, downtimes
+
+
+def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds: int = 3) -> dict[str, Any]:
+    sb = SandboxHandle(state_dir)
+    nodes = [h["node"] for h in sb.data["libvirt"]]
+    src, others = nodes[0], nodes[1:]
+    per_node = 2  # the controller's default parallelOutboundMigrationsPerNode
+    image = str(Path(sb.data["images_dir"]) / "halt.img")
+    pfs = [f"sbxpf{p}" for p in range(int(sb.data.get("pfs_per_node", 1)))]
+    try:
+        sb.core.create_namespace({"metadata": {"name": namespace}})
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+    try:
+        sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": POOL},
+            "spec": {"nodeSelector": {"failovervm.io/sandbox-node": "true"}, "pfNames": pfs,
+                     "standby": {"type": "bridge", "source": sb.data["bridge"]}}})
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+    _wait(lambda: ((sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", POOL).get("status")
+                    or {}).get("totals") or {}).get("total", 0) > 0, 60, "pool inventory")
+    for o in others:
+        _set_taint(sb, o, True)
+    try:
+        for i in range(n):
+            sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", {
+                "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
+                "metadata": {"name": f"e{i}", "namespace": namespace},
+                "spec": {"cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
+                         "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
+                         "network": {"pool": POOL}}})
+        _wait(lambda: sum(1 for v in _vms(sb, namespace) if (v.get("status") or {}).get("phase") == "Running"
+                          and v["status"].get("nodeName") == src) == n, 180, f"{n} VMs running on {src}")
+    finally:
+        for o in others:
+            _set_taint(sb, o, False)
+    template = _vms(sb, namespace)[0]["status"]["domain"]["name"]
+    raw_times, raw_down = _raw_migration(sb, src, others[0], template, raw_rounds)
+    t_raw = sorted(raw_times)[len(raw_times) // 2]
+    t0 = time.perf_counter()
+    _cordon(sb, src, True)
+    try:
+        _wait(lambda: all((v.get("status") or {}).get("nodeName") not in (None, src)
+                          and v["status"].get("phase") == "Running" for v in _vms(sb, namespace)), 600,
+              "evacuation")
+        evac = time.perf_counter() - t0
+    finally:
+        _cordon(sb, src, False)
+    migs = sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervmmigrations")
+    downtimes = [float(m["status"]["stats"]["downtimeMs"]) for m in migs["items"]
+                 if (m.get("status") or {}).get("phase") == "Succeeded" and (m["status"].get("stats") or {})
+                 .get("downtimeMs") is not None]
+    ideal = math.ceil(n / per_node) * t_raw
+    sb.core.delete_namespace(namespace)
+    return {
+        "benchmark": "evacuation", "n": n, "per_node_limit": per_node, "evacuation_s": evac,
+        "raw_migration_s": summary(raw_times), "ideal_s": ideal, "ratio_to_ideal": evac / ideal,
+        "downtime_ms": summary(downtimes), "raw_downtime_ms": summary([float(d) for d in raw_down]),
+        "machine": machine(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
+    ap.add_argument("-n", type=int, default=10)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    r = run(Path(args.state_dir), args.n)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"evacuate {r['n']} VMs from one node (per-node limit {r['per_node_limit']}; {r['machine']['cpu']})")
+    print(f"  operator: cordon -> all running elsewhere   {r['evacuation_s']:8.2f} s")
+    print(f"  raw libvirt migrateToURI3 of one VM (p50)   {r['raw_migration_s']['p50']:8.2f} s")
+    print(f"  ideal ceil(N/{r['per_node_limit']}) x raw                       {r['ideal_s']:8.2f} s")
+    print(f"  ratio operator / ideal                      {r['ratio_to_ideal']:8.2f}")
+    d, rd = r["downtime_ms"], r["raw_downtime_ms"]
+    print(f"  downtime p50/p95 (operator migrations)      {d['p50']:.0f} / {d['p95']:.0f} ms")
+    print(f"  downtime p50/p95 (raw migrations)           {rd['p50']:.0f} / {rd['p95']:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
