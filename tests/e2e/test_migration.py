@@ -329,3 +329,33 @@ def test_no_target_with_a_free_vf_keeps_drain_waiting(operator_sandbox: Sandbox)
     sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
     for n in (2, 3):
         sb.kubectl("label", "node", _node(n), "fvm-test/tight-")
+
+
+def test_shutdown_strategy_restarts_the_vm_elsewhere(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "shutdown")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]))
+    _place_on(sb, ns, _node(3), ["s"], evictionStrategy="Shutdown")
+    first = get_vm(sb, ns, "s")
+    sb.kubectl("cordon", _node(3))
+    try:
+        vm = wait_for(lambda: (v := get_vm(sb, ns, "s")) and (v.get("status") or {}).get("phase") == "Running"
+                      and v["status"].get("nodeName") not in (None, _node(3)) and v, 120,
+                      what="VM started on another node")
+        assert f"fvm_{ns}_s" not in domains_on(sb, _node(3))
+        # Started fresh (not migrated): libvirt's state reason is "booted", and no migration object exists.
+        conn = libvirt_conn(sb, vm["status"]["nodeName"])
+        try:
+            _, reason = conn.lookupByName(f"fvm_{ns}_s").state()
+        finally:
+            conn.close()
+        assert reason == libvirt.VIR_DOMAIN_RUNNING_BOOTED
+        assert not _migrations(sb, ns)
+        assert vm["status"]["vf"]["claimName"] != first["status"]["vf"]["claimName"]
+        events = sb.kubectl_json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=s")
+        assert {"Evicting", "Evicted"} <= {e["reason"] for e in events["items"]}
+        wait_for(lambda: len([c for c in claims(sb) if c["spec"]["owner"]["namespace"] == ns]) == 1, 60,
+                 what="old claim released")
+    finally:
+        sb.kubectl("uncordon", _node(3))
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")

@@ -277,10 +277,12 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | No
                                                     f"evicted from {ctx.node}")
         return st
 
-    ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
-    fins = [f for f in meta.get("finalizers") or [] if f != AGENT_FINALIZER]
+    # Metadata first, status last: once nodeName is gone the controller re-places the VM (and sets a
+    # new node label), which this patch must not overwrite. The agent finalizer stays: the
+    # controller keeps it for the next node (and removes it itself if the VM is deleted unplaced).
     ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {
-        "labels": {labels.VM_NODE: None}, "annotations": {EVICT_ANNOTATION: None}, "finalizers": fins}})
+        "labels": {labels.VM_NODE: None}, "annotations": {EVICT_ANNOTATION: None}}})
+    ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
     ctx.kube.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}",
                    component=f"agent/{ctx.node}")
     return Outcome("evicted")

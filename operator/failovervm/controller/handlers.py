@@ -99,10 +99,18 @@ def _active(*, status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.on.event(*FVMM)
-def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kopf.Meta, **_: Any) -> None:
+def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kopf.Meta, status: kopf.Status,
+                       **_: Any) -> None:
     if type == "DELETED" or meta.get("deletionTimestamp") or namespace is None:
         return
-    migrations.advance(namespace, name)
+    phase = migrations.advance(namespace, name)
+    source = status.get("sourceNode")
+    if phase in ("Succeeded", "Failed", "Aborted") and source:
+        # A slot on the source node is free: start the next evacuation migration right away.
+        node = CONFIG.k().get_node(str(source))
+        if node is not None:
+            migrations.reconcile_node(node)
+
 
 
 @kopf.timer(*FVMM, interval=1.0, when=_active)
@@ -125,7 +133,7 @@ def on_node_event(*, type: str, body: kopf.Body, **_: Any) -> None:
         migrations.reconcile_node(body)
 
 
-@kopf.timer("", "v1", "nodes", interval=2.0)
+@kopf.timer("", "v1", "nodes", interval=5.0)
 def node_tick(*, body: kopf.Body, **_: Any) -> None:
     migrations.reconcile_node(body)
 
@@ -156,4 +164,5 @@ def _guard_check(node_name: str, pod_name: str, dryrun: bool) -> int:
         # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet
         # to confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.
         kube.delete_pod(CONFIG.namespace, pod_name, grace_period=0)
+        migrations.forget_guard(node_name)
     return remaining

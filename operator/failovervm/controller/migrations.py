@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -217,6 +218,15 @@ def on_delete(namespace: str, name: str) -> None:
 # -- evacuation -----------------------------------------------------------------------------
 
 GUARD_PREFIX = "fvm-guard-"
+_GUARDS: set[str] = set()  # nodes whose guard pod this controller created (or found)
+_GUARDS_SYNCED: dict[str, bool] = {}  # nodes checked for a stale guard pod since start
+_GUARDS_VERIFIED: dict[str, float] = {}
+GUARD_VERIFY_SECONDS = 30.0
+
+
+def forget_guard(node: str) -> None:
+    """The guard pod of `node` was deleted by someone else (eviction, kubectl): recreate when needed."""
+    _GUARDS.discard(node)
 
 
 def guard_pod_name(node: str) -> str:
@@ -267,10 +277,19 @@ def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
     name = node["metadata"]["name"]
     vms = vms_on(name)
     out: dict[str, Any] = {"vms": len(vms)}
+    # Remember which guard pods exist so the periodic tick does not hit the API for nothing; an
+    # eviction or deletion always goes through the API (and clears the memory).
     if vms:
-        kube.ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
-    else:
+        now_m = time.monotonic()
+        if name not in _GUARDS or now_m - _GUARDS_VERIFIED.get(name, 0.0) > GUARD_VERIFY_SECONDS:
+            # Create it, or (every 30 s) make sure nobody deleted it behind our back.
+            kube.ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
+            _GUARDS.add(name)
+            _GUARDS_VERIFIED[name] = now_m
+    elif name in _GUARDS or not _GUARDS_SYNCED.get(name):
         kube.delete_pod(CONFIG.namespace, guard_pod_name(name), grace_period=0)
+        _GUARDS.discard(name)
+        _GUARDS_SYNCED[name] = True
     if not node_needs_evacuation(NodeInfo.from_k8s(node)):
         # Uncordoned: start no new evacuation migrations, and drop those still looking for a target.
         for mig in kube.list_migrations():

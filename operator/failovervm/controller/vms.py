@@ -132,7 +132,12 @@ def finalize(namespace: str, name: str, uid: str) -> None:
     vm = kube.get_vm(namespace, name)
     if vm is not None and vm["metadata"]["uid"] == uid and AGENT_FINALIZER in (vm["metadata"].get("finalizers") or []):
         node = (vm.get("status") or {}).get("nodeName")
-        raise StillDeleting(f"waiting for the agent on {node} to remove the domain")
+        if node:
+            raise StillDeleting(f"waiting for the agent on {node} to remove the domain")
+        # Not placed anywhere (e.g. evicted and not yet re-placed): no agent holds a domain for it.
+        fins = [f for f in vm["metadata"].get("finalizers") or [] if f != AGENT_FINALIZER]
+        kube.patch_vm(namespace, name, {"metadata": {"finalizers": fins,
+                                                     "resourceVersion": vm["metadata"]["resourceVersion"]}})
     released = []
     for claim in kube.list_claims():
         if claim["spec"].get("owner", {}).get("uid") == uid:
