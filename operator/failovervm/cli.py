@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from failovervm.errors import FailoverVMError
+
+if TYPE_CHECKING:
+    from failovervm.kube import Kube
 
 
 def _sandbox_opts(args: argparse.Namespace) -> object:
@@ -122,6 +127,154 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 1
 
 
+def _kube_client(args: argparse.Namespace) -> Kube:
+    from failovervm import kube as kube_mod
+
+    return kube_mod.Kube(kube_mod.load(args.kubeconfig, args.context))
+
+
+def _api_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Report kubeconfig and API failures of the kubectl-style commands as one error line."""
+
+    @functools.wraps(fn)
+    def wrapper(args: argparse.Namespace) -> int:
+        from kubernetes.client import ApiException
+        from kubernetes.config import ConfigException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(args)
+        except ApiException as exc:
+            print(f"failovervm: error: {exc.status} {exc.reason}: {_api_message(exc)}", file=sys.stderr)
+        except ConfigException as exc:
+            print(f"failovervm: error: kubeconfig: {exc}", file=sys.stderr)
+        except HTTPError as exc:
+            print(f"failovervm: error: cannot reach the API server: {exc}", file=sys.stderr)
+        return 1
+
+    return wrapper
+
+
+def _api_message(exc: Any) -> str:
+    try:
+        return str(json.loads(exc.body).get("message") or exc.body)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.body or "")
+
+
+@_api_errors
+def cmd_status(args: argparse.Namespace) -> int:
+    from failovervm import cli_ops
+    from failovervm import kube as kube_mod
+
+    kube = _kube_client(args)
+    ns = None if args.all_namespaces else (args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context))
+    doc = cli_ops.status_document(kube.list_vms(), kube.list_nodes(), kube.list_pools(), namespace=ns)
+    if args.output in ("json", "yaml"):
+        _print_obj(doc, args.output)
+    else:
+        print(cli_ops.render_status(doc), end="")
+    return 0
+
+
+@_api_errors
+def cmd_evacuate(args: argparse.Namespace) -> int:
+    import shutil
+
+    from failovervm import cli_ops, labels
+
+    kube = _kube_client(args)
+    structured = args.output in ("json", "yaml")
+    info = sys.stderr if structured else sys.stdout
+    node = kube.get_node(args.node)
+    if node is None:
+        print(f"failovervm: error: node {args.node} not found", file=sys.stderr)
+        return 1
+    already = cli_ops.is_cordoned(node)
+    if already:
+        print(f"node/{args.node} already cordoned", file=info)
+    else:
+        kube.core.patch_node(args.node, cli_ops.CORDON_PATCH)
+        print(f"node/{args.node} cordoned (spec.unschedulable=true)", file=info)
+    selector = f"{labels.VM_NODE}={args.node}"
+    progress = cli_ops.evacuation_progress(args.node, kube.list_vms(selector), kube.list_migrations())
+    if progress.total:
+        print(f"the controller now moves the {progress.total} FailoverVM(s) on {args.node} away (live migration, "
+              f"or shutdown and restart for evictionStrategy Shutdown); `kubectl uncordon {args.node}` stops it",
+              file=info)
+    doc: dict[str, Any] = {"node": args.node, "cordoned": True, "alreadyCordoned": already}
+    if not args.watch:
+        print(cli_ops.render_progress(progress), file=info)
+        if structured:
+            _print_obj({**doc, "progress": progress.to_dict()}, args.output)
+        return 0
+
+    def fetch() -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        return kube.get_node(args.node), kube.list_vms(selector), kube.list_migrations()
+
+    tty = info.isatty()
+    line = cli_ops.ProgressLine(info, tty, shutil.get_terminal_size().columns if tty else 0)
+    try:
+        res = cli_ops.watch_evacuation(args.node, fetch, line, args.timeout, interval=args.interval)
+    except KeyboardInterrupt:
+        line.finish()
+        return 130
+    if structured:
+        _print_obj({**doc, "progress": res.progress.to_dict(), "message": res.message}, args.output)
+    print(res.message if res.code == 0 else f"failovervm: error: {res.message}",
+          file=info if res.code == 0 else sys.stderr)
+    return res.code
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from failovervm import cli_ops, domxml
+    from failovervm import kube as kube_mod
+
+    if args.follow and args.output in ("json", "yaml"):
+        print("failovervm: error: --follow prints the raw log; it cannot be combined with -o json|yaml",
+              file=sys.stderr)
+        return 2
+    ns = args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context)
+    try:
+        domain = domxml.domain_name(ns, args.name)
+    except ValueError as exc:
+        print(f"failovervm: error: {exc}", file=sys.stderr)
+        return 1
+    log_dir = Path(args.log_dir) if args.log_dir else Path(args.state_dir) / "console"
+    path = cli_ops.console_log_path(log_dir, domain)
+    if not path.is_file():
+        node, found = _vm_node_best_effort(args, ns)
+        print(f"failovervm: error: {cli_ops.console_missing_message(path, ns, args.name, node, found)}",
+              file=sys.stderr)
+        return 1
+    data = path.read_bytes()
+    if args.output in ("json", "yaml"):
+        _print_obj({"namespace": ns, "name": args.name, "domain": domain, "path": str(path),
+                    "log": data.decode("utf-8", errors="replace")}, args.output)
+        return 0
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
+    if args.follow:
+        try:
+            cli_ops.follow_file(path, out, offset=len(data))
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _vm_node_best_effort(args: argparse.Namespace, ns: str) -> tuple[str | None, bool | None]:
+    """(node the VM runs on, whether it exists); (None, None) when the API cannot tell."""
+    try:
+        vm = _kube_client(args).get_vm(ns, args.name)
+    except Exception as exc:  # only enriches an error message
+        print(f"failovervm: warning: could not look the VM up: {exc}", file=sys.stderr)
+        return None, None
+    if vm is None:
+        return None, False
+    return (vm.get("status") or {}).get("nodeName"), True
+
+
 def _print_obj(obj: object, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps(obj, indent=2))
@@ -210,6 +363,31 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--timeout", type=float, default=600)
     _kubectl_flags(mi)
     mi.set_defaults(func=cmd_migrate)
+
+    stt = sub.add_parser("status", help="FailoverVMs, nodes and VF usage per pool and node")
+    stt.add_argument("-A", "--all-namespaces", action="store_true",
+                     help="FailoverVMs of every namespace (nodes and pools are cluster-wide anyway)")
+    _kubectl_flags(stt)
+    stt.set_defaults(func=cmd_status)
+
+    ev = sub.add_parser("evacuate", help="cordon a node: the operator moves its FailoverVMs away (--watch: follow)")
+    ev.add_argument("node", help="the node to evacuate")
+    ev.add_argument("--watch", action="store_true",
+                    help="show progress until no FailoverVM is left on the node (exit 0) or --timeout (exit 1)")
+    ev.add_argument("--timeout", type=float, default=600, help="seconds to watch (default 600)")
+    ev.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    _kubectl_flags(ev)
+    ev.set_defaults(func=cmd_evacuate)
+
+    co = sub.add_parser("console", help="print a FailoverVM's serial console log (--follow: keep reading)")
+    co.add_argument("name", help="the FailoverVM")
+    co.add_argument("-f", "--follow", action="store_true", help="keep printing what the guest writes")
+    co.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
+                    help=f"sandbox state directory; the log is in <state-dir>/console (default {DEFAULT_STATE_DIR})")
+    co.add_argument("--log-dir", default=None,
+                    help="the agent's --serial-log-dir, when reading the log on a node (overrides --state-dir)")
+    _kubectl_flags(co)
+    co.set_defaults(func=cmd_console)
     return p
 
 

@@ -1,6 +1,14 @@
-"""Prometheus metrics of the controller and the agents."""
+"""Prometheus metrics of the controller and the agents.
+
+Label values are bounded: node and pool names (as many as the cluster has), and fixed
+enumerations (result, state). No VM or migration names are used as labels.
+"""
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -13,6 +21,84 @@ DOMAIN_START_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 VF_ATTACH = Counter(
     "failovervm_vf_attach_total", "VF hot-plug attempts by result", ["node", "result"])
+
+MIGRATION_RESULTS = ("succeeded", "failed", "aborted")
+MIGRATIONS = Counter(
+    "failovervm_migrations_total", "Finished live migrations by result and source node", ["result", "node"])
+MIGRATION_DURATION_SECONDS = Histogram(
+    "failovervm_migration_duration_seconds", "Wall time of successful libvirt live migrations",
+    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+MIGRATION_DOWNTIME_MS = Histogram(
+    "failovervm_migration_downtime_milliseconds", "Guest downtime of successful live migrations (libvirt downtimeMs)",
+    buckets=(5, 10, 25, 50, 100, 200, 300, 500, 1000, 2000))
+
+VF_POOL_STATES = ("total", "allocated", "free")
+VF_POOL_VFS = Gauge(
+    "failovervm_vf_pool_vfs", "VFs of a VFPool on a node, by state", ["pool", "node", "state"])
+
+# pool -> nodes that currently have series in VF_POOL_VFS (so that departed nodes can be removed).
+_pool_nodes: dict[str, set[str]] = {}
+_pool_lock = threading.Lock()
+
+
+def migration_result(phase: str) -> str:
+    """FailoverVMMigration phase (Succeeded/Failed/Aborted) -> the `result` label value."""
+    low = phase.lower()
+    return low if low in MIGRATION_RESULTS else "failed"
+
+
+def record_migration(
+    result: str, node: str, duration_seconds: float | None = None, downtime_ms: float | None = None,
+) -> None:
+    """Count one finished migration from `node` (its source). Duration and downtime are observed
+    only when known (> 0 s, >= 0 ms): an agent that restarted mid-migration does not know the wall time."""
+    result = migration_result(result)
+    MIGRATIONS.labels(result=result, node=node).inc()
+    if duration_seconds is not None and duration_seconds > 0:
+        MIGRATION_DURATION_SECONDS.observe(duration_seconds)
+    if downtime_ms is not None and downtime_ms >= 0:
+        MIGRATION_DOWNTIME_MS.observe(downtime_ms)
+
+
+def record_migration_succeeded(node: str, wall: float, stats: Mapping[str, Any]) -> None:
+    downtime = stats.get("downtimeMs")
+    record_migration("succeeded", node, wall, float(downtime) if downtime is not None else None)
+
+
+def _count(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def set_pool_vfs(pool: str, entries: Iterable[Mapping[str, Any]] | None) -> None:
+    """Publish a VFPool's per-node counts (VFPool status.nodes entries with total/allocated/free).
+
+    Series of nodes that left the pool are removed; `entries=None` (the pool is gone) removes all
+    of the pool's series.
+    """
+    with _pool_lock:
+        seen: set[str] = set()
+        for e in entries or []:
+            node = str(e.get("node") or "")
+            if not node:
+                continue
+            seen.add(node)
+            total, allocated = _count(e.get("total")), _count(e.get("allocated"))
+            free = _count(e["free"]) if e.get("free") is not None else max(total - allocated, 0)
+            for state, value in (("total", total), ("allocated", allocated), ("free", free)):
+                VF_POOL_VFS.labels(pool=pool, node=node, state=state).set(value)
+        for node in _pool_nodes.get(pool, set()) - seen:
+            for state in VF_POOL_STATES:
+                try:
+                    VF_POOL_VFS.remove(pool, node, state)
+                except KeyError:
+                    pass
+        if seen:
+            _pool_nodes[pool] = seen
+        else:
+            _pool_nodes.pop(pool, None)
 
 
 def start_metrics(port: int, addr: str = "127.0.0.1") -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import libvirt
 
-from failovervm import conditions, domxml, labels
+from failovervm import conditions, domxml, labels, metrics
 from failovervm import migration as mg
 from failovervm.agent.reconcile import AgentContext, Outcome
 from failovervm.vmspec import domain_spec
@@ -65,7 +65,8 @@ class Migrator:
     ctx: AgentContext
     transport: str = field(default_factory=lambda: os.environ.get("FAILOVERVM_MIGRATION_TRANSPORT", "tcp"))
     running: dict[str, threading.Thread] = field(default_factory=dict)
-    aborting: set[str] = field(default_factory=set)
+    aborting: set[str] = field(default_factory=set)  # abortJob succeeded
+    abort_requested: set[str] = field(default_factory=set)  # the controller asked; retried until done
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def handle(self, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome | None:
@@ -89,19 +90,25 @@ class Migrator:
             return Outcome("migration-started")
         if state in (mg.RUNNING, mg.ABORTING) and in_process:
             if state == mg.ABORTING and uid not in self.aborting and dom is not None:
-                try:
-                    dom.abortJob()
-                    self.aborting.add(uid)
-                    log.info("aborting migration %s of %s", mig.get("name"), vm["metadata"]["name"])
-                except libvirt.libvirtError as exc:
-                    # No job yet (the thread is just starting it): try again on the requeue.
-                    log.info("abortJob not possible yet: %s", exc)
+                # The migration thread's watcher retries every 0.5 s until the job exists.
+                self.abort_requested.add(uid)
+                self._try_abort(uid, dom)
             return Outcome("migrating", requeue_after=2.0)
         if state in (mg.RUNNING, mg.ABORTING) and not in_process:
             return self._recover(vm, mig, dom)
         if state in (mg.TARGET_READY, mg.RUNNING):
             return Outcome("migrating")
         return None  # Scheduling: the VM keeps running as usual
+
+    def _try_abort(self, uid: str, dom: libvirt.virDomain) -> None:
+        if uid in self.aborting:
+            return
+        try:
+            dom.abortJob()
+            self.aborting.add(uid)
+            log.info("aborted the migration job of %s", dom.name())
+        except libvirt.libvirtError as exc:
+            log.info("abortJob not possible yet: %s", exc)
 
     # -- the migration thread ---------------------------------------------------------------
     def _run(self, vm: dict[str, Any]) -> None:
@@ -119,6 +126,7 @@ class Migrator:
             with self.lock:
                 self.running.pop(uid, None)
                 self.aborting.discard(uid)
+                self.abort_requested.discard(uid)
 
     def _migrate(self, vm: dict[str, Any]) -> None:
         ctx = self.ctx
@@ -185,7 +193,8 @@ class Migrator:
         if bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth)
         stop_progress = threading.Event()
-        progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, stop_progress), daemon=True)
+        progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], stop_progress),
+                                    daemon=True)
         progress.start()
         log.info("migrating %s/%s to %s (%s) with %s", ns, name, target, uri, mig_name)
         try:
@@ -204,8 +213,14 @@ class Migrator:
         stats = self._completed_stats(uri, dname)
         self._finish_succeeded(vm, mig, stats, wall)
 
-    def _progress(self, dom: libvirt.virDomain, ns: str, mig_name: str, stop: threading.Event) -> None:
-        while not stop.wait(PROGRESS_INTERVAL):
+    def _progress(self, dom: libvirt.virDomain, ns: str, mig_name: str, uid: str, stop: threading.Event) -> None:
+        last = 0.0
+        while not stop.wait(0.5):
+            if uid in self.abort_requested:
+                self._try_abort(uid, dom)
+            if time.monotonic() - last < PROGRESS_INTERVAL:
+                continue
+            last = time.monotonic()
             try:
                 js = dom.jobStats()
             except libvirt.libvirtError:
@@ -289,6 +304,7 @@ class Migrator:
 
         ctx.kube.update_migration_status(ns, mig_name, done)
         log.info("migrated %s/%s to %s in %.1fs: %s", ns, name, target, wall, stats)
+        metrics.record_migration_succeeded(ctx.node, wall, stats)
 
     def _finish_failed(
         self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str, phase: str = mg.FAILED
@@ -321,6 +337,7 @@ class Migrator:
 
             ctx.kube.update_migration_status(ns, mig_name, fail)
         log.warning("migration %s of %s/%s %s: %s", mig_name, ns, name, phase.lower(), message)
+        metrics.record_migration(phase, ctx.node)
 
     def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
         """The agent restarted while a migration ran (libvirtd kept driving it)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -76,8 +77,25 @@ def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str,
     return ok["v"]
 
 
+_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((namespace, name), threading.Lock())
+
+
 def advance(namespace: str, name: str) -> str:
-    """Drive one FailoverVMMigration as far as the controller can. Returns its phase."""
+    """Drive one FailoverVMMigration as far as the controller can. Returns its phase.
+
+    Kopf may run the event handler and the timer of one migration at the same time: a lock per
+    migration keeps two target reservations from being made for it."""
+    with _lock(namespace, name):
+        return _advance(namespace, name)
+
+
+def _advance(namespace: str, name: str) -> str:
     kube = CONFIG.k()
     mig = kube.get_migration(namespace, name)
     if mig is None or mig["metadata"].get("deletionTimestamp"):
@@ -192,6 +210,15 @@ def cleanup(mig: Mapping[str, Any]) -> None:
 
 def on_delete(namespace: str, name: str) -> None:
     """Deleting a migration aborts it: before it runs, just release; while it runs, ask the agent."""
+    with _lock(namespace, name):
+        _on_delete(namespace, name)
+    with _LOCKS_GUARD:
+        mig_gone = CONFIG.k().get_migration(namespace, name) is None
+        if mig_gone:
+            _LOCKS.pop((namespace, name), None)
+
+
+def _on_delete(namespace: str, name: str) -> None:
     kube = CONFIG.k()
     mig = kube.get_migration(namespace, name)
     if mig is None:

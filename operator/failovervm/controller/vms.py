@@ -10,7 +10,7 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from failovervm import conditions, labels
+from failovervm import conditions, labels, metrics
 from failovervm.controller.config import AGENT_FINALIZER, CONFIG
 from failovervm.placement import Claimed, place
 from failovervm.scheduling import Unschedulable
@@ -186,6 +186,7 @@ def refresh_pool_status(pool_name: str) -> None:
     """Count allocated/free VFs per node of the pool from the VFClaims."""
     kube = CONFIG.k()
     taken = {(c["spec"]["node"], c["spec"]["pciAddress"]) for c in kube.list_claims()}
+    computed: list[list[dict[str, Any]]] = []  # entries of the last mutate; none: the pool is gone
 
     def mutate(st: dict[str, Any]) -> dict[str, Any]:
         total = alloc = 0
@@ -202,6 +203,7 @@ def refresh_pool_status(pool_name: str) -> None:
             simulated = simulated or bool(e.get("simulated"))
             nodes.append(e)
         st["nodes"] = nodes
+        computed.append(nodes)
         st["totals"] = {"total": total, "allocated": alloc, "free": total - alloc}
         if simulated:
             st["conditions"] = conditions.set_condition(
@@ -214,3 +216,4 @@ def refresh_pool_status(pool_name: str) -> None:
         return st
 
     kube.update_pool_status(pool_name, mutate)
+    metrics.set_pool_vfs(pool_name, computed[-1] if computed else None)

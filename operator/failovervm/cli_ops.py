@@ -1,0 +1,478 @@
+"""The logic behind `failovervm status`, `failovervm evacuate` and `failovervm console`.
+
+Everything here works on plain dicts as the API returns them (FailoverVM, FailoverVMMigration,
+VFPool, Node) and returns rows, documents or text, so it can be tested with handmade objects.
+The few I/O helpers (progress line, log follower, evacuation watch loop) take their streams,
+clock and data source as arguments for the same reason.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, TextIO
+
+from failovervm import conditions
+from failovervm import migration as mg
+from failovervm.scheduling import EVACUATION_TAINT_KEYS, NodeInfo
+
+NONE = "<none>"
+
+Row = dict[str, Any]
+Column = tuple[str, Callable[[Row], Any]]
+
+
+# -- tables ----------------------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return NONE
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def render_table(columns: Sequence[Column], rows: Iterable[Row]) -> str:
+    """kubectl-style plain table: upper-case headers, left-aligned, three spaces between columns."""
+    cells = [[h for h, _ in columns]] + [[_cell(get(r)) for _, get in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    out = []
+    for line in cells:
+        text = "   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+        out.append(text.rstrip())
+    return "\n".join(out) + "\n"
+
+
+def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+def _cond(obj: Mapping[str, Any], type_: str) -> dict[str, Any] | None:
+    return conditions.get((obj.get("status") or {}).get("conditions"), type_)
+
+
+# -- status: FailoverVMs ---------------------------------------------------------------------------
+def vm_row(vm: Mapping[str, Any]) -> Row:
+    st = vm.get("status") or {}
+    ready = _cond(vm, "Ready") or {}
+    vfa = _cond(vm, "VFAttached") or {}
+    ns, name = _key(vm)
+    return {
+        "namespace": ns,
+        "name": name,
+        "phase": st.get("phase"),
+        "node": st.get("nodeName"),
+        "vf": (st.get("vf") or {}).get("pciAddress"),
+        "ready": ready.get("status"),
+        "readyReason": ready.get("reason"),
+        "vfAttached": vfa.get("status"),
+        "vfAttachedReason": vfa.get("reason"),
+        "vfAttachedMessage": vfa.get("message"),
+    }
+
+
+def vm_rows(vms: Iterable[Mapping[str, Any]], namespace: str | None = None) -> list[Row]:
+    """One row per FailoverVM (only `namespace`'s unless None), sorted by namespace and name."""
+    rows = [vm_row(vm) for vm in vms]
+    if namespace is not None:
+        rows = [r for r in rows if r["namespace"] == namespace]
+    return sorted(rows, key=lambda r: (r["namespace"], r["name"]))
+
+
+def _with_reason(status: Any, reason: Any) -> str | None:
+    if not status:
+        return None
+    return f"{status} ({reason})" if reason and status != "True" else str(status)
+
+
+VM_COLUMNS: list[Column] = [
+    ("NAMESPACE", lambda r: r["namespace"]),
+    ("NAME", lambda r: r["name"]),
+    ("PHASE", lambda r: r["phase"]),
+    ("NODE", lambda r: r["node"]),
+    ("VF", lambda r: r["vf"]),
+    ("READY", lambda r: r["ready"]),
+    ("VFATTACHED", lambda r: _with_reason(r["vfAttached"], r["vfAttachedReason"])),
+]
+
+
+# -- status: nodes ---------------------------------------------------------------------------------
+def unschedulable_reasons(node: Mapping[str, Any]) -> list[str]:
+    """Why the operator places no VM on the node: cordoned, evacuation taints, not Ready."""
+    info = NodeInfo.from_k8s(node)
+    reasons = ["cordoned"] if info.unschedulable else []
+    taints = {t.key for t in info.taints if t.key in EVACUATION_TAINT_KEYS}
+    if info.unschedulable:  # the node lifecycle controller mirrors a cordon as this taint
+        taints.discard("node.kubernetes.io/unschedulable")
+    reasons += sorted(taints)
+    if not info.ready:
+        reasons.append("NotReady")
+    return reasons
+
+
+def pool_entries(pools: Iterable[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(pool name, status.nodes entry) for every node of every pool."""
+    out = []
+    for pool in pools:
+        name = str((pool.get("metadata") or {}).get("name") or "")
+        for e in (pool.get("status") or {}).get("nodes") or []:
+            out.append((name, dict(e)))
+    return out
+
+
+def _entry_counts(e: Mapping[str, Any]) -> tuple[int, int | None, int | None]:
+    """(total, allocated, free) of a pool entry; allocated/free are None until the controller counted."""
+    total = int(e["total"]) if e.get("total") is not None else len(e.get("vfs") or [])
+    allocated = int(e["allocated"]) if e.get("allocated") is not None else None
+    if e.get("free") is not None:
+        free: int | None = int(e["free"])
+    else:
+        free = total - allocated if allocated is not None else None
+    return total, allocated, free
+
+
+def node_row(node: Mapping[str, Any], vms: Iterable[Mapping[str, Any]], pools: Iterable[Mapping[str, Any]]) -> Row:
+    name = str((node.get("metadata") or {}).get("name") or "")
+    reasons = unschedulable_reasons(node)
+    in_pool = False
+    used = total = 0
+    for _, e in pool_entries(pools):
+        if e.get("node") == name:
+            in_pool = True
+            t, a, _f = _entry_counts(e)
+            total += t
+            used += a or 0
+    return {
+        "name": name,
+        "schedulable": not reasons,
+        "unschedulableReasons": reasons,
+        "vms": sum(1 for vm in vms if (vm.get("status") or {}).get("nodeName") == name),
+        "vfAllocated": used if in_pool else None,
+        "vfTotal": total if in_pool else None,
+    }
+
+
+def node_rows(nodes: Iterable[Mapping[str, Any]], vms: Iterable[Mapping[str, Any]],
+              pools: Iterable[Mapping[str, Any]]) -> list[Row]:
+    vms, pools = list(vms), list(pools)
+    return sorted((node_row(n, vms, pools) for n in nodes), key=lambda r: r["name"])
+
+
+def _schedulable_cell(r: Row) -> str:
+    return "Yes" if r["schedulable"] else f"No ({', '.join(r['unschedulableReasons'])})"
+
+
+def _vf_cell(r: Row) -> str | None:
+    return None if r["vfTotal"] is None else f"{r['vfAllocated']}/{r['vfTotal']}"
+
+
+NODE_COLUMNS: list[Column] = [
+    ("NODE", lambda r: r["name"]),
+    ("SCHEDULABLE", _schedulable_cell),
+    ("VMS", lambda r: r["vms"]),
+    ("VF", _vf_cell),
+]
+
+
+# -- status: VF pools ------------------------------------------------------------------------------
+def pool_rows(pools: Iterable[Mapping[str, Any]]) -> list[Row]:
+    """One row per pool and node (a pool without nodes gets one row with node None)."""
+    rows: list[Row] = []
+    for pool in sorted(pools, key=lambda p: str((p.get("metadata") or {}).get("name") or "")):
+        name = str((pool.get("metadata") or {}).get("name") or "")
+        entries = sorted((pool.get("status") or {}).get("nodes") or [], key=lambda e: str(e.get("node") or ""))
+        if not entries:
+            rows.append({"pool": name, "node": None, "total": 0, "allocated": 0, "free": 0, "simulated": False})
+        for e in entries:
+            total, allocated, free = _entry_counts(e)
+            row: Row = {"pool": name, "node": e.get("node"), "total": total, "allocated": allocated, "free": free,
+                        "simulated": bool(e.get("simulated"))}
+            if e.get("missingPfs"):
+                row["missingPfs"] = list(e["missingPfs"])
+            rows.append(row)
+    return rows
+
+
+POOL_COLUMNS: list[Column] = [
+    ("POOL", lambda r: r["pool"]),
+    ("NODE", lambda r: r["node"]),
+    ("TOTAL", lambda r: r["total"]),
+    ("ALLOCATED", lambda r: r["allocated"]),
+    ("FREE", lambda r: r["free"]),
+    ("SIMULATED", lambda r: r["simulated"]),
+]
+
+
+# -- status: the whole document ---------------------------------------------------------------------
+def status_document(vms: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[str, Any]],
+                    pools: Iterable[Mapping[str, Any]], namespace: str | None = None) -> dict[str, Any]:
+    """What `failovervm status -o json|yaml` prints. VMs are limited to `namespace` (None: all);
+    nodes and pools are cluster-wide, and node VM counts include every namespace."""
+    vms, pools = list(vms), list(pools)
+    return {
+        "namespace": namespace,
+        "vms": vm_rows(vms, namespace),
+        "nodes": node_rows(nodes, vms, pools),
+        "pools": pool_rows(pools),
+    }
+
+
+def render_status(doc: Mapping[str, Any]) -> str:
+    """The three tables of `failovervm status`, separated by blank lines."""
+    parts = []
+    if doc["vms"]:
+        parts.append(render_table(VM_COLUMNS, doc["vms"]))
+    elif doc.get("namespace") is not None:
+        parts.append(f"No FailoverVMs found in {doc['namespace']} namespace.\n")
+    else:
+        parts.append("No FailoverVMs found.\n")
+    parts.append(render_table(NODE_COLUMNS, doc["nodes"]) if doc["nodes"] else "No nodes found.\n")
+    parts.append(render_table(POOL_COLUMNS, doc["pools"]) if doc["pools"] else "No VFPools found.\n")
+    return "\n".join(parts)
+
+
+# -- evacuate --------------------------------------------------------------------------------------
+CORDON_PATCH: dict[str, Any] = {"spec": {"unschedulable": True}}
+
+
+def is_cordoned(node: Mapping[str, Any]) -> bool:
+    return bool((node.get("spec") or {}).get("unschedulable"))
+
+
+def is_evacuating(node: Mapping[str, Any]) -> bool:
+    """Cordoned or tainted for evacuation (what makes the controller move the node's VMs)."""
+    info = NodeInfo.from_k8s(node)
+    return info.unschedulable or any(t.key in EVACUATION_TAINT_KEYS for t in info.taints)
+
+
+@dataclass(frozen=True)
+class EvacuationProgress:
+    node: str
+    total: int
+    """VMs seen on the node since the watch began."""
+    moved: int
+    """Of those, VMs no longer on the node (migrated, shut down for a restart elsewhere, or deleted)."""
+    migrating: int
+    waiting: int
+    reasons: dict[str, str] = field(default_factory=dict)
+    """namespace/name -> why the VM is still waiting."""
+    remaining: tuple[str, ...] = ()
+    """namespace/name of the VMs still on the node."""
+    tracked: frozenset[str] = frozenset()
+    """Pass back in as `tracked` on the next call, so VMs that left keep counting as moved."""
+
+    @property
+    def done(self) -> bool:
+        return not self.remaining
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "total": self.total, "moved": self.moved, "migrating": self.migrating,
+                "waiting": self.waiting, "waitingReasons": dict(self.reasons), "remaining": list(self.remaining),
+                "done": self.done}
+
+
+_MIGRATING_PHASES = frozenset({mg.TARGET_READY, mg.RUNNING})
+_MIGRATING_STATES = frozenset({mg.TARGET_READY, mg.RUNNING, mg.ABORTING})
+
+
+MigrationsByVM = dict[tuple[str, str], list[Mapping[str, Any]]]
+
+
+def _evac_migrations(node: str, migrations: Iterable[Mapping[str, Any]]) -> MigrationsByVM:
+    """The node's evacuation migrations per (namespace, VM name), oldest first."""
+    by_vm: MigrationsByVM = {}
+    for m in migrations:
+        meta = m.get("metadata") or {}
+        if (meta.get("labels") or {}).get(mg.EVACUATION_LABEL) != node:
+            continue
+        key = (str(meta.get("namespace") or ""), str((m.get("spec") or {}).get("vmName") or ""))
+        by_vm.setdefault(key, []).append(m)
+    for ms in by_vm.values():
+        ms.sort(key=lambda m: str((m.get("metadata") or {}).get("creationTimestamp") or ""))
+    return by_vm
+
+
+def _vm_state(vm: Mapping[str, Any], migs: Sequence[Mapping[str, Any]]) -> str | None:
+    """None when the VM is migrating away, else why it is still waiting."""
+    meta = vm.get("metadata") or {}
+    st = vm.get("status") or {}
+    active = [m for m in migs if mg.is_active(m)]
+    if active:
+        mst = active[-1].get("status") or {}
+        ph = mg.phase(active[-1])
+        if ph in _MIGRATING_PHASES:
+            return None
+        return str(mst.get("reason") or ph.lower())
+    if (st.get("migration") or {}).get("state") in _MIGRATING_STATES:
+        return None
+    if meta.get("deletionTimestamp"):
+        return "being deleted"
+    if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown":
+        return "shutting down (evictionStrategy Shutdown)"
+    if st.get("phase") != "Running":
+        return f"not running (phase {st.get('phase') or 'unknown'})"
+    failed = [m for m in migs if mg.phase(m) in (mg.FAILED, mg.ABORTED)]
+    if failed:
+        last = failed[-1].get("status") or {}
+        return f"{len(failed)} failed attempt(s), last: {last.get('reason') or mg.phase(failed[-1])}"
+    return "queued (parallel migration limits)"
+
+
+def evacuation_progress(node: str, vms: Iterable[Mapping[str, Any]], migrations: Iterable[Mapping[str, Any]],
+                        tracked: Iterable[str] = ()) -> EvacuationProgress:
+    """How far the evacuation of `node` is: VMs are on the node while their status.nodeName names it."""
+    on_node = sorted((vm for vm in vms if (vm.get("status") or {}).get("nodeName") == node), key=_key)
+    by_vm = _evac_migrations(node, migrations)
+    keys = [f"{ns}/{name}" for ns, name in map(_key, on_node)]
+    seen = frozenset(tracked) | frozenset(keys)
+    migrating = 0
+    reasons: dict[str, str] = {}
+    for vm, key in zip(on_node, keys, strict=True):
+        why = _vm_state(vm, by_vm.get(_key(vm), []))
+        if why is None:
+            migrating += 1
+        else:
+            reasons[key] = why
+    return EvacuationProgress(
+        node=node, total=len(seen), moved=len(seen) - len(on_node), migrating=migrating, waiting=len(reasons),
+        reasons=reasons, remaining=tuple(keys), tracked=seen)
+
+
+def render_progress(p: EvacuationProgress, bar_width: int = 20) -> str:
+    """`[#######.............] 3/6 VMs moved, 2 migrating, 1 waiting (NoFreeVF)`"""
+    filled = bar_width if p.total == 0 else bar_width * p.moved // p.total
+    text = f"[{'#' * filled}{'.' * (bar_width - filled)}] {p.moved}/{p.total} VMs moved, {p.migrating} migrating, "
+    text += f"{p.waiting} waiting"
+    if p.reasons:
+        counts = Counter(p.reasons.values())
+        text += " (" + "; ".join(r if n == 1 else f"{n}x {r}" for r, n in counts.most_common()) + ")"
+    return text
+
+
+class ProgressLine:
+    """A status line: redrawn in place with \\r on a terminal, one line per change otherwise."""
+
+    def __init__(self, out: TextIO, tty: bool, width: int = 0) -> None:
+        self.out, self.tty, self.width = out, tty, width
+        self._last: str | None = None
+        self._drawn = 0
+
+    def update(self, line: str) -> None:
+        if line == self._last:
+            return
+        self._last = line
+        if self.tty:
+            if self.width:
+                line = line[: max(self.width - 1, 1)]
+            self.out.write("\r" + line + " " * max(self._drawn - len(line), 0))
+            self._drawn = len(line)
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self.tty and self._drawn:
+            self.out.write("\n")
+            self.out.flush()
+            self._drawn = 0
+
+
+@dataclass
+class WatchResult:
+    code: int
+    """0: no VM left on the node; 1: timeout or the evacuation was stopped."""
+    progress: EvacuationProgress
+    message: str
+
+
+def watch_evacuation(
+    node: str,
+    fetch: Callable[[], tuple[Mapping[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]],
+    line: ProgressLine,
+    timeout: float,
+    interval: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> WatchResult:
+    """Poll `fetch() -> (node object, VMs, migrations)` until no VM is on the node, the node is no
+    longer cordoned/tainted (the evacuation stops), or `timeout` seconds passed."""
+    deadline = clock() + timeout
+    tracked: frozenset[str] = frozenset()
+    while True:
+        node_obj, vms, migrations = fetch()
+        p = evacuation_progress(node, vms, migrations, tracked)
+        tracked = p.tracked
+        line.update(render_progress(p))
+        if p.done:
+            line.finish()
+            return WatchResult(0, p, f"node/{node} evacuated: no FailoverVM left on it ({p.moved} moved)")
+        if node_obj is None:
+            line.finish()
+            return WatchResult(1, p, f"node {node} was deleted with {len(p.remaining)} FailoverVM(s) on it")
+        if not is_evacuating(node_obj):
+            line.finish()
+            return WatchResult(1, p, f"node {node} is no longer cordoned: the evacuation stopped with "
+                                     f"{len(p.remaining)} FailoverVM(s) left ({', '.join(p.remaining)})")
+        if clock() >= deadline:
+            line.finish()
+            return WatchResult(1, p, f"timed out after {timeout:g}s: {len(p.remaining)} FailoverVM(s) still on "
+                                     f"{node} ({', '.join(p.remaining)})")
+        sleep(min(interval, max(deadline - clock(), 0.0)))
+
+
+# -- console ---------------------------------------------------------------------------------------
+def console_log_path(log_dir: Path, domain: str) -> Path:
+    """Where the agent's --serial-log-dir puts the serial console of libvirt domain `domain`."""
+    return log_dir / f"{domain}.log"
+
+
+def console_missing_message(path: Path, namespace: str, name: str, node: str | None, vm_found: bool | None) -> str:
+    """Why there is nothing to show, and where the log lives."""
+    msg = f"no console log for FailoverVM {namespace}/{name} at {path}"
+    if vm_found is False:
+        return msg + f" (and FailoverVM {namespace}/{name} does not exist)"
+    where = f"node {node}" if node else "the node running the VM"
+    return (msg + ".\nThe agent writes <serial-log-dir>/<domain name>.log (agent flag --serial-log-dir) on "
+            f"{where}; outside the sandbox the file exists only there: run this command on that node "
+            "with --log-dir DIR, or read the file there.")
+
+
+def follow_file(path: Path, out: BinaryIO, offset: int = 0, interval: float = 0.5,
+                stop: Callable[[], bool] = lambda: False, sleep: Callable[[float], None] = time.sleep) -> int:
+    """`tail -f` from `offset`: copy new bytes as they are appended; start over when the file is
+    replaced or truncated. Returns the offset reached when `stop()` turns true."""
+    fh = None
+    ino = None
+    try:
+        while not stop():
+            if fh is None:
+                try:
+                    fh = path.open("rb")
+                except FileNotFoundError:
+                    sleep(interval)
+                    continue
+                ino = os.fstat(fh.fileno()).st_ino
+                fh.seek(offset)
+            data = fh.read(65536)
+            if data:
+                out.write(data)
+                out.flush()
+                offset += len(data)
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and (st.st_ino != ino or st.st_size < offset):
+                fh.close()
+                fh, offset = None, 0
+                continue
+            sleep(interval)
+    finally:
+        if fh is not None:
+            fh.close()
+    return offset

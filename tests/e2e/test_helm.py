@@ -1,0 +1,162 @@
+"""Helm install into a sandbox; the operator runs as local processes under exactly the chart's
+ServiceAccount tokens, and the real RBAC authorizer proves the permissions are tight (issue #5)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from failovervm.sandbox import procs
+from failovervm.sandbox.binaries import binary_path
+from failovervm.sandbox.controlplane import free_port
+from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli, wait_for
+from tests.e2e.helpers import apply, claims, domains_on, pool_manifest, wait_phase
+from tests.prereq import require
+
+pytestmark = pytest.mark.e2e
+NS = "fvm-helm"
+RELEASE = "fvm"
+CHART = REPO / "charts" / "failovervm-operator"
+
+
+@pytest.fixture(scope="module")
+def helm_sandbox(sandbox_prereqs: None) -> Iterator[Sandbox]:
+    """A 1-node sandbox of its own, without the operator: the chart's identities run it here."""
+    require(os.access(binary_path("helm"), os.X_OK), f"helm at {binary_path('helm')}")
+    state_dir = Path(tempfile.mkdtemp(prefix="fvm-helm-sandbox-"))
+    res = _cli("sandbox", "up", "--no-operator", "--nodes", "1", "--vfs-per-node", "4", "--state-dir",
+               str(state_dir), "--images-dir", TEST_IMAGES_DIR, "--address-base", "127.0.79.10",
+               "--bridge", "fvmtbr2")
+    if res.returncode != 0:
+        _cli("sandbox", "down", "--state-dir", str(state_dir))
+        pytest.fail(f"sandbox up failed:\n{res.stderr}", pytrace=False)
+    try:
+        yield Sandbox(state_dir)
+    finally:
+        _cli("sandbox", "down", "--state-dir", str(state_dir))
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _helm(sb: Sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run([str(binary_path("helm")), "--kubeconfig", str(sb.kubeconfig), *args],
+                         capture_output=True, text=True, timeout=180)
+    if check and res.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def _sa(sb: Sandbox, component: str) -> str:
+    items = sb.kubectl_json("-n", NS, "get", "serviceaccounts", "-l",
+                            f"app.kubernetes.io/component={component}")["items"]
+    assert len(items) == 1, items
+    return str(items[0]["metadata"]["name"])
+
+
+def _token_kubeconfig(sb: Sandbox, sa: str, path: Path) -> Path:
+    token = sb.kubectl("-n", NS, "create", "token", sa, "--duration=2h").stdout.strip()
+    return sb.token_kubeconfig(token, path)
+
+
+def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp_path: Path) -> None:
+    sb = helm_sandbox
+    port = free_port()
+    values = ["--set", f"storageRoots={{{TEST_IMAGES_DIR}}}", "--set", f"webhook.url=https://127.0.0.1:{port}",
+              "--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true"]
+    _helm(sb, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace", *values)
+    status = json.loads(_helm(sb, "status", RELEASE, "-n", NS, "-o", "json").stdout)
+    assert status["info"]["status"] == "deployed"
+    # The chart's webhook certificate, for the locally running controller.
+    secret = next(s for s in sb.kubectl_json("-n", NS, "get", "secrets")["items"]
+                  if s["type"] == "kubernetes.io/tls")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for key in ("ca.crt", "tls.crt", "tls.key"):
+        (certs / key).write_bytes(base64.b64decode(secret["data"][key]))
+    ctl_kc = _token_kubeconfig(sb, _sa(sb, "controller"), tmp_path / "controller.kubeconfig")
+    agent_kc = _token_kubeconfig(sb, _sa(sb, "agent"), tmp_path / "agent.kubeconfig")
+    node = sb.nodes[0]
+    logs = tmp_path / "logs"
+    ctl = procs.spawn([sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", str(ctl_kc),
+                       "--storage-root", TEST_IMAGES_DIR, "--webhook-host", "127.0.0.1", "--webhook-port", str(port),
+                       "--webhook-cert-dir", str(certs), "--webhook-unmanaged", "--namespace", NS,
+                       "--metrics-port", "0"], logs / "controller.log")
+    agent = procs.spawn([sys.executable, "-m", "failovervm.cli", "agent", "--kubeconfig", str(agent_kc),
+                         "--node", node["node"], "--libvirt-uri", node["uri"], "--sysfs-root", node["sysfs_root"],
+                         "--storage-root", TEST_IMAGES_DIR, "--metrics-port", "0"], logs / "agent.log")
+    try:
+        wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
+                                        capture_output=True).returncode == 0, 60, what="controller webhook")
+        # The #3 scenario, as a user: apply, Running, delete.
+        apply(sb, pool_manifest("sandbox-pool", sb.data["bridge"], pfs=("sbxpf0",)))
+        sb.kubectl("apply", "-f", str(REPO / "examples" / "failovervm.yaml"))
+        vm = wait_phase(sb, "default", "demo", "Running", timeout=120)
+        assert vm["status"]["nodeName"] == node["node"]
+        assert vm["status"]["domain"]["name"] in domains_on(sb, node["node"])
+        bad = sb.kubectl("apply", "-f", "-", check=False, input=json.dumps({
+            "apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVM",
+            "metadata": {"name": "bad", "namespace": "default"},
+            "spec": {"cpu": 1, "memory": "32Mi", "network": {"pool": "sandbox-pool"},
+                     "disks": [{"name": "d", "path": "/etc/shadow"}]}}))
+        assert bad.returncode != 0 and "spec.disks[d].path" in bad.stderr
+        sb.kubectl("delete", "-f", str(REPO / "examples" / "failovervm.yaml"), "--timeout=90s")
+        assert vm["status"]["domain"]["name"] not in domains_on(sb, node["node"])
+        assert not claims(sb)
+        for log in ("controller.log", "agent.log"):
+            text = (logs / log).read_text()
+            assert "403" not in text and "forbidden" not in text.lower(), f"{log}:\n{text[-3000:]}"
+    finally:
+        procs.stop(ctl)
+        procs.stop(agent)
+
+    # -- least privilege, proven by the real RBAC authorizer ---------------------------------------
+    def denied(kc: Path, *args: str) -> bool:
+        res = sb.kubectl_as(kc, *args)
+        return res.returncode != 0 and "forbidden" in res.stderr.lower()
+
+    assert denied(agent_kc, "delete", "fvm", "anything", "-n", "default")
+    assert denied(agent_kc, "get", "secrets", "-A")
+    assert denied(agent_kc, "-n", NS, "get", "secrets")
+    assert denied(agent_kc, "delete", "vfclaims", "--all")
+    assert denied(ctl_kc, "get", "secrets", "-A")
+    for kc, verb, resource, sub, expected in (
+        (agent_kc, "delete", "failovervms.failovervm.io", "", "no"),
+        (agent_kc, "get", "secrets", "", "no"),
+        (agent_kc, "patch", "failovervms.failovervm.io", "status", "yes"),
+        (agent_kc, "create", "vfclaims.failovervm.io", "", "no"),
+        (ctl_kc, "create", "pods", "exec", "no"),
+        (ctl_kc, "get", "secrets", "", "no"),
+        (ctl_kc, "create", "vfclaims.failovervm.io", "", "yes"),
+        (ctl_kc, "patch", "nodes", "", "no"),
+    ):
+        extra = [f"--subresource={sub}"] if sub else []
+        res = sb.kubectl_as(kc, "auth", "can-i", verb, resource, *extra, "-A")
+        assert res.stdout.strip() == expected, (verb, resource, sub, res.stdout, res.stderr)
+
+    # -- upgrade with changed values keeps the certificate -------------------------------------------
+    _helm(sb, "upgrade", RELEASE, str(CHART), "-n", NS, *values, "--set", "webhook.timeoutSeconds=5")
+    hooks = sb.kubectl_json("get", "validatingwebhookconfigurations", "-l",
+                            f"app.kubernetes.io/instance={RELEASE}")["items"]
+    assert hooks and all(h["timeoutSeconds"] == 5 for h in hooks[0]["webhooks"])
+    secret2 = next(s for s in sb.kubectl_json("-n", NS, "get", "secrets")["items"]
+                   if s["type"] == "kubernetes.io/tls")
+    assert secret2["data"]["tls.crt"] == secret["data"]["tls.crt"]
+
+    # -- uninstall leaves no operator objects (CRDs stay, as Helm documents) -------------------------
+    _helm(sb, "uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "60s")
+    sel = f"app.kubernetes.io/instance={RELEASE}"
+    for kind in ("deployments", "daemonsets", "services", "secrets", "serviceaccounts", "roles", "rolebindings"):
+        assert not sb.kubectl_json("-n", NS, "get", kind, "-l", sel)["items"], kind
+    for kind in ("clusterroles", "clusterrolebindings", "validatingwebhookconfigurations",
+                 "clusterkopfpeerings.kopf.dev"):
+        assert not sb.kubectl_json("get", kind, "-l", sel)["items"], kind
+    crds = {c["metadata"]["name"] for c in sb.kubectl_json("get", "crd")["items"]}
+    assert "failovervms.failovervm.io" in crds

@@ -1,0 +1,457 @@
+"""`failovervm status`, `evacuate` and `console` logic on handmade API objects."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from failovervm import cli, cli_ops
+
+
+# -- handmade API objects ----------------------------------------------------------------------------
+def vm(name: str, node: str | None, *, ns: str = "default", phase: str = "Running", vf: str | None = "0000:00:02.0",
+       ready: str | None = "True", vfattached: tuple[str, str] | None = ("False", "AttachFailed"),
+       migration: dict[str, Any] | None = None, spec: dict[str, Any] | None = None,
+       deleting: bool = False) -> dict[str, Any]:
+    conds = []
+    if ready:
+        conds.append({"type": "Ready", "status": ready, "reason": "Running"})
+    if vfattached:
+        conds.append({"type": "VFAttached", "status": vfattached[0], "reason": vfattached[1], "message": "no VFs here"})
+    st: dict[str, Any] = {"phase": phase, "conditions": conds}
+    if node:
+        st["nodeName"] = node
+    if vf:
+        st["vf"] = {"pciAddress": vf, "node": node}
+    if migration:
+        st["migration"] = migration
+    meta: dict[str, Any] = {"namespace": ns, "name": name, "uid": f"uid-{name}"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {"metadata": meta, "spec": spec or {}, "status": st}
+
+
+def node(name: str, *, cordoned: bool = False, taints: list[str] | None = None, ready: bool = True) -> dict[str, Any]:
+    spec: dict[str, Any] = {}
+    if cordoned:
+        spec["unschedulable"] = True
+    if taints:
+        spec["taints"] = [{"key": k, "effect": "NoSchedule"} for k in taints]
+    return {"metadata": {"name": name}, "spec": spec,
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def pool(name: str, entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"nodes": entries}}
+
+
+def mig(name: str, vm_name: str, phase: str, *, evac: str | None = "n1", ns: str = "default", reason: str = "",
+        created: str = "2026-01-01T00:00:00Z") -> dict[str, Any]:
+    labels = {"failovervm.io/evacuation": evac} if evac else {}
+    st: dict[str, Any] = {"phase": phase}
+    if reason:
+        st["reason"] = reason
+    return {"metadata": {"namespace": ns, "name": name, "labels": labels, "creationTimestamp": created},
+            "spec": {"vmName": vm_name}, "status": st}
+
+
+POOLS = [
+    pool("fast", [
+        {"node": "n2", "total": 8, "allocated": 1, "free": 7},
+        {"node": "n1", "total": 8, "allocated": 3, "free": 5, "simulated": True},
+    ]),
+    pool("slow", [{"node": "n1", "vfs": [{"pciAddress": "a"}, {"pciAddress": "b"}]}]),  # not counted yet
+    pool("empty", []),
+]
+NODES = [node("n2", cordoned=True, taints=["ToBeDeletedByClusterAutoscaler"]), node("n1"), node("n3", ready=False)]
+VMS = [
+    vm("b", "n1"),
+    vm("a", "n1", ns="other", vfattached=("True", "Attached")),
+    vm("c", "n2", vf=None, ready="False", vfattached=None, phase="Starting"),
+    vm("d", None, vf=None, ready=None, vfattached=None, phase="Pending"),
+]
+
+
+# -- status -----------------------------------------------------------------------------------------
+def test_vm_rows_sorted_and_filtered() -> None:
+    rows = cli_ops.vm_rows(VMS)
+    assert [(r["namespace"], r["name"]) for r in rows] == [("default", "b"), ("default", "c"), ("default", "d"),
+                                                          ("other", "a")]
+    b = rows[0]
+    assert (b["phase"], b["node"], b["vf"], b["ready"], b["vfAttached"], b["vfAttachedReason"]) == (
+        "Running", "n1", "0000:00:02.0", "True", "False", "AttachFailed")
+    assert [r["name"] for r in cli_ops.vm_rows(VMS, "other")] == ["a"]
+    assert cli_ops.vm_rows(VMS, "nowhere") == []
+
+
+def test_node_rows() -> None:
+    rows = {r["name"]: r for r in cli_ops.node_rows(NODES, VMS, POOLS)}
+    assert rows["n1"] == {"name": "n1", "schedulable": True, "unschedulableReasons": [], "vms": 2,
+                          "vfAllocated": 3, "vfTotal": 10}
+    assert rows["n2"]["schedulable"] is False
+    assert rows["n2"]["unschedulableReasons"] == ["cordoned", "ToBeDeletedByClusterAutoscaler"]
+    assert (rows["n2"]["vms"], rows["n2"]["vfAllocated"], rows["n2"]["vfTotal"]) == (1, 1, 8)
+    assert rows["n3"]["unschedulableReasons"] == ["NotReady"]
+    assert rows["n3"]["vfTotal"] is None  # in no pool
+    assert [r["name"] for r in cli_ops.node_rows(NODES, VMS, POOLS)] == ["n1", "n2", "n3"]
+
+
+def test_unrelated_taint_is_not_an_evacuation() -> None:
+    n = node("x", taints=["dedicated"])
+    assert cli_ops.unschedulable_reasons(n) == []
+    assert not cli_ops.is_evacuating(n)
+    assert cli_ops.is_evacuating(node("x", taints=["node.kubernetes.io/unschedulable"]))
+    assert cli_ops.unschedulable_reasons(node("x", taints=["node.kubernetes.io/unschedulable"])) == [
+        "node.kubernetes.io/unschedulable"]
+    assert cli_ops.unschedulable_reasons(node("x", cordoned=True, taints=["node.kubernetes.io/unschedulable"])) == [
+        "cordoned"]
+
+
+def test_pool_rows() -> None:
+    rows = cli_ops.pool_rows(POOLS)
+    assert [(r["pool"], r["node"]) for r in rows] == [("empty", None), ("fast", "n1"), ("fast", "n2"), ("slow", "n1")]
+    assert rows[1] == {"pool": "fast", "node": "n1", "total": 8, "allocated": 3, "free": 5, "simulated": True}
+    assert rows[3] == {"pool": "slow", "node": "n1", "total": 2, "allocated": None, "free": None, "simulated": False}
+
+
+def test_render_status_tables() -> None:
+    doc = cli_ops.status_document(VMS, NODES, POOLS, namespace="default")
+    text = cli_ops.render_status(doc)
+    lines = text.splitlines()
+    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "NODE", "VF", "READY", "VFATTACHED"]
+    assert lines[1].split() == ["default", "b", "Running", "n1", "0000:00:02.0", "True", "False", "(AttachFailed)"]
+    assert lines[3].split() == ["default", "d", "Pending", "<none>", "<none>", "<none>", "<none>"]
+    assert "other" not in text  # namespace filter
+    header = next(i for i, ln in enumerate(lines) if ln.split() == ["NODE", "SCHEDULABLE", "VMS", "VF"])
+    assert lines[header + 1].split() == ["n1", "Yes", "2", "3/10"]
+    assert lines[header + 2].split() == ["n2", "No", "(cordoned,", "ToBeDeletedByClusterAutoscaler)", "1", "1/8"]
+    assert lines[header + 3].split() == ["n3", "No", "(NotReady)", "0", "<none>"]
+    pools_at = next(i for i, ln in enumerate(lines) if ln.startswith("POOL"))
+    assert lines[pools_at].split() == ["POOL", "NODE", "TOTAL", "ALLOCATED", "FREE", "SIMULATED"]
+    assert lines[pools_at + 2].split() == ["fast", "n1", "8", "3", "5", "true"]
+    assert lines[pools_at + 4].split() == ["slow", "n1", "2", "<none>", "<none>", "false"]
+    # columns line up: every data cell starts where its header starts
+    vf_col = lines[0].index("VF ")
+    assert lines[1][vf_col:].startswith("0000:00:02.0")
+    assert all(ln == ln.rstrip() for ln in lines)
+
+
+def test_render_status_empty() -> None:
+    text = cli_ops.render_status(cli_ops.status_document([], [], [], namespace="x"))
+    assert "No FailoverVMs found in x namespace." in text
+    assert "No nodes found." in text and "No VFPools found." in text
+    assert "No FailoverVMs found.\n" in cli_ops.render_status(cli_ops.status_document([], [], [], None))
+
+
+def test_status_document_is_serialisable() -> None:
+    doc = cli_ops.status_document(VMS, NODES, POOLS)
+    again = json.loads(json.dumps(doc))
+    assert again["namespace"] is None
+    assert len(again["vms"]) == 4 and len(again["nodes"]) == 3 and len(again["pools"]) == 4
+
+
+# -- evacuate: progress -----------------------------------------------------------------------------
+def test_evacuation_progress_counts() -> None:
+    vms = [
+        vm("a", "n1"),  # migrating (evacuation migration Running)
+        vm("b", "n1", migration={"name": "x", "state": "TargetReady"}),  # migrating (VM lock says so)
+        vm("c", "n1"),  # waiting: its migration finds no target
+        vm("d", "n2"),  # moved
+        vm("e", "n1", phase="Stopped"),  # waiting: not running
+        vm("f", "n1"),  # waiting: failed twice
+        vm("g", "n1", spec={"evictionStrategy": "Shutdown"}),
+        vm("h", "n1"),  # queued
+        vm("i", "n1", ns="other"),  # another namespace's migration of the same name must not count
+    ]
+    migs = [
+        mig("m-a", "a", "Running"),
+        mig("m-c", "c", "Scheduling", reason="NoFreeVF"),
+        mig("m-f1", "f", "Failed", reason="MigrationFailed", created="2026-01-01T00:00:01Z"),
+        mig("m-f2", "f", "Aborted", reason="Deleted", created="2026-01-01T00:00:02Z"),
+        mig("m-i", "i", "Running"),
+        mig("m-h-other-node", "h", "Running", evac="n9"),  # another node's evacuation
+    ]
+    p = cli_ops.evacuation_progress("n1", vms, migs, tracked={"default/d", "default/gone"})
+    assert (p.total, p.moved, p.migrating, p.waiting) == (10, 2, 2, 6)
+    assert p.reasons == {
+        "default/c": "NoFreeVF",
+        "default/e": "not running (phase Stopped)",
+        "default/f": "2 failed attempt(s), last: Deleted",
+        "default/g": "shutting down (evictionStrategy Shutdown)",
+        "default/h": "queued (parallel migration limits)",
+        "other/i": "queued (parallel migration limits)",
+    }
+    assert not p.done
+    assert "default/d" in p.tracked and "default/a" in p.tracked
+    assert p.to_dict()["remaining"] == ["default/a", "default/b", "default/c", "default/e", "default/f",
+                                        "default/g", "default/h", "other/i"]
+
+
+def test_progress_tracks_vms_that_left() -> None:
+    before = cli_ops.evacuation_progress("n1", [vm("a", "n1"), vm("b", "n1")], [mig("m", "a", "Running")])
+    assert (before.total, before.moved, before.migrating, before.waiting) == (2, 0, 1, 1)
+    after = cli_ops.evacuation_progress("n1", [vm("a", "n2"), vm("b", "n1")], [], before.tracked)
+    assert (after.total, after.moved, after.waiting) == (2, 1, 1)
+    done = cli_ops.evacuation_progress("n1", [vm("a", "n2"), vm("b", "n2")], [], after.tracked)
+    assert done.done and (done.total, done.moved) == (2, 2)
+
+
+def test_render_progress() -> None:
+    p = cli_ops.EvacuationProgress(node="n1", total=6, moved=3, migrating=2, waiting=1,
+                                   reasons={"default/x": "NoFreeVF"}, remaining=("default/x", "a/b", "a/c"))
+    assert cli_ops.render_progress(p) == "[##########..........] 3/6 VMs moved, 2 migrating, 1 waiting (NoFreeVF)"
+    p2 = cli_ops.EvacuationProgress(node="n1", total=4, moved=1, migrating=0, waiting=3,
+                                    reasons={"a/1": "NoFreeVF", "a/2": "NoFreeVF", "a/3": "being deleted"},
+                                    remaining=("a/1", "a/2", "a/3"))
+    assert cli_ops.render_progress(p2, bar_width=4) == "[#...] 1/4 VMs moved, 0 migrating, 3 waiting " \
+                                                       "(2x NoFreeVF; being deleted)"
+    empty = cli_ops.evacuation_progress("n1", [], [])
+    assert empty.done
+    assert cli_ops.render_progress(empty, bar_width=2) == "[##] 0/0 VMs moved, 0 migrating, 0 waiting"
+
+
+def test_progress_line_tty_redraws_in_place() -> None:
+    out = io.StringIO()
+    line = cli_ops.ProgressLine(out, tty=True)
+    line.update("long line here")
+    line.update("long line here")  # unchanged: nothing written
+    line.update("short")
+    line.finish()
+    assert out.getvalue() == "\rlong line here\rshort         \n"
+
+
+def test_progress_line_tty_truncates_to_width() -> None:
+    out = io.StringIO()
+    line = cli_ops.ProgressLine(out, tty=True, width=6)
+    line.update("0123456789")
+    assert out.getvalue() == "\r01234"
+
+
+def test_progress_line_plain_one_line_per_change() -> None:
+    out = io.StringIO()
+    line = cli_ops.ProgressLine(out, tty=False)
+    for text in ("a", "a", "b", "b", "a"):
+        line.update(text)
+    line.finish()
+    assert out.getvalue() == "a\nb\na\n"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, s: float) -> None:
+        self.t += s
+
+
+def test_watch_evacuation_until_empty() -> None:
+    frames = [
+        [vm("a", "n1"), vm("b", "n1")],
+        [vm("a", "n2"), vm("b", "n1")],
+        [vm("a", "n2"), vm("b", "n2")],
+    ]
+    calls = {"n": 0}
+
+    def fetch() -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        i = min(calls["n"], len(frames) - 1)
+        calls["n"] += 1
+        return node("n1", cordoned=True), frames[i], []
+
+    out, clock = io.StringIO(), _Clock()
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(out, tty=False), timeout=60,
+                                   clock=clock, sleep=clock.sleep)
+    assert res.code == 0
+    assert res.progress.moved == 2
+    assert out.getvalue().splitlines() == [
+        "[....................] 0/2 VMs moved, 0 migrating, 2 waiting (2x queued (parallel migration limits))",
+        "[##########..........] 1/2 VMs moved, 0 migrating, 1 waiting (queued (parallel migration limits))",
+        "[####################] 2/2 VMs moved, 0 migrating, 0 waiting",
+    ]
+
+
+def test_watch_evacuation_times_out() -> None:
+    def fetch() -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        return node("n1", cordoned=True), [vm("a", "n1")], [mig("m", "a", "Scheduling", reason="NoFreeVF")]
+
+    out, clock = io.StringIO(), _Clock()
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(out, tty=False), timeout=5, interval=1,
+                                   clock=clock, sleep=clock.sleep)
+    assert res.code == 1
+    assert "timed out after 5s" in res.message and "default/a" in res.message
+    assert clock.t == 5
+    assert out.getvalue().count("\n") == 1  # nothing changed: one line
+
+
+def test_watch_evacuation_stops_when_uncordoned() -> None:
+    def fetch() -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        return node("n1"), [vm("a", "n1")], []
+
+    clock = _Clock()
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(io.StringIO(), tty=False), timeout=60,
+                                   clock=clock, sleep=clock.sleep)
+    assert res.code == 1 and "no longer cordoned" in res.message
+    assert clock.t == 0
+
+
+def test_taint_counts_as_evacuating_in_watch() -> None:
+    def fetch() -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
+        return node("n1", taints=["ToBeDeletedByClusterAutoscaler"]), [vm("a", "n1")], []
+
+    clock = _Clock()
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(io.StringIO(), tty=False), timeout=3,
+                                   clock=clock, sleep=clock.sleep)
+    assert res.code == 1 and "timed out" in res.message
+
+
+# -- console ----------------------------------------------------------------------------------------
+def test_console_missing_message() -> None:
+    msg = cli_ops.console_missing_message(Path("/x/fvm_default_demo.log"), "default", "demo", "node-7", True)
+    assert "/x/fvm_default_demo.log" in msg and "node node-7" in msg and "--serial-log-dir" in msg
+    msg = cli_ops.console_missing_message(Path("/x/y.log"), "default", "demo", None, False)
+    assert "does not exist" in msg
+
+
+def test_follow_file_appends_and_restarts_on_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "c.log"
+    path.write_bytes(b"boot\n")
+    out = io.BytesIO()
+    steps = iter([
+        lambda: path.open("ab").write(b"login: "),
+        lambda: path.write_bytes(b"new\n"),  # truncated (same inode, smaller)
+        lambda: None,
+    ])
+    done = threading.Event()
+
+    def sleep(_s: float) -> None:
+        step = next(steps, None)
+        if step is None:
+            done.set()
+        else:
+            step()
+
+    offset = cli_ops.follow_file(path, out, offset=5, stop=done.is_set, sleep=sleep)
+    assert out.getvalue() == b"login: new\n"
+    assert offset == 4
+
+
+def test_follow_file_waits_for_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "late.log"
+    out = io.BytesIO()
+    n = {"i": 0}
+
+    def sleep(_s: float) -> None:
+        n["i"] += 1
+        if n["i"] == 2:
+            path.write_bytes(b"hello")
+
+    cli_ops.follow_file(path, out, stop=lambda: n["i"] >= 4, sleep=sleep)
+    assert out.getvalue() == b"hello"
+
+
+def test_cli_console_prints_log(tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    (tmp_path / "console").mkdir()
+    (tmp_path / "console" / "fvm_default_demo.log").write_bytes(b"Linux version 6.1\n\xff")
+    assert cli.main(["console", "demo", "-n", "default", "--state-dir", str(tmp_path)]) == 0
+    assert capsysbinary.readouterr().out == b"Linux version 6.1\n\xff"
+
+
+def test_cli_console_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "fvm_ns1_demo.log").write_text("hi\n")
+    assert cli.main(["console", "demo", "-n", "ns1", "--log-dir", str(tmp_path), "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["domain"] == "fvm_ns1_demo" and doc["log"] == "hi\n"
+
+
+def test_cli_console_missing(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_vm_node_best_effort", lambda args, ns: ("sandbox-node-2", True))
+    assert cli.main(["console", "demo", "-n", "default", "--state-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "no console log" in err and "sandbox-node-2" in err
+    assert str(tmp_path / "console" / "fvm_default_demo.log") in err
+
+
+def test_cli_parses_new_commands() -> None:
+    p = cli.build_parser()
+    a = p.parse_args(["status", "-A", "-o", "yaml", "--context", "c"])
+    assert (a.all_namespaces, a.output, a.context, a.func) == (True, "yaml", "c", cli.cmd_status)
+    a = p.parse_args(["evacuate", "n1", "--watch", "--timeout", "30", "--kubeconfig", "k"])
+    assert (a.node, a.watch, a.timeout, a.kubeconfig, a.output) == ("n1", True, 30.0, "k", "table")
+    a = p.parse_args(["console", "demo", "--follow", "-n", "x"])
+    assert (a.name, a.follow, a.namespace) == ("demo", True, "x")
+    a = p.parse_args(["migrate", "demo", "--wait"])  # unchanged
+    assert a.func is cli.cmd_migrate
+
+
+# -- the commands, on a fake API --------------------------------------------------------------------
+class _FakeKube:
+    def __init__(self, nodes: list[dict[str, Any]], vm_frames: list[list[dict[str, Any]]]) -> None:
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.frames, self.reads = vm_frames, 0
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.selectors: list[str | None] = []
+        self.core = self
+
+    def patch_node(self, name: str, body: dict[str, Any]) -> None:
+        self.patches.append((name, body))
+        self.nodes[name]["spec"].update(body["spec"])
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        return self.nodes.get(name)
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return list(self.nodes.values())
+
+    def list_vms(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        self.selectors.append(label_selector)
+        frame = self.frames[min(self.reads, len(self.frames) - 1)]
+        self.reads += 1
+        return frame
+
+    def list_pools(self) -> list[dict[str, Any]]:
+        return POOLS
+
+    def list_migrations(self) -> list[dict[str, Any]]:
+        return []
+
+
+def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = _FakeKube(NODES, [VMS])
+    monkeypatch.setattr(cli, "_kube_client", lambda args: fake)
+    assert cli.main(["status", "-n", "other", "-o", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [v["name"] for v in doc["vms"]] == ["a"] and doc["namespace"] == "other"
+    assert cli.main(["status", "-A"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("NAMESPACE") and "other" in out and "SIMULATED" in out
+
+
+def test_cli_evacuate_cordons_and_watches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = _FakeKube([node("n1"), node("n2")], [[vm("a", "n1")], [vm("a", "n1")], [vm("a", "n2")]])
+    monkeypatch.setattr(cli, "_kube_client", lambda args: fake)
+    assert cli.main(["evacuate", "n1", "--watch", "--timeout", "60", "--interval", "0"]) == 0
+    assert fake.patches == [("n1", {"spec": {"unschedulable": True}})]
+    assert set(fake.selectors) == {"failovervm.io/node=n1"}
+    out = capsys.readouterr().out
+    assert "node/n1 cordoned" in out
+    assert "1/1 VMs moved" in out and "node/n1 evacuated" in out
+
+    assert cli.main(["evacuate", "n1", "-o", "json"]) == 0  # again: already cordoned, no watch
+    captured = capsys.readouterr()
+    assert "already cordoned" in captured.err
+    assert json.loads(captured.out)["alreadyCordoned"] is True
+    assert len(fake.patches) == 1
+
+
+def test_cli_evacuate_unknown_node(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(cli, "_kube_client", lambda args: _FakeKube([], [[]]))
+    assert cli.main(["evacuate", "nope"]) == 1
+    assert "node nope not found" in capsys.readouterr().err
