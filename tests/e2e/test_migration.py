@@ -201,6 +201,8 @@ def test_guard_pod_contract(operator_sandbox: Sandbox) -> None:
     owner = pod["metadata"]["ownerReferences"][0]
     assert owner["kind"] == "Node" and owner["controller"] is True
     assert not sb.kubectl_json("get", "poddisruptionbudgets", "-A")["items"], "no PDBs are used"
+    for n in sb.kubectl_json("get", "nodes")["items"]:
+        assert not n["metadata"].get("finalizers"), "the operator must never put finalizers on Nodes"
     sb.kubectl("delete", "namespace", ns, "--timeout=120s")
     wait_for(lambda: sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}",
                                 check=False).returncode != 0, 30, what="guard pod removed with the last VM")

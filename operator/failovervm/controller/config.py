@@ -9,6 +9,7 @@ from failovervm.migration import Limits
 
 CONTROLLER_FINALIZER = "failovervm.io/controller"
 AGENT_FINALIZER = "failovervm.io/agent"
+PEERING_NAME = "failovervm"  # the ClusterKopfPeering object (created by the chart and the sandbox)
 
 
 @dataclass

@@ -48,14 +48,24 @@ def on_vm_delete(*, name: str, namespace: str | None, uid: str, **_: Any) -> Non
 
 
 _last_claim_sweep = 0.0
+_last_node_sweep = 0.0
 
 
-@kopf.timer(*POOL, interval=5.0)
+@kopf.timer(*POOL, interval=3.0)
 def pool_status(*, name: str, **_: Any) -> None:
-    """Per pool: refresh allocated/free counts; at most every 30 s, sweep orphaned VFClaims."""
-    global _last_claim_sweep
+    """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
+    the nodes (guard pods, evacuation) and, every 30 s, orphaned VFClaims.
+
+    The node sweep hangs off the VFPool timers because Kopf puts a finalizer on every object a
+    timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
+    objects Helm installs. No pool means no VM, so nothing to sweep then."""
+    global _last_claim_sweep, _last_node_sweep
     vms.refresh_pool_status(name)
     now = time.monotonic()
+    if now - _last_node_sweep >= 3.0:
+        _last_node_sweep = now
+        for node in CONFIG.k().list_nodes():
+            migrations.reconcile_node(node)
     if now - _last_claim_sweep >= 30.0:
         _last_claim_sweep = now
         vms.collect_orphaned_claims()
@@ -133,9 +143,6 @@ def on_node_event(*, type: str, body: kopf.Body, **_: Any) -> None:
         migrations.reconcile_node(body)
 
 
-@kopf.timer("", "v1", "nodes", interval=5.0)
-def node_tick(*, body: kopf.Body, **_: Any) -> None:
-    migrations.reconcile_node(body)
 
 
 @kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",

@@ -13,12 +13,11 @@ import kopf
 
 from failovervm import kube as kube_mod
 from failovervm import webhookcerts
-from failovervm.controller.config import CONFIG, CONTROLLER_FINALIZER
+from failovervm.controller.config import CONFIG, CONTROLLER_FINALIZER, PEERING_NAME
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
 
 log = logging.getLogger(__name__)
-PEERING_NAME = "failovervm"
 
 
 @dataclass
