@@ -81,8 +81,10 @@ def _up_args(state_dir: Path) -> list[str]:
             "--images-dir", TEST_IMAGES_DIR, "--address-base", TEST_ADDRESS_BASE, "--bridge", TEST_BRIDGE]
 
 
-def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.5, what: str = "condition") -> Any:
-    """Poll `predicate()` until it returns a truthy value; fail with `what` after `timeout` s."""
+def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.5, what: str = "condition",
+             fail: bool = True) -> Any:
+    """Poll `predicate()` until it returns a truthy value; fail with `what` after `timeout` s
+    (or return the last falsy value when `fail` is False)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -92,6 +94,8 @@ def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.5, what: s
         if last:
             return last
         time.sleep(interval)
+    if not fail:
+        return last
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})", pytrace=False)
 
 

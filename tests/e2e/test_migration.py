@@ -236,8 +236,15 @@ def _slow_migration(sb: Sandbox, ns: str, vm: str, target: str) -> str:
             "metadata": {"name": f"{vm}-slow", "namespace": ns},
             "spec": {"vmName": vm, "targetNode": target, "bandwidthMiBps": 1}}
     sb.kubectl("apply", "-f", "-", input=json.dumps(body))
-    wait_for(lambda: (sb.kubectl_json("-n", ns, "get", "fvmm", f"{vm}-slow").get("status") or {}).get("phase")
-             == "Running", 60, interval=0.2, what="migration Running")
+    last: dict[str, Any] = {}
+
+    def running() -> bool:
+        last.update(sb.kubectl_json("-n", ns, "get", "fvmm", f"{vm}-slow").get("status") or {})
+        return last.get("phase") == "Running"
+
+    if not wait_for(running, 60, interval=0.2, what="migration Running", fail=False):
+        vm_status = (get_vm(sb, ns, vm) or {}).get("status")
+        pytest.fail(f"migration never ran: {last}; VM status {vm_status}", pytrace=False)
     return f"{vm}-slow"
 
 

@@ -259,9 +259,11 @@ def qemu_pids(host: LibvirtHost) -> list[int]:
     if host.qemu_run_dir.exists():
         for f in host.qemu_run_dir.glob("*.pid"):
             try:
-                out.append(int(f.read_text().strip()))
+                pid = int(f.read_text().strip())
             except (ValueError, OSError):
                 continue
+            if procs.alive(pid, "qemu"):  # libvirt may leave the pid file of a stopped domain
+                out.append(pid)
     return out
 
 
