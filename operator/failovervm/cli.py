@@ -81,7 +81,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         health_port=args.health_port, peering=not args.standalone, namespace=args.namespace,
         parallel_migrations_per_cluster=args.parallel_migrations_per_cluster,
         parallel_outbound_migrations_per_node=args.parallel_outbound_migrations_per_node,
-        guard_image=args.guard_image,
+        guard_image=args.guard_image, log_format=args.log_format,
     ))
 
 
@@ -290,7 +290,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run(AgentArgs(
         node=args.node, libvirt_uri=args.libvirt_uri, sysfs_root=args.sysfs_root, kubeconfig=args.kubeconfig,
         storage_roots=args.storage_root, metrics_port=args.metrics_port, resync_seconds=args.resync_seconds,
-        serial_log_dir=args.serial_log_dir,
+        serial_log_dir=args.serial_log_dir, log_format=args.log_format,
     ))
 
 
@@ -342,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_argument("--parallel-outbound-migrations-per-node", type=int, default=2)
     ctl.add_argument("--guard-image", default="registry.k8s.io/pause:3.10",
                      help="image of the per-node drain guard pods (never does any work)")
+    ctl.add_argument("--log-format", choices=["text", "json"], default="text",
+                     help="json: one object per line with component, node and vm fields")
     ctl.set_defaults(func=cmd_controller)
 
     ag = sub.add_parser("agent", help="run the node agent (libvirt domains and VF inventory of one node)")
@@ -353,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--metrics-port", type=int, default=8081)
     ag.add_argument("--resync-seconds", type=float, default=30.0)
     ag.add_argument("--serial-log-dir", default=None, help="write each VM's serial console to a file here")
+    ag.add_argument("--log-format", choices=["text", "json"], default="text",
+                    help="json: one object per line with component, node and vm fields")
     ag.set_defaults(func=cmd_agent)
 
     mi = sub.add_parser("migrate", help="live-migrate a FailoverVM (creates a FailoverVMMigration)")

@@ -49,7 +49,7 @@ def test_status_evacuate_console_and_metrics(operator_sandbox: Sandbox) -> None:
 
     # The same entry point as a kubectl plugin.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    plugin = subprocess.run(["kubectl", "--kubeconfig", str(sb.kubeconfig), "failovervm", "status", "-n", ns],
+    plugin = subprocess.run(["kubectl", "failovervm", "status", "-n", ns, "--kubeconfig", str(sb.kubeconfig)],
                             capture_output=True, text=True, env=env, timeout=60)
     assert plugin.returncode == 0 and "c0" in plugin.stdout, plugin.stderr
 

@@ -43,6 +43,7 @@ class AgentArgs:
     inventory_seconds: float = 5.0
     workers: int = 4
     serial_log_dir: str | None = None
+    log_format: str = "text"
 
 
 class WorkQueue:
@@ -173,12 +174,12 @@ class Agent:
                 assert self.ctx is not None
                 ns, name = key.split("/", 1)
                 outcome = await asyncio.to_thread(reconcile, self.ctx, ns, name)
-                log.debug("reconciled %s: %s", key, outcome.action)
+                log.debug("reconciled %s: %s", key, outcome.action, extra={"vm": key})
                 if outcome.requeue_after:
                     self.queue.add_after(key, outcome.requeue_after)
             except Exception as exc:
                 RECONCILE_ERRORS.labels("agent", "FailoverVM").inc()
-                log.exception("reconcile of %s failed: %s", key, exc)
+                log.exception("reconcile of %s failed: %s", key, exc, extra={"vm": key})
                 if "connection" in str(exc).lower() or "broken pipe" in str(exc).lower():
                     self.conn.lost()
                 self.queue.add_after(key, 5.0)
@@ -209,8 +210,8 @@ class Agent:
 
 
 def run(args: AgentArgs) -> int:
-    logging.basicConfig(level=logging.INFO,
-                        format=f"%(asctime)s %(levelname)s node={args.node} %(name)s: %(message)s")
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    from failovervm.logs import configure
+
+    configure("agent", args.node, args.log_format)
     asyncio.run(Agent(args).run())
     return 0

@@ -157,7 +157,7 @@ class Migrator:
             return
 
         def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
-            if st.get("phase") != mg.TARGET_READY:
+            if st.get("phase") not in (mg.SCHEDULING, mg.TARGET_READY):
                 return None
             st.update(phase=mg.RUNNING, message=f"live-migrating from {ctx.node} to {target}")
             return st
@@ -196,7 +196,8 @@ class Migrator:
         progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], stop_progress),
                                     daemon=True)
         progress.start()
-        log.info("migrating %s/%s to %s (%s) with %s", ns, name, target, uri, mig_name)
+        log.info("migrating %s/%s to %s (%s) with %s", ns, name, target, uri, mig_name,
+                 extra={"vm": f"{ns}/{name}", "migration": mig_name})
         try:
             dom.migrateToURI3(uri, params, migration_flags(self.transport))
         except libvirt.libvirtError as exc:
@@ -303,7 +304,8 @@ class Migrator:
             return st
 
         ctx.kube.update_migration_status(ns, mig_name, done)
-        log.info("migrated %s/%s to %s in %.1fs: %s", ns, name, target, wall, stats)
+        log.info("migrated %s/%s to %s in %.1fs: %s", ns, name, target, wall, stats,
+                 extra={"vm": f"{ns}/{name}", "migration": mig_name})
         metrics.record_migration_succeeded(ctx.node, wall, stats)
 
     def _finish_failed(
@@ -336,7 +338,8 @@ class Migrator:
                 return st
 
             ctx.kube.update_migration_status(ns, mig_name, fail)
-        log.warning("migration %s of %s/%s %s: %s", mig_name, ns, name, phase.lower(), message)
+        log.warning("migration %s of %s/%s %s: %s", mig_name, ns, name, phase.lower(), message,
+                    extra={"vm": f"{ns}/{name}", "migration": mig_name})
         metrics.record_migration(phase, ctx.node)
 
     def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:

@@ -35,6 +35,7 @@ class ControllerArgs:
     parallel_migrations_per_cluster: int = 5
     parallel_outbound_migrations_per_node: int = 2
     guard_image: str = "registry.k8s.io/pause:3.10"
+    log_format: str = "text"
 
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
@@ -47,7 +48,9 @@ def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
 
 
 def run(args: ControllerArgs) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from failovervm.logs import configure as configure_logs
+
+    configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     CONFIG.kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))

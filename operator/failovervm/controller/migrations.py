@@ -147,15 +147,18 @@ def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
             kube.event(mig, "NoTarget", result.message, type_="Warning", component="controller")
         return mg.SCHEDULING
     assert isinstance(result, Claimed)
+    ensure_guard(result.node)
+    # The migration object says TargetReady first; only then may the agent see it on the VM.
+    _set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
+               targetVF={"pciAddress": result.pci_address, "claimName": result.claim},
+               message=f"VF {result.pci_address} reserved on {result.node}")
     if not _update_vm_migration(vm, name, {
         "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
         "targetClaim": result.claim,
     }):
         kube.delete_claim(result.claim)
-        return mg.SCHEDULING
-    _set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
-               targetVF={"pciAddress": result.pci_address, "claimName": result.claim},
-               message=f"VF {result.pci_address} reserved on {result.node}")
+        _set_phase(mig, mg.FAILED, reason="VMBusy", message="the VM is locked by another migration")
+        return mg.FAILED
     return mg.TARGET_READY
 
 
@@ -291,6 +294,18 @@ def guard_pod(node: Mapping[str, Any], namespace: str, image: str) -> dict[str, 
             "automountServiceAccountToken": False,
         },
     }
+
+
+def ensure_guard(node_name: str) -> None:
+    """Make sure the node's guard pod exists *before* a VM is placed or migrated there, so that no
+    drain can slip through between the placement and the next node sweep."""
+    if node_name in _GUARDS:
+        return
+    node = CONFIG.k().get_node(node_name)
+    if node is not None:
+        CONFIG.k().ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
+        _GUARDS.add(node_name)
+        _GUARDS_VERIFIED[node_name] = time.monotonic()
 
 
 def vms_on(node: str) -> list[dict[str, Any]]:

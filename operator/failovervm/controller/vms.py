@@ -57,6 +57,9 @@ def ensure_scheduled(namespace: str, name: str) -> str:
             _record_unschedulable(vm, result)
             return f"pending:{result.reason}"
         assert isinstance(result, Claimed)
+        from failovervm.controller.migrations import ensure_guard
+
+        ensure_guard(result.node)
         placed = _record_placement(vm, result)
         if placed is None:
             kube.delete_claim(result.claim)
