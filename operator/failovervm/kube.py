@@ -54,6 +54,42 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Ap
     return client.ApiClient(cfg)
 
 
+def update_status(
+    get: Callable[[], dict[str, Any] | None],
+    replace: Callable[[dict[str, Any]], Any],
+    mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+    what: str,
+    *,
+    current: Mapping[str, Any] | None = None,
+    uid: str | None = None,
+    attempts: int = 8,
+) -> dict[str, Any] | None:
+    """Read-modify-write of an object's status with optimistic concurrency (resourceVersion).
+
+    `mutate(status) -> new status | None` (None or unchanged: no write). Returns the object as
+    written (or as read when nothing changed), None when it is gone or its UID differs. `current`,
+    a recently read copy, saves the first GET; a stale copy costs one 409 and a retry.
+    """
+    for attempt in range(attempts):
+        obj = copy.deepcopy(dict(current)) if (current is not None and attempt == 0) else get()
+        if obj is None or (uid and obj["metadata"]["uid"] != uid):
+            return None
+        old = copy.deepcopy(dict(obj.get("status") or {}))
+        new = mutate(copy.deepcopy(old))
+        if new is None or new == old:
+            return obj
+        obj["status"] = new
+        try:
+            return dict(replace(obj))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            if exc.status != 409:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise RuntimeError(f"status update of {what} kept conflicting")
+
+
 class _KubeBase:
     """Thin, synchronous wrapper; async callers run it in a thread."""
 
@@ -86,30 +122,12 @@ class _KubeBase:
         self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
         uid: str | None = None, current: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
-        """Apply `mutate(status) -> new status` with optimistic concurrency. None if the VM is gone.
-
-        `current`, a recently read copy, saves the first GET; a stale copy costs one 409 and a retry.
-        """
-        for attempt in range(8):
-            use_current = current is not None and attempt == 0
-            obj = copy.deepcopy(dict(current or {})) if use_current else self.get_vm(namespace, name)
-            if obj is None or (uid and obj["metadata"]["uid"] != uid):
-                return None
-            old = dict(obj.get("status") or {})
-            new = mutate(dict(old))
-            if new is None or new == old:
-                return obj
-            obj["status"] = new
-            try:
-                return dict(self.custom.replace_namespaced_custom_object_status(
-                    API_GROUP, API_VERSION, namespace, FVM, name, obj))
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                if exc.status != 409:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise RuntimeError(f"status update of {namespace}/{name} kept conflicting")
+        """Apply `mutate(status) -> new status` to a FailoverVM (see update_status)."""
+        return update_status(
+            lambda: self.get_vm(namespace, name),
+            lambda obj: self.custom.replace_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, FVM, name, obj),
+            mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
 
     # -- finalizers ----------------------------------------------------------
     def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool,
@@ -152,25 +170,10 @@ class _KubeBase:
             raise
 
     def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
-        for attempt in range(10):
-            obj = self.get_pool(name)
-            if obj is None:
-                return
-            old = dict(obj.get("status") or {})
-            new = mutate(dict(old))
-            if new is None or new == old:
-                return
-            obj["status"] = new
-            try:
-                self.custom.replace_cluster_custom_object_status(API_GROUP, API_VERSION, VFPOOL, name, obj)
-                return
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-                if exc.status != 409:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise RuntimeError(f"status update of VFPool {name} kept conflicting")
+        update_status(
+            lambda: self.get_pool(name),
+            lambda obj: self.custom.replace_cluster_custom_object_status(API_GROUP, API_VERSION, VFPOOL, name, obj),
+            mutate, f"VFPool {name}", attempts=10)
 
     def list_claims(self) -> list[dict[str, Any]]:
         return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM).get("items", []))
@@ -322,26 +325,11 @@ class MigrationsMixin:
     def update_migration_status(
         self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> dict[str, Any] | None:
-        for attempt in range(8):
-            obj = self.get_migration(namespace, name)
-            if obj is None:
-                return None
-            old = dict(obj.get("status") or {})
-            new = mutate(copy.deepcopy(old))
-            if new is None or new == old:
-                return obj
-            obj["status"] = new
-            try:
-                return dict(self.custom.replace_namespaced_custom_object_status(
-                    API_GROUP, API_VERSION, namespace, FVMM, name, obj))
-            except ApiException as exc:
-                if exc.status == 404:
-                    return None
-                if exc.status != 409:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
-        raise RuntimeError(f"status update of migration {namespace}/{name} kept conflicting")
-
+        return update_status(
+            lambda: self.get_migration(namespace, name),
+            lambda obj: self.custom.replace_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, FVMM, name, obj),
+            mutate, f"migration {namespace}/{name}")
 
 class Kube(_KubeBase, MigrationsMixin):
     """The Kubernetes adapter used by the controller, the agents and the CLI."""

@@ -318,26 +318,30 @@ def test_no_target_with_a_free_vf_keeps_drain_waiting(operator_sandbox: Sandbox)
     if x["status"]["nodeName"] != _node(3):
         pytest.fail(f"x landed on {x['status']['nodeName']}, expected {_node(3)}")
     claim_before = x["status"]["vf"]["claimName"]
-    res = sb.kubectl("drain", _node(3), "--ignore-daemonsets", "--timeout=15s", check=False, timeout=60)
     try:
+        res = sb.kubectl("drain", _node(3), "--ignore-daemonsets", "--timeout=15s", check=False, timeout=60)
         assert res.returncode != 0, "drain must keep waiting while a VM cannot leave"
         mig = wait_for(lambda: next((m for m in _migrations(sb, ns) if m["spec"]["vmName"] == "x"
                                      and (m.get("status") or {}).get("reason") == "NoFreeVF"), None), 30,
-                       what="migration waiting with reason NoFreeVF")
+                       what="migration waiting with reason NoFreeVF", fail=False)
+        if not mig:
+            pytest.fail(f"no NoFreeVF migration: {[m.get('status') for m in _migrations(sb, ns)]}", pytrace=False)
         assert mig["status"]["phase"] == "Scheduling" and "free VF" in mig["status"]["message"]
         vm = get_vm(sb, ns, "x")
         assert vm["status"]["nodeName"] == _node(3) and vm["status"]["phase"] == "Running"
         assert vm["status"]["vf"]["claimName"] == claim_before
         assert any(c["metadata"]["name"] == claim_before for c in claims(sb))
         assert f"fvm_{ns}_x" in domains_on(sb, _node(3))
+        sb.kubectl("uncordon", _node(3))
+        # Uncordoned: the waiting evacuation migration is dropped, nothing moved.
+        wait_for(lambda: not [m for m in _migrations(sb, ns)
+                              if (m.get("status") or {}).get("phase") == "Scheduling"],
+                 30, what="evacuation migration dropped")
     finally:
         sb.kubectl("uncordon", _node(3))
-    # Uncordoned: the waiting evacuation migration is dropped, nothing moved.
-    wait_for(lambda: not [m for m in _migrations(sb, ns) if (m.get("status") or {}).get("phase") == "Scheduling"],
-             30, what="evacuation migration dropped")
-    sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
-    for n in (2, 3):
-        sb.kubectl("label", "node", _node(n), "fvm-test/tight-")
+        sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+        for n in (2, 3):
+            sb.kubectl("label", "node", _node(n), "fvm-test/tight-")
 
 
 def test_shutdown_strategy_restarts_the_vm_elsewhere(operator_sandbox: Sandbox) -> None:
