@@ -109,6 +109,34 @@ def operator_sandbox(sandbox: Sandbox) -> Sandbox:
     return sandbox
 
 
+# Namespaces that e2e tests created; removed after each test, pass or fail, so that one failing
+# test cannot leave VMs, claims or taints behind for the next one on the shared sandbox.
+CREATED_NAMESPACES: set[str] = set()
+
+
+def make_namespace(sb: Sandbox, name: str) -> str:
+    sb.kubectl("create", "namespace", name, check=False)
+    CREATED_NAMESPACES.add(name)
+    return name
+
+
+@pytest.fixture(autouse=True)
+def _e2e_cleanup(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "operator_sandbox" not in request.fixturenames:
+        return
+    sb: Sandbox = request.getfixturevalue("operator_sandbox")
+    for ns in sorted(CREATED_NAMESPACES):
+        sb.kubectl("delete", "namespace", ns, "--ignore-not-found", "--timeout=180s", check=False, timeout=200)
+    CREATED_NAMESPACES.clear()
+    for node in sb.nodes:
+        name = node["node"]
+        sb.kubectl("uncordon", name, check=False)
+        sb.kubectl("label", "node", name, "fvm-test/capacity-", "fvm-test/tight-", check=False)
+        for taint in ("fvm-test/hold-", "ToBeDeletedByClusterAutoscaler-"):
+            sb.kubectl("taint", "node", name, taint, check=False)
+
+
 def restart_operator(sandbox: Sandbox) -> None:
     """Start whatever operator process is not running (after a test killed one)."""
     res = _cli(*_up_args(sandbox.state_dir))

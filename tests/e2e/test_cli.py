@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Sandbox, wait_for
+from tests.conftest import REPO, Sandbox, make_namespace, wait_for
 from tests.e2e.helpers import apply, get_vm, pool_manifest, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -30,8 +30,7 @@ def _metrics(port: int) -> str:
 
 def test_status_evacuate_console_and_metrics(operator_sandbox: Sandbox) -> None:
     sb = operator_sandbox
-    ns = "cli"
-    sb.kubectl("create", "namespace", ns, check=False)
+    ns = make_namespace(sb, "cli")
     node = sb.nodes[1]["node"]
     apply(sb, pool_manifest(POOL, sb.data["bridge"]),
           *(vm_manifest(f"c{i}", ns, POOL, nodeSelector={"kubernetes.io/hostname": node}) for i in range(2)))
@@ -68,7 +67,7 @@ def test_status_evacuate_console_and_metrics(operator_sandbox: Sandbox) -> None:
     ops = sb.data["operator"]
     agent_idx = next(n["index"] for n in sb.nodes if n["node"] == node)
     agent_metrics = _metrics(ops[f"agent-{agent_idx}_metrics_port"])
-    assert f'failovervm_migrations_total{{result="succeeded",node="{node}"}}' in agent_metrics
+    assert f'failovervm_migrations_total{{node="{node}",result="succeeded"}}' in agent_metrics
     assert "failovervm_migration_downtime_milliseconds_bucket" in agent_metrics
     assert f'failovervm_libvirt_connected{{node="{node}"}} 1.0' in agent_metrics
     wait_for(lambda: f'pool="{POOL}"' in _metrics(ops["controller_metrics_port"]), 30, what="pool gauges")

@@ -12,7 +12,7 @@ import pytest
 from lxml import etree
 
 from failovervm.sandbox import procs
-from tests.conftest import REPO, Sandbox, restart_operator, wait_for
+from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, wait_for
 from tests.e2e.helpers import (
     apply,
     claims,
@@ -30,8 +30,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _ns(sb: Sandbox, name: str) -> str:
-    sb.kubectl("create", "namespace", name, check=False)
-    return name
+    return make_namespace(sb, name)
 
 
 def test_example_vm_runs_with_a_failover_pair(operator_sandbox: Sandbox) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from tests.conftest import REPO, Sandbox, restart_operator, wait_for
+from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, wait_for
 from tests.e2e.helpers import (
     apply,
     claims,
@@ -30,8 +30,7 @@ POOL = "mig-pool"
 
 
 def _ns(sb: Sandbox, name: str) -> str:
-    sb.kubectl("create", "namespace", name, check=False)
-    return name
+    return make_namespace(sb, name)
 
 
 def _node(i: int) -> str:
