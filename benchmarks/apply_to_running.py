@@ -23,45 +23,17 @@ import libvirt
 from kubernetes import watch
 from lxml import etree
 
-from benchmarks.common import SandboxHandle, machine, summary
+from benchmarks.common import SandboxHandle, ensure_namespace, ensure_pool, halt_vm, machine, summary
 from failovervm import API_GROUP, API_VERSION
 
 POOL = "bench-pool"
 
 
-def _pool(bridge: str) -> dict[str, Any]:
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": POOL},
-            "spec": {"nodeSelector": {"failovervm.io/sandbox-node": "true"}, "pfNames": ["sbxpf0"],
-                     "standby": {"type": "bridge", "source": bridge}}}
-
-
-def _vm(name: str, ns: str, image: str) -> dict[str, Any]:
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
-            "metadata": {"name": name, "namespace": ns},
-            "spec": {"running": True, "cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
-                     "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
-                     "network": {"pool": POOL}}}
-
-
-def _ensure_pool(sb: SandboxHandle) -> None:
-    try:
-        sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", _pool(sb.data["bridge"]))
-    except Exception as exc:
-        if getattr(exc, "status", None) != 409:
-            raise
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        pool = sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", POOL)
-        if ((pool.get("status") or {}).get("totals") or {}).get("free", 0) > 0:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("bench pool has no free VF")
-
-
 def _operator_once(sb: SandboxHandle, ns: str, name: str, image: str) -> tuple[float, dict[str, Any]]:
     w = watch.Watch()
     t0 = time.perf_counter()
-    sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", _vm(name, ns, image))
+    sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms",
+                                              halt_vm(name, ns, image, POOL))
     for ev in w.stream(sb.custom.list_namespaced_custom_object, API_GROUP, API_VERSION, ns, "failovervms",
                        field_selector=f"metadata.name={name}", timeout_seconds=120):
         obj = ev["object"]
@@ -115,12 +87,8 @@ def _delete_and_wait(sb: SandboxHandle, ns: str, name: str) -> None:
 def run(state_dir: Path, n: int = 20, namespace: str = "bench-apply") -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
     image = str(Path(sb.data["images_dir"]) / "halt.img")
-    try:
-        sb.core.create_namespace({"metadata": {"name": namespace}})
-    except Exception as exc:
-        if getattr(exc, "status", None) != 409:
-            raise
-    _ensure_pool(sb)
+    ensure_namespace(sb, namespace)
+    ensure_pool(sb, POOL, ["sbxpf0"])
     op, raw = [], []
     for i in range(n):
         name = f"bench-{i}"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
+
+from failovervm import API_GROUP, API_VERSION
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -56,5 +60,45 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    return {"cpu": cpu, "cores": len([1 for _ in range(1)]) and __import__("os").cpu_count(),
-            "kernel": platform.release(), "qemu": qemu}
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "qemu": qemu}
+
+
+def wait(pred: Any, timeout: float, what: str, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _ignore_conflict(fn: Any, *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        if getattr(exc, "status", None) != 409:
+            raise
+
+
+def ensure_namespace(sb: SandboxHandle, name: str) -> None:
+    _ignore_conflict(sb.core.create_namespace, {"metadata": {"name": name}})
+
+
+def ensure_pool(sb: SandboxHandle, name: str, pfs: list[str]) -> None:
+    """Create the VFPool (on every sandbox node, standby on the sandbox bridge) and wait until the
+    controller reports free VFs in it."""
+    body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": name},
+            "spec": {"nodeSelector": {"failovervm.io/sandbox-node": "true"}, "pfNames": pfs,
+                     "standby": {"type": "bridge", "source": sb.data["bridge"]}}}
+    _ignore_conflict(sb.custom.create_cluster_custom_object, API_GROUP, API_VERSION, "vfpools", body)
+    wait(lambda: ((sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", name).get("status")
+                   or {}).get("totals") or {}).get("free", 0) > 0, 60, f"free VFs in pool {name}", 0.5)
+
+
+def halt_vm(name: str, namespace: str, image: str, pool: str) -> dict[str, Any]:
+    """A 32 MiB, 1 vCPU FailoverVM booting the halt sector."""
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"running": True, "cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
+                     "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
+                     "network": {"pool": pool}}}

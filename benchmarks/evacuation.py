@@ -20,7 +20,7 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from benchmarks.common import SandboxHandle, machine, summary
+from benchmarks.common import SandboxHandle, ensure_namespace, ensure_pool, halt_vm, machine, summary, wait
 from failovervm import API_GROUP, API_VERSION
 
 POOL = "bench-evac-pool"
@@ -31,15 +31,6 @@ FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_
 
 def _vms(sb: SandboxHandle, ns: str) -> list[dict[str, Any]]:
     return list(sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms")["items"])
-
-
-def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 def _set_taint(sb: SandboxHandle, node: str, on: bool) -> None:
@@ -103,32 +94,15 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
     per_node = 2  # the controller's default parallelOutboundMigrationsPerNode
     image = str(Path(sb.data["images_dir"]) / "halt.img")
     pfs = [f"sbxpf{p}" for p in range(int(sb.data.get("pfs_per_node", 1)))]
-    try:
-        sb.core.create_namespace({"metadata": {"name": namespace}})
-    except Exception as exc:
-        if getattr(exc, "status", None) != 409:
-            raise
-    try:
-        sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": POOL},
-            "spec": {"nodeSelector": {"failovervm.io/sandbox-node": "true"}, "pfNames": pfs,
-                     "standby": {"type": "bridge", "source": sb.data["bridge"]}}})
-    except Exception as exc:
-        if getattr(exc, "status", None) != 409:
-            raise
-    _wait(lambda: ((sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", POOL).get("status")
-                    or {}).get("totals") or {}).get("total", 0) > 0, 60, "pool inventory")
+    ensure_namespace(sb, namespace)
+    ensure_pool(sb, POOL, pfs)
     for o in others:
         _set_taint(sb, o, True)
     try:
         for i in range(n):
-            sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
-                "metadata": {"name": f"e{i}", "namespace": namespace},
-                "spec": {"cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
-                         "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
-                         "network": {"pool": POOL}}})
-        _wait(lambda: sum(1 for v in _vms(sb, namespace) if (v.get("status") or {}).get("phase") == "Running"
+            sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms",
+                                                      halt_vm(f"e{i}", namespace, image, POOL))
+        wait(lambda: sum(1 for v in _vms(sb, namespace) if (v.get("status") or {}).get("phase") == "Running"
                           and v["status"].get("nodeName") == src) == n, 180, f"{n} VMs running on {src}")
     finally:
         for o in others:
@@ -139,7 +113,7 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
     t0 = time.perf_counter()
     _cordon(sb, src, True)
     try:
-        _wait(lambda: all((v.get("status") or {}).get("nodeName") not in (None, src)
+        wait(lambda: all((v.get("status") or {}).get("nodeName") not in (None, src)
                           and v["status"].get("phase") == "Running" for v in _vms(sb, namespace)), 600,
               "evacuation")
         evac = time.perf_counter() - t0

@@ -129,33 +129,55 @@ class _KubeBase:
                 API_GROUP, API_VERSION, namespace, FVM, name, obj),
             mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
 
-    # -- finalizers ----------------------------------------------------------
-    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool,
-                      current: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
-        """Add or remove a finalizer (resourceVersion-guarded). Returns the updated object,
-        or None if the VM is gone (or, when adding, already being deleted)."""
+    # -- metadata (labels, annotations, finalizers) ----------------------------------
+    def edit_vm_metadata(
+        self, namespace: str, name: str, edit: Callable[[Mapping[str, Any]], dict[str, Any] | None],
+        current: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """`edit(metadata) -> metadata merge patch | None` (None: nothing to change), applied with the
+        object's resourceVersion and retried on conflict. Returns the object as patched (or as read
+        when nothing changed), None if the VM is gone. `current` saves the first GET."""
         for attempt in range(8):
             obj = dict(current) if (current is not None and attempt == 0) else self.get_vm(namespace, name)
             if obj is None:
                 return None
-            fins = list(obj["metadata"].get("finalizers") or [])
-            if (finalizer in fins) == present:
+            patch = edit(obj["metadata"])
+            if patch is None:
                 return obj
-            if present:
-                if obj["metadata"].get("deletionTimestamp"):
-                    return None
-                fins.append(finalizer)
-            else:
-                fins.remove(finalizer)
-            body = {"metadata": {"finalizers": fins, "resourceVersion": obj["metadata"]["resourceVersion"]}}
+            patch["resourceVersion"] = obj["metadata"]["resourceVersion"]
             try:
-                return self.patch_vm(namespace, name, body)
+                return self.patch_vm(namespace, name, {"metadata": patch})
             except ApiException as exc:
                 if exc.status == 404:
                     return None
                 if exc.status != 409:
                     raise
-        raise RuntimeError(f"finalizer update of {namespace}/{name} kept conflicting")
+        raise RuntimeError(f"metadata update of {namespace}/{name} kept conflicting")
+
+    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool,
+                      current: Mapping[str, Any] | None = None,
+                      labels: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+        """Add or remove a finalizer (and set `labels` in the same patch). Returns the updated object,
+        or None if the VM is gone (or, when adding, already being deleted: then only the labels change)."""
+
+        def edit(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+            fins = list(meta.get("finalizers") or [])
+            deleting = bool(meta.get("deletionTimestamp"))
+            fins_ok = (finalizer in fins) == present or (present and deleting)
+            labels_ok = all((meta.get("labels") or {}).get(k) == v for k, v in (labels or {}).items())
+            if fins_ok and labels_ok:
+                return None
+            patch: dict[str, Any] = {}
+            if not fins_ok:
+                patch["finalizers"] = [*fins, finalizer] if present else [f for f in fins if f != finalizer]
+            if labels and not labels_ok:
+                patch["labels"] = dict(labels)
+            return patch
+
+        obj = self.edit_vm_metadata(namespace, name, edit, current)
+        if obj is not None and present and finalizer not in (obj["metadata"].get("finalizers") or []):
+            return None  # being deleted: a finalizer can no longer be added
+        return obj
 
     # -- VFPools and VFClaims --------------------------------------------------
     def list_pools(self) -> list[dict[str, Any]]:

@@ -8,8 +8,6 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client import ApiException
-
 from failovervm import conditions, labels, metrics
 from failovervm.controller.config import AGENT_FINALIZER, CONFIG
 from failovervm.placement import Claimed, place
@@ -64,35 +62,13 @@ def ensure_scheduled(namespace: str, name: str) -> str:
         if placed is None:
             kube.delete_claim(result.claim)
             return "gone"
-        # The node label lets the node's agent watch its VMs; its finalizer is added here in the
-        # same patch, so the domain can never be created without the finalizer that removes it.
-        _label_and_guard(namespace, name, result.node, placed)
+        # The node label lets the node's agent watch its VMs; its finalizer goes in the same patch,
+        # so the domain can never be created without the finalizer that removes it.
+        kube.set_finalizer(namespace, name, AGENT_FINALIZER, True, current=placed,
+                           labels={labels.VM_NODE: result.node})
         kube.event(vm, "Scheduled", f"Scheduled to {result.node} with VF {result.pci_address} ({result.claim})",
                    component="controller")
         return f"placed:{result.node}"
-
-
-def _label_and_guard(namespace: str, name: str, node: str, current: Mapping[str, Any] | None) -> None:
-    kube = CONFIG.k()
-    for _ in range(8):
-        obj = current or kube.get_vm(namespace, name)
-        current = None
-        if obj is None:
-            return
-        fins = list(obj["metadata"].get("finalizers") or [])
-        if AGENT_FINALIZER not in fins and not obj["metadata"].get("deletionTimestamp"):
-            fins.append(AGENT_FINALIZER)
-        try:
-            kube.patch_vm(namespace, name, {"metadata": {
-                "labels": {labels.VM_NODE: node}, "finalizers": fins,
-                "resourceVersion": obj["metadata"]["resourceVersion"]}})
-            return
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            if exc.status != 409:
-                raise
-    raise RuntimeError(f"labelling {namespace}/{name} kept conflicting")
 
 
 def _record_placement(vm: Mapping[str, Any], c: Claimed) -> dict[str, Any] | None:
@@ -138,9 +114,7 @@ def finalize(namespace: str, name: str, uid: str) -> None:
         if node:
             raise StillDeleting(f"waiting for the agent on {node} to remove the domain")
         # Not placed anywhere (e.g. evicted and not yet re-placed): no agent holds a domain for it.
-        fins = [f for f in vm["metadata"].get("finalizers") or [] if f != AGENT_FINALIZER]
-        kube.patch_vm(namespace, name, {"metadata": {"finalizers": fins,
-                                                     "resourceVersion": vm["metadata"]["resourceVersion"]}})
+        kube.set_finalizer(namespace, name, AGENT_FINALIZER, False, current=vm)
     released = []
     for claim in kube.list_claims():
         if claim["spec"].get("owner", {}).get("uid") == uid:
