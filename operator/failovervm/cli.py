@@ -82,6 +82,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         parallel_migrations_per_cluster=args.parallel_migrations_per_cluster,
         parallel_outbound_migrations_per_node=args.parallel_outbound_migrations_per_node,
         guard_image=args.guard_image, log_format=args.log_format,
+        require_failover_ready=args.require_failover_ready,
     ))
 
 
@@ -340,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the operator's namespace (drain guard pods live here)")
     ctl.add_argument("--parallel-migrations-per-cluster", type=int, default=5)
     ctl.add_argument("--parallel-outbound-migrations-per-node", type=int, default=2)
+    ctl.add_argument("--require-failover-ready", action="store_true",
+                     help="refuse to migrate VMs whose guest has not negotiated failover (FailoverReady is not "
+                          "True), which would lose VF traffic; the default runs them with a warning. A VM's "
+                          "spec.requireFailoverReady overrides this")
     ctl.add_argument("--guard-image", default="registry.k8s.io/pause:3.10",
                      help="image of the per-node drain guard pods (never does any work)")
     ctl.add_argument("--log-format", choices=["text", "json"], default="text",

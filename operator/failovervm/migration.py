@@ -84,15 +84,50 @@ def retry_state(vm_name: str, vm_namespace: str, migrations: Iterable[Mapping[st
     return True, ""
 
 
+@dataclass(frozen=True)
+class FailoverGate:
+    """Whether a migration of this VM keeps the guest's network, and what policy says about it."""
+
+    ready: bool  # FailoverReady=True: the guest enslaves the virtio standby to a failover master
+    refuse: bool  # not ready, and the policy refuses such migrations
+    message: str  # why (empty when ready)
+
+
+FAILOVER_NOT_READY = "FailoverNotReady"
+
+
+def failover_gate(vm: Mapping[str, Any], require_by_default: bool) -> FailoverGate:
+    """Gate a migration on the VM's FailoverReady condition.
+
+    A guest that has not negotiated failover loses its VF traffic while the VF is unplugged: the
+    migration still runs (and records a warning) unless spec.requireFailoverReady, or the
+    controller's default when the VM does not say, asks to refuse it."""
+    conds = (vm.get("status") or {}).get("conditions") or []
+    cond = next((c for c in conds if c.get("type") == "FailoverReady"), None)
+    if cond is not None and cond.get("status") == "True":
+        return FailoverGate(ready=True, refuse=False, message="")
+    spec_require = (vm.get("spec") or {}).get("requireFailoverReady")
+    require = require_by_default if spec_require is None else bool(spec_require)
+    detail = (f"FailoverReady={cond.get('status')} ({cond.get('reason')})" if cond is not None
+              else "FailoverReady is not known yet")
+    message = (f"the guest has not negotiated failover ({detail}): its VF traffic stops while the VF is "
+               "unplugged for the migration, because the guest has no virtio standby path")
+    if require:
+        message += "; refused because requireFailoverReady is set"
+    return FailoverGate(ready=False, refuse=require, message=message)
+
+
 def plan_evacuation(
     node: str,
     vms: Iterable[Mapping[str, Any]],
     migrations: Iterable[Mapping[str, Any]],
     limits: Limits,
     now: dt.datetime,
+    require_failover_ready: bool = False,
 ) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
     """Which LiveMigrate VMs on `node` to start migrating now (within the parallelism limits),
-    and why each other VM waits (namespace/name -> reason)."""
+    and why each other VM waits (namespace/name -> reason). A VM whose migration the failover
+    policy refuses waits, blocking the drain, with the reason."""
     migrations = list(migrations)
     active = [m for m in migrations if is_active(m)]
     cluster_budget = limits.per_cluster - len(active)
@@ -113,6 +148,10 @@ def plan_evacuation(
             continue
         if (vm.get("status") or {}).get("phase") != "Running":
             waiting[key] = f"not running (phase {(vm.get('status') or {}).get('phase')})"
+            continue
+        gate = failover_gate(vm, require_failover_ready)
+        if gate.refuse:
+            waiting[key] = f"{FAILOVER_NOT_READY}: {gate.message}"
             continue
         ok, why = retry_state(meta["name"], meta["namespace"], migrations, node, limits, now)
         if not ok:

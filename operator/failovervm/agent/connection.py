@@ -7,8 +7,10 @@ import logging
 from collections.abc import Callable
 
 import libvirt
+import libvirt_qemu
 import libvirtaio
 
+from failovervm.guestfailover import NEGOTIATED_EVENT
 from failovervm.metrics import LIBVIRT_CONNECTED
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,19 @@ class LibvirtConnection:
         except Exception:
             log.exception("lifecycle callback failed")
 
+    def _reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _opaque: object) -> None:
+        try:
+            self.on_domain_event(dom.name(), "Rebooted", 0)
+        except Exception:
+            log.exception("reboot callback failed")
+
+    def _qemu_event(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: str, _secs: int,
+                    _micros: int, _details: object, _opaque: object) -> None:
+        try:
+            self.on_domain_event(dom.name(), event, 0)
+        except Exception:
+            log.exception("QEMU monitor event callback failed")
+
     def _closed(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
         log.warning("libvirt connection to %s closed (reason %d)", self.uri, reason)
         self._mark_lost()
@@ -73,6 +88,13 @@ class LibvirtConnection:
         conn = await asyncio.to_thread(libvirt.open, self.uri)
         conn.setKeepAlive(5, 3)
         conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._lifecycle, None)
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_REBOOT, self._reboot, None)
+        try:
+            # The guest driver acked STANDBY: re-evaluate FailoverReady at once instead of polling.
+            libvirt_qemu.qemuMonitorEventRegister(conn, None, NEGOTIATED_EVENT, self._qemu_event, None, 0)
+        except libvirt.libvirtError as exc:
+            log.warning("cannot subscribe to QEMU %s events (%s); relying on periodic checks",
+                        NEGOTIATED_EVENT, exc)
         conn.registerCloseCallback(self._closed, None)
         return conn
 

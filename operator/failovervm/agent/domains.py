@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 from lxml import etree
 
-from failovervm import domxml
+from failovervm import domxml, guestfailover
 
 SHUTDOWN_TIMEOUT = 60.0
 
@@ -74,6 +75,13 @@ class DomainManager:
     def has_vf(self, dom: libvirt.virDomain) -> bool:
         xml = self.live_xml(dom)
         return any(a.get("name") == domxml.VF_ALIAS for a in xml.iterfind("devices/interface/alias"))
+
+    def failover_probe(self, dom: libvirt.virDomain) -> guestfailover.FailoverProbe:
+        """What the guest's virtio-net driver acknowledged on the standby NIC (QEMU monitor
+        passthrough; libvirt marks the domain tainted "custom-monitor", which is harmless).
+        Raises libvirt.libvirtError or ValueError."""
+        reply = libvirt_qemu.qemuMonitorCommand(dom, guestfailover.status_command(), 0)
+        return guestfailover.parse_status(reply)
 
     # -- changes ---------------------------------------------------------------------
     def define(self, xml: str) -> libvirt.virDomain:

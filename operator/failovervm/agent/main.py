@@ -2,7 +2,8 @@
 
 Event sources, all feeding one de-duplicating work queue (one reconcile per VM at a time):
 - a Kubernetes watch of FailoverVMs with the server-side label selector failovervm.io/node=<node>;
-- libvirt lifecycle events (through libvirtaio), so a guest shutdown or crash shows promptly;
+- libvirt lifecycle and reboot events (through libvirtaio), so a guest shutdown or crash shows promptly;
+- QEMU's FAILOVER_NEGOTIATED monitor event, so FailoverReady turns True as soon as the guest acks it;
 - a periodic resync, which also removes domains whose FailoverVM is gone;
 - requeues asked for by a reconcile (VF hot-plug backoff, transient errors).
 """
@@ -94,6 +95,8 @@ class Agent:
         parsed = domxml.parse_domain_name(dom_name)
         if parsed:
             log.info("domain %s: %s (detail %d)", dom_name, event, detail)
+            if event in ("Started", "Rebooted") and self.ctx is not None:
+                self.ctx.failover_checks.pop(dom_name, None)  # a new boot (or arrival): check soon again
             self.queue.add(f"{parsed[0]}/{parsed[1]}")
 
     def _on_reconnect(self) -> None:
@@ -105,6 +108,7 @@ class Agent:
             storage_roots=[str(Path(r).resolve()) for r in self.args.storage_roots],
             sysfs_root=Path(self.args.sysfs_root), kvm=kvm,
             vf_state=self.ctx.vf_state if self.ctx else {}, serial_log_dir=self.args.serial_log_dir,
+            failover_checks=self.ctx.failover_checks if self.ctx else {},
         )
         from failovervm.agent.migrate import Migrator
 

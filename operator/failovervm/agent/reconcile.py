@@ -14,7 +14,7 @@ from typing import Any
 
 import libvirt
 
-from failovervm import conditions, domxml, labels
+from failovervm import conditions, domxml, guestfailover, labels
 from failovervm.agent.domains import DomainManager, real_pci_device_exists
 from failovervm.controller.config import AGENT_FINALIZER
 from failovervm.kube import Kube
@@ -27,6 +27,12 @@ log = logging.getLogger(__name__)
 EVICT_ANNOTATION = "failovervm.io/evict"
 VF_BACKOFF_START = 5.0
 VF_BACKOFF_MAX = 300.0
+# FailoverReady is re-checked 2, 4, 8, 16, 30, 30 ... s after a start or reboot until the guest
+# acks STANDBY (QEMU's FAILOVER_NEGOTIATED event usually gets there first), then only on events
+# and the agent's periodic resync.
+FAILOVER_CHECK_START = 2.0
+FAILOVER_CHECK_MAX = 30.0
+NOT_RUNNING_FAILOVER = guestfailover.condition(None, running=False)
 
 
 @dataclass
@@ -47,6 +53,7 @@ class AgentContext:
     vf_state: dict[str, VFAttachState] = field(default_factory=dict)
     failures: dict[str, VFAttachState] = field(default_factory=dict)
     serial_log_dir: str | None = None
+    failover_checks: dict[str, int] = field(default_factory=dict)  # domain name -> checks since start
     # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
     migration_hook: Callable[[Mapping[str, Any], libvirt.virDomain | None], Outcome | None] | None = None
 
@@ -182,6 +189,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         DOMAIN_START_SECONDS.labels(ctx.node).observe(time.monotonic() - t0)
         ctx.failures.pop(meta["uid"], None)
         ctx.vf_state.pop(meta["uid"], None)  # a fresh start: attach the VF again
+        ctx.failover_checks.pop(dname, None)  # and watch the new boot negotiate failover
         ctx.kube.event(vm, "Started", f"domain {dname} started on {ctx.node}", component=f"agent/{ctx.node}")
         active = True
     elif not want_running and active:
@@ -189,7 +197,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         domain_fields = {}
         how = ctx.dm.stop(dom, timeout=grace_period(vm))
         write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
-                          ("VFAttached", False, "Stopped", "the domain is not running")])
+                          ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
         ctx.kube.event(vm, "Stopped", f"domain {dname} stopped ({how})", component=f"agent/{ctx.node}")
         return Outcome("stopped")
     if domain_fields:
@@ -197,7 +205,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
 
     if not active:
         write("Stopped", [("Ready", False, "Stopped", "the domain is not running"),
-                          ("VFAttached", False, "Stopped", "the domain is not running")])
+                          ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
         return Outcome("stopped")
 
     state, reason = dom.state()
@@ -216,8 +224,38 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         vf_cond = ("VFAttached", False, "NoVF", "no VF is assigned to this VM on this node")
     else:
         vf_cond, requeue = _ensure_vf(ctx, vm, dom, spec)
-    write("Running", [ready, vf_cond], mac=spec.mac)
+    fo_cond, fo_requeue = _failover_ready(ctx, vm, dom)
+    write("Running", [ready, vf_cond, fo_cond], mac=spec.mac)
+    if fo_requeue is not None:
+        requeue = fo_requeue if requeue is None else min(requeue, fo_requeue)
     return Outcome("running", requeue_after=requeue)
+
+
+def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
+                    dom: libvirt.virDomain) -> tuple[guestfailover.Condition, float | None]:
+    """Ask QEMU whether the guest acked STANDBY; the FailoverReady condition and when to look again."""
+    dname = dom.name()
+    probe: guestfailover.FailoverProbe | None
+    try:
+        probe, error = ctx.dm.failover_probe(dom), ""
+    except (libvirt.libvirtError, ValueError) as exc:
+        probe, error = None, str(exc)
+    cond = guestfailover.condition(probe, error=error)
+    prev = conditions.get((vm.get("status") or {}).get("conditions"), guestfailover.CONDITION) or {}
+    status = cond[1] if isinstance(cond[1], str) else str(cond[1])
+    if (prev.get("status"), prev.get("reason")) != (status, cond[2]):
+        component = f"agent/{ctx.node}"
+        if probe is not None and probe.negotiated:
+            ctx.kube.event(vm, "FailoverNegotiated", "the guest acknowledged VIRTIO_NET_F_STANDBY; FailoverReady",
+                           component=component)
+        elif probe is not None and (probe.driver_ok or not probe.offered):
+            ctx.kube.event(vm, "FailoverNotNegotiated", cond[3], type_="Warning", component=component)
+    if probe is not None and probe.negotiated:
+        ctx.failover_checks.pop(dname, None)
+        return cond, None
+    n = ctx.failover_checks.get(dname, 0)
+    ctx.failover_checks[dname] = n + 1
+    return cond, min(FAILOVER_CHECK_START * 2**n, FAILOVER_CHECK_MAX)
 
 
 def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,

@@ -21,6 +21,9 @@ class ControllerConfig:
     namespace: str = "failovervm-system"
     guard_image: str = "registry.k8s.io/pause:3.10"
     limits: Limits = field(default_factory=Limits)
+    # Refuse migrations of VMs whose guest has not negotiated failover (FailoverReady != True)
+    # unless the VM's spec.requireFailoverReady says otherwise. Default: run them with a warning.
+    require_failover_ready: bool = False
 
     def k(self) -> Kube:
         if self.kube is None:

@@ -36,6 +36,7 @@ class ControllerArgs:
     parallel_outbound_migrations_per_node: int = 2
     guard_image: str = "registry.k8s.io/pause:3.10"
     log_format: str = "text"
+    require_failover_ready: bool = False
 
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
@@ -57,6 +58,7 @@ def run(args: ControllerArgs) -> int:
     CONFIG.storage_roots = [str(Path(r).resolve()) for r in args.storage_roots]
     CONFIG.namespace = args.namespace
     CONFIG.guard_image = args.guard_image
+    CONFIG.require_failover_ready = args.require_failover_ready
     CONFIG.limits = Limits(per_cluster=args.parallel_migrations_per_cluster,
                            per_node_outbound=args.parallel_outbound_migrations_per_node)
     import failovervm.controller.handlers  # noqa: F401  (registers the handlers)

@@ -123,11 +123,30 @@ def _advance(namespace: str, name: str) -> str:
         if current and current.get("name") != name:
             _set_phase(mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
             return mg.PENDING
+        gate = mg.failover_gate(vm, CONFIG.require_failover_ready)
+        mig_st = mig.get("status") or {}
+        fo_conds = conditions.set_condition(
+            mig_st.get("conditions"), "FailoverReady", gate.ready,
+            "GuestDriverNegotiated" if gate.ready else mg.FAILOVER_NOT_READY,
+            "the guest negotiated failover: it keeps networking through the virtio standby while the VF is "
+            "unplugged" if gate.ready else gate.message)
+        if gate.refuse:
+            _set_phase(mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
+            kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
+            return mg.FAILED
         if not _update_vm_migration(vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
             return mg.PENDING
+        warnings = list(mig_st.get("warnings") or [])
+        if not gate.ready and gate.message not in warnings:
+            warnings.append(gate.message)
         _set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
-                   message="looking for a target node with a free VF")
+                   message="looking for a target node with a free VF", conditions=fo_conds,
+                   warnings=warnings or None)
         kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
+        if not gate.ready:
+            for obj in (mig, vm):
+                kube.event(obj, "FailoverNotNegotiated", f"migration {name}: {gate.message}", type_="Warning",
+                           component="controller")
         return mg.SCHEDULING
     if ph == mg.SCHEDULING:
         return _schedule_target(mig, vm)
@@ -343,7 +362,14 @@ def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
         return out
     now = dt.datetime.now(dt.UTC)
     migrations = kube.list_migrations()
-    start, waiting = mg.plan_evacuation(name, vms, migrations, CONFIG.limits, now)
+    start, waiting = mg.plan_evacuation(name, vms, migrations, CONFIG.limits, now,
+                                        require_failover_ready=CONFIG.require_failover_ready)
+    for blocked in vms:
+        why = waiting.get(f"{blocked['metadata']['namespace']}/{blocked['metadata']['name']}", "")
+        if why.startswith(mg.FAILOVER_NOT_READY):
+            # Events are de-duplicated, so repeating this on every sweep does not flood.
+            kube.event(blocked, "EvacuationBlocked", f"node {name} is being drained but {why}", type_="Warning",
+                       component="controller")
     for vm in start:
         body = {
             "apiVersion": "failovervm.io/v1alpha1",
