@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from failovervm.errors import SandboxError
-from failovervm.sandbox import binaries, controlplane, images, libvirthost, procs, sriov
+from failovervm.sandbox import binaries, controlplane, images, libvirthost, network, procs, sriov
 from failovervm.sandbox.nodes import SandboxNode
 
 DEFAULT_STATE_DIR = Path("/var/lib/failovervm-sandbox")
@@ -124,15 +124,6 @@ def _ensure_component(
     say(opts, f"{label}: started (pid {entry['pid']}) in {time.monotonic() - t0:.1f}s")
 
 
-def _ensure_bridge(name: str) -> bool:
-    """Create the Linux bridge the virtio standby NICs attach to. True if created now."""
-    if Path(f"/sys/class/net/{name}").exists():
-        return False
-    subprocess.run(["ip", "link", "add", "name", name, "type", "bridge"], check=True)
-    subprocess.run(["ip", "link", "set", name, "up"], check=True)
-    return True
-
-
 def up(opts: Options) -> State:
     _check_prereqs()
     t_start = time.monotonic()
@@ -194,7 +185,7 @@ def up(opts: Options) -> State:
     )
 
     images.ensure_images(opts.images_dir)
-    if _ensure_bridge(opts.bridge):
+    if network.ensure_bridge(opts.bridge):
         d["bridge_created"] = True
     hosts_state = d.setdefault("libvirt", [])
     launched: list[tuple[libvirthost.LibvirtHost, int, float]] = []
@@ -213,6 +204,7 @@ def up(opts: Options) -> State:
         if not (Path(entry["sysfs_root"]) / "SIMULATED").exists():
             sriov.create(Path(entry["sysfs_root"]), opts.vfs_per_node, entry["node"], opts.pfs_per_node)
         libvirthost.prepare(host)
+        network.ensure_node_bridge(opts.bridge, i)
         key = f"libvirt-{i}"
         if procs.alive(d.get(key, {}).get("pid"), "libvirtd"):
             say(opts, f"libvirtd {entry['node']}: already running (pid {d[key]['pid']})")
@@ -231,6 +223,10 @@ def up(opts: Options) -> State:
         libvirthost.wait_ready(host, pid)
         say(opts, f"libvirtd {node_name(host.index)} ({host.uri}, {d['accel']}): started (pid {pid}) "
                   f"in {time.monotonic() - t0:.1f}s")
+    for host in state.hosts():
+        network.ensure_libvirt_network(host.uri, network.node_bridge(opts.bridge, host.index))
+    say(opts, f"standby network: libvirt network {network.STANDBY_NETWORK} on bridge "
+              f"{network.node_bridge(opts.bridge, 1)}.. per node, uplinked to {opts.bridge}")
 
     from kubernetes import client, config
 
@@ -279,6 +275,8 @@ def down(opts: Options) -> None:
                         ("etcd", "etcd")):
         if procs.stop(d.get(key, {}).get("pid"), marker):
             say(opts, f"{key}: stopped")
+    for host in state.hosts():
+        network.remove_node_bridge(d["bridge"], host.index)
     if d.get("bridge_created") and Path(f"/sys/class/net/{d['bridge']}").exists():
         subprocess.run(["ip", "link", "del", d["bridge"]], check=False)
     # Remove state but keep the shared image directory if it lives inside the state dir.
