@@ -9,12 +9,22 @@ import platform
 import statistics
 import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import libvirt
 from kubernetes import client, config
+from lxml import etree
 
 from failovervm import API_GROUP, API_VERSION
+
+MIGRATE_FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -87,18 +97,95 @@ def ensure_namespace(sb: SandboxHandle, name: str) -> None:
 def ensure_pool(sb: SandboxHandle, name: str, pfs: list[str]) -> None:
     """Create the VFPool (on every sandbox node, standby on the sandbox bridge) and wait until the
     controller reports free VFs in it."""
-    body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": name},
-            "spec": {"nodeSelector": {"failovervm.io/sandbox-node": "true"}, "pfNames": pfs,
-                     "standby": {"type": "bridge", "source": sb.data["bridge"]}}}
+    body = {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "VFPool",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeSelector": {"failovervm.io/sandbox-node": "true"},
+            "pfNames": pfs,
+            "standby": {"type": "bridge", "source": sb.data["bridge"]},
+        },
+    }
     _ignore_conflict(sb.custom.create_cluster_custom_object, API_GROUP, API_VERSION, "vfpools", body)
-    wait(lambda: ((sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", name).get("status")
-                   or {}).get("totals") or {}).get("free", 0) > 0, 60, f"free VFs in pool {name}", 0.5)
+    wait(
+        lambda: (
+            (
+                (sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", name).get("status") or {}).get(
+                    "totals"
+                )
+                or {}
+            ).get("free", 0)
+            > 0
+        ),
+        60,
+        f"free VFs in pool {name}",
+        0.5,
+    )
 
 
 def halt_vm(name: str, namespace: str, image: str, pool: str) -> dict[str, Any]:
     """A 32 MiB, 1 vCPU FailoverVM booting the halt sector."""
-    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"running": True, "cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
-                     "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
-                     "network": {"pool": pool}}}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "FailoverVM",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "running": True,
+            "cpu": 1,
+            "memory": "32Mi",
+            "terminationGracePeriodSeconds": 0,
+            "disks": [{"name": "boot", "path": image, "readOnly": True, "bootOrder": 1}],
+            "network": {"pool": pool},
+        },
+    }
+
+
+def raw_migration(
+    sb: SandboxHandle, src: str, dst: str, template_dom: str, rounds: int, settle: float = 0.0
+) -> tuple[list[float], list[int]]:
+    """Ping-pong a renamed copy of an operator VM's domain between src and dst with libvirt directly.
+
+    The copy gets its own name, UUID and MAC, and no serial log file (it must not write into the
+    operator VM's console log); `settle` seconds pass after its start (a Linux guest boots first)."""
+    conn = libvirt.open(sb.uri(src))
+    el = etree.fromstring(conn.lookupByName(template_dom).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+    name = f"raw-bench-{uuid.uuid4().hex[:8]}"
+    el.find("name").text = name
+    el.find("uuid").text = str(uuid.uuid4())
+    md = el.find("metadata")
+    if md is not None:
+        el.remove(md)
+    for mac in el.iterfind("devices/interface/mac"):
+        mac.set("address", "52:54:00:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:3]))
+    for dev in [*el.iterfind("devices/serial"), *el.iterfind("devices/console")]:
+        el.find("devices").remove(dev)
+    dom = conn.defineXML(etree.tostring(el, encoding="unicode"))
+    dom.create()
+    conn.close()
+    time.sleep(settle)
+    times, downtimes = [], []
+    here, there = src, dst
+    try:
+        for _ in range(rounds):
+            c_src, c_dst = libvirt.open(sb.uri(here)), libvirt.open(sb.uri(there))
+            d = c_src.lookupByName(name)
+            t0 = time.perf_counter()
+            d.migrateToURI3(sb.uri(there), {}, MIGRATE_FLAGS)
+            times.append(time.perf_counter() - t0)
+            downtimes.append(
+                int(c_dst.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime", 0))
+            )
+            c_src.close()
+            c_dst.close()
+            here, there = there, here
+    finally:
+        c = libvirt.open(sb.uri(here))
+        try:
+            d = c.lookupByName(name)
+            d.destroy()
+            d.undefine()
+        except libvirt.libvirtError:
+            pass
+        c.close()
+    return times, downtimes

@@ -13,20 +13,23 @@ import argparse
 import json
 import math
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
-import libvirt
-from lxml import etree
-
-from benchmarks.common import SandboxHandle, ensure_namespace, ensure_pool, halt_vm, machine, summary, wait
+from benchmarks.common import (
+    SandboxHandle,
+    ensure_namespace,
+    ensure_pool,
+    halt_vm,
+    machine,
+    raw_migration,
+    summary,
+    wait,
+)
 from failovervm import API_GROUP, API_VERSION
 
 POOL = "bench-evac-pool"
 HOLD_TAINT = {"key": "failovervm.io/bench-hold", "value": "yes", "effect": "NoSchedule"}
-FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
 
 def _vms(sb: SandboxHandle, ns: str) -> list[dict[str, Any]]:
@@ -46,47 +49,6 @@ def _cordon(sb: SandboxHandle, node: str, on: bool) -> None:
     sb.core.patch_node(node, {"spec": {"unschedulable": on or None}})
 
 
-def _raw_migration(
-    sb: SandboxHandle, src: str, dst: str, template_dom: str, rounds: int
-) -> tuple[list[float], list[int]]:
-    """Ping-pong a renamed copy of an operator VM's domain between src and dst with libvirt directly."""
-    conn = libvirt.open(sb.uri(src))
-    el = etree.fromstring(conn.lookupByName(template_dom).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
-    name = f"raw-bench-{uuid.uuid4().hex[:8]}"
-    el.find("name").text = name
-    el.find("uuid").text = str(uuid.uuid4())
-    md = el.find("metadata")
-    if md is not None:
-        el.remove(md)
-    dom = conn.defineXML(etree.tostring(el, encoding="unicode"))
-    dom.create()
-    conn.close()
-    times, downtimes = [], []
-    here, there = src, dst
-    try:
-        for _ in range(rounds):
-            c_src, c_dst = libvirt.open(sb.uri(here)), libvirt.open(sb.uri(there))
-            d = c_src.lookupByName(name)
-            t0 = time.perf_counter()
-            d.migrateToURI3(sb.uri(there), {}, FLAGS)
-            times.append(time.perf_counter() - t0)
-            downtimes.append(int(c_dst.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-                                 .get("downtime", 0)))
-            c_src.close()
-            c_dst.close()
-            here, there = there, here
-    finally:
-        c = libvirt.open(sb.uri(here))
-        try:
-            d = c.lookupByName(name)
-            d.destroy()
-            d.undefine()
-        except libvirt.libvirtError:
-            pass
-        c.close()
-    return times, downtimes
-
-
 def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds: int = 3) -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
     nodes = [h["node"] for h in sb.data["libvirt"]]
@@ -100,35 +62,60 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
         _set_taint(sb, o, True)
     try:
         for i in range(n):
-            sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms",
-                                                      halt_vm(f"e{i}", namespace, image, POOL))
-        wait(lambda: sum(1 for v in _vms(sb, namespace) if (v.get("status") or {}).get("phase") == "Running"
-                          and v["status"].get("nodeName") == src) == n, 180, f"{n} VMs running on {src}")
+            sb.custom.create_namespaced_custom_object(
+                API_GROUP, API_VERSION, namespace, "failovervms", halt_vm(f"e{i}", namespace, image, POOL)
+            )
+        wait(
+            lambda: (
+                sum(
+                    1
+                    for v in _vms(sb, namespace)
+                    if (v.get("status") or {}).get("phase") == "Running" and v["status"].get("nodeName") == src
+                )
+                == n
+            ),
+            180,
+            f"{n} VMs running on {src}",
+        )
     finally:
         for o in others:
             _set_taint(sb, o, False)
     template = _vms(sb, namespace)[0]["status"]["domain"]["name"]
-    raw_times, raw_down = _raw_migration(sb, src, others[0], template, raw_rounds)
+    raw_times, raw_down = raw_migration(sb, src, others[0], template, raw_rounds)
     t_raw = sorted(raw_times)[len(raw_times) // 2]
     t0 = time.perf_counter()
     _cordon(sb, src, True)
     try:
-        wait(lambda: all((v.get("status") or {}).get("nodeName") not in (None, src)
-                          and v["status"].get("phase") == "Running" for v in _vms(sb, namespace)), 600,
-              "evacuation")
+        wait(
+            lambda: all(
+                (v.get("status") or {}).get("nodeName") not in (None, src) and v["status"].get("phase") == "Running"
+                for v in _vms(sb, namespace)
+            ),
+            600,
+            "evacuation",
+        )
         evac = time.perf_counter() - t0
     finally:
         _cordon(sb, src, False)
     migs = sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervmmigrations")
-    downtimes = [float(m["status"]["stats"]["downtimeMs"]) for m in migs["items"]
-                 if (m.get("status") or {}).get("phase") == "Succeeded" and (m["status"].get("stats") or {})
-                 .get("downtimeMs") is not None]
+    downtimes = [
+        float(m["status"]["stats"]["downtimeMs"])
+        for m in migs["items"]
+        if (m.get("status") or {}).get("phase") == "Succeeded"
+        and (m["status"].get("stats") or {}).get("downtimeMs") is not None
+    ]
     ideal = math.ceil(n / per_node) * t_raw
     sb.core.delete_namespace(namespace)
     return {
-        "benchmark": "evacuation", "n": n, "per_node_limit": per_node, "evacuation_s": evac,
-        "raw_migration_s": summary(raw_times), "ideal_s": ideal, "ratio_to_ideal": evac / ideal,
-        "downtime_ms": summary(downtimes), "raw_downtime_ms": summary([float(d) for d in raw_down]),
+        "benchmark": "evacuation",
+        "n": n,
+        "per_node_limit": per_node,
+        "evacuation_s": evac,
+        "raw_migration_s": summary(raw_times),
+        "ideal_s": ideal,
+        "ratio_to_ideal": evac / ideal,
+        "downtime_ms": summary(downtimes),
+        "raw_downtime_ms": summary([float(d) for d in raw_down]),
         "machine": machine(),
     }
 

@@ -29,3 +29,14 @@ def test_evacuation_benchmark_quick(operator_sandbox: Sandbox) -> None:
     res = evacuation.run(operator_sandbox.state_dir, n=3, namespace="bench-evac-quick", raw_rounds=1)
     assert res["downtime_ms"]["n"] == 3
     assert res["evacuation_s"] > 0 and math.isfinite(res["ratio_to_ideal"])
+
+
+def test_guest_migration_benchmark_quick(operator_sandbox: Sandbox) -> None:
+    from benchmarks import guest_migration
+
+    res = guest_migration.run(operator_sandbox.state_dir, rounds=1, namespace="bench-guest-quick")
+    linux, halt = res["guests"]["linux"], res["guests"]["halt"]
+    assert linux["failover_ready_after"] == "True" and halt["failover_ready_after"] == "False"
+    for g in (linux, halt):
+        assert g["operator_wall_s"]["n"] == 1 and g["raw_wall_s"]["n"] == 1
+        assert math.isfinite(g["ratio_wall_p50"]) and g["ratio_wall_p50"] > 0
