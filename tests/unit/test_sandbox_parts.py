@@ -37,7 +37,7 @@ def test_simulated_sysfs_has_the_real_layout(tmp_path: Path) -> None:
 
 
 def test_halt_sector_is_a_boot_sector(tmp_path: Path) -> None:
-    img = images.ensure_images(tmp_path)["halt"]
+    img = images.ensure_images(tmp_path, guest=False)["halt"]
     data = img.read_bytes()
     assert len(data) == 512 and data[510:] == b"\x55\xaa" and data[:2] == b"\xfa\xf4"
 

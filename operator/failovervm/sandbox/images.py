@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from failovervm.sandbox import guestimage
+
 HALT_IMAGE = "halt.img"
+GUEST_KERNEL = guestimage.GUEST_KERNEL
+GUEST_INITRD = guestimage.GUEST_INITRD
+GUEST_CMDLINE = guestimage.GUEST_CMDLINE
 
 # A 512-byte MBR boot sector: `cli; hlt; jmp $-1`, then the 0x55AA signature.
 # SeaBIOS boots it and the vCPU idles halted at ~0% CPU. Keep the NIC option ROM
@@ -19,11 +24,21 @@ def halt_sector() -> bytes:
     return bytes(sector)
 
 
-def ensure_images(directory: Path) -> dict[str, Path]:
+def ensure_images(directory: Path, guest: bool = True, cache_dir: Path | None = None) -> dict[str, Path]:
+    """Write the halt sector and, unless ``guest`` is False, the Linux guest's kernel and initrd.
+
+    Keys: "halt", and with the guest "guest_kernel" and "guest_initrd" (see guestimage; the
+    guest is built from Debian packages once and cached, ``cache_dir`` overrides the cache).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     halt = directory / HALT_IMAGE
     if not halt.exists() or halt.read_bytes() != halt_sector():
         tmp = halt.with_suffix(".tmp")
         tmp.write_bytes(halt_sector())
         tmp.replace(halt)
-    return {"halt": halt}
+    out = {"halt": halt}
+    if guest:
+        built = guestimage.ensure_guest(directory, cache_dir)
+        out["guest_kernel"] = built["kernel"]
+        out["guest_initrd"] = built["initrd"]
+    return out
