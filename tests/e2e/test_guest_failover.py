@@ -100,13 +100,14 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
     sb = operator_sandbox
     ns = make_namespace(sb, "guest-failover")
     apply(sb, network_pool())
-    node = sb.nodes[0]["node"]
-    pin = {"nodeSelector": {"kubernetes.io/hostname": node}}
-    apply(sb, linux_vm("linux-a", ns, "10.77.0.1/24", "52:54:00:77:00:01", **pin),
+    # No node pinning: a VM pinned to its node could not leave it when the node is drained.
+    apply(sb, linux_vm("linux-a", ns, "10.77.0.1/24", "52:54:00:77:00:01"),
           linux_vm("linux-b", ns, "10.77.0.2/24", "52:54:00:77:00:02", peer="10.77.0.1"))
     for name in ("linux-a", "linux-b"):
         wait_phase(sb, ns, name, "Running", timeout=120)
     vm = failover_ready(sb, ns, "linux-a", "True")
+    node = vm["status"]["nodeName"]
+    index = next(n["index"] for n in sb.nodes if n["node"] == node)
     assert condition(vm, "FailoverReady")["reason"] == "GuestDriverNegotiated"
     assert any(e["involvedObject"]["name"] == "linux-a" for e in events(sb, ns, "FailoverNegotiated"))
     # The printer column shows it.
@@ -128,7 +129,7 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
         xml = conn.lookupByName(vm["status"]["domain"]["name"]).XMLDesc(0)
     finally:
         conn.close()
-    assert f"network='{STANDBY_NETWORK}'" in xml and f"bridge='{sb.data['bridge']}n1'" in xml, xml
+    assert f"network='{STANDBY_NETWORK}'" in xml and f"bridge='{sb.data['bridge']}n{index}'" in xml, xml
 
     before = ticks(console_until(sb, ns, "linux-a", lambda lg: len(ticks(lg)) >= 2, "two heartbeat ticks"))
     drain(sb, node)
@@ -161,9 +162,8 @@ def test_guest_without_net_failover_is_reported_and_warned(operator_sandbox: San
     sb = operator_sandbox
     ns = make_namespace(sb, "guest-nofailover")
     apply(sb, network_pool())
-    node = sb.nodes[1]["node"]
-    apply(sb, vm_manifest("halt", ns, POOL, nodeSelector={"kubernetes.io/hostname": node}))
-    wait_phase(sb, ns, "halt", "Running")
+    apply(sb, vm_manifest("halt", ns, POOL))
+    node = wait_phase(sb, ns, "halt", "Running")["status"]["nodeName"]
     vm = failover_ready(sb, ns, "halt", "False", timeout=60)
     c = condition(vm, "FailoverReady")
     assert c["reason"] == "GuestDriverNotNegotiated" and "net_failover" in c["message"], c
