@@ -60,6 +60,7 @@ def vm_row(vm: Mapping[str, Any]) -> Row:
     st = vm.get("status") or {}
     ready = _cond(vm, "Ready") or {}
     vfa = _cond(vm, "VFAttached") or {}
+    fo = _cond(vm, "FailoverReady") or {}
     ns, name = _key(vm)
     return {
         "namespace": ns,
@@ -72,6 +73,8 @@ def vm_row(vm: Mapping[str, Any]) -> Row:
         "vfAttached": vfa.get("status"),
         "vfAttachedReason": vfa.get("reason"),
         "vfAttachedMessage": vfa.get("message"),
+        "failoverReady": fo.get("status"),
+        "failoverReadyReason": fo.get("reason"),
     }
 
 
@@ -97,6 +100,7 @@ VM_COLUMNS: list[Column] = [
     ("VF", lambda r: r["vf"]),
     ("READY", lambda r: r["ready"]),
     ("VFATTACHED", lambda r: _with_reason(r["vfAttached"], r["vfAttachedReason"])),
+    ("FAILOVER", lambda r: _with_reason(r["failoverReady"], r["failoverReadyReason"])),
 ]
 
 

@@ -96,3 +96,38 @@ def test_domain_without_vf_starts_and_takes_a_vf_hotplug_attempt(sandbox: Sandbo
         except libvirt.libvirtError:
             pass
         conn.close()
+
+
+def test_failover_probe_on_real_qemu_reads_the_standby_state(sandbox: Sandbox) -> None:
+    """x-query-virtio-status through libvirt's monitor passthrough: QEMU offers STANDBY on the
+    teaming NIC; the halt-sector guest has no driver, so nothing is acknowledged."""
+    from failovervm import guestfailover
+    from failovervm.agent.domains import DomainManager
+
+    conn = libvirt.open(sandbox.nodes[0]["uri"])
+    dom = conn.createXML(_foreign(domxml.build_domain(_spec(sandbox, "fvm_it_probe", vf=None), include_vf=False)), 0)
+    try:
+        probe = DomainManager(conn).failover_probe(dom)
+        assert probe.offered and not probe.negotiated and not probe.driver_ok
+        assert guestfailover.condition(probe)[1:3] == (False, "GuestDriverNotNegotiated")
+    finally:
+        dom.destroy()
+        conn.close()
+
+
+def test_failover_probe_of_a_domain_without_the_alias_fails_cleanly(sandbox: Sandbox) -> None:
+    from failovervm import guestfailover
+
+    conn = libvirt.open(sandbox.nodes[0]["uri"])
+    el = domxml.build_domain(_spec(sandbox, "fvm_it_noalias", vf=None), include_vf=False)
+    for alias in el.iterfind("devices/interface/alias"):
+        alias.getparent().remove(alias)
+    dom = conn.createXML(_foreign(el), 0)
+    try:
+        import libvirt_qemu
+
+        with pytest.raises(ValueError, match="QMP error"):
+            guestfailover.parse_status(libvirt_qemu.qemuMonitorCommand(dom, guestfailover.status_command(), 0))
+    finally:
+        dom.destroy()
+        conn.close()

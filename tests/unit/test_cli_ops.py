@@ -123,9 +123,10 @@ def test_render_status_tables() -> None:
     doc = cli_ops.status_document(VMS, NODES, POOLS, namespace="default")
     text = cli_ops.render_status(doc)
     lines = text.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "NODE", "VF", "READY", "VFATTACHED"]
-    assert lines[1].split() == ["default", "b", "Running", "n1", "0000:00:02.0", "True", "False", "(AttachFailed)"]
-    assert lines[3].split() == ["default", "d", "Pending", "<none>", "<none>", "<none>", "<none>"]
+    assert lines[0].split() == ["NAMESPACE", "NAME", "PHASE", "NODE", "VF", "READY", "VFATTACHED", "FAILOVER"]
+    assert lines[1].split() == ["default", "b", "Running", "n1", "0000:00:02.0", "True", "False", "(AttachFailed)",
+                                "<none>"]
+    assert lines[3].split() == ["default", "d", "Pending", "<none>", "<none>", "<none>", "<none>", "<none>"]
     assert "other" not in text  # namespace filter
     header = next(i for i, ln in enumerate(lines) if ln.split() == ["NODE", "SCHEDULABLE", "VMS", "VF"])
     assert lines[header + 1].split() == ["n1", "Yes", "2", "3/10"]
