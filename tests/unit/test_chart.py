@@ -103,6 +103,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "standalone": ("--set", "controller.peering.enabled=false"),
     "migration-tls-secret": ("--set", "agent.migration.tlsSecretName=libvirt-migration-tls"),
     "insecure-tcp": ("--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true"),
+    "require-failover-ready": ("--set", "controller.requireFailoverReady=true"),
 }
 
 
@@ -279,6 +280,7 @@ def test_commands_are_accepted_by_the_cli(render: Render, scenario: str) -> None
     assert args.webhook_unmanaged is True
     assert (args.metrics_port, args.health_port) == (8080, 8081)
     assert args.standalone is (scenario == "standalone")
+    assert args.require_failover_ready is (scenario == "require-failover-ready")
 
     ag = agent_argv(docs)
     assert ag[0] == "failovervm"
