@@ -27,6 +27,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The sandbox's Linux guest is built (on the first `sandbox up`) from Debian packages fetched with
+# apt-get download; make sure the package lists know them unless a build is cached already.
+if [ ! -f "${FAILOVERVM_CACHE:-$HOME/.cache/failovervm}/guest/manifest.json" ] \
+   && ! apt-cache show linux-image-cloud-amd64 busybox-static >/dev/null 2>&1; then
+  log "apt: updating package lists (the sandbox's Linux guest comes from linux-image-cloud-amd64 and busybox-static)"
+  $SUDO apt-get update -qq
+fi
 getent passwd libvirt-qemu >/dev/null || $SUDO useradd -r -s /usr/sbin/nologin -d /var/lib/libvirt libvirt-qemu
 
 # Go toolchain check: the pinned Kubernetes needs the Go version its go.mod names.
