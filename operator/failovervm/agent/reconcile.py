@@ -27,9 +27,9 @@ log = logging.getLogger(__name__)
 EVICT_ANNOTATION = "failovervm.io/evict"
 VF_BACKOFF_START = 5.0
 VF_BACKOFF_MAX = 300.0
-# FailoverReady is re-checked 2, 4, 8, 16, 30, 30 ... s after a start or reboot until the guest
+# FailoverReady is re-checked 2, 4, 8 and 16 s after a start, reboot or arrival until the guest
 # acks STANDBY (QEMU's FAILOVER_NEGOTIATED event usually gets there first), then only on events
-# and the agent's periodic resync.
+# and the agent's periodic resync (30 s).
 FAILOVER_CHECK_START = 2.0
 FAILOVER_CHECK_MAX = 30.0
 NOT_RUNNING_FAILOVER = guestfailover.condition(None, running=False)
@@ -255,7 +255,9 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
         return cond, None
     n = ctx.failover_checks.get(dname, 0)
     ctx.failover_checks[dname] = n + 1
-    return cond, min(FAILOVER_CHECK_START * 2**n, FAILOVER_CHECK_MAX)
+    delay = FAILOVER_CHECK_START * 2**n
+    # After about a minute the periodic resync (and QEMU's event) take over: no extra requeues.
+    return cond, (delay if delay <= FAILOVER_CHECK_MAX else None)
 
 
 def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
