@@ -32,6 +32,23 @@ MIGRATION_DOWNTIME_MS = Histogram(
     "failovervm_migration_downtime_milliseconds", "Guest downtime of successful live migrations (libvirt downtimeMs)",
     buckets=(5, 10, 25, 50, 100, 200, 300, 500, 1000, 2000))
 
+FAILOVER_STATES = ("True", "False", "Unknown")
+VMS_FAILOVER_READY = Gauge(
+    "failovervm_vms_failover_ready", "Running VMs on the node by their FailoverReady status (True: the guest "
+    "negotiated failover)", ["node", "status"])
+MIGRATIONS_WITHOUT_FAILOVER = Counter(
+    "failovervm_migrations_without_failover_total", "Migrations of VMs whose guest had not negotiated failover, "
+    "by what the policy did (warned: ran with a warning; refused)", ["action"])
+
+
+def set_failover_counts(node: str, statuses: Iterable[str]) -> None:
+    counts = {s: 0 for s in FAILOVER_STATES}
+    for st in statuses:
+        counts[st if st in counts else "Unknown"] += 1
+    for st, n in counts.items():
+        VMS_FAILOVER_READY.labels(node, st).set(n)
+
+
 VF_POOL_STATES = ("total", "allocated", "free")
 VF_POOL_VFS = Gauge(
     "failovervm_vf_pool_vfs", "VFs of a VFPool on a node, by state", ["pool", "node", "state"])

@@ -91,6 +91,14 @@ def events(sb: Sandbox, ns: str, reason: str) -> list[dict[str, Any]]:
     return [e for e in sb.kubectl_json("-n", ns, "get", "events")["items"] if e.get("reason") == reason]
 
 
+def metrics(sb: Sandbox, key: str) -> str:
+    import urllib.request
+
+    port = sb.data["operator"][key]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return str(resp.read().decode())
+
+
 def drain(sb: Sandbox, node: str) -> None:
     res = sb.kubectl("drain", node, "--ignore-daemonsets", "--timeout=300s", timeout=330, check=False)
     assert res.returncode == 0, res.stderr
@@ -123,6 +131,10 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
                      rf".*role=standby", text), text
     assert re.search(rf"netdev name={re.escape(master[1])} .*role=failover-master", text), text
     assert text.count("fvm-guest: boot ") == 1
+    # The node's agent counts it in its FailoverReady gauge.
+    gauge = re.search(rf'failovervm_vms_failover_ready{{node="{node}",status="True"}} (\d+)',
+                      metrics(sb, f"agent-{index}_metrics_port"))
+    assert gauge and int(gauge[1]) >= 1
     # The standby's host side is the node's bridge behind the libvirt network fvm-standby.
     conn = libvirt_conn(sb, node)
     try:
@@ -176,6 +188,8 @@ def test_guest_without_net_failover_is_reported_and_warned(operator_sandbox: San
     assert condition(mig[-1], "FailoverReady")["status"] == "False"
     assert any("has not negotiated failover" in w for w in st.get("warnings") or []), st
     assert events(sb, ns, "FailoverNotNegotiated"), "no Warning event for the unnegotiated migration"
+    assert re.search(r'failovervm_migrations_without_failover_total{action="warned"} [1-9]',
+                     metrics(sb, "controller_metrics_port"))
 
 
 def test_require_failover_ready_refuses_the_migration(operator_sandbox: Sandbox) -> None:

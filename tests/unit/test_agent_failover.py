@@ -86,3 +86,22 @@ def test_probe_failure_is_unknown() -> None:
     dm.answers = [libvirt.libvirtError("monitor gone")]
     cond, delay = rc._failover_ready(c, vm(), FakeDom())
     assert cond[1:3] == ("Unknown", "ProbeFailed") and "monitor gone" in cond[3] and delay == 2.0
+
+
+def _gauge(node: str, status: str) -> float:
+    from failovervm.metrics import VMS_FAILOVER_READY
+
+    return float(VMS_FAILOVER_READY.labels(node, status)._value.get())
+
+
+def test_gauge_counts_running_vms_by_status_and_forgets_departed_domains() -> None:
+    c, dm, _ = ctx()
+    c.node = "gauge-node"
+    dm.answers = [ACKED]
+    rc._failover_ready(c, vm(), FakeDom())
+    assert (_gauge("gauge-node", "True"), _gauge("gauge-node", "False")) == (1.0, 0.0)
+    c.failover_status["fvm_ns_other"] = "False"
+    c.forget_failover("", keep={"fvm_ns_other"})  # fvm_ns_vm migrated away
+    assert (_gauge("gauge-node", "True"), _gauge("gauge-node", "False")) == (0.0, 1.0)
+    c.forget_failover("fvm_ns_other")
+    assert c.failover_status == {} and _gauge("gauge-node", "False") == 0.0

@@ -109,6 +109,7 @@ class Agent:
             sysfs_root=Path(self.args.sysfs_root), kvm=kvm,
             vf_state=self.ctx.vf_state if self.ctx else {}, serial_log_dir=self.args.serial_log_dir,
             failover_checks=self.ctx.failover_checks if self.ctx else {},
+            failover_status=self.ctx.failover_status if self.ctx else {},
         )
         from failovervm.agent.migrate import Migrator
 
@@ -150,9 +151,12 @@ class Agent:
             for vm in vms:
                 self.queue.add(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
             if self.ctx is not None:
-                for info in await asyncio.to_thread(self.ctx.dm.owned_domains):
+                owned = await asyncio.to_thread(self.ctx.dm.owned_domains)
+                for info in owned:
                     assert info.owner is not None
                     self.queue.add(f"{info.owner.namespace}/{info.owner.name}")
+                # Domains that left (migrated away, removed) drop out of the FailoverReady gauge.
+                self.ctx.forget_failover("", keep={i.name for i in owned if i.active})
         except Exception as exc:
             log.warning("resync failed: %s", exc)
 

@@ -18,7 +18,7 @@ from failovervm import conditions, domxml, guestfailover, labels
 from failovervm.agent.domains import DomainManager, real_pci_device_exists
 from failovervm.controller.config import AGENT_FINALIZER
 from failovervm.kube import Kube
-from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH
+from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH, set_failover_counts
 from failovervm.vfs import is_simulated
 from failovervm.vmspec import domain_spec
 
@@ -54,6 +54,14 @@ class AgentContext:
     failures: dict[str, VFAttachState] = field(default_factory=dict)
     serial_log_dir: str | None = None
     failover_checks: dict[str, int] = field(default_factory=dict)  # domain name -> checks since start
+    failover_status: dict[str, str] = field(default_factory=dict)  # running domain -> FailoverReady status
+
+    def forget_failover(self, dname: str, keep: set[str] | None = None) -> None:
+        """Drop `dname` (or, with `keep`, every domain not in it) from the FailoverReady gauge."""
+        for name in [n for n in self.failover_status if (n == dname if keep is None else n not in keep)]:
+            del self.failover_status[name]
+            self.failover_checks.pop(name, None)
+        set_failover_counts(self.node, self.failover_status.values())
     # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
     migration_hook: Callable[[Mapping[str, Any], libvirt.virDomain | None], Outcome | None] | None = None
 
@@ -196,6 +204,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         write("Stopping", [("Ready", False, "Stopping", "spec.running is false")], **domain_fields)
         domain_fields = {}
         how = ctx.dm.stop(dom, timeout=grace_period(vm))
+        ctx.forget_failover(dname)
         write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
                           ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
         ctx.kube.event(vm, "Stopped", f"domain {dname} stopped ({how})", component=f"agent/{ctx.node}")
@@ -204,6 +213,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         write(None, **domain_fields)
 
     if not active:
+        ctx.forget_failover(dname)
         write("Stopped", [("Ready", False, "Stopped", "the domain is not running"),
                           ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
         return Outcome("stopped")
@@ -241,9 +251,12 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
     except (libvirt.libvirtError, ValueError) as exc:
         probe, error = None, str(exc)
     cond = guestfailover.condition(probe, error=error)
+    status_now = cond[1] if isinstance(cond[1], str) else str(cond[1])
+    if ctx.failover_status.get(dname) != status_now:
+        ctx.failover_status[dname] = status_now
+        set_failover_counts(ctx.node, ctx.failover_status.values())
     prev = conditions.get((vm.get("status") or {}).get("conditions"), guestfailover.CONDITION) or {}
-    status = cond[1] if isinstance(cond[1], str) else str(cond[1])
-    if (prev.get("status"), prev.get("reason")) != (status, cond[2]):
+    if (prev.get("status"), prev.get("reason")) != (status_now, cond[2]):
         component = f"agent/{ctx.node}"
         if probe is not None and probe.negotiated:
             ctx.kube.event(vm, "FailoverNegotiated", "the guest acknowledged VIRTIO_NET_F_STANDBY; FailoverReady",
@@ -303,6 +316,7 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | No
     if dom is not None:
         how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
+    ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
 
     def release(st: dict[str, Any]) -> dict[str, Any] | None:
         if st.get("nodeName") != ctx.node:
@@ -336,6 +350,7 @@ def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | N
         ctx.kube.event(vm, "Deleted", f"domain {dom.name()} removed from {ctx.node} ({how})",
                        component=f"agent/{ctx.node}")
     ctx.vf_state.pop(meta["uid"], None)
+    ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
     ctx.kube.set_finalizer(meta["namespace"], meta["name"], AGENT_FINALIZER, False)
     return Outcome("deleted")
 
@@ -348,4 +363,5 @@ def _remove_orphan(ctx: AgentContext, dom: libvirt.virDomain, owner: domxml.Owne
                 owner.name, owner.uid)
     ctx.dm.destroy(dom)
     ctx.dm.undefine(dom)
+    ctx.forget_failover(dom.name())
     return Outcome("orphan-removed")

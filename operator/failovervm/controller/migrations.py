@@ -13,6 +13,7 @@ from typing import Any
 from failovervm import conditions, labels
 from failovervm import migration as mg
 from failovervm.controller.config import CONFIG
+from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
 from failovervm.placement import Claimed, place
 from failovervm.scheduling import NodeInfo, Unschedulable, node_needs_evacuation
 
@@ -131,6 +132,7 @@ def _advance(namespace: str, name: str) -> str:
             "the guest negotiated failover: it keeps networking through the virtio standby while the VF is "
             "unplugged" if gate.ready else gate.message)
         if gate.refuse:
+            MIGRATIONS_WITHOUT_FAILOVER.labels("refused").inc()
             _set_phase(mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
             kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
             return mg.FAILED
@@ -144,6 +146,7 @@ def _advance(namespace: str, name: str) -> str:
                    warnings=warnings or None)
         kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
         if not gate.ready:
+            MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
             for obj in (mig, vm):
                 kube.event(obj, "FailoverNotNegotiated", f"migration {name}: {gate.message}", type_="Warning",
                            component="controller")
