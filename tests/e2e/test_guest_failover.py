@@ -159,6 +159,21 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
     assert after[: len(before)] == before and after == sorted(after), after
     log = console(sb, ns, "linux-a")
     assert log.count(b"fvm-guest: boot ") == 1, log.decode(errors="replace")[-2000:]
+    # A guest reboot resets the negotiated features: the agent re-evaluates on libvirt's reboot event
+    # (the condition flips while the guest boots) and FailoverReady is True again once it is up.
+    before_reset = condition(get_vm(sb, ns, "linux-a"), "FailoverReady")["lastTransitionTime"]
+    conn = libvirt_conn(sb, moved["status"]["nodeName"])
+    try:
+        conn.lookupByName(moved["status"]["domain"]["name"]).reset(0)
+    finally:
+        conn.close()
+    console_until(sb, ns, "linux-a", lambda lg: lg.count(b"fvm-guest: boot ") == 2, "the second boot")
+
+    def renegotiated() -> dict[str, Any] | None:
+        c = condition(get_vm(sb, ns, "linux-a"), "FailoverReady")
+        return c if c and c["status"] == "True" and c["lastTransitionTime"] != before_reset else None
+
+    wait_for(renegotiated, 60, interval=1, what="FailoverReady re-evaluated after the guest rebooted")
     # linux-b reaches linux-a over the standby L2 before and after the move (node bridges + fabric).
     b_log = console(sb, ns, "linux-b").decode(errors="replace")
     print(f"linux-b peer results: {re.findall(r'peer=(ok|fail)', b_log)[-10:]}")
