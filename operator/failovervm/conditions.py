@@ -26,6 +26,11 @@ def is_true(conditions: list[dict[str, Any]] | None, type_: str) -> bool:
     return bool(c and c.get("status") == "True")
 
 
+def status_text(status: bool | str) -> str:
+    """A condition status as the API spells it: True/False for booleans, strings (Unknown) as given."""
+    return status if isinstance(status, str) else ("True" if status else "False")
+
+
 def set_condition(
     conditions: list[dict[str, Any]] | None,
     type_: str,
@@ -35,7 +40,7 @@ def set_condition(
     observed_generation: int | None = None,
 ) -> list[dict[str, Any]]:
     """Return a new list with condition `type_` set; lastTransitionTime only moves on a status change."""
-    st = status if isinstance(status, str) else ("True" if status else "False")
+    st = status_text(status)
     out = [dict(c) for c in conditions or []]
     existing = get(out, type_)
     if existing is None:

@@ -101,7 +101,7 @@ def test_gauge_counts_running_vms_by_status_and_forgets_departed_domains() -> No
     rc._failover_ready(c, vm(), FakeDom())
     assert (_gauge("gauge-node", "True"), _gauge("gauge-node", "False")) == (1.0, 0.0)
     c.failover_status["fvm_ns_other"] = "False"
-    c.forget_failover("", keep={"fvm_ns_other"})  # fvm_ns_vm migrated away
+    c.prune_failover({"fvm_ns_other"})  # fvm_ns_vm migrated away
     assert (_gauge("gauge-node", "True"), _gauge("gauge-node", "False")) == (0.0, 1.0)
     c.forget_failover("fvm_ns_other")
     assert c.failover_status == {} and _gauge("gauge-node", "False") == 0.0

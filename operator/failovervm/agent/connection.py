@@ -55,25 +55,23 @@ class LibvirtConnection:
         self._lost = asyncio.Event()
         self.connected = asyncio.Event()
 
+    def _notify(self, dom: libvirt.virDomain, event: str, detail: int) -> None:
+        """Pass a libvirt/QEMU event on; a failing callback must not break libvirt's event loop."""
+        try:
+            self.on_domain_event(dom.name(), event, detail)
+        except Exception:
+            log.exception("domain event callback failed (%s)", event)
+
     def _lifecycle(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: int, detail: int,
                    _opaque: object) -> None:
-        try:
-            self.on_domain_event(dom.name(), LIFECYCLE_EVENTS.get(event, str(event)), detail)
-        except Exception:
-            log.exception("lifecycle callback failed")
+        self._notify(dom, LIFECYCLE_EVENTS.get(event, str(event)), detail)
 
     def _reboot(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, _opaque: object) -> None:
-        try:
-            self.on_domain_event(dom.name(), "Rebooted", 0)
-        except Exception:
-            log.exception("reboot callback failed")
+        self._notify(dom, "Rebooted", 0)
 
     def _qemu_event(self, _conn: libvirt.virConnect, dom: libvirt.virDomain, event: str, _secs: int,
                     _micros: int, _details: object, _opaque: object) -> None:
-        try:
-            self.on_domain_event(dom.name(), event, 0)
-        except Exception:
-            log.exception("QEMU monitor event callback failed")
+        self._notify(dom, event, 0)
 
     def _closed(self, _conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
         log.warning("libvirt connection to %s closed (reason %d)", self.uri, reason)

@@ -156,7 +156,7 @@ class Agent:
                     assert info.owner is not None
                     self.queue.add(f"{info.owner.namespace}/{info.owner.name}")
                 # Domains that left (migrated away, removed) drop out of the FailoverReady gauge.
-                self.ctx.forget_failover("", keep={i.name for i in owned if i.active})
+                self.ctx.prune_failover({i.name for i in owned if i.active})
         except Exception as exc:
             log.warning("resync failed: %s", exc)
 

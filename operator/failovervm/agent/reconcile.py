@@ -56,9 +56,13 @@ class AgentContext:
     failover_checks: dict[str, int] = field(default_factory=dict)  # domain name -> checks since start
     failover_status: dict[str, str] = field(default_factory=dict)  # running domain -> FailoverReady status
 
-    def forget_failover(self, dname: str, keep: set[str] | None = None) -> None:
-        """Drop `dname` (or, with `keep`, every domain not in it) from the FailoverReady gauge."""
-        for name in [n for n in self.failover_status if (n == dname if keep is None else n not in keep)]:
+    def forget_failover(self, dname: str) -> None:
+        """Drop a domain that stopped or left this node from the FailoverReady gauge."""
+        self.prune_failover({n for n in self.failover_status if n != dname})
+
+    def prune_failover(self, keep: set[str]) -> None:
+        """Keep only the domains in `keep` (the running ones) in the FailoverReady gauge."""
+        for name in [n for n in self.failover_status if n not in keep]:
             del self.failover_status[name]
             self.failover_checks.pop(name, None)
         set_failover_counts(self.node, self.failover_status.values())
@@ -251,7 +255,7 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
     except (libvirt.libvirtError, ValueError) as exc:
         probe, error = None, str(exc)
     cond = guestfailover.condition(probe, error=error)
-    status_now = cond[1] if isinstance(cond[1], str) else str(cond[1])
+    status_now = conditions.status_text(cond[1])
     if ctx.failover_status.get(dname) != status_now:
         ctx.failover_status[dname] = status_now
         set_failover_counts(ctx.node, ctx.failover_status.values())
