@@ -30,7 +30,7 @@ from benchmarks.common import (
     wait,
 )
 from failovervm import API_GROUP, API_VERSION
-from failovervm.sandbox.guestimage import GUEST_INITRD, GUEST_KERNEL
+from failovervm.sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
 
 POOL = "bench-guest-pool"
 GUEST_BOOT_SETTLE_S = 15.0  # the raw copy of the Linux guest boots before it is migrated
@@ -52,7 +52,7 @@ def linux_vm(name: str, namespace: str, images: Path, pool: str) -> dict[str, An
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"running": True, "cpu": 1, "memory": "128Mi", "accel": "tcg",
                      "kernel": str(images / GUEST_KERNEL), "initrd": str(images / GUEST_INITRD),
-                     "cmdline": "console=ttyS0 quiet panic=-1 fvm.ip=10.77.9.1/24",
+                     "cmdline": f"{GUEST_CMDLINE} fvm.ip=10.77.9.1/24",
                      "terminationGracePeriodSeconds": 0, "network": {"pool": pool}}}
 
 

@@ -48,7 +48,6 @@ class FailoverProbe:
     offered: bool  # QEMU offers STANDBY on this NIC (it was started with failover=on)
     negotiated: bool  # the guest driver acked STANDBY
     driver_ok: bool  # the guest driver finished initialising the device
-    features: tuple[str, ...] = ()
 
 
 def _names(features: Any) -> list[str]:
@@ -77,7 +76,7 @@ def parse_status(reply: str | bytes) -> FailoverProbe:
     host = _names(ret.get("host-features"))
     statuses = [str(s).split(":", 1)[0].strip() for s in (ret.get("status") or {}).get("statuses") or []]
     return FailoverProbe(offered=STANDBY_FEATURE in host, negotiated=STANDBY_FEATURE in guest,
-                         driver_ok=DRIVER_OK in statuses, features=tuple(guest))
+                         driver_ok=DRIVER_OK in statuses)
 
 
 def condition(probe: FailoverProbe | None, *, running: bool = True, error: str = "") -> Condition:

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from failovervm import conditions, guestfailover
+
 PENDING, SCHEDULING, TARGET_READY, RUNNING = "Pending", "Scheduling", "TargetReady", "Running"
 SUCCEEDED, FAILED, ABORTED = "Succeeded", "Failed", "Aborted"
 ACTIVE_PHASES = frozenset({PENDING, SCHEDULING, TARGET_READY, RUNNING})
@@ -102,8 +104,7 @@ def failover_gate(vm: Mapping[str, Any], require_by_default: bool) -> FailoverGa
     A guest that has not negotiated failover loses its VF traffic while the VF is unplugged: the
     migration still runs (and records a warning) unless spec.requireFailoverReady, or the
     controller's default when the VM does not say, asks to refuse it."""
-    conds = (vm.get("status") or {}).get("conditions") or []
-    cond = next((c for c in conds if c.get("type") == "FailoverReady"), None)
+    cond = conditions.get((vm.get("status") or {}).get("conditions"), guestfailover.CONDITION)
     if cond is not None and cond.get("status") == "True":
         return FailoverGate(ready=True, refuse=False, message="")
     spec_require = (vm.get("spec") or {}).get("requireFailoverReady")

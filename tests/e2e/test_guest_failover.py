@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from failovervm.sandbox.guestimage import GUEST_INITRD, GUEST_KERNEL
+from failovervm.sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
 from failovervm.sandbox.network import STANDBY_NETWORK
 from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, make_namespace, wait_for
 from tests.e2e.helpers import apply, condition, get_vm, libvirt_conn, vm_manifest, wait_phase
@@ -37,7 +37,7 @@ def network_pool() -> dict[str, Any]:
 
 
 def linux_vm(name: str, ns: str, ip: str, mac: str, peer: str | None = None, **spec: Any) -> dict[str, Any]:
-    cmdline = f"console=ttyS0 quiet panic=-1 fvm.ip={ip} fvm.tick=2"
+    cmdline = f"{GUEST_CMDLINE} fvm.ip={ip} fvm.tick=2"
     if peer:
         cmdline += f" fvm.peer={peer}"
     body = vm_manifest(name, ns, POOL, memory="128Mi", accel="tcg", disks=[],

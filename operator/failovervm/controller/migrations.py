@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, labels
+from failovervm import conditions, guestfailover, labels
 from failovervm import migration as mg
 from failovervm.controller.config import CONFIG
 from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
@@ -127,8 +127,8 @@ def _advance(namespace: str, name: str) -> str:
         gate = mg.failover_gate(vm, CONFIG.require_failover_ready)
         mig_st = mig.get("status") or {}
         fo_conds = conditions.set_condition(
-            mig_st.get("conditions"), "FailoverReady", gate.ready,
-            "GuestDriverNegotiated" if gate.ready else mg.FAILOVER_NOT_READY,
+            mig_st.get("conditions"), guestfailover.CONDITION, gate.ready,
+            guestfailover.REASON_NEGOTIATED if gate.ready else mg.FAILOVER_NOT_READY,
             "the guest negotiated failover: it keeps networking through the virtio standby while the VF is "
             "unplugged" if gate.ready else gate.message)
         if gate.refuse:

@@ -11,7 +11,6 @@ import ipaddress
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -277,8 +276,8 @@ def down(opts: Options) -> None:
             say(opts, f"{key}: stopped")
     for host in state.hosts():
         network.remove_node_bridge(d["bridge"], host.index)
-    if d.get("bridge_created") and Path(f"/sys/class/net/{d['bridge']}").exists():
-        subprocess.run(["ip", "link", "del", d["bridge"]], check=False)
+    if d.get("bridge_created"):
+        network.remove_link(d["bridge"])
     # Remove state but keep the shared image directory if it lives inside the state dir.
     images_dir = Path(d.get("images_dir", ""))
     for child in state_dir.iterdir():

@@ -67,11 +67,16 @@ def ensure_node_bridge(fabric: str, index: int) -> str:
     return br
 
 
+def remove_link(dev: str) -> None:
+    """Delete a network device if it exists (best effort, for teardown)."""
+    if _exists(dev):
+        subprocess.run(["ip", "link", "del", dev], check=False, capture_output=True)
+
+
 def remove_node_bridge(fabric: str, index: int) -> None:
     br = node_bridge(fabric, index)
     for dev in (f"{br}u", br):  # deleting one end of a veth pair removes both
-        if _exists(dev):
-            subprocess.run(["ip", "link", "del", dev], check=False, capture_output=True)
+        remove_link(dev)
 
 
 def network_xml(name: str, bridge: str) -> str:
