@@ -248,6 +248,59 @@ def _slow_migration(sb: Sandbox, ns: str, vm: str, target: str) -> str:
     return f"{vm}-slow"
 
 
+def _copy_on(sb: Sandbox, ns: str, vm: str, node: str, paused: bool) -> None:
+    """Start a copy of the VM's domain on another node, as a migration that died with the target's
+    libvirtd leaves it (a transient domain; paused like an incoming guest, or running)."""
+    src = get_vm(sb, ns, vm)["status"]["nodeName"]
+    conn = libvirt_conn(sb, src)
+    try:
+        xml = conn.lookupByName(f"fvm_{ns}_{vm}").XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    finally:
+        conn.close()
+    conn = libvirt_conn(sb, node)
+    try:
+        conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+    finally:
+        conn.close()
+
+
+def _events(sb: Sandbox, ns: str, reason: str) -> list[dict[str, Any]]:
+    return [e for e in sb.kubectl_json("-n", ns, "get", "events")["items"] if e.get("reason") == reason]
+
+
+def test_leftover_copy_on_another_node_is_removed_and_a_running_one_reported(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "leftover")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("lv", ns, POOL))
+    src = wait_phase(sb, ns, "lv", "Running")["status"]["nodeName"]
+    other = next(n["node"] for n in sb.nodes if n["node"] != src)
+    dname = f"fvm_{ns}_lv"
+    # A paused copy (the remains of an incoming migration): the other node's agent removes it.
+    _copy_on(sb, ns, "lv", other, paused=True)
+    wait_for(lambda: dname not in domains_on(sb, other), 45, what="the leftover copy removed")
+    assert _events(sb, ns, "StaleDomainRemoved")
+    assert domains_on(sb, src).count(dname) == 1 and get_vm(sb, ns, "lv")["status"]["phase"] == "Running"
+    # A running copy is never killed by the operator: it is reported, and a migration there refused.
+    _copy_on(sb, ns, "lv", other, paused=False)
+    try:
+        wait_for(lambda: _events(sb, ns, "DuplicateDomain"), 45, what="the DuplicateDomain event")
+        assert dname in domains_on(sb, other)
+        res = _cli(sb, "migrate", "lv", "-n", ns, "--to", other, "--wait")
+        assert res.returncode != 0 and "already exists on" in res.stdout + res.stderr, res.stdout + res.stderr
+        assert get_vm(sb, ns, "lv")["status"]["nodeName"] == src
+    finally:
+        conn = libvirt_conn(sb, other)
+        try:
+            conn.lookupByName(dname).destroy()
+        except libvirt.libvirtError:
+            pass
+        conn.close()
+    # With the copy gone, the migration there works, and one copy runs.
+    res = _cli(sb, "migrate", "lv", "-n", ns, "--to", other, "--wait")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [n["node"] for n in sb.nodes if dname in domains_on(sb, n["node"])] == [other]
+
+
 def test_deleting_a_running_migration_aborts_it(operator_sandbox: Sandbox) -> None:
     sb = operator_sandbox
     ns = _ns(sb, "abort")

@@ -172,6 +172,10 @@ class Migrator:
         if dom is None or not dom.isActive():
             self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
             return
+        problem = self._clear_target_leftover(vm, uri, target, dname)
+        if problem:
+            self._finish_failed(vm, mig, "TargetHasDomain", problem)
+            return
         pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
         persist_spec = domain_spec(
             vm,
@@ -213,6 +217,39 @@ class Migrator:
         wall = time.monotonic() - started
         stats = self._completed_stats(uri, dname)
         self._finish_succeeded(vm, mig, stats, wall)
+
+    def _clear_target_leftover(self, vm: Mapping[str, Any], uri: str, target: str, dname: str) -> str:
+        """Before the transfer starts, no copy of the VM may exist on the target: the VM is locked
+        by this migration, so one there is the remains of an earlier migration that died with the
+        target's libvirtd (the target's agent removes those too, but maybe not yet). A paused or
+        stopped copy is removed; a running one makes the migration fail. Returns the problem, or ""."""
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError:
+            return ""  # the migration itself reports an unreachable target
+        try:
+            try:
+                left = conn.lookupByName(dname)
+            except libvirt.libvirtError:
+                return ""
+            state, _reason = left.state()
+            if state == libvirt.VIR_DOMAIN_RUNNING:
+                return f"a running domain {dname} already exists on {target}; not migrating a second copy there"
+            for step in (left.destroy, left.undefine):
+                try:
+                    step()
+                except libvirt.libvirtError as exc:
+                    # Not running / transient and gone / removed by the target's agent meanwhile: fine.
+                    if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
+                        raise
+        except libvirt.libvirtError as exc:
+            return f"could not remove a leftover domain {dname} on {target}: {exc}"
+        finally:
+            conn.close()
+        msg = f"removed a leftover copy of domain {dname} on {target} before migrating there"
+        log.warning("%s", msg)
+        self.ctx.kube.event(vm, "StaleDomainRemoved", msg, type_="Warning", component=f"agent/{self.ctx.node}")
+        return ""
 
     def _progress(self, dom: libvirt.virDomain, ns: str, mig_name: str, uid: str, stop: threading.Event) -> None:
         last = 0.0

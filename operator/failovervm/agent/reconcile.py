@@ -137,7 +137,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
             _remove_orphan(ctx, dom, owner)
             dom = None
     if status.get("nodeName") != ctx.node:
-        return Outcome("not-ours")
+        return _leftover_copy(ctx, vm, dom) if dom is not None else Outcome("not-ours")
     if meta.get("deletionTimestamp"):
         return _delete(ctx, vm, dom)
     if AGENT_FINALIZER not in (meta.get("finalizers") or []):
@@ -357,6 +357,45 @@ def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | N
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
     ctx.kube.set_finalizer(meta["namespace"], meta["name"], AGENT_FINALIZER, False)
     return Outcome("deleted")
+
+
+def _incoming_here(ctx: AgentContext, vm: Mapping[str, Any]) -> bool:
+    """A migration of `vm` to this node is on its way (or just finished, before the source agent
+    moved the status): its domain here is legitimate."""
+    return ((vm.get("status") or {}).get("migration") or {}).get("targetNode") == ctx.node
+
+
+def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain) -> Outcome:
+    """A domain of `vm` on a node that does not run it, with no migration bringing it here: the
+    remains of a migration that died with a libvirtd (QEMU survives the daemon, which re-attaches to
+    the paused incoming guest on restart). It would make every later migration here fail with
+    "already active". A paused or stopped copy is removed; a running one is reported, never killed,
+    because two running copies need a human to decide which one is real."""
+    meta = vm["metadata"]
+    owner_node = (vm.get("status") or {}).get("nodeName")
+    if _incoming_here(ctx, vm):
+        return Outcome("not-ours")
+    component = f"agent/{ctx.node}"
+    state, _reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_RUNNING:
+        msg = (f"a running copy of domain {dom.name()} is on {ctx.node}, but the VM runs on {owner_node or 'no node'}; "
+               "left alone: check both nodes")
+        log.error("%s", msg)
+        ctx.kube.event(vm, "DuplicateDomain", msg, type_="Warning", component=component)
+        return Outcome("duplicate-domain", requeue_after=60)
+    # Read again right before removing: a migration to this node may have been scheduled meanwhile.
+    fresh = ctx.kube.get_vm(meta["namespace"], meta["name"])
+    if (fresh is None or fresh["metadata"]["uid"] != meta["uid"]
+            or (fresh.get("status") or {}).get("nodeName") == ctx.node or _incoming_here(ctx, fresh)):
+        return Outcome("not-ours")
+    ctx.dm.destroy(dom)
+    ctx.dm.undefine(dom)
+    ctx.forget_failover(dom.name())
+    msg = (f"removed a leftover {'paused' if state == libvirt.VIR_DOMAIN_PAUSED else 'stopped'} copy of domain "
+           f"{dom.name()} from {ctx.node} (the VM runs on {owner_node or 'no node'}; no migration brings it here)")
+    log.warning("%s", msg)
+    ctx.kube.event(vm, "StaleDomainRemoved", msg, type_="Warning", component=component)
+    return Outcome("stale-removed")
 
 
 def _remove_orphan(ctx: AgentContext, dom: libvirt.virDomain, owner: domxml.OwnerRef | None) -> Outcome:
