@@ -97,7 +97,16 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
         evac = time.perf_counter() - t0
     finally:
         _cordon(sb, src, False)
-    migs = sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervmmigrations")
+
+    def migrations() -> list[dict[str, Any]]:
+        return list(sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, namespace,
+                                                            "failovervmmigrations")["items"])
+
+    # The agent moves the VM's status before it marks the migration Succeeded with its stats: wait
+    # for every migration to end, or the last one's downtime is not there yet.
+    wait(lambda: all((m.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Aborted")
+                     for m in migrations()), 60, "migrations finished")
+    migs = {"items": migrations()}
     downtimes = [
         float(m["status"]["stats"]["downtimeMs"])
         for m in migs["items"]
