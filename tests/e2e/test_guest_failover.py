@@ -117,10 +117,13 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
     node = vm["status"]["nodeName"]
     index = next(n["index"] for n in sb.nodes if n["node"] == node)
     assert condition(vm, "FailoverReady")["reason"] == "GuestDriverNegotiated"
-    assert any(e["involvedObject"]["name"] == "linux-a" for e in events(sb, ns, "FailoverNegotiated"))
+    # Events are posted asynchronously: wait for it rather than racing it.
+    wait_for(lambda: any(e["involvedObject"]["name"] == "linux-a" for e in events(sb, ns, "FailoverNegotiated")),
+             30, what="the FailoverNegotiated event")
     # The printer column shows it.
     table = sb.kubectl("-n", ns, "get", "fvm", "linux-a").stdout
-    assert "FAILOVER" in table.splitlines()[0] and " True " in table.splitlines()[1], table
+    header, row = table.splitlines()[:2]
+    assert row[header.index("FAILOVER"):].split()[0] == "True", table  # the FAILOVER cell, not READY's
     # The guest's own view: a failover master with the virtio standby enslaved to it.
     log = console_until(sb, ns, "linux-a", lambda lg: b"fvm-guest: failover master=" in lg,
                         "the guest's netdev report on the console")
@@ -202,7 +205,8 @@ def test_guest_without_net_failover_is_reported_and_warned(operator_sandbox: San
     st = mig[-1]["status"]
     assert condition(mig[-1], "FailoverReady")["status"] == "False"
     assert any("has not negotiated failover" in w for w in st.get("warnings") or []), st
-    assert events(sb, ns, "FailoverNotNegotiated"), "no Warning event for the unnegotiated migration"
+    wait_for(lambda: events(sb, ns, "FailoverNotNegotiated"), 30,
+             what="the Warning event for the unnegotiated migration")
     assert re.search(r'failovervm_migrations_without_failover_total{action="warned"} [1-9]',
                      metrics(sb, "controller_metrics_port"))
 
