@@ -344,6 +344,15 @@ class MigrationsMixin:
         ns = body["metadata"]["namespace"]
         return dict(self.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, FVMM, body))
 
+    def create_migration_once(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a migration with a fixed name; None when one of that name exists already."""
+        try:
+            return self.create_migration(body)
+        except ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
     def update_migration_status(
         self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ The FailoverVMMigration state machine:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -168,6 +169,25 @@ def plan_evacuation(
         cluster_budget -= 1
         node_budget -= 1
     return start, waiting
+
+
+def evacuation_name(vm: Mapping[str, Any], node: str, existing: Iterable[str]) -> str:
+    """The name of the next evacuation migration of `vm` off `node`.
+
+    It is derived from the VM's uid, the node and the first attempt number whose name is not taken,
+    so two controllers (or two threads) that saw the same migrations compute the same name: the
+    second create is answered 409 AlreadyExists instead of starting a second migration that would
+    only fail on the VM's migration lock (and count against its retries)."""
+    taken = set(existing)
+    meta = vm["metadata"]
+    prefix = f"evac-{meta['name']}"[:53].rstrip(".-")
+    attempt = 0
+    while True:
+        digest = hashlib.sha256(f"{meta.get('uid', meta['name'])}/{node}/{attempt}".encode()).hexdigest()[:8]
+        candidate = f"{prefix}-{digest}"
+        if candidate not in taken:
+            return candidate
+        attempt += 1
 
 
 def _vm_node(mig: Mapping[str, Any], vms: Iterable[Mapping[str, Any]]) -> str | None:

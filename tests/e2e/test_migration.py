@@ -131,8 +131,10 @@ def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sa
         assert state == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_MIGRATED
         assert not {"Stopped", "Starting", "Pending", "Failed"} & rec.seen.get(n, set()), rec.seen.get(n)
         assert vm["status"]["vf"]["node"] == vm["status"]["nodeName"]
-    migs = [m for m in _migrations(sb, ns) if m["status"].get("phase") == "Succeeded"]
-    assert len(migs) == 6, [m["status"] for m in _migrations(sb, ns)]
+    # One migration per VM, all succeeded: no second one started by a concurrent node sweep.
+    migs = _migrations(sb, ns)
+    assert len(migs) == 6 and all(m["status"].get("phase") == "Succeeded" for m in migs), [m["status"] for m in migs]
+    assert sorted(m["spec"]["vmName"] for m in migs) == names
     for m in migs:
         assert m["status"]["sourceNode"] == _node(1)
         assert m["status"]["stats"]["downtimeMs"] >= 0

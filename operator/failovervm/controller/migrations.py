@@ -335,8 +335,22 @@ def vms_on(node: str) -> list[dict[str, Any]]:
             if (vm.get("status") or {}).get("nodeName") == node or not (vm.get("status") or {}).get("nodeName")]
 
 
+_NODE_LOCKS: dict[str, threading.Lock] = {}
+
+
 def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied."""
+    """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied.
+
+    The node sweep, node events, migration events and the eviction webhook all call this from
+    their own threads: one sweep per node at a time, or two could both see no migration for a VM
+    and both start one."""
+    with _LOCKS_GUARD:
+        lock = _NODE_LOCKS.setdefault(node["metadata"]["name"], threading.Lock())
+    with lock:
+        return _reconcile_node(node)
+
+
+def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
     kube = CONFIG.k()
     name = node["metadata"]["name"]
     vms = vms_on(name)
@@ -374,18 +388,22 @@ def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
             kube.event(blocked, "EvacuationBlocked", f"node {name} is being drained but {why}", type_="Warning",
                        component="controller")
     for vm in start:
+        ns = vm["metadata"]["namespace"]
+        mig_name = mg.evacuation_name(vm, name, (m["metadata"]["name"] for m in migrations
+                                                 if m["metadata"].get("namespace") == ns))
         body = {
             "apiVersion": "failovervm.io/v1alpha1",
             "kind": "FailoverVMMigration",
             "metadata": {
-                "generateName": f"evac-{vm['metadata']['name']}-"[:58],
-                "namespace": vm["metadata"]["namespace"],
+                "name": mig_name,
+                "namespace": ns,
                 "labels": {mg.EVACUATION_LABEL: name, mg.VM_LABEL: vm["metadata"]["name"]},
             },
             "spec": {"vmName": vm["metadata"]["name"]},
         }
-        created = kube.create_migration(body)
-        kube.event(vm, "Evacuating", f"node {name} is being drained: live-migrating with {created['metadata']['name']}",
+        if kube.create_migration_once(body) is None:
+            continue  # another sweep (or a standby replica's admission webhook) created it first
+        kube.event(vm, "Evacuating", f"node {name} is being drained: live-migrating with {mig_name}",
                    component="controller")
     for vm in vms:
         meta = vm["metadata"]
