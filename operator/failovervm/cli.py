@@ -71,6 +71,13 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
+def _non_negative(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
 def cmd_controller(args: argparse.Namespace) -> int:
     from failovervm.controller.main import ControllerArgs, run
 
@@ -82,7 +89,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         parallel_migrations_per_cluster=args.parallel_migrations_per_cluster,
         parallel_outbound_migrations_per_node=args.parallel_outbound_migrations_per_node,
         guard_image=args.guard_image, log_format=args.log_format,
-        require_failover_ready=args.require_failover_ready,
+        require_failover_ready=args.require_failover_ready, migration_history=args.migration_history,
     ))
 
 
@@ -345,6 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="refuse to migrate VMs whose guest has not negotiated failover (FailoverReady is not "
                           "True), which would lose VF traffic; the default runs them with a warning. A VM's "
                           "spec.requireFailoverReady overrides this")
+    ctl.add_argument("--migration-history", type=_non_negative, default=5, metavar="N",
+                     help="finished FailoverVMMigrations kept per VM (newest first); older ones, and all of "
+                          "VMs that no longer exist, are deleted. The failed attempts of an evacuation still "
+                          "going on are always kept (they are its retry count)")
     ctl.add_argument("--guard-image", default="registry.k8s.io/pause:3.10",
                      help="image of the per-node drain guard pods (never does any work)")
     ctl.add_argument("--log-format", choices=["text", "json"], default="text",

@@ -30,6 +30,7 @@ TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, ABORTED})
 ABORTING = "Aborting"  # VM.status.migration.state while the controller asks the agent to abort
 
 EVACUATION_LABEL = "failovervm.io/evacuation"
+GAVE_UP = "gave up"
 VM_LABEL = "failovervm.io/vm"
 
 _ALLOWED = {
@@ -67,20 +68,41 @@ def _ts(value: Any) -> dt.datetime | None:
     return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def _ended(mig: Mapping[str, Any]) -> dt.datetime:
+    """When a finished migration ended (its creation when it never recorded an end)."""
+    return (_ts((mig.get("status") or {}).get("endTimestamp")) or _ts(mig["metadata"].get("creationTimestamp"))
+            or dt.datetime.min.replace(tzinfo=dt.UTC))
+
+
+def _of_vm(mig: Mapping[str, Any], vm_namespace: str, vm_name: str) -> bool:
+    return bool(mig["metadata"].get("namespace") == vm_namespace and (mig.get("spec") or {}).get("vmName") == vm_name)
+
+
+def failed_attempts(vm_name: str, vm_namespace: str, migrations: Iterable[Mapping[str, Any]],
+                    node: str) -> list[Mapping[str, Any]]:
+    """The failed (or aborted) evacuation migrations of the VM off `node` that count against its
+    retries: those since the VM last migrated successfully. A drain weeks later starts afresh
+    instead of inheriting the failures of an earlier one."""
+    mine = [m for m in migrations if _of_vm(m, vm_namespace, vm_name)]
+    successes = [_ended(m) for m in mine if phase(m) == SUCCEEDED]
+    since = max(successes) if successes else None
+    return [
+        m for m in mine
+        if (m["metadata"].get("labels") or {}).get(EVACUATION_LABEL) == node and phase(m) in (FAILED, ABORTED)
+        and (since is None or _ended(m) > since)
+    ]
+
+
 def retry_state(vm_name: str, vm_namespace: str, migrations: Iterable[Mapping[str, Any]], node: str,
                 limits: Limits, now: dt.datetime) -> tuple[bool, str]:
     """Whether an evacuation may start another migration of the VM now, and why not."""
-    failed = [
-        m for m in migrations
-        if m["metadata"].get("namespace") == vm_namespace and (m.get("spec") or {}).get("vmName") == vm_name
-        and (m["metadata"].get("labels") or {}).get(EVACUATION_LABEL) == node
-        and phase(m) in (FAILED, ABORTED)
-    ]
+    failed = failed_attempts(vm_name, vm_namespace, migrations, node)
     if len(failed) >= limits.max_attempts:
-        return False, f"gave up after {len(failed)} failed migration attempts"
+        return False, (f"{GAVE_UP}: {len(failed)} failed migration attempts; delete them to retry "
+                       f"(kubectl -n {vm_namespace} delete fvmm -l {EVACUATION_LABEL}={node},{VM_LABEL}={vm_name}) "
+                       "or migrate the VM by hand")
     if failed:
-        last = max((_ts((m.get("status") or {}).get("endTimestamp")) or _ts(m["metadata"].get("creationTimestamp"))
-                    or now) for m in failed)
+        last = max(_ended(m) for m in failed)
         delay = min(limits.backoff_start * 2 ** (len(failed) - 1), limits.backoff_max)
         if (now - last).total_seconds() < delay:
             return False, f"retrying in {delay - (now - last).total_seconds():.0f}s after {len(failed)} failure(s)"
@@ -211,4 +233,34 @@ def job_stats(stats: Mapping[str, Any]) -> dict[str, int]:
     total = stats.get("data_total", stats.get("memory_total"))
     if total is not None:
         out["dataTotalBytes"] = int(total)
+    return out
+
+
+def is_finished(mig: Mapping[str, Any]) -> bool:
+    """Terminal, and its VF and the VM's lock are released: only history is left of it."""
+    return phase(mig) in TERMINAL_PHASES and conditions.is_true((mig.get("status") or {}).get("conditions"),
+                                                                 "CleanedUp")
+
+
+def history_to_delete(migrations: Iterable[Mapping[str, Any]], existing_vms: set[tuple[str, str]], keep: int,
+                      evacuating_nodes: set[str]) -> list[tuple[str, str]]:
+    """Finished migrations (namespace, name) that are no longer worth keeping.
+
+    - of a VM that no longer exists: all of them;
+    - otherwise all but the `keep` newest per VM, except the failed attempts of an evacuation
+      still going on (a node in `evacuating_nodes`): they are its retry count, and deleting them
+      would restart its retries."""
+    by_vm: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for m in migrations:
+        if is_finished(m) and not m["metadata"].get("deletionTimestamp"):
+            by_vm.setdefault((str(m["metadata"].get("namespace")), str((m.get("spec") or {}).get("vmName"))),
+                             []).append(m)
+    out: list[tuple[str, str]] = []
+    for (ns, vm), mine in sorted(by_vm.items()):
+        if (ns, vm) not in existing_vms:
+            out.extend((ns, m["metadata"]["name"]) for m in mine)
+            continue
+        ledger = {id(m) for node in evacuating_nodes for m in failed_attempts(vm, ns, mine, node)}
+        mine.sort(key=lambda m: (_ended(m), m["metadata"]["name"]), reverse=True)
+        out.extend((ns, m["metadata"]["name"]) for m in mine[max(keep, 0):] if id(m) not in ledger)
     return out

@@ -229,6 +229,10 @@ def test_manual_migration_with_and_without_target(operator_sandbox: Sandbox) -> 
     assert get_vm(sb, ns, "m")["status"]["nodeName"] == mig["status"]["targetNode"]
     out = sb.kubectl("-n", ns, "get", "fvmm").stdout
     assert "Succeeded" in out and "DOWNTIME" in out
+    # History: the migrations of a deleted VM are collected by the controller's 30 s sweep.
+    sb.kubectl("-n", ns, "delete", "fvm", "m", "--timeout=120s", timeout=130)
+    wait_for(lambda: not sb.kubectl_json("-n", ns, "get", "fvmm")["items"], 75, interval=1,
+             what="the deleted VM's migrations to be collected")
     sb.kubectl("delete", "namespace", ns, "--timeout=120s")
 
 

@@ -104,3 +104,90 @@ def test_a_second_controller_with_the_same_view_gets_a_conflict(monkeypatch: pyt
     monkeypatch.setattr(kube, "list_migrations", lambda: stale)
     cm._reconcile_node(node())  # what another process, which holds no lock of ours, would do
     assert len(kube.migrations) == 2 and kube.conflicts == 2
+
+
+# -- retries and history ---------------------------------------------------------------------------
+def mig(name: str, phase: str, ended: str, vm_name: str = "vm", node: str | None = "n1",
+        cleaned: bool = True) -> dict[str, Any]:
+    labels = {mg.EVACUATION_LABEL: node, mg.VM_LABEL: vm_name} if node else {}
+    conds = [{"type": "CleanedUp", "status": "True"}] if cleaned else []
+    return {"metadata": {"name": name, "namespace": "ns", "labels": labels,
+                         "creationTimestamp": f"2026-11-{ended}T00:00:00Z"},
+            "spec": {"vmName": vm_name},
+            "status": {"phase": phase, "endTimestamp": f"2026-11-{ended}T00:01:00Z", "conditions": conds}}
+
+
+NOW = mg.dt.datetime(2026, 11, 30, tzinfo=mg.dt.UTC)
+LIMITS = mg.Limits()
+
+
+def test_failures_of_an_earlier_drain_do_not_count_after_a_success() -> None:
+    old = [mig(f"f{i}", mg.FAILED, "01") for i in range(5)] + [mig("ok", mg.SUCCEEDED, "02", node="n1")]
+    assert mg.retry_state("vm", "ns", old, "n1", LIMITS, NOW) == (True, "")
+    assert mg.failed_attempts("vm", "ns", [*old, mig("f9", mg.FAILED, "03")], "n1") == [mig("f9", mg.FAILED, "03")]
+    # A success by a manual migration (no evacuation label) also starts afresh.
+    manual = mig("by-hand", mg.SUCCEEDED, "02", node=None)
+    assert mg.retry_state("vm", "ns", [*old[:5], manual], "n1", LIMITS, NOW) == (True, "")
+
+
+def test_giving_up_names_the_way_out() -> None:
+    failed = [mig(f"f{i}", mg.FAILED, f"2{i}") for i in range(5)]
+    ok, why = mg.retry_state("vm", "ns", failed, "n1", LIMITS, NOW)
+    assert not ok and why.startswith(mg.GAVE_UP)
+    assert "kubectl -n ns delete fvmm -l failovervm.io/evacuation=n1,failovervm.io/vm=vm" in why
+
+
+def test_history_keeps_the_newest_per_vm() -> None:
+    migs = [mig(f"s{i}", mg.SUCCEEDED, f"1{i}") for i in range(8)] + [mig("other", mg.SUCCEEDED, "01", vm_name="b")]
+    out = mg.history_to_delete(migs, {("ns", "vm"), ("ns", "b")}, keep=5, evacuating_nodes=set())
+    assert sorted(out) == [("ns", "s0"), ("ns", "s1"), ("ns", "s2")]
+    assert mg.history_to_delete(migs, {("ns", "vm"), ("ns", "b")}, keep=0, evacuating_nodes=set()) == [
+        ("ns", "other"), *[("ns", f"s{i}") for i in reversed(range(8))]]
+
+
+def test_history_of_a_deleted_vm_goes_and_unfinished_migrations_stay() -> None:
+    migs = [mig("gone1", mg.FAILED, "10", vm_name="gone"), mig("gone2", mg.SUCCEEDED, "11", vm_name="gone"),
+            mig("running", mg.RUNNING, "12", vm_name="gone"),
+            mig("uncleaned", mg.FAILED, "13", vm_name="gone", cleaned=False)]
+    assert sorted(mg.history_to_delete(migs, set(), keep=5, evacuating_nodes=set())) == [
+        ("ns", "gone1"), ("ns", "gone2")]
+
+
+def test_history_keeps_the_retry_ledger_of_an_ongoing_evacuation() -> None:
+    migs = [mig("old-fail", mg.FAILED, "01"), mig("ok", mg.SUCCEEDED, "02"),
+            mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"), mig("f3", mg.FAILED, "12")]
+    # n1 is being drained: its 3 failures since the last success stay even with keep=1; the
+    # success and the failure before it go (they no longer count).
+    out = mg.history_to_delete(migs, {("ns", "vm")}, keep=1, evacuating_nodes={"n1"})
+    assert sorted(out) == [("ns", "ok"), ("ns", "old-fail")]
+    remaining = [m for m in migs if ("ns", m["metadata"]["name"]) not in out]
+    assert len(mg.failed_attempts("vm", "ns", remaining, "n1")) == 3  # the retry count did not change
+    # Once n1 is no longer drained they are ordinary history.
+    assert sorted(mg.history_to_delete(migs, {("ns", "vm")}, keep=1, evacuating_nodes=set())) == [
+        ("ns", "f1"), ("ns", "f2"), ("ns", "ok"), ("ns", "old-fail")]
+
+
+class HistoryKube:
+    def __init__(self, migrations: list[dict[str, Any]]) -> None:
+        self.migrations = migrations
+        self.deleted: list[str] = []
+
+    def list_vms(self, _selector: str = "") -> list[dict[str, Any]]:
+        return [vm()]
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return [node(), {"metadata": {"name": "n2", "uid": "u2", "labels": {}}, "spec": {}}]
+
+    def list_migrations(self) -> list[dict[str, Any]]:
+        return self.migrations
+
+    def delete_migration(self, ns: str, name: str) -> None:
+        self.deleted.append(f"{ns}/{name}")
+
+
+def test_collect_history_deletes_through_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = HistoryKube([mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"),
+                        mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
+    monkeypatch.setattr(CONFIG, "kube", kube)
+    monkeypatch.setattr(CONFIG, "migration_history", 0)
+    assert cm.collect_history() == kube.deleted == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger

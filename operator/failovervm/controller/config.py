@@ -24,6 +24,8 @@ class ControllerConfig:
     # Refuse migrations of VMs whose guest has not negotiated failover (FailoverReady != True)
     # unless the VM's spec.requireFailoverReady says otherwise. Default: run them with a warning.
     require_failover_ready: bool = False
+    # Finished FailoverVMMigrations kept per VM (migration.history_to_delete).
+    migration_history: int = 5
 
     def k(self) -> Kube:
         if self.kube is None:

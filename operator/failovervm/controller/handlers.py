@@ -54,7 +54,7 @@ _last_node_sweep = 0.0
 @kopf.timer(*POOL, interval=3.0)
 def pool_status(*, name: str, **_: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
-    the nodes (guard pods, evacuation) and, every 30 s, orphaned VFClaims.
+    the nodes (guard pods, evacuation) and, every 30 s, orphaned VFClaims and migration history.
 
     The node sweep hangs off the VFPool timers because Kopf puts a finalizer on every object a
     timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
@@ -69,6 +69,7 @@ def pool_status(*, name: str, **_: Any) -> None:
     if now - _last_claim_sweep >= 30.0:
         _last_claim_sweep = now
         vms.collect_orphaned_claims()
+        migrations.collect_history()
 
 
 @kopf.on.validate(*FVM, operations=["CREATE", "UPDATE"], id="failovervm-validate")

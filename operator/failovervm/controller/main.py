@@ -37,6 +37,7 @@ class ControllerArgs:
     guard_image: str = "registry.k8s.io/pause:3.10"
     log_format: str = "text"
     require_failover_ready: bool = False
+    migration_history: int = 5
 
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
@@ -59,6 +60,7 @@ def run(args: ControllerArgs) -> int:
     CONFIG.namespace = args.namespace
     CONFIG.guard_image = args.guard_image
     CONFIG.require_failover_ready = args.require_failover_ready
+    CONFIG.migration_history = args.migration_history
     CONFIG.limits = Limits(per_cluster=args.parallel_migrations_per_cluster,
                            per_node_outbound=args.parallel_outbound_migrations_per_node)
     import failovervm.controller.handlers  # noqa: F401  (registers the handlers)

@@ -267,6 +267,20 @@ def _on_delete(namespace: str, name: str) -> None:
     cleanup(mig)
 
 
+def collect_history() -> list[str]:
+    """Delete finished migrations beyond the history kept per VM, and those of deleted VMs."""
+    kube = CONFIG.k()
+    existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"]) for vm in kube.list_vms()}
+    evacuating = {n["metadata"]["name"] for n in kube.list_nodes() if node_needs_evacuation(NodeInfo.from_k8s(n))}
+    removed = []
+    for ns, name in mg.history_to_delete(kube.list_migrations(), existing, CONFIG.migration_history, evacuating):
+        kube.delete_migration(ns, name)
+        removed.append(f"{ns}/{name}")
+    if removed:
+        log.info("deleted %d finished migration(s) beyond the history kept: %s", len(removed), ", ".join(removed))
+    return removed
+
+
 # -- evacuation -----------------------------------------------------------------------------
 
 GUARD_PREFIX = "fvm-guard-"
@@ -383,10 +397,13 @@ def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
                                         require_failover_ready=CONFIG.require_failover_ready)
     for blocked in vms:
         why = waiting.get(f"{blocked['metadata']['namespace']}/{blocked['metadata']['name']}", "")
+        # Events are de-duplicated, so repeating these on every sweep does not flood.
         if why.startswith(mg.FAILOVER_NOT_READY):
-            # Events are de-duplicated, so repeating this on every sweep does not flood.
             kube.event(blocked, "EvacuationBlocked", f"node {name} is being drained but {why}", type_="Warning",
                        component="controller")
+        elif why.startswith(mg.GAVE_UP):
+            kube.event(blocked, "EvacuationGaveUp", f"node {name} is being drained but the operator {why}",
+                       type_="Warning", component="controller")
     for vm in start:
         ns = vm["metadata"]["namespace"]
         mig_name = mg.evacuation_name(vm, name, (m["metadata"]["name"] for m in migrations
