@@ -31,6 +31,21 @@ from failovervm.vmspec import domain_spec
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 2.0
+# Recording a completed transfer in the API is retried this many times (1, 2, 4, 8 s apart) in the
+# migration thread; after that the VM's reconcile (_recover) records it later.
+RECORD_ATTEMPTS = 5
+
+
+ON_TARGET_RUNNING, ON_TARGET_ABSENT, ON_TARGET_UNKNOWN = "running", "absent", "unknown"
+
+
+class OutcomeUnknown(Exception):
+    """The domain left this node and the target cannot say whether it arrived there. The VM stays
+    locked by its migration: marking it failed would let it be started here a second time."""
+
+
+class RecordLater(Exception):
+    """The transfer completed, but the API would not take the result yet."""
 
 
 def migration_flags(transport: str) -> int:
@@ -79,7 +94,8 @@ class Migrator:
             in_process = uid in self.running and self.running[uid].is_alive()
         if state == mg.TARGET_READY and not in_process:
             if dom is None or not dom.isActive():
-                self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
+                self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node",
+                                    check_target=False)  # nothing was transferred
                 return Outcome("migration-failed")
             t = threading.Thread(
                 target=self._run, args=(dict(vm),), name=f"migrate-{vm['metadata']['name']}", daemon=True
@@ -115,11 +131,15 @@ class Migrator:
         uid = vm["metadata"]["uid"]
         try:
             self._migrate(vm)
+        except (OutcomeUnknown, RecordLater) as exc:
+            self._outcome_pending(vm, exc)
         except Exception as exc:
             log.exception("migration of %s failed unexpectedly", vm["metadata"]["name"])
             try:
                 mig = (vm.get("status") or {}).get("migration") or {}
                 self._finish_failed(vm, mig, "AgentError", str(exc))
+            except OutcomeUnknown as unknown:
+                self._outcome_pending(vm, unknown)
             except Exception:
                 log.exception("could not record the failure")
         finally:
@@ -127,6 +147,17 @@ class Migrator:
                 self.running.pop(uid, None)
                 self.aborting.discard(uid)
                 self.abort_requested.discard(uid)
+
+    def _outcome_pending(self, vm: Mapping[str, Any], exc: Exception) -> None:
+        """Leave the VM locked (migration state Running): its next reconcile finds out where the
+        domain is and records that (see _recover)."""
+        log.warning("migration of %s/%s: %s; the VM stays locked until its outcome is recorded",
+                    vm["metadata"]["namespace"], vm["metadata"]["name"], exc)
+        try:
+            self.ctx.kube.event(vm, "MigrationOutcomeUnknown", f"{exc}; retrying", type_="Warning",
+                                component=f"agent/{self.ctx.node}")
+        except Exception:
+            log.debug("could not post the event", exc_info=True)
 
     def _migrate(self, vm: dict[str, Any]) -> None:
         ctx = self.ctx
@@ -153,7 +184,8 @@ class Migrator:
         if ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"]) is None:
             return
         if aborted_early["v"]:
-            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED)
+            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
+                                check_target=False)
             return
 
         def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -166,15 +198,17 @@ class Migrator:
         node_obj = ctx.kube.get_node(target)
         uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
         if not uri:
-            self._finish_failed(vm, mig, "TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation")
+            self._finish_failed(vm, mig, "TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation",
+                                check_target=False)
             return
         dom = ctx.dm.lookup(dname)
         if dom is None or not dom.isActive():
-            self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node")
+            self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node",
+                                check_target=False)
             return
         problem = self._clear_target_leftover(vm, uri, target, dname)
         if problem:
-            self._finish_failed(vm, mig, "TargetHasDomain", problem)
+            self._finish_failed(vm, mig, "TargetHasDomain", problem, check_target=False)
             return
         pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
         persist_spec = domain_spec(
@@ -216,7 +250,24 @@ class Migrator:
             stop_progress.set()
         wall = time.monotonic() - started
         stats = self._completed_stats(uri, dname)
-        self._finish_succeeded(vm, mig, stats, wall)
+        self._record_success(vm, mig, stats, wall)
+
+    def _record_success(self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int],
+                        wall: float) -> None:
+        """The domain runs on the target now. Whatever the API says, never report a failure from
+        here on: the source would start the VM again (a second copy). Retry, then leave it to the
+        VM's reconcile, which finds the domain on the target and records the success."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                self._finish_succeeded(vm, mig, stats, wall)
+                return
+            except Exception as exc:
+                log.warning("recording the completed migration of %s/%s failed (attempt %d): %s",
+                            vm["metadata"]["namespace"], vm["metadata"]["name"], attempt + 1, exc)
+                if attempt + 1 == RECORD_ATTEMPTS:
+                    raise RecordLater(f"the domain runs on {mig.get('targetNode')}, but recording it failed: "
+                                      f"{exc}") from exc
+                time.sleep(2**attempt)
 
     def _clear_target_leftover(self, vm: Mapping[str, Any], uri: str, target: str, dname: str) -> str:
         """Before the transfer starts, no copy of the VM may exist on the target: the VM is locked
@@ -346,13 +397,28 @@ class Migrator:
         metrics.record_migration_succeeded(ctx.node, wall, stats)
 
     def _finish_failed(
-        self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str, phase: str = mg.FAILED
+        self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str, phase: str = mg.FAILED,
+        check_target: bool = True,
     ) -> None:
+        """Record a failed (or aborted) migration and unlock the VM. When the domain is not running
+        here any more, the target is asked first (check_target): a domain that arrived there is
+        recorded as a success, and when the target cannot answer this raises OutcomeUnknown
+        instead of unlocking a VM that may be running there."""
         ctx = self.ctx
         meta = vm["metadata"]
         ns, name, mig_name = meta["namespace"], meta["name"], mig.get("name")
         dom = ctx.dm.lookup(domxml.domain_name(ns, name))
         still_here = dom is not None and bool(dom.isActive())
+        if not still_here and check_target and mig.get("targetNode"):
+            where, uri = self._on_target(vm, mig)
+            if where == ON_TARGET_RUNNING:
+                log.warning("migration %s of %s/%s reported %s, but the domain runs on %s: recording the success",
+                            mig_name, ns, name, reason, mig["targetNode"])
+                self._finish_succeeded(vm, mig, self._completed_stats(uri, domxml.domain_name(ns, name)), 0.0)
+                return
+            if where == ON_TARGET_UNKNOWN:
+                raise OutcomeUnknown(f"the domain left {ctx.node} ({reason}: {message}) and {mig['targetNode']} "
+                                     "cannot be asked whether it arrived there")
 
         def unlock(st: dict[str, Any]) -> dict[str, Any] | None:
             if (st.get("migration") or {}).get("name") != mig_name:
@@ -399,21 +465,46 @@ class Migrator:
             )
             return Outcome("migration-failed")
         # The domain left this node: did it arrive on the target?
+        where, uri = self._on_target(vm, mig)
+        if where == ON_TARGET_RUNNING:
+            dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
+            self._finish_succeeded(vm, mig, self._completed_stats(uri, dname), 0.0)
+            return Outcome("migration-succeeded")
+        if where == ON_TARGET_UNKNOWN:
+            # Never guess: the VM stays locked (and is not started here) until the target answers.
+            self._outcome_pending(vm, OutcomeUnknown(
+                f"the domain left {self.ctx.node} and {mig.get('targetNode')} cannot be asked whether it arrived"))
+            return Outcome("migration-outcome-unknown", requeue_after=10.0)
+        self._finish_failed(vm, mig, "DomainLost", "the domain is neither on the source nor on the target",
+                            check_target=False)
+        return Outcome("migration-failed")
+
+    def _on_target(self, vm: Mapping[str, Any], mig: Mapping[str, Any]) -> tuple[str, str]:
+        """Whether the VM's domain runs on the migration's target node: (ON_TARGET_*, its libvirt URI)."""
         target = mig.get("targetNode")
         node_obj = self.ctx.kube.get_node(target) if target else None
         uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
-        if uri:
-            dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
+        if not uri:
+            # No target node (any more), or its agent never announced its libvirt (then no transfer
+            # to it can have started): the domain is not there.
+            return ON_TARGET_ABSENT, ""
+        dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
+        try:
+            conn = libvirt.open(uri)
+        except libvirt.libvirtError:
+            return ON_TARGET_UNKNOWN, uri
+        try:
             try:
-                conn = libvirt.open(uri)
-                try:
-                    arrived = bool(conn.lookupByName(dname).isActive())
-                finally:
-                    conn.close()
-            except libvirt.libvirtError:
-                arrived = False
-            if arrived:
-                self._finish_succeeded(vm, mig, self._completed_stats(uri, dname), 0.0)
-                return Outcome("migration-succeeded")
-        self._finish_failed(vm, mig, "DomainLost", "the domain is neither on the source nor on the target")
-        return Outcome("migration-failed")
+                dom = conn.lookupByName(dname)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return ON_TARGET_ABSENT, uri
+                return ON_TARGET_UNKNOWN, uri
+            state, _reason = dom.state()
+            # Paused on arrival (incoming migration not finished) counts as there: it may resume.
+            return (ON_TARGET_RUNNING if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
+                    else ON_TARGET_ABSENT), uri
+        except libvirt.libvirtError:
+            return ON_TARGET_UNKNOWN, uri
+        finally:
+            conn.close()

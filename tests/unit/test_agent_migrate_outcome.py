@@ -1,0 +1,198 @@
+"""The source agent never reports a migration failed while the VM may be running on the target.
+
+A failure recorded with the domain gone from the source unlocks the VM, and its source agent then
+starts it again: a second copy if it runs on the target. These tests drive Migrator's outcome
+paths with a fake API and fake libvirt connections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from failovervm import migration as mg
+from failovervm.agent import migrate
+from failovervm.agent.reconcile import AgentContext
+
+MIG = {"name": "m1", "state": mg.RUNNING, "targetNode": "n2", "targetPciAddress": "0000:3b:02.1",
+       "targetClaim": "c2"}
+
+
+def vm() -> dict[str, Any]:
+    return {"metadata": {"name": "vm", "namespace": "ns", "uid": "u1", "generation": 1},
+            "status": {"phase": "Migrating", "nodeName": "n1", "migration": dict(MIG),
+                       "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.0", "claimName": "c1"}}}
+
+
+class Kube:
+    def __init__(self, fail_status_writes: int = 0, nodes: dict[str, str] | None = None) -> None:
+        self.vm = vm()
+        self.mig: dict[str, Any] = {"phase": mg.RUNNING}
+        self.fail_status_writes = fail_status_writes
+        self.events: list[str] = []
+        self.nodes = {"n2": "test:///n2"} if nodes is None else nodes
+
+    def update_vm_status(self, _ns: str, _name: str, mutate: Any, **_kw: Any) -> dict[str, Any] | None:
+        if self.fail_status_writes:
+            self.fail_status_writes -= 1
+            raise RuntimeError("apiserver: 503")
+        new = mutate(dict(self.vm["status"]))
+        if new is not None:
+            self.vm["status"] = new
+        return self.vm
+
+    def patch_vm(self, *_a: Any, **_kw: Any) -> None:
+        pass
+
+    def update_migration_status(self, _ns: str, _name: str, mutate: Any) -> None:
+        self.mig = mutate(dict(self.mig)) or self.mig
+
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        if name not in self.nodes:
+            return None
+        return {"metadata": {"name": name, "annotations": {"failovervm.io/libvirt-uri": self.nodes[name]}}}
+
+    def event(self, _obj: Any, reason: str, _msg: str, **_kw: Any) -> None:
+        self.events.append(reason)
+
+
+class DM:
+    def __init__(self, dom: Any = None) -> None:
+        self.dom = dom
+
+    def lookup(self, _name: str) -> Any:
+        return self.dom
+
+
+class Dom:
+    def __init__(self, state: int = libvirt.VIR_DOMAIN_RUNNING) -> None:
+        self._state = state
+
+    def isActive(self) -> bool:
+        return self._state == libvirt.VIR_DOMAIN_RUNNING
+
+    def state(self) -> tuple[int, int]:
+        return self._state, 0
+
+    def jobStats(self, _flags: int = 0) -> dict[str, int]:
+        return {"downtime": 31}
+
+
+class NoDomain(libvirt.libvirtError):
+    def __init__(self) -> None:
+        super().__init__("Domain not found")
+
+    def get_error_code(self) -> int:
+        return int(libvirt.VIR_ERR_NO_DOMAIN)
+
+
+class Conn:
+    def __init__(self, dom: Dom | None) -> None:
+        self.dom = dom
+
+    def lookupByName(self, _name: str) -> Dom:
+        if self.dom is None:
+            raise NoDomain()
+        return self.dom
+
+    def close(self) -> None:
+        pass
+
+
+def target(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """What the target's libvirtd says: "running", "absent" or "down"."""
+    def open_(_uri: str) -> Conn:
+        if where == "down":
+            raise libvirt.libvirtError("unable to connect to server: Connection refused")
+        return Conn(Dom() if where == "running" else None)
+
+    monkeypatch.setattr(migrate.libvirt, "open", open_)
+
+
+def migrator(kube: Kube, source_dom: Any = None) -> migrate.Migrator:
+    ctx = AgentContext(node="n1", kube=kube, dm=DM(source_dom), storage_roots=[],  # type: ignore[arg-type]
+                       sysfs_root=Path("/nonexistent"))
+    return migrate.Migrator(ctx)
+
+
+def test_a_failure_reported_while_the_domain_runs_on_the_target_is_recorded_as_success(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """E.g. migrateToURI3 raised after the destination had taken over."""
+    target(monkeypatch, "running")
+    kube = Kube()
+    migrator(kube)._finish_failed(kube.vm, MIG, "MigrationFailed", "confirm phase failed")
+    assert kube.vm["status"]["nodeName"] == "n2" and "migration" not in kube.vm["status"]
+    assert kube.vm["status"]["vf"]["pciAddress"] == "0000:3b:02.1"
+    assert kube.mig["phase"] == mg.SUCCEEDED
+
+
+def test_an_unreachable_target_keeps_the_vm_locked(monkeypatch: pytest.MonkeyPatch) -> None:
+    target(monkeypatch, "down")
+    kube = Kube()
+    with pytest.raises(migrate.OutcomeUnknown):
+        migrator(kube)._finish_failed(kube.vm, MIG, "MigrationFailed", "connection reset")
+    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and kube.vm["status"]["nodeName"] == "n1"
+    assert kube.mig["phase"] == mg.RUNNING
+
+
+def test_a_domain_gone_everywhere_is_reported_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    target(monkeypatch, "absent")
+    kube = Kube()
+    migrator(kube)._finish_failed(kube.vm, MIG, "MigrationFailed", "boom")
+    assert "migration" not in kube.vm["status"] and kube.vm["status"]["phase"] == "Failed"
+    assert kube.mig["phase"] == mg.FAILED and "is NOT running on n1" in kube.mig["message"]
+
+
+def test_a_failure_with_the_domain_still_here_does_not_ask_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    target(monkeypatch, "down")  # would raise OutcomeUnknown if asked
+    kube = Kube()
+    migrator(kube, Dom())._finish_failed(kube.vm, MIG, "MigrationFailed", "target refused")
+    assert kube.vm["status"]["phase"] == "Running" and kube.vm["status"]["nodeName"] == "n1"
+    assert kube.mig["phase"] == mg.FAILED and "keeps running on n1" in kube.mig["message"]
+
+
+@pytest.mark.parametrize(("where", "outcome", "node"), [
+    ("running", "migration-succeeded", "n2"),
+    ("down", "migration-outcome-unknown", "n1"),
+    ("absent", "migration-failed", "n1"),
+])
+def test_recovery_after_an_agent_restart(monkeypatch: pytest.MonkeyPatch, where: str, outcome: str,
+                                         node: str) -> None:
+    target(monkeypatch, where)
+    kube = Kube()
+    out = migrator(kube)._recover(kube.vm, MIG, None)
+    assert out.action == outcome and kube.vm["status"]["nodeName"] == node
+    if where == "down":
+        assert out.requeue_after and kube.vm["status"]["migration"]["state"] == mg.RUNNING
+        assert kube.events == ["MigrationOutcomeUnknown"]
+
+
+def test_a_deleted_target_node_means_the_domain_is_not_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    target(monkeypatch, "down")
+    kube = Kube(nodes={})
+    assert migrator(kube)._recover(kube.vm, MIG, None).action == "migration-failed"
+
+
+def test_recording_a_completed_transfer_is_retried_and_never_becomes_a_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migrate.time, "sleep", lambda _s: None)
+    target(monkeypatch, "running")
+    kube = Kube(fail_status_writes=2)
+    m = migrator(kube)
+    monkeypatch.setattr(m, "_migrate", lambda v: m._record_success(v, MIG, {}, 1.0))  # after migrateToURI3
+    m._run(kube.vm)
+    assert kube.vm["status"]["nodeName"] == "n2" and kube.mig["phase"] == mg.SUCCEEDED
+
+    # The API keeps refusing: the VM stays locked (no failure, no restart on the source) and the
+    # next reconcile's recovery records the success.
+    kube = Kube(fail_status_writes=migrate.RECORD_ATTEMPTS)
+    m = migrator(kube)
+    monkeypatch.setattr(m, "_migrate", lambda v: m._record_success(v, MIG, {}, 1.0))  # after migrateToURI3
+    m._run(kube.vm)
+    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and kube.mig["phase"] == mg.RUNNING
+    assert kube.events == ["MigrationOutcomeUnknown"]
+    assert m._recover(kube.vm, MIG, None).action == "migration-succeeded"
+    assert kube.vm["status"]["nodeName"] == "n2"
+
