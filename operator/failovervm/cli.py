@@ -66,7 +66,14 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         state = manager.State(opts.state_dir.resolve())
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         version = state.data.get("versions", {}).get("KUBERNETES_VERSION", "v0.0.0")
-        nodes.heartbeat(str(state.kubeconfig), state.sandbox_nodes(), version)
+        nodes.heartbeat(str(state.kubeconfig), state.sandbox_nodes(), version,
+                        down=lambda: manager.down_nodes(opts.state_dir.resolve()))
+        return 0
+    if args.action in ("node-down", "node-up"):
+        if args.action == "node-down":
+            manager.node_down(opts, args.node)
+        else:
+            manager.node_up(opts, args.node)
         return 0
     raise AssertionError(args.action)
 
@@ -329,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sbs.add_parser("status", parents=[common], help="report each component")
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     sbs.add_parser("heartbeat", parents=[common], help=argparse.SUPPRESS)
+    nd = sbs.add_parser("node-down", parents=[common],
+                        help="simulate a machine failure: kill the node's VMs, stop its libvirtd, agent and heartbeat")
+    nd.add_argument("node")
+    nu = sbs.add_parser("node-up", parents=[common], help="bring a node stopped by node-down back")
+    nu.add_argument("node")
     sb.set_defaults(func=cmd_sandbox)
 
     ctl = sub.add_parser("controller", help="run the cluster controller (Kopf; one active replica via peering)")

@@ -40,6 +40,10 @@ MIGRATIONS_WITHOUT_FAILOVER = Counter(
     "failovervm_migrations_without_failover_total", "Migrations of VMs whose guest had not negotiated failover, "
     "by what the policy did (warned: ran with a warning; refused)", ["action"])
 
+VMS_RECOVERED = Counter(
+    "failovervm_vms_recovered_total", "VMs released from a fenced node to be restarted elsewhere, by why the node "
+    "counts as fenced (NodeOutOfService, NodeDeleted)", ["reason"])
+
 
 def set_failover_counts(node: str, statuses: Iterable[str]) -> None:
     counts = {s: 0 for s in FAILOVER_STATES}

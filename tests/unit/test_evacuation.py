@@ -78,6 +78,7 @@ class SlowKube:
 
 def node() -> dict[str, Any]:
     return {"metadata": {"name": "n1", "uid": "node-uid", "labels": {}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
             "spec": {"unschedulable": True, "taints": [{"key": "node.kubernetes.io/unschedulable",
                                                         "effect": "NoSchedule"}]}}
 

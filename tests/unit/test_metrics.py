@@ -180,6 +180,9 @@ class _FakeAgentKube:
         self.migration_status = mutate({"phase": "Running"})
         return {}
 
+    def get_node(self, name: str) -> None:
+        return None  # the target node is gone: the domain cannot be there
+
 
 def _migrator(node: str) -> Any:
     from failovervm.agent.migrate import Migrator

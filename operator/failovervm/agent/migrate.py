@@ -23,7 +23,7 @@ from typing import Any
 
 import libvirt
 
-from failovervm import conditions, domxml, labels, metrics
+from failovervm import conditions, domxml, labels, metrics, nodehealth
 from failovervm import migration as mg
 from failovervm.agent.reconcile import AgentContext, Outcome
 from failovervm.vmspec import domain_spec
@@ -484,9 +484,9 @@ class Migrator:
         target = mig.get("targetNode")
         node_obj = self.ctx.kube.get_node(target) if target else None
         uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
-        if not uri:
-            # No target node (any more), or its agent never announced its libvirt (then no transfer
-            # to it can have started): the domain is not there.
+        if not uri or nodehealth.is_fenced(node_obj):
+            # No target node (any more), a target known to be shut down (out-of-service), or one
+            # whose agent never announced its libvirt (then no transfer to it can have started).
             return ON_TARGET_ABSENT, ""
         dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
         try:

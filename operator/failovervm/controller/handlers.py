@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from failovervm import API_GROUP, API_VERSION
-from failovervm.controller import migrations, vms
+from failovervm.controller import migrations, recovery, vms
 from failovervm.controller.config import CONFIG
 from failovervm.validation import validate_vm
 
@@ -54,7 +54,8 @@ _last_node_sweep = 0.0
 @kopf.timer(*POOL, interval=3.0)
 def pool_status(*, name: str, **_: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
-    the nodes (guard pods, evacuation) and, every 30 s, orphaned VFClaims and migration history.
+    the nodes (guard pods, evacuation, node health) and, every 30 s, orphaned VFClaims, migration
+    history and VMs whose node was deleted while no controller watched.
 
     The node sweep hangs off the VFPool timers because Kopf puts a finalizer on every object a
     timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
@@ -70,6 +71,7 @@ def pool_status(*, name: str, **_: Any) -> None:
         _last_claim_sweep = now
         vms.collect_orphaned_claims()
         migrations.collect_history()
+        recovery.sweep_deleted_nodes()
 
 
 @kopf.on.validate(*FVM, operations=["CREATE", "UPDATE"], id="failovervm-validate")
@@ -139,9 +141,12 @@ def on_migration_delete(*, name: str, namespace: str | None, **_: Any) -> None:
 
 # -- Nodes: drain guard pods and evacuation -------------------------------------------------------
 @kopf.on.event("", "v1", "nodes")
-def on_node_event(*, type: str, body: kopf.Body, **_: Any) -> None:
+def on_node_event(*, type: str, name: str, body: kopf.Body, **_: Any) -> None:
     if type != "DELETED":
         migrations.reconcile_node(body)
+    elif name:
+        # A deleted Node counts as fenced: the VMs it ran start elsewhere.
+        recovery.release_all(name, None)
 
 
 

@@ -10,8 +10,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, guestfailover, labels
+from failovervm import conditions, guestfailover, labels, nodehealth
 from failovervm import migration as mg
+from failovervm.controller import recovery
 from failovervm.controller.config import CONFIG
 from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
 from failovervm.placement import Claimed, place
@@ -46,6 +47,16 @@ def _set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[st
     if obj is not None and old_phase != new_phase and mg.phase(obj) == new_phase:
         log.info("migration %s/%s: %s -> %s", ns, name, old_phase, new_phase)
     return obj
+
+
+def set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str, Any] | None:
+    """Move a migration to `new_phase` if the state machine allows it (None otherwise)."""
+    return _set_phase(mig, new_phase, **fields)
+
+
+def migration_lock(namespace: str, name: str) -> threading.Lock:
+    """The lock `advance` holds while it drives this migration."""
+    return _lock(namespace, name)
 
 
 def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str, Any] | None,
@@ -369,6 +380,15 @@ def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
     name = node["metadata"]["name"]
     vms = vms_on(name)
     out: dict[str, Any] = {"vms": len(vms)}
+    health = nodehealth.assess(name, node, dt.datetime.now(dt.UTC))
+    if health.state == nodehealth.FENCED:
+        # Known to be off: its VMs start elsewhere, and with none left the guard pod goes (a drain
+        # of the dead node completes).
+        out["released"] = [f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in vms
+                           if (v.get("status") or {}).get("nodeName") == name and recovery.release(v, name, health)]
+        vms = vms_on(name)
+    elif vms:
+        recovery.mark(vms, name, health)
     # Remember which guard pods exist so the periodic tick does not hit the API for nothing; an
     # eviction or deletion always goes through the API (and clears the memory).
     if vms:

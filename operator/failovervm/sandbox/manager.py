@@ -7,6 +7,8 @@ alone, dead ones are restarted with the same ports and data.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -205,6 +207,9 @@ def up(opts: Options) -> State:
         libvirthost.prepare(host)
         network.ensure_node_bridge(opts.bridge, i)
         key = f"libvirt-{i}"
+        if entry["node"] in d.get("down_nodes", []):
+            say(opts, f"libvirtd {entry['node']}: node is down (`failovervm sandbox node-up {entry['node']}`)")
+            continue
         if procs.alive(d.get(key, {}).get("pid"), "libvirtd"):
             say(opts, f"libvirtd {entry['node']}: already running (pid {d[key]['pid']})")
             continue
@@ -223,7 +228,8 @@ def up(opts: Options) -> State:
         say(opts, f"libvirtd {node_name(host.index)} ({host.uri}, {d['accel']}): started (pid {pid}) "
                   f"in {time.monotonic() - t0:.1f}s")
     for host in state.hosts():
-        network.ensure_libvirt_network(host.uri, network.node_bridge(opts.bridge, host.index))
+        if node_name(host.index) not in d.get("down_nodes", []):
+            network.ensure_libvirt_network(host.uri, network.node_bridge(opts.bridge, host.index))
     say(opts, f"standby network: libvirt network {network.STANDBY_NETWORK} on bridge "
               f"{network.node_bridge(opts.bridge, 1)}.. per node, uplinked to {opts.bridge}")
 
@@ -288,6 +294,75 @@ def down(opts: Options) -> None:
         else:
             child.unlink(missing_ok=True)
     say(opts, f"sandbox in {state_dir} is down")
+
+
+def _node_entry(state: State, name: str) -> dict[str, Any]:
+    for entry in state.data.get("libvirt", []):
+        if entry["node"] == name:
+            return dict(entry)
+    known = ", ".join(h["node"] for h in state.data.get("libvirt", []))
+    raise SandboxError(f"no sandbox node {name!r} (nodes: {known})")
+
+
+def down_nodes(state_dir: Path) -> set[str]:
+    """Nodes `node-down` stopped (their heartbeat is not posted)."""
+    return set(State(state_dir).data.get("down_nodes", []))
+
+
+def node_down(opts: Options, name: str) -> None:
+    """Simulate a machine failure: the node's VMs die (QEMU SIGKILLed, as in a power cut), its
+    libvirtd and agent stop, and its heartbeat stops, so the node goes NotReady. Nothing is
+    cleaned up: the domains stay defined, as on a real disk that comes back."""
+    import signal
+
+    state = State(opts.state_dir.resolve())
+    entry = _node_entry(state, name)
+    d = state.data
+    d["down_nodes"] = sorted({*d.get("down_nodes", []), name})
+    state.save()
+    procs.stop(d.get(f"agent-{entry['index']}", {}).get("pid"), "agent")
+    host = libvirthost.LibvirtHost(entry["index"], entry["address"], Path(entry["root"]))
+    killed = libvirthost.qemu_pids(host)
+    for qpid in killed:
+        try:
+            os.kill(qpid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    procs.stop(d.get(f"libvirt-{entry['index']}", {}).get("pid"), "libvirtd")
+    # What node-lifecycle-controller writes once the grace period passes without a heartbeat.
+    from kubernetes import client, config
+
+    config.load_kube_config(config_file=str(state.kubeconfig))
+    now = dt.datetime.now(dt.UTC).isoformat()
+    client.CoreV1Api().patch_node_status(name, {"status": {"conditions": [{
+        "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+        "message": "Kubelet stopped posting node status (failovervm sandbox node-down).",
+        "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+    say(opts, f"node {name}: down ({len(killed)} QEMU process(es) killed, libvirtd and agent stopped, "
+              "heartbeat stopped; Ready=Unknown)")
+
+
+def node_up(opts: Options, name: str) -> State:
+    """Bring a node stopped by `node-down` back: libvirtd, its agent and its heartbeat."""
+    state = State(opts.state_dir.resolve())
+    _node_entry(state, name)
+    d = state.data
+    d["down_nodes"] = sorted(set(d.get("down_nodes", [])) - {name})
+    state.save()
+    # Restart with the running sandbox's own settings, not the command line's defaults.
+    first = d["libvirt"][0]
+    state = up(dataclasses.replace(
+        opts, bridge=d["bridge"], images_dir=Path(d["images_dir"]), node_cpu=d["node_cpu"],
+        node_memory=d["node_memory"], address_base=_node_address(first["address"], -int(first["index"]))))
+    from kubernetes import client, config
+
+    from failovervm.sandbox import nodes as nodes_mod
+
+    config.load_kube_config(config_file=str(state.kubeconfig))
+    client.CoreV1Api().patch_node_status(name, {"status": {"conditions": nodes_mod._conditions(
+        dt.datetime.now(dt.UTC))}})
+    say(opts, f"node {name}: up")
+    return state
 
 
 def status(opts: Options) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import logging
 import platform
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,8 +143,10 @@ def renew_lease(coord: client.CoordinationV1Api, name: str) -> None:
         coord.create_namespaced_lease(LEASE_NS, body)
 
 
-def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, interval: float = 10.0) -> None:
-    """Renew Leases every `interval` s and post Ready status; runs until SIGTERM."""
+def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, interval: float = 10.0,
+              down: Callable[[], set[str]] = set) -> None:
+    """Renew Leases every `interval` s and post Ready status; runs until SIGTERM. Nodes in
+    `down()` (re-read every round) are skipped: `sandbox node-down` stopped their machine."""
     config.load_kube_config(config_file=kubeconfig)
     core, coord = client.CoreV1Api(), client.CoordinationV1Api()
     stopping = False
@@ -156,8 +158,15 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, i
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     tick = 0
+    skip: set[str] = set()
     while not stopping:
+        try:
+            skip = down()
+        except Exception as exc:  # the state file is being replaced: keep the previous view
+            log.debug("could not read the down nodes: %s", exc)
         for node in nodes:
+            if node.name in skip:
+                continue
             try:
                 renew_lease(coord, node.name)
                 if tick % 3 == 0:

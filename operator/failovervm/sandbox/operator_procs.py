@@ -130,6 +130,8 @@ def ensure(state: State, opts: Options) -> None:
     _wait_port(op["webhook_port"], 60, "the controller's admission webhook", logs / "controller.log")
     for host in state.data["libvirt"]:
         key = f"agent-{host['index']}"
+        if host["node"] in state.data.get("down_nodes", []):
+            continue  # `sandbox node-down`: its machine is off
         op.setdefault(f"{key}_metrics_port", controlplane.free_port())
         agent_argv = [
             sys.executable, "-m", "failovervm.cli", "agent", "--kubeconfig", kc, "--node", host["node"],

@@ -1,0 +1,115 @@
+"""Node failure: mark the VMs of an unready node, restart those of a fenced node elsewhere.
+
+See failovervm.nodehealth for the rules. Called by the node sweep (every 3 s), on Node deletion
+events, and by a 30 s sweep for VMs whose node no longer exists (missed deletions)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from failovervm import conditions, labels, nodehealth
+from failovervm import migration as mg
+from failovervm.controller.config import CONFIG
+from failovervm.metrics import VMS_RECOVERED
+
+log = logging.getLogger(__name__)
+
+
+def mark(vms: Iterable[Mapping[str, Any]], node: str, health: nodehealth.NodeHealth) -> int:
+    """Record the node's health on its VMs (NodeHealthy) when it changed. Returns the writes made."""
+    kube = CONFIG.k()
+    writes = 0
+    for vm in vms:
+        if (vm.get("status") or {}).get("nodeName") != node:
+            continue
+        change = nodehealth.condition_change(vm, health)
+        if change is None:
+            continue
+        status, reason, message = change
+        meta = vm["metadata"]
+
+        def mutate(st: dict[str, Any], status: bool = status, reason: str = reason,
+                   message: str = message) -> dict[str, Any] | None:
+            if st.get("nodeName") != node:
+                return None
+            st["conditions"] = conditions.set_condition(st.get("conditions"), nodehealth.CONDITION, status, reason,
+                                                        message)
+            return st
+
+        kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
+        writes += 1
+        if status:
+            kube.event(vm, "NodeRecovered", f"node {node} is Ready again", component="controller")
+        else:
+            kube.event(vm, "NodeNotReady", message, type_="Warning", component="controller")
+    return writes
+
+
+def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> bool:
+    """The VM's node is fenced: fail its migration, take it off the node; the controller then
+    places it again and its new node's agent boots it (a cold restart). True when released."""
+    from failovervm.controller import migrations
+
+    kube = CONFIG.k()
+    meta = vm["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    mig_ref = (vm.get("status") or {}).get("migration") or {}
+    if mig_ref.get("name"):
+        mig = kube.get_migration(ns, str(mig_ref["name"]))
+        if mig is not None and mg.phase(mig) not in mg.TERMINAL_PHASES:
+            with migrations.migration_lock(ns, str(mig_ref["name"])):
+                failed = migrations.set_phase(mig, mg.FAILED, reason="SourceNodeFenced",
+                                              message=f"{health.message}: the VM is restarted on another node")
+                migrations.cleanup(failed or mig)
+    # Metadata first, status last: once nodeName is gone the controller places the VM again and
+    # sets the new node label, which this patch must not overwrite.
+    kube.patch_vm(ns, name, {"metadata": {"labels": {labels.VM_NODE: None}}})
+    done = {"v": False}
+
+    def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+        if st.get("nodeName") != node:
+            return None
+        for key in ("nodeName", "vf", "domain", "migration"):
+            st.pop(key, None)
+        st["phase"] = "Pending"
+        msg = f"{health.message}: the VM did not shut down cleanly there; restarting it on another node"
+        st["conditions"] = conditions.set_condition(st.get("conditions"), "Ready", False, health.reason, msg,
+                                                    meta.get("generation"))
+        st["conditions"] = conditions.set_condition(st["conditions"], "Scheduled", False, health.reason,
+                                                    f"released from fenced node {node}")
+        st["conditions"] = [c for c in st["conditions"] if c.get("type") != nodehealth.CONDITION]
+        done["v"] = True
+        return st
+
+    kube.update_vm_status(ns, name, mutate, uid=meta["uid"])
+    if done["v"]:
+        VMS_RECOVERED.labels(health.reason).inc()
+        log.warning("%s/%s released from fenced node %s (%s)", ns, name, node, health.reason)
+        kube.event(vm, "NodeFenced", f"{health.message}: restarting the VM on another node (a cold boot: it did "
+                   "not shut down cleanly)", type_="Warning", component="controller")
+    return done["v"]
+
+
+def release_all(node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
+    """Release every VM of a fenced node (None: the Node is gone)."""
+    health = nodehealth.assess(node, node_obj)
+    if health.state != nodehealth.FENCED:
+        return []
+    return [f"{vm['metadata']['namespace']}/{vm['metadata']['name']}" for vm in CONFIG.k().list_vms(
+        f"{labels.VM_NODE}={node}") if release(vm, node, health)]
+
+
+def sweep_deleted_nodes() -> list[str]:
+    """VMs placed on a node that no longer exists (its deletion event was missed): release them.
+    The node is looked up once more by name first, since the VM list may be newer than a node list."""
+    kube = CONFIG.k()
+    known = {n["metadata"]["name"] for n in kube.list_nodes()}
+    released: list[str] = []
+    for vm in kube.list_vms():
+        node = (vm.get("status") or {}).get("nodeName")
+        if (node and node not in known and kube.get_node(str(node)) is None
+                and release(vm, str(node), nodehealth.assess(str(node), None))):
+            released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
+    return released

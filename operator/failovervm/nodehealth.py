@@ -1,0 +1,74 @@
+"""What a node's health means for the FailoverVMs on it (pure logic).
+
+A node whose Ready condition is not True may have crashed, or may only have lost its kubelet or
+its network while its VMs keep running. Starting those VMs elsewhere could run them twice, so an
+unready node alone only marks its VMs (`NodeHealthy=False`). They are restarted on another node
+only once the node is *fenced*, that is known not to run anything any more:
+
+- the Node carries the taint `node.kubernetes.io/out-of-service` (Kubernetes' non-graceful node
+  shutdown: set by an administrator or a remediation operator after powering the machine off), or
+- the Node object was deleted (the machine is gone from the cluster).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
+CONDITION = "NodeHealthy"
+
+HEALTHY, NOT_READY, FENCED = "Healthy", "NotReady", "Fenced"
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    state: str  # HEALTHY | NOT_READY | FENCED
+    reason: str
+    message: str
+
+
+def is_fenced(node: Mapping[str, Any] | None) -> bool:
+    return node is None or any(t.get("key") == OUT_OF_SERVICE_TAINT for t in (node.get("spec") or {}).get("taints")
+                               or [])
+
+
+def assess(name: str, node: Mapping[str, Any] | None, now: dt.datetime | None = None) -> NodeHealth:
+    """The health of node `name` (`node` is its object, None when it does not exist)."""
+    if node is None:
+        return NodeHealth(FENCED, "NodeDeleted", f"node {name} was deleted")
+    if is_fenced(node):
+        return NodeHealth(FENCED, "NodeOutOfService", f"node {name} is tainted {OUT_OF_SERVICE_TAINT} (shut down)")
+    ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is not None and ready.get("status") == "True":
+        return NodeHealth(HEALTHY, "NodeReady", f"node {name} is Ready")
+    since = ""
+    if ready is not None and ready.get("lastTransitionTime") and now is not None:
+        changed = dt.datetime.fromisoformat(str(ready["lastTransitionTime"]).replace("Z", "+00:00"))
+        since = f" for {max(0, int((now - changed).total_seconds()))}s"
+    detail = (f"Ready={ready.get('status')} ({ready.get('reason') or 'no reason'})" if ready is not None
+              else "no Ready condition")
+    return NodeHealth(NOT_READY, "NodeNotReady",
+                      f"node {name} is not ready{since}: {detail}. The VM may still run there; it is started "
+                      f"on another node only once the node is fenced (taint {OUT_OF_SERVICE_TAINT}, or the "
+                      "Node deleted)")
+
+
+def condition_change(vm: Mapping[str, Any], health: NodeHealth) -> tuple[bool, str, str] | None:
+    """The NodeHealthy condition to write on a VM on this node, or None when it is up to date.
+
+    A VM that never had the condition gets none while its node is healthy (no write per VM on
+    every sweep); once recorded, it goes back to True when the node recovers."""
+    current = next((c for c in (vm.get("status") or {}).get("conditions") or [] if c.get("type") == CONDITION),
+                   None)
+    if health.state == HEALTHY:
+        if current is None or current.get("status") == "True":
+            return None
+        return True, health.reason, health.message
+    if health.state == NOT_READY:
+        if current is not None and current.get("status") == "False" and current.get("reason") == health.reason:
+            return None  # do not rewrite the message (its "for Ns") on every sweep
+        return False, health.reason, health.message
+    return None  # fenced: the VM is released from the node instead

@@ -1,0 +1,70 @@
+"""A node's machine fails: its VMs are marked, and restarted elsewhere only once it is fenced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from failovervm.nodehealth import CONDITION, OUT_OF_SERVICE_TAINT
+from tests.conftest import Sandbox, _cli, make_namespace, wait_for
+from tests.e2e.helpers import apply, claims, condition, domains_on, get_vm, pool_manifest, vm_manifest, wait_phase
+
+pytestmark = pytest.mark.e2e
+POOL = "nodefail-pool"
+
+
+def _events(sb: Sandbox, ns: str, name: str, reason: str) -> list[dict[str, Any]]:
+    return [e for e in sb.kubectl_json("-n", ns, "get", "events")["items"]
+            if e.get("reason") == reason and e["involvedObject"]["name"] == name]
+
+
+def _ready(sb: Sandbox, node: str) -> bool:
+    conds = sb.kubectl_json("get", "node", node)["status"].get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+
+def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = make_namespace(sb, "nodefail")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("crash", ns, POOL))
+    vm = wait_phase(sb, ns, "crash", "Running")
+    node = vm["status"]["nodeName"]
+    state = ["--state-dir", str(sb.state_dir)]
+    res = _cli("sandbox", "node-down", *state, node)
+    assert res.returncode == 0, res.stderr
+    try:
+        # Unready but not fenced: the VM may still run there, so it is only marked.
+        marked = wait_for(lambda: (v := get_vm(sb, ns, "crash")) and (c := condition(v, CONDITION))
+                          and c["status"] == "False" and v, 60, what="NodeHealthy=False")
+        assert marked["status"]["nodeName"] == node and marked["status"]["phase"] == "Running"
+        assert "out-of-service" in condition(marked, CONDITION)["message"]
+        wait_for(lambda: _events(sb, ns, "crash", "NodeNotReady"), 30, what="the NodeNotReady event")
+        # The administrator confirms the machine is off (Kubernetes' non-graceful node shutdown).
+        sb.kubectl("taint", "node", node, f"{OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute")
+        moved = wait_for(lambda: (v := get_vm(sb, ns, "crash")) and v["status"].get("phase") == "Running"
+                         and v["status"].get("nodeName") not in (None, node) and v, 120,
+                         what="the VM running on another node")
+        new = moved["status"]["nodeName"]
+        assert moved["status"]["vf"]["node"] == new
+        assert moved["metadata"]["labels"]["failovervm.io/node"] == new
+        assert condition(moved, CONDITION) is None  # it was about the old node
+        assert f"fvm_{ns}_crash" in domains_on(sb, new)
+        wait_for(lambda: _events(sb, ns, "crash", "NodeFenced"), 30, what="the NodeFenced event")
+        # The old node's VF went back to its pool: one claim, on the new node.
+        wait_for(lambda: [c["spec"]["node"] for c in claims(sb) if c["spec"]["owner"]["name"] == "crash"] == [new],
+                 60, what="the fenced node's VF claim released")
+        # With no VM left the fenced node's guard pod goes, so a drain of the dead node completes.
+        wait_for(lambda: sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}",
+                                    check=False).returncode != 0, 60, what="the guard pod removed")
+    finally:
+        res = _cli("sandbox", "node-up", *state, node)
+        sb.kubectl("taint", "node", node, f"{OUT_OF_SERVICE_TAINT}-", check=False)
+        sb.data = sb.__class__(sb.state_dir).data
+    assert res.returncode == 0, res.stderr
+    # The machine is back: the domain definition it kept is removed by its agent, and only one
+    # copy of the VM exists, on the new node.
+    wait_for(lambda: f"fvm_{ns}_crash" not in domains_on(sb, node), 90, what="the stale definition removed")
+    assert get_vm(sb, ns, "crash")["status"]["nodeName"] == new
+    wait_for(lambda: _ready(sb, node), 60, what="the node Ready again")
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
