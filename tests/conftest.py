@@ -137,6 +137,19 @@ def _e2e_cleanup(request: pytest.FixtureRequest) -> Iterator[None]:
             sb.kubectl("taint", "node", name, taint, check=False)
 
 
+def remove_domain(conn: Any, name: str) -> None:
+    """Destroy (if running) and undefine domain `name` on `conn`, if it exists: test cleanup."""
+    import libvirt
+
+    try:
+        dom = conn.lookupByName(name)
+        if dom.isActive():
+            dom.destroy()
+        dom.undefine()
+    except libvirt.libvirtError:
+        pass
+
+
 def restart_operator(sandbox: Sandbox) -> None:
     """Start whatever operator process is not running (after a test killed one)."""
     res = _cli(*_up_args(sandbox.state_dir))

@@ -16,7 +16,7 @@ from lxml import etree
 from lxml.builder import E
 
 from failovervm.sandbox import procs
-from tests.conftest import REPO, Sandbox
+from tests.conftest import REPO, Sandbox, remove_domain
 
 pytestmark = pytest.mark.e2e
 
@@ -131,13 +131,7 @@ def test_raw_live_migration_of_a_teaming_vm(sandbox: Sandbox) -> None:
         assert xml.find("devices/interface/teaming").get("type") == "persistent"
     finally:
         for conn in (src, dst):
-            try:
-                d = conn.lookupByName(name)
-                if d.isActive():
-                    d.destroy()
-                d.undefine()
-            except libvirt.libvirtError:
-                pass
+            remove_domain(conn, name)
             conn.close()
 
 

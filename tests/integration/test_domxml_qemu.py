@@ -10,7 +10,7 @@ import pytest
 from lxml import etree
 
 from failovervm import domxml
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, remove_domain
 
 pytestmark = pytest.mark.integration
 
@@ -88,13 +88,7 @@ def test_domain_without_vf_starts_and_takes_a_vf_hotplug_attempt(sandbox: Sandbo
             dom.attachDeviceFlags(domxml.build_vf_interface_xml(spec), libvirt.VIR_DOMAIN_AFFECT_LIVE)
         assert dom.isActive()
     finally:
-        try:
-            d = conn.lookupByName(name)
-            if d.isActive():
-                d.destroy()
-            d.undefine()
-        except libvirt.libvirtError:
-            pass
+        remove_domain(conn, name)
         conn.close()
 
 
