@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import libvirt
 from kubernetes import watch
-from lxml import etree
 
-from benchmarks.common import SandboxHandle, ensure_namespace, ensure_pool, halt_vm, machine, summary
+from benchmarks.common import SandboxHandle, ensure_namespace, ensure_pool, halt_vm, machine, raw_copy_xml, summary
 from failovervm import API_GROUP, API_VERSION
 
 POOL = "bench-pool"
@@ -61,15 +59,9 @@ def _raw_once(uri: str, xml: str) -> float:
 def _raw_xml(uri: str, domain: str) -> str:
     conn = libvirt.open(uri)
     try:
-        el = etree.fromstring(conn.lookupByName(domain).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
+        return raw_copy_xml(conn.lookupByName(domain).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), f"raw-{domain}"[:60])
     finally:
         conn.close()
-    el.find("name").text = f"raw-{domain}"[:60]
-    el.find("uuid").text = str(uuid.uuid4())
-    md = el.find("metadata")
-    if md is not None:
-        el.remove(md)  # not an operator domain
-    return etree.tostring(el, encoding="unicode")
 
 
 def _delete_and_wait(sb: SandboxHandle, ns: str, name: str) -> None:

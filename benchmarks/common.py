@@ -60,6 +60,24 @@ class SandboxHandle:
         return str(next(h["uri"] for h in self.data["libvirt"] if h["node"] == node))
 
 
+# Keeps the VMs of a benchmark off the nodes it does not want them on.
+HOLD_TAINT = {"key": "failovervm.io/bench-hold", "value": "yes", "effect": "NoSchedule"}
+
+
+def list_vms(sb: SandboxHandle, ns: str) -> list[dict[str, Any]]:
+    return list(sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms")["items"])
+
+
+def set_taint(sb: SandboxHandle, node: str, taint: dict[str, str], on: bool) -> None:
+    """Add (on) or remove the taint with `taint`'s key on the node, keeping its other taints."""
+    obj = sb.core.read_node(node)
+    body_taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in (obj.spec.taints or [])
+                   if t.key != taint["key"]]
+    if on:
+        body_taints.append(taint)
+    sb.core.patch_node(node, {"spec": {"taints": body_taints or None}})
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -141,16 +159,11 @@ def halt_vm(name: str, namespace: str, image: str, pool: str) -> dict[str, Any]:
     }
 
 
-def raw_migration(
-    sb: SandboxHandle, src: str, dst: str, template_dom: str, rounds: int, settle: float = 0.0
-) -> tuple[list[float], list[int]]:
-    """Ping-pong a renamed copy of an operator VM's domain between src and dst with libvirt directly.
-
-    The copy gets its own name, UUID and MAC, and no serial log file (it must not write into the
-    operator VM's console log); `settle` seconds pass after its start (a Linux guest boots first)."""
-    conn = libvirt.open(sb.uri(src))
-    el = etree.fromstring(conn.lookupByName(template_dom).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).encode())
-    name = f"raw-bench-{uuid.uuid4().hex[:8]}"
+def raw_copy_xml(xml: str, name: str) -> str:
+    """A copy of an operator VM's domain XML for raw libvirt to run next to it: its own name, UUID
+    and MAC, no failovervm metadata (the agents leave it alone) and no serial log or console (it
+    must not write into the operator VM's console log)."""
+    el = etree.fromstring(xml.encode())
     el.find("name").text = name
     el.find("uuid").text = str(uuid.uuid4())
     md = el.find("metadata")
@@ -160,7 +173,20 @@ def raw_migration(
         mac.set("address", "52:54:00:" + ":".join(f"{b:02x}" for b in uuid.uuid4().bytes[:3]))
     for dev in [*el.iterfind("devices/serial"), *el.iterfind("devices/console")]:
         el.find("devices").remove(dev)
-    dom = conn.defineXML(etree.tostring(el, encoding="unicode"))
+    return etree.tostring(el, encoding="unicode")
+
+
+def raw_migration(
+    sb: SandboxHandle, src: str, dst: str, template_dom: str, rounds: int, settle: float = 0.0
+) -> tuple[list[float], list[int]]:
+    """Ping-pong a renamed copy of an operator VM's domain between src and dst with libvirt directly.
+
+    The copy gets its own name, UUID and MAC, and no serial log file (it must not write into the
+    operator VM's console log); `settle` seconds pass after its start (a Linux guest boots first)."""
+    conn = libvirt.open(sb.uri(src))
+    name = f"raw-bench-{uuid.uuid4().hex[:8]}"
+    dom = conn.defineXML(raw_copy_xml(conn.lookupByName(template_dom).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                      name))
     dom.create()
     conn.close()
     time.sleep(settle)

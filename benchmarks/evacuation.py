@@ -17,32 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    HOLD_TAINT,
     SandboxHandle,
     ensure_namespace,
     ensure_pool,
     halt_vm,
+    list_vms,
     machine,
     raw_migration,
+    set_taint,
     summary,
     wait,
 )
 from failovervm import API_GROUP, API_VERSION
 
 POOL = "bench-evac-pool"
-HOLD_TAINT = {"key": "failovervm.io/bench-hold", "value": "yes", "effect": "NoSchedule"}
-
-
-def _vms(sb: SandboxHandle, ns: str) -> list[dict[str, Any]]:
-    return list(sb.custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms")["items"])
-
-
-def _set_taint(sb: SandboxHandle, node: str, on: bool) -> None:
-    obj = sb.core.read_node(node)
-    taints = [t for t in (obj.spec.taints or []) if t.key != HOLD_TAINT["key"]]
-    body_taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in taints]
-    if on:
-        body_taints.append(HOLD_TAINT)
-    sb.core.patch_node(node, {"spec": {"taints": body_taints or None}})
 
 
 def _cordon(sb: SandboxHandle, node: str, on: bool) -> None:
@@ -59,7 +48,7 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, pfs)
     for o in others:
-        _set_taint(sb, o, True)
+        set_taint(sb, o, HOLD_TAINT, True)
     try:
         for i in range(n):
             sb.custom.create_namespaced_custom_object(
@@ -69,7 +58,7 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
             lambda: (
                 sum(
                     1
-                    for v in _vms(sb, namespace)
+                    for v in list_vms(sb, namespace)
                     if (v.get("status") or {}).get("phase") == "Running" and v["status"].get("nodeName") == src
                 )
                 == n
@@ -79,8 +68,8 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
         )
     finally:
         for o in others:
-            _set_taint(sb, o, False)
-    template = _vms(sb, namespace)[0]["status"]["domain"]["name"]
+            set_taint(sb, o, HOLD_TAINT, False)
+    template = list_vms(sb, namespace)[0]["status"]["domain"]["name"]
     raw_times, raw_down = raw_migration(sb, src, others[0], template, raw_rounds)
     t_raw = sorted(raw_times)[len(raw_times) // 2]
     t0 = time.perf_counter()
@@ -89,7 +78,7 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
         wait(
             lambda: all(
                 (v.get("status") or {}).get("nodeName") not in (None, src) and v["status"].get("phase") == "Running"
-                for v in _vms(sb, namespace)
+                for v in list_vms(sb, namespace)
             ),
             600,
             "evacuation",

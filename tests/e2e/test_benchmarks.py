@@ -40,3 +40,12 @@ def test_guest_migration_benchmark_quick(operator_sandbox: Sandbox) -> None:
     for g in (linux, halt):
         assert g["operator_wall_s"]["n"] == 1 and g["raw_wall_s"]["n"] == 1
         assert math.isfinite(g["ratio_wall_p50"]) and g["ratio_wall_p50"] > 0
+
+
+def test_node_recovery_benchmark_quick(operator_sandbox: Sandbox) -> None:
+    from benchmarks import node_recovery
+
+    res = node_recovery.run(operator_sandbox.state_dir, n=2, namespace="bench-recovery-quick")
+    assert res["operator_per_vm_s"]["n"] == 2
+    assert res["raw_define_start_s"] > 0 and math.isfinite(res["ratio"]) and res["ratio"] > 0
+    operator_sandbox.data = Sandbox(operator_sandbox.state_dir).data  # node-up may have restarted processes
