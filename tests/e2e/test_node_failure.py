@@ -39,6 +39,9 @@ def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_san
                           and c["status"] == "False" and v, 60, what="NodeHealthy=False")
         assert marked["status"]["nodeName"] == node and marked["status"]["phase"] == "Running"
         assert "out-of-service" in condition(marked, CONDITION)["message"]
+        assert condition(marked, "Ready")["status"] == "Unknown"  # nobody can vouch for it now
+        header, row = sb.kubectl("-n", ns, "get", "fvm", "crash").stdout.splitlines()[:2]
+        assert row[header.index("READY"):].split()[0] == "Unknown", (header, row)
         wait_for(lambda: _events(sb, ns, "crash", "NodeNotReady"), 30, what="the NodeNotReady event")
         # The administrator confirms the machine is off (Kubernetes' non-graceful node shutdown).
         sb.kubectl("taint", "node", node, f"{OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute")

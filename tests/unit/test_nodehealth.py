@@ -149,6 +149,8 @@ def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Any) -> No
     assert st["nodeName"] == "n1"  # not moved: it may still run there
     cond = next(c for c in st["conditions"] if c["type"] == nh.CONDITION)
     assert cond["status"] == "False" and cond["reason"] == "NodeNotReady"
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "Unknown" and ready["reason"] == "NodeNotReady"
     assert k.events == ["NodeNotReady"]
     cm.reconcile_node(k.nodes["n1"])
     assert k.events == ["NodeNotReady"]  # no second write

@@ -36,6 +36,12 @@ def mark(vms: Iterable[Mapping[str, Any]], node: str, health: nodehealth.NodeHea
                 return None
             st["conditions"] = conditions.set_condition(st.get("conditions"), nodehealth.CONDITION, status, reason,
                                                         message)
+            if not status:
+                # Like Kubernetes marking a lost node's pods not ready: nobody can vouch for the VM
+                # now. Its agent sets Ready again on its next reconcile once it is back.
+                st["conditions"] = conditions.set_condition(
+                    st["conditions"], "Ready", "Unknown", reason,
+                    f"node {node} is not ready: the VM's state is unknown")
             return st
 
         kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
