@@ -116,9 +116,17 @@ class FailoverGate:
     ready: bool  # FailoverReady=True: the guest enslaves the virtio standby to a failover master
     refuse: bool  # not ready, and the policy refuses such migrations
     message: str  # why (empty when ready)
+    require: bool = False  # the policy for this VM: refuse a migration of a guest that has not negotiated
+
+    @property
+    def policy(self) -> str:
+        """FailoverVMMigration.status.failoverPolicy: what the source agent applies when it checks
+        the guest again just before the transfer."""
+        return POLICY_REQUIRE if self.require else POLICY_WARN
 
 
 FAILOVER_NOT_READY = "FailoverNotReady"
+POLICY_REQUIRE, POLICY_WARN = "Require", "Warn"
 
 
 def failover_gate(vm: Mapping[str, Any], require_by_default: bool) -> FailoverGate:
@@ -128,17 +136,17 @@ def failover_gate(vm: Mapping[str, Any], require_by_default: bool) -> FailoverGa
     migration still runs (and records a warning) unless spec.requireFailoverReady, or the
     controller's default when the VM does not say, asks to refuse it."""
     cond = conditions.get((vm.get("status") or {}).get("conditions"), guestfailover.CONDITION)
-    if cond is not None and cond.get("status") == "True":
-        return FailoverGate(ready=True, refuse=False, message="")
     spec_require = (vm.get("spec") or {}).get("requireFailoverReady")
     require = require_by_default if spec_require is None else bool(spec_require)
+    if cond is not None and cond.get("status") == "True":
+        return FailoverGate(ready=True, refuse=False, message="", require=require)
     detail = (f"FailoverReady={cond.get('status')} ({cond.get('reason')})" if cond is not None
               else "FailoverReady is not known yet")
     message = (f"the guest has not negotiated failover ({detail}): its VF traffic stops while the VF is "
                "unplugged for the migration, because the guest has no virtio standby path")
     if require:
         message += "; refused because requireFailoverReady is set"
-    return FailoverGate(ready=False, refuse=require, message=message)
+    return FailoverGate(ready=False, refuse=require, message=message, require=require)
 
 
 def plan_evacuation(

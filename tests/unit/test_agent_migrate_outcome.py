@@ -15,6 +15,7 @@ import pytest
 from failovervm import migration as mg
 from failovervm.agent import migrate
 from failovervm.agent.reconcile import AgentContext
+from failovervm.guestfailover import FailoverProbe
 
 MIG = {"name": "m1", "state": mg.RUNNING, "targetNode": "n2", "targetPciAddress": "0000:3b:02.1",
        "targetClaim": "c2"}
@@ -196,3 +197,56 @@ def test_recording_a_completed_transfer_is_retried_and_never_becomes_a_failure(
     assert m._recover(kube.vm, MIG, None).action == "migration-succeeded"
     assert kube.vm["status"]["nodeName"] == "n2"
 
+
+
+# -- FailoverReady checked again just before the transfer ------------------------------------------
+class ProbeDM(DM):
+    def __init__(self, probe: Any) -> None:
+        super().__init__(Dom())
+        self.probe = probe
+
+    def failover_probe(self, _dom: Any) -> Any:
+        if isinstance(self.probe, Exception):
+            raise self.probe
+        return self.probe
+
+
+def mig_obj(policy: str | None, recorded: str) -> dict[str, Any]:
+    st: dict[str, Any] = {"phase": mg.RUNNING, "conditions": [{"type": "FailoverReady", "status": recorded}]}
+    if policy:
+        st["failoverPolicy"] = policy
+    return {"metadata": {"name": "m1", "namespace": "ns"}, "spec": {"vmName": "vm"}, "status": st}
+
+
+def recheck(probe: Any, policy: str | None, recorded: str) -> tuple[str, Kube]:
+    kube = Kube()
+    kube.mig = dict(mig_obj(policy, recorded)["status"])
+    m = migrator(kube)
+    m.ctx.dm = ProbeDM(probe)  # type: ignore[assignment]
+    return m._recheck_failover(kube.vm, mig_obj(policy, recorded), Dom()), kube
+
+
+def test_recheck_passes_a_negotiated_guest_without_writing() -> None:
+    why, kube = recheck(FailoverProbe(offered=True, negotiated=True, driver_ok=True), mg.POLICY_REQUIRE, "True")
+    assert why == "" and kube.events == [] and not kube.mig.get("warnings")
+
+
+def test_recheck_refuses_under_require_when_the_guest_lost_failover() -> None:
+    """The controller saw True; the guest rebooted into an OS without net_failover since."""
+    why, _ = recheck(FailoverProbe(offered=True, negotiated=False, driver_ok=True), mg.POLICY_REQUIRE, "True")
+    assert "just before the transfer" in why and "refused because requireFailoverReady is set" in why
+    why, _ = recheck(libvirt.libvirtError("monitor gone"), mg.POLICY_REQUIRE, "True")
+    assert "could not query" in why and "refused" in why  # unknown is not ready
+
+
+def test_recheck_warns_once_under_warn() -> None:
+    lost = FailoverProbe(offered=True, negotiated=False, driver_ok=True)
+    why, kube = recheck(lost, mg.POLICY_WARN, "True")
+    assert why == ""
+    assert kube.mig["conditions"][0]["status"] == "False" and "just before the transfer" in kube.mig["warnings"][0]
+    assert kube.events == ["FailoverNotNegotiated", "FailoverNotNegotiated"]  # on the migration and the VM
+    # Already known not ready when the controller accepted it: nothing new to say.
+    why, kube = recheck(lost, mg.POLICY_WARN, "False")
+    assert why == "" and kube.events == [] and not kube.mig.get("warnings")
+    # A migration created before the policy was recorded counts as Warn.
+    assert recheck(lost, None, "True")[0] == ""

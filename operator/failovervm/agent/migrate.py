@@ -23,7 +23,7 @@ from typing import Any
 
 import libvirt
 
-from failovervm import conditions, domxml, labels, metrics, nodehealth
+from failovervm import conditions, domxml, guestfailover, labels, metrics, nodehealth
 from failovervm import migration as mg
 from failovervm.agent.reconcile import AgentContext, Outcome
 from failovervm.vmspec import domain_spec
@@ -210,6 +210,11 @@ class Migrator:
         if problem:
             self._finish_failed(vm, mig, "TargetHasDomain", problem, check_target=False)
             return
+        mig_obj = ctx.kube.get_migration(ns, mig_name) or {}
+        refused = self._recheck_failover(vm, mig_obj, dom)
+        if refused:
+            self._finish_failed(vm, mig, mg.FAILOVER_NOT_READY, refused, check_target=False)
+            return
         pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
         persist_spec = domain_spec(
             vm,
@@ -226,7 +231,6 @@ class Migrator:
             libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml,
             libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
         }
-        mig_obj = ctx.kube.get_migration(ns, mig_name) or {}
         bandwidth = (mig_obj.get("spec") or {}).get("bandwidthMiBps")
         if bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth)
@@ -268,6 +272,42 @@ class Migrator:
                     raise RecordLater(f"the domain runs on {mig.get('targetNode')}, but recording it failed: "
                                       f"{exc}") from exc
                 time.sleep(2**attempt)
+
+    def _recheck_failover(self, vm: Mapping[str, Any], mig_obj: Mapping[str, Any], dom: libvirt.virDomain) -> str:
+        """Ask QEMU again, just before the transfer, whether the guest negotiated failover: the
+        controller's gate used the last observed FailoverReady, which may be up to a resync old
+        (a guest that rebooted into an OS without net_failover). Returns why the migration must
+        not run (policy Require), or "". Under policy Warn a change for the worse is recorded on
+        the migration (condition, warning, Events) and the migration runs."""
+        ctx = self.ctx
+        try:
+            probe, error = ctx.dm.failover_probe(dom), ""
+        except (libvirt.libvirtError, ValueError) as exc:
+            probe, error = None, str(exc)
+        _type, status, reason, message = guestfailover.condition(probe, error=error)
+        if conditions.status_text(status) == "True":
+            return ""
+        found = f"checked again on {ctx.node} just before the transfer: {message}"
+        st = mig_obj.get("status") or {}
+        if st.get("failoverPolicy") == mg.POLICY_REQUIRE:
+            metrics.MIGRATIONS_WITHOUT_FAILOVER.labels("refused").inc()
+            return f"{found}; refused because requireFailoverReady is set"
+        recorded = conditions.get(st.get("conditions"), guestfailover.CONDITION) or {}
+        if recorded.get("status") == "True":
+            ns, mig_name = mig_obj["metadata"]["namespace"], mig_obj["metadata"]["name"]
+
+            def warn(s: dict[str, Any]) -> dict[str, Any]:
+                s["conditions"] = conditions.set_condition(s.get("conditions"), guestfailover.CONDITION, status,
+                                                           reason, found)
+                s["warnings"] = [*(s.get("warnings") or []), found][-64:]
+                return s
+
+            ctx.kube.update_migration_status(ns, mig_name, warn)
+            metrics.MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
+            for obj in (mig_obj, vm):
+                ctx.kube.event(obj, "FailoverNotNegotiated", f"migration {mig_name}: {found}", type_="Warning",
+                               component=f"agent/{ctx.node}")
+        return ""
 
     def _clear_target_leftover(self, vm: Mapping[str, Any], uri: str, target: str, dname: str) -> str:
         """Before the transfer starts, no copy of the VM may exist on the target: the VM is locked

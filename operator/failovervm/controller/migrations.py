@@ -154,7 +154,7 @@ def _advance(namespace: str, name: str) -> str:
             warnings.append(gate.message)
         _set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
                    message="looking for a target node with a free VF", conditions=fo_conds,
-                   warnings=warnings or None)
+                   warnings=warnings or None, failoverPolicy=gate.policy)
         kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
         if not gate.ready:
             MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
