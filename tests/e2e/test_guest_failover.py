@@ -163,7 +163,8 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
     # Exactly one: concurrent node sweeps once started a second one that failed on the VM's lock.
     assert len(mig) == 1 and mig[-1]["status"]["phase"] == "Succeeded", [m.get("status") for m in mig]
     assert condition(mig[-1], "FailoverReady")["status"] == "True"
-    assert not mig[-1]["status"].get("warnings")
+    assert not mig[-1]["status"].get("warnings")  # the agent's check just before the transfer agreed
+    assert mig[-1]["status"]["failoverPolicy"] == "Warn"
     # The console log continued: one boot, and the tick counter went on past the pre-drain ticks.
     after = ticks(console_until(sb, ns, "linux-a", lambda lg: max(ticks(lg)) > before[-1] + 1,
                                 "ticks after the migration"))
