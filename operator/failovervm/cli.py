@@ -142,6 +142,41 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Ask the VM's agent to restart its domain (stop within terminationGracePeriodSeconds, start
+    with the current spec), e.g. to apply a spec change that RestartRequired reports."""
+    import datetime as dt
+    import time
+
+    from failovervm import kube as kube_mod
+    from failovervm.agent.reconcile import RESTART_ANNOTATION
+
+    kube = kube_mod.Kube(kube_mod.load(args.kubeconfig, args.context))
+    ns = args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context)
+    vm = kube.get_vm(ns, args.name)
+    if vm is None:
+        print(f"failovervm: error: FailoverVM {ns}/{args.name} not found", file=sys.stderr)
+        return 1
+    if not (vm.get("status") or {}).get("nodeName"):
+        print(f"failovervm: error: FailoverVM {ns}/{args.name} is not placed on a node; nothing to restart",
+              file=sys.stderr)
+        return 1
+    token = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    kube.patch_vm(ns, args.name, {"metadata": {"annotations": {RESTART_ANNOTATION: token}}})
+    print(f"failovervm.failovervm.io/{args.name} restart requested ({token})", file=sys.stderr)
+    if not args.wait:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        st = (kube.get_vm(ns, args.name) or {}).get("status") or {}
+        if st.get("restartedFor") == token and st.get("phase") in ("Running", "Stopped", "Failed"):
+            print(f"{args.name}: {st['phase']} on {st.get('nodeName')}")
+            return 0 if st["phase"] != "Failed" else 1
+        time.sleep(0.5)
+    print(f"failovervm: error: {args.name} did not restart within {args.timeout}s", file=sys.stderr)
+    return 1
+
+
 def _kube_client(args: argparse.Namespace) -> Kube:
     from failovervm import kube as kube_mod
 
@@ -395,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--timeout", type=float, default=600)
     _kubectl_flags(mi)
     mi.set_defaults(func=cmd_migrate)
+
+    rs = sub.add_parser("restart", help="restart a FailoverVM's domain in place (applies a changed spec)")
+    rs.add_argument("name", help="the FailoverVM")
+    rs.add_argument("--wait", action="store_true", help="wait until it runs again")
+    rs.add_argument("--timeout", type=float, default=300)
+    _kubectl_flags(rs)
+    rs.set_defaults(func=cmd_restart)
 
     stt = sub.add_parser("status", help="FailoverVMs, nodes and VF usage per pool and node")
     stt.add_argument("-A", "--all-namespaces", action="store_true",

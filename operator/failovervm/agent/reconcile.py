@@ -17,6 +17,7 @@ import libvirt
 from failovervm import conditions, domxml, guestfailover, labels
 from failovervm.agent.domains import DomainManager, real_pci_device_exists
 from failovervm.controller.config import AGENT_FINALIZER
+from failovervm.domxml.diff import restart_diff
 from failovervm.kube import Kube
 from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH, set_failover_counts
 from failovervm.vfs import is_simulated
@@ -25,6 +26,10 @@ from failovervm.vmspec import domain_spec
 log = logging.getLogger(__name__)
 
 EVICT_ANNOTATION = "failovervm.io/evict"
+# `failovervm restart` writes a new value here; the agent restarts the domain once per value and
+# records it in status.restartedFor.
+RESTART_ANNOTATION = "failovervm.io/restart"
+RESTART_REQUIRED = "RestartRequired"
 VF_BACKOFF_START = 5.0
 VF_BACKOFF_MAX = 300.0
 # FailoverReady is re-checked 2, 4, 8 and 16 s after a start, reboot or arrival until the guest
@@ -92,7 +97,9 @@ def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no
     meta = vm["metadata"]
     latest: dict[str, Any] = {"obj": vm}  # the last version we read or wrote: saves a GET per write
 
-    def write(phase: str | None = None, conds: Sequence[tuple[str, bool, str, str]] = (), **fields: Any) -> None:
+    def write(phase: str | None = None, conds: Sequence[tuple[str, bool, str, str]] = (),
+              **fields: Any) -> dict[str, Any] | None:
+        """Update the VM's status; returns the object as written (None: not ours any more)."""
         def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
             if st.get("nodeName") != ctx.node:
                 return None  # moved away meanwhile: not ours to write
@@ -108,6 +115,7 @@ def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no
                                         current=latest["obj"])
         if obj is not None:
             latest["obj"] = obj
+        return obj
 
     return write
 
@@ -188,6 +196,27 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
             ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
 
     active = bool(dom.isActive())
+    requested = (meta.get("annotations") or {}).get(RESTART_ANNOTATION)
+    if requested and requested != status.get("restartedFor"):
+        if active and want_running:
+            # Record the request first and check that it stuck: at most one restart per request,
+            # even with a CRD too old to store status.restartedFor (that would restart forever).
+            written = write("Stopping", [("Ready", False, "Restarting", f"restart requested ({requested})")],
+                            restartedFor=requested, **domain_fields)
+            domain_fields = {}
+            if written is None or (written.get("status") or {}).get("restartedFor") != requested:
+                msg = ("could not record the restart request in status.restartedFor (is the FailoverVM CRD "
+                       "older than this agent? apply crds/ of this version); not restarting")
+                write("Running", [("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")])
+                ctx.kube.event(vm, "RestartNotRecorded", msg, type_="Warning", component=f"agent/{ctx.node}")
+                return Outcome("restart-not-recorded", requeue_after=60)
+            how = ctx.dm.stop(dom, timeout=grace_period(vm))
+            ctx.forget_failover(dname)
+            ctx.kube.event(vm, "Restarting", f"domain {dname} stopped ({how}) for the requested restart; starting "
+                           "it with the current spec", component=f"agent/{ctx.node}")
+            active = False
+        else:
+            write(None, restartedFor=requested)  # a stopped VM starts with the current spec anyway
     if want_running and not active:
         write("Starting", [("Ready", False, "Starting", "starting the domain")], **domain_fields)
         domain_fields = {}
@@ -231,7 +260,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
 
     ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
     # Running as soon as the domain runs; the VF is a separate step with its own condition.
-    write("Running", [ready], mac=spec.mac)
+    write("Running", [ready, *_restart_required(ctx, vm, dom)], mac=spec.mac)
     requeue = None
     vf_cond: tuple[str, bool, str, str]
     if spec.vf is None:
@@ -275,6 +304,27 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
     delay = FAILOVER_CHECK_START * 2**n
     # After about a minute the periodic resync (and QEMU's event) take over: no extra requeues.
     return cond, (delay if delay <= FAILOVER_CHECK_MAX else None)
+
+
+def _restart_required(ctx: AgentContext, vm: Mapping[str, Any],
+                      dom: libvirt.virDomain) -> list[tuple[str, bool, str, str]]:
+    """The RestartRequired condition when the running domain differs from its next boot (a spec
+    change written to the persistent definition); its clearing once a restart applied it."""
+    try:
+        changes = restart_diff(dom.XMLDesc(0), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    except (libvirt.libvirtError, ValueError) as exc:
+        log.debug("could not compare the running and the persistent XML of %s: %s", dom.name(), exc)
+        return []
+    prev = conditions.get((vm.get("status") or {}).get("conditions"), RESTART_REQUIRED) or {}
+    if not changes:
+        if prev.get("status") == "True":
+            return [(RESTART_REQUIRED, False, "Applied", "the running domain matches the spec")]
+        return []
+    message = (f"the spec changed while the domain runs; at the next restart (`failovervm restart "
+               f"{vm['metadata']['name']}`): {'; '.join(changes)}")
+    if prev.get("status") != "True" or prev.get("message") != message:
+        ctx.kube.event(vm, RESTART_REQUIRED, message, component=f"agent/{ctx.node}")
+    return [(RESTART_REQUIRED, True, "SpecChanged", message)]
 
 
 def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
