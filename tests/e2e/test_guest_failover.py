@@ -124,6 +124,7 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
     node = vm["status"]["nodeName"]
     index = next(n["index"] for n in sb.nodes if n["node"] == node)
     assert condition(vm, "FailoverReady")["reason"] == "GuestDriverNegotiated"
+    assert condition(vm, "RestartRequired") is None  # direct kernel boot: no false "spec changed"
     # Events are posted asynchronously: wait for it rather than racing it.
     wait_for(lambda: any(e["involvedObject"]["name"] == "linux-a" for e in events(sb, ns, "FailoverNegotiated")),
              30, what="the FailoverNegotiated event")
