@@ -56,6 +56,10 @@ def _standby(el: etree._Element) -> str:
         if kind == "hostdev":
             continue
         src = iface.find("source")
+        if src is not None and src.get("network"):
+            # The live XML of a libvirt-network interface reports the network's actual type
+            # (type='bridge' or 'direct') next to the network name.
+            kind = "network"
         where = ",".join(f"{k}={src.get(k)}" for k in _SOURCE_KEYS.get(kind, ()) if src is not None and src.get(k))
         model = iface.find("model")
         mac = iface.find("mac")
