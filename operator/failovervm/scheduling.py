@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR
 from typing import Any, Literal
 
+from .nodehealth import OUT_OF_SERVICE_TAINT
 from .quantity import MIB, parse_quantity_decimal
 from .vfs import VF, pci_sort_key
 
@@ -253,6 +254,11 @@ def schedule(
             continue
         if not node.ready:
             reject(node.name, "NodesUnschedulable", "node(s) were not ready")
+            continue
+        if any(t.key == OUT_OF_SERVICE_TAINT for t in node.taints):
+            # Whatever a VM tolerates: the controller releases every VM of a fenced node, so a VM
+            # placed there would be restarted again and again.
+            reject(node.name, "NodesUnschedulable", "node(s) were out of service (fenced)")
             continue
         if node.unschedulable:
             reject(node.name, "NodesUnschedulable", "node(s) were unschedulable")

@@ -92,6 +92,12 @@ def test_no_execute_taint_blocks() -> None:
     assert isinstance(result, Unschedulable) and result.reason == "NodesUnschedulable"
 
 
+def test_fenced_node_is_never_a_candidate_even_for_a_vm_that_tolerates_everything() -> None:
+    n = node("n1", taints=[Taint("node.kubernetes.io/out-of-service", "nodeshutdown", "NoExecute")])
+    result = schedule(vm(tolerations=[Toleration(operator="Exists")]), [n], POOL, {"n1": vfs("0000:3b:02.0")}, {})
+    assert isinstance(result, Unschedulable) and "out of service (fenced)" in result.message
+
+
 def test_toleration_from_k8s_dict() -> None:
     t = Toleration.from_k8s({"key": "k", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 5})
     assert t == Toleration(key="k", operator="Exists", value="", effect="NoSchedule")
