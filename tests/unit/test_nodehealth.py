@@ -198,3 +198,25 @@ def test_deleted_node_releases_its_vms(kube: Any) -> None:
     k3.list_nodes = lambda: []  # type: ignore[method-assign]
     assert recovery.sweep_deleted_nodes() == []
     assert monkey_list()
+
+
+def test_release_never_strips_the_label_of_a_vm_placed_again_meanwhile(kube: Any) -> None:
+    """Between the check and the label patch the VM was released and placed on n2 by another
+    path: the resourceVersion precondition fails (409), the re-check sees n2, nothing is touched."""
+    from kubernetes.client import ApiException
+
+    k = kube([vm()], [node("Unknown", OUT), node(name="n2")])
+    moved = {"done": False}
+
+    def patch_vm(_ns: str, name: str, body: dict[str, Any]) -> None:
+        if not moved["done"]:
+            moved["done"] = True
+            k.vms[name]["status"]["nodeName"] = "n2"
+            k.vms[name]["metadata"]["labels"]["failovervm.io/node"] = "n2"
+            raise ApiException(status=409, reason="Conflict")
+        k.patches.append(body)
+
+    k.patch_vm = patch_vm
+    assert recovery.release(k.vms["vm"], "n1", nh.assess("n1", k.nodes["n1"])) is False
+    assert k.vms["vm"]["metadata"]["labels"]["failovervm.io/node"] == "n2" and k.patches == []
+    assert k.vms["vm"]["status"]["nodeName"] == "n2" and k.events == []

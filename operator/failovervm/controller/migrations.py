@@ -369,10 +369,14 @@ def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
     The node sweep, node events, migration events and the eviction webhook all call this from
     their own threads: one sweep per node at a time, or two could both see no migration for a VM
     and both start one."""
-    with _LOCKS_GUARD:
-        lock = _NODE_LOCKS.setdefault(node["metadata"]["name"], threading.Lock())
-    with lock:
+    with node_lock(node["metadata"]["name"]):
         return _reconcile_node(node)
+
+
+def node_lock(name: str) -> threading.Lock:
+    """The lock of one node's sweep (also held while its VMs are released after fencing)."""
+    with _LOCKS_GUARD:
+        return _NODE_LOCKS.setdefault(name, threading.Lock())
 
 
 def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:

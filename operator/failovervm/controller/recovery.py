@@ -9,6 +9,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kubernetes.client import ApiException
+
 from failovervm import conditions, labels, nodehealth
 from failovervm import migration as mg
 from failovervm.controller.config import CONFIG
@@ -61,7 +63,10 @@ def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> 
     kube = CONFIG.k()
     meta = vm["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    mig_ref = (vm.get("status") or {}).get("migration") or {}
+    current = _still_on(ns, name, meta["uid"], node)
+    if current is None:
+        return False
+    mig_ref = (current.get("status") or {}).get("migration") or {}
     if mig_ref.get("name"):
         mig = kube.get_migration(ns, str(mig_ref["name"]))
         if mig is not None and mg.phase(mig) not in mg.TERMINAL_PHASES:
@@ -70,8 +75,22 @@ def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> 
                                               message=f"{health.message}: the VM is restarted on another node")
                 migrations.cleanup(failed or mig)
     # Metadata first, status last: once nodeName is gone the controller places the VM again and
-    # sets the new node label, which this patch must not overwrite.
-    kube.patch_vm(ns, name, {"metadata": {"labels": {labels.VM_NODE: None}}})
+    # sets the new node label, which this patch must not remove. The patch carries the
+    # resourceVersion of a copy that still names the fenced node, so it fails (409) if anything
+    # changed the VM in between; then look again.
+    for _ in range(5):
+        current = _still_on(ns, name, meta["uid"], node)
+        if current is None:
+            return False
+        try:
+            kube.patch_vm(ns, name, {"metadata": {"resourceVersion": current["metadata"].get("resourceVersion"),
+                                                  "labels": {labels.VM_NODE: None}}})
+            break
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    else:
+        return False
     done = {"v": False}
 
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -98,13 +117,24 @@ def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> 
     return done["v"]
 
 
+def _still_on(ns: str, name: str, uid: str, node: str) -> dict[str, Any] | None:
+    """The VM as it is now, if it is still this VM and still placed on `node`."""
+    vm = CONFIG.k().get_vm(ns, name)
+    if vm is None or vm["metadata"].get("uid") != uid or (vm.get("status") or {}).get("nodeName") != node:
+        return None
+    return vm
+
+
 def release_all(node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
     """Release every VM of a fenced node (None: the Node is gone)."""
+    from failovervm.controller.migrations import node_lock
+
     health = nodehealth.assess(node, node_obj)
     if health.state != nodehealth.FENCED:
         return []
-    return [f"{vm['metadata']['namespace']}/{vm['metadata']['name']}" for vm in CONFIG.k().list_vms(
-        f"{labels.VM_NODE}={node}") if release(vm, node, health)]
+    with node_lock(node):
+        return [f"{vm['metadata']['namespace']}/{vm['metadata']['name']}" for vm in CONFIG.k().list_vms(
+            f"{labels.VM_NODE}={node}") if release(vm, node, health)]
 
 
 def sweep_deleted_nodes() -> list[str]:
@@ -115,7 +145,10 @@ def sweep_deleted_nodes() -> list[str]:
     released: list[str] = []
     for vm in kube.list_vms():
         node = (vm.get("status") or {}).get("nodeName")
-        if (node and node not in known and kube.get_node(str(node)) is None
-                and release(vm, str(node), nodehealth.assess(str(node), None))):
-            released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
+        if node and node not in known and kube.get_node(str(node)) is None:
+            from failovervm.controller.migrations import node_lock
+
+            with node_lock(str(node)):
+                if release(vm, str(node), nodehealth.assess(str(node), None)):
+                    released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
     return released
