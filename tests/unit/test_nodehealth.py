@@ -12,6 +12,7 @@ from failovervm import nodehealth as nh
 from failovervm.controller import migrations as cm
 from failovervm.controller import recovery
 from failovervm.controller.config import CONFIG
+from failovervm.kube import Kube as RealKube
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -48,7 +49,7 @@ def vm(conds: list[dict[str, Any]] | None = None, migration: dict[str, Any] | No
                           "domain": {"name": "fvm_ns_vm"}}
     if migration:
         st["migration"] = migration
-    return {"metadata": {"name": "vm", "namespace": "ns", "uid": "u1", "generation": 1,
+    return {"metadata": {"name": "vm", "namespace": "ns", "uid": "u1", "generation": 1, "resourceVersion": "1",
                          "labels": {"failovervm.io/node": node_name}}, "spec": {}, "status": st}
 
 
@@ -64,6 +65,9 @@ def test_condition_changes_only_when_needed() -> None:
 
 
 class Kube:
+    # The real resourceVersion-guarded metadata edit, over this fake's get_vm and patch_vm.
+    edit_vm_metadata = RealKube.edit_vm_metadata
+
     def __init__(self, vms: list[dict[str, Any]], nodes: list[dict[str, Any]],
                  migrations: list[dict[str, Any]] | None = None) -> None:
         self.vms = {v["metadata"]["name"]: v for v in vms}

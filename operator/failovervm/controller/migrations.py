@@ -29,7 +29,8 @@ def _key(mig: Mapping[str, Any]) -> tuple[str, str]:
     return mig["metadata"]["namespace"], mig["metadata"]["name"]
 
 
-def _set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str, Any] | None:
+def set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str, Any] | None:
+    """Move a migration to `new_phase` if the state machine allows it (None otherwise)."""
     ns, name = _key(mig)
     old_phase = mg.phase(mig)
 
@@ -47,16 +48,6 @@ def _set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[st
     if obj is not None and old_phase != new_phase and mg.phase(obj) == new_phase:
         log.info("migration %s/%s: %s -> %s", ns, name, old_phase, new_phase)
     return obj
-
-
-def set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str, Any] | None:
-    """Move a migration to `new_phase` if the state machine allows it (None otherwise)."""
-    return _set_phase(mig, new_phase, **fields)
-
-
-def migration_lock(namespace: str, name: str) -> threading.Lock:
-    """The lock `advance` holds while it drives this migration."""
-    return _lock(namespace, name)
 
 
 def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str, Any] | None,
@@ -93,7 +84,8 @@ _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def _lock(namespace: str, name: str) -> threading.Lock:
+def migration_lock(namespace: str, name: str) -> threading.Lock:
+    """The lock `advance` holds while it drives this migration."""
     with _LOCKS_GUARD:
         return _LOCKS.setdefault((namespace, name), threading.Lock())
 
@@ -103,7 +95,7 @@ def advance(namespace: str, name: str) -> str:
 
     Kopf may run the event handler and the timer of one migration at the same time: a lock per
     migration keeps two target reservations from being made for it."""
-    with _lock(namespace, name):
+    with migration_lock(namespace, name):
         return _advance(namespace, name)
 
 
@@ -119,21 +111,21 @@ def _advance(namespace: str, name: str) -> str:
     vm_name = mig["spec"]["vmName"]
     vm = kube.get_vm(namespace, vm_name)
     if vm is None:
-        _set_phase(mig, mg.FAILED, reason="VMNotFound", message=f"FailoverVM {namespace}/{vm_name} does not exist")
+        set_phase(mig, mg.FAILED, reason="VMNotFound", message=f"FailoverVM {namespace}/{vm_name} does not exist")
         return mg.FAILED
     status = vm.get("status") or {}
     if ph == mg.PENDING:
         if status.get("phase") != "Running" or not status.get("nodeName"):
-            _set_phase(mig, mg.FAILED, reason="VMNotRunning",
+            set_phase(mig, mg.FAILED, reason="VMNotRunning",
                        message=f"FailoverVM {vm_name} is not running (phase {status.get('phase')})")
             return mg.FAILED
         source = status["nodeName"]
         if mig["spec"].get("targetNode") == source:
-            _set_phase(mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
+            set_phase(mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
             return mg.FAILED
         current = status.get("migration") or {}
         if current and current.get("name") != name:
-            _set_phase(mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
+            set_phase(mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
             return mg.PENDING
         gate = mg.failover_gate(vm, CONFIG.require_failover_ready)
         mig_st = mig.get("status") or {}
@@ -144,7 +136,7 @@ def _advance(namespace: str, name: str) -> str:
             "unplugged" if gate.ready else gate.message)
         if gate.refuse:
             MIGRATIONS_WITHOUT_FAILOVER.labels("refused").inc()
-            _set_phase(mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
+            set_phase(mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
             kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
             return mg.FAILED
         if not _update_vm_migration(vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
@@ -152,7 +144,7 @@ def _advance(namespace: str, name: str) -> str:
         warnings = list(mig_st.get("warnings") or [])
         if not gate.ready and gate.message not in warnings:
             warnings.append(gate.message)
-        _set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
+        set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
                    message="looking for a target node with a free VF", conditions=fo_conds,
                    warnings=warnings or None, failoverPolicy=gate.policy)
         kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
@@ -176,13 +168,13 @@ def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
     if isinstance(result, Unschedulable):
         st = mig.get("status") or {}
         if st.get("reason") != result.reason or st.get("message") != result.message:
-            _set_phase(mig, mg.SCHEDULING, reason=result.reason, message=result.message)
+            set_phase(mig, mg.SCHEDULING, reason=result.reason, message=result.message)
             kube.event(mig, "NoTarget", result.message, type_="Warning", component="controller")
         return mg.SCHEDULING
     assert isinstance(result, Claimed)
     ensure_guard(result.node)
     # The migration object says TargetReady first; only then may the agent see it on the VM.
-    _set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
+    set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
                targetVF={"pciAddress": result.pci_address, "claimName": result.claim},
                message=f"VF {result.pci_address} reserved on {result.node}")
     if not _update_vm_migration(vm, name, {
@@ -190,7 +182,7 @@ def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
         "targetClaim": result.claim,
     }):
         kube.delete_claim(result.claim)
-        _set_phase(mig, mg.FAILED, reason="VMBusy", message="the VM is locked by another migration")
+        set_phase(mig, mg.FAILED, reason="VMBusy", message="the VM is locked by another migration")
         return mg.FAILED
     return mg.TARGET_READY
 
@@ -246,7 +238,7 @@ def cleanup(mig: Mapping[str, Any]) -> None:
 
 def on_delete(namespace: str, name: str) -> None:
     """Deleting a migration aborts it: before it runs, just release; while it runs, ask the agent."""
-    with _lock(namespace, name):
+    with migration_lock(namespace, name):
         _on_delete(namespace, name)
     with _LOCKS_GUARD:
         mig_gone = CONFIG.k().get_migration(namespace, name) is None
@@ -268,7 +260,7 @@ def _on_delete(namespace: str, name: str) -> None:
         else:
             if vm is not None:
                 _update_vm_migration(vm, name, None)
-            mig = _set_phase(mig, mg.ABORTED, reason="Deleted", message="deleted before it ran") or mig
+            mig = set_phase(mig, mg.ABORTED, reason="Deleted", message="deleted before it ran") or mig
             cleanup(mig)
             return
     if ph == mg.RUNNING:

@@ -9,8 +9,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from kubernetes.client import ApiException
-
 from failovervm import conditions, labels, nodehealth
 from failovervm import migration as mg
 from failovervm.controller.config import CONFIG
@@ -75,22 +73,15 @@ def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> 
                                               message=f"{health.message}: the VM is restarted on another node")
                 migrations.cleanup(failed or mig)
     # Metadata first, status last: once nodeName is gone the controller places the VM again and
-    # sets the new node label, which this patch must not remove. The patch carries the
-    # resourceVersion of a copy that still names the fenced node, so it fails (409) if anything
-    # changed the VM in between; then look again.
-    for _ in range(5):
-        current = _still_on(ns, name, meta["uid"], node)
-        if current is None:
-            return False
-        try:
-            kube.patch_vm(ns, name, {"metadata": {"resourceVersion": current["metadata"].get("resourceVersion"),
-                                                  "labels": {labels.VM_NODE: None}}})
-            break
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-    else:
-        return False
+    # sets the new node label, which this patch must not remove. edit_vm_metadata patches with the
+    # resourceVersion it read and decides again after a conflict, so only a label that still names
+    # the fenced node is removed.
+    def unlabel(m: Mapping[str, Any]) -> dict[str, Any] | None:
+        if m.get("uid") != meta["uid"] or (m.get("labels") or {}).get(labels.VM_NODE) != node:
+            return None
+        return {"labels": {labels.VM_NODE: None}}
+
+    kube.edit_vm_metadata(ns, name, unlabel)
     done = {"v": False}
 
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -140,14 +131,14 @@ def release_all(node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
 def sweep_deleted_nodes() -> list[str]:
     """VMs placed on a node that no longer exists (its deletion event was missed): release them.
     The node is looked up once more by name first, since the VM list may be newer than a node list."""
+    from failovervm.controller.migrations import node_lock
+
     kube = CONFIG.k()
     known = {n["metadata"]["name"] for n in kube.list_nodes()}
     released: list[str] = []
     for vm in kube.list_vms():
         node = (vm.get("status") or {}).get("nodeName")
         if node and node not in known and kube.get_node(str(node)) is None:
-            from failovervm.controller.migrations import node_lock
-
             with node_lock(str(node)):
                 if release(vm, str(node), nodehealth.assess(str(node), None)):
                     released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
