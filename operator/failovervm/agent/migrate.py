@@ -25,7 +25,7 @@ import libvirt
 
 from failovervm import conditions, domxml, guestfailover, labels, metrics, nodehealth
 from failovervm import migration as mg
-from failovervm.agent.reconcile import AgentContext, Outcome
+from failovervm.agent.reconcile import AgentContext, Outcome, probe_failover
 from failovervm.vmspec import domain_spec
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,11 @@ class OutcomeUnknown(Exception):
 
 class RecordLater(Exception):
     """The transfer completed, but the API would not take the result yet."""
+
+
+def _libvirt_uri(node: Mapping[str, Any] | None) -> str | None:
+    """The libvirt URI a node's agent announced on its Node (None: no node, or none announced)."""
+    return ((node or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
 
 
 def migration_flags(transport: str) -> int:
@@ -195,8 +200,7 @@ class Migrator:
             return st
 
         ctx.kube.update_migration_status(ns, mig_name, to_running)
-        node_obj = ctx.kube.get_node(target)
-        uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
+        uri = _libvirt_uri(ctx.kube.get_node(target))
         if not uri:
             self._finish_failed(vm, mig, "TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation",
                                 check_target=False)
@@ -280,11 +284,7 @@ class Migrator:
         not run (policy Require), or "". Under policy Warn a change for the worse is recorded on
         the migration (condition, warning, Events) and the migration runs."""
         ctx = self.ctx
-        try:
-            probe, error = ctx.dm.failover_probe(dom), ""
-        except (libvirt.libvirtError, ValueError) as exc:
-            probe, error = None, str(exc)
-        _type, status, reason, message = guestfailover.condition(probe, error=error)
+        _probe, (_type, status, reason, message) = probe_failover(ctx.dm, dom)
         if conditions.status_text(status) == "True":
             return ""
         found = f"checked again on {ctx.node} just before the transfer: {message}"
@@ -523,7 +523,7 @@ class Migrator:
         """Whether the VM's domain runs on the migration's target node: (ON_TARGET_*, its libvirt URI)."""
         target = mig.get("targetNode")
         node_obj = self.ctx.kube.get_node(target) if target else None
-        uri = ((node_obj or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
+        uri = _libvirt_uri(node_obj)
         if not uri or nodehealth.is_fenced(node_obj):
             # No target node (any more), a target known to be shut down (out-of-service), or one
             # whose agent never announced its libvirt (then no transfer to it can have started).

@@ -196,6 +196,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
             ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
 
     active = bool(dom.isActive())
+    ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
     requested = (meta.get("annotations") or {}).get(RESTART_ANNOTATION)
     if requested and requested != status.get("restartedFor"):
         if active and want_running:
@@ -207,7 +208,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
             if written is None or (written.get("status") or {}).get("restartedFor") != requested:
                 msg = ("could not record the restart request in status.restartedFor (is the FailoverVM CRD "
                        "older than this agent? apply crds/ of this version); not restarting")
-                write("Running", [("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")])
+                write("Running", [ready])
                 ctx.kube.event(vm, "RestartNotRecorded", msg, type_="Warning", component=f"agent/{ctx.node}")
                 return Outcome("restart-not-recorded", requeue_after=60)
             how = ctx.dm.stop(dom, timeout=grace_period(vm))
@@ -258,7 +259,6 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         ctx.kube.event(vm, "DomainPaused", msg, type_="Warning", component=f"agent/{ctx.node}")
         return Outcome("paused", requeue_after=30)
 
-    ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
     # Running as soon as the domain runs; the VF is a separate step with its own condition.
     write("Running", [ready, *_restart_required(ctx, vm, dom)], mac=spec.mac)
     requeue = None
@@ -274,16 +274,22 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
     return Outcome("running", requeue_after=requeue)
 
 
+def probe_failover(dm: DomainManager, dom: libvirt.virDomain,
+                   ) -> tuple[guestfailover.FailoverProbe | None, guestfailover.Condition]:
+    """Ask QEMU what the guest acked on the standby NIC: the probe (None when QEMU could not be
+    asked) and the FailoverReady condition it means."""
+    try:
+        probe = dm.failover_probe(dom)
+    except (libvirt.libvirtError, ValueError) as exc:
+        return None, guestfailover.condition(None, error=str(exc))
+    return probe, guestfailover.condition(probe)
+
+
 def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
                     dom: libvirt.virDomain) -> tuple[guestfailover.Condition, float | None]:
     """Ask QEMU whether the guest acked STANDBY; the FailoverReady condition and when to look again."""
     dname = dom.name()
-    probe: guestfailover.FailoverProbe | None
-    try:
-        probe, error = ctx.dm.failover_probe(dom), ""
-    except (libvirt.libvirtError, ValueError) as exc:
-        probe, error = None, str(exc)
-    cond = guestfailover.condition(probe, error=error)
+    probe, cond = probe_failover(ctx.dm, dom)
     status_now = conditions.status_text(cond[1])
     if ctx.failover_status.get(dname) != status_now:
         ctx.failover_status[dname] = status_now
