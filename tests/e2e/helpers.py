@@ -69,6 +69,12 @@ def wait_phase(sb: Sandbox, namespace: str, name: str, phase: str, timeout: floa
     return dict(wait_for(check, timeout, what=f"{namespace}/{name} phase {phase}"))
 
 
+def events(sb: Sandbox, namespace: str, reason: str, name: str | None = None) -> list[dict[str, Any]]:
+    """The namespace's Events with `reason` (about object `name`, when given)."""
+    return [e for e in sb.kubectl_json("-n", namespace, "get", "events")["items"]
+            if e.get("reason") == reason and (name is None or e["involvedObject"]["name"] == name)]
+
+
 def node_entry(sb: Sandbox, node: str) -> dict[str, Any]:
     return next(n for n in sb.nodes if n["node"] == node)
 

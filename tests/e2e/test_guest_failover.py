@@ -19,7 +19,7 @@ import pytest
 from failovervm.sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
 from failovervm.sandbox.network import STANDBY_NETWORK
 from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, make_namespace, wait_for
-from tests.e2e.helpers import apply, condition, get_vm, libvirt_conn, vm_manifest, wait_phase
+from tests.e2e.helpers import apply, condition, events, get_vm, libvirt_conn, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
 POOL = "guest-pool"
@@ -87,10 +87,6 @@ def migrations(sb: Sandbox, ns: str) -> list[dict[str, Any]]:
     return list(sb.kubectl_json("-n", ns, "get", "fvmm")["items"])
 
 
-def events(sb: Sandbox, ns: str, reason: str) -> list[dict[str, Any]]:
-    return [e for e in sb.kubectl_json("-n", ns, "get", "events")["items"] if e.get("reason") == reason]
-
-
 def metrics(sb: Sandbox, key: str) -> str:
     import urllib.request
 
@@ -126,7 +122,7 @@ def test_real_guest_negotiates_failover_and_keeps_it_across_a_drain(operator_san
     assert condition(vm, "FailoverReady")["reason"] == "GuestDriverNegotiated"
     assert condition(vm, "RestartRequired") is None  # direct kernel boot: no false "spec changed"
     # Events are posted asynchronously: wait for it rather than racing it.
-    wait_for(lambda: any(e["involvedObject"]["name"] == "linux-a" for e in events(sb, ns, "FailoverNegotiated")),
+    wait_for(lambda: events(sb, ns, "FailoverNegotiated", "linux-a"),
              30, what="the FailoverNegotiated event")
     # The printer column shows it.
     table = sb.kubectl("-n", ns, "get", "fvm", "linux-a").stdout

@@ -18,6 +18,7 @@ from tests.e2e.helpers import (
     apply,
     claims,
     domains_on,
+    events,
     get_vm,
     libvirt_conn,
     pool_manifest,
@@ -270,10 +271,6 @@ def _copy_on(sb: Sandbox, ns: str, vm: str, node: str, paused: bool) -> None:
         conn.close()
 
 
-def _events(sb: Sandbox, ns: str, reason: str) -> list[dict[str, Any]]:
-    return [e for e in sb.kubectl_json("-n", ns, "get", "events")["items"] if e.get("reason") == reason]
-
-
 def test_leftover_copy_on_another_node_is_removed_and_a_running_one_reported(operator_sandbox: Sandbox) -> None:
     sb = operator_sandbox
     ns = _ns(sb, "leftover")
@@ -284,12 +281,12 @@ def test_leftover_copy_on_another_node_is_removed_and_a_running_one_reported(ope
     # A paused copy (the remains of an incoming migration): the other node's agent removes it.
     _copy_on(sb, ns, "lv", other, paused=True)
     wait_for(lambda: dname not in domains_on(sb, other), 45, what="the leftover copy removed")
-    assert _events(sb, ns, "StaleDomainRemoved")
+    assert events(sb, ns, "StaleDomainRemoved")
     assert domains_on(sb, src).count(dname) == 1 and get_vm(sb, ns, "lv")["status"]["phase"] == "Running"
     # A running copy is never killed by the operator: it is reported, and a migration there refused.
     _copy_on(sb, ns, "lv", other, paused=False)
     try:
-        wait_for(lambda: _events(sb, ns, "DuplicateDomain"), 45, what="the DuplicateDomain event")
+        wait_for(lambda: events(sb, ns, "DuplicateDomain"), 45, what="the DuplicateDomain event")
         assert dname in domains_on(sb, other)
         res = _cli(sb, "migrate", "lv", "-n", ns, "--to", other, "--wait")
         assert res.returncode != 0 and "already exists on" in res.stdout + res.stderr, res.stdout + res.stderr

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from failovervm.nodehealth import CONDITION, OUT_OF_SERVICE_TAINT
 from tests.conftest import Sandbox, _cli, make_namespace, wait_for
-from tests.e2e.helpers import apply, claims, condition, domains_on, get_vm, pool_manifest, vm_manifest, wait_phase
+from tests.e2e.helpers import (
+    apply,
+    claims,
+    condition,
+    domains_on,
+    events,
+    get_vm,
+    pool_manifest,
+    vm_manifest,
+    wait_phase,
+)
 
 pytestmark = pytest.mark.e2e
 POOL = "nodefail-pool"
-
-
-def _events(sb: Sandbox, ns: str, name: str, reason: str) -> list[dict[str, Any]]:
-    return [e for e in sb.kubectl_json("-n", ns, "get", "events")["items"]
-            if e.get("reason") == reason and e["involvedObject"]["name"] == name]
 
 
 def _ready(sb: Sandbox, node: str) -> bool:
@@ -42,7 +45,7 @@ def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_san
         assert condition(marked, "Ready")["status"] == "Unknown"  # nobody can vouch for it now
         header, row = sb.kubectl("-n", ns, "get", "fvm", "crash").stdout.splitlines()[:2]
         assert row[header.index("READY"):].split()[0] == "Unknown", (header, row)
-        wait_for(lambda: _events(sb, ns, "crash", "NodeNotReady"), 30, what="the NodeNotReady event")
+        wait_for(lambda: events(sb, ns, "NodeNotReady", "crash"), 30, what="the NodeNotReady event")
         # The administrator confirms the machine is off (Kubernetes' non-graceful node shutdown).
         sb.kubectl("taint", "node", node, f"{OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute")
         moved = wait_for(lambda: (v := get_vm(sb, ns, "crash")) and v["status"].get("phase") == "Running"
@@ -53,7 +56,7 @@ def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_san
         assert moved["metadata"]["labels"]["failovervm.io/node"] == new
         assert condition(moved, CONDITION) is None  # it was about the old node
         assert f"fvm_{ns}_crash" in domains_on(sb, new)
-        wait_for(lambda: _events(sb, ns, "crash", "NodeFenced"), 30, what="the NodeFenced event")
+        wait_for(lambda: events(sb, ns, "NodeFenced", "crash"), 30, what="the NodeFenced event")
         # The old node's VF went back to its pool: one claim, on the new node.
         wait_for(lambda: [c["spec"]["node"] for c in claims(sb) if c["spec"]["owner"]["name"] == "crash"] == [new],
                  60, what="the fenced node's VF claim released")
