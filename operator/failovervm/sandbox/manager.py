@@ -321,7 +321,7 @@ def node_down(opts: Options, name: str) -> None:
     d["down_nodes"] = sorted({*d.get("down_nodes", []), name})
     state.save()
     procs.stop(d.get(f"agent-{entry['index']}", {}).get("pid"), "agent")
-    host = libvirthost.LibvirtHost(entry["index"], entry["address"], Path(entry["root"]))
+    host = next(h for h in state.hosts() if h.index == entry["index"])
     killed = libvirthost.qemu_pids(host)
     for qpid in killed:
         try:
@@ -359,8 +359,7 @@ def node_up(opts: Options, name: str) -> State:
     from failovervm.sandbox import nodes as nodes_mod
 
     config.load_kube_config(config_file=str(state.kubeconfig))
-    client.CoreV1Api().patch_node_status(name, {"status": {"conditions": nodes_mod._conditions(
-        dt.datetime.now(dt.UTC))}})
+    nodes_mod.post_ready(client.CoreV1Api(), name)
     say(opts, f"node {name}: up")
     return state
 

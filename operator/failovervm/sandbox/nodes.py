@@ -63,6 +63,11 @@ def _conditions(now: dt.datetime) -> list[dict[str, Any]]:
     ]
 
 
+def post_ready(core: client.CoreV1Api, name: str) -> None:
+    """Post the node's conditions as a healthy kubelet would (Ready, no pressure)."""
+    core.patch_node_status(name, {"status": {"conditions": _conditions(_now())}})
+
+
 def node_manifest(node: SandboxNode) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -170,7 +175,7 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, i
             try:
                 renew_lease(coord, node.name)
                 if tick % 3 == 0:
-                    core.patch_node_status(node.name, {"status": {"conditions": _conditions(_now())}})
+                    post_ready(core, node.name)
             except ApiException as exc:
                 if exc.status == 404:
                     log.info("node %s is gone; not posting its heartbeat", node.name)
