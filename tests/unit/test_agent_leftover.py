@@ -11,14 +11,14 @@ from failovervm.agent import reconcile as rc
 
 
 class FakeDom:
-    def __init__(self, state: int) -> None:
-        self._state = state
+    def __init__(self, state: int, reason: int = 0) -> None:
+        self._state, self._reason = state, reason
 
     def name(self) -> str:
         return "fvm_ns_vm"
 
     def state(self) -> tuple[int, int]:
-        return self._state, 0
+        return self._state, self._reason
 
 
 class FakeDM:
@@ -51,10 +51,11 @@ def vm(node: str | None = "n2", migration: dict[str, Any] | None = None, uid: st
     return {"metadata": {"name": "vm", "namespace": "ns", "uid": uid}, "status": status}
 
 
-def run(obj: dict[str, Any], state: int, fresh: dict[str, Any] | None = None) -> tuple[str, FakeDM, FakeKube]:
+def run(obj: dict[str, Any], state: int, fresh: dict[str, Any] | None = None,
+        reason: int = 0) -> tuple[str, FakeDM, FakeKube]:
     dm, kube = FakeDM(), FakeKube(obj if fresh is None else fresh)
     ctx = rc.AgentContext(node="n1", kube=kube, dm=dm, storage_roots=[], sysfs_root=Path("/nonexistent"))  # type: ignore[arg-type]
-    return rc._leftover_copy(ctx, obj, FakeDom(state)).action, dm, kube
+    return rc._leftover_copy(ctx, obj, FakeDom(state, reason)).action, dm, kube
 
 
 def test_paused_copy_without_a_migration_here_is_removed() -> None:
@@ -80,3 +81,15 @@ def test_a_migration_scheduled_meanwhile_wins_the_re_read() -> None:
 def test_running_copy_is_reported_never_killed() -> None:
     action, dm, kube = run(vm(), libvirt.VIR_DOMAIN_RUNNING)
     assert action == "duplicate-domain" and dm.calls == [] and kube.events == ["DuplicateDomain"]
+
+
+def test_a_copy_being_started_or_shut_down_is_judged_once_it_settles() -> None:
+    # QEMU runs paused until libvirt resumes it: killing it then would cut a start short (this
+    # once killed the test's own createXML of a "running copy").
+    for reason in (libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_SHUTTING_DOWN):
+        action, dm, kube = run(vm(), libvirt.VIR_DOMAIN_PAUSED, reason=reason)
+        assert action == "transitional" and dm.calls == [] and kube.events == []
+    # A copy paused by a user or left by a dead incoming migration is still removed.
+    for reason in (libvirt.VIR_DOMAIN_PAUSED_USER, libvirt.VIR_DOMAIN_PAUSED_MIGRATION):
+        action, dm, _ = run(vm(), libvirt.VIR_DOMAIN_PAUSED, reason=reason)
+        assert action == "stale-removed" and dm.calls == ["destroy", "undefine"]
