@@ -176,6 +176,37 @@ def test_a_deleted_target_node_means_the_domain_is_not_there(monkeypatch: pytest
     assert migrator(kube)._recover(kube.vm, MIG, None).action == "migration-failed"
 
 
+class NoTouchDM:
+    """The source domain must not even be looked up: the migration was not taken."""
+
+    def lookup(self, name: str) -> Any:
+        raise AssertionError(f"looked up {name}: the agent went on with a migration it did not take")
+
+
+@pytest.mark.parametrize("vm_migration", [
+    None,  # released by the controller (deleted migration, handover timeout)
+    {**MIG, "name": "m2", "state": mg.TARGET_READY},  # a newer migration locked the VM meanwhile
+    {**MIG, "state": mg.SCHEDULING},  # not handed over (any more)
+])
+def test_a_migration_released_before_the_agent_took_it_is_not_started(vm_migration: dict[str, Any] | None) -> None:
+    """The agent's thread started from a TargetReady it saw on the VM; by the time it writes the
+    commit (TargetReady -> Running) the controller has released the target VF. Going on would
+    migrate onto a VF that may belong to another VM."""
+    kube = Kube()
+    if vm_migration is None:
+        kube.vm["status"].pop("migration")
+        kube.vm["status"]["phase"] = "Running"
+    else:
+        kube.vm["status"]["migration"] = vm_migration
+    kube.mig = {"phase": mg.FAILED, "reason": "SourceAgentUnresponsive"}
+    before = dict(kube.vm["status"])
+    ctx = AgentContext(node="n1", kube=kube, dm=NoTouchDM(), storage_roots=[],  # type: ignore[arg-type]
+                       sysfs_root=Path("/nonexistent"))
+    stale = {**vm(), "status": {**vm()["status"], "migration": {**MIG, "state": mg.TARGET_READY}}}
+    migrate.Migrator(ctx)._migrate(stale)
+    assert kube.vm["status"] == before and kube.mig["phase"] == mg.FAILED and kube.events == []
+
+
 def test_recording_a_completed_transfer_is_retried_and_never_becomes_a_failure(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(migrate.time, "sleep", lambda _s: None)

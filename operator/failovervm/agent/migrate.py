@@ -173,20 +173,32 @@ class Migrator:
         dname = domxml.domain_name(ns, name)
         started = time.monotonic()
 
+        took = {"v": False}
         aborted_early = {"v": False}
 
         def vm_running(st: dict[str, Any]) -> dict[str, Any] | None:
+            # The commit point: the VM's migration state TargetReady -> Running, written with the
+            # VM's resourceVersion. The controller releases an untaken target (deleted migration,
+            # handover timeout) only while the state still says TargetReady, so exactly one wins.
+            took["v"] = aborted_early["v"] = False
             cur = st.get("migration") or {}
             if cur.get("name") != mig_name or st.get("nodeName") != ctx.node:
                 return None
             if cur.get("state") == mg.ABORTING:  # deleted before we got going
                 aborted_early["v"] = True
                 return None
+            if cur.get("state") not in (mg.TARGET_READY, mg.RUNNING):
+                return None
             st["migration"] = {**cur, "state": mg.RUNNING}
             st["phase"] = "Migrating"
+            took["v"] = True
             return st
 
-        if ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"]) is None:
+        ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"])
+        if not took["v"] and not aborted_early["v"]:
+            # The controller released this migration's target (or the VM is gone) in between: the
+            # VF reserved on the target may already belong to another VM. Nothing was transferred.
+            log.info("migration %s of %s/%s is no longer ours to run; not starting it", mig_name, ns, name)
             return
         if aborted_early["v"]:
             self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
