@@ -97,6 +97,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         parallel_outbound_migrations_per_node=args.parallel_outbound_migrations_per_node,
         guard_image=args.guard_image, log_format=args.log_format,
         require_failover_ready=args.require_failover_ready, migration_history=args.migration_history,
+        handover_timeout_seconds=args.migration_handover_timeout,
     ))
 
 
@@ -403,6 +404,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="finished FailoverVMMigrations kept per VM (newest first); older ones, and all of "
                           "VMs that no longer exist, are deleted. The failed attempts of an evacuation still "
                           "going on are always kept (they are its retry count)")
+    ctl.add_argument("--migration-handover-timeout", type=_non_negative, default=120, metavar="SECONDS",
+                     help="how long a migration waits in TargetReady for the source node's agent to start it; "
+                          "then it fails with SourceAgentUnresponsive and the VF reserved on the target is "
+                          "released (0: wait forever). A live agent takes it within a second")
     ctl.add_argument("--guard-image", default="registry.k8s.io/pause:3.10",
                      help="image of the per-node drain guard pods (never does any work)")
     ctl.add_argument("--log-format", choices=["text", "json"], default="text",

@@ -125,6 +125,30 @@ class FailoverGate:
         return POLICY_REQUIRE if self.require else POLICY_WARN
 
 
+# The condition set when the target VF is reserved (phase TargetReady); its lastTransitionTime
+# starts the source agent's handover clock.
+TARGET_RESERVED = "TargetReserved"
+SOURCE_AGENT_UNRESPONSIVE = "SourceAgentUnresponsive"
+
+
+def handover_overdue(mig: Mapping[str, Any], now: dt.datetime, timeout: float) -> float | None:
+    """How long a migration has waited in TargetReady for its source agent to take it, when that
+    is `timeout` seconds or more (None otherwise, and always when `timeout` is 0: never).
+
+    A live agent takes a TargetReady migration within a second (it watches its VMs). One that does
+    not is down, hung or cut off, and the VF reserved on the target must not stay held for it: a
+    drain of a NotReady (but not fenced) node would otherwise hold a target VF per VM forever."""
+    if phase(mig) != TARGET_READY or timeout <= 0:
+        return None
+    st = mig.get("status") or {}
+    cond = conditions.get(st.get("conditions"), TARGET_RESERVED)
+    since = _ts((cond or {}).get("lastTransitionTime")) or _ts(st.get("startTimestamp"))
+    if since is None:
+        return None
+    waited = (now - since).total_seconds()
+    return waited if waited >= timeout else None
+
+
 FAILOVER_NOT_READY = "FailoverNotReady"
 POLICY_REQUIRE, POLICY_WARN = "Require", "Warn"
 

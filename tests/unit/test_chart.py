@@ -105,6 +105,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "insecure-tcp": ("--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true"),
     "require-failover-ready": ("--set", "controller.requireFailoverReady=true"),
     "migration-history": ("--set", "controller.migrationHistory=0"),
+    "handover-timeout": ("--set", "controller.migrationHandoverTimeoutSeconds=0"),
 }
 
 
@@ -262,7 +263,7 @@ def test_controller_command(render: Render) -> None:
         "failovervm", "controller", "--storage-root", "/var/lib/failovervm/images",
         "--webhook-host", "0.0.0.0", "--webhook-port", "9443", "--webhook-cert-dir", "/certs",
         "--webhook-unmanaged", "--namespace", NAMESPACE, "--metrics-port", "8080", "--health-port", "8081",
-        "--migration-history", "5",
+        "--migration-history", "5", "--migration-handover-timeout", "120",
     ]
 
 
@@ -284,6 +285,7 @@ def test_commands_are_accepted_by_the_cli(render: Render, scenario: str) -> None
     assert args.standalone is (scenario == "standalone")
     assert args.require_failover_ready is (scenario == "require-failover-ready")
     assert args.migration_history == (0 if scenario == "migration-history" else 5)
+    assert args.migration_handover_timeout == (0 if scenario == "handover-timeout" else 120)
 
     ag = agent_argv(docs)
     assert ag[0] == "failovervm"
@@ -576,9 +578,10 @@ def test_crd_upgrade_is_documented() -> None:
     (("--set", "webhook.evictionGuard.enabled=maybe"), "enabled"),
     (("--set", "controller.bogus=1"), "bogus"),
     (("--set", "controller.migrationHistory=-1"), "migrationHistory"),
+    (("--set", "controller.migrationHandoverTimeoutSeconds=-5"), "migrationHandoverTimeoutSeconds"),
 ], ids=["replicas-0", "replicas-string", "storage-roots-empty", "storage-root-relative", "tcp-not-allowed",
         "bad-transport", "unknown-top-level-key", "bad-pull-policy", "standalone-replicas", "bad-bool",
-        "unknown-nested-key", "negative-history"])
+        "unknown-nested-key", "negative-history", "negative-handover-timeout"])
 def test_schema_rejects(helm: Path, args: tuple[str, ...], field: str) -> None:
     res = run_helm(helm, *args)
     assert res.returncode != 0, f"{args} rendered"

@@ -26,6 +26,9 @@ class ControllerConfig:
     require_failover_ready: bool = False
     # Finished FailoverVMMigrations kept per VM (migration.history_to_delete).
     migration_history: int = 5
+    # Seconds a migration may wait in TargetReady for its source agent before its target VF is
+    # released and it fails with SourceAgentUnresponsive (0: wait forever).
+    handover_timeout_seconds: float = 120.0
 
     def k(self) -> Kube:
         if self.kube is None:

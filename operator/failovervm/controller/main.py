@@ -38,6 +38,7 @@ class ControllerArgs:
     log_format: str = "text"
     require_failover_ready: bool = False
     migration_history: int = 5
+    handover_timeout_seconds: int = 120
 
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
@@ -61,6 +62,7 @@ def run(args: ControllerArgs) -> int:
     CONFIG.guard_image = args.guard_image
     CONFIG.require_failover_ready = args.require_failover_ready
     CONFIG.migration_history = args.migration_history
+    CONFIG.handover_timeout_seconds = args.handover_timeout_seconds
     CONFIG.limits = Limits(per_cluster=args.parallel_migrations_per_cluster,
                            per_node_outbound=args.parallel_outbound_migrations_per_node)
     import failovervm.controller.handlers  # noqa: F401  (registers the handlers)

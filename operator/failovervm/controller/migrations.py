@@ -29,8 +29,12 @@ def _key(mig: Mapping[str, Any]) -> tuple[str, str]:
     return mig["metadata"]["namespace"], mig["metadata"]["name"]
 
 
-def set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str, Any] | None:
-    """Move a migration to `new_phase` if the state machine allows it (None otherwise)."""
+def set_phase(mig: Mapping[str, Any], new_phase: str, *, condition: tuple[str, bool, str, str] | None = None,
+              only_from: str | None = None, **fields: Any) -> dict[str, Any] | None:
+    """Move a migration to `new_phase` if the state machine allows it (None otherwise).
+
+    `condition` (type, status, reason, message) is set on the status as read for the write;
+    `only_from` refuses the move unless the migration is in that phase then."""
     ns, name = _key(mig)
     old_phase = mg.phase(mig)
 
@@ -38,8 +42,12 @@ def set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str
         cur = st.get("phase") or mg.PENDING
         if cur != new_phase and not mg.can_transition(cur, new_phase):
             return None
+        if only_from is not None and cur != only_from:
+            return None
         st["phase"] = new_phase
         st.update({k: v for k, v in fields.items() if v is not None})
+        if condition is not None:
+            st["conditions"] = conditions.set_condition(st.get("conditions"), *condition)
         if new_phase in mg.TERMINAL_PHASES and not st.get("endTimestamp"):
             st["endTimestamp"] = conditions.now_iso(precise=True)
         return st
@@ -51,15 +59,22 @@ def set_phase(mig: Mapping[str, Any], new_phase: str, **fields: Any) -> dict[str
 
 
 def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str, Any] | None,
-                         claim_only_if_free: bool = False) -> bool:
-    """Set (fields) or clear (None) VM.status.migration if it is free or ours. True on success."""
+                         claim_only_if_free: bool = False, only_states: frozenset[str] | None = None) -> bool:
+    """Set (fields) or clear (None) VM.status.migration if it is free or ours. True on success.
+
+    `only_states`: only while the VM's migration state is one of these. Releasing a migration the
+    source agent has not taken uses (Scheduling, TargetReady): the agent's own write of Running is
+    its commit, and the resourceVersion lets exactly one of the two writes win."""
     kube = CONFIG.k()
     meta = vm["metadata"]
     ok = {"v": False}
 
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+        ok["v"] = False
         cur = st.get("migration") or {}
         if cur and cur.get("name") != mig_name:
+            return None
+        if cur and only_states is not None and cur.get("state") not in only_states:
             return None
         if fields is None:
             if not cur:
@@ -156,7 +171,48 @@ def _advance(namespace: str, name: str) -> str:
         return mg.SCHEDULING
     if ph == mg.SCHEDULING:
         return _schedule_target(mig, vm)
-    return ph  # TargetReady / Running: the source agent drives it
+    if ph == mg.TARGET_READY:
+        return _check_handover(mig, vm)
+    return ph  # Running: the source agent drives it
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+# The VM's migration states in which the source agent has not taken the migration yet.
+NOT_TAKEN = frozenset({mg.SCHEDULING, mg.TARGET_READY})
+
+
+def _release_untaken(vm: Mapping[str, Any], name: str) -> bool:
+    """Unlock the VM from migration `name` unless its source agent has taken it (False then)."""
+    if _update_vm_migration(vm, name, None, only_states=NOT_TAKEN):
+        return True
+    meta = vm["metadata"]
+    fresh = CONFIG.k().get_vm(meta["namespace"], meta["name"])
+    cur = ((fresh or {}).get("status") or {}).get("migration") or {}
+    return not (cur.get("name") == name and cur.get("state") not in NOT_TAKEN)  # another's lock: not ours
+
+
+def _check_handover(mig: dict[str, Any], vm: dict[str, Any]) -> str:
+    """Release a target that the source agent has not taken within the handover timeout."""
+    waited = mg.handover_overdue(mig, _now(), CONFIG.handover_timeout_seconds)
+    if waited is None:
+        return mg.TARGET_READY
+    _ns, name = _key(mig)
+    st = mig.get("status") or {}
+    source, target = st.get("sourceNode") or "?", st.get("targetNode") or "?"
+    if not _release_untaken(vm, name):
+        return mg.TARGET_READY  # the agent took it at the last moment: it drives it now
+    msg = (f"the agent on {source} did not take the migration within {waited:.0f}s (is it running, and can it "
+           f"reach the API?); the VM keeps running on {source} and the VF reserved on {target} is released")
+    done = set_phase(mig, mg.FAILED, reason=mg.SOURCE_AGENT_UNRESPONSIVE, message=msg, only_from=mg.TARGET_READY)
+    if done is None or mg.phase(done) != mg.FAILED:
+        return mg.phase(done or mig)
+    log.warning("migration %s/%s: %s", _ns, name, msg)
+    CONFIG.k().event(done, mg.SOURCE_AGENT_UNRESPONSIVE, msg, type_="Warning", component="controller")
+    cleanup(done)
+    return mg.FAILED
 
 
 def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
@@ -174,9 +230,10 @@ def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
     assert isinstance(result, Claimed)
     ensure_guard(result.node)
     # The migration object says TargetReady first; only then may the agent see it on the VM.
+    reserved = f"VF {result.pci_address} reserved on {result.node}"
     set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
-               targetVF={"pciAddress": result.pci_address, "claimName": result.claim},
-               message=f"VF {result.pci_address} reserved on {result.node}")
+              targetVF={"pciAddress": result.pci_address, "claimName": result.claim}, message=reserved,
+              condition=(mg.TARGET_RESERVED, True, "VFClaimed", f"{reserved}; waiting for the source agent"))
     if not _update_vm_migration(vm, name, {
         "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
         "targetClaim": result.claim,
@@ -255,11 +312,12 @@ def _on_delete(namespace: str, name: str) -> None:
     vm = kube.get_vm(namespace, mig["spec"]["vmName"])
     if ph in (mg.PENDING, mg.SCHEDULING, mg.TARGET_READY):
         vm_mig = ((vm or {}).get("status") or {}).get("migration") or {}
-        if ph == mg.TARGET_READY and vm_mig.get("name") == name and vm_mig.get("state") == mg.RUNNING:
-            ph = mg.RUNNING  # the agent has just started it
+        taken = vm_mig.get("name") == name and vm_mig.get("state") not in (None, *NOT_TAKEN)
+        if vm is not None and not taken:
+            taken = not _release_untaken(vm, name)  # the agent may take it between our read and our write
+        if taken:
+            ph = mg.RUNNING  # the agent has just started it: ask it to abort
         else:
-            if vm is not None:
-                _update_vm_migration(vm, name, None)
             mig = set_phase(mig, mg.ABORTED, reason="Deleted", message="deleted before it ran") or mig
             cleanup(mig)
             return

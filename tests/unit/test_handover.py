@@ -1,0 +1,168 @@
+"""TargetReady hands a migration to the source node's agent; the controller takes it back (handover
+timeout, or the migration deleted) only while the agent has not taken it.
+
+The agent's commit is its write of Running into VM.status.migration; the controller's release is a
+write of the same status. Both go through update_status with the VM's resourceVersion, so exactly
+one wins. The fake API below applies mutations the way kube.update_status does (a declined
+mutation writes nothing) and can let "the agent" write just before the controller's write lands."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from failovervm import conditions
+from failovervm import migration as mg
+from failovervm.controller import migrations as cm
+from failovervm.controller.config import CONFIG
+
+NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def iso(seconds_ago: float) -> str:
+    return (NOW - dt.timedelta(seconds=seconds_ago)).isoformat().replace("+00:00", "Z")
+
+
+def mig(phase: str = mg.TARGET_READY, reserved_ago: float | None = 200, started_ago: float = 210) -> dict[str, Any]:
+    st: dict[str, Any] = {"phase": phase, "sourceNode": "n1", "targetNode": "n2", "startTimestamp": iso(started_ago),
+                          "targetVF": {"pciAddress": "0000:3b:02.1", "claimName": "n2.0000-3b-02.1"}}
+    if reserved_ago is not None:
+        st["conditions"] = [{"type": mg.TARGET_RESERVED, "status": "True", "reason": "VFClaimed", "message": "",
+                             "lastTransitionTime": iso(reserved_ago)}]
+    return {"metadata": {"name": "m1", "namespace": "ns"}, "spec": {"vmName": "vm"}, "status": st}
+
+
+def test_handover_is_overdue_only_in_target_ready_after_the_timeout() -> None:
+    assert mg.handover_overdue(mig(reserved_ago=130), NOW, 120) == pytest.approx(130)
+    assert mg.handover_overdue(mig(reserved_ago=60), NOW, 120) is None
+    assert mg.handover_overdue(mig(reserved_ago=130), NOW, 0) is None  # 0: wait forever
+    for phase in (mg.PENDING, mg.SCHEDULING, mg.RUNNING, mg.FAILED):
+        assert mg.handover_overdue(mig(phase=phase, reserved_ago=1000), NOW, 120) is None
+    # A migration that reached TargetReady before the condition existed: its start counts.
+    assert mg.handover_overdue(mig(reserved_ago=None, started_ago=300), NOW, 120) == pytest.approx(300)
+    # Scheduling may take long (no free VF); only the time since the reservation counts.
+    assert mg.handover_overdue(mig(reserved_ago=10, started_ago=3600), NOW, 120) is None
+
+
+class Kube:
+    def __init__(self, vm_state: str = mg.TARGET_READY) -> None:
+        self.vm: dict[str, Any] = {
+            "metadata": {"name": "vm", "namespace": "ns", "uid": "u1"},
+            "status": {"phase": "Running", "nodeName": "n1",
+                       "vf": {"node": "n1", "pciAddress": "0000:3b:02.0", "claimName": "n1.0000-3b-02.0"},
+                       "migration": {"name": "m1", "state": vm_state, "sourceNode": "n1", "targetNode": "n2",
+                                     "targetClaim": "n2.0000-3b-02.1"}}}
+        self.mig = mig()
+        self.claims = {name: {"metadata": {"name": name, "uid": name},
+                              "spec": {"owner": {"uid": "u1"}, "purpose": purpose}}
+                       for name, purpose in (("n1.0000-3b-02.0", "Running"), ("n2.0000-3b-02.1", "MigrationTarget"))}
+        self.events: list[str] = []
+        self.before_vm_write: Callable[[], None] | None = None
+
+    def get_vm(self, _ns: str, _name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.vm)
+
+    def get_migration(self, _ns: str, _name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.mig)
+
+    def update_vm_status(self, _ns: str, _name: str, mutate: Any, **_kw: Any) -> dict[str, Any]:
+        if self.before_vm_write is not None:  # another writer lands first: our read is re-done
+            hook, self.before_vm_write = self.before_vm_write, None
+            hook()
+        new = mutate(copy.deepcopy(self.vm["status"]))
+        if new is not None:
+            self.vm["status"] = new
+        return copy.deepcopy(self.vm)
+
+    def update_migration_status(self, _ns: str, _name: str, mutate: Any) -> dict[str, Any]:
+        new = mutate(copy.deepcopy(self.mig["status"]))
+        if new is not None:
+            self.mig["status"] = new
+        return copy.deepcopy(self.mig)
+
+    def list_claims(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(list(self.claims.values()))
+
+    def delete_claim(self, name: str, _uid: str | None = None) -> None:
+        self.claims.pop(name, None)
+
+    def patch_claim(self, *_a: Any) -> None:
+        pass
+
+    def get_node(self, _name: str) -> None:
+        return None
+
+    def event(self, _obj: Any, reason: str, _msg: str, **_kw: Any) -> None:
+        self.events.append(reason)
+
+    def agent_takes_it(self) -> None:
+        self.vm["status"]["migration"]["state"] = mg.RUNNING
+        self.vm["status"]["phase"] = "Migrating"
+
+
+@pytest.fixture
+def kube(monkeypatch: pytest.MonkeyPatch) -> Kube:
+    k = Kube()
+    monkeypatch.setattr(CONFIG, "kube", k)
+    monkeypatch.setattr(CONFIG, "handover_timeout_seconds", 120.0)
+    monkeypatch.setattr(cm, "_now", lambda: NOW)
+    return k
+
+
+def test_an_untaken_migration_fails_after_the_timeout_and_releases_the_target(kube: Kube) -> None:
+    assert cm.advance("ns", "m1") == mg.FAILED
+    st = kube.mig["status"]
+    assert st["phase"] == mg.FAILED and st["reason"] == mg.SOURCE_AGENT_UNRESPONSIVE
+    assert "did not take the migration" in st["message"] and "keeps running on n1" in st["message"]
+    assert conditions.is_true(st["conditions"], "CleanedUp")
+    assert "migration" not in kube.vm["status"] and kube.vm["status"]["nodeName"] == "n1"
+    assert list(kube.claims) == ["n1.0000-3b-02.0"]  # the target's reservation is gone, the running VF kept
+    assert mg.SOURCE_AGENT_UNRESPONSIVE in kube.events and "MigrationFailed" in kube.events
+
+
+def test_within_the_timeout_nothing_happens(kube: Kube) -> None:
+    kube.mig = mig(reserved_ago=5)
+    assert cm.advance("ns", "m1") == mg.TARGET_READY
+    assert kube.vm["status"]["migration"]["state"] == mg.TARGET_READY and len(kube.claims) == 2
+
+
+def test_a_migration_the_agent_took_is_never_timed_out(kube: Kube) -> None:
+    kube.agent_takes_it()  # Running on the VM; the migration object not updated yet
+    assert cm.advance("ns", "m1") == mg.TARGET_READY
+    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
+    assert kube.mig["status"]["phase"] == mg.TARGET_READY and kube.events == []
+
+
+def test_the_agent_taking_it_during_the_release_wins(kube: Kube) -> None:
+    kube.before_vm_write = kube.agent_takes_it
+    assert cm.advance("ns", "m1") == mg.TARGET_READY
+    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
+    assert kube.mig["status"]["phase"] == mg.TARGET_READY
+
+
+def test_deleting_an_untaken_migration_aborts_it_at_once(kube: Kube) -> None:
+    kube.mig = mig(reserved_ago=5)
+    cm.on_delete("ns", "m1")
+    assert kube.mig["status"]["phase"] == mg.ABORTED and "migration" not in kube.vm["status"]
+    assert list(kube.claims) == ["n1.0000-3b-02.0"]
+
+
+def test_deleting_a_migration_the_agent_takes_meanwhile_asks_it_to_abort(kube: Kube) -> None:
+    """Before, the release cleared the VM's lock whatever its state: the agent kept migrating an
+    unlocked VM onto a released target VF."""
+    kube.mig = mig(reserved_ago=5)
+    kube.before_vm_write = kube.agent_takes_it
+    with pytest.raises(cm.WaitForAgent):
+        cm.on_delete("ns", "m1")
+    assert kube.vm["status"]["migration"]["state"] == mg.ABORTING and len(kube.claims) == 2
+    assert kube.mig["status"]["phase"] == mg.TARGET_READY
+
+
+def test_a_vm_locked_by_another_migration_does_not_block_the_timeout(kube: Kube) -> None:
+    kube.vm["status"]["migration"] = {"name": "other", "state": mg.RUNNING}
+    assert cm.advance("ns", "m1") == mg.FAILED
+    assert kube.vm["status"]["migration"]["name"] == "other"  # never touched
