@@ -72,6 +72,13 @@ class SlowKube:
     def ensure_pod(self, _pod: Any) -> None:
         pass
 
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        return node() if name == "n1" else None
+
+    def delete_migration(self, ns: str, name: str) -> None:
+        with self.lock:
+            self.migrations = [m for m in self.migrations if m["metadata"]["name"] != name]
+
     def event(self, *_a: Any, **_kw: Any) -> None:
         pass
 
@@ -105,6 +112,21 @@ def test_a_second_controller_with_the_same_view_gets_a_conflict(monkeypatch: pyt
     monkeypatch.setattr(kube, "list_migrations", lambda: stale)
     cm._reconcile_node(node())  # what another process, which holds no lock of ours, would do
     assert len(kube.migrations) == 2 and kube.conflicts == 2
+
+
+def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node event or a node list taken before `kubectl drain` cordoned the node reaches the
+    sweep after the evacuation started (it waited for the node's lock). Acting on that copy took
+    the node for uncordoned and deleted the evacuation's migrations (seen in CI: the drain test
+    found no migration at all)."""
+    kube = SlowKube()
+    monkeypatch.setattr(CONFIG, "kube", kube)
+    cm.reconcile_node(node())
+    assert len(kube.migrations) == 2
+    uncordoned = node()
+    uncordoned["spec"] = {}
+    cm.reconcile_node(uncordoned)
+    assert sorted(m["spec"]["vmName"] for m in kube.migrations) == ["a", "b"]
 
 
 # -- retries and history ---------------------------------------------------------------------------

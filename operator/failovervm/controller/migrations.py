@@ -418,9 +418,18 @@ def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
 
     The node sweep, node events, migration events and the eviction webhook all call this from
     their own threads: one sweep per node at a time, or two could both see no migration for a VM
-    and both start one."""
-    with node_lock(node["metadata"]["name"]):
-        return _reconcile_node(node)
+    and both start one.
+
+    The node is read again once the lock is held: the caller's copy (a watch event, a list made
+    before the other nodes' sweeps) may be older than the sweep that just ran, and acting on a
+    copy from before a cordon would take the evacuation it started for an uncordon and delete
+    its migrations."""
+    name = node["metadata"]["name"]
+    with node_lock(name):
+        current = CONFIG.k().get_node(name)
+        if current is None:
+            return {"vms": 0, "gone": True}  # deleted: its VMs are released by the DELETED event or the sweep
+        return _reconcile_node(current)
 
 
 def node_lock(name: str) -> threading.Lock:
