@@ -274,6 +274,25 @@ def is_finished(mig: Mapping[str, Any]) -> bool:
                                                                  "CleanedUp")
 
 
+def stale_locks(vms: Iterable[Mapping[str, Any]],
+                migrations: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], str]]:
+    """VMs locked (status.migration) by a migration that no longer exists, and that their source
+    agent has not taken (Scheduling, TargetReady): (vm, migration name).
+
+    Deleting a migration unlocks its VM through the controller's deletion handler. A migration
+    deleted before Kopf put its finalizer on it never reaches that handler, and its lock would
+    keep the VM from ever migrating again (a drain waits forever). A lock the agent has taken
+    (Running, Aborting) is the agent's to release: it finishes or recovers the transfer."""
+    existing = {(m["metadata"].get("namespace"), m["metadata"].get("name")) for m in migrations}
+    out: list[tuple[Mapping[str, Any], str]] = []
+    for vm in vms:
+        lock = (vm.get("status") or {}).get("migration") or {}
+        if lock.get("state") in (SCHEDULING, TARGET_READY) and lock.get("name") \
+                and (vm["metadata"].get("namespace"), lock["name"]) not in existing:
+            out.append((vm, str(lock["name"])))
+    return out
+
+
 def history_to_delete(migrations: Iterable[Mapping[str, Any]], existing_vms: set[tuple[str, str]], keep: int,
                       evacuating_nodes: set[str]) -> list[tuple[str, str]]:
     """Finished migrations (namespace, name) that are no longer worth keeping.

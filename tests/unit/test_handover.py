@@ -166,3 +166,53 @@ def test_a_vm_locked_by_another_migration_does_not_block_the_timeout(kube: Kube)
     kube.vm["status"]["migration"] = {"name": "other", "state": mg.RUNNING}
     assert cm.advance("ns", "m1") == mg.FAILED
     assert kube.vm["status"]["migration"]["name"] == "other"  # never touched
+
+
+# -- a lock whose migration vanished ---------------------------------------------------------------
+def locked(name: str, state: str, lock: str = "m1") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}"},
+            "status": {"phase": "Running", "migration": {"name": lock, "state": state}}}
+
+
+def test_stale_locks_are_the_untaken_ones_of_vanished_migrations() -> None:
+    vms = [locked("a", mg.SCHEDULING), locked("b", mg.TARGET_READY), locked("c", mg.RUNNING),
+           locked("d", mg.ABORTING), locked("e", mg.SCHEDULING, lock="alive"),
+           {"metadata": {"name": "f", "namespace": "ns"}, "status": {"phase": "Running"}}]
+    alive = [{"metadata": {"name": "alive", "namespace": "ns"}}, {"metadata": {"name": "m1", "namespace": "other"}}]
+    assert [(vm["metadata"]["name"], name) for vm, name in mg.stale_locks(vms, alive)] == [("a", "m1"), ("b", "m1")]
+
+
+class LockKube(Kube):
+    def __init__(self, exists: bool) -> None:
+        super().__init__(vm_state=mg.SCHEDULING)
+        self.exists = exists
+
+    def get_migration(self, _ns: str, _name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.mig) if self.exists else None
+
+
+def test_a_vanished_migration_s_lock_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in CI: an evacuation migration deleted before Kopf's finalizer was on it left its VM
+    locked, and the drain then waited forever with no migration at all."""
+    kube = LockKube(exists=False)
+    monkeypatch.setattr(CONFIG, "kube", kube)
+    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == ["ns/vm"]
+    assert "migration" not in kube.vm["status"] and kube.events == ["StaleMigrationLockReleased"]
+    # Nothing left to release: no second event.
+    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
+
+
+def test_a_lock_of_a_migration_created_after_the_list_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = LockKube(exists=True)
+    monkeypatch.setattr(CONFIG, "kube", kube)
+    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == []
+    assert kube.vm["status"]["migration"]["name"] == "m1" and kube.events == []
+
+
+def test_a_lock_the_agent_takes_meanwhile_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = LockKube(exists=False)
+    monkeypatch.setattr(CONFIG, "kube", kube)
+    stale_view = kube.get_vm("ns", "vm")
+    kube.agent_takes_it()
+    assert cm.release_stale_locks([stale_view], []) == []
+    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING

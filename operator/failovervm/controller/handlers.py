@@ -55,7 +55,8 @@ _last_node_sweep = 0.0
 def pool_status(*, name: str, **_: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
     the nodes (guard pods, evacuation, node health) and, every 30 s, orphaned VFClaims, migration
-    history and VMs whose node was deleted while no controller watched.
+    history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
+    controller watched.
 
     The node sweep hangs off the VFPool timers because Kopf puts a finalizer on every object a
     timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
@@ -70,7 +71,7 @@ def pool_status(*, name: str, **_: Any) -> None:
     if now - _last_claim_sweep >= 30.0:
         _last_claim_sweep = now
         vms.collect_orphaned_claims()
-        migrations.collect_history()
+        migrations.sweep()
         recovery.sweep_deleted_nodes()
 
 

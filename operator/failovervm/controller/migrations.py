@@ -328,13 +328,54 @@ def _on_delete(namespace: str, name: str) -> None:
     cleanup(mig)
 
 
-def collect_history() -> list[str]:
+def sweep() -> None:
+    """The controller's 30 s migration sweep: stale VM locks, then history. VMs are listed before
+    migrations, so a lock seen on a VM names a migration that existed before that list."""
+    kube = CONFIG.k()
+    vms = kube.list_vms()
+    migrations = kube.list_migrations()
+    release_stale_locks(vms, migrations)
+    collect_history(vms, migrations)
+
+
+def release_stale_locks(vms: list[dict[str, Any]], migrations: list[dict[str, Any]]) -> list[str]:
+    """Unlock VMs whose (untaken) migration no longer exists (see migration.stale_locks). The
+    target VF it may have reserved is then an orphaned claim, released by the claim sweep."""
+    kube = CONFIG.k()
+    released = []
+    for vm, name in mg.stale_locks(vms, migrations):
+        meta = vm["metadata"]
+        if kube.get_migration(meta["namespace"], name) is not None:
+            continue  # it does exist (created after the list)
+        wrote = {"v": False}
+
+        def unlock(st: dict[str, Any], name: str = name, wrote: dict[str, bool] = wrote) -> dict[str, Any] | None:
+            wrote["v"] = False
+            cur = st.get("migration") or {}
+            if cur.get("name") != name or cur.get("state") not in NOT_TAKEN:
+                return None  # released meanwhile (its deletion handler did run), or taken by the agent
+            st.pop("migration")
+            wrote["v"] = True
+            return st
+
+        kube.update_vm_status(meta["namespace"], meta["name"], unlock, uid=meta["uid"])
+        if wrote["v"]:
+            msg = f"migration {name} no longer exists but still locked the VM; released it (the VM can migrate again)"
+            log.warning("%s/%s: %s", meta["namespace"], meta["name"], msg)
+            kube.event(vm, "StaleMigrationLockReleased", msg, type_="Warning", component="controller")
+            released.append(f"{meta['namespace']}/{meta['name']}")
+    return released
+
+
+def collect_history(vms: list[dict[str, Any]] | None = None,
+                    migrations: list[dict[str, Any]] | None = None) -> list[str]:
     """Delete finished migrations beyond the history kept per VM, and those of deleted VMs."""
     kube = CONFIG.k()
-    existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"]) for vm in kube.list_vms()}
+    existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"]) for vm in (vms or kube.list_vms())}
     evacuating = {n["metadata"]["name"] for n in kube.list_nodes() if node_needs_evacuation(NodeInfo.from_k8s(n))}
     removed = []
-    for ns, name in mg.history_to_delete(kube.list_migrations(), existing, CONFIG.migration_history, evacuating):
+    migrations = kube.list_migrations() if migrations is None else migrations
+    for ns, name in mg.history_to_delete(migrations, existing, CONFIG.migration_history, evacuating):
         kube.delete_migration(ns, name)
         removed.append(f"{ns}/{name}")
     if removed:
