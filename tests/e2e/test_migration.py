@@ -444,7 +444,12 @@ def test_no_target_with_a_free_vf_keeps_drain_waiting(operator_sandbox: Sandbox)
                                      and (m.get("status") or {}).get("reason") == "NoFreeVF"), None), 30,
                        what="migration waiting with reason NoFreeVF", fail=False)
         if not mig:
-            pytest.fail(f"no NoFreeVF migration: {[m.get('status') for m in _migrations(sb, ns)]}", pytrace=False)
+            # Everything that explains a missing evacuation (CI once saw none at all).
+            node3 = sb.kubectl_json("get", "node", _node(3))
+            seen = [(e["reason"], e["message"]) for e in sb.kubectl_json("-n", ns, "get", "events")["items"]]
+            pytest.fail(f"no NoFreeVF migration: {[m.get('status') for m in _migrations(sb, ns)]}; "
+                        f"x.status.migration={(get_vm(sb, ns, 'x').get('status') or {}).get('migration')}; "
+                        f"node spec={node3.get('spec')}; events={seen}", pytrace=False)
         assert mig["status"]["phase"] == "Scheduling" and "free VF" in mig["status"]["message"]
         vm = get_vm(sb, ns, "x")
         assert vm["status"]["nodeName"] == _node(3) and vm["status"]["phase"] == "Running"
