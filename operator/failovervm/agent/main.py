@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import libvirt
 from kubernetes import watch
 
 from failovervm import API_GROUP, API_VERSION, domxml, labels
@@ -30,6 +31,11 @@ from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
 
 log = logging.getLogger(__name__)
+
+
+def domain_vanished(exc: BaseException) -> bool:
+    """A reconcile failed because its domain disappeared under it (libvirt VIR_ERR_NO_DOMAIN)."""
+    return isinstance(exc, libvirt.libvirtError) and exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
 
 @dataclass
@@ -186,6 +192,13 @@ class Agent:
                 if outcome.requeue_after:
                     self.queue.add_after(key, outcome.requeue_after)
             except Exception as exc:
+                if domain_vanished(exc):
+                    # Migrated off (UNDEFINE_SOURCE) or removed between lookup and use: a race with
+                    # the event that queued this reconcile, not a failure. The next one sees it gone.
+                    log.info("domain of %s went away during its reconcile (%s); reconciling again", key, exc,
+                             extra={"vm": key})
+                    self.queue.add_after(key, 1.0)
+                    continue
                 RECONCILE_ERRORS.labels("agent", "FailoverVM").inc()
                 log.exception("reconcile of %s failed: %s", key, exc, extra={"vm": key})
                 if "connection" in str(exc).lower() or "broken pipe" in str(exc).lower():
