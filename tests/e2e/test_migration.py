@@ -263,18 +263,26 @@ def _slow_migration(sb: Sandbox, ns: str, vm: str, target: str) -> str:
 
 def _copy_on(sb: Sandbox, ns: str, vm: str, node: str, paused: bool) -> None:
     """Start a copy of the VM's domain on another node, as a migration that died with the target's
-    libvirtd leaves it (a transient domain; paused like an incoming guest, or running)."""
+    libvirtd leaves it (a transient domain; paused like an incoming guest, or running).
+
+    The node's agent is frozen meanwhile, as if it were away: it removes a copy that is still
+    starting up (QEMU paused, no guest code run yet), which would cut this createXML short."""
     src = get_vm(sb, ns, vm)["status"]["nodeName"]
     conn = libvirt_conn(sb, src)
     try:
         xml = conn.lookupByName(f"fvm_{ns}_{vm}").XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
     finally:
         conn.close()
-    conn = libvirt_conn(sb, node)
+    agent = sb.data[f"agent-{next(n['index'] for n in sb.nodes if n['node'] == node)}"]["pid"]
+    os.kill(agent, signal.SIGSTOP)
     try:
-        conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+        conn = libvirt_conn(sb, node)
+        try:
+            conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+        finally:
+            conn.close()
     finally:
-        conn.close()
+        os.kill(agent, signal.SIGCONT)
 
 
 def test_leftover_copy_on_another_node_is_removed_and_a_running_one_reported(operator_sandbox: Sandbox) -> None:

@@ -421,16 +421,18 @@ def _incoming_here(ctx: AgentContext, vm: Mapping[str, Any]) -> bool:
     return ((vm.get("status") or {}).get("migration") or {}).get("targetNode") == ctx.node
 
 
-# Pause reasons of a domain in the middle of a start or a shutdown, not of a settled copy.
-_TRANSITIONAL_PAUSES = frozenset({libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_SHUTTING_DOWN})
-
-
 def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain) -> Outcome:
     """A domain of `vm` on a node that does not run it, with no migration bringing it here: the
     remains of a migration that died with a libvirtd (QEMU survives the daemon, which re-attaches to
     the paused incoming guest on restart). It would make every later migration here fail with
     "already active". A paused or stopped copy is removed; a running one is reported, never killed,
-    because two running copies need a human to decide which one is real."""
+    because two running copies need a human to decide which one is real.
+
+    Paused includes a copy still starting up (libvirt runs QEMU paused until the start completes):
+    no guest code has run in it, and removing it keeps a second running copy from appearing. It is
+    also how the remains of an incoming migration look after its libvirtd restarted. Removed at
+    once, such a copy goes; when the agent waited for it to "settle", libvirt's state change lock
+    was soon held on it and nobody could remove it any more (seen in CI)."""
     meta = vm["metadata"]
     owner_node = (vm.get("status") or {}).get("nodeName")
     if _incoming_here(ctx, vm):
@@ -442,19 +444,13 @@ def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDom
     if (fresh is None or fresh["metadata"]["uid"] != meta["uid"]
             or (fresh.get("status") or {}).get("nodeName") == ctx.node or _incoming_here(ctx, fresh)):
         return Outcome("not-ours")
-    state, reason = dom.state()
+    state, _reason = dom.state()
     if state == libvirt.VIR_DOMAIN_RUNNING:
         msg = (f"a running copy of domain {dom.name()} is on {ctx.node}, but the VM runs on {owner_node or 'no node'}; "
                "left alone: check both nodes")
         log.error("%s", msg)
         ctx.kube.event(vm, "DuplicateDomain", msg, type_="Warning", component=component)
         return Outcome("duplicate-domain", requeue_after=60)
-    if state == libvirt.VIR_DOMAIN_PAUSED and reason in _TRANSITIONAL_PAUSES:
-        # Somebody is starting (or shutting down) this domain right now: QEMU runs paused until
-        # libvirt resumes it. Judge it once it has settled; a start is never cut short.
-        log.info("a copy of domain %s on %s is %s; judged again once it settles", dom.name(), ctx.node,
-                 "starting up" if reason == libvirt.VIR_DOMAIN_PAUSED_STARTING_UP else "shutting down")
-        return Outcome("transitional", requeue_after=5)
     ctx.dm.destroy(dom)
     ctx.dm.undefine(dom)
     ctx.forget_failover(dom.name())
