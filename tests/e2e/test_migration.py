@@ -244,18 +244,21 @@ def test_manual_migration_with_and_without_target(operator_sandbox: Sandbox) -> 
 
 
 def _slow_migration(sb: Sandbox, ns: str, vm: str, target: str) -> str:
-    """A migration of a 4 GiB guest limited to 1 MiB/s: several seconds in phase Running."""
+    """A migration of a 4 GiB guest limited to 1 MiB/s: several seconds in phase Running. Returns
+    once memory is being copied (the Progress condition), so the test acts mid-transfer rather than
+    while the target is still launching QEMU (phase Running is written before libvirt is called)."""
     body = {"apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVMMigration",
             "metadata": {"name": f"{vm}-slow", "namespace": ns},
             "spec": {"vmName": vm, "targetNode": target, "bandwidthMiBps": 1}}
     sb.kubectl("apply", "-f", "-", input=json.dumps(body))
     last: dict[str, Any] = {}
 
-    def running() -> bool:
+    def copying() -> bool:
         last.update(sb.kubectl_json("-n", ns, "get", "fvmm", f"{vm}-slow").get("status") or {})
-        return last.get("phase") == "Running"
+        progress = next((c for c in last.get("conditions") or [] if c["type"] == "Progress"), None)
+        return last.get("phase") == "Running" and progress is not None
 
-    if not wait_for(running, 60, interval=0.2, what="migration Running", fail=False):
+    if not wait_for(copying, 60, interval=0.2, what="migration copying memory", fail=False):
         vm_status = (get_vm(sb, ns, vm) or {}).get("status")
         pytest.fail(f"migration never ran: {last}; VM status {vm_status}", pytrace=False)
     return f"{vm}-slow"
