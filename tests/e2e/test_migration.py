@@ -451,8 +451,10 @@ def test_no_target_with_a_free_vf_keeps_drain_waiting(operator_sandbox: Sandbox)
     try:
         res = sb.kubectl("drain", _node(3), "--ignore-daemonsets", "--timeout=15s", check=False, timeout=60)
         assert res.returncode != 0, "drain must keep waiting while a VM cannot leave"
+        # 60 s: should the evacuation's migration vanish (CI once saw none), the 30 s sweep releases
+        # the VM's stale lock and the next node sweep starts a new one; the drain must still show it.
         mig = wait_for(lambda: next((m for m in _migrations(sb, ns) if m["spec"]["vmName"] == "x"
-                                     and (m.get("status") or {}).get("reason") == "NoFreeVF"), None), 30,
+                                     and (m.get("status") or {}).get("reason") == "NoFreeVF"), None), 60,
                        what="migration waiting with reason NoFreeVF", fail=False)
         if not mig:
             # Everything that explains a missing evacuation (CI once saw none at all).
