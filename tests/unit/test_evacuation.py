@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from failovervm import migration as mg
+from failovervm.controller import handlers
 from failovervm.controller import migrations as cm
 from failovervm.controller.config import CONFIG
 
@@ -93,7 +94,7 @@ def node() -> dict[str, Any]:
 def test_concurrent_sweeps_start_one_migration_per_vm(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = SlowKube()
     monkeypatch.setattr(CONFIG, "kube", kube)
-    threads = [threading.Thread(target=cm.reconcile_node, args=(node(),)) for _ in range(4)]
+    threads = [threading.Thread(target=cm.reconcile_node, args=("n1",)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -108,7 +109,7 @@ def test_a_second_controller_with_the_same_view_gets_a_conflict(monkeypatch: pyt
     kube = SlowKube()
     monkeypatch.setattr(CONFIG, "kube", kube)
     stale = kube.list_migrations()
-    cm.reconcile_node(node())
+    cm.reconcile_node("n1")
     monkeypatch.setattr(kube, "list_migrations", lambda: stale)
     cm._reconcile_node(node())  # what another process, which holds no lock of ours, would do
     assert len(kube.migrations) == 2 and kube.conflicts == 2
@@ -121,11 +122,11 @@ def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(monkeyp
     found no migration at all)."""
     kube = SlowKube()
     monkeypatch.setattr(CONFIG, "kube", kube)
-    cm.reconcile_node(node())
+    cm.reconcile_node("n1")
     assert len(kube.migrations) == 2
     uncordoned = node()
     uncordoned["spec"] = {}
-    cm.reconcile_node(uncordoned)
+    handlers.on_node_event(type="MODIFIED", name="n1", body=uncordoned)  # the old event's body
     assert sorted(m["spec"]["vmName"] for m in kube.migrations) == ["a", "b"]
 
 

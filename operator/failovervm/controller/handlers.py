@@ -67,7 +67,7 @@ def pool_status(*, name: str, **_: Any) -> None:
     if now - _last_node_sweep >= 3.0:
         _last_node_sweep = now
         for node in CONFIG.k().list_nodes():
-            migrations.reconcile_node(node)
+            migrations.reconcile_node(node["metadata"]["name"])
     if now - _last_claim_sweep >= 30.0:
         _last_claim_sweep = now
         vms.collect_orphaned_claims()
@@ -121,9 +121,7 @@ def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kop
     source = status.get("sourceNode")
     if phase in ("Succeeded", "Failed", "Aborted") and source:
         # A slot on the source node is free: start the next evacuation migration right away.
-        node = CONFIG.k().get_node(str(source))
-        if node is not None:
-            migrations.reconcile_node(node)
+        migrations.reconcile_node(str(source))
 
 
 
@@ -142,9 +140,9 @@ def on_migration_delete(*, name: str, namespace: str | None, **_: Any) -> None:
 
 # -- Nodes: drain guard pods and evacuation -------------------------------------------------------
 @kopf.on.event("", "v1", "nodes")
-def on_node_event(*, type: str, name: str, body: kopf.Body, **_: Any) -> None:
+def on_node_event(*, type: str, name: str, **_: Any) -> None:
     if type != "DELETED":
-        migrations.reconcile_node(body)
+        migrations.reconcile_node(name)
     elif name:
         # A deleted Node counts as fenced: the VMs it ran start elsewhere.
         recovery.release_all(name, None)
@@ -171,9 +169,7 @@ async def guard_pod_eviction(*, name: str | None, namespace: str | None, dryrun:
 def _guard_check(node_name: str, pod_name: str, dryrun: bool) -> int:
     remaining = migrations.node_has_vms(node_name)
     kube = CONFIG.k()
-    node = kube.get_node(node_name)
-    if node is not None:
-        migrations.reconcile_node(node)  # the attempt itself starts the evacuation
+    migrations.reconcile_node(node_name)  # the attempt itself starts the evacuation
     if not remaining and not dryrun:
         # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet
         # to confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.

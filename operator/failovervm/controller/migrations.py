@@ -454,18 +454,17 @@ def vms_on(node: str) -> list[dict[str, Any]]:
 _NODE_LOCKS: dict[str, threading.Lock] = {}
 
 
-def reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
+def reconcile_node(name: str) -> dict[str, Any]:
     """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied.
 
     The node sweep, node events, migration events and the eviction webhook all call this from
     their own threads: one sweep per node at a time, or two could both see no migration for a VM
     and both start one.
 
-    The node is read again once the lock is held: the caller's copy (a watch event, a list made
-    before the other nodes' sweeps) may be older than the sweep that just ran, and acting on a
-    copy from before a cordon would take the evacuation it started for an uncordon and delete
-    its migrations."""
-    name = node["metadata"]["name"]
+    It takes the node's name and reads the Node itself once the lock is held: a caller's copy (a
+    watch event, a list made before the other nodes' sweeps) may be older than the sweep that just
+    ran, and acting on a copy from before a cordon would take the evacuation it started for an
+    uncordon and delete its migrations."""
     with node_lock(name):
         current = CONFIG.k().get_node(name)
         if current is None:
