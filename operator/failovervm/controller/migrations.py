@@ -4,6 +4,7 @@ and evacuating nodes (drain, cordon, cluster-autoscaler scale-down)."""
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import logging
 import threading
 import time
@@ -58,19 +59,27 @@ def set_phase(mig: Mapping[str, Any], new_phase: str, *, condition: tuple[str, b
     return obj
 
 
+class LockWrite(enum.IntEnum):
+    """What _update_vm_migration did; false only when it was refused."""
+
+    REFUSED = 0  # the VM is locked by another migration, or not in one of `only_states`
+    UNCHANGED = 1  # already as asked (e.g. no lock to clear)
+    WRITTEN = 2
+
+
 def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str, Any] | None,
-                         claim_only_if_free: bool = False, only_states: frozenset[str] | None = None) -> bool:
-    """Set (fields) or clear (None) VM.status.migration if it is free or ours. True on success.
+                         claim_only_if_free: bool = False, only_states: frozenset[str] | None = None) -> LockWrite:
+    """Set (fields) or clear (None) VM.status.migration if it is free or ours.
 
     `only_states`: only while the VM's migration state is one of these. Releasing a migration the
     source agent has not taken uses (Scheduling, TargetReady): the agent's own write of Running is
     its commit, and the resourceVersion lets exactly one of the two writes win."""
     kube = CONFIG.k()
     meta = vm["metadata"]
-    ok = {"v": False}
+    out = {"v": LockWrite.REFUSED}
 
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
-        ok["v"] = False
+        out["v"] = LockWrite.REFUSED
         cur = st.get("migration") or {}
         if cur and cur.get("name") != mig_name:
             return None
@@ -78,21 +87,21 @@ def _update_vm_migration(vm: Mapping[str, Any], mig_name: str, fields: dict[str,
             return None
         if fields is None:
             if not cur:
-                ok["v"] = True
+                out["v"] = LockWrite.UNCHANGED
                 return None
             st.pop("migration", None)
             if st.get("phase") == "Migrating":
                 st["phase"] = "Running"
         else:
             if claim_only_if_free and cur:
-                ok["v"] = True
+                out["v"] = LockWrite.UNCHANGED
                 return None
             st["migration"] = {**cur, "name": mig_name, **fields}
-        ok["v"] = True
+        out["v"] = LockWrite.WRITTEN
         return st
 
     kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
-    return ok["v"]
+    return out["v"]
 
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
@@ -347,19 +356,8 @@ def release_stale_locks(vms: list[dict[str, Any]], migrations: list[dict[str, An
         meta = vm["metadata"]
         if kube.get_migration(meta["namespace"], name) is not None:
             continue  # it does exist (created after the list)
-        wrote = {"v": False}
-
-        def unlock(st: dict[str, Any], name: str = name, wrote: dict[str, bool] = wrote) -> dict[str, Any] | None:
-            wrote["v"] = False
-            cur = st.get("migration") or {}
-            if cur.get("name") != name or cur.get("state") not in NOT_TAKEN:
-                return None  # released meanwhile (its deletion handler did run), or taken by the agent
-            st.pop("migration")
-            wrote["v"] = True
-            return st
-
-        kube.update_vm_status(meta["namespace"], meta["name"], unlock, uid=meta["uid"])
-        if wrote["v"]:
+        # Refused: the agent took it meanwhile. Unchanged: released meanwhile (its deletion handler did run).
+        if _update_vm_migration(vm, name, None, only_states=NOT_TAKEN) is LockWrite.WRITTEN:
             msg = f"migration {name} no longer exists but still locked the VM; released it (the VM can migrate again)"
             log.warning("%s/%s: %s", meta["namespace"], meta["name"], msg)
             kube.event(vm, "StaleMigrationLockReleased", msg, type_="Warning", component="controller")
@@ -371,7 +369,8 @@ def collect_history(vms: list[dict[str, Any]] | None = None,
                     migrations: list[dict[str, Any]] | None = None) -> list[str]:
     """Delete finished migrations beyond the history kept per VM, and those of deleted VMs."""
     kube = CONFIG.k()
-    existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"]) for vm in (vms or kube.list_vms())}
+    existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"])
+                for vm in (kube.list_vms() if vms is None else vms)}
     evacuating = {n["metadata"]["name"] for n in kube.list_nodes() if node_needs_evacuation(NodeInfo.from_k8s(n))}
     removed = []
     migrations = kube.list_migrations() if migrations is None else migrations
