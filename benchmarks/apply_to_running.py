@@ -12,8 +12,6 @@ Prints p50/p95 of both and the ratio of the p50s, from the same run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,16 @@ from typing import Any
 import libvirt
 from kubernetes import watch
 
-from benchmarks.common import SandboxHandle, ensure_namespace, ensure_pool, halt_vm, machine, raw_copy_xml, summary
+from benchmarks.common import (
+    SandboxHandle,
+    bench_main,
+    ensure_namespace,
+    ensure_pool,
+    halt_vm,
+    machine,
+    raw_copy_xml,
+    summary,
+)
 from failovervm import API_GROUP, API_VERSION
 
 POOL = "bench-pool"
@@ -94,22 +101,17 @@ def run(state_dir: Path, n: int = 20, namespace: str = "bench-apply") -> dict[st
             "ratio_p50": o["p50"] / r["p50"], "ratio_p95": o["p95"] / r["p95"], "machine": machine()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
-    ap.add_argument("-n", type=int, default=20)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    res = run(Path(args.state_dir), args.n)
-    if args.json:
-        print(json.dumps(res, indent=2))
-        return
+def _report(res: dict[str, Any]) -> None:
     o, r = res["operator_s"], res["raw_libvirt_s"]
     print(f"apply -> Running over {res['n']} VMs (sandbox, real QEMU, {res['machine']['cpu']})")
     print(f"{'':24}{'p50 (s)':>10}{'p95 (s)':>10}")
     print(f"{'operator (apply->Running)':24}{o['p50']:>10.3f}{o['p95']:>10.3f}")
     print(f"{'raw libvirt define+start':24}{r['p50']:>10.3f}{r['p95']:>10.3f}")
     print(f"{'ratio operator/raw':24}{res['ratio_p50']:>10.2f}{res['ratio_p95']:>10.2f}")
+
+
+def main() -> None:
+    bench_main(__doc__, run, ("-n",), 20, _report)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import statistics
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +217,20 @@ def raw_migration(
             pass
         c.close()
     return times, downtimes
+
+
+def bench_main(doc: str | None, run: Callable[[Path, int], dict[str, Any]], count_flags: tuple[str, ...],
+               default_count: int, report: Callable[[dict[str, Any]], None]) -> None:
+    """A benchmark's command line: --state-dir, its count (-n VMs or -r rounds), --json for the
+    raw result, else `report` prints the operator's figure next to the raw libvirt one."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
+    ap.add_argument(*count_flags, type=int, default=default_count, dest="count",
+                    metavar=count_flags[-1].lstrip("-").upper())
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    result = run(Path(args.state_dir), args.count)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        report(result)

@@ -9,8 +9,6 @@ downtime p50/p95 from libvirt's completed-job statistics. Same run, same sandbox
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 from benchmarks.common import (
     HOLD_TAINT,
     SandboxHandle,
+    bench_main,
     ensure_namespace,
     ensure_pool,
     halt_vm,
@@ -118,16 +117,7 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
-    ap.add_argument("-n", type=int, default=10)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    r = run(Path(args.state_dir), args.n)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
+def _report(r: dict[str, Any]) -> None:
     print(f"evacuate {r['n']} VMs from one node (per-node limit {r['per_node_limit']}; {r['machine']['cpu']})")
     print(f"  operator: cordon -> all running elsewhere   {r['evacuation_s']:8.2f} s")
     print(f"  raw libvirt migrateToURI3 of one VM (p50)   {r['raw_migration_s']['p50']:8.2f} s")
@@ -136,6 +126,10 @@ def main() -> None:
     d, rd = r["downtime_ms"], r["raw_downtime_ms"]
     print(f"  downtime p50/p95 (operator migrations)      {d['p50']:.0f} / {d['p95']:.0f} ms")
     print(f"  downtime p50/p95 (raw migrations)           {rd['p50']:.0f} / {rd['p95']:.0f} ms")
+
+
+def main() -> None:
+    bench_main(__doc__, run, ("-n",), 10, _report)
 
 
 if __name__ == "__main__":

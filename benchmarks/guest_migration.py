@@ -13,14 +13,13 @@ halt-sector guest under KVM when usable, as the sandbox runs them.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
     SandboxHandle,
+    bench_main,
     ensure_namespace,
     ensure_pool,
     halt_vm,
@@ -128,16 +127,7 @@ def run(state_dir: Path, rounds: int = 5, namespace: str = "bench-guest") -> dic
     return {"benchmark": "guest_migration", "rounds": rounds, "guests": results, "machine": machine()}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
-    ap.add_argument("-r", "--rounds", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    r = run(Path(args.state_dir), args.rounds)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
+def _report(r: dict[str, Any]) -> None:
     print(f"live migration, {r['rounds']} rounds per guest, 128 MiB ({r['machine']['cpu']})")
     print(f"{'guest':<7}{'':<10}{'wall p50':>10}{'wall p95':>10}{'downtime p50':>14}{'p95':>7}  FailoverReady")
     for kind, g in r["guests"].items():
@@ -147,6 +137,10 @@ def main() -> None:
             print(f"{kind:<7}{who:<10}{wall['p50']:>9.2f}s{wall['p95']:>9.2f}s{down['p50']:>12.0f}ms"
                   f"{down['p95']:>5.0f}ms  {fr}")
         print(f"{kind:<7}ratio operator/raw wall p50: {g['ratio_wall_p50']:.2f}")
+
+
+def main() -> None:
+    bench_main(__doc__, run, ("-r", "--rounds"), 5, _report)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,6 @@ e.g. `failovervm sandbox up --nodes 3 --pfs-per-node 2 --vfs-per-node 8`).
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import threading
@@ -31,6 +29,7 @@ import libvirt
 from benchmarks.common import (
     HOLD_TAINT,
     SandboxHandle,
+    bench_main,
     ensure_namespace,
     ensure_pool,
     halt_vm,
@@ -154,22 +153,17 @@ def run(state_dir: Path, n: int = 6, namespace: str = "bench-recovery") -> dict[
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
-    ap.add_argument("-n", type=int, default=6)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    r = run(Path(args.state_dir), args.n)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
+def _report(r: dict[str, Any]) -> None:
     p = r["operator_per_vm_s"]
     print(f"recover {r['n']} VMs from a failed node ({r['machine']['cpu']})")
     print(f"  operator: out-of-service taint -> all running elsewhere  {r['operator_s']:8.2f} s"
           f"   (per VM p50 {p['p50']:.2f} s, p95 {p['p95']:.2f} s)")
     print(f"  raw libvirt: define + start them, parallel per node    {r['raw_define_start_s']:8.2f} s")
     print(f"  ratio operator / raw                                   {r['ratio']:8.2f}")
+
+
+def main() -> None:
+    bench_main(__doc__, run, ("-n",), 6, _report)
 
 
 if __name__ == "__main__":
