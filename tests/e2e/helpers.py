@@ -14,6 +14,20 @@ from tests.conftest import TEST_IMAGES_DIR, Sandbox, wait_for
 HALT = f"{TEST_IMAGES_DIR}/halt.img"
 
 
+def wait_webhook(port: int, timeout: float = 60) -> None:
+    """Wait until a controller started by the test accepts connections on its webhook port."""
+    import socket
+
+    def accepts() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_for(accepts, timeout, what="controller webhook")
+
+
 def vm_manifest(name: str, namespace: str, pool: str, *, memory: str = "32Mi", running: bool = True,
                 **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {

@@ -18,8 +18,8 @@ import pytest
 from failovervm.sandbox import procs
 from failovervm.sandbox.binaries import binary_path
 from failovervm.sandbox.controlplane import free_port
-from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli, wait_for
-from tests.e2e.helpers import apply, claims, domains_on, pool_manifest, wait_phase
+from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli
+from tests.e2e.helpers import apply, claims, domains_on, pool_manifest, wait_phase, wait_webhook
 from tests.prereq import require
 
 pytestmark = pytest.mark.e2e
@@ -93,8 +93,7 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
                          "--node", node["node"], "--libvirt-uri", node["uri"], "--sysfs-root", node["sysfs_root"],
                          "--storage-root", TEST_IMAGES_DIR, "--metrics-port", "0"], logs / "agent.log")
     try:
-        wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
-                                        capture_output=True).returncode == 0, 60, what="controller webhook")
+        wait_webhook(port)
         # The #3 scenario, as a user: apply, Running, delete.
         apply(sb, pool_manifest("sandbox-pool", sb.data["bridge"], pfs=("sbxpf0",)))
         sb.kubectl("apply", "-f", str(REPO / "examples" / "failovervm.yaml"))

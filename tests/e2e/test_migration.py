@@ -30,6 +30,7 @@ from tests.e2e.helpers import (
     pool_manifest,
     vm_manifest,
     wait_phase,
+    wait_webhook,
 )
 
 pytestmark = pytest.mark.e2e
@@ -331,8 +332,7 @@ def _controller_with(sb: Sandbox, *extra: str) -> Iterator[None]:
     pid = procs.spawn([*argv, *extra], sb.state_dir / "logs" / "controller-flags.log")
     try:
         port = sb.data["operator"]["webhook_port"]
-        wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"],
-                                        capture_output=True).returncode == 0, 60, what="controller webhook")
+        wait_webhook(port)
         yield
     finally:
         procs.stop(pid, "controller")
