@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 from lxml import etree
 
@@ -30,8 +31,6 @@ from failovervm.domxml import (
     parse_xml,
     to_xml,
 )
-
-libvirt: Any = pytest.importorskip("libvirt")
 
 pytestmark = pytest.mark.integration
 

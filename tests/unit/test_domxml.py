@@ -40,6 +40,7 @@ from failovervm.domxml import (
 )
 from failovervm.domxml.devices.controllers import pcie_devices_needed, root_port_count
 from failovervm.domxml.devices.disk import target_dev
+from tests.prereq import require
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 DOMAIN_RNG = Path("/usr/share/libvirt/schemas/domain.rng")
@@ -126,8 +127,7 @@ CASES: dict[str, tuple[Callable[[], DomainSpec], bool]] = {
 
 @pytest.fixture(scope="module")
 def relaxng() -> etree.RelaxNG:
-    if not DOMAIN_RNG.exists():
-        pytest.skip(f"{DOMAIN_RNG} not installed (libvirt-daemon / libvirt-common)")
+    require(DOMAIN_RNG.exists(), f"{DOMAIN_RNG} (libvirt-daemon / libvirt-common)")
     # domain.rng includes its siblings by relative path: parse it from its real location.
     return etree.RelaxNG(etree.parse(str(DOMAIN_RNG)))
 
