@@ -1,5 +1,6 @@
 """failovervm: a Kopf operator for SR-IOV VMs that keep their network across live migration."""
 
+from failovervm.labels import API_GROUP, API_VERSION
+
 __version__ = "0.1.0"
-API_GROUP = "failovervm.io"
-API_VERSION = "v1alpha1"
+__all__ = ["API_GROUP", "API_VERSION", "__version__"]

@@ -103,6 +103,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from failovervm import kube as kube_mod
+    from failovervm import labels
 
     kube = kube_mod.Kube(kube_mod.load(args.kubeconfig, args.context))
     ns = args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context)
@@ -115,7 +116,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.bandwidth:
         spec["bandwidthMiBps"] = args.bandwidth
     created = kube.create_migration({
-        "apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVMMigration",
+        "apiVersion": labels.API_GROUP_VERSION, "kind": "FailoverVMMigration",
         "metadata": {"generateName": f"{args.name}-migration-"[:58], "namespace": ns}, "spec": spec})
     name = created["metadata"]["name"]
     if args.output in ("json", "yaml") and not args.wait:
@@ -150,7 +151,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     import time
 
     from failovervm import kube as kube_mod
-    from failovervm.agent.reconcile import RESTART_ANNOTATION
+    from failovervm.labels import RESTART_ANNOTATION
 
     kube = kube_mod.Kube(kube_mod.load(args.kubeconfig, args.context))
     ns = args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from failovervm import conditions
+from failovervm import conditions, labels
 from failovervm import migration as mg
 from failovervm.scheduling import EVACUATION_TAINT_KEYS, NodeInfo
 
@@ -291,7 +291,7 @@ def _evac_migrations(node: str, migrations: Iterable[Mapping[str, Any]]) -> Migr
     by_vm: MigrationsByVM = {}
     for m in migrations:
         meta = m.get("metadata") or {}
-        if (meta.get("labels") or {}).get(mg.EVACUATION_LABEL) != node:
+        if (meta.get("labels") or {}).get(labels.EVACUATION_LABEL) != node:
             continue
         key = (str(meta.get("namespace") or ""), str((m.get("spec") or {}).get("vmName") or ""))
         by_vm.setdefault(key, []).append(m)

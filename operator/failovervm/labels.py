@@ -1,6 +1,14 @@
-"""Label, annotation and finalizer names the operator and the sandbox agree on."""
+"""Every name the operator, its agents, the CLI and the sandbox agree on: the API group and
+version, labels, annotations and finalizers. Defined here only, imported everywhere else."""
+
+from __future__ import annotations
 
 PREFIX = "failovervm.io"
+
+# The API group and version of the operator's custom resources.
+API_GROUP = PREFIX
+API_VERSION = "v1alpha1"
+API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 # Node annotations (set by the sandbox, or by an admin / the agent on real clusters).
 LIBVIRT_URI = f"{PREFIX}/libvirt-uri"
@@ -13,3 +21,29 @@ SANDBOX_NODE = f"{PREFIX}/sandbox-node"
 
 # FailoverVM label naming its node, so agents can watch only their own VMs.
 VM_NODE = f"{PREFIX}/node"
+
+# FailoverVM annotations.
+# evictionStrategy Shutdown: the controller names the node being drained; its agent shuts the VM
+# down and releases it from that node, so that it starts again elsewhere.
+EVICT_ANNOTATION = f"{PREFIX}/evict"
+# `failovervm restart`: a token; the agent restarts the VM once per new token (status.restartedFor).
+RESTART_ANNOTATION = f"{PREFIX}/restart"
+
+# FailoverVMMigration labels: the node an evacuation empties, and the VM a migration moves.
+EVACUATION_LABEL = f"{PREFIX}/evacuation"
+VM_LABEL = f"{PREFIX}/vm"
+
+# The drain guard pod's label and annotation.
+GUARD_LABEL = f"{PREFIX}/guard"
+PURPOSE_ANNOTATION = f"{PREFIX}/purpose"
+
+# Finalizers: the controller's (Kopf's persistence finalizer) and the agent's, which holds a
+# FailoverVM until its node's agent has removed the domain.
+CONTROLLER_FINALIZER = f"{PREFIX}/controller"
+AGENT_FINALIZER = f"{PREFIX}/agent"
+
+# The ClusterKopfPeering object the controller replicas share (created by the chart and the sandbox).
+PEERING_NAME = "failovervm"
+
+# Prefix of the annotations in which Kopf keeps the controller's handler progress and diff base.
+KOPF_ANNOTATION_PREFIX = f"controller.{PREFIX}"

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from failovervm import conditions, guestfailover
+from failovervm import conditions, guestfailover, labels
 
 PENDING, SCHEDULING, TARGET_READY, RUNNING = "Pending", "Scheduling", "TargetReady", "Running"
 SUCCEEDED, FAILED, ABORTED = "Succeeded", "Failed", "Aborted"
@@ -29,9 +29,7 @@ ACTIVE_PHASES = frozenset({PENDING, SCHEDULING, TARGET_READY, RUNNING})
 TERMINAL_PHASES = frozenset({SUCCEEDED, FAILED, ABORTED})
 ABORTING = "Aborting"  # VM.status.migration.state while the controller asks the agent to abort
 
-EVACUATION_LABEL = "failovervm.io/evacuation"
 GAVE_UP = "gave up"
-VM_LABEL = "failovervm.io/vm"
 
 _ALLOWED = {
     PENDING: {SCHEDULING, FAILED, ABORTED},
@@ -88,7 +86,7 @@ def failed_attempts(vm_name: str, vm_namespace: str, migrations: Iterable[Mappin
     since = max(successes) if successes else None
     return [
         m for m in mine
-        if (m["metadata"].get("labels") or {}).get(EVACUATION_LABEL) == node and phase(m) in (FAILED, ABORTED)
+        if (m["metadata"].get("labels") or {}).get(labels.EVACUATION_LABEL) == node and phase(m) in (FAILED, ABORTED)
         and (since is None or _ended(m) > since)
     ]
 
@@ -98,8 +96,9 @@ def retry_state(vm_name: str, vm_namespace: str, migrations: Iterable[Mapping[st
     """Whether an evacuation may start another migration of the VM now, and why not."""
     failed = failed_attempts(vm_name, vm_namespace, migrations, node)
     if len(failed) >= limits.max_attempts:
+        selector = f"{labels.EVACUATION_LABEL}={node},{labels.VM_LABEL}={vm_name}"
         return False, (f"{GAVE_UP}: {len(failed)} failed migration attempts; delete them to retry "
-                       f"(kubectl -n {vm_namespace} delete fvmm -l {EVACUATION_LABEL}={node},{VM_LABEL}={vm_name}) "
+                       f"(kubectl -n {vm_namespace} delete fvmm -l {selector}) "
                        "or migrate the VM by hand")
     if failed:
         last = max(_ended(m) for m in failed)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from failovervm import labels
 from failovervm.agent import reconcile as rc
 from failovervm.agent.domains import DomainManager
 from tests.integration.test_domxml_testdriver import conn  # noqa: F401  (the fixture)
@@ -22,7 +23,7 @@ class Kube:
     def __init__(self, root: Path, prune_restarted_for: bool = False) -> None:
         self.vm: dict[str, Any] = {
             "metadata": {"name": "r", "namespace": "ns", "uid": UID, "generation": 1,
-                         "finalizers": [rc.AGENT_FINALIZER], "annotations": {}},
+                         "finalizers": [labels.AGENT_FINALIZER], "annotations": {}},
             "spec": {"cpu": 1, "memory": "32Mi", "running": True, "terminationGracePeriodSeconds": 0,
                      "disks": [{"name": "boot", "path": str(root / "halt.img"), "readOnly": True}],
                      "network": {"pool": "p"}},
@@ -78,7 +79,7 @@ def test_restart_required_and_restart(conn: Any, tmp_path: Path) -> None:  # noq
     assert kube.events.count(rc.RESTART_REQUIRED) == 1  # not repeated
 
     # One restart per request.
-    kube.vm["metadata"]["annotations"][rc.RESTART_ANNOTATION] = "t1"
+    kube.vm["metadata"]["annotations"][labels.RESTART_ANNOTATION] = "t1"
     rc.reconcile(ctx, "ns", "r")
     dom = conn.lookupByName("fvm_ns_r")
     second = dom.ID()
@@ -95,7 +96,7 @@ def test_a_crd_that_drops_restarted_for_does_not_cause_a_restart_loop(conn: Any,
     ctx = agent(conn, kube, tmp_path)
     rc.reconcile(ctx, "ns", "r")
     first = conn.lookupByName("fvm_ns_r").ID()
-    kube.vm["metadata"]["annotations"][rc.RESTART_ANNOTATION] = "t1"
+    kube.vm["metadata"]["annotations"][labels.RESTART_ANNOTATION] = "t1"
     for _ in range(3):
         assert rc.reconcile(ctx, "ns", "r").action == "restart-not-recorded"
     assert conn.lookupByName("fvm_ns_r").ID() == first  # never restarted

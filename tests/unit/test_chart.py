@@ -349,7 +349,7 @@ def test_kopf_peering(render: Render) -> None:
     peering = one(render(), "ClusterKopfPeering")
     assert peering["apiVersion"] == "kopf.dev/v1"
     assert peering["metadata"]["name"] == "failovervm"
-    from failovervm.controller.config import PEERING_NAME
+    from failovervm.labels import PEERING_NAME
 
     assert peering["metadata"]["name"] == PEERING_NAME
     standalone = render(*SCENARIOS["standalone"])

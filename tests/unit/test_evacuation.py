@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from failovervm import labels
 from failovervm import migration as mg
 from failovervm.controller import handlers
 from failovervm.controller import migrations as cm
@@ -133,9 +134,9 @@ def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(monkeyp
 # -- retries and history ---------------------------------------------------------------------------
 def mig(name: str, phase: str, ended: str, vm_name: str = "vm", node: str | None = "n1",
         cleaned: bool = True) -> dict[str, Any]:
-    labels = {mg.EVACUATION_LABEL: node, mg.VM_LABEL: vm_name} if node else {}
+    lbls = {labels.EVACUATION_LABEL: node, labels.VM_LABEL: vm_name} if node else {}
     conds = [{"type": "CleanedUp", "status": "True"}] if cleaned else []
-    return {"metadata": {"name": name, "namespace": "ns", "labels": labels,
+    return {"metadata": {"name": name, "namespace": "ns", "labels": lbls,
                          "creationTimestamp": f"2026-11-{ended}T00:00:00Z"},
             "spec": {"vmName": vm_name},
             "status": {"phase": phase, "endTimestamp": f"2026-11-{ended}T00:01:00Z", "conditions": conds}}

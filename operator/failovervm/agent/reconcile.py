@@ -16,7 +16,6 @@ import libvirt
 
 from failovervm import conditions, domxml, guestfailover, labels
 from failovervm.agent.domains import DomainManager, real_pci_device_exists
-from failovervm.controller.config import AGENT_FINALIZER
 from failovervm.domxml.diff import restart_diff
 from failovervm.kube import Kube
 from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH, set_failover_counts
@@ -25,10 +24,6 @@ from failovervm.vmspec import domain_spec
 
 log = logging.getLogger(__name__)
 
-EVICT_ANNOTATION = "failovervm.io/evict"
-# `failovervm restart` writes a new value here; the agent restarts the domain once per value and
-# records it in status.restartedFor.
-RESTART_ANNOTATION = "failovervm.io/restart"
 RESTART_REQUIRED = "RestartRequired"
 VF_BACKOFF_START = 5.0
 VF_BACKOFF_MAX = 300.0
@@ -148,8 +143,8 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         return _leftover_copy(ctx, vm, dom) if dom is not None else Outcome("not-ours")
     if meta.get("deletionTimestamp"):
         return _delete(ctx, vm, dom)
-    if AGENT_FINALIZER not in (meta.get("finalizers") or []):
-        refreshed = ctx.kube.set_finalizer(namespace, name, AGENT_FINALIZER, True, current=vm)
+    if labels.AGENT_FINALIZER not in (meta.get("finalizers") or []):
+        refreshed = ctx.kube.set_finalizer(namespace, name, labels.AGENT_FINALIZER, True, current=vm)
         if refreshed is None:
             return Outcome("deleting")
         vm, meta, status = refreshed, refreshed["metadata"], refreshed.get("status") or {}
@@ -157,7 +152,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         handled = ctx.migration_hook(vm, dom)
         if handled is not None:
             return handled
-    if (meta.get("annotations") or {}).get(EVICT_ANNOTATION) == ctx.node:
+    if (meta.get("annotations") or {}).get(labels.EVICT_ANNOTATION) == ctx.node:
         return _evict(ctx, vm, dom)
 
     write = _status_writer(ctx, vm)
@@ -197,7 +192,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
 
     active = bool(dom.isActive())
     ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
-    requested = (meta.get("annotations") or {}).get(RESTART_ANNOTATION)
+    requested = (meta.get("annotations") or {}).get(labels.RESTART_ANNOTATION)
     if requested and requested != status.get("restartedFor"):
         if active and want_running:
             # Record the request first and check that it stuck: at most one restart per request,
@@ -395,7 +390,7 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | No
     # new node label), which this patch must not overwrite. The agent finalizer stays: the
     # controller keeps it for the next node (and removes it itself if the VM is deleted unplaced).
     ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {
-        "labels": {labels.VM_NODE: None}, "annotations": {EVICT_ANNOTATION: None}}})
+        "labels": {labels.VM_NODE: None}, "annotations": {labels.EVICT_ANNOTATION: None}}})
     ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
     ctx.kube.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}",
                    component=f"agent/{ctx.node}")
@@ -411,7 +406,7 @@ def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | N
                        component=f"agent/{ctx.node}")
     ctx.vf_state.pop(meta["uid"], None)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
-    ctx.kube.set_finalizer(meta["namespace"], meta["name"], AGENT_FINALIZER, False)
+    ctx.kube.set_finalizer(meta["namespace"], meta["name"], labels.AGENT_FINALIZER, False)
     return Outcome("deleted")
 
 

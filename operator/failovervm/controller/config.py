@@ -7,10 +7,6 @@ from dataclasses import dataclass, field
 from failovervm.kube import Kube
 from failovervm.migration import Limits
 
-CONTROLLER_FINALIZER = "failovervm.io/controller"
-AGENT_FINALIZER = "failovervm.io/agent"
-PEERING_NAME = "failovervm"  # the ClusterKopfPeering object (created by the chart and the sandbox)
-
 
 @dataclass
 class ControllerConfig:

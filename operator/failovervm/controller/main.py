@@ -13,7 +13,8 @@ import kopf
 
 from failovervm import kube as kube_mod
 from failovervm import webhookcerts
-from failovervm.controller.config import CONFIG, CONTROLLER_FINALIZER, PEERING_NAME
+from failovervm.controller.config import CONFIG
+from failovervm.labels import API_GROUP, CONTROLLER_FINALIZER, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
 
@@ -76,9 +77,9 @@ def run(args: ControllerArgs) -> int:
     @kopf.on.startup()
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = CONTROLLER_FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="controller.failovervm.io")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="controller.failovervm.io", key="last-handled-configuration")
+            prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
         settings.posting.level = logging.WARNING
         settings.execution.max_workers = 16
         settings.watching.server_timeout = 300
@@ -86,7 +87,7 @@ def run(args: ControllerArgs) -> int:
         if args.webhook_host:
             settings.admission.server = _webhook_server(args)
             if args.webhook_managed:
-                settings.admission.managed = "failovervm.io"
+                settings.admission.managed = API_GROUP
 
     start_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None

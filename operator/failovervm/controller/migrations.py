@@ -408,10 +408,10 @@ def guard_pod(node: Mapping[str, Any], namespace: str, image: str) -> dict[str, 
         "metadata": {
             "name": guard_pod_name(meta["name"]),
             "namespace": namespace,
-            "labels": {"failovervm.io/guard": "true", labels.VM_NODE: meta["name"]},
+            "labels": {labels.GUARD_LABEL: "true", labels.VM_NODE: meta["name"]},
             "annotations": {
                 "cluster-autoscaler.kubernetes.io/safe-to-evict": "true",
-                "failovervm.io/purpose": "Holds `kubectl drain` until the node's FailoverVMs have live-migrated away",
+                labels.PURPOSE_ANNOTATION: "Holds `kubectl drain` until the node's FailoverVMs have live-migrated away",
             },
             # A controller owner keeps `kubectl drain` from refusing the pod without --force, and
             # lets the garbage collector remove it with its Node.
@@ -508,7 +508,7 @@ def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
         # Uncordoned: start no new evacuation migrations, and drop those still looking for a target.
         for mig in kube.list_migrations():
             labels_ = mig["metadata"].get("labels") or {}
-            if labels_.get(mg.EVACUATION_LABEL) == name and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
+            if labels_.get(labels.EVACUATION_LABEL) == name and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
                 kube.delete_migration(mig["metadata"]["namespace"], mig["metadata"]["name"])
         return out
     if not vms:
@@ -531,12 +531,12 @@ def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
         mig_name = mg.evacuation_name(vm, name, (m["metadata"]["name"] for m in migrations
                                                  if m["metadata"].get("namespace") == ns))
         body = {
-            "apiVersion": "failovervm.io/v1alpha1",
+            "apiVersion": labels.API_GROUP_VERSION,
             "kind": "FailoverVMMigration",
             "metadata": {
                 "name": mig_name,
                 "namespace": ns,
-                "labels": {mg.EVACUATION_LABEL: name, mg.VM_LABEL: vm["metadata"]["name"]},
+                "labels": {labels.EVACUATION_LABEL: name, labels.VM_LABEL: vm["metadata"]["name"]},
             },
             "spec": {"vmName": vm["metadata"]["name"]},
         }
@@ -556,9 +556,9 @@ def _evict_by_shutdown(vm: Mapping[str, Any], node: str) -> None:
     """evictionStrategy Shutdown: ask the agent to shut the VM down and release it from the node."""
     kube = CONFIG.k()
     meta = vm["metadata"]
-    if (meta.get("annotations") or {}).get("failovervm.io/evict") == node:
+    if (meta.get("annotations") or {}).get(labels.EVICT_ANNOTATION) == node:
         return
-    kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"annotations": {"failovervm.io/evict": node}}})
+    kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"annotations": {labels.EVICT_ANNOTATION: node}}})
     kube.event(vm, "Evicting", f"node {node} is being drained: shutting the VM down (evictionStrategy Shutdown); "
                "it starts again on another node", component="controller")
 

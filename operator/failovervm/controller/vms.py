@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from failovervm import conditions, labels, metrics
-from failovervm.controller.config import AGENT_FINALIZER, CONFIG
+from failovervm.controller.config import CONFIG
+from failovervm.labels import AGENT_FINALIZER
 from failovervm.placement import Claimed, place
 from failovervm.scheduling import Unschedulable
 from failovervm.vmspec import vm_mac
