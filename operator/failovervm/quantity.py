@@ -1,7 +1,14 @@
-"""Parsing of Kubernetes resource quantities ("512Mi", "2G", "1e9", 1073741824).
+"""Kubernetes resource quantities ("512Mi", "2G", "1e9", 1073741824) as numbers of bytes or MiB.
 
-Only what the operator needs: turning a memory quantity into a whole number of bytes. The
-grammar is the one of ``k8s.io/apimachinery/pkg/api/resource.Quantity``::
+The value comes from ``kubernetes.utils.parse_quantity``. That function is lenient where
+``k8s.io/apimachinery``'s ``ParseQuantity`` (and so the CRD's ``isQuantity()``) is not, because it
+hands the number part to ``Decimal()``: it accepts whitespace (``" 1Gi"``, ``"1 Gi"``), ``NaN``,
+``Infinity``, ``1_000``, non-ASCII digits, an exponent with a suffix (``"1e3Mi"``), ``K`` for
+``k``, unbounded exponents (``"1e999999999"``), and bools and floats; it computes in the ambient
+``Decimal`` context (28 digits); and its errors (``Invalid number format: jun`` for ``"junk"``)
+name neither the value nor what was expected. So the wrapper checks the apimachinery grammar and
+the exponent range first, computes exactly, and raises the project's ``invalid quantity ...``
+:class:`ValueError`::
 
     <quantity>        ::= <signedNumber><suffix>
     <suffix>          ::= <binarySI> | <decimalExponent> | <decimalSI>
@@ -15,30 +22,26 @@ Fractional byte counts are rounded up, like ``Quantity.Value()`` does.
 from __future__ import annotations
 
 import re
-from decimal import ROUND_CEILING, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_CEILING, Decimal, localcontext
+
+from kubernetes.utils.quantity import parse_quantity as k8s_parse_quantity
 
 __all__ = ["MIB", "parse_quantity", "parse_quantity_decimal", "to_mib"]
 
 MIB = 1024 * 1024
 
-_BINARY = {
-    "Ki": 1024,
-    "Mi": 1024**2,
-    "Gi": 1024**3,
-    "Ti": 1024**4,
-    "Pi": 1024**5,
-    "Ei": 1024**6,
-}
-_DECIMAL_EXP = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-
-# number: digits with at most one '.', at least one digit overall ("5.", ".5" are valid, "." is not)
-_QUANTITY_RE = re.compile(
-    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-    r"(?:(?P<exp>[eE][+-]?[0-9]+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]?))$"
+# ASCII digits with at most one '.', at least one digit ("5.", ".5" are valid, "." is not), then
+# either an exponent or a suffix, never both.
+_GRAMMAR = re.compile(
+    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+    r"(?:[eE](?P<exp>[+-]?[0-9]+)|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?"
 )
 
 # Anything bigger than this is certainly a typo and would only make Decimal work hard.
 _MAX_EXPONENT = 64
+
+# Enough digits that no quantity within the grammar and exponent range is rounded.
+_PRECISION = 100
 
 
 def parse_quantity_decimal(value: str | int) -> Decimal:
@@ -46,31 +49,18 @@ def parse_quantity_decimal(value: str | int) -> Decimal:
 
     Raises :class:`ValueError` for anything that is not a quantity (see :func:`parse_quantity`).
     """
-    if isinstance(value, bool):  # bool is an int subclass; True is not a quantity
+    if isinstance(value, bool) or not isinstance(value, int | str):  # bool is an int subclass
         raise ValueError(f"invalid quantity {value!r}: expected an int or a string")
     if isinstance(value, int):
         return Decimal(value)
-    if not isinstance(value, str):
-        raise ValueError(f"invalid quantity {value!r}: expected an int or a string")
-    match = _QUANTITY_RE.match(value)
+    match = _GRAMMAR.fullmatch(value)
     if match is None:
         raise ValueError(f"invalid quantity {value!r}: expected e.g. 512Mi, 2Gi, 1G or 1073741824")
-    exp_text = match.group("exp")
-    suffix = match.group("suffix") or ""
-    try:
-        number = Decimal(match.group("number"))
-    except InvalidOperation as exc:  # pragma: no cover - the regex only lets valid numbers through
-        raise ValueError(f"invalid quantity {value!r}") from exc
+    if match.group("exp") is not None and abs(int(match.group("exp"))) > _MAX_EXPONENT:
+        raise ValueError(f"invalid quantity {value!r}: exponent out of range")
     with localcontext() as ctx:
-        ctx.prec = 100
-        if exp_text is not None:
-            exponent = int(exp_text[1:])
-            if abs(exponent) > _MAX_EXPONENT:
-                raise ValueError(f"invalid quantity {value!r}: exponent out of range")
-            return number.scaleb(exponent)
-        if suffix in _BINARY:
-            return number * _BINARY[suffix]
-        return number.scaleb(_DECIMAL_EXP[suffix])
+        ctx.prec = _PRECISION
+        return Decimal(k8s_parse_quantity(value))
 
 
 def parse_quantity(value: str | int) -> int:
@@ -82,13 +72,9 @@ def parse_quantity(value: str | int) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    exact = parse_quantity_decimal(value)
-    with localcontext() as ctx:
-        ctx.prec = 100
-        return int(exact.to_integral_value(rounding=ROUND_CEILING))
+    return int(parse_quantity_decimal(value).to_integral_value(rounding=ROUND_CEILING))
 
 
 def to_mib(value: str | int) -> int:
     """Return a quantity (or a byte count) in whole MiB, rounded up."""
-    n = parse_quantity(value)
-    return -(-n // MIB)
+    return -(-parse_quantity(value) // MIB)

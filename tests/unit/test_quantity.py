@@ -1,4 +1,4 @@
-"""Unit tests for failovervm.quantity."""
+"""Unit tests for failovervm.quantity: kubernetes.utils.parse_quantity behind the apimachinery grammar."""
 
 from decimal import Decimal
 
@@ -79,11 +79,30 @@ def test_parse_quantity_int_passthrough() -> None:
         "inf",
         "1e999",
         "12i",
+        # kubernetes.utils.parse_quantity accepts these (Decimal() parses them); apimachinery does not
+        "1_000",
+        "1_0Mi",
+        "\u0661\u0662",  # Arabic-Indic digits
+        "Infinity",
+        "-inf",
+        "sNaN",
+        "1e999999999",
+        "1e-999999",
+        "1Gi\n",
     ],
 )
 def test_parse_quantity_rejects_junk(junk: str) -> None:
     with pytest.raises(ValueError, match="invalid quantity"):
         parse_quantity(junk)
+
+
+def test_rejection_names_the_value_and_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"^invalid quantity 'junk': expected e\.g\. 512Mi, 2Gi, 1G or 1073741824$"):
+        parse_quantity("junk")
+    with pytest.raises(ValueError, match=r"^invalid quantity '1e65': exponent out of range$"):
+        parse_quantity("1e65")
+    assert parse_quantity("1e64") == 10**64
+    assert parse_quantity("1e-64") == 1
 
 
 @pytest.mark.parametrize("bad", [True, False, 1.5, None, b"1Gi", [1]])
@@ -96,6 +115,9 @@ def test_parse_quantity_decimal_is_exact() -> None:
     assert parse_quantity_decimal("3500m") == Decimal("3.5")
     assert parse_quantity_decimal("1.5Gi") == Decimal(1536 * MIB)
     assert parse_quantity_decimal(7) == Decimal(7)
+    # more digits than the default Decimal context's 28: nothing is rounded
+    assert parse_quantity_decimal("123456789012345678901234567890123Ki") == 123456789012345678901234567890123 * 1024
+    assert parse_quantity("1.0000000000000000000000000000001Ei") == 1024**6 + 1
 
 
 @pytest.mark.parametrize(
