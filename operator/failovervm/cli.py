@@ -16,6 +16,8 @@ from failovervm.errors import FailoverVMError
 if TYPE_CHECKING:
     from failovervm.kube import Kube
 
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
 
 def _sandbox_opts(args: argparse.Namespace) -> object:
     from failovervm.sandbox.manager import Options
@@ -347,10 +349,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
-
     p = argparse.ArgumentParser(prog="failovervm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_sandbox, _add_controller, _add_agent, _add_migrate, _add_restart, _add_status, _add_evacuate,
+                _add_console):
+        add(sub)
+    return p
+
+
+def _add_sandbox(sub: Subcommands) -> None:
+    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
 
     sb = sub.add_parser("sandbox", help="local cluster: etcd + kube-apiserver + libvirt/QEMU nodes")
     sbs = sb.add_subparsers(dest="action", required=True)
@@ -380,6 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     nu.add_argument("node")
     sb.set_defaults(func=cmd_sandbox)
 
+
+def _add_controller(sub: Subcommands) -> None:
     ctl = sub.add_parser("controller", help="run the cluster controller (Kopf; one active replica via peering)")
     ctl.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then $KUBECONFIG)")
     ctl.add_argument("--storage-root", action="append", default=[], required=True,
@@ -415,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="json: one object per line with component, node and vm fields")
     ctl.set_defaults(func=cmd_controller)
 
+
+def _add_agent(sub: Subcommands) -> None:
     ag = sub.add_parser("agent", help="run the node agent (libvirt domains and VF inventory of one node)")
     ag.add_argument("--node", required=True, help="this node's name (NODE_NAME from the downward API)")
     ag.add_argument("--libvirt-uri", default="qemu:///system")
@@ -428,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="json: one object per line with component, node and vm fields")
     ag.set_defaults(func=cmd_agent)
 
+
+def _add_migrate(sub: Subcommands) -> None:
     mi = sub.add_parser("migrate", help="live-migrate a FailoverVM (creates a FailoverVMMigration)")
     mi.add_argument("name", help="the FailoverVM")
     mi.add_argument("--to", default=None, help="target node (default: the operator picks one)")
@@ -437,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     _kubectl_flags(mi)
     mi.set_defaults(func=cmd_migrate)
 
+
+def _add_restart(sub: Subcommands) -> None:
     rs = sub.add_parser("restart", help="restart a FailoverVM's domain in place (applies a changed spec)")
     rs.add_argument("name", help="the FailoverVM")
     rs.add_argument("--wait", action="store_true", help="wait until it runs again")
@@ -444,12 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     _kubectl_flags(rs)
     rs.set_defaults(func=cmd_restart)
 
+
+def _add_status(sub: Subcommands) -> None:
     stt = sub.add_parser("status", help="FailoverVMs, nodes and VF usage per pool and node")
     stt.add_argument("-A", "--all-namespaces", action="store_true",
                      help="FailoverVMs of every namespace (nodes and pools are cluster-wide anyway)")
     _kubectl_flags(stt)
     stt.set_defaults(func=cmd_status)
 
+
+def _add_evacuate(sub: Subcommands) -> None:
     ev = sub.add_parser("evacuate", help="cordon a node: the operator moves its FailoverVMs away (--watch: follow)")
     ev.add_argument("node", help="the node to evacuate")
     ev.add_argument("--watch", action="store_true",
@@ -458,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     _kubectl_flags(ev)
     ev.set_defaults(func=cmd_evacuate)
+
+
+def _add_console(sub: Subcommands) -> None:
+    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
 
     co = sub.add_parser("console", help="print a FailoverVM's serial console log (--follow: keep reading)")
     co.add_argument("name", help="the FailoverVM")
@@ -468,7 +492,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the agent's --serial-log-dir, when reading the log on a node (overrides --state-dir)")
     _kubectl_flags(co)
     co.set_defaults(func=cmd_console)
-    return p
 
 
 def _kubectl_flags(p: argparse.ArgumentParser) -> None:
