@@ -227,14 +227,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output in ("json", "yaml"):
         _print_obj(doc, args.output)
     else:
-        print(cli_ops.render_status(doc), end="")
+        print(cli_ops.render_status(doc, color=cli_ops.is_tty(sys.stdout)), end="")
     return 0
 
 
 @_api_errors
 def cmd_evacuate(args: argparse.Namespace) -> int:
-    import shutil
-
     from failovervm import cli_ops, labels
 
     kube = _kube_client(args)
@@ -266,12 +264,11 @@ def cmd_evacuate(args: argparse.Namespace) -> int:
     def fetch() -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]:
         return kube.get_node(args.node), kube.list_vms(selector), kube.list_migrations()
 
-    tty = info.isatty()
-    line = cli_ops.ProgressLine(info, tty, shutil.get_terminal_size().columns if tty else 0)
+    display = cli_ops.progress_display(info)
     try:
-        res = cli_ops.watch_evacuation(args.node, fetch, line, args.timeout, interval=args.interval)
+        res = cli_ops.watch_evacuation(args.node, fetch, display, args.timeout, interval=args.interval)
     except KeyboardInterrupt:
-        line.finish()
+        display.finish()
         return 130
     if structured:
         _print_obj({**doc, "progress": res.progress.to_dict(), "message": res.message}, args.output)

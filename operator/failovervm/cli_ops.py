@@ -2,19 +2,30 @@
 
 Everything here works on plain dicts as the API returns them (FailoverVM, FailoverVMMigration,
 VFPool, Node) and returns rows, documents or text, so it can be tested with handmade objects.
-The few I/O helpers (progress line, log follower, evacuation watch loop) take their streams,
+The few I/O helpers (progress displays, log follower, evacuation watch loop) take their streams,
 clock and data source as arguments for the same reason.
+
+Tables and the live progress bar are drawn by `rich`. Colour and in-place redraws happen only on
+a terminal: output to a pipe or file is plain text without escape codes (FORCE_COLOR and
+TTY_COMPATIBLE do not change that), so scripts and tests can read it.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, Protocol, TextIO
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from failovervm import conditions, labels
 from failovervm import migration as mg
@@ -26,6 +37,28 @@ Row = dict[str, Any]
 Column = tuple[str, Callable[[Row], Any]]
 
 
+# -- terminal output -------------------------------------------------------------------------------
+def is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False
+
+
+# Tables are never wrapped or cut to the terminal's width (like kubectl, the terminal wraps long lines).
+_UNLIMITED_WIDTH = 100_000
+
+
+def render_text(renderable: RenderableType, color: bool = False) -> str:
+    """`renderable` as text; escape codes only with `color` (NO_COLOR still applies), no trailing blanks."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=_UNLIMITED_WIDTH, force_terminal=color,
+                      color_system="standard" if color else None, highlight=False, emoji=False,
+                      legacy_windows=False)
+    console.print(renderable)
+    return "\n".join(line.rstrip() for line in buf.getvalue().split("\n"))
+
+
 # -- tables ----------------------------------------------------------------------------------------
 def _cell(value: Any) -> str:
     if value is None or value == "":
@@ -35,15 +68,33 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render_table(columns: Sequence[Column], rows: Iterable[Row]) -> str:
-    """kubectl-style plain table: upper-case headers, left-aligned, three spaces between columns."""
-    cells = [[h for h, _ in columns]] + [[_cell(get(r)) for _, get in columns] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    out = []
-    for line in cells:
-        text = "   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
-        out.append(text.rstrip())
-    return "\n".join(out) + "\n"
+# Columns whose value says how well things go; on a terminal their cells are coloured by first word.
+STATUS_COLUMNS = frozenset({"PHASE", "READY", "VFATTACHED", "FAILOVER", "SCHEDULABLE"})
+_STATUS_STYLES = {"Running": "green", "True": "green", "Yes": "green", "Failed": "red", "False": "red", "No": "red",
+                  "Unknown": "yellow", "Pending": "yellow", "Scheduled": "yellow", "Starting": "yellow",
+                  "Migrating": "yellow", "Stopping": "yellow"}
+
+
+def _styled_cell(header: str, value: Any) -> Text:
+    text = _cell(value)
+    if text == NONE:
+        return Text(text, style="dim")
+    style = _STATUS_STYLES.get(text.split(" ", 1)[0], "") if header in STATUS_COLUMNS else ""
+    return Text(text, style=style)  # a Text, so that nothing in API data is read as rich markup
+
+
+def table(columns: Sequence[Column], rows: Iterable[Row]) -> Table:
+    """kubectl-style table: upper-case headers, left-aligned, three spaces between columns, no borders."""
+    t = Table(box=None, padding=(0, 3, 0, 0), pad_edge=False, show_edge=False, header_style="bold")
+    for header, _ in columns:
+        t.add_column(header, no_wrap=True)
+    for r in rows:
+        t.add_row(*(_styled_cell(header, get(r)) for header, get in columns))
+    return t
+
+
+def render_table(columns: Sequence[Column], rows: Iterable[Row], color: bool = False) -> str:
+    return render_text(table(columns, rows), color=color)
 
 
 def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
@@ -225,17 +276,17 @@ def status_document(vms: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[st
     }
 
 
-def render_status(doc: Mapping[str, Any]) -> str:
-    """The three tables of `failovervm status`, separated by blank lines."""
+def render_status(doc: Mapping[str, Any], color: bool = False) -> str:
+    """The three tables of `failovervm status`, separated by blank lines (`color`: for a terminal)."""
     parts = []
     if doc["vms"]:
-        parts.append(render_table(VM_COLUMNS, doc["vms"]))
+        parts.append(render_table(VM_COLUMNS, doc["vms"], color))
     elif doc.get("namespace") is not None:
         parts.append(f"No FailoverVMs found in {doc['namespace']} namespace.\n")
     else:
         parts.append("No FailoverVMs found.\n")
-    parts.append(render_table(NODE_COLUMNS, doc["nodes"]) if doc["nodes"] else "No nodes found.\n")
-    parts.append(render_table(POOL_COLUMNS, doc["pools"]) if doc["pools"] else "No VFPools found.\n")
+    parts.append(render_table(NODE_COLUMNS, doc["nodes"], color) if doc["nodes"] else "No nodes found.\n")
+    parts.append(render_table(POOL_COLUMNS, doc["pools"], color) if doc["pools"] else "No VFPools found.\n")
     return "\n".join(parts)
 
 
@@ -346,43 +397,78 @@ def evacuation_progress(node: str, vms: Iterable[Mapping[str, Any]], migrations:
         reasons=reasons, remaining=tuple(keys), tracked=seen)
 
 
-def render_progress(p: EvacuationProgress, bar_width: int = 20) -> str:
-    """`[#######.............] 3/6 VMs moved, 2 migrating, 1 waiting (NoFreeVF)`"""
-    filled = bar_width if p.total == 0 else bar_width * p.moved // p.total
-    text = f"[{'#' * filled}{'.' * (bar_width - filled)}] {p.moved}/{p.total} VMs moved, {p.migrating} migrating, "
-    text += f"{p.waiting} waiting"
+def _waiting_text(p: EvacuationProgress) -> str:
+    """`2 migrating, 1 waiting (NoFreeVF)`"""
+    text = f"{p.migrating} migrating, {p.waiting} waiting"
     if p.reasons:
         counts = Counter(p.reasons.values())
         text += " (" + "; ".join(r if n == 1 else f"{n}x {r}" for r, n in counts.most_common()) + ")"
     return text
 
 
-class ProgressLine:
-    """A status line: redrawn in place with \\r on a terminal, one line per change otherwise."""
+def render_progress(p: EvacuationProgress, bar_width: int = 20) -> str:
+    """`[#######.............] 3/6 VMs moved, 2 migrating, 1 waiting (NoFreeVF)`: one line for logs and pipes."""
+    filled = bar_width if p.total == 0 else bar_width * p.moved // p.total
+    return f"[{'#' * filled}{'.' * (bar_width - filled)}] {p.moved}/{p.total} VMs moved, {_waiting_text(p)}"
 
-    def __init__(self, out: TextIO, tty: bool, width: int = 0) -> None:
-        self.out, self.tty, self.width = out, tty, width
+
+def progress_view(p: EvacuationProgress, bar_width: int = 30) -> RenderableType:
+    """The terminal's progress display: a rich progress bar and the counts, then why VMs wait."""
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(Text(f"evacuating {p.node}", style="bold"),
+                ProgressBar(total=p.total, completed=p.moved, width=bar_width),
+                Text(f"{p.moved}/{p.total} VMs moved"))
+    return Group(bar, Text(_waiting_text(p)))
+
+
+class ProgressDisplay(Protocol):
+    def update(self, p: EvacuationProgress) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class PlainProgress:
+    """Progress for pipes and logs: the `render_progress` line, once per change."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
         self._last: str | None = None
-        self._drawn = 0
 
-    def update(self, line: str) -> None:
-        if line == self._last:
-            return
-        self._last = line
-        if self.tty:
-            if self.width:
-                line = line[: max(self.width - 1, 1)]
-            self.out.write("\r" + line + " " * max(self._drawn - len(line), 0))
-            self._drawn = len(line)
-        else:
+    def update(self, p: EvacuationProgress) -> None:
+        line = render_progress(p)
+        if line != self._last:
+            self._last = line
             self.out.write(line + "\n")
-        self.out.flush()
+            self.out.flush()
 
     def finish(self) -> None:
-        if self.tty and self._drawn:
-            self.out.write("\n")
-            self.out.flush()
-            self._drawn = 0
+        pass
+
+
+class LiveProgress:
+    """Progress on a terminal: `progress_view`, redrawn in place by rich (which fits it to the width)."""
+
+    def __init__(self, console: Console) -> None:
+        self._live = Live(console=console, auto_refresh=False)
+        self._last: EvacuationProgress | None = None
+
+    def update(self, p: EvacuationProgress) -> None:
+        if p == self._last:
+            return
+        self._last = p
+        if not self._live.is_started:
+            self._live.start()
+        self._live.update(progress_view(p), refresh=True)
+
+    def finish(self) -> None:
+        self._live.stop()
+
+
+def progress_display(out: TextIO) -> ProgressDisplay:
+    """A live progress bar on an interactive terminal, else one plain line per change."""
+    # force_terminal: whether `out` is a tty decides, not FORCE_COLOR or TTY_COMPATIBLE
+    console = Console(file=out, force_terminal=is_tty(out), highlight=False, emoji=False)
+    return LiveProgress(console) if console.is_terminal and console.is_interactive else PlainProgress(out)
 
 
 @dataclass
@@ -396,7 +482,7 @@ class WatchResult:
 def watch_evacuation(
     node: str,
     fetch: Callable[[], tuple[Mapping[str, Any] | None, list[dict[str, Any]], list[dict[str, Any]]]],
-    line: ProgressLine,
+    display: ProgressDisplay,
     timeout: float,
     interval: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
@@ -410,19 +496,19 @@ def watch_evacuation(
         node_obj, vms, migrations = fetch()
         p = evacuation_progress(node, vms, migrations, tracked)
         tracked = p.tracked
-        line.update(render_progress(p))
+        display.update(p)
         if p.done:
-            line.finish()
+            display.finish()
             return WatchResult(0, p, f"node/{node} evacuated: no FailoverVM left on it ({p.moved} moved)")
         if node_obj is None:
-            line.finish()
+            display.finish()
             return WatchResult(1, p, f"node {node} was deleted with {len(p.remaining)} FailoverVM(s) on it")
         if not is_evacuating(node_obj):
-            line.finish()
+            display.finish()
             return WatchResult(1, p, f"node {node} is no longer cordoned: the evacuation stopped with "
                                      f"{len(p.remaining)} FailoverVM(s) left ({', '.join(p.remaining)})")
         if clock() >= deadline:
-            line.finish()
+            display.finish()
             return WatchResult(1, p, f"timed out after {timeout:g}s: {len(p.remaining)} FailoverVM(s) still on "
                                      f"{node} ({', '.join(p.remaining)})")
         sleep(min(interval, max(deadline - clock(), 0.0)))

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.cells import cell_len
+from rich.console import Console
 
 from failovervm import cli, cli_ops
 
@@ -142,6 +145,16 @@ def test_render_status_tables() -> None:
     assert all(ln == ln.rstrip() for ln in lines)
 
 
+def test_render_status_colour_is_only_for_terminals() -> None:
+    doc = cli_ops.status_document(VMS, NODES, POOLS)
+    plain = cli_ops.render_status(doc)
+    assert "\x1b" not in plain
+    coloured = cli_ops.render_status(doc, color=True)
+    assert "\x1b[32mRunning" in coloured and "\x1b[31mNo (cordoned" in coloured and "\x1b[2m<none>" in coloured
+    visible = re.sub(r"\x1b\[[0-9;]*m", "", coloured)
+    assert [ln.rstrip() for ln in visible.splitlines()] == plain.splitlines()
+
+
 def test_render_status_empty() -> None:
     text = cli_ops.render_status(cli_ops.status_document([], [], [], namespace="x"))
     assert "No FailoverVMs found in x namespace." in text
@@ -216,30 +229,98 @@ def test_render_progress() -> None:
     assert cli_ops.render_progress(empty, bar_width=2) == "[##] 0/0 VMs moved, 0 migrating, 0 waiting"
 
 
-def test_progress_line_tty_redraws_in_place() -> None:
+def _screen(raw: str) -> list[str]:
+    """What a terminal shows after `raw`: \\r, \\n, erase line (ESC[2K) and cursor up (ESC[1A) applied."""
+    lines, row, col = [""], 0, 0
+    for tok in re.split(r"(\x1b\[[0-9;?]*[A-Za-z]|\r|\n)", raw):
+        if tok == "\n":
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif tok == "\r":
+            col = 0
+        elif tok == "\x1b[2K":
+            lines[row] = ""
+        elif tok == "\x1b[1A":
+            row = max(row - 1, 0)
+        elif tok.startswith("\x1b["):
+            assert tok in ("\x1b[?25l", "\x1b[?25h"), tok  # hide/show the cursor
+        elif tok:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + tok + line[col + len(tok):]
+            col += len(tok)
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _terminal(width: int) -> tuple[io.StringIO, Console]:
     out = io.StringIO()
-    line = cli_ops.ProgressLine(out, tty=True)
-    line.update("long line here")
-    line.update("long line here")  # unchanged: nothing written
-    line.update("short")
-    line.finish()
-    assert out.getvalue() == "\rlong line here\rshort         \n"
+    return out, Console(file=out, width=width, force_terminal=True, force_interactive=True, color_system=None)
 
 
-def test_progress_line_tty_truncates_to_width() -> None:
+WAITING = cli_ops.EvacuationProgress(node="n1", total=2, moved=0, migrating=0, waiting=2,
+                                     reasons={"a/x": "queued (parallel migration limits)",
+                                              "a/y": "queued (parallel migration limits)"},
+                                     remaining=("a/x", "a/y"))
+HALF = cli_ops.EvacuationProgress(node="n1", total=2, moved=1, migrating=1, waiting=0, remaining=("a/y",))
+DONE = cli_ops.EvacuationProgress(node="n1", total=2, moved=2, migrating=0, waiting=0)
+
+
+def test_live_progress_redraws_in_place() -> None:
+    out, console = _terminal(80)
+    display = cli_ops.LiveProgress(console)
+    display.update(WAITING)
+    assert _screen(out.getvalue()) == [
+        "evacuating n1                                0/2 VMs moved",
+        "0 migrating, 2 waiting (2x queued (parallel migration limits))",
+    ]
+    drawn = len(out.getvalue())
+    display.update(WAITING)  # unchanged: nothing written
+    assert len(out.getvalue()) == drawn
+    display.update(HALF)
+    assert _screen(out.getvalue()) == [
+        "evacuating n1 " + "━" * 15 + " " * 16 + "1/2 VMs moved",
+        "1 migrating, 0 waiting",
+    ]
+    display.update(DONE)
+    display.finish()
+    display.finish()  # idempotent (KeyboardInterrupt after the watch ended)
+    assert _screen(out.getvalue()) == ["evacuating n1 " + "━" * 30 + " 2/2 VMs moved", "0 migrating, 0 waiting"]
+    assert out.getvalue().endswith("\n\x1b[?25h")  # ends on a new line, cursor shown again
+
+
+def test_live_progress_fits_the_width() -> None:
+    out, console = _terminal(40)
+    display = cli_ops.LiveProgress(console)
+    display.update(WAITING)
+    display.finish()
+    screen = _screen(out.getvalue())
+    assert all(cell_len(line) <= 40 for line in screen), screen
+    assert screen[0].startswith("evacuating n1") and screen[0].endswith("0/2 VMs moved")
+    # wrapped, not cut: every word of the reasons is there
+    assert " ".join(" ".join(screen[1:]).split()) == "0 migrating, 2 waiting (2x queued (parallel migration limits))"
+
+
+def test_plain_progress_one_line_per_change() -> None:
     out = io.StringIO()
-    line = cli_ops.ProgressLine(out, tty=True, width=6)
-    line.update("0123456789")
-    assert out.getvalue() == "\r01234"
+    display = cli_ops.PlainProgress(out)
+    for p in (WAITING, WAITING, HALF, HALF, WAITING):
+        display.update(p)
+    display.finish()
+    assert out.getvalue() == (
+        "[....................] 0/2 VMs moved, 0 migrating, 2 waiting (2x queued (parallel migration limits))\n"
+        "[##########..........] 1/2 VMs moved, 1 migrating, 0 waiting\n"
+        "[....................] 0/2 VMs moved, 0 migrating, 2 waiting (2x queued (parallel migration limits))\n"
+    )
 
 
-def test_progress_line_plain_one_line_per_change() -> None:
-    out = io.StringIO()
-    line = cli_ops.ProgressLine(out, tty=False)
-    for text in ("a", "a", "b", "b", "a"):
-        line.update(text)
-    line.finish()
-    assert out.getvalue() == "a\nb\na\n"
+def test_progress_display_is_plain_unless_a_terminal(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich would treat any stream as a terminal
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    assert isinstance(cli_ops.progress_display(io.StringIO()), cli_ops.PlainProgress)
+    with (tmp_path / "log").open("w") as f:
+        assert isinstance(cli_ops.progress_display(f), cli_ops.PlainProgress)
 
 
 class _Clock:
@@ -267,7 +348,7 @@ def test_watch_evacuation_until_empty() -> None:
         return node("n1", cordoned=True), frames[i], []
 
     out, clock = io.StringIO(), _Clock()
-    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(out, tty=False), timeout=60,
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.PlainProgress(out), timeout=60,
                                    clock=clock, sleep=clock.sleep)
     assert res.code == 0
     assert res.progress.moved == 2
@@ -283,7 +364,7 @@ def test_watch_evacuation_times_out() -> None:
         return node("n1", cordoned=True), [vm("a", "n1")], [mig("m", "a", "Scheduling", reason="NoFreeVF")]
 
     out, clock = io.StringIO(), _Clock()
-    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(out, tty=False), timeout=5, interval=1,
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.PlainProgress(out), timeout=5, interval=1,
                                    clock=clock, sleep=clock.sleep)
     assert res.code == 1
     assert "timed out after 5s" in res.message and "default/a" in res.message
@@ -296,7 +377,7 @@ def test_watch_evacuation_stops_when_uncordoned() -> None:
         return node("n1"), [vm("a", "n1")], []
 
     clock = _Clock()
-    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(io.StringIO(), tty=False), timeout=60,
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.PlainProgress(io.StringIO()), timeout=60,
                                    clock=clock, sleep=clock.sleep)
     assert res.code == 1 and "no longer cordoned" in res.message
     assert clock.t == 0
@@ -307,7 +388,7 @@ def test_taint_counts_as_evacuating_in_watch() -> None:
         return node("n1", taints=["ToBeDeletedByClusterAutoscaler"]), [vm("a", "n1")], []
 
     clock = _Clock()
-    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.ProgressLine(io.StringIO(), tty=False), timeout=3,
+    res = cli_ops.watch_evacuation("n1", fetch, cli_ops.PlainProgress(io.StringIO()), timeout=3,
                                    clock=clock, sleep=clock.sleep)
     assert res.code == 1 and "timed out" in res.message
 
@@ -430,9 +511,11 @@ def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert cli.main(["status", "-n", "other", "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [v["name"] for v in doc["vms"]] == ["a"] and doc["namespace"] == "other"
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a pipe stays plain text all the same
     assert cli.main(["status", "-A"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("NAMESPACE") and "other" in out and "SIMULATED" in out
+    assert out == cli_ops.render_status(cli_ops.status_document(VMS, NODES, POOLS))
 
 
 def test_cli_evacuate_cordons_and_watches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
