@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from failovervm import labels
-from tests.fakes import FakeKube
+from failovervm.agent.domains import (
+    DomainError,
+    DomainNotFound,
+    DomainState,
+    MigrationRequest,
+    OperationInvalid,
+    PausedReason,
+)
+from tests.fakes import FakeDomainManager, FakeKube
 
 
 def _vm(**meta: Any) -> dict[str, Any]:
@@ -85,3 +93,40 @@ def test_claims_are_locks_and_migrations_are_created_once() -> None:
     mig = {"metadata": {"name": "m1", "namespace": "ns"}, "spec": {"vmName": "vm"}}
     assert kube.create_migration_once(mig) is not None and kube.create_migration_once(mig) is None
     assert [m["metadata"]["name"] for m in kube.list_migrations("ns")] == ["m1"] and kube.list_migrations("x") == []
+
+
+def test_fake_domains_define_run_stop_and_migrate() -> None:
+    dm = FakeDomainManager()
+    xml = "<domain type='test'><name>fvm_ns_vm</name><uuid>8f0e3d1c-0000-4000-8000-000000000001</uuid></domain>"
+    dom = dm.define(xml)
+    assert dom.uuid.endswith("0001") and not dm.is_active(dom)
+    dm.start(dom)
+    with pytest.raises(OperationInvalid):
+        dm.start(dom)
+    assert dm.state(dom) == (DomainState.RUNNING, 1) and dm.stop(dom) == "shutdown"
+    dm.start(dom)
+    target = dm.remote("test:///n2")
+    with pytest.raises(DomainError):
+        dm.migrate(dom, "test:///n3", MigrationRequest("<dest/>", xml))
+    dm.migrate(dom, "test:///n2", MigrationRequest("<dest/>", xml))
+    assert dm.lookup("fvm_ns_vm") is None and target.domains["fvm_ns_vm"].live_xml == "<dest/>"
+    with pytest.raises(DomainNotFound):
+        dm.state(dom)
+    there = dm.open_remote("test:///n2")
+    moved = there.lookup("fvm_ns_vm")
+    assert moved is not None and there.state(moved).state == DomainState.RUNNING
+    there.clear_leftover(moved)
+    there.close()
+    assert target.closed and target.domains == {}
+    assert dm.calls == ["define", "start", "start", "stop", "start", "migrate", "migrate"]
+
+
+def test_fake_domains_fail_when_told() -> None:
+    dm = FakeDomainManager()
+    dom = dm.add("fvm_ns_vm", DomainState.PAUSED, PausedReason.STARTING_UP)
+    dm.fail("destroy", DomainError("internal error"))
+    with pytest.raises(DomainError, match="internal error"):
+        dm.destroy(dom)
+    dm.destroy(dom)
+    dm.undefine(dom)
+    assert dm.lookup("fvm_ns_vm") is None and dm.calls == ["destroy", "destroy", "undefine"]

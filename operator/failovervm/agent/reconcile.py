@@ -12,12 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import libvirt
-
 from failovervm import conditions, domxml, guestfailover, labels
-from failovervm.agent.domains import DomainManager, real_pci_device_exists
+from failovervm.agent.domains import (
+    DomainError,
+    DomainManager,
+    DomainRef,
+    DomainState,
+    PausedReason,
+    real_pci_device_exists,
+)
 from failovervm.domxml.diff import restart_diff
-from failovervm.kube import Kube
+from failovervm.kube import KubeAPI
 from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH, set_failover_counts
 from failovervm.vfs import is_simulated
 from failovervm.vmspec import domain_spec
@@ -45,7 +50,7 @@ class VFAttachState:
 @dataclass
 class AgentContext:
     node: str
-    kube: Kube
+    kube: KubeAPI
     dm: DomainManager
     storage_roots: list[str]
     sysfs_root: Path
@@ -67,7 +72,7 @@ class AgentContext:
             self.failover_checks.pop(name, None)
         set_failover_counts(self.node, self.failover_status.values())
     # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
-    migration_hook: Callable[[Mapping[str, Any], libvirt.virDomain | None], Outcome | None] | None = None
+    migration_hook: Callable[[Mapping[str, Any], DomainRef | None], Outcome | None] | None = None
 
     def backoff_left(self, uid: str) -> float:
         st = self.failures.get(uid)
@@ -131,7 +136,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
     meta = vm["metadata"]
     status = vm.get("status") or {}
     if dom is not None:
-        owner = domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        owner = domxml.parse_owner(ctx.dm.xml(dom, inactive=True))
         if owner is None:
             log.error("domain %s exists but was not created by failovervm; leaving it alone", dname)
             return Outcome("foreign-domain")
@@ -182,15 +187,15 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
     if dom is None or recorded != meta.get("generation"):
         try:
             dom = ctx.dm.define(xml)
-        except libvirt.libvirtError as exc:
+        except DomainError as exc:
             write("Failed", [("Ready", False, "DefineFailed", str(exc))])
             ctx.kube.event(vm, "DefineFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
             return Outcome("define-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
-        domain_fields["domain"] = {"name": dname, "uuid": dom.UUIDString(), "generation": meta.get("generation")}
+        domain_fields["domain"] = {"name": dname, "uuid": dom.uuid, "generation": meta.get("generation")}
         if recorded is None:
             ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
 
-    active = bool(dom.isActive())
+    active = ctx.dm.is_active(dom)
     ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
     requested = (meta.get("annotations") or {}).get(labels.RESTART_ANNOTATION)
     if requested and requested != status.get("restartedFor"):
@@ -219,7 +224,7 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         t0 = time.monotonic()
         try:
             ctx.dm.start(dom)
-        except libvirt.libvirtError as exc:
+        except DomainError as exc:
             write("Failed", [("Ready", False, "StartFailed", str(exc))])
             ctx.kube.event(vm, "StartFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
             return Outcome("start-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
@@ -247,8 +252,8 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
                           ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
         return Outcome("stopped")
 
-    state, reason = dom.state()
-    if state == libvirt.VIR_DOMAIN_PAUSED and reason != libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+    state, reason = ctx.dm.state(dom)
+    if state == DomainState.PAUSED and reason != PausedReason.MIGRATION:
         msg = f"domain is paused (libvirt reason {reason}); see the QEMU log on {ctx.node}"
         write("Failed", [("Ready", False, "Paused", msg)])
         ctx.kube.event(vm, "DomainPaused", msg, type_="Warning", component=f"agent/{ctx.node}")
@@ -269,21 +274,21 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
     return Outcome("running", requeue_after=requeue)
 
 
-def probe_failover(dm: DomainManager, dom: libvirt.virDomain,
+def probe_failover(dm: DomainManager, dom: DomainRef,
                    ) -> tuple[guestfailover.FailoverProbe | None, guestfailover.Condition]:
     """Ask QEMU what the guest acked on the standby NIC: the probe (None when QEMU could not be
     asked) and the FailoverReady condition it means."""
     try:
         probe = dm.failover_probe(dom)
-    except (libvirt.libvirtError, ValueError) as exc:
+    except (DomainError, ValueError) as exc:
         return None, guestfailover.condition(None, error=str(exc))
     return probe, guestfailover.condition(probe)
 
 
 def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
-                    dom: libvirt.virDomain) -> tuple[guestfailover.Condition, float | None]:
+                    dom: DomainRef) -> tuple[guestfailover.Condition, float | None]:
     """Ask QEMU whether the guest acked STANDBY; the FailoverReady condition and when to look again."""
-    dname = dom.name()
+    dname = dom.name
     probe, cond = probe_failover(ctx.dm, dom)
     status_now = conditions.status_text(cond[1])
     if ctx.failover_status.get(dname) != status_now:
@@ -308,13 +313,13 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
 
 
 def _restart_required(ctx: AgentContext, vm: Mapping[str, Any],
-                      dom: libvirt.virDomain) -> list[tuple[str, bool, str, str]]:
+                      dom: DomainRef) -> list[tuple[str, bool, str, str]]:
     """The RestartRequired condition when the running domain differs from its next boot (a spec
     change written to the persistent definition); its clearing once a restart applied it."""
     try:
-        changes = restart_diff(dom.XMLDesc(0), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    except (libvirt.libvirtError, ValueError) as exc:
-        log.debug("could not compare the running and the persistent XML of %s: %s", dom.name(), exc)
+        changes = restart_diff(ctx.dm.xml(dom), ctx.dm.xml(dom, inactive=True))
+    except (DomainError, ValueError) as exc:
+        log.debug("could not compare the running and the persistent XML of %s: %s", dom.name, exc)
         return []
     prev = conditions.get((vm.get("status") or {}).get("conditions"), RESTART_REQUIRED) or {}
     if not changes:
@@ -328,7 +333,7 @@ def _restart_required(ctx: AgentContext, vm: Mapping[str, Any],
     return [(RESTART_REQUIRED, True, "SpecChanged", message)]
 
 
-def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
+def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef,
                spec: domxml.DomainSpec) -> tuple[tuple[str, bool, str, str], float | None]:
     uid = vm["metadata"]["uid"]
     pci = str(spec.vf)
@@ -348,7 +353,7 @@ def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
     st.attempts += 1
     try:
         ctx.dm.attach_vf(dom, spec)
-    except (libvirt.libvirtError, ValueError) as exc:
+    except (DomainError, ValueError) as exc:
         delay = min(VF_BACKOFF_START * 2 ** (st.attempts - 1), VF_BACKOFF_MAX)
         prefix = "simulated VF (sandbox, no SR-IOV hardware): " if simulated else ""
         st.last_error = f"{prefix}attaching VF {pci} failed (attempt {st.attempts}): {exc}"
@@ -363,7 +368,7 @@ def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
     return ("VFAttached", True, "Attached", f"VF {pci} is attached as the failover primary"), None
 
 
-def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
     """evictionStrategy Shutdown on a draining node: shut down, undefine, and hand the VM back to
     the controller, which starts it on another node."""
     meta = vm["metadata"]
@@ -397,12 +402,12 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | No
     return Outcome("evicted")
 
 
-def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
     meta = vm["metadata"]
     if dom is not None:
         how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
-        ctx.kube.event(vm, "Deleted", f"domain {dom.name()} removed from {ctx.node} ({how})",
+        ctx.kube.event(vm, "Deleted", f"domain {dom.name} removed from {ctx.node} ({how})",
                        component=f"agent/{ctx.node}")
     ctx.vf_state.pop(meta["uid"], None)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
@@ -416,7 +421,7 @@ def _incoming_here(ctx: AgentContext, vm: Mapping[str, Any]) -> bool:
     return ((vm.get("status") or {}).get("migration") or {}).get("targetNode") == ctx.node
 
 
-def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain) -> Outcome:
+def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> Outcome:
     """A domain of `vm` on a node that does not run it, with no migration bringing it here: the
     remains of a migration that died with a libvirtd (QEMU survives the daemon, which re-attaches to
     the paused incoming guest on restart). It would make every later migration here fail with
@@ -439,30 +444,30 @@ def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDom
     if (fresh is None or fresh["metadata"]["uid"] != meta["uid"]
             or (fresh.get("status") or {}).get("nodeName") == ctx.node or _incoming_here(ctx, fresh)):
         return Outcome("not-ours")
-    state, _reason = dom.state()
-    if state == libvirt.VIR_DOMAIN_RUNNING:
-        msg = (f"a running copy of domain {dom.name()} is on {ctx.node}, but the VM runs on {owner_node or 'no node'}; "
+    state, _reason = ctx.dm.state(dom)
+    if state == DomainState.RUNNING:
+        msg = (f"a running copy of domain {dom.name} is on {ctx.node}, but the VM runs on {owner_node or 'no node'}; "
                "left alone: check both nodes")
         log.error("%s", msg)
         ctx.kube.event(vm, "DuplicateDomain", msg, type_="Warning", component=component)
         return Outcome("duplicate-domain", requeue_after=60)
     ctx.dm.destroy(dom)
     ctx.dm.undefine(dom)
-    ctx.forget_failover(dom.name())
-    msg = (f"removed a leftover {'paused' if state == libvirt.VIR_DOMAIN_PAUSED else 'stopped'} copy of domain "
-           f"{dom.name()} from {ctx.node} (the VM runs on {owner_node or 'no node'}; no migration brings it here)")
+    ctx.forget_failover(dom.name)
+    msg = (f"removed a leftover {'paused' if state == DomainState.PAUSED else 'stopped'} copy of domain "
+           f"{dom.name} from {ctx.node} (the VM runs on {owner_node or 'no node'}; no migration brings it here)")
     log.warning("%s", msg)
     ctx.kube.event(vm, "StaleDomainRemoved", msg, type_="Warning", component=component)
     return Outcome("stale-removed")
 
 
-def _remove_orphan(ctx: AgentContext, dom: libvirt.virDomain, owner: domxml.OwnerRef | None) -> Outcome:
-    owner = owner or domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+def _remove_orphan(ctx: AgentContext, dom: DomainRef, owner: domxml.OwnerRef | None) -> Outcome:
+    owner = owner or domxml.parse_owner(ctx.dm.xml(dom, inactive=True))
     if owner is None:
         return Outcome("foreign-domain")
-    log.warning("removing domain %s: its FailoverVM %s/%s (uid %s) is gone", dom.name(), owner.namespace,
+    log.warning("removing domain %s: its FailoverVM %s/%s (uid %s) is gone", dom.name, owner.namespace,
                 owner.name, owner.uid)
     ctx.dm.destroy(dom)
     ctx.dm.undefine(dom)
-    ctx.forget_failover(dom.name())
+    ctx.forget_failover(dom.name)
     return Outcome("orphan-removed")
