@@ -32,6 +32,8 @@ from failovervm.conditions import now_iso
 from failovervm.kube import KubeAPI, VMMetadataEdits, update_status
 
 K = TypeVar("K")
+KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
+         "vfclaims": "VFClaim", "nodes": "Node", "pods": "Pod"}
 Obj = dict[str, Any]
 Mutate = Callable[[Obj], Obj | None]
 
@@ -276,6 +278,7 @@ class FakeKube(VMMetadataEdits):
         new = copy.deepcopy(dict(obj))
         meta = new.setdefault("metadata", {})
         meta.setdefault("uid", str(uuid.uuid4()))
+        new.setdefault("kind", KINDS[kind])
         if kind not in ("nodes", "pods"):
             new.setdefault("apiVersion", f"{API_GROUP}/{API_VERSION}")
             meta.setdefault("generation", 1)
