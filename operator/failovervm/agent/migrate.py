@@ -56,6 +56,18 @@ class RecordLater(Exception):
     """The transfer completed, but the API would not take the result yet."""
 
 
+class _NotStarted(Exception):
+    """A check before the transfer failed (str: why): the migration fails with `reason`, and
+    nothing was transferred."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_TAKEN, _RELEASED, _ABORTED_EARLY = "taken", "released", "aborted-early"
+
+
 def _libvirt_uri(node: Mapping[str, Any] | None) -> str | None:
     """The libvirt URI a node's agent announced on its Node (None: no node, or none announced)."""
     return ((node or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
@@ -169,101 +181,133 @@ class Migrator:
         log.warning("migration of %s/%s: %s; the VM stays locked until its outcome is recorded",
                     vm["metadata"]["namespace"], vm["metadata"]["name"], exc)
         try:
-            self.ctx.kube.event(vm, "MigrationOutcomeUnknown", f"{exc}; retrying", type_="Warning",
-                                component=f"agent/{self.ctx.node}")
+            self.ctx.event(vm, "MigrationOutcomeUnknown", f"{exc}; retrying", warning=True)
         except Exception:
             log.debug("could not post the event", exc_info=True)
 
     def _migrate(self, vm: dict[str, Any]) -> None:
-        ctx = self.ctx
+        """The migration thread: take the migration, check it may start, transfer, record."""
         meta = vm["metadata"]
         ns, name = meta["namespace"], meta["name"]
         mig = dict((vm.get("status") or {}).get("migration") or {})
         mig_name, target = mig["name"], mig["targetNode"]
-        dname = domxml.domain_name(ns, name)
         started = time.monotonic()
+        taken = self._take(vm, mig_name)
+        if taken == _RELEASED:
+            # The controller released this migration's target (or the VM is gone) in between: the
+            # VF reserved on the target may already belong to another VM. Nothing was transferred.
+            log.info("migration %s of %s/%s is no longer ours to run; not starting it", mig_name, ns, name)
+            return
+        if taken == _ABORTED_EARLY:
+            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
+                                check_target=False)
+            return
+        self._mark_running(ns, mig_name, target)
+        try:
+            uri, dom, mig_obj = self._preflight(vm, mig)
+        except _NotStarted as refused:
+            self._finish_failed(vm, mig, refused.reason, str(refused), check_target=False)
+            return
+        if not self._transfer(vm, mig, dom, uri, self._request(vm, mig, mig_obj, dom)):
+            return
+        wall = time.monotonic() - started
+        stats = self._completed_stats(uri, domxml.domain_name(ns, name))
+        self._record_success(vm, mig, stats, wall)
 
-        took = {"v": False}
-        aborted_early = {"v": False}
+    def _take(self, vm: Mapping[str, Any], mig_name: str) -> str:
+        """The commit point: the VM's migration state TargetReady -> Running, written with the VM's
+        resourceVersion. The controller releases an untaken target (deleted migration, handover
+        timeout) only while the state still says TargetReady, so exactly one wins. Returns _TAKEN,
+        _RELEASED or _ABORTED_EARLY (the migration was deleted before the agent got going)."""
+        meta = vm["metadata"]
+        outcome = {"v": _RELEASED}
 
         def vm_running(st: dict[str, Any]) -> dict[str, Any] | None:
-            # The commit point: the VM's migration state TargetReady -> Running, written with the
-            # VM's resourceVersion. The controller releases an untaken target (deleted migration,
-            # handover timeout) only while the state still says TargetReady, so exactly one wins.
-            took["v"] = aborted_early["v"] = False
+            outcome["v"] = _RELEASED
             cur = st.get("migration") or {}
-            if cur.get("name") != mig_name or st.get("nodeName") != ctx.node:
+            if cur.get("name") != mig_name or st.get("nodeName") != self.ctx.node:
                 return None
             if cur.get("state") == mg.ABORTING:  # deleted before we got going
-                aborted_early["v"] = True
+                outcome["v"] = _ABORTED_EARLY
                 return None
             if cur.get("state") not in (mg.TARGET_READY, mg.RUNNING):
                 return None
             st["migration"] = {**cur, "state": mg.RUNNING}
             st["phase"] = "Migrating"
-            took["v"] = True
+            outcome["v"] = _TAKEN
             return st
 
-        ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"])
-        if not took["v"] and not aborted_early["v"]:
-            # The controller released this migration's target (or the VM is gone) in between: the
-            # VF reserved on the target may already belong to another VM. Nothing was transferred.
-            log.info("migration %s of %s/%s is no longer ours to run; not starting it", mig_name, ns, name)
-            return
-        if aborted_early["v"]:
-            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
-                                check_target=False)
-            return
+        self.ctx.kube.update_vm_status(meta["namespace"], meta["name"], vm_running, uid=meta["uid"])
+        return outcome["v"]
 
+    def _mark_running(self, ns: str, mig_name: str, target: str) -> None:
         def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
             if st.get("phase") not in (mg.SCHEDULING, mg.TARGET_READY):
                 return None
-            st.update(phase=mg.RUNNING, message=f"live-migrating from {ctx.node} to {target}")
+            st.update(phase=mg.RUNNING, message=f"live-migrating from {self.ctx.node} to {target}")
             return st
 
-        ctx.kube.update_migration_status(ns, mig_name, to_running)
+        self.ctx.kube.update_migration_status(ns, mig_name, to_running)
+
+    def _preflight(self, vm: Mapping[str, Any], mig: Mapping[str, Any]) -> tuple[str, DomainRef, Mapping[str, Any]]:
+        """What must hold before the transfer starts: the target's libvirt URI, the domain running
+        here, no copy of it on the target, FailoverReady (by the migration's policy). Returns the
+        URI, the domain and the FailoverVMMigration; raises _NotStarted."""
+        ctx = self.ctx
+        meta = vm["metadata"]
+        target = mig["targetNode"]
+        dname = domxml.domain_name(meta["namespace"], meta["name"])
         uri = _libvirt_uri(ctx.kube.get_node(target))
         if not uri:
-            self._finish_failed(vm, mig, "TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation",
-                                check_target=False)
-            return
+            raise _NotStarted("TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation")
         dom = ctx.dm.lookup(dname)
         if dom is None or not ctx.dm.is_active(dom):
-            self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node",
-                                check_target=False)
-            return
+            raise _NotStarted("SourceNotRunning", "the domain is not running on the source node")
         problem = self._clear_target_leftover(vm, uri, target, dname)
         if problem:
-            self._finish_failed(vm, mig, "TargetHasDomain", problem, check_target=False)
-            return
-        mig_obj = ctx.kube.get_migration(ns, mig_name) or {}
+            raise _NotStarted("TargetHasDomain", problem)
+        mig_obj = ctx.kube.get_migration(meta["namespace"], mig["name"]) or {}
         refused = self._recheck_failover(vm, mig_obj, dom)
         if refused:
-            self._finish_failed(vm, mig, mg.FAILOVER_NOT_READY, refused, check_target=False)
-            return
+            raise _NotStarted(mg.FAILOVER_NOT_READY, refused)
+        return uri, dom, mig_obj
+
+    def _request(self, vm: Mapping[str, Any], mig: Mapping[str, Any], mig_obj: Mapping[str, Any],
+                 dom: DomainRef) -> MigrationRequest:
+        """The running domain as the target starts it (its VF teaming member pointed at the target's
+        VF), and the definition the target keeps (built from the spec, as reconcile would there)."""
+        ctx = self.ctx
+        dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
         pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
         persist_spec = domain_spec(
             vm,
             pool,
             storage_roots=ctx.storage_roots,
             vf=mig.get("targetPciAddress"),
-            vf_node=target,
+            vf_node=mig["targetNode"],
             kvm_available=ctx.kvm,
             serial_log=f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None,
         )
         persist_xml = domxml.to_xml(domxml.build_domain(persist_spec, include_vf=False))
         dest_xml = destination_xml(ctx.dm.xml(dom, migratable=True), mig.get("targetPciAddress"))
         bandwidth = (mig_obj.get("spec") or {}).get("bandwidthMiBps")
-        request = MigrationRequest(destination_xml=dest_xml, persistent_xml=persist_xml, transport=self.transport,
-                                   bandwidth_mibps=int(bandwidth) if bandwidth else None)
+        return MigrationRequest(destination_xml=dest_xml, persistent_xml=persist_xml, transport=self.transport,
+                                bandwidth_mibps=int(bandwidth) if bandwidth else None)
+
+    def _transfer(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef, uri: str,
+                  request: MigrationRequest) -> bool:
+        """Run the migration, with a thread reporting its progress (and retrying a requested abort).
+        False: it failed or was aborted, and that is recorded."""
+        meta = vm["metadata"]
+        ns, name, mig_name = meta["namespace"], meta["name"], mig["name"]
         stop_progress = threading.Event()
         progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], stop_progress),
                                     daemon=True)
         progress.start()
-        log.info("migrating %s/%s to %s (%s) with %s", ns, name, target, uri, mig_name,
+        log.info("migrating %s/%s to %s (%s) with %s", ns, name, mig["targetNode"], uri, mig_name,
                  extra={"vm": f"{ns}/{name}", "migration": mig_name})
         try:
-            ctx.dm.migrate(dom, uri, request)
+            self.ctx.dm.migrate(dom, uri, request)
         except DomainError as exc:
             stop_progress.set()
             aborted = meta["uid"] in self.aborting or isinstance(exc, OperationAborted)
@@ -271,12 +315,10 @@ class Migrator:
                 self._finish_failed(vm, mig, "Aborted", f"aborted: {exc}", phase=mg.ABORTED)
             else:
                 self._finish_failed(vm, mig, "MigrationFailed", str(exc))
-            return
+            return False
         finally:
             stop_progress.set()
-        wall = time.monotonic() - started
-        stats = self._completed_stats(uri, dname)
-        self._record_success(vm, mig, stats, wall)
+        return True
 
     def _record_success(self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int],
                         wall: float) -> None:
@@ -323,8 +365,7 @@ class Migrator:
             ctx.kube.update_migration_status(ns, mig_name, warn)
             metrics.MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
             for obj in (mig_obj, vm):
-                ctx.kube.event(obj, "FailoverNotNegotiated", f"migration {mig_name}: {found}", type_="Warning",
-                               component=f"agent/{ctx.node}")
+                ctx.event(obj, "FailoverNotNegotiated", f"migration {mig_name}: {found}", warning=True)
         return ""
 
     def _clear_target_leftover(self, vm: Mapping[str, Any], uri: str, target: str, dname: str) -> str:
@@ -350,7 +391,7 @@ class Migrator:
                 return f"could not remove a leftover domain {dname} on {target}: {exc}"
         msg = f"removed a leftover copy of domain {dname} on {target} before migrating there"
         log.warning("%s", msg)
-        self.ctx.kube.event(vm, "StaleDomainRemoved", msg, type_="Warning", component=f"agent/{self.ctx.node}")
+        self.ctx.event(vm, "StaleDomainRemoved", msg, warning=True)
         return ""
 
     def _progress(self, dom: DomainRef, ns: str, mig_name: str, uid: str, stop: threading.Event) -> None:
