@@ -11,8 +11,11 @@ them there (an unknown URI cannot be reached), and migrate moves the domain into
 
 from __future__ import annotations
 
+import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Concatenate, TypeVar
 
 from failovervm import domxml
 from failovervm.agent.domains import (
@@ -29,6 +32,7 @@ from failovervm.agent.domains import (
     OperationInvalid,
 )
 from failovervm.guestfailover import FailoverProbe
+from tests.fakes.failures import Failures, P, R, failable
 
 NEGOTIATED = FailoverProbe(offered=True, negotiated=True, driver_ok=True)
 INACTIVE = (DomainState.SHUTOFF, DomainState.NOSTATE)
@@ -65,12 +69,27 @@ class FakeDomain:
         return DomainRef(self.name, self.uuid)
 
 
-class FakeDomainManager:
+D = TypeVar("D", bound="FakeDomainManager")
+
+
+def change(method: Callable[Concatenate[D, P], R]) -> Callable[Concatenate[D, P], R]:
+    """A changing call: listed in `calls` (failed ones too), then @failable."""
+    checked = failable(method)
+
+    @functools.wraps(method)
+    def call(self: D, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.calls.append(method.__name__)
+        return checked(self, *args, **kwargs)
+
+    return call
+
+
+class FakeDomainManager(Failures):
     def __init__(self, *, kvm: bool = True) -> None:
+        super().__init__()
         self.domains: dict[str, FakeDomain] = {}
         self.remotes: dict[str, FakeDomainManager] = {}
         self.calls: list[str] = []
-        self.failures: dict[str, list[BaseException]] = {}
         self.probes: list[FailoverProbe | Exception] = []
         self.migrations: list[tuple[str, str, MigrationRequest]] = []  # (domain, uri, request)
         self.kvm = kvm
@@ -88,22 +107,18 @@ class FakeDomainManager:
         self.domains[dom.name] = dom
         return dom.ref()
 
-    def fail(self, method: str, *errors: BaseException) -> None:
-        """The next len(errors) calls of `method` (e.g. "start") raise these, in order."""
-        self.failures.setdefault(method, []).extend(errors)
-
     def remote(self, uri: str) -> FakeDomainManager:
         """The host at `uri` (created empty on first use): open_remote and migrate reach it."""
         return self.remotes.setdefault(uri, FakeDomainManager())
 
     # -- queries -------------------------------------------------------------------------------
+    @failable
     def lookup(self, name: str) -> DomainRef | None:
-        self._maybe_fail("lookup")
         dom = self.domains.get(name)
         return dom.ref() if dom is not None else None
 
+    @failable
     def owned_domains(self) -> list[DomainInfo]:
-        self._maybe_fail("owned_domains")
         infos = [DomainInfo(d.name, d.uuid, d.active, d.state, d.reason, domxml.parse_owner(d.xml))
                  for d in self.domains.values()]
         return [i for i in infos if i.owner is not None]
@@ -111,29 +126,34 @@ class FakeDomainManager:
     def kvm_available(self) -> bool:
         return self.kvm
 
+    @failable
     def is_active(self, dom: DomainRef) -> bool:
-        return self._get(dom, "is_active").active
+        return self._get(dom).active
 
+    @failable
     def state(self, dom: DomainRef) -> DomainStatus:
-        d = self._get(dom, "state")
+        d = self._get(dom)
         return DomainStatus(d.state, d.reason)
 
+    @failable
     def xml(self, dom: DomainRef, *, inactive: bool = False, migratable: bool = False) -> str:
-        d = self._get(dom, "xml")
+        d = self._get(dom)
         return d.xml if inactive or d.live_xml is None else d.live_xml
 
+    @failable
     def has_vf(self, dom: DomainRef) -> bool:
-        return self._get(dom, "has_vf").vf_attached
+        return self._get(dom).vf_attached
 
+    @failable
     def failover_probe(self, dom: DomainRef) -> FailoverProbe:
-        answer = self.probes.pop(0) if self.probes else self._get(dom, "failover_probe").probe
+        answer = self.probes.pop(0) if self.probes else self._get(dom).probe
         if isinstance(answer, Exception):
             raise answer
         return answer
 
     # -- changes -------------------------------------------------------------------------------
+    @change
     def define(self, xml: str) -> DomainRef:
-        self._change("define")
         el = domxml.parse_xml(xml)
         name = str(el.findtext("name"))
         dom = self.domains.get(name)
@@ -142,38 +162,43 @@ class FakeDomainManager:
         dom.xml, dom.persistent = xml, True
         return dom.ref()
 
+    @change
     def start(self, dom: DomainRef) -> None:
-        d = self._get(dom, "start", change=True)
+        d = self._get(dom)
         if d.active:
             raise OperationInvalid("Requested operation is not valid: domain is already running", 55)
         d.state, d.reason, d.live_xml, d.vf_attached = DomainState.RUNNING, 1, d.xml, False
 
+    @change
     def stop(self, dom: DomainRef, timeout: float = SHUTDOWN_TIMEOUT) -> str:
-        d = self._get(dom, "stop", change=True)
+        d = self._get(dom)
         if not d.active:
             return "inactive"
         self._power_off(d)
         return "destroyed" if timeout <= 0 else self.stop_how
 
+    @change
     def destroy(self, dom: DomainRef) -> None:
-        d = self._get(dom, "destroy", change=True)
+        d = self._get(dom)
         if d.active:
             self._power_off(d)
 
+    @change
     def undefine(self, dom: DomainRef) -> None:
-        self._change("undefine")
         d = self.domains.get(dom.name)
         if d is not None and d.active:
             d.persistent = False
         elif d is not None:
             del self.domains[dom.name]
 
+    @change
     def attach_vf(self, dom: DomainRef, spec: domxml.DomainSpec) -> None:
-        self._get(dom, "attach_vf", change=True).vf_attached = True
+        self._get(dom).vf_attached = True
 
     # -- migration -----------------------------------------------------------------------------
+    @change
     def migrate(self, dom: DomainRef, uri: str, request: MigrationRequest) -> None:
-        d = self._get(dom, "migrate", change=True)
+        d = self._get(dom)
         self.migrations.append((dom.name, uri, request))
         target = self.remotes.get(uri)
         if target is None:
@@ -182,52 +207,43 @@ class FakeDomainManager:
                                             live_xml=request.destination_xml, completed_stats=dict(d.completed_stats))
         del self.domains[d.name]
 
+    @change
     def abort_job(self, dom: DomainRef) -> None:
-        d = self._get(dom, "abort_job", change=True)
+        d = self._get(dom)
         if d.job is None:
             raise OperationInvalid("Requested operation is not valid: no job is active on the domain", 55)
         d.job = None
 
+    @failable
     def job_running(self, dom: DomainRef) -> bool:
-        return self._get(dom, "job_running").job is not None
+        return self._get(dom).job is not None
 
+    @failable
     def job_progress(self, dom: DomainRef) -> JobProgress:
-        return self._get(dom, "job_progress").job or JobProgress()
+        return self._get(dom).job or JobProgress()
 
+    @failable
     def completed_job_stats(self, dom: DomainRef) -> dict[str, int]:
-        return dict(self._get(dom, "completed_job_stats").completed_stats)
+        return dict(self._get(dom).completed_stats)
 
     # -- other hosts ---------------------------------------------------------------------------
+    @failable
     def open_remote(self, uri: str) -> DomainManager:
-        self._maybe_fail("open_remote")
         if uri not in self.remotes:
             raise DomainError(f"unable to connect to server at '{uri}': Connection refused", 38)
         there = self.remotes[uri]
         there.closed = False
         return there
 
+    @change
     def clear_leftover(self, dom: DomainRef) -> None:
-        self._change("clear_leftover")
         self.domains.pop(dom.name, None)
 
     def close(self) -> None:
         self.closed = True
 
     # -- internals -----------------------------------------------------------------------------
-    def _maybe_fail(self, method: str) -> None:
-        queued = self.failures.get(method)
-        if queued:
-            raise queued.pop(0)
-
-    def _change(self, method: str) -> None:
-        self.calls.append(method)
-        self._maybe_fail(method)
-
-    def _get(self, ref: DomainRef, method: str, change: bool = False) -> FakeDomain:
-        if change:
-            self._change(method)
-        else:
-            self._maybe_fail(method)
+    def _get(self, ref: DomainRef) -> FakeDomain:
         dom = self.domains.get(ref.name)
         if dom is None or dom.uuid != ref.uuid:
             raise DomainNotFound(f"Domain not found: no domain with matching uuid '{ref.uuid}' ({ref.name})", 42)

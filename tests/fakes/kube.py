@@ -30,6 +30,7 @@ from kubernetes.client import ApiException
 from failovervm import API_GROUP, API_VERSION
 from failovervm.conditions import now_iso
 from failovervm.kube import KubeAPI, VMMetadataEdits, update_status
+from tests.fakes.failures import Failures, failable
 
 K = TypeVar("K")
 KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
@@ -99,8 +100,9 @@ def _api_error(status: int, reason: str) -> ApiException:
     return ApiException(status=status, reason=reason)
 
 
-class FakeKube(VMMetadataEdits):
+class FakeKube(VMMetadataEdits, Failures):
     def __init__(self) -> None:
+        super().__init__()
         self.vms: dict[tuple[str, str], Obj] = {}
         self.migrations: dict[tuple[str, str], Obj] = {}
         self.pools: dict[str, Obj] = {}
@@ -108,14 +110,9 @@ class FakeKube(VMMetadataEdits):
         self.nodes: dict[str, Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}
         self.events: list[RecordedEvent] = []
-        self.failures: dict[str, list[BaseException]] = {}
         self._version = 0
 
     # -- test controls -------------------------------------------------------------------------
-    def fail(self, method: str, *errors: BaseException) -> None:
-        """The next len(errors) calls of `method` (e.g. "update_vm_status") raise these, in order."""
-        self.failures.setdefault(method, []).extend(errors)
-
     def admit(self, kind: str, obj: Obj) -> Obj:
         """What the API server keeps of a written object (`kind` as in kube.py: "failovervms", ...)."""
         return obj
@@ -142,81 +139,81 @@ class FakeKube(VMMetadataEdits):
         return self._delete(self.vms, (namespace, name))
 
     # -- FailoverVMs ---------------------------------------------------------------------------
+    @failable
     def get_vm(self, namespace: str, name: str) -> Obj | None:
-        self._maybe_fail("get_vm")
         return self._get(self.vms, (namespace, name))
 
+    @failable
     def list_vms(self, label_selector: str | None = None) -> list[Obj]:
-        self._maybe_fail("list_vms")
         return self._list(self.vms, label_selector)
 
+    @failable
     def patch_vm(self, namespace: str, name: str, body: dict[str, Any]) -> Obj:
-        self._maybe_fail("patch_vm")
         return self._patch("failovervms", self.vms, (namespace, name), body)
 
+    @failable
     def update_vm_status(self, namespace: str, name: str, mutate: Mutate, uid: str | None = None,
                          current: Mapping[str, Any] | None = None) -> Obj | None:
-        self._maybe_fail("update_vm_status")
         return update_status(
             lambda: self.get_vm(namespace, name),
             lambda obj: self._replace_status("failovervms", self.vms, (namespace, name), obj),
             mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
 
     # -- VFPools and VFClaims ------------------------------------------------------------------
+    @failable
     def list_pools(self) -> list[Obj]:
-        self._maybe_fail("list_pools")
         return self._list(self.pools)
 
+    @failable
     def get_pool(self, name: str) -> Obj | None:
-        self._maybe_fail("get_pool")
         return self._get(self.pools, name)
 
+    @failable
     def update_pool_status(self, name: str, mutate: Mutate) -> None:
-        self._maybe_fail("update_pool_status")
         update_status(lambda: self._get(self.pools, name),
                       lambda obj: self._replace_status("vfpools", self.pools, name, obj),
                       mutate, f"VFPool {name}", attempts=10)
 
+    @failable
     def list_claims(self) -> list[Obj]:
-        self._maybe_fail("list_claims")
         return self._list(self.claims)
 
+    @failable
     def create_claim(self, body: dict[str, Any]) -> bool:
-        self._maybe_fail("create_claim")
         name = body["metadata"]["name"]
         if name in self.claims:
             return False
         self._create("vfclaims", self.claims, name, body)
         return True
 
+    @failable
     def patch_claim(self, name: str, body: dict[str, Any]) -> None:
-        self._maybe_fail("patch_claim")
         if name in self.claims:
             self._patch("vfclaims", self.claims, name, body)
 
+    @failable
     def delete_claim(self, name: str, uid: str | None = None) -> None:
-        self._maybe_fail("delete_claim")
         self._delete(self.claims, name, uid)
 
     # -- Nodes and Pods ------------------------------------------------------------------------
+    @failable
     def list_nodes(self) -> list[Obj]:
-        self._maybe_fail("list_nodes")
         return self._list(self.nodes)
 
+    @failable
     def get_node(self, name: str) -> Obj | None:
-        self._maybe_fail("get_node")
         return self._get(self.nodes, name)
 
+    @failable
     def ensure_pod(self, body: dict[str, Any]) -> bool:
-        self._maybe_fail("ensure_pod")
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if key in self.pods:
             return False
         self._create("pods", self.pods, key, body)
         return True
 
+    @failable
     def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool:
-        self._maybe_fail("delete_pod")
         return self.pods.pop((namespace, name), None) is not None
 
     # -- Events --------------------------------------------------------------------------------
@@ -227,46 +224,38 @@ class FakeKube(VMMetadataEdits):
                                          reason, note, type_, action, component))
 
     # -- FailoverVMMigrations ------------------------------------------------------------------
+    @failable
     def get_migration(self, namespace: str, name: str) -> Obj | None:
-        self._maybe_fail("get_migration")
         return self._get(self.migrations, (namespace, name))
 
+    @failable
     def list_migrations(self, namespace: str | None = None) -> list[Obj]:
-        self._maybe_fail("list_migrations")
         return [m for m in self._list(self.migrations) if namespace is None or m["metadata"]["namespace"] == namespace]
 
+    @failable
     def delete_migration(self, namespace: str, name: str) -> None:
-        self._maybe_fail("delete_migration")
         self._delete(self.migrations, (namespace, name))
 
+    @failable
     def create_migration(self, body: dict[str, Any]) -> Obj:
-        self._maybe_fail("create_migration")
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if key in self.migrations:
             raise _api_error(409, "AlreadyExists")
         return self._create("failovervmmigrations", self.migrations, key, body)
 
     def create_migration_once(self, body: dict[str, Any]) -> Obj | None:
-        try:
-            return self.create_migration(body)
-        except ApiException as exc:
-            if exc.status == 409:
-                return None
-            raise
+        if (body["metadata"]["namespace"], body["metadata"]["name"]) in self.migrations:
+            return None
+        return self.create_migration(body)
 
+    @failable
     def update_migration_status(self, namespace: str, name: str, mutate: Mutate) -> Obj | None:
-        self._maybe_fail("update_migration_status")
         return update_status(
             lambda: self._get(self.migrations, (namespace, name)),
             lambda obj: self._replace_status("failovervmmigrations", self.migrations, (namespace, name), obj),
             mutate, f"migration {namespace}/{name}")
 
     # -- the in-memory API server --------------------------------------------------------------
-    def _maybe_fail(self, method: str) -> None:
-        queued = self.failures.get(method)
-        if queued:
-            raise queued.pop(0)
-
     def _store(self, kind: str, store: dict[K, Obj], key: K, obj: Obj) -> Obj:
         admitted = self.admit(kind, copy.deepcopy(obj))
         self._version += 1
