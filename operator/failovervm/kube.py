@@ -133,46 +133,16 @@ def update_status(
     raise RuntimeError(f"status update of {what} kept conflicting")
 
 
-class _KubeBase:
-    """Thin, synchronous wrapper; async callers run it in a thread."""
+class VMMetadataEdits:
+    """Read-modify-write of a FailoverVM's metadata (labels, annotations, finalizers) over `get_vm` and
+    `patch_vm`: one implementation for `Kube` and the in-memory fake of the tests (tests/fakes)."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self._recent_events: dict[tuple[Any, str, str], float] = {}
-        # Events are posted off the reconcile path: they must never slow down or fail it.
-        self._event_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
-
-    # -- FailoverVMs ---------------------------------------------------------
     def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def list_vms(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        kw = {"label_selector": label_selector} if label_selector else {}
-        res = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, FVM, **kw)
-        return list(res.get("items", []))
+        raise NotImplementedError
 
     def patch_vm(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name, body))
+        raise NotImplementedError
 
-    def update_vm_status(
-        self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
-        uid: str | None = None, current: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any] | None:
-        """Apply `mutate(status) -> new status` to a FailoverVM (see update_status)."""
-        return update_status(
-            lambda: self.get_vm(namespace, name),
-            lambda obj: self.custom.replace_namespaced_custom_object_status(
-                API_GROUP, API_VERSION, namespace, FVM, name, obj),
-            mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
-
-    # -- metadata (labels, annotations, finalizers) ----------------------------------
     def edit_vm_metadata(
         self, namespace: str, name: str, edit: Callable[[Mapping[str, Any]], dict[str, Any] | None],
         current: Mapping[str, Any] | None = None,
@@ -221,6 +191,46 @@ class _KubeBase:
         if obj is not None and present and finalizer not in (obj["metadata"].get("finalizers") or []):
             return None  # being deleted: a finalizer can no longer be added
         return obj
+
+
+class _KubeBase(VMMetadataEdits):
+    """Thin, synchronous wrapper; async callers run it in a thread."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self._recent_events: dict[tuple[Any, str, str], float] = {}
+        # Events are posted off the reconcile path: they must never slow down or fail it.
+        self._event_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
+
+    # -- FailoverVMs ---------------------------------------------------------
+    def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_vms(self, label_selector: str | None = None) -> list[dict[str, Any]]:
+        kw = {"label_selector": label_selector} if label_selector else {}
+        res = self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, FVM, **kw)
+        return list(res.get("items", []))
+
+    def patch_vm(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name, body))
+
+    def update_vm_status(
+        self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+        uid: str | None = None, current: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Apply `mutate(status) -> new status` to a FailoverVM (see update_status)."""
+        return update_status(
+            lambda: self.get_vm(namespace, name),
+            lambda obj: self.custom.replace_namespaced_custom_object_status(
+                API_GROUP, API_VERSION, namespace, FVM, name, obj),
+            mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
 
     # -- VFPools and VFClaims --------------------------------------------------
     def list_pools(self) -> list[dict[str, Any]]:

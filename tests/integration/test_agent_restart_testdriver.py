@@ -4,7 +4,6 @@ old to store status.restartedFor, which must not make the agent restart the doma
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,79 +11,76 @@ import pytest
 
 from failovervm import labels
 from failovervm.agent import reconcile as rc
-from failovervm.agent.domains import DomainManager
+from failovervm.agent.libvirt_domains import LibvirtDomainManager
+from tests.fakes import FakeKube
 from tests.integration.test_domxml_testdriver import conn  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
 UID = "5d1c0b9a-8e7f-4a6b-9c5d-4e3f2a1b0c9d"
 
 
-class Kube:
-    def __init__(self, root: Path, prune_restarted_for: bool = False) -> None:
-        self.vm: dict[str, Any] = {
-            "metadata": {"name": "r", "namespace": "ns", "uid": UID, "generation": 1,
-                         "finalizers": [labels.AGENT_FINALIZER], "annotations": {}},
-            "spec": {"cpu": 1, "memory": "32Mi", "running": True, "terminationGracePeriodSeconds": 0,
-                     "disks": [{"name": "boot", "path": str(root / "halt.img"), "readOnly": True}],
-                     "network": {"pool": "p"}},
-            "status": {"phase": "Scheduled", "nodeName": "n1",
-                       "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.1", "claimName": "c1"}},
-        }
-        self.prune = prune_restarted_for
-        self.events: list[str] = []
+class OldCRDKube(FakeKube):
+    """An API server whose FailoverVM CRD predates status.restartedFor: its structural schema
+    prunes the field from every write."""
 
-    def get_vm(self, _ns: str, _name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.vm)
-
-    def get_pool(self, _name: str) -> dict[str, Any]:
-        return {"metadata": {"name": "p"}, "spec": {"standby": {"type": "bridge", "source": "br0"}}}
-
-    def update_vm_status(self, _ns: str, _name: str, mutate: Any, **_kw: Any) -> dict[str, Any] | None:
-        new = mutate(copy.deepcopy(self.vm["status"]))
-        if new is not None:
-            if self.prune:
-                new.pop("restartedFor", None)  # what an older CRD's structural schema does
-            self.vm["status"] = new
-        return copy.deepcopy(self.vm)
-
-    def event(self, _obj: Any, reason: str, _msg: str, **_kw: Any) -> None:
-        self.events.append(reason)
+    def admit(self, kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+        (obj.get("status") or {}).pop("restartedFor", None)
+        return obj
 
 
-def agent(conn: Any, kube: Kube, root: Path) -> rc.AgentContext:  # noqa: F811
-    return rc.AgentContext(node="n1", kube=kube, dm=DomainManager(conn), storage_roots=[str(root)],  # type: ignore[arg-type]
+def cluster(root: Path, kube: FakeKube | None = None) -> FakeKube:
+    kube = kube or FakeKube()
+    kube.add_vm({
+        "metadata": {"name": "r", "namespace": "ns", "uid": UID, "generation": 1,
+                     "finalizers": [labels.AGENT_FINALIZER], "annotations": {}},
+        "spec": {"cpu": 1, "memory": "32Mi", "running": True, "terminationGracePeriodSeconds": 0,
+                 "disks": [{"name": "boot", "path": str(root / "halt.img"), "readOnly": True}],
+                 "network": {"pool": "p"}},
+        "status": {"phase": "Scheduled", "nodeName": "n1",
+                   "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.1", "claimName": "c1"}},
+    })
+    kube.add_pool({"metadata": {"name": "p"}, "spec": {"standby": {"type": "bridge", "source": "br0"}}})
+    return kube
+
+
+def agent(conn: Any, kube: FakeKube, root: Path) -> rc.AgentContext:  # noqa: F811
+    return rc.AgentContext(node="n1", kube=kube, dm=LibvirtDomainManager(conn), storage_roots=[str(root)],
                            sysfs_root=Path("/nonexistent"), kvm=False)
 
 
-def cond(kube: Kube, type_: str) -> dict[str, Any] | None:
-    return next((c for c in kube.vm["status"].get("conditions") or [] if c["type"] == type_), None)
+def stored(kube: FakeKube) -> dict[str, Any]:
+    return kube.vms["ns", "r"]
+
+
+def cond(kube: FakeKube, type_: str) -> dict[str, Any] | None:
+    return next((c for c in stored(kube)["status"].get("conditions") or [] if c["type"] == type_), None)
 
 
 def test_restart_required_and_restart(conn: Any, tmp_path: Path) -> None:  # noqa: F811
-    kube = Kube(tmp_path)
+    kube = cluster(tmp_path)
     ctx = agent(conn, kube, tmp_path)
     assert rc.reconcile(ctx, "ns", "r").action != "invalid-spec"
     dom = conn.lookupByName("fvm_ns_r")
     first = dom.ID()
-    assert dom.isActive() and kube.vm["status"]["phase"] == "Running" and cond(kube, rc.RESTART_REQUIRED) is None
+    assert dom.isActive() and stored(kube)["status"]["phase"] == "Running" and cond(kube, rc.RESTART_REQUIRED) is None
 
     # A spec change is written to the next boot only, and said so.
-    kube.vm["spec"]["memory"] = "48Mi"
-    kube.vm["metadata"]["generation"] = 2
+    kube.patch_vm("ns", "r", {"spec": {"memory": "48Mi"}})
+    assert stored(kube)["metadata"]["generation"] == 2
     rc.reconcile(ctx, "ns", "r")
     c = cond(kube, rc.RESTART_REQUIRED)
     assert c and c["status"] == "True" and "memory 32 MiB -> 48 MiB" in c["message"], c
-    assert conn.lookupByName("fvm_ns_r").ID() == first and kube.events.count(rc.RESTART_REQUIRED) == 1
+    assert conn.lookupByName("fvm_ns_r").ID() == first and kube.reasons().count(rc.RESTART_REQUIRED) == 1
     rc.reconcile(ctx, "ns", "r")
-    assert kube.events.count(rc.RESTART_REQUIRED) == 1  # not repeated
+    assert kube.reasons().count(rc.RESTART_REQUIRED) == 1  # not repeated
 
     # One restart per request.
-    kube.vm["metadata"]["annotations"][labels.RESTART_ANNOTATION] = "t1"
+    kube.patch_vm("ns", "r", {"metadata": {"annotations": {labels.RESTART_ANNOTATION: "t1"}}})
     rc.reconcile(ctx, "ns", "r")
     dom = conn.lookupByName("fvm_ns_r")
     second = dom.ID()
-    assert dom.isActive() and second != first and kube.vm["status"]["restartedFor"] == "t1"
-    assert "Restarting" in kube.events
+    assert dom.isActive() and second != first and stored(kube)["status"]["restartedFor"] == "t1"
+    assert "Restarting" in kube.reasons()
     rc.reconcile(ctx, "ns", "r")
     assert conn.lookupByName("fvm_ns_r").ID() == second
     c = cond(kube, rc.RESTART_REQUIRED)
@@ -92,12 +88,12 @@ def test_restart_required_and_restart(conn: Any, tmp_path: Path) -> None:  # noq
 
 
 def test_a_crd_that_drops_restarted_for_does_not_cause_a_restart_loop(conn: Any, tmp_path: Path) -> None:  # noqa: F811
-    kube = Kube(tmp_path, prune_restarted_for=True)
+    kube = cluster(tmp_path, OldCRDKube())
     ctx = agent(conn, kube, tmp_path)
     rc.reconcile(ctx, "ns", "r")
     first = conn.lookupByName("fvm_ns_r").ID()
-    kube.vm["metadata"]["annotations"][labels.RESTART_ANNOTATION] = "t1"
+    kube.patch_vm("ns", "r", {"metadata": {"annotations": {labels.RESTART_ANNOTATION: "t1"}}})
     for _ in range(3):
         assert rc.reconcile(ctx, "ns", "r").action == "restart-not-recorded"
     assert conn.lookupByName("fvm_ns_r").ID() == first  # never restarted
-    assert kube.vm["status"]["phase"] == "Running" and "RestartNotRecorded" in kube.events
+    assert stored(kube)["status"]["phase"] == "Running" and "RestartNotRecorded" in kube.reasons()

@@ -96,12 +96,15 @@ def test_failover_probe_on_real_qemu_reads_the_standby_state(sandbox: Sandbox) -
     """x-query-virtio-status through libvirt's monitor passthrough: QEMU offers STANDBY on the
     teaming NIC; the halt-sector guest has no driver, so nothing is acknowledged."""
     from failovervm import guestfailover
-    from failovervm.agent.domains import DomainManager
+    from failovervm.agent.libvirt_domains import LibvirtDomainManager
 
     conn = libvirt.open(sandbox.nodes[0]["uri"])
     dom = conn.createXML(_foreign(domxml.build_domain(_spec(sandbox, "fvm_it_probe", vf=None), include_vf=False)), 0)
     try:
-        probe = DomainManager(conn).failover_probe(dom)
+        dm = LibvirtDomainManager(conn)
+        ref = dm.lookup(dom.name())
+        assert ref is not None
+        probe = dm.failover_probe(ref)
         assert probe.offered and not probe.negotiated and not probe.driver_ok
         assert guestfailover.condition(probe)[1:3] == (False, "GuestDriverNotNegotiated")
     finally:

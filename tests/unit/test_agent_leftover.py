@@ -5,43 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import libvirt
-
 from failovervm.agent import reconcile as rc
-
-
-class FakeDom:
-    def __init__(self, state: int, reason: int = 0) -> None:
-        self._state, self._reason = state, reason
-
-    def name(self) -> str:
-        return "fvm_ns_vm"
-
-    def state(self) -> tuple[int, int]:
-        return self._state, self._reason
-
-
-class FakeDM:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def destroy(self, _dom: Any) -> None:
-        self.calls.append("destroy")
-
-    def undefine(self, _dom: Any) -> None:
-        self.calls.append("undefine")
-
-
-class FakeKube:
-    def __init__(self, fresh: dict[str, Any] | None) -> None:
-        self.fresh = fresh
-        self.events: list[str] = []
-
-    def get_vm(self, _ns: str, _name: str) -> dict[str, Any] | None:
-        return self.fresh
-
-    def event(self, _obj: Any, reason: str, _message: str, **_kw: Any) -> None:
-        self.events.append(reason)
+from failovervm.agent.domains import DomainState, PausedReason
+from tests.fakes import FakeDomainManager, FakeKube
 
 
 def vm(node: str | None = "n2", migration: dict[str, Any] | None = None, uid: str = "u") -> dict[str, Any]:
@@ -51,41 +17,43 @@ def vm(node: str | None = "n2", migration: dict[str, Any] | None = None, uid: st
     return {"metadata": {"name": "vm", "namespace": "ns", "uid": uid}, "status": status}
 
 
-def run(obj: dict[str, Any], state: int, fresh: dict[str, Any] | None = None,
-        reason: int = 0) -> tuple[str, FakeDM, FakeKube]:
-    dm, kube = FakeDM(), FakeKube(obj if fresh is None else fresh)
-    ctx = rc.AgentContext(node="n1", kube=kube, dm=dm, storage_roots=[], sysfs_root=Path("/nonexistent"))  # type: ignore[arg-type]
-    return rc._leftover_copy(ctx, obj, FakeDom(state, reason)).action, dm, kube
+def run(obj: dict[str, Any], state: DomainState, fresh: dict[str, Any] | None = None,
+        reason: int = 0) -> tuple[str, FakeDomainManager, FakeKube]:
+    """`obj` as the agent saw it; `fresh` (default: `obj`) what reading it again returns."""
+    dm, kube = FakeDomainManager(), FakeKube()
+    kube.add_vm(obj if fresh is None else fresh)
+    dom = dm.add("fvm_ns_vm", state, reason)
+    ctx = rc.AgentContext(node="n1", kube=kube, dm=dm, storage_roots=[], sysfs_root=Path("/nonexistent"))
+    return rc._leftover_copy(ctx, obj, dom).action, dm, kube
 
 
 def test_paused_copy_without_a_migration_here_is_removed() -> None:
-    action, dm, kube = run(vm(), libvirt.VIR_DOMAIN_PAUSED)
+    action, dm, kube = run(vm(), DomainState.PAUSED)
     assert action == "stale-removed" and dm.calls == ["destroy", "undefine"]
-    assert kube.events == ["StaleDomainRemoved"]
+    assert kube.reasons() == ["StaleDomainRemoved"]
 
 
 def test_incoming_migration_copy_is_left_alone() -> None:
     incoming = vm(migration={"name": "m", "state": "Running", "targetNode": "n1"})
-    action, dm, _ = run(incoming, libvirt.VIR_DOMAIN_PAUSED)
+    action, dm, _ = run(incoming, DomainState.PAUSED)
     assert action == "not-ours" and dm.calls == []
 
 
 def test_a_migration_scheduled_meanwhile_wins_the_re_read() -> None:
     now_incoming = vm(migration={"name": "m", "state": "TargetReady", "targetNode": "n1"})
-    action, dm, _ = run(vm(), libvirt.VIR_DOMAIN_PAUSED, fresh=now_incoming)
+    action, dm, _ = run(vm(), DomainState.PAUSED, fresh=now_incoming)
     assert action == "not-ours" and dm.calls == []
-    action, dm, _ = run(vm(), libvirt.VIR_DOMAIN_PAUSED, fresh=vm(uid="other"))
+    action, dm, _ = run(vm(), DomainState.PAUSED, fresh=vm(uid="other"))
     assert action == "not-ours" and dm.calls == []
 
 
 def test_running_copy_is_reported_never_killed() -> None:
-    action, dm, kube = run(vm(), libvirt.VIR_DOMAIN_RUNNING)
-    assert action == "duplicate-domain" and dm.calls == [] and kube.events == ["DuplicateDomain"]
+    action, dm, kube = run(vm(), DomainState.RUNNING)
+    assert action == "duplicate-domain" and dm.calls == [] and kube.reasons() == ["DuplicateDomain"]
 
 def test_a_copy_still_starting_up_is_removed_too() -> None:
     """No guest code has run in it yet; an incoming migration cut short by a libvirtd restart
     also stays in this state."""
-    for reason in (libvirt.VIR_DOMAIN_PAUSED_STARTING_UP, libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
-                   libvirt.VIR_DOMAIN_PAUSED_USER):
-        action, dm, _ = run(vm(), libvirt.VIR_DOMAIN_PAUSED, reason=reason)
+    for reason in (PausedReason.STARTING_UP, PausedReason.MIGRATION, PausedReason.USER):
+        action, dm, _ = run(vm(), DomainState.PAUSED, reason=reason)
         assert action == "stale-removed" and dm.calls == ["destroy", "undefine"]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
 from failovervm import metrics
+from failovervm.agent.migrate import Migrator
+from failovervm.agent.reconcile import AgentContext
+from tests.fakes import FakeDomainManager, FakeKube
 
 
 def _node() -> str:
@@ -165,30 +168,19 @@ def test_refresh_pool_status_sets_pool_gauges(monkeypatch: pytest.MonkeyPatch) -
 
 
 # -- the agent's migration outcomes -------------------------------------------------------------------
-class _FakeAgentKube:
-    def __init__(self) -> None:
-        self.migration_status: dict[str, Any] = {}
-
-    def update_vm_status(self, ns: str, name: str, mutate: Any, uid: str | None = None) -> dict[str, Any]:
-        mutate({"migration": {"name": "m1"}, "phase": "Migrating"})
-        return {}
-
-    def patch_vm(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return {}
-
-    def update_migration_status(self, ns: str, name: str, mutate: Any) -> dict[str, Any]:
-        self.migration_status = mutate({"phase": "Running"})
-        return {}
-
-    def get_node(self, name: str) -> None:
-        return None  # the target node is gone: the domain cannot be there
+def _migrator(node: str) -> tuple[Migrator, FakeKube]:
+    """A Migrator with migration m1 of default/demo running, and the fake API it writes to."""
+    kube = FakeKube()
+    kube.add_vm({**_VM, "status": {**_VM["status"], "migration": {"name": "m1"}, "phase": "Migrating"}})
+    kube.add_migration({"metadata": {"namespace": "default", "name": "m1"}, "status": {"phase": "Running"}})
+    # No domain here and no target node (it is gone): the domain cannot be anywhere.
+    ctx = AgentContext(node=node, kube=kube, dm=FakeDomainManager(), storage_roots=[],
+                       sysfs_root=Path("/nonexistent"))
+    return Migrator(ctx=ctx, transport="tcp"), kube
 
 
-def _migrator(node: str) -> Any:
-    from failovervm.agent.migrate import Migrator
-
-    ctx = SimpleNamespace(node=node, kube=_FakeAgentKube(), dm=SimpleNamespace(lookup=lambda _name: None))
-    return Migrator(ctx=ctx, transport="tcp")  # type: ignore[arg-type]
+def _migration_status(kube: FakeKube) -> dict[str, Any]:
+    return dict(kube.migrations["default", "m1"]["status"])
 
 
 _VM = {"metadata": {"namespace": "default", "name": "demo", "uid": "u1", "generation": 1},
@@ -200,9 +192,9 @@ def test_agent_finish_succeeded_records_metrics() -> None:
     node = _node()
     d_count = _hist("failovervm_migration_duration_seconds")
     t_count = _hist("failovervm_migration_downtime_milliseconds")
-    m = _migrator(node)
+    m, kube = _migrator(node)
     m._finish_succeeded(_VM, _MIG, {"downtimeMs": 120}, 7.5)
-    assert m.ctx.kube.migration_status["phase"] == "Succeeded"
+    assert _migration_status(kube)["phase"] == "Succeeded"
     assert _v("failovervm_migrations_total", result="succeeded", node=node) == 1
     assert _hist("failovervm_migration_duration_seconds") == d_count + 1
     assert _hist("failovervm_migration_downtime_milliseconds") == t_count + 1
@@ -211,9 +203,9 @@ def test_agent_finish_succeeded_records_metrics() -> None:
 @pytest.mark.parametrize(("phase", "result"), [("Failed", "failed"), ("Aborted", "aborted")])
 def test_agent_finish_failed_records_result_from_phase(phase: str, result: str) -> None:
     node = _node()
-    m = _migrator(node)
+    m, kube = _migrator(node)
     m._finish_failed(_VM, _MIG, "MigrationFailed", "boom", phase=phase)
-    assert m.ctx.kube.migration_status["phase"] == phase
+    assert _migration_status(kube)["phase"] == phase
     assert _v("failovervm_migrations_total", result=result, node=node) == 1
     other = "aborted" if result == "failed" else "failed"
     assert _v("failovervm_migrations_total", result=other, node=node) is None

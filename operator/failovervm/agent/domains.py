@@ -1,23 +1,82 @@
-"""DomainManager: the agent's synchronous interface over one libvirt connection.
+"""DomainManager: the agent's one boundary over libvirt, in the project's own terms.
 
-Modelled on KubeVirt's DomainManager: every libvirt operation the agent performs goes
-through here, so the reconcile logic never touches libvirt-python directly. Calls are
-blocking; the async agent runs them with asyncio.to_thread.
+Modelled on KubeVirt's DomainManager interface (which includes MigrateVMI and
+CancelVMIMigration): everything the agent's logic (reconcile.py, migrate.py, main.py) asks of a
+hypervisor is a method of the `DomainManager` protocol below, taking and returning project types:
+`DomainRef` handles, plain dataclasses, and the `DomainError` family. The libvirt implementation is
+`failovervm.agent.libvirt_domains.LibvirtDomainManager`, which translates libvirt's errors; the
+tests use the in-memory fake of tests/fakes. Calls are blocking; the async agent runs them with
+asyncio.to_thread. This module does not import libvirt.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import enum
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import libvirt
-import libvirt_qemu
-from lxml import etree
+from typing import NamedTuple, Protocol
 
 from failovervm import domxml, guestfailover
 
 SHUTDOWN_TIMEOUT = 60.0
+
+
+class DomainError(Exception):
+    """A hypervisor operation failed. `str(exc)` is libvirt's message; `code` its error number
+    (virErrorNumber; 0 when the error did not come from libvirt), for logs and diagnostics."""
+
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class DomainNotFound(DomainError):
+    """No such domain (any more): it was undefined, or migrated away, meanwhile."""
+
+
+class OperationInvalid(DomainError):
+    """The operation does not apply to the domain's state (e.g. destroying a stopped domain)."""
+
+
+class OperationAborted(DomainError):
+    """The job was aborted (a migration cancelled with abort_job)."""
+
+
+class DomainState(enum.IntEnum):
+    """A domain's state; the values are libvirt's virDomainState."""
+
+    NOSTATE = 0
+    RUNNING = 1
+    BLOCKED = 2
+    PAUSED = 3
+    SHUTDOWN = 4
+    SHUTOFF = 5
+    CRASHED = 6
+    PMSUSPENDED = 7
+
+
+class PausedReason(enum.IntEnum):
+    """Why a PAUSED domain is paused (the reasons the agent tells apart); libvirt's values."""
+
+    UNKNOWN = 0
+    USER = 1
+    MIGRATION = 2
+    STARTING_UP = 11
+
+
+class DomainStatus(NamedTuple):
+    state: DomainState
+    reason: int  # libvirt's reason code for that state (PausedReason when PAUSED)
+
+
+@dataclass(frozen=True)
+class DomainRef:
+    """A handle on one domain, as lookup and define return it. Logic reads `name` and `uuid`; what
+    `impl` holds belongs to the DomainManager that made the handle (libvirt's virDomain)."""
+
+    name: str
+    uuid: str
+    impl: object = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -25,114 +84,123 @@ class DomainInfo:
     name: str
     uuid: str
     active: bool
-    state: int
+    state: DomainState
     reason: int
     owner: domxml.OwnerRef | None
 
 
-class DomainManager:
-    def __init__(self, conn: libvirt.virConnect) -> None:
-        self.conn = conn
+@dataclass(frozen=True)
+class JobProgress:
+    """A running job's (migration's) memory transfer; None: not reported (yet)."""
 
-    # -- queries -------------------------------------------------------------------
-    def lookup(self, name: str) -> libvirt.virDomain | None:
-        try:
-            return self.conn.lookupByName(name)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise
+    memory_total: int | None = None
+    memory_processed: int | None = None
+    memory_iteration: int | None = None
 
-    def info(self, dom: libvirt.virDomain) -> DomainInfo:
-        state, reason = dom.state()
-        return DomainInfo(
-            name=dom.name(), uuid=dom.UUIDString(), active=bool(dom.isActive()), state=state, reason=reason,
-            owner=domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)),
-        )
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """A live peer-to-peer migration: the domain goes on running on the destination (whose
+    definition persists there) and is undefined here once it completed."""
+
+    destination_xml: str  # the running domain's XML as the destination starts it (its VF points there)
+    persistent_xml: str  # the definition the destination keeps for the next boot
+    transport: str = "tcp"  # "tls": libvirt's TLS migration transport
+    bandwidth_mibps: int | None = None  # None: libvirt's default (unlimited)
+
+
+class DomainManager(Protocol):
+    """The hypervisor of one node (the agent's own, or a migration target opened with open_remote).
+
+    Every method may raise DomainError (DomainNotFound when the handle's domain is gone)."""
+
+    # -- queries -------------------------------------------------------------------------------
+    def lookup(self, name: str) -> DomainRef | None:
+        """The domain of this name, None when there is none."""
+        ...
 
     def owned_domains(self) -> list[DomainInfo]:
         """Domains carrying failovervm metadata; others are never touched."""
-        out = []
-        for dom in self.conn.listAllDomains():
-            try:
-                info = self.info(dom)
-            except libvirt.libvirtError:
-                continue  # vanished meanwhile
-            if info.owner is not None:
-                out.append(info)
-        return out
+        ...
 
-    def kvm_available(self) -> bool:
-        try:
-            caps = self.conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
-        except libvirt.libvirtError:
-            return False
-        return etree.fromstring(caps.encode()).findtext("domain") == "kvm"
+    def kvm_available(self) -> bool: ...
+    def is_active(self, dom: DomainRef) -> bool: ...
+    def state(self, dom: DomainRef) -> DomainStatus: ...
 
-    def live_xml(self, dom: libvirt.virDomain) -> etree._Element:
-        return domxml.parse_xml(dom.XMLDesc(0))
+    def xml(self, dom: DomainRef, *, inactive: bool = False, migratable: bool = False) -> str:
+        """The running domain's XML, or (inactive) its persistent definition, the next boot's."""
+        ...
 
-    def has_vf(self, dom: libvirt.virDomain) -> bool:
-        xml = self.live_xml(dom)
-        return any(a.get("name") == domxml.VF_ALIAS for a in xml.iterfind("devices/interface/alias"))
+    def has_vf(self, dom: DomainRef) -> bool:
+        """Whether the running domain has the VF teaming member plugged."""
+        ...
 
-    def failover_probe(self, dom: libvirt.virDomain) -> guestfailover.FailoverProbe:
-        """What the guest's virtio-net driver acknowledged on the standby NIC (QEMU monitor
-        passthrough; libvirt marks the domain tainted "custom-monitor", which is harmless).
-        Raises libvirt.libvirtError or ValueError."""
-        reply = libvirt_qemu.qemuMonitorCommand(dom, guestfailover.status_command(), 0)
-        return guestfailover.parse_status(reply)
+    def failover_probe(self, dom: DomainRef) -> guestfailover.FailoverProbe:
+        """What the guest's virtio-net driver acknowledged on the standby NIC (QEMU monitor).
+        Raises DomainError or ValueError (an answer that cannot be read)."""
+        ...
 
-    # -- changes ---------------------------------------------------------------------
-    def define(self, xml: str) -> libvirt.virDomain:
-        return self.conn.defineXML(xml)
+    # -- changes -------------------------------------------------------------------------------
+    def define(self, xml: str) -> DomainRef:
+        """Define (or redefine) a persistent domain; a running one keeps running as it is."""
+        ...
 
-    def start(self, dom: libvirt.virDomain) -> None:
-        dom.create()
+    def start(self, dom: DomainRef) -> None: ...
 
-    def resume(self, dom: libvirt.virDomain) -> None:
-        dom.resume()
+    def stop(self, dom: DomainRef, timeout: float = SHUTDOWN_TIMEOUT) -> str:
+        """Graceful ACPI shutdown, then destroy after `timeout`. Returns how it stopped:
+        "inactive", "shutdown" or "destroyed"."""
+        ...
 
-    def stop(self, dom: libvirt.virDomain, timeout: float = SHUTDOWN_TIMEOUT) -> str:
-        """Graceful ACPI shutdown, then destroy after `timeout`. Returns how it stopped."""
-        if not dom.isActive():
-            return "inactive"
-        if timeout <= 0:
-            self.destroy(dom)
-            return "destroyed"
-        try:
-            dom.shutdown()
-        except libvirt.libvirtError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not dom.isActive():
-                return "shutdown"
-            time.sleep(0.5)
-        try:
-            dom.destroy()
-        except libvirt.libvirtError as exc:
-            if dom.isActive():
-                raise exc
-        return "destroyed"
+    def destroy(self, dom: DomainRef) -> None:
+        """Power off at once (nothing when it is not running)."""
+        ...
 
-    def destroy(self, dom: libvirt.virDomain) -> None:
-        if dom.isActive():
-            dom.destroy()
+    def undefine(self, dom: DomainRef) -> None:
+        """Remove the persistent definition (and its NVRAM); a domain already gone is fine."""
+        ...
 
-    def undefine(self, dom: libvirt.virDomain) -> None:
-        try:
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
+    def attach_vf(self, dom: DomainRef, spec: domxml.DomainSpec) -> None:
+        """Hot-plug the VF as the transient teaming member (live only: the persistent definition
+        stays startable when the VF is broken). Raises ValueError for a teaming mismatch."""
+        ...
 
-    def attach_vf(self, dom: libvirt.virDomain, spec: domxml.DomainSpec) -> None:
-        """Hot-plug the VF as the transient teaming member (live only: the persistent
-        definition stays startable when the VF is broken)."""
-        xml = domxml.build_vf_interface_xml(spec)
-        domxml.check_teaming(self.live_xml(dom), extra_devices=[domxml.parse_xml(xml)])
-        dom.attachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    # -- migration -----------------------------------------------------------------------------
+    def migrate(self, dom: DomainRef, uri: str, request: MigrationRequest) -> None:
+        """Live-migrate the domain to the libvirt at `uri`; returns when it completed. Raises
+        OperationAborted when abort_job cancelled it."""
+        ...
+
+    def abort_job(self, dom: DomainRef) -> None:
+        """Cancel the domain's running job (a migration)."""
+        ...
+
+    def job_running(self, dom: DomainRef) -> bool:
+        """Whether a job (a migration) is in progress on the domain."""
+        ...
+
+    def job_progress(self, dom: DomainRef) -> JobProgress: ...
+
+    def completed_job_stats(self, dom: DomainRef) -> dict[str, int]:
+        """The statistics of the domain's last completed job, as FailoverVMMigration status.stats
+        (a migration's, on its destination)."""
+        ...
+
+    # -- other hosts ---------------------------------------------------------------------------
+    def open_remote(self, uri: str) -> DomainManager:
+        """The DomainManager of another node's libvirt (a migration target), on a connection of
+        its own: close() it. Raises DomainError when that libvirt cannot be reached."""
+        ...
+
+    def clear_leftover(self, dom: DomainRef) -> None:
+        """Remove the remains of an earlier migration: destroy, then undefine; a copy that is not
+        running or already gone is fine."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection if this manager opened it (open_remote); the agent's own
+        connection belongs to agent.connection and stays open."""
+        ...
 
 
 def real_pci_device_exists(pci_address: str) -> bool:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from failovervm.kube import Kube
+from failovervm.kube import KubeAPI
 from failovervm.scheduling import matches_selector
 from failovervm.vfs import discover_vfs
 
@@ -33,7 +33,7 @@ def node_entry(node: str, sysfs_root: Path, pf_names: list[str]) -> dict[str, An
     return entry
 
 
-def publish(kube: Kube, node: str, sysfs_root: Path) -> dict[str, int]:
+def publish(kube: KubeAPI, node: str, sysfs_root: Path) -> dict[str, int]:
     """Write this node's entry into each pool that selects it (and drop it from the others)."""
     node_obj = kube.get_node(node)
     labels = ((node_obj or {}).get("metadata") or {}).get("labels") or {}

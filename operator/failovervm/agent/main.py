@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import libvirt
 from kubernetes import watch
 
 from failovervm import API_GROUP, API_VERSION, domxml, labels
 from failovervm import kube as kube_mod
 from failovervm.agent.connection import LibvirtConnection
-from failovervm.agent.domains import DomainManager
+from failovervm.agent.domains import DomainNotFound
 from failovervm.agent.inventory import publish
+from failovervm.agent.libvirt_domains import LibvirtDomainManager
 from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
 
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def domain_vanished(exc: BaseException) -> bool:
     """A reconcile failed because its domain disappeared under it (libvirt VIR_ERR_NO_DOMAIN)."""
-    return isinstance(exc, libvirt.libvirtError) and exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+    return isinstance(exc, DomainNotFound)
 
 
 @dataclass
@@ -107,7 +107,7 @@ class Agent:
 
     def _on_reconnect(self) -> None:
         assert self.conn.conn is not None
-        dm = DomainManager(self.conn.conn)
+        dm = LibvirtDomainManager(self.conn.conn)
         kvm = dm.kvm_available()
         self.ctx = AgentContext(
             node=self.args.node, kube=self.kube, dm=dm,

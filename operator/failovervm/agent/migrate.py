@@ -3,10 +3,11 @@
 The controller has already reserved a VF on the target (VM.status.migration.state == TargetReady).
 The agent of the source node then:
 1. marks the migration Running (FailoverVMMigration and VM status, phase Migrating);
-2. calls migrateToURI3(LIVE | PEER2PEER | PERSIST_DEST | UNDEFINE_SOURCE) in a thread, passing a
-   destination XML whose VF teaming member (if the VF is plugged) points at the target's VF, and
-   the persistent definition for the target; QEMU unplugs the VF on the source before the memory
-   copy and the guest keeps networking through the virtio standby;
+2. starts a live peer-to-peer migration in a thread (DomainManager.migrate: libvirt's migrateToURI3
+   with LIVE | PEER2PEER | PERSIST_DEST | UNDEFINE_SOURCE), passing a destination XML whose VF
+   teaming member (if the VF is plugged) points at the target's VF, and the persistent definition
+   for the target; QEMU unplugs the VF on the source before the memory copy and the guest keeps
+   networking through the virtio standby;
 3. on success moves VM status, node label and VF to the target and records libvirt's
    completed-job statistics; on failure leaves the VM running on the source and reports why.
 """
@@ -17,14 +18,21 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import libvirt
-
 from failovervm import conditions, domxml, guestfailover, labels, metrics, nodehealth
 from failovervm import migration as mg
+from failovervm.agent.domains import (
+    DomainError,
+    DomainManager,
+    DomainRef,
+    DomainState,
+    MigrationRequest,
+    OperationAborted,
+)
 from failovervm.agent.reconcile import AgentContext, Outcome, probe_failover
 from failovervm.vmspec import domain_spec
 
@@ -48,21 +56,35 @@ class RecordLater(Exception):
     """The transfer completed, but the API would not take the result yet."""
 
 
+class _NotStarted(Exception):
+    """A check before the transfer failed (str: why): the migration fails with `reason`, and
+    nothing was transferred."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+_TAKEN, _RELEASED, _ABORTED_EARLY = "taken", "released", "aborted-early"
+
+
 def _libvirt_uri(node: Mapping[str, Any] | None) -> str | None:
     """The libvirt URI a node's agent announced on its Node (None: no node, or none announced)."""
     return ((node or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
 
 
-def migration_flags(transport: str) -> int:
-    flags = (
-        libvirt.VIR_MIGRATE_LIVE
-        | libvirt.VIR_MIGRATE_PEER2PEER
-        | libvirt.VIR_MIGRATE_PERSIST_DEST
-        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    )
-    if transport == "tls":
-        flags |= libvirt.VIR_MIGRATE_TLS
-    return int(flags)
+@contextmanager
+def _remote(dm: DomainManager, uri: str) -> Iterator[DomainManager | None]:
+    """The DomainManager of the libvirt at `uri` (None: it cannot be reached), closed afterwards."""
+    try:
+        there = dm.open_remote(uri)
+    except DomainError:
+        yield None
+        return
+    try:
+        yield there
+    finally:
+        there.close()
 
 
 def destination_xml(live_xml: str, target_pci: str | None) -> str:
@@ -89,7 +111,7 @@ class Migrator:
     abort_requested: set[str] = field(default_factory=set)  # the controller asked; retried until done
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def handle(self, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome | None:
+    def handle(self, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome | None:
         """Called by reconcile for a VM with status.migration; None means: reconcile as usual."""
         st = vm.get("status") or {}
         mig = st.get("migration") or {}
@@ -98,7 +120,7 @@ class Migrator:
         with self.lock:
             in_process = uid in self.running and self.running[uid].is_alive()
         if state == mg.TARGET_READY and not in_process:
-            if dom is None or not dom.isActive():
+            if dom is None or not self.ctx.dm.is_active(dom):
                 self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node",
                                     check_target=False)  # nothing was transferred
                 return Outcome("migration-failed")
@@ -121,14 +143,14 @@ class Migrator:
             return Outcome("migrating")
         return None  # Scheduling: the VM keeps running as usual
 
-    def _try_abort(self, uid: str, dom: libvirt.virDomain) -> None:
+    def _try_abort(self, uid: str, dom: DomainRef) -> None:
         if uid in self.aborting:
             return
         try:
-            dom.abortJob()
+            self.ctx.dm.abort_job(dom)
             self.aborting.add(uid)
-            log.info("aborted the migration job of %s", dom.name())
-        except libvirt.libvirtError as exc:
+            log.info("aborted the migration job of %s", dom.name)
+        except DomainError as exc:
             log.info("abortJob not possible yet: %s", exc)
 
     # -- the migration thread ---------------------------------------------------------------
@@ -159,118 +181,144 @@ class Migrator:
         log.warning("migration of %s/%s: %s; the VM stays locked until its outcome is recorded",
                     vm["metadata"]["namespace"], vm["metadata"]["name"], exc)
         try:
-            self.ctx.kube.event(vm, "MigrationOutcomeUnknown", f"{exc}; retrying", type_="Warning",
-                                component=f"agent/{self.ctx.node}")
+            self.ctx.event(vm, "MigrationOutcomeUnknown", f"{exc}; retrying", warning=True)
         except Exception:
             log.debug("could not post the event", exc_info=True)
 
     def _migrate(self, vm: dict[str, Any]) -> None:
-        ctx = self.ctx
+        """The migration thread: take the migration, check it may start, transfer, record."""
         meta = vm["metadata"]
         ns, name = meta["namespace"], meta["name"]
         mig = dict((vm.get("status") or {}).get("migration") or {})
         mig_name, target = mig["name"], mig["targetNode"]
-        dname = domxml.domain_name(ns, name)
         started = time.monotonic()
+        taken = self._take(vm, mig_name)
+        if taken == _RELEASED:
+            # The controller released this migration's target (or the VM is gone) in between: the
+            # VF reserved on the target may already belong to another VM. Nothing was transferred.
+            log.info("migration %s of %s/%s is no longer ours to run; not starting it", mig_name, ns, name)
+            return
+        if taken == _ABORTED_EARLY:
+            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
+                                check_target=False)
+            return
+        self._mark_running(ns, mig_name, target)
+        try:
+            uri, dom, mig_obj = self._preflight(vm, mig)
+        except _NotStarted as refused:
+            self._finish_failed(vm, mig, refused.reason, str(refused), check_target=False)
+            return
+        if not self._transfer(vm, mig, dom, uri, self._request(vm, mig, mig_obj, dom)):
+            return
+        wall = time.monotonic() - started
+        stats = self._completed_stats(uri, domxml.domain_name(ns, name))
+        self._record_success(vm, mig, stats, wall)
 
-        took = {"v": False}
-        aborted_early = {"v": False}
+    def _take(self, vm: Mapping[str, Any], mig_name: str) -> str:
+        """The commit point: the VM's migration state TargetReady -> Running, written with the VM's
+        resourceVersion. The controller releases an untaken target (deleted migration, handover
+        timeout) only while the state still says TargetReady, so exactly one wins. Returns _TAKEN,
+        _RELEASED or _ABORTED_EARLY (the migration was deleted before the agent got going)."""
+        meta = vm["metadata"]
+        outcome = {"v": _RELEASED}
 
         def vm_running(st: dict[str, Any]) -> dict[str, Any] | None:
-            # The commit point: the VM's migration state TargetReady -> Running, written with the
-            # VM's resourceVersion. The controller releases an untaken target (deleted migration,
-            # handover timeout) only while the state still says TargetReady, so exactly one wins.
-            took["v"] = aborted_early["v"] = False
+            outcome["v"] = _RELEASED
             cur = st.get("migration") or {}
-            if cur.get("name") != mig_name or st.get("nodeName") != ctx.node:
+            if cur.get("name") != mig_name or st.get("nodeName") != self.ctx.node:
                 return None
             if cur.get("state") == mg.ABORTING:  # deleted before we got going
-                aborted_early["v"] = True
+                outcome["v"] = _ABORTED_EARLY
                 return None
             if cur.get("state") not in (mg.TARGET_READY, mg.RUNNING):
                 return None
             st["migration"] = {**cur, "state": mg.RUNNING}
             st["phase"] = "Migrating"
-            took["v"] = True
+            outcome["v"] = _TAKEN
             return st
 
-        ctx.kube.update_vm_status(ns, name, vm_running, uid=meta["uid"])
-        if not took["v"] and not aborted_early["v"]:
-            # The controller released this migration's target (or the VM is gone) in between: the
-            # VF reserved on the target may already belong to another VM. Nothing was transferred.
-            log.info("migration %s of %s/%s is no longer ours to run; not starting it", mig_name, ns, name)
-            return
-        if aborted_early["v"]:
-            self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
-                                check_target=False)
-            return
+        self.ctx.kube.update_vm_status(meta["namespace"], meta["name"], vm_running, uid=meta["uid"])
+        return outcome["v"]
 
+    def _mark_running(self, ns: str, mig_name: str, target: str) -> None:
         def to_running(st: dict[str, Any]) -> dict[str, Any] | None:
             if st.get("phase") not in (mg.SCHEDULING, mg.TARGET_READY):
                 return None
-            st.update(phase=mg.RUNNING, message=f"live-migrating from {ctx.node} to {target}")
+            st.update(phase=mg.RUNNING, message=f"live-migrating from {self.ctx.node} to {target}")
             return st
 
-        ctx.kube.update_migration_status(ns, mig_name, to_running)
+        self.ctx.kube.update_migration_status(ns, mig_name, to_running)
+
+    def _preflight(self, vm: Mapping[str, Any], mig: Mapping[str, Any]) -> tuple[str, DomainRef, Mapping[str, Any]]:
+        """What must hold before the transfer starts: the target's libvirt URI, the domain running
+        here, no copy of it on the target, FailoverReady (by the migration's policy). Returns the
+        URI, the domain and the FailoverVMMigration; raises _NotStarted."""
+        ctx = self.ctx
+        meta = vm["metadata"]
+        target = mig["targetNode"]
+        dname = domxml.domain_name(meta["namespace"], meta["name"])
         uri = _libvirt_uri(ctx.kube.get_node(target))
         if not uri:
-            self._finish_failed(vm, mig, "TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation",
-                                check_target=False)
-            return
+            raise _NotStarted("TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation")
         dom = ctx.dm.lookup(dname)
-        if dom is None or not dom.isActive():
-            self._finish_failed(vm, mig, "SourceNotRunning", "the domain is not running on the source node",
-                                check_target=False)
-            return
+        if dom is None or not ctx.dm.is_active(dom):
+            raise _NotStarted("SourceNotRunning", "the domain is not running on the source node")
         problem = self._clear_target_leftover(vm, uri, target, dname)
         if problem:
-            self._finish_failed(vm, mig, "TargetHasDomain", problem, check_target=False)
-            return
-        mig_obj = ctx.kube.get_migration(ns, mig_name) or {}
+            raise _NotStarted("TargetHasDomain", problem)
+        mig_obj = ctx.kube.get_migration(meta["namespace"], mig["name"]) or {}
         refused = self._recheck_failover(vm, mig_obj, dom)
         if refused:
-            self._finish_failed(vm, mig, mg.FAILOVER_NOT_READY, refused, check_target=False)
-            return
+            raise _NotStarted(mg.FAILOVER_NOT_READY, refused)
+        return uri, dom, mig_obj
+
+    def _request(self, vm: Mapping[str, Any], mig: Mapping[str, Any], mig_obj: Mapping[str, Any],
+                 dom: DomainRef) -> MigrationRequest:
+        """The running domain as the target starts it (its VF teaming member pointed at the target's
+        VF), and the definition the target keeps (built from the spec, as reconcile would there)."""
+        ctx = self.ctx
+        dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
         pool = ctx.kube.get_pool(((vm.get("spec") or {}).get("network") or {}).get("pool", "")) or {}
         persist_spec = domain_spec(
             vm,
             pool,
             storage_roots=ctx.storage_roots,
             vf=mig.get("targetPciAddress"),
-            vf_node=target,
+            vf_node=mig["targetNode"],
             kvm_available=ctx.kvm,
             serial_log=f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None,
         )
         persist_xml = domxml.to_xml(domxml.build_domain(persist_spec, include_vf=False))
-        dest_xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), mig.get("targetPciAddress"))
-        params: dict[str, Any] = {
-            libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml,
-            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: persist_xml,
-        }
+        dest_xml = destination_xml(ctx.dm.xml(dom, migratable=True), mig.get("targetPciAddress"))
         bandwidth = (mig_obj.get("spec") or {}).get("bandwidthMiBps")
-        if bandwidth:
-            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth)
+        return MigrationRequest(destination_xml=dest_xml, persistent_xml=persist_xml, transport=self.transport,
+                                bandwidth_mibps=int(bandwidth) if bandwidth else None)
+
+    def _transfer(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef, uri: str,
+                  request: MigrationRequest) -> bool:
+        """Run the migration, with a thread reporting its progress (and retrying a requested abort).
+        False: it failed or was aborted, and that is recorded."""
+        meta = vm["metadata"]
+        ns, name, mig_name = meta["namespace"], meta["name"], mig["name"]
         stop_progress = threading.Event()
         progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], stop_progress),
                                     daemon=True)
         progress.start()
-        log.info("migrating %s/%s to %s (%s) with %s", ns, name, target, uri, mig_name,
+        log.info("migrating %s/%s to %s (%s) with %s", ns, name, mig["targetNode"], uri, mig_name,
                  extra={"vm": f"{ns}/{name}", "migration": mig_name})
         try:
-            dom.migrateToURI3(uri, params, migration_flags(self.transport))
-        except libvirt.libvirtError as exc:
+            self.ctx.dm.migrate(dom, uri, request)
+        except DomainError as exc:
             stop_progress.set()
-            aborted = meta["uid"] in self.aborting or exc.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED
+            aborted = meta["uid"] in self.aborting or isinstance(exc, OperationAborted)
             if aborted:
                 self._finish_failed(vm, mig, "Aborted", f"aborted: {exc}", phase=mg.ABORTED)
             else:
                 self._finish_failed(vm, mig, "MigrationFailed", str(exc))
-            return
+            return False
         finally:
             stop_progress.set()
-        wall = time.monotonic() - started
-        stats = self._completed_stats(uri, dname)
-        self._record_success(vm, mig, stats, wall)
+        return True
 
     def _record_success(self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int],
                         wall: float) -> None:
@@ -289,7 +337,7 @@ class Migrator:
                                       f"{exc}") from exc
                 time.sleep(2**attempt)
 
-    def _recheck_failover(self, vm: Mapping[str, Any], mig_obj: Mapping[str, Any], dom: libvirt.virDomain) -> str:
+    def _recheck_failover(self, vm: Mapping[str, Any], mig_obj: Mapping[str, Any], dom: DomainRef) -> str:
         """Ask QEMU again, just before the transfer, whether the guest negotiated failover: the
         controller's gate used the last observed FailoverReady, which may be up to a resync old
         (a guest that rebooted into an OS without net_failover). Returns why the migration must
@@ -317,8 +365,7 @@ class Migrator:
             ctx.kube.update_migration_status(ns, mig_name, warn)
             metrics.MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
             for obj in (mig_obj, vm):
-                ctx.kube.event(obj, "FailoverNotNegotiated", f"migration {mig_name}: {found}", type_="Warning",
-                               component=f"agent/{ctx.node}")
+                ctx.event(obj, "FailoverNotNegotiated", f"migration {mig_name}: {found}", warning=True)
         return ""
 
     def _clear_target_leftover(self, vm: Mapping[str, Any], uri: str, target: str, dname: str) -> str:
@@ -326,35 +373,28 @@ class Migrator:
         by this migration, so one there is the remains of an earlier migration that died with the
         target's libvirtd (the target's agent removes those too, but maybe not yet). A paused or
         stopped copy is removed; a running one makes the migration fail. Returns the problem, or ""."""
-        try:
-            conn = libvirt.open(uri)
-        except libvirt.libvirtError:
-            return ""  # the migration itself reports an unreachable target
-        try:
+        with _remote(self.ctx.dm, uri) as there:
+            if there is None:
+                return ""  # the migration itself reports an unreachable target
             try:
-                left = conn.lookupByName(dname)
-            except libvirt.libvirtError:
-                return ""
-            state, _reason = left.state()
-            if state == libvirt.VIR_DOMAIN_RUNNING:
-                return f"a running domain {dname} already exists on {target}; not migrating a second copy there"
-            for step in (left.destroy, left.undefine):
                 try:
-                    step()
-                except libvirt.libvirtError as exc:
-                    # Not running / transient and gone / removed by the target's agent meanwhile: fine.
-                    if exc.get_error_code() not in (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_OPERATION_INVALID):
-                        raise
-        except libvirt.libvirtError as exc:
-            return f"could not remove a leftover domain {dname} on {target}: {exc}"
-        finally:
-            conn.close()
+                    left = there.lookup(dname)
+                except DomainError:
+                    return ""
+                if left is None:
+                    return ""
+                state, _reason = there.state(left)
+                if state == DomainState.RUNNING:
+                    return f"a running domain {dname} already exists on {target}; not migrating a second copy there"
+                there.clear_leftover(left)
+            except DomainError as exc:
+                return f"could not remove a leftover domain {dname} on {target}: {exc}"
         msg = f"removed a leftover copy of domain {dname} on {target} before migrating there"
         log.warning("%s", msg)
-        self.ctx.kube.event(vm, "StaleDomainRemoved", msg, type_="Warning", component=f"agent/{self.ctx.node}")
+        self.ctx.event(vm, "StaleDomainRemoved", msg, warning=True)
         return ""
 
-    def _progress(self, dom: libvirt.virDomain, ns: str, mig_name: str, uid: str, stop: threading.Event) -> None:
+    def _progress(self, dom: DomainRef, ns: str, mig_name: str, uid: str, stop: threading.Event) -> None:
         last = 0.0
         while not stop.wait(0.5):
             if uid in self.abort_requested:
@@ -363,16 +403,14 @@ class Migrator:
                 continue
             last = time.monotonic()
             try:
-                js = dom.jobStats()
-            except libvirt.libvirtError:
+                job = self.ctx.dm.job_progress(dom)
+            except DomainError:
                 return
-            total, done = js.get("memory_total"), js.get("memory_processed")
+            total, done = job.memory_total, job.memory_processed
             if not total:
                 continue
-            msg = (
-                f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes), "
-                f"iteration {js.get('memory_iteration', '?')}"
-            )
+            iteration = "?" if job.memory_iteration is None else job.memory_iteration
+            msg = f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes), iteration {iteration}"
 
             def mutate(st: dict[str, Any], msg: str = msg) -> dict[str, Any] | None:
                 if st.get("phase") != mg.RUNNING:
@@ -385,18 +423,15 @@ class Migrator:
             except Exception as exc:  # progress is best effort
                 log.debug("progress update failed: %s", exc)
 
-    @staticmethod
-    def _completed_stats(uri: str, dname: str) -> dict[str, int]:
-        try:
-            conn = libvirt.open(uri)
-        except libvirt.libvirtError:
-            return {}
-        try:
-            return mg.job_stats(conn.lookupByName(dname).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED))
-        except libvirt.libvirtError:
-            return {}
-        finally:
-            conn.close()
+    def _completed_stats(self, uri: str, dname: str) -> dict[str, int]:
+        with _remote(self.ctx.dm, uri) as there:
+            if there is None:
+                return {}
+            try:
+                dom = there.lookup(dname)
+                return there.completed_job_stats(dom) if dom is not None else {}
+            except DomainError:
+                return {}
 
     # -- outcomes ---------------------------------------------------------------------------
     def _finish_succeeded(
@@ -460,7 +495,7 @@ class Migrator:
         meta = vm["metadata"]
         ns, name, mig_name = meta["namespace"], meta["name"], mig.get("name")
         dom = ctx.dm.lookup(domxml.domain_name(ns, name))
-        still_here = dom is not None and bool(dom.isActive())
+        still_here = dom is not None and ctx.dm.is_active(dom)
         if not still_here and check_target and mig.get("targetNode"):
             where, uri = self._on_target(vm, mig)
             if where == ON_TARGET_RUNNING:
@@ -497,16 +532,16 @@ class Migrator:
                     extra={"vm": f"{ns}/{name}", "migration": mig_name})
         metrics.record_migration(phase, ctx.node)
 
-    def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+    def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
         """The agent restarted while a migration ran (libvirtd kept driving it)."""
-        if dom is not None and dom.isActive():
+        dm = self.ctx.dm
+        if dom is not None and dm.is_active(dom):
             try:
-                info = dom.jobInfo()
-                if info and info[0] not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED):
+                if dm.job_running(dom):
                     if mig.get("state") == mg.ABORTING:
-                        dom.abortJob()
+                        dm.abort_job(dom)
                     return Outcome("migrating", requeue_after=2.0)
-            except libvirt.libvirtError:
+            except DomainError:
                 pass
             self._finish_failed(
                 vm,
@@ -541,22 +576,15 @@ class Migrator:
             # whose agent never announced its libvirt (then no transfer to it can have started).
             return ON_TARGET_ABSENT, ""
         dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
-        try:
-            conn = libvirt.open(uri)
-        except libvirt.libvirtError:
-            return ON_TARGET_UNKNOWN, uri
-        try:
-            try:
-                dom = conn.lookupByName(dname)
-            except libvirt.libvirtError as exc:
-                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                    return ON_TARGET_ABSENT, uri
+        with _remote(self.ctx.dm, uri) as there:
+            if there is None:
                 return ON_TARGET_UNKNOWN, uri
-            state, _reason = dom.state()
+            try:
+                dom = there.lookup(dname)
+                if dom is None:
+                    return ON_TARGET_ABSENT, uri
+                state, _reason = there.state(dom)
+            except DomainError:
+                return ON_TARGET_UNKNOWN, uri
             # Paused on arrival (incoming migration not finished) counts as there: it may resume.
-            return (ON_TARGET_RUNNING if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED)
-                    else ON_TARGET_ABSENT), uri
-        except libvirt.libvirtError:
-            return ON_TARGET_UNKNOWN, uri
-        finally:
-            conn.close()
+            return (ON_TARGET_RUNNING if state in (DomainState.RUNNING, DomainState.PAUSED) else ON_TARGET_ABSENT), uri

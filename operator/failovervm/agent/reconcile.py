@@ -10,14 +10,19 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import libvirt
+from typing import Any, Protocol
 
 from failovervm import conditions, domxml, guestfailover, labels
-from failovervm.agent.domains import DomainManager, real_pci_device_exists
+from failovervm.agent.domains import (
+    DomainError,
+    DomainManager,
+    DomainRef,
+    DomainState,
+    PausedReason,
+    real_pci_device_exists,
+)
 from failovervm.domxml.diff import restart_diff
-from failovervm.kube import Kube
+from failovervm.kube import KubeAPI
 from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH, set_failover_counts
 from failovervm.vfs import is_simulated
 from failovervm.vmspec import domain_spec
@@ -45,7 +50,7 @@ class VFAttachState:
 @dataclass
 class AgentContext:
     node: str
-    kube: Kube
+    kube: KubeAPI
     dm: DomainManager
     storage_roots: list[str]
     sysfs_root: Path
@@ -55,6 +60,8 @@ class AgentContext:
     serial_log_dir: str | None = None
     failover_checks: dict[str, int] = field(default_factory=dict)  # domain name -> checks since start
     failover_status: dict[str, str] = field(default_factory=dict)  # running domain -> FailoverReady status
+    # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
+    migration_hook: Callable[[Mapping[str, Any], DomainRef | None], Outcome | None] | None = None
 
     def forget_failover(self, dname: str) -> None:
         """Drop a domain that stopped or left this node from the FailoverReady gauge."""
@@ -66,8 +73,10 @@ class AgentContext:
             del self.failover_status[name]
             self.failover_checks.pop(name, None)
         set_failover_counts(self.node, self.failover_status.values())
-    # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
-    migration_hook: Callable[[Mapping[str, Any], libvirt.virDomain | None], Outcome | None] | None = None
+
+    def event(self, obj: Mapping[str, Any], reason: str, note: str, warning: bool = False) -> None:
+        """Post an Event about `obj` as this node's agent."""
+        self.kube.event(obj, reason, note, type_="Warning" if warning else "Normal", component=f"agent/{self.node}")
 
     def backoff_left(self, uid: str) -> float:
         st = self.failures.get(uid)
@@ -88,11 +97,16 @@ class Outcome:
     requeue_after: float | None = None
 
 
-def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+class StatusWriter(Protocol):
+    def __call__(self, phase: str | None = None, conds: Sequence[guestfailover.Condition] = (),
+                 **fields: Any) -> dict[str, Any] | None: ...
+
+
+def _status_writer(ctx: AgentContext, vm: Mapping[str, Any]) -> StatusWriter:
     meta = vm["metadata"]
     latest: dict[str, Any] = {"obj": vm}  # the last version we read or wrote: saves a GET per write
 
-    def write(phase: str | None = None, conds: Sequence[tuple[str, bool, str, str]] = (),
+    def write(phase: str | None = None, conds: Sequence[guestfailover.Condition] = (),
               **fields: Any) -> dict[str, Any] | None:
         """Update the VM's status; returns the object as written (None: not ours any more)."""
         def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -121,6 +135,9 @@ def grace_period(vm: Mapping[str, Any]) -> float:
 
 
 def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
+    """One VM on this node: find its domain (removing an orphan's or a predecessor's), let _route
+    hand the special cases off, else _run_here: the desired domain, (re)define, a requested
+    restart, start or stop, then report Running, the VF and FailoverReady."""
     dname = domxml.domain_name(namespace, name)
     vm = ctx.kube.get_vm(namespace, name)
     dom = ctx.dm.lookup(dname)
@@ -128,23 +145,34 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
         if dom is not None:
             return _remove_orphan(ctx, dom, None)
         return Outcome("absent")
-    meta = vm["metadata"]
-    status = vm.get("status") or {}
     if dom is not None:
-        owner = domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        owner = domxml.parse_owner(ctx.dm.xml(dom, inactive=True))
         if owner is None:
             log.error("domain %s exists but was not created by failovervm; leaving it alone", dname)
             return Outcome("foreign-domain")
-        if owner.uid != meta["uid"]:
+        if owner.uid != vm["metadata"]["uid"]:
             # A previous VM of the same name: it is gone, its domain must go too.
             _remove_orphan(ctx, dom, owner)
             dom = None
+    routed = _route(ctx, vm, dom)
+    if isinstance(routed, Outcome):
+        return routed
+    return _run_here(ctx, routed, dom)
+
+
+def _route(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome | Mapping[str, Any]:
+    """Everything but "run this VM here as its spec says": a copy on a node that does not run it,
+    deletion, the agent finalizer, a migration, an eviction. Returns the VM (re-read when the
+    finalizer was added) when none of them takes over."""
+    meta = vm["metadata"]
+    status = vm.get("status") or {}
     if status.get("nodeName") != ctx.node:
         return _leftover_copy(ctx, vm, dom) if dom is not None else Outcome("not-ours")
     if meta.get("deletionTimestamp"):
         return _delete(ctx, vm, dom)
     if labels.AGENT_FINALIZER not in (meta.get("finalizers") or []):
-        refreshed = ctx.kube.set_finalizer(namespace, name, labels.AGENT_FINALIZER, True, current=vm)
+        refreshed = ctx.kube.set_finalizer(meta["namespace"], meta["name"], labels.AGENT_FINALIZER, True,
+                                           current=vm)
         if refreshed is None:
             return Outcome("deleting")
         vm, meta, status = refreshed, refreshed["metadata"], refreshed.get("status") or {}
@@ -154,108 +182,183 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
             return handled
     if (meta.get("annotations") or {}).get(labels.EVICT_ANNOTATION) == ctx.node:
         return _evict(ctx, vm, dom)
+    return vm
 
-    write = _status_writer(ctx, vm)
+
+@dataclass
+class _Pass:
+    """One reconcile of a VM this node runs: what its steps share."""
+
+    ctx: AgentContext
+    vm: Mapping[str, Any]
+    write: StatusWriter
+    # status.domain after a (re)define: written with the next state change (or at the end).
+    domain_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dname(self) -> str:
+        return domxml.domain_name(self.vm["metadata"]["namespace"], self.vm["metadata"]["name"])
+
+    @property
+    def uid(self) -> str:
+        return str(self.vm["metadata"]["uid"])
+
+    @property
+    def want_running(self) -> bool:
+        return bool((self.vm.get("spec") or {}).get("running", True))
+
+    @property
+    def ready(self) -> guestfailover.Condition:
+        return "Ready", True, "Running", f"domain {self.dname} is running on {self.ctx.node}"
+
+    def take_domain_fields(self) -> dict[str, Any]:
+        fields, self.domain_fields = self.domain_fields, {}
+        return fields
+
+    def event(self, reason: str, note: str, warning: bool = False) -> None:
+        self.ctx.event(self.vm, reason, note, warning)
+
+
+def _run_here(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
+    """Bring the domain to what the VM's spec says, and report it in the VM's status."""
+    run = _Pass(ctx, vm, _status_writer(ctx, vm))
+    desired = _desired_domain(run)
+    if isinstance(desired, Outcome):
+        return desired
+    spec, xml = desired
+    wait = ctx.backoff_left(run.uid)
+    if wait > 0:
+        return Outcome("backoff", requeue_after=wait)
+    defined = _define(run, dom, xml)
+    if isinstance(defined, Outcome):
+        return defined
+    dom = defined
+    active = _restart_if_requested(run, dom, ctx.dm.is_active(dom))
+    if isinstance(active, Outcome):
+        return active
+    stopped = _start_or_stop(run, dom, active)
+    if stopped is not None:
+        return stopped
+    return _report_running(run, dom, spec)
+
+
+def _desired_domain(run: _Pass) -> Outcome | tuple[domxml.DomainSpec, str]:
+    """The domain the VM asks for on this node (its spec and persistent XML), or why there is none."""
+    ctx, vm = run.ctx, run.vm
+    status = vm.get("status") or {}
     pool_name = ((vm.get("spec") or {}).get("network") or {}).get("pool", "")
     pool = ctx.kube.get_pool(pool_name)
     if pool is None:
-        write("Failed", [("Ready", False, "PoolNotFound", f"VFPool {pool_name!r} does not exist")])
+        run.write("Failed", [("Ready", False, "PoolNotFound", f"VFPool {pool_name!r} does not exist")])
         return Outcome("no-pool", requeue_after=30)
     vf = status.get("vf") or {}
-    serial_log = f"{ctx.serial_log_dir}/{dname}.log" if ctx.serial_log_dir else None
+    serial_log = f"{ctx.serial_log_dir}/{run.dname}.log" if ctx.serial_log_dir else None
     try:
         spec = domain_spec(vm, pool, storage_roots=ctx.storage_roots,
                            vf=vf.get("pciAddress") if vf.get("node") == ctx.node else None,
                            vf_node=ctx.node, kvm_available=ctx.kvm, serial_log=serial_log)
-        xml = domxml.to_xml(domxml.build_domain(spec, include_vf=False))
+        return spec, domxml.to_xml(domxml.build_domain(spec, include_vf=False))
     except ValueError as exc:
-        write("Failed", [("Ready", False, "InvalidSpec", str(exc))])
-        ctx.kube.event(vm, "InvalidSpec", str(exc), type_="Warning", component=f"agent/{ctx.node}")
+        run.write("Failed", [("Ready", False, "InvalidSpec", str(exc))])
+        run.event("InvalidSpec", str(exc), warning=True)
         return Outcome("invalid-spec")
 
-    wait = ctx.backoff_left(meta["uid"])
-    if wait > 0:
-        return Outcome("backoff", requeue_after=wait)
-    recorded = (status.get("domain") or {}).get("generation")
-    want_running = bool((vm.get("spec") or {}).get("running", True))
-    domain_fields: dict[str, Any] = {}
-    if dom is None or recorded != meta.get("generation"):
-        try:
-            dom = ctx.dm.define(xml)
-        except libvirt.libvirtError as exc:
-            write("Failed", [("Ready", False, "DefineFailed", str(exc))])
-            ctx.kube.event(vm, "DefineFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
-            return Outcome("define-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
-        domain_fields["domain"] = {"name": dname, "uuid": dom.UUIDString(), "generation": meta.get("generation")}
-        if recorded is None:
-            ctx.kube.event(vm, "Defined", f"defined domain {dname} on {ctx.node}", component=f"agent/{ctx.node}")
 
-    active = bool(dom.isActive())
-    ready = ("Ready", True, "Running", f"domain {dname} is running on {ctx.node}")
-    requested = (meta.get("annotations") or {}).get(labels.RESTART_ANNOTATION)
-    if requested and requested != status.get("restartedFor"):
-        if active and want_running:
-            # Record the request first and check that it stuck: at most one restart per request,
-            # even with a CRD too old to store status.restartedFor (that would restart forever).
-            written = write("Stopping", [("Ready", False, "Restarting", f"restart requested ({requested})")],
-                            restartedFor=requested, **domain_fields)
-            domain_fields = {}
-            if written is None or (written.get("status") or {}).get("restartedFor") != requested:
-                msg = ("could not record the restart request in status.restartedFor (is the FailoverVM CRD "
-                       "older than this agent? apply crds/ of this version); not restarting")
-                write("Running", [ready])
-                ctx.kube.event(vm, "RestartNotRecorded", msg, type_="Warning", component=f"agent/{ctx.node}")
-                return Outcome("restart-not-recorded", requeue_after=60)
-            how = ctx.dm.stop(dom, timeout=grace_period(vm))
-            ctx.forget_failover(dname)
-            ctx.kube.event(vm, "Restarting", f"domain {dname} stopped ({how}) for the requested restart; starting "
-                           "it with the current spec", component=f"agent/{ctx.node}")
-            active = False
-        else:
-            write(None, restartedFor=requested)  # a stopped VM starts with the current spec anyway
-    if want_running and not active:
-        write("Starting", [("Ready", False, "Starting", "starting the domain")], **domain_fields)
-        domain_fields = {}
+def _define(run: _Pass, dom: DomainRef | None, xml: str) -> Outcome | DomainRef:
+    """(Re)define the domain when there is none or the VM's generation changed (a running domain
+    gets the change at its next boot)."""
+    ctx, meta = run.ctx, run.vm["metadata"]
+    recorded = ((run.vm.get("status") or {}).get("domain") or {}).get("generation")
+    if dom is not None and recorded == meta.get("generation"):
+        return dom
+    try:
+        dom = ctx.dm.define(xml)
+    except DomainError as exc:
+        run.write("Failed", [("Ready", False, "DefineFailed", str(exc))])
+        run.event("DefineFailed", str(exc), warning=True)
+        return Outcome("define-failed", requeue_after=ctx.failed(run.uid, str(exc)))
+    run.domain_fields["domain"] = {"name": run.dname, "uuid": dom.uuid, "generation": meta.get("generation")}
+    if recorded is None:
+        run.event("Defined", f"defined domain {run.dname} on {ctx.node}")
+    return dom
+
+
+def _restart_if_requested(run: _Pass, dom: DomainRef, active: bool) -> Outcome | bool:
+    """The restart annotation: a running domain is stopped once per request (it starts again with
+    the current spec). Returns whether the domain is active now."""
+    ctx, vm = run.ctx, run.vm
+    requested = (vm["metadata"].get("annotations") or {}).get(labels.RESTART_ANNOTATION)
+    if not requested or requested == (vm.get("status") or {}).get("restartedFor"):
+        return active
+    if not (active and run.want_running):
+        run.write(None, restartedFor=requested)  # a stopped VM starts with the current spec anyway
+        return active
+    # Record the request first and check that it stuck: at most one restart per request,
+    # even with a CRD too old to store status.restartedFor (that would restart forever).
+    written = run.write("Stopping", [("Ready", False, "Restarting", f"restart requested ({requested})")],
+                        restartedFor=requested, **run.take_domain_fields())
+    if written is None or (written.get("status") or {}).get("restartedFor") != requested:
+        msg = ("could not record the restart request in status.restartedFor (is the FailoverVM CRD "
+               "older than this agent? apply crds/ of this version); not restarting")
+        run.write("Running", [run.ready])
+        run.event("RestartNotRecorded", msg, warning=True)
+        return Outcome("restart-not-recorded", requeue_after=60)
+    how = ctx.dm.stop(dom, timeout=grace_period(vm))
+    ctx.forget_failover(run.dname)
+    run.event("Restarting", f"domain {run.dname} stopped ({how}) for the requested restart; starting "
+              "it with the current spec")
+    return False
+
+
+def _start_or_stop(run: _Pass, dom: DomainRef, active: bool) -> Outcome | None:
+    """spec.running: start a stopped domain, stop a running one. None: the domain runs."""
+    ctx = run.ctx
+    if run.want_running and not active:
+        run.write("Starting", [("Ready", False, "Starting", "starting the domain")], **run.take_domain_fields())
         t0 = time.monotonic()
         try:
             ctx.dm.start(dom)
-        except libvirt.libvirtError as exc:
-            write("Failed", [("Ready", False, "StartFailed", str(exc))])
-            ctx.kube.event(vm, "StartFailed", str(exc), type_="Warning", component=f"agent/{ctx.node}")
-            return Outcome("start-failed", requeue_after=ctx.failed(meta["uid"], str(exc)))
+        except DomainError as exc:
+            run.write("Failed", [("Ready", False, "StartFailed", str(exc))])
+            run.event("StartFailed", str(exc), warning=True)
+            return Outcome("start-failed", requeue_after=ctx.failed(run.uid, str(exc)))
         DOMAIN_START_SECONDS.labels(ctx.node).observe(time.monotonic() - t0)
-        ctx.failures.pop(meta["uid"], None)
-        ctx.vf_state.pop(meta["uid"], None)  # a fresh start: attach the VF again
-        ctx.failover_checks.pop(dname, None)  # and watch the new boot negotiate failover
-        ctx.kube.event(vm, "Started", f"domain {dname} started on {ctx.node}", component=f"agent/{ctx.node}")
+        ctx.failures.pop(run.uid, None)
+        ctx.vf_state.pop(run.uid, None)  # a fresh start: attach the VF again
+        ctx.failover_checks.pop(run.dname, None)  # and watch the new boot negotiate failover
+        run.event("Started", f"domain {run.dname} started on {ctx.node}")
         active = True
-    elif not want_running and active:
-        write("Stopping", [("Ready", False, "Stopping", "spec.running is false")], **domain_fields)
-        domain_fields = {}
-        how = ctx.dm.stop(dom, timeout=grace_period(vm))
-        ctx.forget_failover(dname)
-        write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
-                          ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
-        ctx.kube.event(vm, "Stopped", f"domain {dname} stopped ({how})", component=f"agent/{ctx.node}")
+    elif not run.want_running and active:
+        run.write("Stopping", [("Ready", False, "Stopping", "spec.running is false")], **run.take_domain_fields())
+        how = ctx.dm.stop(dom, timeout=grace_period(run.vm))
+        ctx.forget_failover(run.dname)
+        run.write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
+                              ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
+        run.event("Stopped", f"domain {run.dname} stopped ({how})")
         return Outcome("stopped")
-    if domain_fields:
-        write(None, **domain_fields)
-
+    fields = run.take_domain_fields()
+    if fields:
+        run.write(None, **fields)
     if not active:
-        ctx.forget_failover(dname)
-        write("Stopped", [("Ready", False, "Stopped", "the domain is not running"),
-                          ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
+        ctx.forget_failover(run.dname)
+        run.write("Stopped", [("Ready", False, "Stopped", "the domain is not running"),
+                              ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
         return Outcome("stopped")
+    return None
 
-    state, reason = dom.state()
-    if state == libvirt.VIR_DOMAIN_PAUSED and reason != libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+
+def _report_running(run: _Pass, dom: DomainRef, spec: domxml.DomainSpec) -> Outcome:
+    """The domain runs: Running, then the VF (hot-plugged if missing) and FailoverReady."""
+    ctx, vm = run.ctx, run.vm
+    state, reason = ctx.dm.state(dom)
+    if state == DomainState.PAUSED and reason != PausedReason.MIGRATION:
         msg = f"domain is paused (libvirt reason {reason}); see the QEMU log on {ctx.node}"
-        write("Failed", [("Ready", False, "Paused", msg)])
-        ctx.kube.event(vm, "DomainPaused", msg, type_="Warning", component=f"agent/{ctx.node}")
+        run.write("Failed", [("Ready", False, "Paused", msg)])
+        run.event("DomainPaused", msg, warning=True)
         return Outcome("paused", requeue_after=30)
 
     # Running as soon as the domain runs; the VF is a separate step with its own condition.
-    write("Running", [ready, *_restart_required(ctx, vm, dom)], mac=spec.mac)
+    run.write("Running", [run.ready, *_restart_required(ctx, vm, dom)], mac=spec.mac)
     requeue = None
     vf_cond: tuple[str, bool, str, str]
     if spec.vf is None:
@@ -263,27 +366,27 @@ def reconcile(ctx: AgentContext, namespace: str, name: str) -> Outcome:
     else:
         vf_cond, requeue = _ensure_vf(ctx, vm, dom, spec)
     fo_cond, fo_requeue = _failover_ready(ctx, vm, dom)
-    write("Running", [ready, vf_cond, fo_cond], mac=spec.mac)
+    run.write("Running", [run.ready, vf_cond, fo_cond], mac=spec.mac)
     if fo_requeue is not None:
         requeue = fo_requeue if requeue is None else min(requeue, fo_requeue)
     return Outcome("running", requeue_after=requeue)
 
 
-def probe_failover(dm: DomainManager, dom: libvirt.virDomain,
+def probe_failover(dm: DomainManager, dom: DomainRef,
                    ) -> tuple[guestfailover.FailoverProbe | None, guestfailover.Condition]:
     """Ask QEMU what the guest acked on the standby NIC: the probe (None when QEMU could not be
     asked) and the FailoverReady condition it means."""
     try:
         probe = dm.failover_probe(dom)
-    except (libvirt.libvirtError, ValueError) as exc:
+    except (DomainError, ValueError) as exc:
         return None, guestfailover.condition(None, error=str(exc))
     return probe, guestfailover.condition(probe)
 
 
 def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
-                    dom: libvirt.virDomain) -> tuple[guestfailover.Condition, float | None]:
+                    dom: DomainRef) -> tuple[guestfailover.Condition, float | None]:
     """Ask QEMU whether the guest acked STANDBY; the FailoverReady condition and when to look again."""
-    dname = dom.name()
+    dname = dom.name
     probe, cond = probe_failover(ctx.dm, dom)
     status_now = conditions.status_text(cond[1])
     if ctx.failover_status.get(dname) != status_now:
@@ -291,12 +394,10 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
         set_failover_counts(ctx.node, ctx.failover_status.values())
     prev = conditions.get((vm.get("status") or {}).get("conditions"), guestfailover.CONDITION) or {}
     if (prev.get("status"), prev.get("reason")) != (status_now, cond[2]):
-        component = f"agent/{ctx.node}"
         if probe is not None and probe.negotiated:
-            ctx.kube.event(vm, "FailoverNegotiated", "the guest acknowledged VIRTIO_NET_F_STANDBY; FailoverReady",
-                           component=component)
+            ctx.event(vm, "FailoverNegotiated", "the guest acknowledged VIRTIO_NET_F_STANDBY; FailoverReady")
         elif probe is not None and (probe.driver_ok or not probe.offered):
-            ctx.kube.event(vm, "FailoverNotNegotiated", cond[3], type_="Warning", component=component)
+            ctx.event(vm, "FailoverNotNegotiated", cond[3], warning=True)
     if probe is not None and probe.negotiated:
         ctx.failover_checks.pop(dname, None)
         return cond, None
@@ -308,13 +409,13 @@ def _failover_ready(ctx: AgentContext, vm: Mapping[str, Any],
 
 
 def _restart_required(ctx: AgentContext, vm: Mapping[str, Any],
-                      dom: libvirt.virDomain) -> list[tuple[str, bool, str, str]]:
+                      dom: DomainRef) -> list[tuple[str, bool, str, str]]:
     """The RestartRequired condition when the running domain differs from its next boot (a spec
     change written to the persistent definition); its clearing once a restart applied it."""
     try:
-        changes = restart_diff(dom.XMLDesc(0), dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    except (libvirt.libvirtError, ValueError) as exc:
-        log.debug("could not compare the running and the persistent XML of %s: %s", dom.name(), exc)
+        changes = restart_diff(ctx.dm.xml(dom), ctx.dm.xml(dom, inactive=True))
+    except (DomainError, ValueError) as exc:
+        log.debug("could not compare the running and the persistent XML of %s: %s", dom.name, exc)
         return []
     prev = conditions.get((vm.get("status") or {}).get("conditions"), RESTART_REQUIRED) or {}
     if not changes:
@@ -324,11 +425,11 @@ def _restart_required(ctx: AgentContext, vm: Mapping[str, Any],
     message = (f"the spec changed while the domain runs; at the next restart (`failovervm restart "
                f"{vm['metadata']['name']}`): {'; '.join(changes)}")
     if prev.get("status") != "True" or prev.get("message") != message:
-        ctx.kube.event(vm, RESTART_REQUIRED, message, component=f"agent/{ctx.node}")
+        ctx.event(vm, RESTART_REQUIRED, message)
     return [(RESTART_REQUIRED, True, "SpecChanged", message)]
 
 
-def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
+def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef,
                spec: domxml.DomainSpec) -> tuple[tuple[str, bool, str, str], float | None]:
     uid = vm["metadata"]["uid"]
     pci = str(spec.vf)
@@ -348,22 +449,22 @@ def _ensure_vf(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain,
     st.attempts += 1
     try:
         ctx.dm.attach_vf(dom, spec)
-    except (libvirt.libvirtError, ValueError) as exc:
+    except (DomainError, ValueError) as exc:
         delay = min(VF_BACKOFF_START * 2 ** (st.attempts - 1), VF_BACKOFF_MAX)
         prefix = "simulated VF (sandbox, no SR-IOV hardware): " if simulated else ""
         st.last_error = f"{prefix}attaching VF {pci} failed (attempt {st.attempts}): {exc}"
         st.next_try = now + delay
         VF_ATTACH.labels(ctx.node, "failed").inc()
         if st.attempts == 1:
-            ctx.kube.event(vm, "VFAttachFailed", st.last_error, type_="Warning", component=f"agent/{ctx.node}")
+            ctx.event(vm, "VFAttachFailed", st.last_error, warning=True)
         return ("VFAttached", False, "AttachFailed", st.last_error), delay
     VF_ATTACH.labels(ctx.node, "ok").inc()
     ctx.vf_state.pop(uid, None)
-    ctx.kube.event(vm, "VFAttached", f"VF {pci} hot-plugged as failover primary", component=f"agent/{ctx.node}")
+    ctx.event(vm, "VFAttached", f"VF {pci} hot-plugged as failover primary")
     return ("VFAttached", True, "Attached", f"VF {pci} is attached as the failover primary"), None
 
 
-def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
     """evictionStrategy Shutdown on a draining node: shut down, undefine, and hand the VM back to
     the controller, which starts it on another node."""
     meta = vm["metadata"]
@@ -392,18 +493,16 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | No
     ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {
         "labels": {labels.VM_NODE: None}, "annotations": {labels.EVICT_ANNOTATION: None}}})
     ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
-    ctx.kube.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}",
-                   component=f"agent/{ctx.node}")
+    ctx.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}")
     return Outcome("evicted")
 
 
-def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain | None) -> Outcome:
+def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
     meta = vm["metadata"]
     if dom is not None:
         how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
-        ctx.kube.event(vm, "Deleted", f"domain {dom.name()} removed from {ctx.node} ({how})",
-                       component=f"agent/{ctx.node}")
+        ctx.event(vm, "Deleted", f"domain {dom.name} removed from {ctx.node} ({how})")
     ctx.vf_state.pop(meta["uid"], None)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
     ctx.kube.set_finalizer(meta["namespace"], meta["name"], labels.AGENT_FINALIZER, False)
@@ -416,7 +515,7 @@ def _incoming_here(ctx: AgentContext, vm: Mapping[str, Any]) -> bool:
     return ((vm.get("status") or {}).get("migration") or {}).get("targetNode") == ctx.node
 
 
-def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDomain) -> Outcome:
+def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> Outcome:
     """A domain of `vm` on a node that does not run it, with no migration bringing it here: the
     remains of a migration that died with a libvirtd (QEMU survives the daemon, which re-attaches to
     the paused incoming guest on restart). It would make every later migration here fail with
@@ -432,37 +531,36 @@ def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: libvirt.virDom
     owner_node = (vm.get("status") or {}).get("nodeName")
     if _incoming_here(ctx, vm):
         return Outcome("not-ours")
-    component = f"agent/{ctx.node}"
     # Read the VM again first: a migration to this node may have been scheduled meanwhile. The
     # domain's state is read after it, as close to the removal as possible.
     fresh = ctx.kube.get_vm(meta["namespace"], meta["name"])
     if (fresh is None or fresh["metadata"]["uid"] != meta["uid"]
             or (fresh.get("status") or {}).get("nodeName") == ctx.node or _incoming_here(ctx, fresh)):
         return Outcome("not-ours")
-    state, _reason = dom.state()
-    if state == libvirt.VIR_DOMAIN_RUNNING:
-        msg = (f"a running copy of domain {dom.name()} is on {ctx.node}, but the VM runs on {owner_node or 'no node'}; "
+    state, _reason = ctx.dm.state(dom)
+    if state == DomainState.RUNNING:
+        msg = (f"a running copy of domain {dom.name} is on {ctx.node}, but the VM runs on {owner_node or 'no node'}; "
                "left alone: check both nodes")
         log.error("%s", msg)
-        ctx.kube.event(vm, "DuplicateDomain", msg, type_="Warning", component=component)
+        ctx.event(vm, "DuplicateDomain", msg, warning=True)
         return Outcome("duplicate-domain", requeue_after=60)
     ctx.dm.destroy(dom)
     ctx.dm.undefine(dom)
-    ctx.forget_failover(dom.name())
-    msg = (f"removed a leftover {'paused' if state == libvirt.VIR_DOMAIN_PAUSED else 'stopped'} copy of domain "
-           f"{dom.name()} from {ctx.node} (the VM runs on {owner_node or 'no node'}; no migration brings it here)")
+    ctx.forget_failover(dom.name)
+    msg = (f"removed a leftover {'paused' if state == DomainState.PAUSED else 'stopped'} copy of domain "
+           f"{dom.name} from {ctx.node} (the VM runs on {owner_node or 'no node'}; no migration brings it here)")
     log.warning("%s", msg)
-    ctx.kube.event(vm, "StaleDomainRemoved", msg, type_="Warning", component=component)
+    ctx.event(vm, "StaleDomainRemoved", msg, warning=True)
     return Outcome("stale-removed")
 
 
-def _remove_orphan(ctx: AgentContext, dom: libvirt.virDomain, owner: domxml.OwnerRef | None) -> Outcome:
-    owner = owner or domxml.parse_owner(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+def _remove_orphan(ctx: AgentContext, dom: DomainRef, owner: domxml.OwnerRef | None) -> Outcome:
+    owner = owner or domxml.parse_owner(ctx.dm.xml(dom, inactive=True))
     if owner is None:
         return Outcome("foreign-domain")
-    log.warning("removing domain %s: its FailoverVM %s/%s (uid %s) is gone", dom.name(), owner.namespace,
+    log.warning("removing domain %s: its FailoverVM %s/%s (uid %s) is gone", dom.name, owner.namespace,
                 owner.name, owner.uid)
     ctx.dm.destroy(dom)
     ctx.dm.undefine(dom)
-    ctx.forget_failover(dom.name())
+    ctx.forget_failover(dom.name)
     return Outcome("orphan-removed")

@@ -1,0 +1,258 @@
+"""FakeDomainManager: the agent's DomainManager protocol (agent/domains.py) over in-memory domains.
+
+`domains[name]` holds FakeDomain records a test adds (`add(name, state=...)`) or the agent defines.
+`calls` lists the changing calls in order ("define", "start", "stop", "destroy", "undefine",
+"attach_vf", "migrate", "abort_job", "clear_leftover"), failed ones too; queries are not listed.
+`fail(method, *errors)` makes the next calls of a method raise (e.g. a DomainError as libvirt
+would). `probes` queues failover_probe answers (a FailoverProbe, or an exception to raise) before
+the domain's own `probe`. Other hosts are FakeDomainManagers in `remotes[uri]`: open_remote finds
+them there (an unknown URI cannot be reached), and migrate moves the domain into the one at the URI.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Concatenate, TypeVar
+
+from failovervm import domxml
+from failovervm.agent.domains import (
+    SHUTDOWN_TIMEOUT,
+    DomainError,
+    DomainInfo,
+    DomainManager,
+    DomainNotFound,
+    DomainRef,
+    DomainState,
+    DomainStatus,
+    JobProgress,
+    MigrationRequest,
+    OperationInvalid,
+)
+from failovervm.guestfailover import FailoverProbe
+from tests.fakes.failures import Failures, P, R, failable
+
+NEGOTIATED = FailoverProbe(offered=True, negotiated=True, driver_ok=True)
+INACTIVE = (DomainState.SHUTOFF, DomainState.NOSTATE)
+
+
+def minimal_xml(name: str, uid: str) -> str:
+    return f"<domain type='test'><name>{name}</name><uuid>{uid}</uuid></domain>"
+
+
+@dataclass
+class FakeDomain:
+    name: str
+    uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    xml: str = ""  # the persistent definition (minimal_xml when empty)
+    state: DomainState = DomainState.SHUTOFF
+    reason: int = 0
+    persistent: bool = True  # undefined while running: gone once it stops
+    live_xml: str | None = None  # the running domain's XML (the definition it booted with)
+    vf_attached: bool = False
+    probe: FailoverProbe | Exception = NEGOTIATED
+    job: JobProgress | None = None  # a job (migration) in progress
+    completed_stats: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.xml = self.xml or minimal_xml(self.name, self.uuid)
+        if self.active and self.live_xml is None:
+            self.live_xml = self.xml
+
+    @property
+    def active(self) -> bool:
+        return self.state not in INACTIVE
+
+    def ref(self) -> DomainRef:
+        return DomainRef(self.name, self.uuid)
+
+
+D = TypeVar("D", bound="FakeDomainManager")
+
+
+def change(method: Callable[Concatenate[D, P], R]) -> Callable[Concatenate[D, P], R]:
+    """A changing call: listed in `calls` (failed ones too), then @failable."""
+    checked = failable(method)
+
+    @functools.wraps(method)
+    def call(self: D, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        self.calls.append(method.__name__)
+        return checked(self, *args, **kwargs)
+
+    return call
+
+
+class FakeDomainManager(Failures):
+    def __init__(self, *, kvm: bool = True) -> None:
+        super().__init__()
+        self.domains: dict[str, FakeDomain] = {}
+        self.remotes: dict[str, FakeDomainManager] = {}
+        self.calls: list[str] = []
+        self.probes: list[FailoverProbe | Exception] = []
+        self.migrations: list[tuple[str, str, MigrationRequest]] = []  # (domain, uri, request)
+        self.kvm = kvm
+        self.stop_how = "shutdown"  # how a graceful stop() ends ("destroyed": the guest ignored ACPI)
+        self.closed = False
+
+    # -- test controls -------------------------------------------------------------------------
+    def add(self, name: str, state: DomainState = DomainState.RUNNING, reason: int = 0, *, xml: str = "",
+            probe: FailoverProbe | Exception = NEGOTIATED) -> DomainRef:
+        """Put a domain here (running unless told otherwise); returns its handle."""
+        return self.put(FakeDomain(name, state=state, reason=reason, xml=xml, probe=probe))
+
+    def put(self, dom: FakeDomain) -> DomainRef:
+        """Put a domain described in full here; returns its handle."""
+        self.domains[dom.name] = dom
+        return dom.ref()
+
+    def remote(self, uri: str) -> FakeDomainManager:
+        """The host at `uri` (created empty on first use): open_remote and migrate reach it."""
+        return self.remotes.setdefault(uri, FakeDomainManager())
+
+    # -- queries -------------------------------------------------------------------------------
+    @failable
+    def lookup(self, name: str) -> DomainRef | None:
+        dom = self.domains.get(name)
+        return dom.ref() if dom is not None else None
+
+    @failable
+    def owned_domains(self) -> list[DomainInfo]:
+        infos = [DomainInfo(d.name, d.uuid, d.active, d.state, d.reason, domxml.parse_owner(d.xml))
+                 for d in self.domains.values()]
+        return [i for i in infos if i.owner is not None]
+
+    def kvm_available(self) -> bool:
+        return self.kvm
+
+    @failable
+    def is_active(self, dom: DomainRef) -> bool:
+        return self._get(dom).active
+
+    @failable
+    def state(self, dom: DomainRef) -> DomainStatus:
+        d = self._get(dom)
+        return DomainStatus(d.state, d.reason)
+
+    @failable
+    def xml(self, dom: DomainRef, *, inactive: bool = False, migratable: bool = False) -> str:
+        d = self._get(dom)
+        return d.xml if inactive or d.live_xml is None else d.live_xml
+
+    @failable
+    def has_vf(self, dom: DomainRef) -> bool:
+        return self._get(dom).vf_attached
+
+    @failable
+    def failover_probe(self, dom: DomainRef) -> FailoverProbe:
+        answer = self.probes.pop(0) if self.probes else self._get(dom).probe
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    # -- changes -------------------------------------------------------------------------------
+    @change
+    def define(self, xml: str) -> DomainRef:
+        el = domxml.parse_xml(xml)
+        name = str(el.findtext("name"))
+        dom = self.domains.get(name)
+        if dom is None:
+            dom = self.domains[name] = FakeDomain(name, uuid=el.findtext("uuid") or str(uuid.uuid4()), xml=xml)
+        dom.xml, dom.persistent = xml, True
+        return dom.ref()
+
+    @change
+    def start(self, dom: DomainRef) -> None:
+        d = self._get(dom)
+        if d.active:
+            raise OperationInvalid("Requested operation is not valid: domain is already running", 55)
+        d.state, d.reason, d.live_xml, d.vf_attached = DomainState.RUNNING, 1, d.xml, False
+
+    @change
+    def stop(self, dom: DomainRef, timeout: float = SHUTDOWN_TIMEOUT) -> str:
+        d = self._get(dom)
+        if not d.active:
+            return "inactive"
+        self._power_off(d)
+        return "destroyed" if timeout <= 0 else self.stop_how
+
+    @change
+    def destroy(self, dom: DomainRef) -> None:
+        d = self._get(dom)
+        if d.active:
+            self._power_off(d)
+
+    @change
+    def undefine(self, dom: DomainRef) -> None:
+        d = self.domains.get(dom.name)
+        if d is not None and d.active:
+            d.persistent = False
+        elif d is not None:
+            del self.domains[dom.name]
+
+    @change
+    def attach_vf(self, dom: DomainRef, spec: domxml.DomainSpec) -> None:
+        self._get(dom).vf_attached = True
+
+    # -- migration -----------------------------------------------------------------------------
+    @change
+    def migrate(self, dom: DomainRef, uri: str, request: MigrationRequest) -> None:
+        d = self._get(dom)
+        self.migrations.append((dom.name, uri, request))
+        target = self.remotes.get(uri)
+        if target is None:
+            raise DomainError(f"unable to connect to server at '{uri}': Connection refused", 38)
+        target.domains[d.name] = FakeDomain(d.name, uuid=d.uuid, xml=request.persistent_xml, state=DomainState.RUNNING,
+                                            live_xml=request.destination_xml, completed_stats=dict(d.completed_stats))
+        del self.domains[d.name]
+
+    @change
+    def abort_job(self, dom: DomainRef) -> None:
+        d = self._get(dom)
+        if d.job is None:
+            raise OperationInvalid("Requested operation is not valid: no job is active on the domain", 55)
+        d.job = None
+
+    @failable
+    def job_running(self, dom: DomainRef) -> bool:
+        return self._get(dom).job is not None
+
+    @failable
+    def job_progress(self, dom: DomainRef) -> JobProgress:
+        return self._get(dom).job or JobProgress()
+
+    @failable
+    def completed_job_stats(self, dom: DomainRef) -> dict[str, int]:
+        return dict(self._get(dom).completed_stats)
+
+    # -- other hosts ---------------------------------------------------------------------------
+    @failable
+    def open_remote(self, uri: str) -> DomainManager:
+        if uri not in self.remotes:
+            raise DomainError(f"unable to connect to server at '{uri}': Connection refused", 38)
+        there = self.remotes[uri]
+        there.closed = False
+        return there
+
+    @change
+    def clear_leftover(self, dom: DomainRef) -> None:
+        self.domains.pop(dom.name, None)
+
+    def close(self) -> None:
+        self.closed = True
+
+    # -- internals -----------------------------------------------------------------------------
+    def _get(self, ref: DomainRef) -> FakeDomain:
+        dom = self.domains.get(ref.name)
+        if dom is None or dom.uuid != ref.uuid:
+            raise DomainNotFound(f"Domain not found: no domain with matching uuid '{ref.uuid}' ({ref.name})", 42)
+        return dom
+
+    def _power_off(self, dom: FakeDomain) -> None:
+        dom.state, dom.reason, dom.live_xml, dom.vf_attached, dom.job = DomainState.SHUTOFF, 0, None, False, None
+        if not dom.persistent:
+            del self.domains[dom.name]
+
+
+_: DomainManager = FakeDomainManager()

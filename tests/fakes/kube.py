@@ -1,0 +1,330 @@
+"""FakeKube: the Kubernetes API of the operator (`failovervm.kube.KubeAPI`) in memory.
+
+Objects live in plain dicts keyed like the API (`vms[namespace, name]`, `migrations[namespace, name]`,
+`pools[name]`, `claims[name]`, `nodes[name]`, `pods[namespace, name]`). Every write gets a new
+resourceVersion; status writes run the production read-modify-write (`kube.update_status`, and
+`kube.VMMetadataEdits` for metadata and finalizers) against a replace/patch that answers 404 and 409
+like the API server, so a stale `current=` costs a conflict and a retry as it does in a cluster.
+
+What a real API server also does, and this one too: a merge patch of the main resource ignores
+`status` and bumps `metadata.generation` when `spec` changes; deleting an object with finalizers
+only sets `deletionTimestamp`, and removing its last finalizer then deletes it.
+
+Tests read the stored objects directly (`kube.vms["ns", "vm"]["status"]`), and change them through
+the API methods (`patch_vm`, `update_vm_status`, ...) or the `add_*` helpers. Events are recorded in
+`events` (every call: no de-duplication, so a test sees what the logic posts). `fail(method, *errors)`
+makes the next calls of a method raise; `admit(kind, obj)` is what the API server does to a written
+object (identity here; override it to act like an older CRD schema that prunes a field).
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from kubernetes.client import ApiException
+
+from failovervm import API_GROUP, API_VERSION
+from failovervm.conditions import now_iso
+from failovervm.kube import KubeAPI, VMMetadataEdits, update_status
+from tests.fakes.failures import Failures, failable
+
+K = TypeVar("K")
+KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
+         "vfclaims": "VFClaim", "nodes": "Node", "pods": "Pod"}
+Obj = dict[str, Any]
+Mutate = Callable[[Obj], Obj | None]
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """One `event(...)` call: the object it is about, and its fields."""
+
+    kind: str | None
+    namespace: str | None
+    name: str | None
+    uid: str | None
+    reason: str
+    note: str
+    type: str
+    action: str
+    component: str
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what the client sends for a dict body): None removes a key,
+    objects merge, everything else (lists too) replaces."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def matches(labels: Mapping[str, str], selector: str | None) -> bool:
+    """A label selector string: `k=v`, `k==v`, `k!=v`, `k` and `!k`, comma-separated."""
+    for term in filter(None, (t.strip() for t in (selector or "").split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key.strip()) == value.strip():
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key.strip()) != value.strip():
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def node(name: str, *, labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None,
+         ready: bool = True) -> Obj:
+    """A minimal Node object for `FakeKube.add_node`."""
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": dict(labels or {}), "annotations": dict(annotations or {})},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def _api_error(status: int, reason: str) -> ApiException:
+    return ApiException(status=status, reason=reason)
+
+
+class FakeKube(VMMetadataEdits, Failures):
+    def __init__(self) -> None:
+        super().__init__()
+        self.vms: dict[tuple[str, str], Obj] = {}
+        self.migrations: dict[tuple[str, str], Obj] = {}
+        self.pools: dict[str, Obj] = {}
+        self.claims: dict[str, Obj] = {}
+        self.nodes: dict[str, Obj] = {}
+        self.pods: dict[tuple[str, str], Obj] = {}
+        self.events: list[RecordedEvent] = []
+        self._version = 0
+
+    # -- test controls -------------------------------------------------------------------------
+    def admit(self, kind: str, obj: Obj) -> Obj:
+        """What the API server keeps of a written object (`kind` as in kube.py: "failovervms", ...)."""
+        return obj
+
+    def reasons(self) -> list[str]:
+        """The reasons of the recorded Events, in order."""
+        return [e.reason for e in self.events]
+
+    def add_vm(self, obj: Mapping[str, Any]) -> Obj:
+        return self._create("failovervms", self.vms, (obj["metadata"]["namespace"], obj["metadata"]["name"]), obj)
+
+    def add_migration(self, obj: Mapping[str, Any]) -> Obj:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        return self._create("failovervmmigrations", self.migrations, key, obj)
+
+    def add_pool(self, obj: Mapping[str, Any]) -> Obj:
+        return self._create("vfpools", self.pools, obj["metadata"]["name"], obj)
+
+    def add_node(self, obj: Mapping[str, Any]) -> Obj:
+        return self._create("nodes", self.nodes, obj["metadata"]["name"], obj)
+
+    def delete_vm(self, namespace: str, name: str) -> bool:
+        """What `kubectl delete` does (not part of KubeAPI): with finalizers, only mark it deleted."""
+        return self._delete(self.vms, (namespace, name))
+
+    # -- FailoverVMs ---------------------------------------------------------------------------
+    @failable
+    def get_vm(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.vms, (namespace, name))
+
+    @failable
+    def list_vms(self, label_selector: str | None = None) -> list[Obj]:
+        return self._list(self.vms, label_selector)
+
+    @failable
+    def patch_vm(self, namespace: str, name: str, body: dict[str, Any]) -> Obj:
+        return self._patch("failovervms", self.vms, (namespace, name), body)
+
+    @failable
+    def update_vm_status(self, namespace: str, name: str, mutate: Mutate, uid: str | None = None,
+                         current: Mapping[str, Any] | None = None) -> Obj | None:
+        return update_status(
+            lambda: self.get_vm(namespace, name),
+            lambda obj: self._replace_status("failovervms", self.vms, (namespace, name), obj),
+            mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
+
+    # -- VFPools and VFClaims ------------------------------------------------------------------
+    @failable
+    def list_pools(self) -> list[Obj]:
+        return self._list(self.pools)
+
+    @failable
+    def get_pool(self, name: str) -> Obj | None:
+        return self._get(self.pools, name)
+
+    @failable
+    def update_pool_status(self, name: str, mutate: Mutate) -> None:
+        update_status(lambda: self._get(self.pools, name),
+                      lambda obj: self._replace_status("vfpools", self.pools, name, obj),
+                      mutate, f"VFPool {name}", attempts=10)
+
+    @failable
+    def list_claims(self) -> list[Obj]:
+        return self._list(self.claims)
+
+    @failable
+    def create_claim(self, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        if name in self.claims:
+            return False
+        self._create("vfclaims", self.claims, name, body)
+        return True
+
+    @failable
+    def patch_claim(self, name: str, body: dict[str, Any]) -> None:
+        if name in self.claims:
+            self._patch("vfclaims", self.claims, name, body)
+
+    @failable
+    def delete_claim(self, name: str, uid: str | None = None) -> None:
+        self._delete(self.claims, name, uid)
+
+    # -- Nodes and Pods ------------------------------------------------------------------------
+    @failable
+    def list_nodes(self) -> list[Obj]:
+        return self._list(self.nodes)
+
+    @failable
+    def get_node(self, name: str) -> Obj | None:
+        return self._get(self.nodes, name)
+
+    @failable
+    def ensure_pod(self, body: dict[str, Any]) -> bool:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if key in self.pods:
+            return False
+        self._create("pods", self.pods, key, body)
+        return True
+
+    @failable
+    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool:
+        return self.pods.pop((namespace, name), None) is not None
+
+    # -- Events --------------------------------------------------------------------------------
+    def event(self, obj: Mapping[str, Any], reason: str, note: str, *, type_: str = "Normal",
+              action: str = "Reconcile", component: str = "failovervm") -> None:
+        meta = obj.get("metadata") or {}
+        self.events.append(RecordedEvent(obj.get("kind"), meta.get("namespace"), meta.get("name"), meta.get("uid"),
+                                         reason, note, type_, action, component))
+
+    # -- FailoverVMMigrations ------------------------------------------------------------------
+    @failable
+    def get_migration(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.migrations, (namespace, name))
+
+    @failable
+    def list_migrations(self, namespace: str | None = None) -> list[Obj]:
+        return [m for m in self._list(self.migrations) if namespace is None or m["metadata"]["namespace"] == namespace]
+
+    @failable
+    def delete_migration(self, namespace: str, name: str) -> None:
+        self._delete(self.migrations, (namespace, name))
+
+    @failable
+    def create_migration(self, body: dict[str, Any]) -> Obj:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if key in self.migrations:
+            raise _api_error(409, "AlreadyExists")
+        return self._create("failovervmmigrations", self.migrations, key, body)
+
+    def create_migration_once(self, body: dict[str, Any]) -> Obj | None:
+        if (body["metadata"]["namespace"], body["metadata"]["name"]) in self.migrations:
+            return None
+        return self.create_migration(body)
+
+    @failable
+    def update_migration_status(self, namespace: str, name: str, mutate: Mutate) -> Obj | None:
+        return update_status(
+            lambda: self._get(self.migrations, (namespace, name)),
+            lambda obj: self._replace_status("failovervmmigrations", self.migrations, (namespace, name), obj),
+            mutate, f"migration {namespace}/{name}")
+
+    # -- the in-memory API server --------------------------------------------------------------
+    def _store(self, kind: str, store: dict[K, Obj], key: K, obj: Obj) -> Obj:
+        admitted = self.admit(kind, copy.deepcopy(obj))
+        self._version += 1
+        admitted["metadata"]["resourceVersion"] = str(self._version)
+        store[key] = admitted
+        return copy.deepcopy(admitted)
+
+    def _create(self, kind: str, store: dict[K, Obj], key: K, obj: Mapping[str, Any]) -> Obj:
+        new = copy.deepcopy(dict(obj))
+        meta = new.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        new.setdefault("kind", KINDS[kind])
+        if kind not in ("nodes", "pods"):
+            new.setdefault("apiVersion", f"{API_GROUP}/{API_VERSION}")
+            meta.setdefault("generation", 1)
+        self._store(kind, store, key, new)
+        return store[key]
+
+    @staticmethod
+    def _get(store: dict[K, Obj], key: K) -> Obj | None:
+        obj = store.get(key)
+        return copy.deepcopy(obj) if obj is not None else None
+
+    @staticmethod
+    def _list(store: dict[K, Obj], label_selector: str | None = None) -> list[Obj]:
+        return [copy.deepcopy(o) for o in store.values()
+                if matches(o["metadata"].get("labels") or {}, label_selector)]
+
+    def _replace_status(self, kind: str, store: dict[K, Obj], key: K, obj: Mapping[str, Any]) -> Obj:
+        """PUT .../status: only the status changes; a stale resourceVersion is a conflict."""
+        cur = store.get(key)
+        if cur is None:
+            raise _api_error(404, "NotFound")
+        meta, stored = obj["metadata"], cur["metadata"]
+        if meta.get("resourceVersion") != stored["resourceVersion"] or meta.get("uid") != stored["uid"]:
+            raise _api_error(409, "Conflict")
+        new = copy.deepcopy(cur)
+        new["status"] = copy.deepcopy(obj.get("status") or {})
+        return self._store(kind, store, key, new)
+
+    def _patch(self, kind: str, store: dict[K, Obj], key: K, body: Mapping[str, Any]) -> Obj:
+        """PATCH (merge) of the main resource, with resourceVersion as a precondition when given."""
+        cur = store.get(key)
+        if cur is None:
+            raise _api_error(404, "NotFound")
+        patch = copy.deepcopy(dict(body))
+        patch.pop("status", None)
+        want = (patch.get("metadata") or {}).pop("resourceVersion", None)
+        if want is not None and want != cur["metadata"]["resourceVersion"]:
+            raise _api_error(409, "Conflict")
+        new = merge_patch(cur, patch)
+        if new.get("spec") != cur.get("spec"):
+            new["metadata"]["generation"] = int(cur["metadata"].get("generation") or 0) + 1
+        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+            del store[key]
+            return dict(new)
+        return self._store(kind, store, key, new)
+
+    def _delete(self, store: dict[K, Obj], key: K, uid: str | None = None) -> bool:
+        cur = store.get(key)
+        if cur is None or (uid is not None and cur["metadata"]["uid"] != uid):
+            return False
+        if cur["metadata"].get("finalizers"):
+            cur["metadata"].setdefault("deletionTimestamp", now_iso())
+            self._version += 1
+            cur["metadata"]["resourceVersion"] = str(self._version)
+        else:
+            del store[key]
+        return True
+
+
+_: KubeAPI = FakeKube()
