@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def _sandbox_opts(args: argparse.Namespace) -> object:
-    from failovervm.sandbox.manager import Options
+    from failovervm_sandbox.manager import Options
 
     return Options(
         state_dir=Path(args.state_dir),
@@ -33,7 +33,7 @@ def _sandbox_opts(args: argparse.Namespace) -> object:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from failovervm.sandbox import manager
+    from failovervm_sandbox import manager
 
     opts = _sandbox_opts(args)
     assert isinstance(opts, manager.Options)
@@ -61,7 +61,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
             print(f"total RSS (incl. QEMU): {st['total_rss_mib']} MiB")
         return 0 if st["ok"] else 1
     if args.action == "heartbeat":
-        from failovervm.sandbox import nodes
+        from failovervm_sandbox import nodes
 
         state = manager.State(opts.state_dir.resolve())
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -347,7 +347,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
+    from failovervm_sandbox.manager import DEFAULT_STATE_DIR
 
     p = argparse.ArgumentParser(prog="failovervm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)

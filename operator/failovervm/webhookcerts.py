@@ -17,7 +17,7 @@ def _is_ip(host: str) -> bool:
 
 def ensure(cert_dir: Path, host: str) -> tuple[Path, Path, Path]:
     """ca.crt, tls.crt and tls.key in `cert_dir`, generated once for `host` (name or IP)."""
-    from failovervm.sandbox import pki
+    from failovervm_sandbox import pki
 
     cert_dir.mkdir(parents=True, exist_ok=True)
     ca, crt, key = cert_dir / "ca.crt", cert_dir / "tls.crt", cert_dir / "tls.key"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from failovervm.sandbox import images, nodes, pki, procs, sriov
+from failovervm_sandbox import images, nodes, pki, procs, sriov
 
 
 def test_pki_issues_verifiable_certs(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_node_manifest_labels() -> None:
 
 
 def test_kvm_probe_reports() -> None:
-    from failovervm.sandbox import libvirthost
+    from failovervm_sandbox import libvirthost
 
     ok, detail = libvirthost.kvm_usable()
     assert isinstance(ok, bool) and detail

@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from failovervm.sandbox import binaries, controlplane, procs
+from failovervm_sandbox import binaries, controlplane, procs
 
 if TYPE_CHECKING:
-    from failovervm.sandbox.manager import Options, State
+    from failovervm_sandbox.manager import Options, State
 
 
 def _apply_crds(state: State) -> None:
@@ -93,7 +93,7 @@ def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
 
 
 def ensure(state: State, opts: Options) -> None:
-    from failovervm.sandbox.manager import _ensure_component
+    from failovervm_sandbox.manager import _ensure_component
 
     d = state.data
     _apply_crds(state)

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from failovervm.errors import SandboxError
-from failovervm.sandbox import pki, procs
+from failovervm_sandbox import pki, procs
 
 SERVICE_CIDR = "10.96.0.0/24"
 SERVICE_IP = "10.96.0.1"

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from failovervm.errors import SandboxError
-from failovervm.sandbox import binaries, controlplane, images, libvirthost, network, procs, sriov
-from failovervm.sandbox.nodes import SandboxNode
+from failovervm_sandbox import binaries, controlplane, images, libvirthost, network, procs, sriov
+from failovervm_sandbox.nodes import SandboxNode
 
 DEFAULT_STATE_DIR = Path("/var/lib/failovervm-sandbox")
 DEFAULT_IMAGES_DIR = DEFAULT_STATE_DIR / "images"
@@ -237,7 +237,7 @@ def up(opts: Options) -> State:
 
     config.load_kube_config(config_file=str(paths.admin_kubeconfig))
     version = controlplane.apiserver_version(paths, api_port)
-    from failovervm.sandbox import nodes as nodes_mod
+    from failovervm_sandbox import nodes as nodes_mod
 
     nodes_mod.register(client.CoreV1Api(), state.sandbox_nodes(), version)
     say(opts, f"nodes: registered {', '.join(n.name for n in state.sandbox_nodes())}")
@@ -250,7 +250,7 @@ def up(opts: Options) -> State:
         opts, "node heartbeat",
     )
     if opts.operator:
-        from failovervm.sandbox import operator_procs
+        from failovervm_sandbox import operator_procs
 
         operator_procs.ensure(state, opts)
     d["up_seconds"] = round(time.monotonic() - t_start, 1)
@@ -269,7 +269,7 @@ def down(opts: Options) -> None:
         if state_dir.exists() and state_dir != DEFAULT_STATE_DIR:
             shutil.rmtree(state_dir, ignore_errors=True)
         return
-    from failovervm.sandbox import operator_procs
+    from failovervm_sandbox import operator_procs
 
     operator_procs.stop(state)
     procs.stop(d.get("heartbeat", {}).get("pid"), "heartbeat")
@@ -356,7 +356,7 @@ def node_up(opts: Options, name: str) -> State:
         node_memory=d["node_memory"], address_base=_node_address(first["address"], -int(first["index"]))))
     from kubernetes import client, config
 
-    from failovervm.sandbox import nodes as nodes_mod
+    from failovervm_sandbox import nodes as nodes_mod
 
     config.load_kube_config(config_file=str(state.kubeconfig))
     nodes_mod.post_ready(client.CoreV1Api(), name)
@@ -397,7 +397,7 @@ def status(opts: Options) -> dict[str, Any]:
         row(f"libvirtd {node_name(host.index)}", pid, "libvirtd",
             f"{host.uri} accel={d['accel']} domains={ndom} qemu_rss={qemu_rss:.0f}MiB"
             + ("" if answering else " NOT answering"), answering)
-    from failovervm.sandbox import operator_procs
+    from failovervm_sandbox import operator_procs
 
     rows.extend(operator_procs.status_rows(state))
     total = sum(r["rss_mib"] for r in rows) + sum(
