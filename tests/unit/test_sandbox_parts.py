@@ -8,11 +8,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from failovervm_sandbox import images, nodes, pki, procs, sriov
+from failovervm import pki
+from failovervm_sandbox import images, nodes, procs, sriov
 
 
 def test_pki_issues_verifiable_certs(tmp_path: Path) -> None:
-    ca = pki.make_ca(tmp_path)
+    ca = pki.make_ca(tmp_path, "ca", "failovervm-sandbox-ca")
     leaf = pki.issue(ca, tmp_path, "srv", "kube-apiserver", server=True, dns_names=("localhost",),
                      ip_addresses=("127.0.0.1",))
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
