@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from failovervm.errors import SandboxError
+from failovervm_sandbox import SandboxError
 
 
 def repo_root() -> Path:

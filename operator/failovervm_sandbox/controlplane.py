@@ -16,8 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from failovervm import pki
-from failovervm.errors import SandboxError
-from failovervm_sandbox import procs
+from failovervm_sandbox import SandboxError, procs
 
 SERVICE_CIDR = "10.96.0.0/24"
 SERVICE_IP = "10.96.0.1"

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from failovervm.errors import SandboxError
+from failovervm_sandbox import SandboxError
 
 GUEST_KERNEL = "fvm-guest-vmlinuz"
 GUEST_INITRD = "fvm-guest-initrd.img"

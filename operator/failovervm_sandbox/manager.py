@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failovervm.errors import SandboxError
-from failovervm_sandbox import binaries, controlplane, images, libvirthost, network, procs, sriov
+from failovervm_sandbox import SandboxError, binaries, controlplane, images, libvirthost, network, procs, sriov
 from failovervm_sandbox.nodes import SandboxNode
 
 DEFAULT_STATE_DIR = Path("/var/lib/failovervm-sandbox")

@@ -80,7 +80,7 @@ def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
     import socket
     import time
 
-    from failovervm.errors import SandboxError
+    from failovervm_sandbox import SandboxError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from failovervm.errors import SandboxError
-from failovervm_sandbox import guestimage, images
+from failovervm_sandbox import SandboxError, guestimage, images
 from failovervm_sandbox.guestimage import CpioEntry
 
 # ----------------------------------------------------------------------------- a tiny newc parser
