@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from failovervm.cli import SANDBOX_STATE_DIR
 from failovervm_sandbox import SandboxError, binaries, controlplane, images, libvirthost, network, procs, sriov
 from failovervm_sandbox.nodes import SandboxNode
 
-DEFAULT_STATE_DIR = Path("/var/lib/failovervm-sandbox")
+DEFAULT_STATE_DIR = SANDBOX_STATE_DIR
 DEFAULT_IMAGES_DIR = DEFAULT_STATE_DIR / "images"
 STATE_FILE = "sandbox.json"
 
