@@ -251,12 +251,13 @@ def test_product_wheel_holds_the_product_and_no_sandbox(product_wheel: Path) -> 
     assert "failovervm/py.typed" in names
 
 
-def test_installed_product_without_the_sandbox(product_wheel: Path, clean_venv: Path, tmp_path: Path) -> None:
+def test_installed_product_without_the_sandbox(product_wheel: Path, tmp_path: Path) -> None:
     """As in the image: `failovervm sandbox` says in one line that the sandbox is not there, exit 2."""
-    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(clean_venv), "install", "--quiet", "--no-deps",
+    python = make_clean_venv(tmp_path / "venv")
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                           "--no-index", str(product_wheel)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    script = clean_venv.parent / "failovervm"
+    script = python.parent / "failovervm"
     res = subprocess.run([str(script), "sandbox", "up"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert (res.returncode, res.stdout) == (2, "")
     assert res.stderr.count("\n") == 1 and "development tool" in res.stderr and "source checkout" in res.stderr
@@ -333,12 +334,15 @@ def test_requirements_pin_exactly_pyprojects_dependencies() -> None:
     assert REQUIREMENTS.read_text().startswith(LOCK_HEADER)
 
 
+def make_clean_venv(target: Path) -> Path:
+    """A fresh virtualenv without system site-packages (and without pip: the suite's pip drives it)."""
+    venv.EnvBuilder(system_site_packages=False, with_pip=False, clear=True).create(target)
+    return target / "bin" / "python"
+
+
 @pytest.fixture(scope="module")
 def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv without system site-packages (and without pip: the suite's pip drives it)."""
-    target = tmp_path_factory.mktemp("clean-venv")
-    venv.EnvBuilder(system_site_packages=False, with_pip=False, clear=True).create(target)
-    python = target / "bin" / "python"
+    python = make_clean_venv(tmp_path_factory.mktemp("clean-venv"))
     res = subprocess.run([str(python), "-c", "import sys; print(sys.prefix != sys.base_prefix)"],
                          capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "True"
