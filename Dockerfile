@@ -31,9 +31,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 COPY requirements.txt ./
 RUN pip wheel --no-cache-dir --wheel-dir /wheels -r requirements.txt
 
-# Then the project itself.
+# Then the project itself: the product package only. The sandbox (operator/failovervm_sandbox) is a
+# development tool that stays out of the build context and the image.
 COPY pyproject.toml README.md ./
-COPY operator ./operator
+COPY operator/failovervm ./operator/failovervm
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 ############################################################################################

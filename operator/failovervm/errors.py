@@ -3,7 +3,3 @@
 
 class FailoverVMError(Exception):
     """Base class for errors raised by failovervm."""
-
-
-class SandboxError(FailoverVMError):
-    """The sandbox cannot be brought up, inspected or torn down."""

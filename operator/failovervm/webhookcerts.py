@@ -6,6 +6,8 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
+from failovervm import pki
+
 
 def _is_ip(host: str) -> bool:
     try:
@@ -17,8 +19,6 @@ def _is_ip(host: str) -> bool:
 
 def ensure(cert_dir: Path, host: str) -> tuple[Path, Path, Path]:
     """ca.crt, tls.crt and tls.key in `cert_dir`, generated once for `host` (name or IP)."""
-    from failovervm.sandbox import pki
-
     cert_dir.mkdir(parents=True, exist_ok=True)
     ca, crt, key = cert_dir / "ca.crt", cert_dir / "tls.crt", cert_dir / "tls.key"
     if not (ca.exists() and crt.exists() and key.exists()):

@@ -8,7 +8,7 @@ from typing import Any
 
 import libvirt
 
-from failovervm.sandbox import procs
+from failovervm_sandbox import procs
 from tests.conftest import TEST_IMAGES_DIR, Sandbox, wait_for
 
 HALT = f"{TEST_IMAGES_DIR}/halt.img"

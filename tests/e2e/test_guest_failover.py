@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from failovervm.sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
-from failovervm.sandbox.network import STANDBY_NETWORK
+from failovervm_sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
+from failovervm_sandbox.network import STANDBY_NETWORK
 from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, make_namespace, wait_for
 from tests.e2e.helpers import apply, condition, events, get_vm, libvirt_conn, vm_manifest, wait_phase
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from failovervm.sandbox import procs
-from failovervm.sandbox.binaries import binary_path
-from failovervm.sandbox.controlplane import free_port
+from failovervm_sandbox import procs
+from failovervm_sandbox.binaries import binary_path
+from failovervm_sandbox.controlplane import free_port
 from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli
 from tests.e2e.helpers import apply, claims, domains_on, pool_manifest, wait_phase, wait_webhook
 from tests.prereq import require

@@ -11,7 +11,7 @@ import libvirt
 import pytest
 from lxml import etree
 
-from failovervm.sandbox import procs
+from failovervm_sandbox import procs
 from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, wait_for
 from tests.e2e.helpers import (
     apply,

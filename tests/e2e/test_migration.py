@@ -17,7 +17,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from failovervm.sandbox import procs
+from failovervm_sandbox import procs
 from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, wait_for
 from tests.e2e.helpers import (
     apply,

@@ -15,7 +15,7 @@ import pytest
 from lxml import etree
 from lxml.builder import E
 
-from failovervm.sandbox import procs
+from failovervm_sandbox import procs
 from tests.conftest import REPO, Sandbox, remove_domain
 
 pytestmark = pytest.mark.e2e

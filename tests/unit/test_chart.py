@@ -40,7 +40,7 @@ Render = Callable[..., list[Doc]]
 
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    from failovervm.sandbox.binaries import binary_path
+    from failovervm_sandbox.binaries import binary_path
 
     path = binary_path("helm")
     require(os.access(path, os.X_OK), f"helm binary at {path} (run hack/build-binaries.sh helm)")

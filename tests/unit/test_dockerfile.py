@@ -8,6 +8,7 @@ they pull in; the image installs exactly that set. Regenerate it after changing 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import tomllib
 import venv
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,8 @@ DOCKERFILE = REPO / "Dockerfile"
 REQUIREMENTS = REPO / "requirements.txt"
 BIN = Path(sys.executable).parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+PRODUCT = REPO / "operator" / "failovervm"
+SANDBOX = REPO / "operator" / "failovervm_sandbox"
 
 LOCK_HEADER = """\
 # Runtime dependencies of failovervm-operator for the container image (CPython 3.11, Linux):
@@ -170,6 +174,97 @@ def test_copy_sources_exist_and_are_in_the_build_context(stages: list[Stage]) ->
                 assert src.rstrip("/") in allowed, f"COPY {src}: excluded by .dockerignore"
 
 
+def dockerignore() -> list[str]:
+    return [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def copy_sources(args: str) -> tuple[list[str], str]:
+    *sources, dest = [a for a in args.split() if not a.startswith("--")]
+    return sources, dest
+
+
+def brings_in(src: str, path: Path) -> bool:
+    """Whether copying `src` (relative to the repository) copies `path`."""
+    return (REPO / src).resolve() in (path, *path.parents)
+
+
+def test_the_image_gets_no_sandbox(stages: list[Stage]) -> None:
+    """The sandbox is a development tool: neither the build context nor any COPY holds it."""
+    allowed = [line[1:].rstrip("/") for line in dockerignore() if line.startswith("!")]
+    assert not [a for a in allowed if brings_in(a, SANDBOX)], f".dockerignore lets {SANDBOX} into the context"
+    for stage in stages:
+        for args in stage.all("COPY"):
+            if "--from=" not in args:
+                sources, _dest = copy_sources(args)
+                assert not [s for s in sources if brings_in(s, SANDBOX)], f"COPY {args} copies the sandbox"
+
+
+def test_setuptools_include_matches_the_product_only() -> None:
+    """Even from a full checkout, the product's wheel finds no sandbox package."""
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    for name in ("failovervm", "failovervm.controller"):
+        assert any(fnmatch.fnmatchcase(name, pat) for pat in include)
+    for name in ("failovervm_sandbox", "failovervm_sandbox.cli"):
+        assert not any(fnmatch.fnmatchcase(name, pat) for pat in include), f"{include} matches {name}"
+
+
+def copy_build_context(stage: Stage, workdir: Path) -> None:
+    """Do what `stage`'s COPY instructions from the build context do, into `workdir` (its WORKDIR),
+    leaving out the caches and build leftovers .dockerignore excludes."""
+    leftovers = shutil.ignore_patterns(*(line[3:] for line in dockerignore() if line.startswith("**/")))
+    for args in stage.all("COPY"):
+        if "--from=" in args:
+            continue
+        sources, dest = copy_sources(args)
+        assert not dest.startswith("/"), f"COPY {args}: a destination relative to WORKDIR expected"
+        for src in sources:
+            if (REPO / src).is_dir():  # COPY DIR DEST copies DIR's contents into DEST
+                shutil.copytree(REPO / src, workdir / dest, ignore=leftovers, dirs_exist_ok=True)
+            else:
+                target = workdir / dest / src if dest.endswith("/") or len(sources) > 1 else workdir / dest
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(REPO / src, target)
+
+
+@pytest.fixture(scope="module")
+def product_wheel(stages: list[Stage], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel the builder stage makes (`pip wheel --no-deps .` of what it COPYs)."""
+    workdir, wheels = tmp_path_factory.mktemp("builder-src"), tmp_path_factory.mktemp("wheels")
+    copy_build_context(stages[0], workdir)
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels),
+                          str(workdir)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (wheel,) = wheels.glob("failovervm_operator-*.whl")
+    return wheel
+
+
+def test_product_wheel_holds_the_product_and_no_sandbox(product_wheel: Path) -> None:
+    names = set(zipfile.ZipFile(product_wheel).namelist())
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == {"failovervm"}, f"the product wheel holds {sorted(top)}"
+    assert not [n for n in names if "sandbox" in n.split("/")[1:-1] or n.startswith("failovervm_sandbox")]
+    modules = {p.relative_to(PRODUCT.parent).as_posix() for p in PRODUCT.rglob("*.py")}
+    assert {"failovervm/controller/main.py", "failovervm/agent/main.py", "failovervm/cli.py",
+            "failovervm/pki.py"} <= modules
+    assert modules <= names, f"missing from the wheel: {sorted(modules - names)}"
+    assert "failovervm/py.typed" in names
+
+
+def test_installed_product_without_the_sandbox(product_wheel: Path, tmp_path: Path) -> None:
+    """As in the image: `failovervm sandbox` says in one line that the sandbox is not there, exit 2."""
+    python = make_clean_venv(tmp_path / "venv")
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                          "--no-index", str(product_wheel)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    script = python.parent / "failovervm"
+    res = subprocess.run([str(script), "sandbox", "up"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert (res.returncode, res.stdout) == (2, "")
+    assert res.stderr.count("\n") == 1 and "development tool" in res.stderr and "source checkout" in res.stderr
+    res = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode == 0 and "sandbox" in res.stdout, res.stderr
+
+
 def test_hadolint_clean() -> None:
     binary = BIN / "hadolint"
     found = str(binary) if binary.exists() else shutil.which("hadolint")
@@ -239,12 +334,15 @@ def test_requirements_pin_exactly_pyprojects_dependencies() -> None:
     assert REQUIREMENTS.read_text().startswith(LOCK_HEADER)
 
 
+def make_clean_venv(target: Path) -> Path:
+    """A fresh virtualenv without system site-packages (and without pip: the suite's pip drives it)."""
+    venv.EnvBuilder(system_site_packages=False, with_pip=False, clear=True).create(target)
+    return target / "bin" / "python"
+
+
 @pytest.fixture(scope="module")
 def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv without system site-packages (and without pip: the suite's pip drives it)."""
-    target = tmp_path_factory.mktemp("clean-venv")
-    venv.EnvBuilder(system_site_packages=False, with_pip=False, clear=True).create(target)
-    python = target / "bin" / "python"
+    python = make_clean_venv(tmp_path_factory.mktemp("clean-venv"))
     res = subprocess.run([str(python), "-c", "import sys; print(sys.prefix != sys.base_prefix)"],
                          capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "True"
@@ -281,6 +379,29 @@ def test_console_script_help(component: str) -> None:
     assert res.returncode == 0, res.stderr
     assert f"usage: failovervm {component}" in res.stdout
     assert "--storage-root" in res.stdout
+
+
+def test_console_script_runs_the_sandbox_from_any_directory(tmp_path: Path) -> None:
+    """The dev environment (hack/install-deps.sh) has the sandbox, wherever the command runs."""
+    res = subprocess.run([str(BIN / "failovervm"), "sandbox", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "usage: failovervm sandbox" in res.stdout
+
+
+def test_install_deps_installs_and_stamps_every_distribution() -> None:
+    """hack/install-deps.sh installs the product and the sandbox editable, and reinstalls when the
+    packaging of either changes: its stamp hashes every pyproject.toml."""
+    script = (REPO / "hack" / "install-deps.sh").read_text()
+    listed = re.search(r"^distributions=\((.*)\)$", script, re.M)
+    assert listed, "install-deps.sh names the distributions it installs"
+    pyprojects = [REPO / "pyproject.toml", *REPO.glob("operator/*/pyproject.toml")]
+    projects = {p.relative_to(REPO).as_posix() for p in pyprojects}
+    assert set(listed[1].split()) == projects == {"pyproject.toml", "operator/failovervm_sandbox/pyproject.toml"}
+    stamp = re.search(r"^stamp=.*$", script, re.M)
+    assert stamp and 'cat "${distributions[@]}" | sha256sum' in stamp[0]
+    install = re.search(r"^\s*\.venv/bin/python -m pip install -q -e .*$", script, re.M)
+    assert install and install[0].split()[-4:] == ["-e", "'.[test]'", "-e", "./operator/failovervm_sandbox"]
 
 
 if __name__ == "__main__":

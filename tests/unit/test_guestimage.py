@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from failovervm.errors import SandboxError
-from failovervm.sandbox import guestimage, images
-from failovervm.sandbox.guestimage import CpioEntry
+from failovervm_sandbox import SandboxError, guestimage, images
+from failovervm_sandbox.guestimage import CpioEntry
 
 # ----------------------------------------------------------------------------- a tiny newc parser
 

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from cryptography import x509
 
-from failovervm.sandbox import images, nodes, pki, procs, sriov
+from failovervm import pki
+from failovervm_sandbox import images, nodes, procs, sriov
 
 
 def test_pki_issues_verifiable_certs(tmp_path: Path) -> None:
-    ca = pki.make_ca(tmp_path)
+    ca = pki.make_ca(tmp_path, "ca", "failovervm-sandbox-ca")
     leaf = pki.issue(ca, tmp_path, "srv", "kube-apiserver", server=True, dns_names=("localhost",),
                      ip_addresses=("127.0.0.1",))
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
@@ -63,7 +64,7 @@ def test_node_manifest_labels() -> None:
 
 
 def test_kvm_probe_reports() -> None:
-    from failovervm.sandbox import libvirthost
+    from failovervm_sandbox import libvirthost
 
     ok, detail = libvirthost.kvm_usable()
     assert isinstance(ok, bool) and detail

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from failovervm.errors import SandboxError
+from failovervm_sandbox import SandboxError
 
 STANDBY_NETWORK = "fvm-standby"
 

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from failovervm.sandbox import binaries, controlplane, procs
+from failovervm import labels
+from failovervm_sandbox import binaries, controlplane, procs
 
 if TYPE_CHECKING:
-    from failovervm.sandbox.manager import Options, State
+    from failovervm_sandbox.manager import Options, State
 
 
 def _apply_crds(state: State) -> None:
@@ -28,7 +29,7 @@ def _apply_crds(state: State) -> None:
 
 
 NAMESPACE = "failovervm-system"
-PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "failovervm"}}
+PEERING = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": labels.PEERING_NAME}}
 
 
 def _apply_peering(state: State) -> None:
@@ -60,11 +61,11 @@ def webhook_configuration(port: int, ca_pem: bytes, namespace: str) -> dict[str,
         "kind": "ValidatingWebhookConfiguration",
         "metadata": {"name": WEBHOOK_CONFIG},
         "webhooks": [
-            hook("failovervm-validate.failovervm.io", "failovervm-validate",
-                 {"apiGroups": ["failovervm.io"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
-                  "resources": ["failovervms"], "scope": "Namespaced"},
+            hook(f"failovervm-validate.{labels.PREFIX}", "failovervm-validate",
+                 {"apiGroups": [labels.API_GROUP], "apiVersions": [labels.API_VERSION],
+                  "operations": ["CREATE", "UPDATE"], "resources": ["failovervms"], "scope": "Namespaced"},
                  failurePolicy="Fail", sideEffects="None"),
-            hook("guard-pod-eviction.failovervm.io", "guard-pod-eviction",
+            hook(f"guard-pod-eviction.{labels.PREFIX}", "guard-pod-eviction",
                  {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                   "resources": ["pods/eviction"], "scope": "Namespaced"},
                  failurePolicy="Fail", sideEffects="NoneOnDryRun",
@@ -80,7 +81,7 @@ def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
     import socket
     import time
 
-    from failovervm.errors import SandboxError
+    from failovervm_sandbox import SandboxError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -93,7 +94,7 @@ def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
 
 
 def ensure(state: State, opts: Options) -> None:
-    from failovervm.sandbox.manager import _ensure_component
+    from failovervm_sandbox.manager import _ensure_component
 
     d = state.data
     _apply_crds(state)
@@ -116,8 +117,9 @@ def ensure(state: State, opts: Options) -> None:
         input=json.dumps(webhook_configuration(op["webhook_port"], ca.read_bytes(), NAMESPACE)), text=True,
         check=True, stdout=subprocess.DEVNULL,
     )
+    # An older sandbox's Kopf-managed configuration, named after the API group (controller.main).
     subprocess.run([str(binaries.kubectl()), "--kubeconfig", kc, "delete", "validatingwebhookconfiguration",
-                    "failovervm.io", "--ignore-not-found"], check=False, capture_output=True)  # Kopf-managed, older
+                    labels.API_GROUP, "--ignore-not-found"], check=False, capture_output=True)
     argv = [
         sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", kc,
         "--storage-root", d["images_dir"],

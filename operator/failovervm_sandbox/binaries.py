@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from failovervm.errors import SandboxError
+from failovervm_sandbox import SandboxError
 
 
 def repo_root() -> Path:
@@ -19,9 +19,9 @@ def repo_root() -> Path:
     env = os.environ.get("FAILOVERVM_REPO")
     if env:
         return Path(env)
-    # operator/failovervm/sandbox/binaries.py -> repo root is three levels above the package dir.
+    # operator/failovervm_sandbox/binaries.py -> the repo root is two levels above the package dir.
     here = Path(__file__).resolve()
-    root = here.parents[3]
+    root = here.parents[2]
     if not (root / "hack" / "versions.env").exists():
         raise SandboxError(
             f"cannot find hack/versions.env next to {here}; the sandbox runs from a project checkout "

@@ -20,8 +20,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from failovervm.errors import SandboxError
-from failovervm.sandbox import procs
+from failovervm_sandbox import SandboxError, procs
 
 PRIVATE_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt", "/var/cache/libvirt", "/etc/libvirt")
 LIBVIRTD = "/usr/sbin/libvirtd"

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failovervm.errors import SandboxError
-from failovervm.sandbox import binaries, controlplane, images, libvirthost, network, procs, sriov
-from failovervm.sandbox.nodes import SandboxNode
+from failovervm.cli import SANDBOX_STATE_DIR
+from failovervm_sandbox import SandboxError, binaries, controlplane, images, libvirthost, network, procs, sriov
+from failovervm_sandbox.nodes import SandboxNode
 
-DEFAULT_STATE_DIR = Path("/var/lib/failovervm-sandbox")
+DEFAULT_STATE_DIR = SANDBOX_STATE_DIR
 DEFAULT_IMAGES_DIR = DEFAULT_STATE_DIR / "images"
 STATE_FILE = "sandbox.json"
 
@@ -126,8 +126,28 @@ def _ensure_component(
 
 
 def up(opts: Options) -> State:
+    """Start whatever of the sandbox is not running, in dependency order."""
     _check_prereqs()
     t_start = time.monotonic()
+    state = _record_settings(opts)
+    _start_control_plane(state, opts)
+    images.ensure_images(opts.images_dir)
+    _start_libvirt_hosts(state, opts)
+    _connect_standby_network(state, opts)
+    _register_nodes(state, opts)
+    if opts.operator:
+        from failovervm_sandbox import operator_procs
+
+        operator_procs.ensure(state, opts)
+    state.data["up_seconds"] = round(time.monotonic() - t_start, 1)
+    state.save()
+    say(opts, f"sandbox is up in {state.data['up_seconds']}s")
+    return state
+
+
+def _record_settings(opts: Options) -> State:
+    """The state for `opts`: the running sandbox's shape where `opts` leaves it open (a different
+    shape is an error), accel, pinned versions and the control plane's ports (chosen once)."""
     state_dir = opts.state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     state = State(state_dir)
@@ -156,7 +176,13 @@ def up(opts: Options) -> State:
     d["etcd"].setdefault("peer_port", controlplane.free_port())
     d.setdefault("apiserver", {}).setdefault("port", controlplane.free_port())
     state.save()
+    return state
 
+
+def _start_control_plane(state: State, opts: Options) -> None:
+    """etcd, kube-apiserver and kube-controller-manager, with their certificates and the admin
+    kubeconfig."""
+    d = state.data
     say(opts, "binaries: checking the pinned etcd, kube-apiserver and kube-controller-manager builds")
     bins = binaries.ensure("etcd", "kube-apiserver", "kube-controller-manager")
     paths = state.cp_paths
@@ -185,25 +211,35 @@ def up(opts: Options) -> State:
         opts, "kube-controller-manager",
     )
 
-    images.ensure_images(opts.images_dir)
+
+def _host_entry(state: State, opts: Options, i: int) -> dict[str, Any]:
+    """Node i's record (address, libvirt root, URI, sysfs root), made by the first `up`."""
+    hosts_state = state.data.setdefault("libvirt", [])
+    if len(hosts_state) < i:
+        addr = _node_address(opts.address_base, i)
+        root = state.dir / "nodes" / node_name(i)
+        hosts_state.append(
+            {
+                "index": i, "node": node_name(i), "address": addr, "root": str(root / "libvirt"),
+                "uri": f"qemu+tcp://{addr}/system", "sysfs_root": str(root / "sysfs"),
+            }
+        )
+    entry: dict[str, Any] = hosts_state[i - 1]
+    return entry
+
+
+def _start_libvirt_hosts(state: State, opts: Options) -> None:
+    """Per node: its simulated SR-IOV sysfs, its libvirtd's private root, its bridge (uplinked to the
+    fabric bridge) and the daemon itself; nodes stopped by `node-down` stay down."""
+    d = state.data
     if network.ensure_bridge(opts.bridge):
         d["bridge_created"] = True
-    hosts_state = d.setdefault("libvirt", [])
     launched: list[tuple[libvirthost.LibvirtHost, int, float]] = []
-    for i in range(1, opts.nodes + 1):
-        if len(hosts_state) < i:
-            addr = _node_address(opts.address_base, i)
-            root = state_dir / "nodes" / node_name(i)
-            hosts_state.append(
-                {
-                    "index": i, "node": node_name(i), "address": addr, "root": str(root / "libvirt"),
-                    "uri": f"qemu+tcp://{addr}/system", "sysfs_root": str(root / "sysfs"),
-                }
-            )
-        entry = hosts_state[i - 1]
+    for i in range(1, d["nodes"] + 1):
+        entry = _host_entry(state, opts, i)
         host = libvirthost.LibvirtHost(i, entry["address"], Path(entry["root"]))
         if not (Path(entry["sysfs_root"]) / "SIMULATED").exists():
-            sriov.create(Path(entry["sysfs_root"]), opts.vfs_per_node, entry["node"], opts.pfs_per_node)
+            sriov.create(Path(entry["sysfs_root"]), d["vfs_per_node"], entry["node"], d["pfs_per_node"])
         libvirthost.prepare(host)
         network.ensure_node_bridge(opts.bridge, i)
         key = f"libvirt-{i}"
@@ -227,36 +263,36 @@ def up(opts: Options) -> State:
         libvirthost.wait_ready(host, pid)
         say(opts, f"libvirtd {node_name(host.index)} ({host.uri}, {d['accel']}): started (pid {pid}) "
                   f"in {time.monotonic() - t0:.1f}s")
+
+
+def _connect_standby_network(state: State, opts: Options) -> None:
+    """The libvirt network for the VMs' virtio standby NICs on each running node's bridge."""
     for host in state.hosts():
-        if node_name(host.index) not in d.get("down_nodes", []):
+        if node_name(host.index) not in state.data.get("down_nodes", []):
             network.ensure_libvirt_network(host.uri, network.node_bridge(opts.bridge, host.index))
     say(opts, f"standby network: libvirt network {network.STANDBY_NETWORK} on bridge "
               f"{network.node_bridge(opts.bridge, 1)}.. per node, uplinked to {opts.bridge}")
 
+
+def _register_nodes(state: State, opts: Options) -> None:
+    """A Node object per host, and the heartbeat process that keeps them Ready as a kubelet would."""
     from kubernetes import client, config
 
+    paths = state.cp_paths
     config.load_kube_config(config_file=str(paths.admin_kubeconfig))
-    version = controlplane.apiserver_version(paths, api_port)
-    from failovervm.sandbox import nodes as nodes_mod
+    version = controlplane.apiserver_version(paths, state.data["apiserver"]["port"])
+    from failovervm_sandbox import nodes as nodes_mod
 
     nodes_mod.register(client.CoreV1Api(), state.sandbox_nodes(), version)
     say(opts, f"nodes: registered {', '.join(n.name for n in state.sandbox_nodes())}")
     _ensure_component(
         state, "heartbeat", "heartbeat",
         lambda: procs.spawn(
-            [sys.executable, "-m", "failovervm.cli", "sandbox", "heartbeat", "--state-dir", str(state_dir)],
+            [sys.executable, "-m", "failovervm.cli", "sandbox", "heartbeat", "--state-dir", str(state.dir)],
             paths.logs / "heartbeat.log",
         ),
         opts, "node heartbeat",
     )
-    if opts.operator:
-        from failovervm.sandbox import operator_procs
-
-        operator_procs.ensure(state, opts)
-    d["up_seconds"] = round(time.monotonic() - t_start, 1)
-    state.save()
-    say(opts, f"sandbox is up in {d['up_seconds']}s")
-    return state
 
 
 def down(opts: Options) -> None:
@@ -269,7 +305,7 @@ def down(opts: Options) -> None:
         if state_dir.exists() and state_dir != DEFAULT_STATE_DIR:
             shutil.rmtree(state_dir, ignore_errors=True)
         return
-    from failovervm.sandbox import operator_procs
+    from failovervm_sandbox import operator_procs
 
     operator_procs.stop(state)
     procs.stop(d.get("heartbeat", {}).get("pid"), "heartbeat")
@@ -356,7 +392,7 @@ def node_up(opts: Options, name: str) -> State:
         node_memory=d["node_memory"], address_base=_node_address(first["address"], -int(first["index"]))))
     from kubernetes import client, config
 
-    from failovervm.sandbox import nodes as nodes_mod
+    from failovervm_sandbox import nodes as nodes_mod
 
     config.load_kube_config(config_file=str(state.kubeconfig))
     nodes_mod.post_ready(client.CoreV1Api(), name)
@@ -397,7 +433,7 @@ def status(opts: Options) -> dict[str, Any]:
         row(f"libvirtd {node_name(host.index)}", pid, "libvirtd",
             f"{host.uri} accel={d['accel']} domains={ndom} qemu_rss={qemu_rss:.0f}MiB"
             + ("" if answering else " NOT answering"), answering)
-    from failovervm.sandbox import operator_procs
+    from failovervm_sandbox import operator_procs
 
     rows.extend(operator_procs.status_rows(state))
     total = sum(r["rss_mib"] for r in rows) + sum(

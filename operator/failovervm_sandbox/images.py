@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from failovervm.sandbox import guestimage
+from failovervm_sandbox import guestimage
 
 HALT_IMAGE = "halt.img"
 GUEST_KERNEL = guestimage.GUEST_KERNEL

@@ -1,4 +1,5 @@
-"""Certificates and keys for the sandbox control plane, made with `cryptography`."""
+"""A certificate authority and the certificates it signs, made with `cryptography`: the
+controller's self-signed webhook certificate (webhookcerts) and the sandbox's control plane."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ class KeyPair:
     key: Path
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -39,7 +40,8 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def make_ca(directory: Path, name: str = "ca", cn: str = "failovervm-sandbox-ca") -> KeyPair:
+def make_ca(directory: Path, name: str, cn: str) -> KeyPair:
+    """A self-signed CA (EC P-256) in <directory>/<name>.crt and .key."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -63,7 +65,7 @@ def make_ca(directory: Path, name: str = "ca", cn: str = "failovervm-sandbox-ca"
     )
     pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(pair.key, key)
+    write_key(pair.key, key)
     return pair
 
 
@@ -83,7 +85,7 @@ def issue(
     ca_key = serialization.load_pem_private_key(ca.key.read_bytes(), password=None)
     ca_cert = x509.load_pem_x509_certificate(ca.cert.read_bytes())
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise TypeError("sandbox CA key must be an EC key")
+        raise TypeError("the CA key must be an EC key")
     key = ec.generate_private_key(ec.SECP256R1())
     usages = []
     if server:
@@ -109,18 +111,6 @@ def issue(
     cert = builder.sign(ca_key, hashes.SHA256())
     pair = KeyPair(directory / f"{name}.crt", directory / f"{name}.key")
     pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(pair.key, key)
+    write_key(pair.key, key)
     return pair
 
-
-def make_service_account_keys(directory: Path) -> tuple[Path, Path]:
-    """RSA key pair that signs ServiceAccount tokens (private, public)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    priv, pub = directory / "sa.key", directory / "sa.pub"
-    _write_key(priv, key)
-    pub.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return priv, pub

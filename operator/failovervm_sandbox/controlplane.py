@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from failovervm.errors import SandboxError
-from failovervm.sandbox import pki, procs
+from failovervm import pki
+from failovervm_sandbox import SandboxError, procs
 
 SERVICE_CIDR = "10.96.0.0/24"
 SERVICE_IP = "10.96.0.1"
@@ -70,7 +72,7 @@ def generate_pki(paths: ControlPlanePaths) -> None:
     d.mkdir(parents=True, exist_ok=True)
     if (d / "ca.crt").exists() and (d / "sa.key").exists() and (d / "admin.crt").exists():
         return
-    ca = pki.make_ca(d)
+    ca = pki.make_ca(d, "ca", "failovervm-sandbox-ca")
     pki.issue(
         ca, d, "apiserver", "kube-apiserver", server=True,
         dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
@@ -79,7 +81,20 @@ def generate_pki(paths: ControlPlanePaths) -> None:
     )
     pki.issue(ca, d, "admin", "sandbox-admin", org="system:masters", client=True)
     pki.issue(ca, d, "kube-controller-manager", "system:kube-controller-manager", client=True)
-    pki.make_service_account_keys(d)
+    _make_service_account_keys(d)
+
+
+def _make_service_account_keys(directory: Path) -> tuple[Path, Path]:
+    """RSA key pair that signs ServiceAccount tokens (private, public)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    priv, pub = directory / "sa.key", directory / "sa.pub"
+    pki.write_key(priv, key)
+    pub.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return priv, pub
 
 
 def _ssl_context(paths: ControlPlanePaths) -> ssl.SSLContext:
