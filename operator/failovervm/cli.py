@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from failovervm.errors import FailoverVMError
 
@@ -306,21 +306,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="failovervm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_add_sandbox, _add_controller, _add_agent, _add_migrate, _add_restart, _add_status, _add_evacuate,
-                _add_console):
+    _add_sandbox(sub, p.error)
+    for add in (_add_controller, _add_agent, _add_migrate, _add_restart, _add_status, _add_evacuate, _add_console):
         add(sub)
     return p
 
 
-def _add_sandbox(sub: Subcommands) -> None:
-    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
-
+def _add_sandbox(sub: Subcommands, usage_error: Callable[[str], NoReturn]) -> None:
     # Everything after `sandbox` goes to the sandbox's own parser, unparsed: no argument looks like
     # an option to this one (prefix_chars), so -h/--help reach the sandbox's too.
     sb = sub.add_parser("sandbox", help="local cluster: etcd + kube-apiserver + libvirt/QEMU nodes",
                         add_help=False, prefix_chars="\0")
     sb.add_argument("argv", nargs=argparse.REMAINDER)
-    sb.set_defaults(func=cmd_sandbox, usage_error=p.error)
+    sb.set_defaults(func=cmd_sandbox, usage_error=usage_error)
 
 
 def _add_controller(sub: Subcommands) -> None:
@@ -415,8 +413,6 @@ def _add_evacuate(sub: Subcommands) -> None:
 
 
 def _add_console(sub: Subcommands) -> None:
-    from failovervm.sandbox.manager import DEFAULT_STATE_DIR
-
     co = sub.add_parser("console", help="print a FailoverVM's serial console log (--follow: keep reading)")
     co.add_argument("name", help="the FailoverVM")
     co.add_argument("-f", "--follow", action="store_true", help="keep printing what the guest writes")
