@@ -10,8 +10,7 @@ import pytest
 
 from failovervm import labels
 from failovervm import migration as mg
-from failovervm.controller import handlers
-from failovervm.controller import migrations as cm
+from failovervm.controller import evacuation, handlers, sweeps
 from failovervm.controller.config import CONFIG
 
 
@@ -95,7 +94,7 @@ def node() -> dict[str, Any]:
 def test_concurrent_sweeps_start_one_migration_per_vm(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = SlowKube()
     monkeypatch.setattr(CONFIG, "kube", kube)
-    threads = [threading.Thread(target=cm.reconcile_node, args=("n1",)) for _ in range(4)]
+    threads = [threading.Thread(target=evacuation.reconcile_node, args=("n1",)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -110,9 +109,9 @@ def test_a_second_controller_with_the_same_view_gets_a_conflict(monkeypatch: pyt
     kube = SlowKube()
     monkeypatch.setattr(CONFIG, "kube", kube)
     stale = kube.list_migrations()
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node("n1")
     monkeypatch.setattr(kube, "list_migrations", lambda: stale)
-    cm._reconcile_node(node())  # what another process, which holds no lock of ours, would do
+    evacuation._reconcile_node(node())  # what another process, which holds no lock of ours, would do
     assert len(kube.migrations) == 2 and kube.conflicts == 2
 
 
@@ -123,7 +122,7 @@ def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(monkeyp
     found no migration at all)."""
     kube = SlowKube()
     monkeypatch.setattr(CONFIG, "kube", kube)
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node("n1")
     assert len(kube.migrations) == 2
     uncordoned = node()
     uncordoned["spec"] = {}
@@ -215,4 +214,4 @@ def test_collect_history_deletes_through_the_api(monkeypatch: pytest.MonkeyPatch
                         mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
     monkeypatch.setattr(CONFIG, "kube", kube)
     monkeypatch.setattr(CONFIG, "migration_history", 0)
-    assert cm.collect_history() == kube.deleted == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger
+    assert sweeps.collect_history() == kube.deleted == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger

@@ -18,6 +18,7 @@ import pytest
 from failovervm import conditions
 from failovervm import migration as mg
 from failovervm.controller import migrations as cm
+from failovervm.controller import sweeps
 from failovervm.controller.config import CONFIG
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
@@ -196,16 +197,16 @@ def test_a_vanished_migration_s_lock_is_released(monkeypatch: pytest.MonkeyPatch
     locked, and the drain then waited forever with no migration at all."""
     kube = LockKube(exists=False)
     monkeypatch.setattr(CONFIG, "kube", kube)
-    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == ["ns/vm"]
+    assert sweeps.release_stale_locks([kube.get_vm("ns", "vm")], []) == ["ns/vm"]
     assert "migration" not in kube.vm["status"] and kube.events == ["StaleMigrationLockReleased"]
     # Nothing left to release: no second event.
-    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
+    assert sweeps.release_stale_locks([kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
 
 
 def test_a_lock_of_a_migration_created_after_the_list_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = LockKube(exists=True)
     monkeypatch.setattr(CONFIG, "kube", kube)
-    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == []
+    assert sweeps.release_stale_locks([kube.get_vm("ns", "vm")], []) == []
     assert kube.vm["status"]["migration"]["name"] == "m1" and kube.events == []
 
 
@@ -214,5 +215,5 @@ def test_a_lock_the_agent_takes_meanwhile_is_kept(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(CONFIG, "kube", kube)
     stale_view = kube.get_vm("ns", "vm")
     kube.agent_takes_it()
-    assert cm.release_stale_locks([stale_view], []) == []
+    assert sweeps.release_stale_locks([stale_view], []) == []
     assert kube.vm["status"]["migration"]["state"] == mg.RUNNING

@@ -9,8 +9,7 @@ import pytest
 
 from failovervm import migration as mg
 from failovervm import nodehealth as nh
-from failovervm.controller import migrations as cm
-from failovervm.controller import recovery
+from failovervm.controller import evacuation, recovery
 from failovervm.controller.config import CONFIG
 from failovervm.kube import Kube as RealKube
 
@@ -148,7 +147,7 @@ def kube(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Any) -> None:
     k = kube([vm()], [node("Unknown")])
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node("n1")
     st = k.vms["vm"]["status"]
     assert st["nodeName"] == "n1"  # not moved: it may still run there
     cond = next(c for c in st["conditions"] if c["type"] == nh.CONDITION)
@@ -156,17 +155,17 @@ def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Any) -> No
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "Unknown" and ready["reason"] == "NodeNotReady"
     assert k.events == ["NodeNotReady"]
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node("n1")
     assert k.events == ["NodeNotReady"]  # no second write
     k.nodes["n1"] = node("True")
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node("n1")
     cond = next(c for c in k.vms["vm"]["status"]["conditions"] if c["type"] == nh.CONDITION)
     assert cond["status"] == "True" and k.events == ["NodeNotReady", "NodeRecovered"]
 
 
 def test_fenced_node_releases_its_vms(kube: Any) -> None:
     k = kube([vm()], [node("Unknown", OUT)])
-    out = cm.reconcile_node("n1")
+    out = evacuation.reconcile_node("n1")
     assert out["released"] == ["ns/vm"]
     st = k.vms["vm"]["status"]
     assert "nodeName" not in st and "vf" not in st and "domain" not in st and st["phase"] == "Pending"
@@ -174,7 +173,7 @@ def test_fenced_node_releases_its_vms(kube: Any) -> None:
     assert ready["reason"] == "NodeOutOfService" and "restarting it on another node" in ready["message"]
     assert "failovervm.io/node" not in k.vms["vm"]["metadata"]["labels"]
     assert k.events == ["NodeFenced"]
-    assert cm.reconcile_node("n1")["released"] == []  # idempotent
+    assert evacuation.reconcile_node("n1")["released"] == []  # idempotent
 
 
 def test_fencing_fails_the_vms_migration_and_releases_its_target(kube: Any) -> None:
@@ -183,7 +182,7 @@ def test_fencing_fails_the_vms_migration_and_releases_its_target(kube: Any) -> N
                       "targetVF": {"claimName": "c2"}}}
     k = kube([vm(migration={"name": "m1", "state": mg.TARGET_READY, "targetClaim": "c2"})],
              [node("Unknown", OUT), node(name="n2")], [mig])
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node("n1")
     assert k.migrations["m1"]["status"]["phase"] == mg.FAILED
     assert k.migrations["m1"]["status"]["reason"] == "SourceNodeFenced"
     assert "c2" in k.deleted_claims  # the target reservation

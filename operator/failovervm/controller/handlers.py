@@ -11,7 +11,7 @@ from typing import Any
 import kopf
 
 from failovervm import API_GROUP, API_VERSION
-from failovervm.controller import migrations, recovery, vms
+from failovervm.controller import evacuation, guard, migrations, recovery, sweeps, vms
 from failovervm.controller.config import CONFIG
 from failovervm.validation import validate_vm
 
@@ -67,11 +67,11 @@ def pool_status(*, name: str, **_: Any) -> None:
     if now - _last_node_sweep >= 3.0:
         _last_node_sweep = now
         for node in CONFIG.k().list_nodes():
-            migrations.reconcile_node(node["metadata"]["name"])
+            evacuation.reconcile_node(node["metadata"]["name"])
     if now - _last_claim_sweep >= 30.0:
         _last_claim_sweep = now
         vms.collect_orphaned_claims()
-        migrations.sweep()
+        sweeps.sweep_migrations()
         recovery.sweep_deleted_nodes()
 
 
@@ -121,7 +121,7 @@ def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kop
     source = status.get("sourceNode")
     if phase in ("Succeeded", "Failed", "Aborted") and source:
         # A slot on the source node is free: start the next evacuation migration right away.
-        migrations.reconcile_node(str(source))
+        evacuation.reconcile_node(str(source))
 
 
 
@@ -142,7 +142,7 @@ def on_migration_delete(*, name: str, namespace: str | None, **_: Any) -> None:
 @kopf.on.event("", "v1", "nodes")
 def on_node_event(*, type: str, name: str, **_: Any) -> None:
     if type != "DELETED":
-        migrations.reconcile_node(name)
+        evacuation.reconcile_node(name)
     elif name:
         # A deleted Node counts as fenced: the VMs it ran start elsewhere.
         recovery.release_all(name, None)
@@ -156,9 +156,9 @@ async def guard_pod_eviction(*, name: str | None, namespace: str | None, dryrun:
                              **_: Any) -> None:
     """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
     FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
-    if namespace != CONFIG.namespace or not name or not name.startswith(migrations.GUARD_PREFIX):
+    if namespace != CONFIG.namespace or not name or not name.startswith(guard.GUARD_PREFIX):
         return
-    node_name = name[len(migrations.GUARD_PREFIX):]
+    node_name = name[len(guard.GUARD_PREFIX):]
     remaining = await asyncio.get_running_loop().run_in_executor(
         _ADMISSION_POOL, _guard_check, node_name, name, dryrun)
     if remaining:
@@ -167,12 +167,12 @@ async def guard_pod_eviction(*, name: str | None, namespace: str | None, dryrun:
 
 
 def _guard_check(node_name: str, pod_name: str, dryrun: bool) -> int:
-    remaining = migrations.node_has_vms(node_name)
+    remaining = evacuation.node_has_vms(node_name)
     kube = CONFIG.k()
-    migrations.reconcile_node(node_name)  # the attempt itself starts the evacuation
+    evacuation.reconcile_node(node_name)  # the attempt itself starts the evacuation
     if not remaining and not dryrun:
         # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet
         # to confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.
         kube.delete_pod(CONFIG.namespace, pod_name, grace_period=0)
-        migrations.forget_guard(node_name)
+        guard.forget_guard(node_name)
     return remaining

@@ -11,7 +11,9 @@ from typing import Any
 
 from failovervm import conditions, labels, nodehealth
 from failovervm import migration as mg
+from failovervm.controller import migrations
 from failovervm.controller.config import CONFIG
+from failovervm.controller.locks import migration_lock, node_lock
 from failovervm.metrics import VMS_RECOVERED
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,6 @@ def mark(vms: Iterable[Mapping[str, Any]], node: str, health: nodehealth.NodeHea
 def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> bool:
     """The VM's node is fenced: fail its migration, take it off the node; the controller then
     places it again and its new node's agent boots it (a cold restart). True when released."""
-    from failovervm.controller import migrations
-
     kube = CONFIG.k()
     meta = vm["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -68,7 +68,7 @@ def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> 
     if mig_ref.get("name"):
         mig = kube.get_migration(ns, str(mig_ref["name"]))
         if mig is not None and mg.phase(mig) not in mg.TERMINAL_PHASES:
-            with migrations.migration_lock(ns, str(mig_ref["name"])):
+            with migration_lock(ns, str(mig_ref["name"])):
                 failed = migrations.set_phase(mig, mg.FAILED, reason="SourceNodeFenced",
                                               message=f"{health.message}: the VM is restarted on another node")
                 migrations.cleanup(failed or mig)
@@ -118,8 +118,6 @@ def _still_on(ns: str, name: str, uid: str, node: str) -> dict[str, Any] | None:
 
 def release_all(node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
     """Release every VM of a fenced node (None: the Node is gone)."""
-    from failovervm.controller.migrations import node_lock
-
     health = nodehealth.assess(node, node_obj)
     if health.state != nodehealth.FENCED:
         return []
@@ -131,8 +129,6 @@ def release_all(node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
 def sweep_deleted_nodes() -> list[str]:
     """VMs placed on a node that no longer exists (its deletion event was missed): release them.
     The node is looked up once more by name first, since the VM list may be newer than a node list."""
-    from failovervm.controller.migrations import node_lock
-
     kube = CONFIG.k()
     known = {n["metadata"]["name"] for n in kube.list_nodes()}
     released: list[str] = []

@@ -10,6 +10,7 @@ from typing import Any
 
 from failovervm import conditions, labels, metrics
 from failovervm.controller.config import CONFIG
+from failovervm.controller.guard import ensure_guard
 from failovervm.labels import AGENT_FINALIZER
 from failovervm.placement import Claimed, place
 from failovervm.scheduling import Unschedulable
@@ -56,8 +57,6 @@ def ensure_scheduled(namespace: str, name: str) -> str:
             _record_unschedulable(vm, result)
             return f"pending:{result.reason}"
         assert isinstance(result, Claimed)
-        from failovervm.controller.migrations import ensure_guard
-
         ensure_guard(result.node)
         placed = _record_placement(vm, result)
         if placed is None:

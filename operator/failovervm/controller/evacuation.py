@@ -1,0 +1,118 @@
+"""Node sweep and evacuation: the guard pod, node health, and the evacuation of a node that must
+be emptied (drain, cordon, cluster-autoscaler scale-down) by FailoverVMMigrations, or by shutting
+down the VMs whose evictionStrategy is Shutdown."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from failovervm import labels, nodehealth
+from failovervm import migration as mg
+from failovervm.controller import recovery
+from failovervm.controller.config import CONFIG
+from failovervm.controller.guard import sync_guard
+from failovervm.controller.locks import node_lock
+from failovervm.scheduling import NodeInfo, node_needs_evacuation
+
+
+def vms_on(node: str) -> list[dict[str, Any]]:
+    return [vm for vm in CONFIG.k().list_vms(f"{labels.VM_NODE}={node}")
+            if (vm.get("status") or {}).get("nodeName") == node or not (vm.get("status") or {}).get("nodeName")]
+
+
+def reconcile_node(name: str) -> dict[str, Any]:
+    """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied.
+
+    The node sweep, node events, migration events and the eviction webhook all call this from
+    their own threads: one sweep per node at a time, or two could both see no migration for a VM
+    and both start one.
+
+    It takes the node's name and reads the Node itself once the lock is held: a caller's copy (a
+    watch event, a list made before the other nodes' sweeps) may be older than the sweep that just
+    ran, and acting on a copy from before a cordon would take the evacuation it started for an
+    uncordon and delete its migrations."""
+    with node_lock(name):
+        current = CONFIG.k().get_node(name)
+        if current is None:
+            return {"vms": 0, "gone": True}  # deleted: its VMs are released by the DELETED event or the sweep
+        return _reconcile_node(current)
+
+
+def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
+    kube = CONFIG.k()
+    name = node["metadata"]["name"]
+    vms = vms_on(name)
+    out: dict[str, Any] = {"vms": len(vms)}
+    health = nodehealth.assess(name, node, dt.datetime.now(dt.UTC))
+    if health.state == nodehealth.FENCED:
+        # Known to be off: its VMs start elsewhere, and with none left the guard pod goes (a drain
+        # of the dead node completes).
+        out["released"] = [f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in vms
+                           if (v.get("status") or {}).get("nodeName") == name and recovery.release(v, name, health)]
+        vms = vms_on(name)
+    elif vms:
+        recovery.mark(vms, name, health)
+    sync_guard(node, bool(vms))
+    if not node_needs_evacuation(NodeInfo.from_k8s(node)):
+        # Uncordoned: start no new evacuation migrations, and drop those still looking for a target.
+        for mig in kube.list_migrations():
+            labels_ = mig["metadata"].get("labels") or {}
+            if labels_.get(labels.EVACUATION_LABEL) == name and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
+                kube.delete_migration(mig["metadata"]["namespace"], mig["metadata"]["name"])
+        return out
+    if not vms:
+        return out
+    now = dt.datetime.now(dt.UTC)
+    migrations = kube.list_migrations()
+    start, waiting = mg.plan_evacuation(name, vms, migrations, CONFIG.limits, now,
+                                        require_failover_ready=CONFIG.require_failover_ready)
+    for blocked in vms:
+        why = waiting.get(f"{blocked['metadata']['namespace']}/{blocked['metadata']['name']}", "")
+        # Events are de-duplicated, so repeating these on every sweep does not flood.
+        if why.startswith(mg.FAILOVER_NOT_READY):
+            kube.event(blocked, "EvacuationBlocked", f"node {name} is being drained but {why}", type_="Warning",
+                       component="controller")
+        elif why.startswith(mg.GAVE_UP):
+            kube.event(blocked, "EvacuationGaveUp", f"node {name} is being drained but the operator {why}",
+                       type_="Warning", component="controller")
+    for vm in start:
+        ns = vm["metadata"]["namespace"]
+        mig_name = mg.evacuation_name(vm, name, (m["metadata"]["name"] for m in migrations
+                                                 if m["metadata"].get("namespace") == ns))
+        body = {
+            "apiVersion": labels.API_GROUP_VERSION,
+            "kind": "FailoverVMMigration",
+            "metadata": {
+                "name": mig_name,
+                "namespace": ns,
+                "labels": {labels.EVACUATION_LABEL: name, labels.VM_LABEL: vm["metadata"]["name"]},
+            },
+            "spec": {"vmName": vm["metadata"]["name"]},
+        }
+        if kube.create_migration_once(body) is None:
+            continue  # another sweep (or a standby replica's admission webhook) created it first
+        kube.event(vm, "Evacuating", f"node {name} is being drained: live-migrating with {mig_name}",
+                   component="controller")
+    for vm in vms:
+        meta = vm["metadata"]
+        if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown" and not meta.get("deletionTimestamp"):
+            _evict_by_shutdown(vm, name)
+    out.update(started=[v["metadata"]["name"] for v in start], waiting=waiting)
+    return out
+
+
+def _evict_by_shutdown(vm: Mapping[str, Any], node: str) -> None:
+    """evictionStrategy Shutdown: ask the agent to shut the VM down and release it from the node."""
+    kube = CONFIG.k()
+    meta = vm["metadata"]
+    if (meta.get("annotations") or {}).get(labels.EVICT_ANNOTATION) == node:
+        return
+    kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"annotations": {labels.EVICT_ANNOTATION: node}}})
+    kube.event(vm, "Evicting", f"node {node} is being drained: shutting the VM down (evictionStrategy Shutdown); "
+               "it starts again on another node", component="controller")
+
+
+def node_has_vms(node: str) -> int:
+    return len([vm for vm in vms_on(node) if not vm["metadata"].get("deletionTimestamp")])
