@@ -11,18 +11,16 @@ from typing import Any
 from failovervm import labels, nodehealth
 from failovervm import migration as mg
 from failovervm.controller import recovery
-from failovervm.controller.config import CONFIG
-from failovervm.controller.guard import sync_guard
-from failovervm.controller.locks import node_lock
+from failovervm.controller.context import ControllerContext
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
 
 
-def vms_on(node: str) -> list[dict[str, Any]]:
-    return [vm for vm in CONFIG.k().list_vms(f"{labels.VM_NODE}={node}")
+def vms_on(ctx: ControllerContext, node: str) -> list[dict[str, Any]]:
+    return [vm for vm in ctx.kube.list_vms(f"{labels.VM_NODE}={node}")
             if (vm.get("status") or {}).get("nodeName") == node or not (vm.get("status") or {}).get("nodeName")]
 
 
-def reconcile_node(name: str) -> dict[str, Any]:
+def reconcile_node(ctx: ControllerContext, name: str) -> dict[str, Any]:
     """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied.
 
     The node sweep, node events, migration events and the eviction webhook all call this from
@@ -33,28 +31,29 @@ def reconcile_node(name: str) -> dict[str, Any]:
     watch event, a list made before the other nodes' sweeps) may be older than the sweep that just
     ran, and acting on a copy from before a cordon would take the evacuation it started for an
     uncordon and delete its migrations."""
-    with node_lock(name):
-        current = CONFIG.k().get_node(name)
+    with ctx.locks.node(name):
+        current = ctx.kube.get_node(name)
         if current is None:
             return {"vms": 0, "gone": True}  # deleted: its VMs are released by the DELETED event or the sweep
-        return _reconcile_node(current)
+        return _reconcile_node(ctx, current)
 
 
-def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
-    kube = CONFIG.k()
+def _reconcile_node(ctx: ControllerContext, node: Mapping[str, Any]) -> dict[str, Any]:
+    kube = ctx.kube
     name = node["metadata"]["name"]
-    vms = vms_on(name)
+    vms = vms_on(ctx, name)
     out: dict[str, Any] = {"vms": len(vms)}
     health = nodehealth.assess(name, node, dt.datetime.now(dt.UTC))
     if health.state == nodehealth.FENCED:
         # Known to be off: its VMs start elsewhere, and with none left the guard pod goes (a drain
         # of the dead node completes).
         out["released"] = [f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in vms
-                           if (v.get("status") or {}).get("nodeName") == name and recovery.release(v, name, health)]
-        vms = vms_on(name)
+                           if (v.get("status") or {}).get("nodeName") == name
+                           and recovery.release(ctx, v, name, health)]
+        vms = vms_on(ctx, name)
     elif vms:
-        recovery.mark(vms, name, health)
-    sync_guard(node, bool(vms))
+        recovery.mark(ctx, vms, name, health)
+    ctx.guards.sync(node, bool(vms))
     if not node_needs_evacuation(NodeInfo.from_k8s(node)):
         # Uncordoned: start no new evacuation migrations, and drop those still looking for a target.
         for mig in kube.list_migrations():
@@ -66,8 +65,8 @@ def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
         return out
     now = dt.datetime.now(dt.UTC)
     migrations = kube.list_migrations()
-    start, waiting = mg.plan_evacuation(name, vms, migrations, CONFIG.limits, now,
-                                        require_failover_ready=CONFIG.require_failover_ready)
+    start, waiting = mg.plan_evacuation(name, vms, migrations, ctx.settings.limits, now,
+                                        require_failover_ready=ctx.settings.require_failover_ready)
     for blocked in vms:
         why = waiting.get(f"{blocked['metadata']['namespace']}/{blocked['metadata']['name']}", "")
         # Events are de-duplicated, so repeating these on every sweep does not flood.
@@ -98,14 +97,14 @@ def _reconcile_node(node: Mapping[str, Any]) -> dict[str, Any]:
     for vm in vms:
         meta = vm["metadata"]
         if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown" and not meta.get("deletionTimestamp"):
-            _evict_by_shutdown(vm, name)
+            _evict_by_shutdown(ctx, vm, name)
     out.update(started=[v["metadata"]["name"] for v in start], waiting=waiting)
     return out
 
 
-def _evict_by_shutdown(vm: Mapping[str, Any], node: str) -> None:
+def _evict_by_shutdown(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> None:
     """evictionStrategy Shutdown: ask the agent to shut the VM down and release it from the node."""
-    kube = CONFIG.k()
+    kube = ctx.kube
     meta = vm["metadata"]
     if (meta.get("annotations") or {}).get(labels.EVICT_ANNOTATION) == node:
         return
@@ -114,5 +113,5 @@ def _evict_by_shutdown(vm: Mapping[str, Any], node: str) -> None:
                "it starts again on another node", component="controller")
 
 
-def node_has_vms(node: str) -> int:
-    return len([vm for vm in vms_on(node) if not vm["metadata"].get("deletionTimestamp")])
+def node_has_vms(ctx: ControllerContext, node: str) -> int:
+    return len([vm for vm in vms_on(ctx, node) if not vm["metadata"].get("deletionTimestamp")])

@@ -9,18 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from failovervm import labels
-from failovervm.controller.config import CONFIG
+from failovervm.kube import KubeAPI
 
 GUARD_PREFIX = "fvm-guard-"
-_GUARDS: set[str] = set()  # nodes whose guard pod this controller created (or found)
-_GUARDS_SYNCED: dict[str, bool] = {}  # nodes checked for a stale guard pod since start
-_GUARDS_VERIFIED: dict[str, float] = {}
 GUARD_VERIFY_SECONDS = 30.0
-
-
-def forget_guard(node: str) -> None:
-    """The guard pod of `node` was deleted by someone else (eviction, kubectl): recreate when needed."""
-    _GUARDS.discard(node)
 
 
 def guard_pod_name(node: str) -> str:
@@ -60,33 +52,44 @@ def guard_pod(node: Mapping[str, Any], namespace: str, image: str) -> dict[str, 
     }
 
 
-def ensure_guard(node_name: str) -> None:
-    """Make sure the node's guard pod exists *before* a VM is placed or migrated there, so that no
-    drain can slip through between the placement and the next node sweep."""
-    if node_name in _GUARDS:
-        return
-    node = CONFIG.k().get_node(node_name)
-    if node is not None:
-        CONFIG.k().ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
-        _GUARDS.add(node_name)
-        _GUARDS_VERIFIED[node_name] = time.monotonic()
+class Guards:
+    """The guard pods of the nodes, and which of them this controller knows to exist."""
 
+    def __init__(self, kube: KubeAPI, namespace: str, image: str) -> None:
+        self.kube, self.namespace, self.image = kube, namespace, image
+        self._known: set[str] = set()  # nodes whose guard pod this controller created (or found)
+        self._synced: dict[str, bool] = {}  # nodes checked for a stale guard pod since start
+        self._verified: dict[str, float] = {}
 
-def sync_guard(node: Mapping[str, Any], has_vms: bool) -> None:
-    """Keep the node's guard pod in step with its VMs: there while it has VMs, gone otherwise.
+    def ensure(self, node_name: str) -> None:
+        """Make sure the node's guard pod exists *before* a VM is placed or migrated there, so that no
+        drain can slip through between the placement and the next node sweep."""
+        if node_name in self._known:
+            return
+        node = self.kube.get_node(node_name)
+        if node is not None:
+            self.kube.ensure_pod(guard_pod(node, self.namespace, self.image))
+            self._known.add(node_name)
+            self._verified[node_name] = time.monotonic()
 
-    Remembers which guard pods exist so the periodic tick does not hit the API for nothing; an
-    eviction or deletion always goes through the API (and clears the memory)."""
-    kube = CONFIG.k()
-    name = node["metadata"]["name"]
-    if has_vms:
-        now_m = time.monotonic()
-        if name not in _GUARDS or now_m - _GUARDS_VERIFIED.get(name, 0.0) > GUARD_VERIFY_SECONDS:
-            # Create it, or (every 30 s) make sure nobody deleted it behind our back.
-            kube.ensure_pod(guard_pod(node, CONFIG.namespace, CONFIG.guard_image))
-            _GUARDS.add(name)
-            _GUARDS_VERIFIED[name] = now_m
-    elif name in _GUARDS or not _GUARDS_SYNCED.get(name):
-        kube.delete_pod(CONFIG.namespace, guard_pod_name(name), grace_period=0)
-        _GUARDS.discard(name)
-        _GUARDS_SYNCED[name] = True
+    def sync(self, node: Mapping[str, Any], has_vms: bool) -> None:
+        """Keep the node's guard pod in step with its VMs: there while it has VMs, gone otherwise.
+
+        Remembers which guard pods exist so the periodic tick does not hit the API for nothing; an
+        eviction or deletion always goes through the API (and clears the memory)."""
+        name = node["metadata"]["name"]
+        if has_vms:
+            now_m = time.monotonic()
+            if name not in self._known or now_m - self._verified.get(name, 0.0) > GUARD_VERIFY_SECONDS:
+                # Create it, or (every 30 s) make sure nobody deleted it behind our back.
+                self.kube.ensure_pod(guard_pod(node, self.namespace, self.image))
+                self._known.add(name)
+                self._verified[name] = now_m
+        elif name in self._known or not self._synced.get(name):
+            self.kube.delete_pod(self.namespace, guard_pod_name(name), grace_period=0)
+            self._known.discard(name)
+            self._synced[name] = True
+
+    def forget(self, node: str) -> None:
+        """The guard pod of `node` was deleted by someone else (eviction, kubectl): recreate when needed."""
+        self._known.discard(node)

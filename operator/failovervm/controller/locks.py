@@ -98,7 +98,3 @@ def release_untaken(kube: KubeAPI, vm: Mapping[str, Any], name: str) -> bool:
     cur = ((fresh or {}).get("status") or {}).get("migration") or {}
     return not (cur.get("name") == name and cur.get("state") not in NOT_TAKEN)  # another's lock: not ours
 
-
-LOCKS = Locks()
-migration_lock = LOCKS.migration
-node_lock = LOCKS.node

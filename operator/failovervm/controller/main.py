@@ -13,7 +13,7 @@ import kopf
 
 from failovervm import kube as kube_mod
 from failovervm import webhookcerts
-from failovervm.controller.config import CONFIG
+from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.labels import API_GROUP, CONTROLLER_FINALIZER, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
@@ -51,21 +51,26 @@ def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     )
 
 
+def settings(args: ControllerArgs) -> ControllerSettings:
+    return ControllerSettings(
+        storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
+        namespace=args.namespace,
+        guard_image=args.guard_image,
+        require_failover_ready=args.require_failover_ready,
+        migration_history=args.migration_history,
+        handover_timeout_seconds=args.handover_timeout_seconds,
+        limits=Limits(per_cluster=args.parallel_migrations_per_cluster,
+                      per_node_outbound=args.parallel_outbound_migrations_per_node),
+    )
+
+
 def run(args: ControllerArgs) -> int:
     from failovervm.logs import configure as configure_logs
 
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    CONFIG.kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
-    CONFIG.storage_roots = [str(Path(r).resolve()) for r in args.storage_roots]
-    CONFIG.namespace = args.namespace
-    CONFIG.guard_image = args.guard_image
-    CONFIG.require_failover_ready = args.require_failover_ready
-    CONFIG.migration_history = args.migration_history
-    CONFIG.handover_timeout_seconds = args.handover_timeout_seconds
-    CONFIG.limits = Limits(per_cluster=args.parallel_migrations_per_cluster,
-                           per_node_outbound=args.parallel_outbound_migrations_per_node)
+    ctx = ControllerContext(settings(args), kube_mod.Kube(kube_mod.load(args.kubeconfig)))
     import failovervm.controller.handlers  # noqa: F401  (registers the handlers)
 
     @kopf.on.login()
@@ -96,5 +101,6 @@ def run(args: ControllerArgs) -> int:
         peering_name=PEERING_NAME if args.peering else None,
         standalone=not args.peering,
         liveness_endpoint=liveness,
+        memo=kopf.Memo(ctx=ctx),
     ))
     return 0

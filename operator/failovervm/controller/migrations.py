@@ -11,9 +11,8 @@ from typing import Any
 
 from failovervm import conditions, guestfailover
 from failovervm import migration as mg
-from failovervm.controller.config import CONFIG
-from failovervm.controller.guard import ensure_guard
-from failovervm.controller.locks import LOCKS, NOT_TAKEN, migration_lock, release_untaken, update_vm_migration
+from failovervm.controller.context import ControllerContext
+from failovervm.controller.locks import NOT_TAKEN, release_untaken, update_vm_migration
 from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
 from failovervm.placement import Claimed, place
 from failovervm.scheduling import Unschedulable
@@ -29,8 +28,9 @@ def _key(mig: Mapping[str, Any]) -> tuple[str, str]:
     return mig["metadata"]["namespace"], mig["metadata"]["name"]
 
 
-def set_phase(mig: Mapping[str, Any], new_phase: str, *, condition: tuple[str, bool, str, str] | None = None,
-              only_from: str | None = None, **fields: Any) -> dict[str, Any] | None:
+def set_phase(ctx: ControllerContext, mig: Mapping[str, Any], new_phase: str, *,
+              condition: tuple[str, bool, str, str] | None = None, only_from: str | None = None,
+              **fields: Any) -> dict[str, Any] | None:
     """Move a migration to `new_phase` if the state machine allows it (None otherwise).
 
     `condition` (type, status, reason, message) is set on the status as read for the write;
@@ -52,50 +52,51 @@ def set_phase(mig: Mapping[str, Any], new_phase: str, *, condition: tuple[str, b
             st["endTimestamp"] = conditions.now_iso(precise=True)
         return st
 
-    obj = CONFIG.k().update_migration_status(ns, name, mutate)
+    obj = ctx.kube.update_migration_status(ns, name, mutate)
     if obj is not None and old_phase != new_phase and mg.phase(obj) == new_phase:
         log.info("migration %s/%s: %s -> %s", ns, name, old_phase, new_phase)
     return obj
 
 
-def advance(namespace: str, name: str) -> str:
+def advance(ctx: ControllerContext, namespace: str, name: str) -> str:
     """Drive one FailoverVMMigration as far as the controller can. Returns its phase.
 
     Kopf may run the event handler and the timer of one migration at the same time: a lock per
     migration keeps two target reservations from being made for it."""
-    with migration_lock(namespace, name):
-        return _advance(namespace, name)
+    with ctx.locks.migration(namespace, name):
+        return _advance(ctx, namespace, name)
 
 
-def _advance(namespace: str, name: str) -> str:
-    kube = CONFIG.k()
+def _advance(ctx: ControllerContext, namespace: str, name: str) -> str:
+    kube = ctx.kube
     mig = kube.get_migration(namespace, name)
     if mig is None or mig["metadata"].get("deletionTimestamp"):
         return "gone"
     ph = mg.phase(mig)
     if ph in mg.TERMINAL_PHASES:
-        cleanup(mig)
+        cleanup(ctx, mig)
         return ph
     vm_name = mig["spec"]["vmName"]
     vm = kube.get_vm(namespace, vm_name)
     if vm is None:
-        set_phase(mig, mg.FAILED, reason="VMNotFound", message=f"FailoverVM {namespace}/{vm_name} does not exist")
+        set_phase(ctx, mig, mg.FAILED, reason="VMNotFound",
+                  message=f"FailoverVM {namespace}/{vm_name} does not exist")
         return mg.FAILED
     status = vm.get("status") or {}
     if ph == mg.PENDING:
         if status.get("phase") != "Running" or not status.get("nodeName"):
-            set_phase(mig, mg.FAILED, reason="VMNotRunning",
+            set_phase(ctx, mig, mg.FAILED, reason="VMNotRunning",
                        message=f"FailoverVM {vm_name} is not running (phase {status.get('phase')})")
             return mg.FAILED
         source = status["nodeName"]
         if mig["spec"].get("targetNode") == source:
-            set_phase(mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
+            set_phase(ctx, mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
             return mg.FAILED
         current = status.get("migration") or {}
         if current and current.get("name") != name:
-            set_phase(mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
+            set_phase(ctx, mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
             return mg.PENDING
-        gate = mg.failover_gate(vm, CONFIG.require_failover_ready)
+        gate = mg.failover_gate(vm, ctx.settings.require_failover_ready)
         mig_st = mig.get("status") or {}
         fo_conds = conditions.set_condition(
             mig_st.get("conditions"), guestfailover.CONDITION, gate.ready,
@@ -104,15 +105,15 @@ def _advance(namespace: str, name: str) -> str:
             "unplugged" if gate.ready else gate.message)
         if gate.refuse:
             MIGRATIONS_WITHOUT_FAILOVER.labels("refused").inc()
-            set_phase(mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
+            set_phase(ctx, mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
             kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
             return mg.FAILED
-        if not update_vm_migration(CONFIG.k(), vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
+        if not update_vm_migration(kube, vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
             return mg.PENDING
         warnings = list(mig_st.get("warnings") or [])
         if not gate.ready and gate.message not in warnings:
             warnings.append(gate.message)
-        set_phase(mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
+        set_phase(ctx, mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
                    message="looking for a target node with a free VF", conditions=fo_conds,
                    warnings=warnings or None, failoverPolicy=gate.policy)
         kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
@@ -123,9 +124,9 @@ def _advance(namespace: str, name: str) -> str:
                            component="controller")
         return mg.SCHEDULING
     if ph == mg.SCHEDULING:
-        return _schedule_target(mig, vm)
+        return _schedule_target(ctx, mig, vm)
     if ph == mg.TARGET_READY:
-        return _check_handover(mig, vm)
+        return _check_handover(ctx, mig, vm)
     return ph  # Running: the source agent drives it
 
 
@@ -133,29 +134,29 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _check_handover(mig: dict[str, Any], vm: dict[str, Any]) -> str:
+def _check_handover(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
     """Release a target that the source agent has not taken within the handover timeout."""
-    waited = mg.handover_overdue(mig, _now(), CONFIG.handover_timeout_seconds)
+    waited = mg.handover_overdue(mig, _now(), ctx.settings.handover_timeout_seconds)
     if waited is None:
         return mg.TARGET_READY
     _ns, name = _key(mig)
     st = mig.get("status") or {}
     source, target = st.get("sourceNode") or "?", st.get("targetNode") or "?"
-    if not release_untaken(CONFIG.k(), vm, name):
+    if not release_untaken(ctx.kube, vm, name):
         return mg.TARGET_READY  # the agent took it at the last moment: it drives it now
     msg = (f"the agent on {source} did not take the migration within {waited:.0f}s (is it running, and can it "
            f"reach the API?); the VM keeps running on {source} and the VF reserved on {target} is released")
-    done = set_phase(mig, mg.FAILED, reason=mg.SOURCE_AGENT_UNRESPONSIVE, message=msg, only_from=mg.TARGET_READY)
+    done = set_phase(ctx, mig, mg.FAILED, reason=mg.SOURCE_AGENT_UNRESPONSIVE, message=msg, only_from=mg.TARGET_READY)
     if done is None or mg.phase(done) != mg.FAILED:
         return mg.phase(done or mig)
     log.warning("migration %s/%s: %s", _ns, name, msg)
-    CONFIG.k().event(done, mg.SOURCE_AGENT_UNRESPONSIVE, msg, type_="Warning", component="controller")
-    cleanup(done)
+    ctx.kube.event(done, mg.SOURCE_AGENT_UNRESPONSIVE, msg, type_="Warning", component="controller")
+    cleanup(ctx, done)
     return mg.FAILED
 
 
-def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
-    kube = CONFIG.k()
+def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
+    kube = ctx.kube
     _ns, name = _key(mig)
     source = str((mig.get("status") or {}).get("sourceNode") or (vm.get("status") or {}).get("nodeName") or "")
     result = place(kube, vm, exclude_nodes={source}, target_node=mig["spec"].get("targetNode"),
@@ -163,29 +164,29 @@ def _schedule_target(mig: dict[str, Any], vm: dict[str, Any]) -> str:
     if isinstance(result, Unschedulable):
         st = mig.get("status") or {}
         if st.get("reason") != result.reason or st.get("message") != result.message:
-            set_phase(mig, mg.SCHEDULING, reason=result.reason, message=result.message)
+            set_phase(ctx, mig, mg.SCHEDULING, reason=result.reason, message=result.message)
             kube.event(mig, "NoTarget", result.message, type_="Warning", component="controller")
         return mg.SCHEDULING
     assert isinstance(result, Claimed)
-    ensure_guard(result.node)
+    ctx.guards.ensure(result.node)
     # The migration object says TargetReady first; only then may the agent see it on the VM.
     reserved = f"VF {result.pci_address} reserved on {result.node}"
-    set_phase(mig, mg.TARGET_READY, targetNode=result.node, reason="",
+    set_phase(ctx, mig, mg.TARGET_READY, targetNode=result.node, reason="",
               targetVF={"pciAddress": result.pci_address, "claimName": result.claim}, message=reserved,
               condition=(mg.TARGET_RESERVED, True, "VFClaimed", f"{reserved}; waiting for the source agent"))
-    if not update_vm_migration(CONFIG.k(), vm, name, {
+    if not update_vm_migration(kube, vm, name, {
         "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
         "targetClaim": result.claim,
     }):
         kube.delete_claim(result.claim)
-        set_phase(mig, mg.FAILED, reason="VMBusy", message="the VM is locked by another migration")
+        set_phase(ctx, mig, mg.FAILED, reason="VMBusy", message="the VM is locked by another migration")
         return mg.FAILED
     return mg.TARGET_READY
 
 
-def cleanup(mig: Mapping[str, Any]) -> None:
+def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     """After a terminal phase: release the VF that is not used any more, unlock the VM. Idempotent."""
-    kube = CONFIG.k()
+    kube = ctx.kube
     ns, name = _key(mig)
     if conditions.is_true((mig.get("status") or {}).get("conditions"), "CleanedUp"):
         return
@@ -193,7 +194,7 @@ def cleanup(mig: Mapping[str, Any]) -> None:
     ph = mg.phase(mig)
     released = []
     if vm is not None:
-        update_vm_migration(CONFIG.k(), vm, name, None)
+        update_vm_migration(kube, vm, name, None)
         vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
         keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
         other = (vm.get("status") or {}).get("migration") or {}
@@ -232,15 +233,15 @@ def cleanup(mig: Mapping[str, Any]) -> None:
     kube.update_migration_status(ns, name, mark)
 
 
-def on_delete(namespace: str, name: str) -> None:
+def on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:
     """Deleting a migration aborts it: before it runs, just release; while it runs, ask the agent."""
-    with migration_lock(namespace, name):
-        _on_delete(namespace, name)
-    LOCKS.forget_migration(namespace, name, lambda: CONFIG.k().get_migration(namespace, name) is None)
+    with ctx.locks.migration(namespace, name):
+        _on_delete(ctx, namespace, name)
+    ctx.locks.forget_migration(namespace, name, lambda: ctx.kube.get_migration(namespace, name) is None)
 
 
-def _on_delete(namespace: str, name: str) -> None:
-    kube = CONFIG.k()
+def _on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:
+    kube = ctx.kube
     mig = kube.get_migration(namespace, name)
     if mig is None:
         return
@@ -250,15 +251,15 @@ def _on_delete(namespace: str, name: str) -> None:
         vm_mig = ((vm or {}).get("status") or {}).get("migration") or {}
         taken = vm_mig.get("name") == name and vm_mig.get("state") not in (None, *NOT_TAKEN)
         if vm is not None and not taken:
-            taken = not release_untaken(CONFIG.k(), vm, name)  # the agent may take it between our read and our write
+            taken = not release_untaken(kube, vm, name)  # the agent may take it between our read and our write
         if taken:
             ph = mg.RUNNING  # the agent has just started it: ask it to abort
         else:
-            mig = set_phase(mig, mg.ABORTED, reason="Deleted", message="deleted before it ran") or mig
-            cleanup(mig)
+            mig = set_phase(ctx, mig, mg.ABORTED, reason="Deleted", message="deleted before it ran") or mig
+            cleanup(ctx, mig)
             return
     if ph == mg.RUNNING:
         if vm is not None:
-            update_vm_migration(CONFIG.k(), vm, name, {"state": mg.ABORTING})
+            update_vm_migration(kube, vm, name, {"state": mg.ABORTING})
         raise WaitForAgent(f"asked the agent on {(mig.get('status') or {}).get('sourceNode')} to abort")
-    cleanup(mig)
+    cleanup(ctx, mig)
