@@ -12,7 +12,7 @@ import pytest
 
 from failovervm import labels
 from failovervm import migration as mg
-from failovervm.controller import evacuation, handlers, sweeps
+from failovervm.controller import evacuation, main, sweeps
 from failovervm.controller.context import ControllerContext
 
 
@@ -130,7 +130,7 @@ def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(
     assert len(kube.migrations) == 2
     uncordoned = node()
     uncordoned["spec"] = {}
-    handlers.on_node_event(type="MODIFIED", name="n1", body=uncordoned, memo=kopf.Memo(ctx=ctx))  # the old event's body
+    main.on_node_event(type="MODIFIED", name="n1", body=uncordoned, memo=kopf.Memo(ctx=ctx))  # the old event's body
     assert sorted(m["spec"]["vmName"] for m in kube.migrations) == ["a", "b"]
 
 
