@@ -39,7 +39,7 @@ def reconcile_node(ctx: ControllerContext, name: str) -> dict[str, Any]:
 
 
 def _reconcile_node(ctx: ControllerContext, node: Mapping[str, Any]) -> dict[str, Any]:
-    kube = ctx.kube
+    """One node's sweep: its health, its guard pod and, while it must be emptied, its evacuation."""
     name = node["metadata"]["name"]
     vms = vms_on(ctx, name)
     out: dict[str, Any] = {"vms": len(vms)}
@@ -55,51 +55,75 @@ def _reconcile_node(ctx: ControllerContext, node: Mapping[str, Any]) -> dict[str
         recovery.mark(ctx, vms, name, health)
     ctx.guards.sync(node, bool(vms))
     if not node_needs_evacuation(NodeInfo.from_k8s(node)):
-        # Uncordoned: start no new evacuation migrations, and drop those still looking for a target.
-        for mig in kube.list_migrations():
-            labels_ = mig["metadata"].get("labels") or {}
-            if labels_.get(labels.EVACUATION_LABEL) == name and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
-                kube.delete_migration(mig["metadata"]["namespace"], mig["metadata"]["name"])
+        _stop_evacuation(ctx, name)
         return out
     if not vms:
         return out
-    now = dt.datetime.now(dt.UTC)
-    migrations = kube.list_migrations()
-    start, waiting = mg.plan_evacuation(name, vms, migrations, ctx.settings.limits, now,
+    start, waiting = _evacuate(ctx, name, vms)
+    out.update(started=[v["metadata"]["name"] for v in start], waiting=waiting)
+    return out
+
+
+def _stop_evacuation(ctx: ControllerContext, node: str) -> None:
+    """Uncordoned: start no new evacuation migrations, and drop those still looking for a target."""
+    kube = ctx.kube
+    for mig in kube.list_migrations():
+        labels_ = mig["metadata"].get("labels") or {}
+        if labels_.get(labels.EVACUATION_LABEL) == node and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
+            kube.delete_migration(mig["metadata"]["namespace"], mig["metadata"]["name"])
+
+
+def _evacuate(ctx: ControllerContext, node: str,
+              vms: list[dict[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
+    """Start the evacuation migrations the limits allow now, say why the other VMs wait, and shut
+    down the VMs whose evictionStrategy is Shutdown. Returns the VMs started and those waiting."""
+    migrations = ctx.kube.list_migrations()
+    start, waiting = mg.plan_evacuation(node, vms, migrations, ctx.settings.limits, dt.datetime.now(dt.UTC),
                                         require_failover_ready=ctx.settings.require_failover_ready)
+    _report_waiting(ctx, node, vms, waiting)
+    for vm in start:
+        _start_migration(ctx, node, vm, migrations)
+    for vm in vms:
+        meta = vm["metadata"]
+        if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown" and not meta.get("deletionTimestamp"):
+            _evict_by_shutdown(ctx, vm, node)
+    return start, waiting
+
+
+def _report_waiting(ctx: ControllerContext, node: str, vms: list[dict[str, Any]], waiting: dict[str, str]) -> None:
+    """Warn on the VMs that block the drain (failover not negotiated, or the retries given up)."""
     for blocked in vms:
         why = waiting.get(f"{blocked['metadata']['namespace']}/{blocked['metadata']['name']}", "")
         # Events are de-duplicated, so repeating these on every sweep does not flood.
         if why.startswith(mg.FAILOVER_NOT_READY):
-            kube.event(blocked, "EvacuationBlocked", f"node {name} is being drained but {why}", type_="Warning",
-                       component="controller")
+            ctx.kube.event(blocked, "EvacuationBlocked", f"node {node} is being drained but {why}", type_="Warning",
+                           component="controller")
         elif why.startswith(mg.GAVE_UP):
-            kube.event(blocked, "EvacuationGaveUp", f"node {name} is being drained but the operator {why}",
-                       type_="Warning", component="controller")
-    for vm in start:
-        ns = vm["metadata"]["namespace"]
-        mig_name = mg.evacuation_name(vm, name, (m["metadata"]["name"] for m in migrations
-                                                 if m["metadata"].get("namespace") == ns))
-        body = {
-            "apiVersion": labels.API_GROUP_VERSION,
-            "kind": "FailoverVMMigration",
-            "metadata": {
-                "name": mig_name,
-                "namespace": ns,
-                "labels": {labels.EVACUATION_LABEL: name, labels.VM_LABEL: vm["metadata"]["name"]},
-            },
-            "spec": {"vmName": vm["metadata"]["name"]},
-        }
-        if kube.create_migration_once(body) is None:
-            continue  # another sweep (or a standby replica's admission webhook) created it first
-        kube.event(vm, "Evacuating", f"node {name} is being drained: live-migrating with {mig_name}",
+            ctx.kube.event(blocked, "EvacuationGaveUp", f"node {node} is being drained but the operator {why}",
+                           type_="Warning", component="controller")
+
+
+def _start_migration(ctx: ControllerContext, node: str, vm: Mapping[str, Any],
+                     migrations: list[dict[str, Any]]) -> None:
+    """Create the VM's evacuation migration, under a name fixed by VM and node (see
+    migration.evacuation_name) so that a second creator gets a conflict instead of a second one."""
+    ns = vm["metadata"]["namespace"]
+    mig_name = mg.evacuation_name(vm, node, (m["metadata"]["name"] for m in migrations
+                                             if m["metadata"].get("namespace") == ns))
+    body = {
+        "apiVersion": labels.API_GROUP_VERSION,
+        "kind": "FailoverVMMigration",
+        "metadata": {
+            "name": mig_name,
+            "namespace": ns,
+            "labels": {labels.EVACUATION_LABEL: node, labels.VM_LABEL: vm["metadata"]["name"]},
+        },
+        "spec": {"vmName": vm["metadata"]["name"]},
+    }
+    if ctx.kube.create_migration_once(body) is None:
+        return  # another sweep (or a standby replica's admission webhook) created it first
+    ctx.kube.event(vm, "Evacuating", f"node {node} is being drained: live-migrating with {mig_name}",
                    component="controller")
-    for vm in vms:
-        meta = vm["metadata"]
-        if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown" and not meta.get("deletionTimestamp"):
-            _evict_by_shutdown(ctx, vm, name)
-    out.update(started=[v["metadata"]["name"] for v in start], waiting=waiting)
-    return out
 
 
 def _evict_by_shutdown(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> None:

@@ -82,52 +82,61 @@ def _advance(ctx: ControllerContext, namespace: str, name: str) -> str:
         set_phase(ctx, mig, mg.FAILED, reason="VMNotFound",
                   message=f"FailoverVM {namespace}/{vm_name} does not exist")
         return mg.FAILED
-    status = vm.get("status") or {}
     if ph == mg.PENDING:
-        if status.get("phase") != "Running" or not status.get("nodeName"):
-            set_phase(ctx, mig, mg.FAILED, reason="VMNotRunning",
-                       message=f"FailoverVM {vm_name} is not running (phase {status.get('phase')})")
-            return mg.FAILED
-        source = status["nodeName"]
-        if mig["spec"].get("targetNode") == source:
-            set_phase(ctx, mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
-            return mg.FAILED
-        current = status.get("migration") or {}
-        if current and current.get("name") != name:
-            set_phase(ctx, mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
-            return mg.PENDING
-        gate = mg.failover_gate(vm, ctx.settings.require_failover_ready)
-        mig_st = mig.get("status") or {}
-        fo_conds = conditions.set_condition(
-            mig_st.get("conditions"), guestfailover.CONDITION, gate.ready,
-            guestfailover.REASON_NEGOTIATED if gate.ready else mg.FAILOVER_NOT_READY,
-            "the guest negotiated failover: it keeps networking through the virtio standby while the VF is "
-            "unplugged" if gate.ready else gate.message)
-        if gate.refuse:
-            MIGRATIONS_WITHOUT_FAILOVER.labels("refused").inc()
-            set_phase(ctx, mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
-            kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
-            return mg.FAILED
-        if not update_vm_migration(kube, vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
-            return mg.PENDING
-        warnings = list(mig_st.get("warnings") or [])
-        if not gate.ready and gate.message not in warnings:
-            warnings.append(gate.message)
-        set_phase(ctx, mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
-                   message="looking for a target node with a free VF", conditions=fo_conds,
-                   warnings=warnings or None, failoverPolicy=gate.policy)
-        kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
-        if not gate.ready:
-            MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
-            for obj in (mig, vm):
-                kube.event(obj, "FailoverNotNegotiated", f"migration {name}: {gate.message}", type_="Warning",
-                           component="controller")
-        return mg.SCHEDULING
+        return _start(ctx, mig, vm)
     if ph == mg.SCHEDULING:
         return _schedule_target(ctx, mig, vm)
     if ph == mg.TARGET_READY:
         return _check_handover(ctx, mig, vm)
     return ph  # Running: the source agent drives it
+
+
+def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
+    """Pending: check that the VM can migrate now, apply the failover gate, lock the VM for this
+    migration and move on to Scheduling."""
+    kube = ctx.kube
+    _ns, name = _key(mig)
+    vm_name = mig["spec"]["vmName"]
+    status = vm.get("status") or {}
+    if status.get("phase") != "Running" or not status.get("nodeName"):
+        set_phase(ctx, mig, mg.FAILED, reason="VMNotRunning",
+                  message=f"FailoverVM {vm_name} is not running (phase {status.get('phase')})")
+        return mg.FAILED
+    source = status["nodeName"]
+    if mig["spec"].get("targetNode") == source:
+        set_phase(ctx, mig, mg.FAILED, reason="TargetIsSource", message=f"the VM already runs on {source}")
+        return mg.FAILED
+    current = status.get("migration") or {}
+    if current and current.get("name") != name:
+        set_phase(ctx, mig, mg.PENDING, message=f"waiting: migration {current.get('name')} of this VM is active")
+        return mg.PENDING
+    gate = mg.failover_gate(vm, ctx.settings.require_failover_ready)
+    mig_st = mig.get("status") or {}
+    fo_conds = conditions.set_condition(
+        mig_st.get("conditions"), guestfailover.CONDITION, gate.ready,
+        guestfailover.REASON_NEGOTIATED if gate.ready else mg.FAILOVER_NOT_READY,
+        "the guest negotiated failover: it keeps networking through the virtio standby while the VF is "
+        "unplugged" if gate.ready else gate.message)
+    if gate.refuse:
+        MIGRATIONS_WITHOUT_FAILOVER.labels("refused").inc()
+        set_phase(ctx, mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
+        kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
+        return mg.FAILED
+    if not update_vm_migration(kube, vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
+        return mg.PENDING
+    warnings = list(mig_st.get("warnings") or [])
+    if not gate.ready and gate.message not in warnings:
+        warnings.append(gate.message)
+    set_phase(ctx, mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
+              message="looking for a target node with a free VF", conditions=fo_conds,
+              warnings=warnings or None, failoverPolicy=gate.policy)
+    kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
+    if not gate.ready:
+        MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
+        for obj in (mig, vm):
+            kube.event(obj, "FailoverNotNegotiated", f"migration {name}: {gate.message}", type_="Warning",
+                       component="controller")
+    return mg.SCHEDULING
 
 
 def _now() -> dt.datetime:
@@ -191,39 +200,12 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     if conditions.is_true((mig.get("status") or {}).get("conditions"), "CleanedUp"):
         return
     vm = kube.get_vm(ns, mig["spec"]["vmName"])
-    ph = mg.phase(mig)
-    released = []
+    released: list[str] = []
     if vm is not None:
         update_vm_migration(kube, vm, name, None)
         vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
-        keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
-        other = (vm.get("status") or {}).get("migration") or {}
-        for claim in kube.list_claims():
-            spec = claim["spec"]
-            if spec.get("owner", {}).get("uid") != vm["metadata"]["uid"]:
-                continue
-            name_c = claim["metadata"]["name"]
-            if name_c == keep and spec.get("purpose") != "Running":
-                # The migration target's reservation is now the VM's running VF.
-                kube.patch_claim(name_c, {"spec": {"purpose": "Running", "migration": None}})
-            if name_c in (keep, other.get("targetClaim")):
-                continue
-            kube.delete_claim(name_c, claim["metadata"]["uid"])
-            released.append(name_c)
-    st = mig.get("status") or {}
-    if vm is not None:
-        if ph == mg.SUCCEEDED:
-            note = (f"migrated from {st.get('sourceNode')} to {st.get('targetNode')}, downtime "
-                    f"{(st.get('stats') or {}).get('downtimeMs', '?')} ms (migration {name})")
-            kube.event(vm, "Migrated", note, component="controller")
-            for node in (st.get("sourceNode"), st.get("targetNode")):
-                node_obj = kube.get_node(node) if node else None
-                if node_obj:
-                    kube.event(node_obj, "VMMigrated", f"{ns}/{vm['metadata']['name']}: {note}",
-                               component="controller")
-        else:
-            kube.event(vm, f"Migration{ph}", f"migration {name} {ph.lower()}: {st.get('reason', '')} "
-                       f"{st.get('message', '')}".strip(), type_="Warning", component="controller")
+        released = _release_claims(ctx, vm)
+        _report_outcome(ctx, mig, vm)
 
     def mark(s: dict[str, Any]) -> dict[str, Any]:
         s["conditions"] = conditions.set_condition(s.get("conditions"), "CleanedUp", True, "Released",
@@ -231,6 +213,49 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
         return s
 
     kube.update_migration_status(ns, name, mark)
+
+
+def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
+    """Delete the VM's VFClaims except its running VF's and another migration's target; returns
+    the claims deleted. The running VF's claim, when it was this migration's target, becomes the
+    VM's Running claim."""
+    kube = ctx.kube
+    keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
+    other = (vm.get("status") or {}).get("migration") or {}
+    released = []
+    for claim in kube.list_claims():
+        spec = claim["spec"]
+        if spec.get("owner", {}).get("uid") != vm["metadata"]["uid"]:
+            continue
+        name_c = claim["metadata"]["name"]
+        if name_c == keep and spec.get("purpose") != "Running":
+            # The migration target's reservation is now the VM's running VF.
+            kube.patch_claim(name_c, {"spec": {"purpose": "Running", "migration": None}})
+        if name_c in (keep, other.get("targetClaim")):
+            continue
+        kube.delete_claim(name_c, claim["metadata"]["uid"])
+        released.append(name_c)
+    return released
+
+
+def _report_outcome(ctx: ControllerContext, mig: Mapping[str, Any], vm: Mapping[str, Any]) -> None:
+    """Events on the VM (and, after a success, on both nodes) saying how the migration ended."""
+    kube = ctx.kube
+    ns, name = _key(mig)
+    ph = mg.phase(mig)
+    st = mig.get("status") or {}
+    if ph == mg.SUCCEEDED:
+        note = (f"migrated from {st.get('sourceNode')} to {st.get('targetNode')}, downtime "
+                f"{(st.get('stats') or {}).get('downtimeMs', '?')} ms (migration {name})")
+        kube.event(vm, "Migrated", note, component="controller")
+        for node in (st.get("sourceNode"), st.get("targetNode")):
+            node_obj = kube.get_node(node) if node else None
+            if node_obj:
+                kube.event(node_obj, "VMMigrated", f"{ns}/{vm['metadata']['name']}: {note}",
+                           component="controller")
+    else:
+        kube.event(vm, f"Migration{ph}", f"migration {name} {ph.lower()}: {st.get('reason', '')} "
+                   f"{st.get('message', '')}".strip(), type_="Warning", component="controller")
 
 
 def on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:
