@@ -49,6 +49,8 @@ def _admission_pool() -> ThreadPoolExecutor:
 
 @dataclass
 class ControllerContext:
+    """What every controller domain function gets as its first argument (`ctx`)."""
+
     settings: ControllerSettings
     kube: KubeAPI
     locks: Locks = field(default_factory=Locks)
@@ -56,7 +58,7 @@ class ControllerContext:
     # CPU/memory accounting and VF choice never race between two VMs.
     placement_lock: threading.Lock = field(default_factory=threading.Lock)
     sweeps: SweepTimes = field(default_factory=SweepTimes)
-    # The admission webhooks' blocking work runs here, never in a handler thread (see main).
+    # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
     admission: ThreadPoolExecutor = field(default_factory=_admission_pool)
     guards: Guards = field(init=False)
 

@@ -21,6 +21,23 @@ NODE_SWEEP_SECONDS = 3.0
 SLOW_SWEEP_SECONDS = 30.0
 
 
+def tick(ctx: ControllerContext) -> None:
+    """Called by every VFPool's timer: sweeps the nodes (guard pods, evacuation, node health) at
+    most every 3 s for all pools together and, every 30 s, orphaned VFClaims, migration history,
+    VM locks left by migrations that vanished, and VMs whose node was deleted while no controller
+    watched."""
+    now = time.monotonic()
+    if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
+        ctx.sweeps.node = now
+        for node in ctx.kube.list_nodes():
+            evacuation.reconcile_node(ctx, node["metadata"]["name"])
+    if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
+        ctx.sweeps.claims = now
+        collect_orphaned_claims(ctx)
+        sweep_migrations(ctx)
+        recovery.sweep_deleted_nodes(ctx)
+
+
 def sweep_migrations(ctx: ControllerContext) -> None:
     """The controller's 30 s migration sweep: stale VM locks, then history. VMs are listed before
     migrations, so a lock seen on a VM names a migration that existed before that list."""
@@ -65,20 +82,3 @@ def collect_history(ctx: ControllerContext, vms: list[dict[str, Any]] | None = N
     if removed:
         log.info("deleted %d finished migration(s) beyond the history kept: %s", len(removed), ", ".join(removed))
     return removed
-
-
-def tick(ctx: ControllerContext) -> None:
-    """Called by every VFPool's timer: sweeps the nodes (guard pods, evacuation, node health) at
-    most every 3 s for all pools together and, every 30 s, orphaned VFClaims, migration history,
-    VM locks left by migrations that vanished, and VMs whose node was deleted while no controller
-    watched."""
-    now = time.monotonic()
-    if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
-        ctx.sweeps.node = now
-        for node in ctx.kube.list_nodes():
-            evacuation.reconcile_node(ctx, node["metadata"]["name"])
-    if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
-        ctx.sweeps.claims = now
-        collect_orphaned_claims(ctx)
-        sweep_migrations(ctx)
-        recovery.sweep_deleted_nodes(ctx)
