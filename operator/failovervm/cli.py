@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from failovervm.errors import FailoverVMError
+from failovervm.labels import SANDBOX_STATE_DIR
 
 if TYPE_CHECKING:
     from failovervm.kube import Kube
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 
 # The sandbox's default state directory; `console` reads the VMs' serial logs from there too.
-SANDBOX_STATE_DIR = Path("/var/lib/failovervm-sandbox")
 SANDBOX_MISSING = ("failovervm: error: `failovervm sandbox` is a development tool that ships with the source "
                    "checkout (hack/install-deps.sh installs it), not with this installation")
 
@@ -416,7 +416,7 @@ def _add_console(sub: Subcommands) -> None:
     co = sub.add_parser("console", help="print a FailoverVM's serial console log (--follow: keep reading)")
     co.add_argument("name", help="the FailoverVM")
     co.add_argument("-f", "--follow", action="store_true", help="keep printing what the guest writes")
-    co.add_argument("--state-dir", default=str(SANDBOX_STATE_DIR),
+    co.add_argument("--state-dir", default=SANDBOX_STATE_DIR,
                     help=f"sandbox state directory; the log is in <state-dir>/console (default {SANDBOX_STATE_DIR})")
     co.add_argument("--log-dir", default=None,
                     help="the agent's --serial-log-dir, when reading the log on a node (overrides --state-dir)")

@@ -47,3 +47,7 @@ PEERING_NAME = "failovervm"
 
 # Prefix of the annotations in which Kopf keeps the controller's handler progress and diff base.
 KOPF_ANNOTATION_PREFIX = f"controller.{PREFIX}"
+
+# The sandbox's default state directory (its kubeconfig, logs and the VMs' serial console logs,
+# which `failovervm console` reads).
+SANDBOX_STATE_DIR = "/var/lib/failovervm-sandbox"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from failovervm import API_GROUP, API_VERSION, labels
-from failovervm.kube import Kube
+from failovervm.kube import KubeAPI
 from failovervm.scheduling import NodeInfo, Placement, Unschedulable, schedule
 from failovervm.vfs import claim_name
 from failovervm.vmspec import pool_info, vm_request
@@ -87,7 +87,7 @@ def claim_body(node: str, pool: str, pf: str, pci: str, vm: Mapping[str, Any], p
 
 
 def place(
-    kube: Kube, vm: Mapping[str, Any], *, exclude_nodes: Iterable[str] = (), target_node: str | None = None,
+    kube: KubeAPI, vm: Mapping[str, Any], *, exclude_nodes: Iterable[str] = (), target_node: str | None = None,
     purpose: str = "Running", migration: str | None = None,
 ) -> Claimed | Unschedulable:
     """Choose a node and claim a free VF there for `vm`. Retries on claim races."""

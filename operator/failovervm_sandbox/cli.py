@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from failovervm_sandbox import manager, nodes
-from failovervm_sandbox.manager import DEFAULT_STATE_DIR
+from failovervm_sandbox.state import DEFAULT_STATE_DIR, Options, State
 
 
 def build_parser(prog: str = "failovervm sandbox") -> argparse.ArgumentParser:
@@ -63,8 +63,8 @@ def run(argv: Sequence[str], usage_error: Callable[[str], NoReturn] | None = Non
     return int(args.func(args))
 
 
-def _options(args: argparse.Namespace) -> manager.Options:
-    return manager.Options(
+def _options(args: argparse.Namespace) -> Options:
+    return Options(
         state_dir=Path(args.state_dir),
         images_dir=Path(getattr(args, "images_dir", None) or Path(args.state_dir) / "images"),
         nodes=getattr(args, "nodes", None),
@@ -107,7 +107,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_heartbeat(args: argparse.Namespace) -> int:
     opts = _options(args)
-    state = manager.State(opts.state_dir.resolve())
+    state = State(opts.state_dir.resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     version = state.data.get("versions", {}).get("KUBERNETES_VERSION", "v0.0.0")
     nodes.heartbeat(str(state.kubeconfig), state.sandbox_nodes(), version,

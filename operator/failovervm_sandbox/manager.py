@@ -10,86 +10,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import ipaddress
-import json
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from failovervm.cli import SANDBOX_STATE_DIR
 from failovervm_sandbox import SandboxError, binaries, controlplane, images, libvirthost, network, procs, sriov
-from failovervm_sandbox.nodes import SandboxNode
-
-DEFAULT_STATE_DIR = SANDBOX_STATE_DIR
-DEFAULT_IMAGES_DIR = DEFAULT_STATE_DIR / "images"
-STATE_FILE = "sandbox.json"
-
-
-@dataclass
-class Options:
-    state_dir: Path = DEFAULT_STATE_DIR
-    images_dir: Path = DEFAULT_IMAGES_DIR
-    nodes: int | None = None  # None: the existing sandbox's value, else 2
-    vfs_per_node: int | None = None  # None: existing, else 8
-    pfs_per_node: int | None = None  # None: existing, else 1
-    address_base: str = "127.0.0.10"
-    node_cpu: str = "16"
-    node_memory: str = "16Gi"
-    bridge: str = "fvmsbr0"
-    operator: bool = True
-    quiet: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def say(opts: Options, msg: str) -> None:
-    if not opts.quiet:
-        print(f"[sandbox {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def node_name(i: int) -> str:
-    return f"sandbox-node-{i}"
-
-
-class State:
-    """The JSON record of what `up` started."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.dir = state_dir
-        self.path = state_dir / STATE_FILE
-        self.data: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
-        tmp.replace(self.path)
-
-    @property
-    def cp_paths(self) -> controlplane.ControlPlanePaths:
-        return controlplane.ControlPlanePaths(self.dir)
-
-    def hosts(self) -> list[libvirthost.LibvirtHost]:
-        return [
-            libvirthost.LibvirtHost(h["index"], h["address"], Path(h["root"]))
-            for h in self.data.get("libvirt", [])
-        ]
-
-    def sandbox_nodes(self) -> list[SandboxNode]:
-        return [
-            SandboxNode(
-                name=h["node"], address=h["address"], libvirt_uri=h["uri"], sysfs_root=h["sysfs_root"],
-                accel=self.data["accel"], cpu=self.data["node_cpu"], memory=self.data["node_memory"],
-            )
-            for h in self.data.get("libvirt", [])
-        ]
-
-    @property
-    def kubeconfig(self) -> Path:
-        return self.cp_paths.admin_kubeconfig
+from failovervm_sandbox.state import (
+    DEFAULT_STATE_DIR,
+    Options,
+    State,
+    ensure_component,
+    node_name,
+    say,
+)
 
 
 def _node_address(base: str, i: int) -> str:
@@ -110,19 +46,6 @@ def _check_prereqs() -> None:
         pwd.getpwnam("libvirt-qemu")
     except KeyError:
         raise SandboxError("the libvirt-qemu user must exist (useradd -r libvirt-qemu)") from None
-
-
-def _ensure_component(
-    state: State, key: str, marker: str, start: Callable[[], int], opts: Options, label: str
-) -> None:
-    entry = state.data.setdefault(key, {})
-    if procs.alive(entry.get("pid"), marker):
-        say(opts, f"{label}: already running (pid {entry['pid']})")
-        return
-    t0 = time.monotonic()
-    entry["pid"] = start()
-    state.save()
-    say(opts, f"{label}: started (pid {entry['pid']}) in {time.monotonic() - t0:.1f}s")
 
 
 def up(opts: Options) -> State:
@@ -193,19 +116,19 @@ def _start_control_plane(state: State, opts: Options) -> None:
         paths.admin_kubeconfig, server, paths.pki / "ca.crt", paths.pki / "admin.crt",
         paths.pki / "admin.key", "sandbox-admin",
     )
-    _ensure_component(
+    ensure_component(
         state, "etcd", "etcd",
         lambda: controlplane.start_etcd(bins["etcd"], paths, d["etcd"]["client_port"], d["etcd"]["peer_port"]),
         opts, "etcd",
     )
-    _ensure_component(
+    ensure_component(
         state, "apiserver", "kube-apiserver",
         lambda: controlplane.start_apiserver(bins["kube-apiserver"], paths, api_port, d["etcd"]["client_port"]),
         opts, f"kube-apiserver ({server})",
     )
     if not controlplane.apiserver_ready(paths, api_port):
         controlplane.wait_http(f"{server}/readyz", 60, controlplane._ssl_context(paths), what="kube-apiserver")
-    _ensure_component(
+    ensure_component(
         state, "controller_manager", "kube-controller-manager",
         lambda: controlplane.start_controller_manager(bins["kube-controller-manager"], paths, server),
         opts, "kube-controller-manager",
@@ -285,7 +208,7 @@ def _register_nodes(state: State, opts: Options) -> None:
 
     nodes_mod.register(client.CoreV1Api(), state.sandbox_nodes(), version)
     say(opts, f"nodes: registered {', '.join(n.name for n in state.sandbox_nodes())}")
-    _ensure_component(
+    ensure_component(
         state, "heartbeat", "heartbeat",
         lambda: procs.spawn(
             [sys.executable, "-m", "failovervm.cli", "sandbox", "heartbeat", "--state-dir", str(state.dir)],

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from failovervm import labels
 from failovervm_sandbox import binaries, controlplane, procs
+from failovervm_sandbox.state import ensure_component
 
 if TYPE_CHECKING:
-    from failovervm_sandbox.manager import Options, State
+    from failovervm_sandbox.state import Options, State
 
 
 def _apply_crds(state: State) -> None:
@@ -94,7 +95,6 @@ def _wait_port(port: int, timeout: float, what: str, log: Path) -> None:
 
 
 def ensure(state: State, opts: Options) -> None:
-    from failovervm_sandbox.manager import _ensure_component
 
     d = state.data
     _apply_crds(state)
@@ -127,7 +127,7 @@ def ensure(state: State, opts: Options) -> None:
         "--webhook-cert-dir", str(cert_dir), "--webhook-unmanaged", "--namespace", NAMESPACE,
         "--metrics-port", str(op["controller_metrics_port"]),
     ]
-    _ensure_component(state, "controller", "controller", lambda: procs.spawn(argv, logs / "controller.log"),
+    ensure_component(state, "controller", "controller", lambda: procs.spawn(argv, logs / "controller.log"),
                       opts, "operator controller")
     _wait_port(op["webhook_port"], 60, "the controller's admission webhook", logs / "controller.log")
     for host in state.data["libvirt"]:
@@ -141,7 +141,7 @@ def ensure(state: State, opts: Options) -> None:
             "--storage-root", d["images_dir"], "--metrics-port", str(op[f"{key}_metrics_port"]),
             "--serial-log-dir", str(state.dir / "console"),
         ]
-        _ensure_component(
+        ensure_component(
             state, key, "agent",
             lambda a=agent_argv, n=host["node"]: procs.spawn(a, logs / f"agent-{n}.log"),  # type: ignore[misc]
             opts, f"operator agent {host['node']}",

@@ -475,7 +475,7 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
 
 def test_webhook_path_is_kopfs() -> None:
     """Kopf serves a validating handler at /<handler id>; the chart's path must be that id."""
-    text = (REPO / "operator" / "failovervm" / "controller" / "handlers.py").read_text()
+    text = (REPO / "operator" / "failovervm" / "controller" / "main.py").read_text()
     assert re.search(r'@kopf\.on\.validate\([^)]*id="failovervm-validate"', text)
     assert re.search(r'id="guard-pod-eviction"', text)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import kopf
 import pytest
 
 from failovervm import labels
 from failovervm import migration as mg
-from failovervm.controller import handlers
-from failovervm.controller import migrations as cm
-from failovervm.controller.config import CONFIG
+from failovervm.controller import evacuation, main, sweeps
+from failovervm.controller.context import ControllerContext
 
 
 def vm(name: str = "vm", uid: str = "u1", node: str = "n1") -> dict[str, Any]:
@@ -92,10 +93,10 @@ def node() -> dict[str, Any]:
                                                         "effect": "NoSchedule"}]}}
 
 
-def test_concurrent_sweeps_start_one_migration_per_vm(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_sweeps_start_one_migration_per_vm(controller_ctx: Callable[..., ControllerContext]) -> None:
     kube = SlowKube()
-    monkeypatch.setattr(CONFIG, "kube", kube)
-    threads = [threading.Thread(target=cm.reconcile_node, args=("n1",)) for _ in range(4)]
+    ctx = controller_ctx(kube)
+    threads = [threading.Thread(target=evacuation.reconcile_node, args=(ctx, "n1")) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
@@ -104,30 +105,32 @@ def test_concurrent_sweeps_start_one_migration_per_vm(monkeypatch: pytest.Monkey
     assert kube.conflicts == 0  # serialised: later sweeps saw the migrations and did not even try
 
 
-def test_a_second_controller_with_the_same_view_gets_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_second_controller_with_the_same_view_gets_a_conflict(
+        monkeypatch: pytest.MonkeyPatch, controller_ctx: Callable[..., ControllerContext]) -> None:
     """The per-node lock is per process; a standby replica's admission webhook is another process.
     The fixed name makes its create collide instead of starting a second migration."""
     kube = SlowKube()
-    monkeypatch.setattr(CONFIG, "kube", kube)
+    ctx = controller_ctx(kube)
     stale = kube.list_migrations()
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node(ctx, "n1")
     monkeypatch.setattr(kube, "list_migrations", lambda: stale)
-    cm._reconcile_node(node())  # what another process, which holds no lock of ours, would do
+    evacuation._reconcile_node(ctx, node())  # what another process, which holds no lock of ours, would do
     assert len(kube.migrations) == 2 and kube.conflicts == 2
 
 
-def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(
+        controller_ctx: Callable[..., ControllerContext]) -> None:
     """A node event or a node list taken before `kubectl drain` cordoned the node reaches the
     sweep after the evacuation started (it waited for the node's lock). Acting on that copy took
     the node for uncordoned and deleted the evacuation's migrations (seen in CI: the drain test
     found no migration at all)."""
     kube = SlowKube()
-    monkeypatch.setattr(CONFIG, "kube", kube)
-    cm.reconcile_node("n1")
+    ctx = controller_ctx(kube)
+    evacuation.reconcile_node(ctx, "n1")
     assert len(kube.migrations) == 2
     uncordoned = node()
     uncordoned["spec"] = {}
-    handlers.on_node_event(type="MODIFIED", name="n1", body=uncordoned)  # the old event's body
+    main.on_node_event(type="MODIFIED", name="n1", body=uncordoned, memo=kopf.Memo(ctx=ctx))  # the old event's body
     assert sorted(m["spec"]["vmName"] for m in kube.migrations) == ["a", "b"]
 
 
@@ -210,9 +213,8 @@ class HistoryKube:
         self.deleted.append(f"{ns}/{name}")
 
 
-def test_collect_history_deletes_through_the_api(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_collect_history_deletes_through_the_api(controller_ctx: Callable[..., ControllerContext]) -> None:
     kube = HistoryKube([mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"),
                         mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
-    monkeypatch.setattr(CONFIG, "kube", kube)
-    monkeypatch.setattr(CONFIG, "migration_history", 0)
-    assert cm.collect_history() == kube.deleted == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger
+    ctx = controller_ctx(kube, migration_history=0)
+    assert sweeps.collect_history(ctx) == kube.deleted == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger

@@ -18,7 +18,8 @@ import pytest
 from failovervm import conditions
 from failovervm import migration as mg
 from failovervm.controller import migrations as cm
-from failovervm.controller.config import CONFIG
+from failovervm.controller import sweeps
+from failovervm.controller.context import ControllerContext
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -106,15 +107,18 @@ class Kube:
 
 @pytest.fixture
 def kube(monkeypatch: pytest.MonkeyPatch) -> Kube:
-    k = Kube()
-    monkeypatch.setattr(CONFIG, "kube", k)
-    monkeypatch.setattr(CONFIG, "handover_timeout_seconds", 120.0)
     monkeypatch.setattr(cm, "_now", lambda: NOW)
-    return k
+    return Kube()
 
 
-def test_an_untaken_migration_fails_after_the_timeout_and_releases_the_target(kube: Kube) -> None:
-    assert cm.advance("ns", "m1") == mg.FAILED
+@pytest.fixture
+def ctx(kube: Kube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
+    return controller_ctx(kube, handover_timeout_seconds=120.0)
+
+
+def test_an_untaken_migration_fails_after_the_timeout_and_releases_the_target(kube: Kube,
+                                                                             ctx: ControllerContext) -> None:
+    assert cm.advance(ctx, "ns", "m1") == mg.FAILED
     st = kube.mig["status"]
     assert st["phase"] == mg.FAILED and st["reason"] == mg.SOURCE_AGENT_UNRESPONSIVE
     assert "did not take the migration" in st["message"] and "keeps running on n1" in st["message"]
@@ -124,47 +128,47 @@ def test_an_untaken_migration_fails_after_the_timeout_and_releases_the_target(ku
     assert mg.SOURCE_AGENT_UNRESPONSIVE in kube.events and "MigrationFailed" in kube.events
 
 
-def test_within_the_timeout_nothing_happens(kube: Kube) -> None:
+def test_within_the_timeout_nothing_happens(kube: Kube, ctx: ControllerContext) -> None:
     kube.mig = mig(reserved_ago=5)
-    assert cm.advance("ns", "m1") == mg.TARGET_READY
+    assert cm.advance(ctx, "ns", "m1") == mg.TARGET_READY
     assert kube.vm["status"]["migration"]["state"] == mg.TARGET_READY and len(kube.claims) == 2
 
 
-def test_a_migration_the_agent_took_is_never_timed_out(kube: Kube) -> None:
+def test_a_migration_the_agent_took_is_never_timed_out(kube: Kube, ctx: ControllerContext) -> None:
     kube.agent_takes_it()  # Running on the VM; the migration object not updated yet
-    assert cm.advance("ns", "m1") == mg.TARGET_READY
+    assert cm.advance(ctx, "ns", "m1") == mg.TARGET_READY
     assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
     assert kube.mig["status"]["phase"] == mg.TARGET_READY and kube.events == []
 
 
-def test_the_agent_taking_it_during_the_release_wins(kube: Kube) -> None:
+def test_the_agent_taking_it_during_the_release_wins(kube: Kube, ctx: ControllerContext) -> None:
     kube.before_vm_write = kube.agent_takes_it
-    assert cm.advance("ns", "m1") == mg.TARGET_READY
+    assert cm.advance(ctx, "ns", "m1") == mg.TARGET_READY
     assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
     assert kube.mig["status"]["phase"] == mg.TARGET_READY
 
 
-def test_deleting_an_untaken_migration_aborts_it_at_once(kube: Kube) -> None:
+def test_deleting_an_untaken_migration_aborts_it_at_once(kube: Kube, ctx: ControllerContext) -> None:
     kube.mig = mig(reserved_ago=5)
-    cm.on_delete("ns", "m1")
+    cm.on_delete(ctx, "ns", "m1")
     assert kube.mig["status"]["phase"] == mg.ABORTED and "migration" not in kube.vm["status"]
     assert list(kube.claims) == ["n1.0000-3b-02.0"]
 
 
-def test_deleting_a_migration_the_agent_takes_meanwhile_asks_it_to_abort(kube: Kube) -> None:
+def test_deleting_a_migration_the_agent_takes_meanwhile_asks_it_to_abort(kube: Kube, ctx: ControllerContext) -> None:
     """Before, the release cleared the VM's lock whatever its state: the agent kept migrating an
     unlocked VM onto a released target VF."""
     kube.mig = mig(reserved_ago=5)
     kube.before_vm_write = kube.agent_takes_it
     with pytest.raises(cm.WaitForAgent):
-        cm.on_delete("ns", "m1")
+        cm.on_delete(ctx, "ns", "m1")
     assert kube.vm["status"]["migration"]["state"] == mg.ABORTING and len(kube.claims) == 2
     assert kube.mig["status"]["phase"] == mg.TARGET_READY
 
 
-def test_a_vm_locked_by_another_migration_does_not_block_the_timeout(kube: Kube) -> None:
+def test_a_vm_locked_by_another_migration_does_not_block_the_timeout(kube: Kube, ctx: ControllerContext) -> None:
     kube.vm["status"]["migration"] = {"name": "other", "state": mg.RUNNING}
-    assert cm.advance("ns", "m1") == mg.FAILED
+    assert cm.advance(ctx, "ns", "m1") == mg.FAILED
     assert kube.vm["status"]["migration"]["name"] == "other"  # never touched
 
 
@@ -191,28 +195,28 @@ class LockKube(Kube):
         return copy.deepcopy(self.mig) if self.exists else None
 
 
-def test_a_vanished_migration_s_lock_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_vanished_migration_s_lock_is_released(controller_ctx: Callable[..., ControllerContext]) -> None:
     """Seen in CI: an evacuation migration deleted before Kopf's finalizer was on it left its VM
     locked, and the drain then waited forever with no migration at all."""
     kube = LockKube(exists=False)
-    monkeypatch.setattr(CONFIG, "kube", kube)
-    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == ["ns/vm"]
+    ctx = controller_ctx(kube)
+    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == ["ns/vm"]
     assert "migration" not in kube.vm["status"] and kube.events == ["StaleMigrationLockReleased"]
     # Nothing left to release: no second event.
-    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
+    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
 
 
-def test_a_lock_of_a_migration_created_after_the_list_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lock_of_a_migration_created_after_the_list_is_kept(controller_ctx: Callable[..., ControllerContext]) -> None:
     kube = LockKube(exists=True)
-    monkeypatch.setattr(CONFIG, "kube", kube)
-    assert cm.release_stale_locks([kube.get_vm("ns", "vm")], []) == []
+    ctx = controller_ctx(kube)
+    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == []
     assert kube.vm["status"]["migration"]["name"] == "m1" and kube.events == []
 
 
-def test_a_lock_the_agent_takes_meanwhile_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lock_the_agent_takes_meanwhile_is_kept(controller_ctx: Callable[..., ControllerContext]) -> None:
     kube = LockKube(exists=False)
-    monkeypatch.setattr(CONFIG, "kube", kube)
+    ctx = controller_ctx(kube)
     stale_view = kube.get_vm("ns", "vm")
     kube.agent_takes_it()
-    assert cm.release_stale_locks([stale_view], []) == []
+    assert sweeps.release_stale_locks(ctx, [stale_view], []) == []
     assert kube.vm["status"]["migration"]["state"] == mg.RUNNING

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from prometheus_client import REGISTRY
 from failovervm import metrics
 from failovervm.agent.migrate import Migrator
 from failovervm.agent.reconcile import AgentContext
+from failovervm.controller.context import ControllerContext
 from tests.fakes import FakeDomainManager, FakeKube
 
 
@@ -139,9 +141,8 @@ class _FakePoolKube:
         self.pool["status"] = mutate(dict(self.pool.get("status") or {}))
 
 
-def test_refresh_pool_status_sets_pool_gauges(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refresh_pool_status_sets_pool_gauges(controller_ctx: Callable[..., ControllerContext]) -> None:
     from failovervm.controller import vms
-    from failovervm.controller.config import CONFIG
 
     pool = f"pool-{uuid.uuid4().hex[:6]}"
     vfs = [{"pciAddress": f"0000:00:02.{i}"} for i in range(4)]
@@ -151,19 +152,19 @@ def test_refresh_pool_status_sets_pool_gauges(monkeypatch: pytest.MonkeyPatch) -
               {"spec": {"node": "n2", "pciAddress": "0000:00:02.0"}},
               {"spec": {"node": "n2", "pciAddress": "0000:00:02.1"}}]
     fake = _FakePoolKube(obj, claims)
-    monkeypatch.setattr(CONFIG, "kube", fake)
+    ctx = controller_ctx(fake)
 
-    vms.refresh_pool_status(pool)
+    vms.refresh_pool_status(ctx, pool)
     assert _pool_vals(pool, "n1") == {"total": 4, "allocated": 1, "free": 3}
     assert _pool_vals(pool, "n2") == {"total": 2, "allocated": 2, "free": 0}
 
     obj["status"]["nodes"] = [e for e in obj["status"]["nodes"] if e["node"] == "n1"]  # n2 left
-    vms.refresh_pool_status(pool)
+    vms.refresh_pool_status(ctx, pool)
     assert _pool_vals(pool, "n2")["total"] is None
     assert _pool_vals(pool, "n1")["total"] == 4
 
     fake.pool = None  # deleted
-    vms.refresh_pool_status(pool)
+    vms.refresh_pool_status(ctx, pool)
     assert _pool_vals(pool, "n1")["total"] is None
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from failovervm import migration as mg
 from failovervm import nodehealth as nh
-from failovervm.controller import migrations as cm
-from failovervm.controller import recovery
-from failovervm.controller.config import CONFIG
+from failovervm.controller import evacuation, recovery
+from failovervm.controller.context import ControllerContext
 from failovervm.kube import Kube as RealKube
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
@@ -138,17 +138,17 @@ class Kube:
 
 
 @pytest.fixture
-def kube(monkeypatch: pytest.MonkeyPatch) -> Any:
-    def make(*args: Any, **kw: Any) -> Kube:
+def kube(controller_ctx: Callable[..., ControllerContext]) -> Any:
+    """`kube(vms, nodes, migrations)`: the fake API and a controller context over it."""
+    def make(*args: Any, **kw: Any) -> tuple[Kube, ControllerContext]:
         k = Kube(*args, **kw)
-        monkeypatch.setattr(CONFIG, "kube", k)
-        return k
+        return k, controller_ctx(k)
     return make
 
 
 def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Any) -> None:
-    k = kube([vm()], [node("Unknown")])
-    cm.reconcile_node("n1")
+    k, ctx = kube([vm()], [node("Unknown")])
+    evacuation.reconcile_node(ctx, "n1")
     st = k.vms["vm"]["status"]
     assert st["nodeName"] == "n1"  # not moved: it may still run there
     cond = next(c for c in st["conditions"] if c["type"] == nh.CONDITION)
@@ -156,17 +156,17 @@ def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Any) -> No
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "Unknown" and ready["reason"] == "NodeNotReady"
     assert k.events == ["NodeNotReady"]
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node(ctx, "n1")
     assert k.events == ["NodeNotReady"]  # no second write
     k.nodes["n1"] = node("True")
-    cm.reconcile_node("n1")
+    evacuation.reconcile_node(ctx, "n1")
     cond = next(c for c in k.vms["vm"]["status"]["conditions"] if c["type"] == nh.CONDITION)
     assert cond["status"] == "True" and k.events == ["NodeNotReady", "NodeRecovered"]
 
 
 def test_fenced_node_releases_its_vms(kube: Any) -> None:
-    k = kube([vm()], [node("Unknown", OUT)])
-    out = cm.reconcile_node("n1")
+    k, ctx = kube([vm()], [node("Unknown", OUT)])
+    out = evacuation.reconcile_node(ctx, "n1")
     assert out["released"] == ["ns/vm"]
     st = k.vms["vm"]["status"]
     assert "nodeName" not in st and "vf" not in st and "domain" not in st and st["phase"] == "Pending"
@@ -174,16 +174,16 @@ def test_fenced_node_releases_its_vms(kube: Any) -> None:
     assert ready["reason"] == "NodeOutOfService" and "restarting it on another node" in ready["message"]
     assert "failovervm.io/node" not in k.vms["vm"]["metadata"]["labels"]
     assert k.events == ["NodeFenced"]
-    assert cm.reconcile_node("n1")["released"] == []  # idempotent
+    assert evacuation.reconcile_node(ctx, "n1")["released"] == []  # idempotent
 
 
 def test_fencing_fails_the_vms_migration_and_releases_its_target(kube: Any) -> None:
     mig = {"metadata": {"name": "m1", "namespace": "ns"}, "spec": {"vmName": "vm"},
            "status": {"phase": mg.TARGET_READY, "sourceNode": "n1", "targetNode": "n2",
                       "targetVF": {"claimName": "c2"}}}
-    k = kube([vm(migration={"name": "m1", "state": mg.TARGET_READY, "targetClaim": "c2"})],
-             [node("Unknown", OUT), node(name="n2")], [mig])
-    cm.reconcile_node("n1")
+    k, ctx = kube([vm(migration={"name": "m1", "state": mg.TARGET_READY, "targetClaim": "c2"})],
+                  [node("Unknown", OUT), node(name="n2")], [mig])
+    evacuation.reconcile_node(ctx, "n1")
     assert k.migrations["m1"]["status"]["phase"] == mg.FAILED
     assert k.migrations["m1"]["status"]["reason"] == "SourceNodeFenced"
     assert "c2" in k.deleted_claims  # the target reservation
@@ -191,16 +191,16 @@ def test_fencing_fails_the_vms_migration_and_releases_its_target(kube: Any) -> N
 
 
 def test_deleted_node_releases_its_vms(kube: Any) -> None:
-    k = kube([vm(node_name="gone")], [node()])
-    assert recovery.sweep_deleted_nodes() == ["ns/vm"]
+    k, ctx = kube([vm(node_name="gone")], [node()])
+    assert recovery.sweep_deleted_nodes(ctx) == ["ns/vm"]
     assert k.vms["vm"]["status"]["conditions"][0]["reason"] == "NodeDeleted"
-    k2 = kube([vm(node_name="gone")], [node()])
-    assert recovery.release_all("gone", None) == ["ns/vm"] and k2.events == ["NodeFenced"]
+    k2, ctx = kube([vm(node_name="gone")], [node()])
+    assert recovery.release_all(ctx, "gone", None) == ["ns/vm"] and k2.events == ["NodeFenced"]
     # An existing node that is merely missing from an older list is looked up again first.
-    k3 = kube([vm(node_name="n1")], [node()])
+    k3, ctx = kube([vm(node_name="n1")], [node()])
     monkey_list = k3.list_nodes
     k3.list_nodes = lambda: []  # type: ignore[method-assign]
-    assert recovery.sweep_deleted_nodes() == []
+    assert recovery.sweep_deleted_nodes(ctx) == []
     assert monkey_list()
 
 
@@ -209,7 +209,7 @@ def test_release_never_strips_the_label_of_a_vm_placed_again_meanwhile(kube: Any
     path: the resourceVersion precondition fails (409), the re-check sees n2, nothing is touched."""
     from kubernetes.client import ApiException
 
-    k = kube([vm()], [node("Unknown", OUT), node(name="n2")])
+    k, ctx = kube([vm()], [node("Unknown", OUT), node(name="n2")])
     moved = {"done": False}
 
     def patch_vm(_ns: str, name: str, body: dict[str, Any]) -> None:
@@ -221,6 +221,6 @@ def test_release_never_strips_the_label_of_a_vm_placed_again_meanwhile(kube: Any
         k.patches.append(body)
 
     k.patch_vm = patch_vm
-    assert recovery.release(k.vms["vm"], "n1", nh.assess("n1", k.nodes["n1"])) is False
+    assert recovery.release(ctx, k.vms["vm"], "n1", nh.assess("n1", k.nodes["n1"])) is False
     assert k.vms["vm"]["metadata"]["labels"]["failovervm.io/node"] == "n2" and k.patches == []
     assert k.vms["vm"]["status"]["nodeName"] == "n2" and k.events == []

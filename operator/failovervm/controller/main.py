@@ -1,4 +1,11 @@
-"""`failovervm controller`: runs the Kopf operator with the controller's handlers."""
+"""`failovervm controller`: the Kopf operator.
+
+Every Kopf registration of the controller is in this module. Each handler only unpacks Kopf's
+arguments and calls the controller's domain modules with the ControllerContext that `run` puts
+into Kopf's memo (per-object memos are shallow copies: all handlers share the one context).
+Handler ids are the function names (or the explicit id=): Kopf stores its progress on objects
+under these ids, and serves the validating webhooks at /<id> (the Helm chart and the sandbox
+register those paths), so none of them may change."""
 
 from __future__ import annotations
 
@@ -11,14 +18,19 @@ from typing import Any
 
 import kopf
 
+from failovervm import API_GROUP, API_VERSION, webhookcerts
 from failovervm import kube as kube_mod
-from failovervm import webhookcerts
-from failovervm.controller.config import CONFIG
-from failovervm.labels import API_GROUP, CONTROLLER_FINALIZER, KOPF_ANNOTATION_PREFIX, PEERING_NAME
+from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vms
+from failovervm.controller.context import ControllerContext, ControllerSettings
+from failovervm.labels import CONTROLLER_FINALIZER, KOPF_ANNOTATION_PREFIX, PEERING_NAME
+from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
 
 log = logging.getLogger(__name__)
+FVM = (API_GROUP, API_VERSION, "failovervms")
+FVMM = (API_GROUP, API_VERSION, "failovervmmigrations")
+POOL = (API_GROUP, API_VERSION, "vfpools")
 
 
 @dataclass
@@ -42,6 +54,19 @@ class ControllerArgs:
     handover_timeout_seconds: int = 120
 
 
+def controller_settings(args: ControllerArgs) -> ControllerSettings:
+    return ControllerSettings(
+        storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
+        namespace=args.namespace,
+        guard_image=args.guard_image,
+        require_failover_ready=args.require_failover_ready,
+        migration_history=args.migration_history,
+        handover_timeout_seconds=args.handover_timeout_seconds,
+        limits=Limits(per_cluster=args.parallel_migrations_per_cluster,
+                      per_node_outbound=args.parallel_outbound_migrations_per_node),
+    )
+
+
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     assert args.webhook_host
     ca, crt, key = webhookcerts.ensure(Path(args.webhook_cert_dir or "/tmp/failovervm-webhook"), args.webhook_host)
@@ -52,43 +77,10 @@ def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
 
 
 def run(args: ControllerArgs) -> int:
-    from failovervm.logs import configure as configure_logs
-
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    CONFIG.kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
-    CONFIG.storage_roots = [str(Path(r).resolve()) for r in args.storage_roots]
-    CONFIG.namespace = args.namespace
-    CONFIG.guard_image = args.guard_image
-    CONFIG.require_failover_ready = args.require_failover_ready
-    CONFIG.migration_history = args.migration_history
-    CONFIG.handover_timeout_seconds = args.handover_timeout_seconds
-    CONFIG.limits = Limits(per_cluster=args.parallel_migrations_per_cluster,
-                           per_node_outbound=args.parallel_outbound_migrations_per_node)
-    import failovervm.controller.handlers  # noqa: F401  (registers the handlers)
-
-    @kopf.on.login()
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # Kopf's client piggybacking does not recognise this kubernetes client version;
-        # use its own loaders: the ServiceAccount in-cluster, else the kubeconfig.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-
-    @kopf.on.startup()
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = CONTROLLER_FINALIZER
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
-        settings.posting.level = logging.WARNING
-        settings.execution.max_workers = 16
-        settings.watching.server_timeout = 300
-        settings.networking.request_timeout = 60
-        if args.webhook_host:
-            settings.admission.server = _webhook_server(args)
-            if args.webhook_managed:
-                settings.admission.managed = API_GROUP
-
+    ctx = ControllerContext(controller_settings(args), kube_mod.Kube(kube_mod.load(args.kubeconfig)))
     start_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(kopf.operator(
@@ -96,5 +88,144 @@ def run(args: ControllerArgs) -> int:
         peering_name=PEERING_NAME if args.peering else None,
         standalone=not args.peering,
         liveness_endpoint=liveness,
+        memo=kopf.Memo(ctx=ctx, args=args),
     ))
     return 0
+
+
+# -- the operator itself -------------------------------------------------------------------------
+def _ctx(memo: kopf.Memo) -> ControllerContext:
+    """The context `run` put into the memo (every handler's memo is a shallow copy of it)."""
+    ctx = memo.ctx
+    assert isinstance(ctx, ControllerContext)
+    return ctx
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # Kopf's client piggybacking does not recognise this kubernetes client version;
+    # use its own loaders: the ServiceAccount in-cluster, else the kubeconfig.
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    args: ControllerArgs = memo.args
+    settings.persistence.finalizer = CONTROLLER_FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING
+    settings.execution.max_workers = 16
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 60
+    if args.webhook_host:
+        settings.admission.server = _webhook_server(args)
+        if args.webhook_managed:
+            settings.admission.managed = API_GROUP
+
+
+# -- FailoverVM ----------------------------------------------------------------------------------
+def _unplaced(*, status: kopf.Status, **_: Any) -> bool:
+    return not status.get("nodeName")
+
+
+@kopf.on.event(*FVM)
+def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
+                memo: kopf.Memo, **_: Any) -> None:
+    if namespace is None or type == "DELETED" or meta.get("deletionTimestamp") or status.get("nodeName"):
+        return
+    outcome = vms.ensure_scheduled(_ctx(memo), namespace, name)
+    log.debug("scheduling %s/%s: %s", namespace, name, outcome)
+
+
+@kopf.timer(*FVM, interval=3.0, initial_delay=3.0, when=_unplaced)
+def retry_pending(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Capacity may have appeared (a VM deleted, a node added, a pool grown): try again."""
+    vms.ensure_scheduled(_ctx(memo), namespace or "", name)
+
+
+@kopf.on.delete(*FVM)
+def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        vms.finalize(_ctx(memo), namespace or "", name, uid)
+    except vms.StillDeleting as exc:
+        raise kopf.TemporaryError(str(exc), delay=2) from None
+
+
+@kopf.timer(*POOL, interval=3.0)
+def pool_status(*, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
+    the nodes (guard pods, evacuation, node health) and, every 30 s, orphaned VFClaims, migration
+    history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
+    controller watched.
+
+    The node sweep hangs off the VFPool timers because Kopf puts a finalizer on every object a
+    timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
+    objects Helm installs. No pool means no VM, so nothing to sweep then."""
+    ctx = _ctx(memo)
+    vms.refresh_pool_status(ctx, name)
+    sweeps.tick(ctx)
+
+
+@kopf.on.validate(*FVM, operations=["CREATE", "UPDATE"], id="failovervm-validate")
+async def validate_failovervm(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    # Async on purpose: admission must never wait for a handler thread, because the controller's
+    # own writes (labels, finalizers) pass through this webhook while handler threads wait on them.
+    errors = await admission.validate_failovervm(_ctx(memo), body, kwargs.get("operation"), kwargs.get("old"))
+    if errors:
+        raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+# -- FailoverVMMigration -----------------------------------------------------------------------
+def _active(*, status: kopf.Status, **_: Any) -> bool:
+    return (status.get("phase") or "Pending") not in ("Succeeded", "Failed", "Aborted") or not any(
+        c.get("type") == "CleanedUp" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+@kopf.on.event(*FVMM)
+def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kopf.Meta, status: kopf.Status,
+                       memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED" or meta.get("deletionTimestamp") or namespace is None:
+        return
+    ctx = _ctx(memo)
+    phase = migrations.advance(ctx, namespace, name)
+    source = status.get("sourceNode")
+    if phase in ("Succeeded", "Failed", "Aborted") and source:
+        # A slot on the source node is free: start the next evacuation migration right away.
+        evacuation.reconcile_node(ctx, str(source))
+
+
+@kopf.timer(*FVMM, interval=1.0, when=_active)
+def drive_migration(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    migrations.advance(_ctx(memo), namespace or "", name)
+
+
+@kopf.on.delete(*FVMM)
+def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        migrations.on_delete(_ctx(memo), namespace or "", name)
+    except migrations.WaitForAgent as exc:
+        raise kopf.TemporaryError(str(exc), delay=1) from None
+
+
+# -- Nodes: drain guard pods and evacuation -------------------------------------------------------
+@kopf.on.event("", "v1", "nodes")
+def on_node_event(*, type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    ctx = _ctx(memo)
+    if type != "DELETED":
+        evacuation.reconcile_node(ctx, name)
+    elif name:
+        # A deleted Node counts as fenced: the VMs it ran start elsewhere.
+        recovery.release_all(ctx, name, None)
+
+
+@kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",
+                  ignore_failures=True)
+async def guard_pod_eviction(*, name: str | None, namespace: str | None, memo: kopf.Memo, dryrun: bool = False,
+                             **_: Any) -> None:
+    """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
+    FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
+    refusal = await admission.guard_pod_eviction(_ctx(memo), name, namespace, dryrun)
+    if refusal:
+        raise kopf.AdmissionError(refusal, code=429)

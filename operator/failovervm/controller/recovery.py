@@ -11,15 +11,16 @@ from typing import Any
 
 from failovervm import conditions, labels, nodehealth
 from failovervm import migration as mg
-from failovervm.controller.config import CONFIG
+from failovervm.controller import migrations
+from failovervm.controller.context import ControllerContext
 from failovervm.metrics import VMS_RECOVERED
 
 log = logging.getLogger(__name__)
 
 
-def mark(vms: Iterable[Mapping[str, Any]], node: str, health: nodehealth.NodeHealth) -> int:
+def mark(ctx: ControllerContext, vms: Iterable[Mapping[str, Any]], node: str, health: nodehealth.NodeHealth) -> int:
     """Record the node's health on its VMs (NodeHealthy) when it changed. Returns the writes made."""
-    kube = CONFIG.k()
+    kube = ctx.kube
     writes = 0
     for vm in vms:
         if (vm.get("status") or {}).get("nodeName") != node:
@@ -53,25 +54,23 @@ def mark(vms: Iterable[Mapping[str, Any]], node: str, health: nodehealth.NodeHea
     return writes
 
 
-def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> bool:
+def release(ctx: ControllerContext, vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> bool:
     """The VM's node is fenced: fail its migration, take it off the node; the controller then
     places it again and its new node's agent boots it (a cold restart). True when released."""
-    from failovervm.controller import migrations
-
-    kube = CONFIG.k()
+    kube = ctx.kube
     meta = vm["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    current = _still_on(ns, name, meta["uid"], node)
+    current = _still_on(ctx, ns, name, meta["uid"], node)
     if current is None:
         return False
     mig_ref = (current.get("status") or {}).get("migration") or {}
     if mig_ref.get("name"):
         mig = kube.get_migration(ns, str(mig_ref["name"]))
         if mig is not None and mg.phase(mig) not in mg.TERMINAL_PHASES:
-            with migrations.migration_lock(ns, str(mig_ref["name"])):
-                failed = migrations.set_phase(mig, mg.FAILED, reason="SourceNodeFenced",
+            with ctx.locks.migration(ns, str(mig_ref["name"])):
+                failed = migrations.set_phase(ctx, mig, mg.FAILED, reason="SourceNodeFenced",
                                               message=f"{health.message}: the VM is restarted on another node")
-                migrations.cleanup(failed or mig)
+                migrations.cleanup(ctx, failed or mig)
     # Metadata first, status last: once nodeName is gone the controller places the VM again and
     # sets the new node label, which this patch must not remove. edit_vm_metadata patches with the
     # resourceVersion it read and decides again after a conflict, so only a label that still names
@@ -108,38 +107,34 @@ def release(vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> 
     return done["v"]
 
 
-def _still_on(ns: str, name: str, uid: str, node: str) -> dict[str, Any] | None:
+def _still_on(ctx: ControllerContext, ns: str, name: str, uid: str, node: str) -> dict[str, Any] | None:
     """The VM as it is now, if it is still this VM and still placed on `node`."""
-    vm = CONFIG.k().get_vm(ns, name)
+    vm = ctx.kube.get_vm(ns, name)
     if vm is None or vm["metadata"].get("uid") != uid or (vm.get("status") or {}).get("nodeName") != node:
         return None
     return vm
 
 
-def release_all(node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
+def release_all(ctx: ControllerContext, node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
     """Release every VM of a fenced node (None: the Node is gone)."""
-    from failovervm.controller.migrations import node_lock
-
     health = nodehealth.assess(node, node_obj)
     if health.state != nodehealth.FENCED:
         return []
-    with node_lock(node):
-        return [f"{vm['metadata']['namespace']}/{vm['metadata']['name']}" for vm in CONFIG.k().list_vms(
-            f"{labels.VM_NODE}={node}") if release(vm, node, health)]
+    with ctx.locks.node(node):
+        return [f"{vm['metadata']['namespace']}/{vm['metadata']['name']}" for vm in ctx.kube.list_vms(
+            f"{labels.VM_NODE}={node}") if release(ctx, vm, node, health)]
 
 
-def sweep_deleted_nodes() -> list[str]:
+def sweep_deleted_nodes(ctx: ControllerContext) -> list[str]:
     """VMs placed on a node that no longer exists (its deletion event was missed): release them.
     The node is looked up once more by name first, since the VM list may be newer than a node list."""
-    from failovervm.controller.migrations import node_lock
-
-    kube = CONFIG.k()
+    kube = ctx.kube
     known = {n["metadata"]["name"] for n in kube.list_nodes()}
     released: list[str] = []
     for vm in kube.list_vms():
         node = (vm.get("status") or {}).get("nodeName")
         if node and node not in known and kube.get_node(str(node)) is None:
-            with node_lock(str(node)):
-                if release(vm, str(node), nodehealth.assess(str(node), None)):
+            with ctx.locks.node(str(node)):
+                if release(ctx, vm, str(node), nodehealth.assess(str(node), None)):
                     released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
     return released

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from failovervm import conditions, labels, metrics
-from failovervm.controller.config import CONFIG
+from failovervm.controller.context import ControllerContext
 from failovervm.labels import AGENT_FINALIZER
 from failovervm.placement import Claimed, place
 from failovervm.scheduling import Unschedulable
@@ -17,19 +16,14 @@ from failovervm.vmspec import vm_mac
 
 log = logging.getLogger(__name__)
 
-# One active controller (Kopf peering); this lock serialises placement inside it so
-# that CPU/memory accounting and VF choice never race between two VMs.
-_PLACEMENT_LOCK = threading.Lock()
-
-
 class StillDeleting(Exception):
     """The agent has not removed the domain yet."""
 
 
-def ensure_scheduled(namespace: str, name: str) -> str:
+def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
     """Place the VM if it is not placed yet. Returns what happened (for logs and tests)."""
-    kube = CONFIG.k()
-    with _PLACEMENT_LOCK:
+    kube = ctx.kube
+    with ctx.placement_lock:
         vm = kube.get_vm(namespace, name)
         if vm is None or vm["metadata"].get("deletionTimestamp"):
             return "gone"
@@ -53,13 +47,11 @@ def ensure_scheduled(namespace: str, name: str) -> str:
                 kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
         result = place(kube, vm)
         if isinstance(result, Unschedulable):
-            _record_unschedulable(vm, result)
+            _record_unschedulable(ctx, vm, result)
             return f"pending:{result.reason}"
         assert isinstance(result, Claimed)
-        from failovervm.controller.migrations import ensure_guard
-
-        ensure_guard(result.node)
-        placed = _record_placement(vm, result)
+        ctx.guards.ensure(result.node)
+        placed = _record_placement(ctx, vm, result)
         if placed is None:
             kube.delete_claim(result.claim)
             return "gone"
@@ -72,8 +64,8 @@ def ensure_scheduled(namespace: str, name: str) -> str:
         return f"placed:{result.node}"
 
 
-def _record_placement(vm: Mapping[str, Any], c: Claimed) -> dict[str, Any] | None:
-    kube = CONFIG.k()
+def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed) -> dict[str, Any] | None:
+    kube = ctx.kube
     meta = vm["metadata"]
 
     def mutate(st: dict[str, Any]) -> dict[str, Any]:
@@ -90,8 +82,8 @@ def _record_placement(vm: Mapping[str, Any], c: Claimed) -> dict[str, Any] | Non
     return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
 
 
-def _record_unschedulable(vm: Mapping[str, Any], u: Unschedulable) -> None:
-    kube = CONFIG.k()
+def _record_unschedulable(ctx: ControllerContext, vm: Mapping[str, Any], u: Unschedulable) -> None:
+    kube = ctx.kube
     meta = vm["metadata"]
     previous = conditions.get((vm.get("status") or {}).get("conditions"), "Scheduled")
 
@@ -106,9 +98,9 @@ def _record_unschedulable(vm: Mapping[str, Any], u: Unschedulable) -> None:
         kube.event(vm, "FailedScheduling", u.message, type_="Warning", component="controller")
 
 
-def finalize(namespace: str, name: str, uid: str) -> None:
+def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> None:
     """Release the VM's VF claims once the agent has removed its domain."""
-    kube = CONFIG.k()
+    kube = ctx.kube
     vm = kube.get_vm(namespace, name)
     if vm is not None and vm["metadata"]["uid"] == uid and AGENT_FINALIZER in (vm["metadata"].get("finalizers") or []):
         node = (vm.get("status") or {}).get("nodeName")
@@ -145,11 +137,11 @@ def claim_is_orphaned(claim: Mapping[str, Any], vm: Mapping[str, Any] | None) ->
     return bool((st.get("migration") or {}).get("targetClaim") != name)
 
 
-def collect_orphaned_claims() -> list[str]:
-    kube = CONFIG.k()
+def collect_orphaned_claims(ctx: ControllerContext) -> list[str]:
+    kube = ctx.kube
     removed = []
     for claim in kube.list_claims():
-        if _age_seconds(claim) < CONFIG.claim_gc_grace_seconds:
+        if _age_seconds(claim) < ctx.settings.claim_gc_grace_seconds:
             continue
         owner = claim["spec"].get("owner") or {}
         vm = kube.get_vm(owner.get("namespace", ""), owner.get("name", ""))
@@ -160,9 +152,9 @@ def collect_orphaned_claims() -> list[str]:
     return removed
 
 
-def refresh_pool_status(pool_name: str) -> None:
+def refresh_pool_status(ctx: ControllerContext, pool_name: str) -> None:
     """Count allocated/free VFs per node of the pool from the VFClaims."""
-    kube = CONFIG.k()
+    kube = ctx.kube
     taken = {(c["spec"]["node"], c["spec"]["pciAddress"]) for c in kube.list_claims()}
     computed: list[list[dict[str, Any]]] = []  # entries of the last mutate; none: the pool is gone
 

@@ -1,0 +1,66 @@
+"""Everything the controller's domain functions share, in one explicit object: the settings,
+the Kube adapter, and the process-wide state (locks, guard pod cache, sweep times, the
+admission thread pool). `failovervm controller` builds one; Kopf hands it to every handler
+through its memo; tests build their own."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from failovervm.controller.guard import Guards
+from failovervm.controller.locks import Locks
+from failovervm.kube import KubeAPI
+from failovervm.migration import Limits
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The controller's configuration (set once from the `failovervm controller` flags)."""
+
+    storage_roots: tuple[str, ...] = ()
+    pending_retry_seconds: float = 3.0
+    claim_gc_grace_seconds: float = 60.0
+    namespace: str = "failovervm-system"
+    guard_image: str = "registry.k8s.io/pause:3.10"
+    limits: Limits = field(default_factory=Limits)
+    # Refuse migrations of VMs whose guest has not negotiated failover (FailoverReady != True)
+    # unless the VM's spec.requireFailoverReady says otherwise. Default: run them with a warning.
+    require_failover_ready: bool = False
+    # Finished FailoverVMMigrations kept per VM (migration.history_to_delete).
+    migration_history: int = 5
+    # Seconds a migration may wait in TargetReady for its source agent before its target VF is
+    # released and it fails with SourceAgentUnresponsive (0: wait forever).
+    handover_timeout_seconds: float = 120.0
+
+
+@dataclass
+class SweepTimes:
+    """When (time.monotonic) the periodic sweeps last ran (see failovervm.controller.sweeps)."""
+
+    node: float = 0.0
+    claims: float = 0.0
+
+
+def _admission_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="admission")
+
+
+@dataclass
+class ControllerContext:
+    """What every controller domain function gets as its first argument (`ctx`)."""
+
+    settings: ControllerSettings
+    kube: KubeAPI
+    locks: Locks = field(default_factory=Locks)
+    # One active controller (Kopf peering); this lock serialises placement inside it so that
+    # CPU/memory accounting and VF choice never race between two VMs.
+    placement_lock: threading.Lock = field(default_factory=threading.Lock)
+    sweeps: SweepTimes = field(default_factory=SweepTimes)
+    # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
+    admission: ThreadPoolExecutor = field(default_factory=_admission_pool)
+    guards: Guards = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guards = Guards(self.kube, self.settings.namespace, self.settings.guard_image)

@@ -1,0 +1,141 @@
+"""Node sweep and evacuation: the guard pod, node health, and the evacuation of a node that must
+be emptied (drain, cordon, cluster-autoscaler scale-down) by FailoverVMMigrations, or by shutting
+down the VMs whose evictionStrategy is Shutdown."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from failovervm import labels, nodehealth
+from failovervm import migration as mg
+from failovervm.controller import recovery
+from failovervm.controller.context import ControllerContext
+from failovervm.scheduling import NodeInfo, node_needs_evacuation
+
+
+def vms_on(ctx: ControllerContext, node: str) -> list[dict[str, Any]]:
+    return [vm for vm in ctx.kube.list_vms(f"{labels.VM_NODE}={node}")
+            if (vm.get("status") or {}).get("nodeName") == node or not (vm.get("status") or {}).get("nodeName")]
+
+
+def reconcile_node(ctx: ControllerContext, name: str) -> dict[str, Any]:
+    """Keep the guard pod in step with the node's VMs and evacuate the node when it must be emptied.
+
+    The node sweep, node events, migration events and the eviction webhook all call this from
+    their own threads: one sweep per node at a time, or two could both see no migration for a VM
+    and both start one.
+
+    It takes the node's name and reads the Node itself once the lock is held: a caller's copy (a
+    watch event, a list made before the other nodes' sweeps) may be older than the sweep that just
+    ran, and acting on a copy from before a cordon would take the evacuation it started for an
+    uncordon and delete its migrations."""
+    with ctx.locks.node(name):
+        current = ctx.kube.get_node(name)
+        if current is None:
+            return {"vms": 0, "gone": True}  # deleted: its VMs are released by the DELETED event or the sweep
+        return _reconcile_node(ctx, current)
+
+
+def _reconcile_node(ctx: ControllerContext, node: Mapping[str, Any]) -> dict[str, Any]:
+    """One node's sweep: its health, its guard pod and, while it must be emptied, its evacuation."""
+    name = node["metadata"]["name"]
+    vms = vms_on(ctx, name)
+    out: dict[str, Any] = {"vms": len(vms)}
+    health = nodehealth.assess(name, node, dt.datetime.now(dt.UTC))
+    if health.state == nodehealth.FENCED:
+        # Known to be off: its VMs start elsewhere, and with none left the guard pod goes (a drain
+        # of the dead node completes).
+        out["released"] = [f"{v['metadata']['namespace']}/{v['metadata']['name']}" for v in vms
+                           if (v.get("status") or {}).get("nodeName") == name
+                           and recovery.release(ctx, v, name, health)]
+        vms = vms_on(ctx, name)
+    elif vms:
+        recovery.mark(ctx, vms, name, health)
+    ctx.guards.sync(node, bool(vms))
+    if not node_needs_evacuation(NodeInfo.from_k8s(node)):
+        _stop_evacuation(ctx, name)
+        return out
+    if not vms:
+        return out
+    start, waiting = _evacuate(ctx, name, vms)
+    out.update(started=[v["metadata"]["name"] for v in start], waiting=waiting)
+    return out
+
+
+def _stop_evacuation(ctx: ControllerContext, node: str) -> None:
+    """Uncordoned: start no new evacuation migrations, and drop those still looking for a target."""
+    kube = ctx.kube
+    for mig in kube.list_migrations():
+        labels_ = mig["metadata"].get("labels") or {}
+        if labels_.get(labels.EVACUATION_LABEL) == node and mg.phase(mig) in (mg.PENDING, mg.SCHEDULING):
+            kube.delete_migration(mig["metadata"]["namespace"], mig["metadata"]["name"])
+
+
+def _evacuate(ctx: ControllerContext, node: str,
+              vms: list[dict[str, Any]]) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
+    """Start the evacuation migrations the limits allow now, say why the other VMs wait, and shut
+    down the VMs whose evictionStrategy is Shutdown. Returns the VMs started and those waiting."""
+    migrations = ctx.kube.list_migrations()
+    start, waiting = mg.plan_evacuation(node, vms, migrations, ctx.settings.limits, dt.datetime.now(dt.UTC),
+                                        require_failover_ready=ctx.settings.require_failover_ready)
+    _report_waiting(ctx, node, vms, waiting)
+    for vm in start:
+        _start_migration(ctx, node, vm, migrations)
+    for vm in vms:
+        meta = vm["metadata"]
+        if (vm.get("spec") or {}).get("evictionStrategy") == "Shutdown" and not meta.get("deletionTimestamp"):
+            _evict_by_shutdown(ctx, vm, node)
+    return start, waiting
+
+
+def _report_waiting(ctx: ControllerContext, node: str, vms: list[dict[str, Any]], waiting: dict[str, str]) -> None:
+    """Warn on the VMs that block the drain (failover not negotiated, or the retries given up)."""
+    for blocked in vms:
+        why = waiting.get(f"{blocked['metadata']['namespace']}/{blocked['metadata']['name']}", "")
+        # Events are de-duplicated, so repeating these on every sweep does not flood.
+        if why.startswith(mg.FAILOVER_NOT_READY):
+            ctx.kube.event(blocked, "EvacuationBlocked", f"node {node} is being drained but {why}", type_="Warning",
+                           component="controller")
+        elif why.startswith(mg.GAVE_UP):
+            ctx.kube.event(blocked, "EvacuationGaveUp", f"node {node} is being drained but the operator {why}",
+                           type_="Warning", component="controller")
+
+
+def _start_migration(ctx: ControllerContext, node: str, vm: Mapping[str, Any],
+                     migrations: list[dict[str, Any]]) -> None:
+    """Create the VM's evacuation migration, under a name fixed by VM and node (see
+    migration.evacuation_name) so that a second creator gets a conflict instead of a second one."""
+    ns = vm["metadata"]["namespace"]
+    mig_name = mg.evacuation_name(vm, node, (m["metadata"]["name"] for m in migrations
+                                             if m["metadata"].get("namespace") == ns))
+    body = {
+        "apiVersion": labels.API_GROUP_VERSION,
+        "kind": "FailoverVMMigration",
+        "metadata": {
+            "name": mig_name,
+            "namespace": ns,
+            "labels": {labels.EVACUATION_LABEL: node, labels.VM_LABEL: vm["metadata"]["name"]},
+        },
+        "spec": {"vmName": vm["metadata"]["name"]},
+    }
+    if ctx.kube.create_migration_once(body) is None:
+        return  # another sweep (or a standby replica's admission webhook) created it first
+    ctx.kube.event(vm, "Evacuating", f"node {node} is being drained: live-migrating with {mig_name}",
+                   component="controller")
+
+
+def _evict_by_shutdown(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> None:
+    """evictionStrategy Shutdown: ask the agent to shut the VM down and release it from the node."""
+    kube = ctx.kube
+    meta = vm["metadata"]
+    if (meta.get("annotations") or {}).get(labels.EVICT_ANNOTATION) == node:
+        return
+    kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"annotations": {labels.EVICT_ANNOTATION: node}}})
+    kube.event(vm, "Evicting", f"node {node} is being drained: shutting the VM down (evictionStrategy Shutdown); "
+               "it starts again on another node", component="controller")
+
+
+def node_has_vms(ctx: ControllerContext, node: str) -> int:
+    return len([vm for vm in vms_on(ctx, node) if not vm["metadata"].get("deletionTimestamp")])

@@ -1,0 +1,84 @@
+"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims, the
+migration sweep (VM locks left by migrations that vanished, the history of finished migrations
+kept per VM) and VMs of deleted nodes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from failovervm import migration as mg
+from failovervm.controller import evacuation, recovery
+from failovervm.controller.context import ControllerContext
+from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
+from failovervm.controller.vms import collect_orphaned_claims
+from failovervm.scheduling import NodeInfo, node_needs_evacuation
+
+log = logging.getLogger(__name__)
+
+NODE_SWEEP_SECONDS = 3.0
+SLOW_SWEEP_SECONDS = 30.0
+
+
+def tick(ctx: ControllerContext) -> None:
+    """Called by every VFPool's timer: sweeps the nodes (guard pods, evacuation, node health) at
+    most every 3 s for all pools together and, every 30 s, orphaned VFClaims, migration history,
+    VM locks left by migrations that vanished, and VMs whose node was deleted while no controller
+    watched."""
+    now = time.monotonic()
+    if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
+        ctx.sweeps.node = now
+        for node in ctx.kube.list_nodes():
+            evacuation.reconcile_node(ctx, node["metadata"]["name"])
+    if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
+        ctx.sweeps.claims = now
+        collect_orphaned_claims(ctx)
+        sweep_migrations(ctx)
+        recovery.sweep_deleted_nodes(ctx)
+
+
+def sweep_migrations(ctx: ControllerContext) -> None:
+    """The controller's 30 s migration sweep: stale VM locks, then history. VMs are listed before
+    migrations, so a lock seen on a VM names a migration that existed before that list."""
+    kube = ctx.kube
+    vms = kube.list_vms()
+    migrations = kube.list_migrations()
+    release_stale_locks(ctx, vms, migrations)
+    collect_history(ctx, vms, migrations)
+
+
+def release_stale_locks(ctx: ControllerContext, vms: list[dict[str, Any]],
+                        migrations: list[dict[str, Any]]) -> list[str]:
+    """Unlock VMs whose (untaken) migration no longer exists (see migration.stale_locks). The
+    target VF it may have reserved is then an orphaned claim, released by the claim sweep."""
+    kube = ctx.kube
+    released = []
+    for vm, name in mg.stale_locks(vms, migrations):
+        meta = vm["metadata"]
+        if kube.get_migration(meta["namespace"], name) is not None:
+            continue  # it does exist (created after the list)
+        # Refused: the agent took it meanwhile. Unchanged: released meanwhile (its deletion handler did run).
+        if update_vm_migration(kube, vm, name, None, only_states=NOT_TAKEN) is LockWrite.WRITTEN:
+            msg = f"migration {name} no longer exists but still locked the VM; released it (the VM can migrate again)"
+            log.warning("%s/%s: %s", meta["namespace"], meta["name"], msg)
+            kube.event(vm, "StaleMigrationLockReleased", msg, type_="Warning", component="controller")
+            released.append(f"{meta['namespace']}/{meta['name']}")
+    return released
+
+
+def collect_history(ctx: ControllerContext, vms: list[dict[str, Any]] | None = None,
+                    migrations: list[dict[str, Any]] | None = None) -> list[str]:
+    """Delete finished migrations beyond the history kept per VM, and those of deleted VMs."""
+    kube = ctx.kube
+    existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"])
+                for vm in (kube.list_vms() if vms is None else vms)}
+    evacuating = {n["metadata"]["name"] for n in kube.list_nodes() if node_needs_evacuation(NodeInfo.from_k8s(n))}
+    removed = []
+    migrations = kube.list_migrations() if migrations is None else migrations
+    for ns, name in mg.history_to_delete(migrations, existing, ctx.settings.migration_history, evacuating):
+        kube.delete_migration(ns, name)
+        removed.append(f"{ns}/{name}")
+    if removed:
+        log.info("deleted %d finished migration(s) beyond the history kept: %s", len(removed), ", ".join(removed))
+    return removed
