@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the pinned control-plane binaries from upstream Go modules.
 #
-#   hack/build-binaries.sh [kube-apiserver|kube-controller-manager|etcd|helm ...]
+#   hack/build-binaries.sh [etcd|kube-apiserver|kube-controller-manager|kube-scheduler|helm ...]
 #
 # Binaries are cached outside the repository, keyed by version, in
 #   ${FAILOVERVM_CACHE:-$HOME/.cache/failovervm}/bin/<name>-<version>
@@ -17,7 +17,7 @@ export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 # Two cores: let the compiler use both, but do not let the linker of one build
 # overlap with another by running builds one after the other.
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etcd kube-apiserver kube-controller-manager helm)
+[ ${#targets[@]} -gt 0 ] || targets=(etcd kube-apiserver kube-controller-manager kube-scheduler helm)
 
 log() { printf '[build-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
@@ -36,7 +36,7 @@ build() {
   local name=$1 version out
   case $name in
     etcd) version=$ETCD_VERSION ;;
-    kube-apiserver|kube-controller-manager) version=$KUBERNETES_VERSION ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler) version=$KUBERNETES_VERSION ;;
     helm) version=$HELM_VERSION ;;
     *) echo "unknown binary: $name" >&2; exit 2 ;;
   esac
@@ -50,7 +50,7 @@ build() {
   case $name in
     etcd)
       (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$tmp" .) ;;
-    kube-apiserver|kube-controller-manager)
+    kube-apiserver|kube-controller-manager|kube-scheduler)
       (cd "$here/k8s" && go build -trimpath -ldflags "$(k8s_ldflags)" -o "$tmp" "k8s.io/kubernetes/cmd/$name") ;;
     helm)
       local gobin
