@@ -171,23 +171,23 @@ def test_a_vanished_migration_s_lock_is_released(controller_ctx: MakeControllerC
     locked, and the drain then waited forever with no migration at all."""
     kube = cluster(mg.SCHEDULING, migration=False)
     ctx = controller_ctx(kube)
-    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == ["ns/vm"]
+    assert sweeps.release_stale_locks(ctx, kube.list_vms(), []) == ["ns/vm"]
     assert "migration" not in vm_status(kube) and kube.reasons() == ["StaleMigrationLockReleased"]
     # Nothing left to release: no second event.
-    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
+    assert sweeps.release_stale_locks(ctx, kube.list_vms(), []) == [] and len(kube.events) == 1
 
 
 def test_a_lock_of_a_migration_created_after_the_list_is_kept(controller_ctx: MakeControllerContext) -> None:
     kube = cluster(mg.SCHEDULING)
     ctx = controller_ctx(kube)
-    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == []
+    assert sweeps.release_stale_locks(ctx, kube.list_vms(), []) == []
     assert vm_status(kube)["migration"]["name"] == "m1" and kube.reasons() == []
 
 
 def test_a_lock_the_agent_takes_meanwhile_is_kept(controller_ctx: MakeControllerContext) -> None:
     kube = cluster(mg.SCHEDULING, migration=False)
     ctx = controller_ctx(kube)
-    stale_view = kube.get_vm("ns", "vm")
+    stale_view = kube.list_vms()
     agent_takes_it(kube)
-    assert sweeps.release_stale_locks(ctx, [stale_view], []) == []
+    assert sweeps.release_stale_locks(ctx, stale_view, []) == []
     assert vm_status(kube)["migration"]["state"] == mg.RUNNING

@@ -134,13 +134,10 @@ def test_refresh_pool_status_sets_pool_gauges(controller_ctx: MakeControllerCont
     vfs = [{"pciAddress": f"0000:00:02.{i}"} for i in range(4)]
     obj = {"metadata": {"name": pool}, "status": {"nodes": [
         {"node": "n1", "vfs": vfs, "simulated": True}, {"node": "n2", "vfs": vfs[:2]}]}}
-    claims = [{"spec": {"node": "n1", "pciAddress": "0000:00:02.1"}},
-              {"spec": {"node": "n2", "pciAddress": "0000:00:02.0"}},
-              {"spec": {"node": "n2", "pciAddress": "0000:00:02.1"}}]
     kube = FakeKube()
     kube.add_pool(obj)
-    for i, claim in enumerate(claims):
-        kube.add_claim({"metadata": {"name": f"c{i}"}, **claim})
+    for i, (node, pci) in enumerate([("n1", "0000:00:02.1"), ("n2", "0000:00:02.0"), ("n2", "0000:00:02.1")]):
+        kube.add_claim({"metadata": {"name": f"c{i}"}, "spec": {"node": node, "pciAddress": pci}})
     ctx = controller_ctx(kube)
 
     vms.refresh_pool_status(ctx, pool)
