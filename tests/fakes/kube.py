@@ -28,9 +28,9 @@ import functools
 import inspect
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Concatenate, TypeVar
+from typing import Any, Concatenate, Self, TypeVar
 
 from kubernetes.client import ApiException
 
@@ -175,6 +175,16 @@ class FakeKube(VMMetadataEdits, Failures):
 
     def add_node(self, obj: Mapping[str, Any]) -> Obj:
         return self._create("nodes", self.nodes, obj["metadata"]["name"], obj)
+
+    def add(self, *, nodes: Iterable[Mapping[str, Any]] = (), pools: Iterable[Mapping[str, Any]] = (),
+            vms: Iterable[Mapping[str, Any]] = (), migrations: Iterable[Mapping[str, Any]] = (),
+            claims: Iterable[Mapping[str, Any]] = ()) -> Self:
+        """Several objects at once, through the add_* helpers; returns this fake."""
+        for add, objs in ((self.add_node, nodes), (self.add_pool, pools), (self.add_vm, vms),
+                          (self.add_migration, migrations), (self.add_claim, claims)):
+            for obj in objs:
+                add(obj)
+        return self
 
     def delete_vm(self, namespace: str, name: str) -> bool:
         """What `kubectl delete` does (not part of KubeAPI): with finalizers, only mark it deleted."""

@@ -476,19 +476,8 @@ def test_cli_parses_new_commands() -> None:
 
 
 # -- the commands, on the shared FakeKube -----------------------------------------------------------
-def cluster(nodes: list[dict[str, Any]], vms: list[dict[str, Any]], pools: list[dict[str, Any]]) -> FakeKube:
-    kube = FakeKube()
-    for n in nodes:
-        kube.add_node(n)
-    for v in vms:
-        kube.add_vm(v)
-    for p in pools:
-        kube.add_pool(p)
-    return kube
-
-
 def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    kube = cluster(NODES, VMS, POOLS)
+    kube = FakeKube().add(nodes=NODES, vms=VMS, pools=POOLS)
     monkeypatch.setattr(cli, "_kube_client", lambda args: kube)
     assert cli.main(["status", "-n", "other", "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -501,7 +490,7 @@ def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
 
 def test_cli_evacuate_cordons_and_watches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    kube = cluster([node("n1"), node("n2")], [vm("a", "n1")], [])
+    kube = FakeKube().add(nodes=[node("n1"), node("n2")], vms=[vm("a", "n1")])
     kube.before("list_vms", None, None, lambda: kube.add_vm(vm("a", "n2")))  # the third list finds it moved
     monkeypatch.setattr(cli, "_kube_client", lambda args: kube)
     assert cli.main(["evacuate", "n1", "--watch", "--timeout", "60", "--interval", "0"]) == 0

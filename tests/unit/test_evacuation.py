@@ -50,9 +50,7 @@ class SlowKube(FakeKube):
     def __init__(self) -> None:
         super().__init__()
         self.conflicts = 0
-        self.add_vm(vm("a", "ua"))
-        self.add_vm(vm("b", "ub"))
-        self.add_node(node())
+        self.add(vms=[vm("a", "ua"), vm("b", "ub")], nodes=[node()])
 
     def list_migrations(self, namespace: str | None = None) -> list[dict[str, Any]]:
         snapshot = super().list_migrations(namespace)
@@ -180,12 +178,9 @@ def deleted(kube: FakeKube) -> list[str]:
 
 
 def test_collect_history_deletes_through_the_api(controller_ctx: MakeControllerContext) -> None:
-    kube = FakeKube()
-    kube.add_vm(vm())
-    kube.add_node(node())
-    kube.add_node({"metadata": {"name": "n2", "uid": "u2", "labels": {}}, "spec": {}})
-    for m in (mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"),
-              mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")):
-        kube.add_migration(m)
+    n2 = {"metadata": {"name": "n2", "uid": "u2", "labels": {}}, "spec": {}}
+    kube = FakeKube().add(vms=[vm()], nodes=[node(), n2], migrations=[
+        mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"),
+        mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
     ctx = controller_ctx(kube, migration_history=0)
     assert sweeps.collect_history(ctx) == deleted(kube) == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger

@@ -65,9 +65,8 @@ def cluster(vm_state: str = mg.TARGET_READY, migration: bool = True) -> FakeKube
                       "targetClaim": "n2.0000-3b-02.1"}}})
     if migration:
         kube.add_migration(mig())
-    for name, purpose in CLAIMS.items():
-        kube.add_claim({"metadata": {"name": name, "uid": name}, "spec": {"owner": {"uid": "u1"}, "purpose": purpose}})
-    return kube
+    return kube.add(claims=[{"metadata": {"name": name, "uid": name},
+                             "spec": {"owner": {"uid": "u1"}, "purpose": purpose}} for name, purpose in CLAIMS.items()])
 
 
 def agent_takes_it(kube: FakeKube) -> None:

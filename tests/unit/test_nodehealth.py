@@ -76,15 +76,7 @@ def kube(controller_ctx: MakeControllerContext) -> Cluster:
     context over it."""
     def make(vms: list[dict[str, Any]], nodes: list[dict[str, Any]],
              migrations: Iterable[dict[str, Any]] = ()) -> tuple[FakeKube, ControllerContext]:
-        k = FakeKube()
-        for v in vms:
-            k.add_vm(v)
-        for n in nodes:
-            k.add_node(n)
-        for m in migrations:
-            k.add_migration(m)
-        for c in CLAIMS:
-            k.add_claim(c)
+        k = FakeKube().add(vms=vms, nodes=nodes, migrations=migrations, claims=CLAIMS)
         return k, controller_ctx(k)
     return make
 
