@@ -14,7 +14,7 @@ from failovervm.errors import FailoverVMError
 from failovervm.labels import SANDBOX_STATE_DIR
 
 if TYPE_CHECKING:
-    from failovervm.kube import Kube
+    from failovervm.kube import KubeAPI
 
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -139,7 +139,7 @@ def cmd_restart(args: argparse.Namespace) -> int:
     return 1
 
 
-def _kube_client(args: argparse.Namespace) -> Kube:
+def _kube_client(args: argparse.Namespace) -> KubeAPI:
     from failovervm import kube as kube_mod
 
     return kube_mod.Kube(kube_mod.load(args.kubeconfig, args.context))
@@ -204,7 +204,7 @@ def cmd_evacuate(args: argparse.Namespace) -> int:
     if already:
         print(f"node/{args.node} already cordoned", file=info)
     else:
-        kube.core.patch_node(args.node, cli_ops.CORDON_PATCH)
+        kube.patch_node(args.node, cli_ops.CORDON_PATCH)
         print(f"node/{args.node} cordoned (spec.unschedulable=true)", file=info)
     selector = f"{labels.VM_NODE}={args.node}"
     progress = cli_ops.evacuation_progress(args.node, kube.list_vms(selector), kube.list_migrations())

@@ -12,27 +12,35 @@ only sets `deletionTimestamp`, and removing its last finalizer then deletes it.
 
 Tests read the stored objects directly (`kube.vms["ns", "vm"]["status"]`), and change them through
 the API methods (`patch_vm`, `update_vm_status`, ...) or the `add_*` helpers. Events are recorded in
-`events` (every call: no de-duplication, so a test sees what the logic posts). `fail(method, *errors)`
-makes the next calls of a method raise; `admit(kind, obj)` is what the API server does to a written
-object (identity here; override it to act like an older CRD schema that prunes a field).
+`events` (every call: no de-duplication, so a test sees what the logic posts); every other API call in
+`calls`, with its arguments (`calls_of("delete_migration") == [("ns", "m1")]`), failed ones too.
+`fail(method, *errors)` makes the next calls of a method raise; `before(method, *hooks)` runs a hook
+first (another writer landing just before, say); `admit(kind, obj)` is what the API server does to a
+written object (identity here; override it to act like an older CRD schema that prunes a field).
+The API calls take one lock, as the API server serialises writes: the controller's threads may share
+one FakeKube.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Self, TypeVar
 
 from kubernetes.client import ApiException
 
 from failovervm import API_GROUP, API_VERSION
 from failovervm.conditions import now_iso
 from failovervm.kube import KubeAPI, VMMetadataEdits, update_status
-from tests.fakes.failures import Failures, failable
+from tests.fakes.failures import Failures, P, R, failable
 
 K = TypeVar("K")
+FK = TypeVar("FK", bound="FakeKube")
 KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
          "vfclaims": "VFClaim", "nodes": "Node", "pods": "Pod"}
 Obj = dict[str, Any]
@@ -100,6 +108,31 @@ def _api_error(status: int, reason: str) -> ApiException:
     return ApiException(status=status, reason=reason)
 
 
+@dataclass(frozen=True)
+class KubeCall:
+    """One API call: the method and its arguments as sent (defaults filled in, bodies copied)."""
+
+    method: str
+    args: tuple[Any, ...]
+
+
+def api(method: Callable[Concatenate[FK, P], R]) -> Callable[Concatenate[FK, P], R]:
+    """An API call: listed in `calls` (failed ones too), then @failable, under the fake's lock."""
+    checked = failable(method)
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def call(self: FK, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        sent = tuple(copy.deepcopy(a) if isinstance(a, dict | list) else a for a in bound.arguments.values())
+        with self._lock:
+            self.calls.append(KubeCall(method.__name__, sent[1:]))
+            return checked(self, *args, **kwargs)
+
+    return call
+
+
 class FakeKube(VMMetadataEdits, Failures):
     def __init__(self) -> None:
         super().__init__()
@@ -110,7 +143,9 @@ class FakeKube(VMMetadataEdits, Failures):
         self.nodes: dict[str, Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}
         self.events: list[RecordedEvent] = []
+        self.calls: list[KubeCall] = []
         self._version = 0
+        self._lock = threading.RLock()
 
     # -- test controls -------------------------------------------------------------------------
     def admit(self, kind: str, obj: Obj) -> Obj:
@@ -120,6 +155,10 @@ class FakeKube(VMMetadataEdits, Failures):
     def reasons(self) -> list[str]:
         """The reasons of the recorded Events, in order."""
         return [e.reason for e in self.events]
+
+    def calls_of(self, method: str) -> list[tuple[Any, ...]]:
+        """The arguments of each call of `method`, in order."""
+        return [c.args for c in self.calls if c.method == method]
 
     def add_vm(self, obj: Mapping[str, Any]) -> Obj:
         return self._create("failovervms", self.vms, (obj["metadata"]["namespace"], obj["metadata"]["name"]), obj)
@@ -131,27 +170,40 @@ class FakeKube(VMMetadataEdits, Failures):
     def add_pool(self, obj: Mapping[str, Any]) -> Obj:
         return self._create("vfpools", self.pools, obj["metadata"]["name"], obj)
 
+    def add_claim(self, obj: Mapping[str, Any]) -> Obj:
+        return self._create("vfclaims", self.claims, obj["metadata"]["name"], obj)
+
     def add_node(self, obj: Mapping[str, Any]) -> Obj:
         return self._create("nodes", self.nodes, obj["metadata"]["name"], obj)
+
+    def add(self, *, nodes: Iterable[Mapping[str, Any]] = (), pools: Iterable[Mapping[str, Any]] = (),
+            vms: Iterable[Mapping[str, Any]] = (), migrations: Iterable[Mapping[str, Any]] = (),
+            claims: Iterable[Mapping[str, Any]] = ()) -> Self:
+        """Several objects at once, through the add_* helpers; returns this fake."""
+        for add, objs in ((self.add_node, nodes), (self.add_pool, pools), (self.add_vm, vms),
+                          (self.add_migration, migrations), (self.add_claim, claims)):
+            for obj in objs:
+                add(obj)
+        return self
 
     def delete_vm(self, namespace: str, name: str) -> bool:
         """What `kubectl delete` does (not part of KubeAPI): with finalizers, only mark it deleted."""
         return self._delete(self.vms, (namespace, name))
 
     # -- FailoverVMs ---------------------------------------------------------------------------
-    @failable
+    @api
     def get_vm(self, namespace: str, name: str) -> Obj | None:
         return self._get(self.vms, (namespace, name))
 
-    @failable
+    @api
     def list_vms(self, label_selector: str | None = None) -> list[Obj]:
         return self._list(self.vms, label_selector)
 
-    @failable
+    @api
     def patch_vm(self, namespace: str, name: str, body: dict[str, Any]) -> Obj:
         return self._patch("failovervms", self.vms, (namespace, name), body)
 
-    @failable
+    @api
     def update_vm_status(self, namespace: str, name: str, mutate: Mutate, uid: str | None = None,
                          current: Mapping[str, Any] | None = None) -> Obj | None:
         return update_status(
@@ -160,25 +212,25 @@ class FakeKube(VMMetadataEdits, Failures):
             mutate, f"FailoverVM {namespace}/{name}", current=current, uid=uid)
 
     # -- VFPools and VFClaims ------------------------------------------------------------------
-    @failable
+    @api
     def list_pools(self) -> list[Obj]:
         return self._list(self.pools)
 
-    @failable
+    @api
     def get_pool(self, name: str) -> Obj | None:
         return self._get(self.pools, name)
 
-    @failable
+    @api
     def update_pool_status(self, name: str, mutate: Mutate) -> None:
         update_status(lambda: self._get(self.pools, name),
                       lambda obj: self._replace_status("vfpools", self.pools, name, obj),
                       mutate, f"VFPool {name}", attempts=10)
 
-    @failable
+    @api
     def list_claims(self) -> list[Obj]:
         return self._list(self.claims)
 
-    @failable
+    @api
     def create_claim(self, body: dict[str, Any]) -> bool:
         name = body["metadata"]["name"]
         if name in self.claims:
@@ -186,25 +238,29 @@ class FakeKube(VMMetadataEdits, Failures):
         self._create("vfclaims", self.claims, name, body)
         return True
 
-    @failable
+    @api
     def patch_claim(self, name: str, body: dict[str, Any]) -> None:
         if name in self.claims:
             self._patch("vfclaims", self.claims, name, body)
 
-    @failable
+    @api
     def delete_claim(self, name: str, uid: str | None = None) -> None:
         self._delete(self.claims, name, uid)
 
     # -- Nodes and Pods ------------------------------------------------------------------------
-    @failable
+    @api
     def list_nodes(self) -> list[Obj]:
         return self._list(self.nodes)
 
-    @failable
+    @api
     def get_node(self, name: str) -> Obj | None:
         return self._get(self.nodes, name)
 
-    @failable
+    @api
+    def patch_node(self, name: str, body: dict[str, Any]) -> Obj:
+        return self._patch("nodes", self.nodes, name, body)
+
+    @api
     def ensure_pod(self, body: dict[str, Any]) -> bool:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if key in self.pods:
@@ -212,7 +268,7 @@ class FakeKube(VMMetadataEdits, Failures):
         self._create("pods", self.pods, key, body)
         return True
 
-    @failable
+    @api
     def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool:
         return self.pods.pop((namespace, name), None) is not None
 
@@ -224,31 +280,32 @@ class FakeKube(VMMetadataEdits, Failures):
                                          reason, note, type_, action, component))
 
     # -- FailoverVMMigrations ------------------------------------------------------------------
-    @failable
+    @api
     def get_migration(self, namespace: str, name: str) -> Obj | None:
         return self._get(self.migrations, (namespace, name))
 
-    @failable
+    @api
     def list_migrations(self, namespace: str | None = None) -> list[Obj]:
         return [m for m in self._list(self.migrations) if namespace is None or m["metadata"]["namespace"] == namespace]
 
-    @failable
+    @api
     def delete_migration(self, namespace: str, name: str) -> None:
         self._delete(self.migrations, (namespace, name))
 
-    @failable
+    @api
     def create_migration(self, body: dict[str, Any]) -> Obj:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         if key in self.migrations:
             raise _api_error(409, "AlreadyExists")
         return self._create("failovervmmigrations", self.migrations, key, body)
 
+    @api
     def create_migration_once(self, body: dict[str, Any]) -> Obj | None:
         if (body["metadata"]["namespace"], body["metadata"]["name"]) in self.migrations:
             return None
         return self.create_migration(body)
 
-    @failable
+    @api
     def update_migration_status(self, namespace: str, name: str, mutate: Mutate) -> Obj | None:
         return update_status(
             lambda: self._get(self.migrations, (namespace, name)),
@@ -297,7 +354,8 @@ class FakeKube(VMMetadataEdits, Failures):
         return self._store(kind, store, key, new)
 
     def _patch(self, kind: str, store: dict[K, Obj], key: K, body: Mapping[str, Any]) -> Obj:
-        """PATCH (merge) of the main resource, with resourceVersion as a precondition when given."""
+        """PATCH (merge) of the main resource, with resourceVersion as a precondition when given
+        (generation, for the kinds that have one, counts spec changes)."""
         cur = store.get(key)
         if cur is None:
             raise _api_error(404, "NotFound")
@@ -307,7 +365,7 @@ class FakeKube(VMMetadataEdits, Failures):
         if want is not None and want != cur["metadata"]["resourceVersion"]:
             raise _api_error(409, "Conflict")
         new = merge_patch(cur, patch)
-        if new.get("spec") != cur.get("spec"):
+        if new.get("spec") != cur.get("spec") and "generation" in cur["metadata"]:
             new["metadata"]["generation"] = int(cur["metadata"].get("generation") or 0) + 1
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             del store[key]

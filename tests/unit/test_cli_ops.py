@@ -14,6 +14,7 @@ from rich.cells import cell_len
 from rich.console import Console
 
 from failovervm import cli, cli_ops
+from tests.fakes import FakeKube
 
 
 # -- handmade API objects ----------------------------------------------------------------------------
@@ -33,7 +34,8 @@ def vm(name: str, node: str | None, *, ns: str = "default", phase: str = "Runnin
         st["vf"] = {"pciAddress": vf, "node": node}
     if migration:
         st["migration"] = migration
-    meta: dict[str, Any] = {"namespace": ns, "name": name, "uid": f"uid-{name}"}
+    meta: dict[str, Any] = {"namespace": ns, "name": name, "uid": f"uid-{name}",
+                            "labels": {"failovervm.io/node": node} if node else {}}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return {"metadata": meta, "spec": spec or {}, "status": st}
@@ -473,41 +475,10 @@ def test_cli_parses_new_commands() -> None:
     assert a.func is cli.cmd_migrate
 
 
-# -- the commands, on a fake API --------------------------------------------------------------------
-class _FakeKube:
-    def __init__(self, nodes: list[dict[str, Any]], vm_frames: list[list[dict[str, Any]]]) -> None:
-        self.nodes = {n["metadata"]["name"]: n for n in nodes}
-        self.frames, self.reads = vm_frames, 0
-        self.patches: list[tuple[str, dict[str, Any]]] = []
-        self.selectors: list[str | None] = []
-        self.core = self
-
-    def patch_node(self, name: str, body: dict[str, Any]) -> None:
-        self.patches.append((name, body))
-        self.nodes[name]["spec"].update(body["spec"])
-
-    def get_node(self, name: str) -> dict[str, Any] | None:
-        return self.nodes.get(name)
-
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return list(self.nodes.values())
-
-    def list_vms(self, label_selector: str | None = None) -> list[dict[str, Any]]:
-        self.selectors.append(label_selector)
-        frame = self.frames[min(self.reads, len(self.frames) - 1)]
-        self.reads += 1
-        return frame
-
-    def list_pools(self) -> list[dict[str, Any]]:
-        return POOLS
-
-    def list_migrations(self) -> list[dict[str, Any]]:
-        return []
-
-
+# -- the commands, on the shared FakeKube -----------------------------------------------------------
 def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    fake = _FakeKube(NODES, [VMS])
-    monkeypatch.setattr(cli, "_kube_client", lambda args: fake)
+    kube = FakeKube().add(nodes=NODES, vms=VMS, pools=POOLS)
+    monkeypatch.setattr(cli, "_kube_client", lambda args: kube)
     assert cli.main(["status", "-n", "other", "-o", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [v["name"] for v in doc["vms"]] == ["a"] and doc["namespace"] == "other"
@@ -519,11 +490,12 @@ def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
 
 def test_cli_evacuate_cordons_and_watches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    fake = _FakeKube([node("n1"), node("n2")], [[vm("a", "n1")], [vm("a", "n1")], [vm("a", "n2")]])
-    monkeypatch.setattr(cli, "_kube_client", lambda args: fake)
+    kube = FakeKube().add(nodes=[node("n1"), node("n2")], vms=[vm("a", "n1")])
+    kube.before("list_vms", None, None, lambda: kube.add_vm(vm("a", "n2")))  # the third list finds it moved
+    monkeypatch.setattr(cli, "_kube_client", lambda args: kube)
     assert cli.main(["evacuate", "n1", "--watch", "--timeout", "60", "--interval", "0"]) == 0
-    assert fake.patches == [("n1", {"spec": {"unschedulable": True}})]
-    assert set(fake.selectors) == {"failovervm.io/node=n1"}
+    assert kube.calls_of("patch_node") == [("n1", {"spec": {"unschedulable": True}})]
+    assert {selector for (selector,) in kube.calls_of("list_vms")} == {"failovervm.io/node=n1"}
     out = capsys.readouterr().out
     assert "node/n1 cordoned" in out
     assert "1/1 VMs moved" in out and "node/n1 evacuated" in out
@@ -532,10 +504,10 @@ def test_cli_evacuate_cordons_and_watches(monkeypatch: pytest.MonkeyPatch, capsy
     captured = capsys.readouterr()
     assert "already cordoned" in captured.err
     assert json.loads(captured.out)["alreadyCordoned"] is True
-    assert len(fake.patches) == 1
+    assert len(kube.calls_of("patch_node")) == 1
 
 
 def test_cli_evacuate_unknown_node(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(cli, "_kube_client", lambda args: _FakeKube([], [[]]))
+    monkeypatch.setattr(cli, "_kube_client", lambda args: FakeKube())
     assert cli.main(["evacuate", "nope"]) == 1
     assert "node nope not found" in capsys.readouterr().err

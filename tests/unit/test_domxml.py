@@ -11,6 +11,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
@@ -49,7 +50,7 @@ UID = "0d7f6c1e-4a8b-4c2d-9e3f-5a6b7c8d9e0f"
 DOM_UUID = "6f1c2a4e-3b5d-4c7e-9f10-2a3b4c5d6e7f"
 
 
-def make_spec(**overrides: object) -> DomainSpec:
+def make_spec(**overrides: Any) -> DomainSpec:
     base = DomainSpec(
         name=domain_name("default", "web-1"),
         uuid=DOM_UUID,
@@ -64,7 +65,7 @@ def make_spec(**overrides: object) -> DomainSpec:
         vf=PCIAddress.parse("0000:3b:02.1"),
         vf_node="node-a",
     )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return dataclasses.replace(base, **overrides)
 
 
 def attrs(el: etree._Element) -> dict[str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -13,7 +12,8 @@ import pytest
 from failovervm import labels
 from failovervm import migration as mg
 from failovervm.controller import evacuation, main, sweeps
-from failovervm.controller.context import ControllerContext
+from tests.fakes import FakeKube
+from tests.unit.conftest import MakeControllerContext
 
 
 def vm(name: str = "vm", uid: str = "u1", node: str = "n1") -> dict[str, Any]:
@@ -43,47 +43,24 @@ def test_evacuation_name_is_a_valid_object_name(name: str) -> None:
         assert label and label[0].isalnum() and label[-1].isalnum(), out
 
 
-class SlowKube:
-    """Lists are slow, so two unserialised sweeps would both see no migration and both create one."""
+class SlowKube(FakeKube):
+    """VMs a and b on n1 (cordoned). Lists of migrations are slow, so two unserialised sweeps would
+    both see no migration and both create one; `conflicts` counts the creates that found the name taken."""
 
     def __init__(self) -> None:
-        self.vms = [vm("a", "ua"), vm("b", "ub")]
-        self.migrations: list[dict[str, Any]] = []
-        self.created: list[str] = []
+        super().__init__()
         self.conflicts = 0
-        self.lock = threading.Lock()
+        self.add(vms=[vm("a", "ua"), vm("b", "ub")], nodes=[node()])
 
-    def list_vms(self, _selector: str = "") -> list[dict[str, Any]]:
-        return [dict(v) for v in self.vms]
-
-    def list_migrations(self) -> list[dict[str, Any]]:
-        with self.lock:
-            snapshot = [dict(m) for m in self.migrations]
+    def list_migrations(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        snapshot = super().list_migrations(namespace)
         time.sleep(0.05)
         return snapshot
 
     def create_migration_once(self, body: dict[str, Any]) -> dict[str, Any] | None:
-        with self.lock:
-            if any(m["metadata"]["name"] == body["metadata"]["name"] for m in self.migrations):
-                self.conflicts += 1
-                return None
-            obj = {**body, "status": {"phase": "Pending"}}
-            self.migrations.append(obj)
-            self.created.append(body["metadata"]["name"])
-            return obj
-
-    def ensure_pod(self, _pod: Any) -> None:
-        pass
-
-    def get_node(self, name: str) -> dict[str, Any] | None:
-        return node() if name == "n1" else None
-
-    def delete_migration(self, ns: str, name: str) -> None:
-        with self.lock:
-            self.migrations = [m for m in self.migrations if m["metadata"]["name"] != name]
-
-    def event(self, *_a: Any, **_kw: Any) -> None:
-        pass
+        created = super().create_migration_once(body)
+        self.conflicts += created is None
+        return created
 
 
 def node() -> dict[str, Any]:
@@ -93,7 +70,7 @@ def node() -> dict[str, Any]:
                                                         "effect": "NoSchedule"}]}}
 
 
-def test_concurrent_sweeps_start_one_migration_per_vm(controller_ctx: Callable[..., ControllerContext]) -> None:
+def test_concurrent_sweeps_start_one_migration_per_vm(controller_ctx: MakeControllerContext) -> None:
     kube = SlowKube()
     ctx = controller_ctx(kube)
     threads = [threading.Thread(target=evacuation.reconcile_node, args=(ctx, "n1")) for _ in range(4)]
@@ -101,25 +78,25 @@ def test_concurrent_sweeps_start_one_migration_per_vm(controller_ctx: Callable[.
         t.start()
     for t in threads:
         t.join()
-    assert sorted(m["spec"]["vmName"] for m in kube.migrations) == ["a", "b"], kube.created
+    assert sorted(m["spec"]["vmName"] for m in kube.migrations.values()) == ["a", "b"], list(kube.migrations)
     assert kube.conflicts == 0  # serialised: later sweeps saw the migrations and did not even try
 
 
 def test_a_second_controller_with_the_same_view_gets_a_conflict(
-        monkeypatch: pytest.MonkeyPatch, controller_ctx: Callable[..., ControllerContext]) -> None:
+        monkeypatch: pytest.MonkeyPatch, controller_ctx: MakeControllerContext) -> None:
     """The per-node lock is per process; a standby replica's admission webhook is another process.
     The fixed name makes its create collide instead of starting a second migration."""
     kube = SlowKube()
     ctx = controller_ctx(kube)
     stale = kube.list_migrations()
     evacuation.reconcile_node(ctx, "n1")
-    monkeypatch.setattr(kube, "list_migrations", lambda: stale)
+    monkeypatch.setattr(kube, "list_migrations", lambda namespace=None: stale)
     evacuation._reconcile_node(ctx, node())  # what another process, which holds no lock of ours, would do
     assert len(kube.migrations) == 2 and kube.conflicts == 2
 
 
 def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(
-        controller_ctx: Callable[..., ControllerContext]) -> None:
+        controller_ctx: MakeControllerContext) -> None:
     """A node event or a node list taken before `kubectl drain` cordoned the node reaches the
     sweep after the evacuation started (it waited for the node's lock). Acting on that copy took
     the node for uncordoned and deleted the evacuation's migrations (seen in CI: the drain test
@@ -131,7 +108,7 @@ def test_a_sweep_with_a_copy_from_before_the_cordon_keeps_the_evacuation(
     uncordoned = node()
     uncordoned["spec"] = {}
     main.on_node_event(type="MODIFIED", name="n1", body=uncordoned, memo=kopf.Memo(ctx=ctx))  # the old event's body
-    assert sorted(m["spec"]["vmName"] for m in kube.migrations) == ["a", "b"]
+    assert sorted(m["spec"]["vmName"] for m in kube.migrations.values()) == ["a", "b"]
 
 
 # -- retries and history ---------------------------------------------------------------------------
@@ -195,26 +172,15 @@ def test_history_keeps_the_retry_ledger_of_an_ongoing_evacuation() -> None:
         ("ns", "f1"), ("ns", "f2"), ("ns", "ok"), ("ns", "old-fail")]
 
 
-class HistoryKube:
-    def __init__(self, migrations: list[dict[str, Any]]) -> None:
-        self.migrations = migrations
-        self.deleted: list[str] = []
-
-    def list_vms(self, _selector: str = "") -> list[dict[str, Any]]:
-        return [vm()]
-
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return [node(), {"metadata": {"name": "n2", "uid": "u2", "labels": {}}, "spec": {}}]
-
-    def list_migrations(self) -> list[dict[str, Any]]:
-        return self.migrations
-
-    def delete_migration(self, ns: str, name: str) -> None:
-        self.deleted.append(f"{ns}/{name}")
+def deleted(kube: FakeKube) -> list[str]:
+    """namespace/name of the migrations deleted through the API, in order."""
+    return [f"{ns}/{name}" for ns, name in kube.calls_of("delete_migration")]
 
 
-def test_collect_history_deletes_through_the_api(controller_ctx: Callable[..., ControllerContext]) -> None:
-    kube = HistoryKube([mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"),
-                        mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
+def test_collect_history_deletes_through_the_api(controller_ctx: MakeControllerContext) -> None:
+    n2 = {"metadata": {"name": "n2", "uid": "u2", "labels": {}}, "spec": {}}
+    kube = FakeKube().add(vms=[vm()], nodes=[node(), n2], migrations=[
+        mig("f1", mg.FAILED, "10"), mig("f2", mg.FAILED, "11"),
+        mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
     ctx = controller_ctx(kube, migration_history=0)
-    assert sweeps.collect_history(ctx) == kube.deleted == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger
+    assert sweeps.collect_history(ctx) == deleted(kube) == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiException
 
 from failovervm import labels
 from failovervm.agent.domains import (
@@ -16,6 +17,7 @@ from failovervm.agent.domains import (
     PausedReason,
 )
 from tests.fakes import FakeDomainManager, FakeKube
+from tests.fakes.kube import node
 
 
 def _vm(**meta: Any) -> dict[str, Any]:
@@ -93,6 +95,29 @@ def test_claims_are_locks_and_migrations_are_created_once() -> None:
     mig = {"metadata": {"name": "m1", "namespace": "ns"}, "spec": {"vmName": "vm"}}
     assert kube.create_migration_once(mig) is not None and kube.create_migration_once(mig) is None
     assert [m["metadata"]["name"] for m in kube.list_migrations("ns")] == ["m1"] and kube.list_migrations("x") == []
+
+
+def test_a_hook_lands_before_a_call_and_calls_are_recorded() -> None:
+    kube = FakeKube()
+    kube.add_vm(_vm())
+    kube.add_node(node("n1"))
+
+    def another_writer() -> None:
+        kube.update_vm_status("ns", "vm", lambda st: {**st, "phase": "Running"})
+
+    kube.before("patch_vm", None, another_writer)  # nothing before the first call, a write before the second
+    seen = kube.patch_vm("ns", "vm", {"metadata": {"labels": {"a": "1"}}})
+    with pytest.raises(ApiException) as conflict:
+        kube.patch_vm("ns", "vm", {"metadata": {"labels": {"a": "2"},
+                                                "resourceVersion": seen["metadata"]["resourceVersion"]}})
+    assert conflict.value.status == 409 and kube.vms["ns", "vm"]["metadata"]["labels"] == {"a": "1"}
+    assert kube.vms["ns", "vm"]["status"]["phase"] == "Running" and kube.hooks["patch_vm"] == []
+    assert kube.patch_node("n1", {"spec": {"unschedulable": True}})["spec"] == {"unschedulable": True}
+    assert "generation" not in kube.nodes["n1"]["metadata"]
+    assert kube.calls_of("patch_node") == [("n1", {"spec": {"unschedulable": True}})]
+    assert [args[:2] for args in kube.calls_of("patch_vm")] == [("ns", "vm")] * 2  # the failed one too
+    kube.list_vms()
+    assert kube.calls_of("list_vms") == [(None,)]  # defaults filled in
 
 
 def test_fake_domains_define_run_stop_and_migrate() -> None:

@@ -3,14 +3,13 @@ timeout, or the migration deleted) only while the agent has not taken it.
 
 The agent's commit is its write of Running into VM.status.migration; the controller's release is a
 write of the same status. Both go through update_status with the VM's resourceVersion, so exactly
-one wins. The fake API below applies mutations the way kube.update_status does (a declined
-mutation writes nothing) and can let "the agent" write just before the controller's write lands."""
+one wins. The shared FakeKube applies mutations the way kube.update_status does (a declined
+mutation writes nothing, a stale resourceVersion costs a conflict) and lets "the agent" write just
+before the controller's write lands (`before("update_vm_status", ...)`)."""
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,8 @@ from failovervm import migration as mg
 from failovervm.controller import migrations as cm
 from failovervm.controller import sweeps
 from failovervm.controller.context import ControllerContext
+from tests.fakes import FakeKube
+from tests.unit.conftest import MakeControllerContext
 
 NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -49,127 +50,105 @@ def test_handover_is_overdue_only_in_target_ready_after_the_timeout() -> None:
     assert mg.handover_overdue(mig(reserved_ago=10, started_ago=3600), NOW, 120) is None
 
 
-class Kube:
-    def __init__(self, vm_state: str = mg.TARGET_READY) -> None:
-        self.vm: dict[str, Any] = {
-            "metadata": {"name": "vm", "namespace": "ns", "uid": "u1"},
-            "status": {"phase": "Running", "nodeName": "n1",
-                       "vf": {"node": "n1", "pciAddress": "0000:3b:02.0", "claimName": "n1.0000-3b-02.0"},
-                       "migration": {"name": "m1", "state": vm_state, "sourceNode": "n1", "targetNode": "n2",
-                                     "targetClaim": "n2.0000-3b-02.1"}}}
-        self.mig = mig()
-        self.claims = {name: {"metadata": {"name": name, "uid": name},
-                              "spec": {"owner": {"uid": "u1"}, "purpose": purpose}}
-                       for name, purpose in (("n1.0000-3b-02.0", "Running"), ("n2.0000-3b-02.1", "MigrationTarget"))}
-        self.events: list[str] = []
-        self.before_vm_write: Callable[[], None] | None = None
+VM = {"metadata": {"name": "vm", "namespace": "ns", "uid": "u1"}}
+CLAIMS = {"n1.0000-3b-02.0": "Running", "n2.0000-3b-02.1": "MigrationTarget"}
 
-    def get_vm(self, _ns: str, _name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.vm)
 
-    def get_migration(self, _ns: str, _name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.mig)
+def cluster(vm_state: str = mg.TARGET_READY, migration: bool = True) -> FakeKube:
+    """VM ns/vm on n1, locked by migration m1 (in `vm_state`; the migration object only if
+    `migration`) onto a reserved VF of n2."""
+    kube = FakeKube()
+    kube.add_vm({**VM, "status": {
+        "phase": "Running", "nodeName": "n1",
+        "vf": {"node": "n1", "pciAddress": "0000:3b:02.0", "claimName": "n1.0000-3b-02.0"},
+        "migration": {"name": "m1", "state": vm_state, "sourceNode": "n1", "targetNode": "n2",
+                      "targetClaim": "n2.0000-3b-02.1"}}})
+    if migration:
+        kube.add_migration(mig())
+    return kube.add(claims=[{"metadata": {"name": name, "uid": name},
+                             "spec": {"owner": {"uid": "u1"}, "purpose": purpose}} for name, purpose in CLAIMS.items()])
 
-    def update_vm_status(self, _ns: str, _name: str, mutate: Any, **_kw: Any) -> dict[str, Any]:
-        if self.before_vm_write is not None:  # another writer lands first: our read is re-done
-            hook, self.before_vm_write = self.before_vm_write, None
-            hook()
-        new = mutate(copy.deepcopy(self.vm["status"]))
-        if new is not None:
-            self.vm["status"] = new
-        return copy.deepcopy(self.vm)
 
-    def update_migration_status(self, _ns: str, _name: str, mutate: Any) -> dict[str, Any]:
-        new = mutate(copy.deepcopy(self.mig["status"]))
-        if new is not None:
-            self.mig["status"] = new
-        return copy.deepcopy(self.mig)
+def agent_takes_it(kube: FakeKube) -> None:
+    """The source agent's commit: Running written into the VM's lock (through the API)."""
+    kube.update_vm_status("ns", "vm", lambda st: {**st, "phase": "Migrating",
+                                                  "migration": {**st["migration"], "state": mg.RUNNING}})
 
-    def list_claims(self) -> list[dict[str, Any]]:
-        return copy.deepcopy(list(self.claims.values()))
 
-    def delete_claim(self, name: str, _uid: str | None = None) -> None:
-        self.claims.pop(name, None)
+def vm_status(kube: FakeKube) -> dict[str, Any]:
+    return dict(kube.vms["ns", "vm"]["status"])
 
-    def patch_claim(self, *_a: Any) -> None:
-        pass
 
-    def get_node(self, _name: str) -> None:
-        return None
-
-    def event(self, _obj: Any, reason: str, _msg: str, **_kw: Any) -> None:
-        self.events.append(reason)
-
-    def agent_takes_it(self) -> None:
-        self.vm["status"]["migration"]["state"] = mg.RUNNING
-        self.vm["status"]["phase"] = "Migrating"
+def mig_status(kube: FakeKube) -> dict[str, Any]:
+    return dict(kube.migrations["ns", "m1"]["status"])
 
 
 @pytest.fixture
-def kube(monkeypatch: pytest.MonkeyPatch) -> Kube:
+def kube(monkeypatch: pytest.MonkeyPatch) -> FakeKube:
     monkeypatch.setattr(cm, "_now", lambda: NOW)
-    return Kube()
+    return cluster()
 
 
 @pytest.fixture
-def ctx(kube: Kube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
+def ctx(kube: FakeKube, controller_ctx: MakeControllerContext) -> ControllerContext:
     return controller_ctx(kube, handover_timeout_seconds=120.0)
 
 
-def test_an_untaken_migration_fails_after_the_timeout_and_releases_the_target(kube: Kube,
+def test_an_untaken_migration_fails_after_the_timeout_and_releases_the_target(kube: FakeKube,
                                                                              ctx: ControllerContext) -> None:
     assert cm.advance(ctx, "ns", "m1") == mg.FAILED
-    st = kube.mig["status"]
+    st = mig_status(kube)
     assert st["phase"] == mg.FAILED and st["reason"] == mg.SOURCE_AGENT_UNRESPONSIVE
     assert "did not take the migration" in st["message"] and "keeps running on n1" in st["message"]
     assert conditions.is_true(st["conditions"], "CleanedUp")
-    assert "migration" not in kube.vm["status"] and kube.vm["status"]["nodeName"] == "n1"
+    assert "migration" not in vm_status(kube) and vm_status(kube)["nodeName"] == "n1"
     assert list(kube.claims) == ["n1.0000-3b-02.0"]  # the target's reservation is gone, the running VF kept
-    assert mg.SOURCE_AGENT_UNRESPONSIVE in kube.events and "MigrationFailed" in kube.events
+    assert mg.SOURCE_AGENT_UNRESPONSIVE in kube.reasons() and "MigrationFailed" in kube.reasons()
 
 
-def test_within_the_timeout_nothing_happens(kube: Kube, ctx: ControllerContext) -> None:
-    kube.mig = mig(reserved_ago=5)
+def test_within_the_timeout_nothing_happens(kube: FakeKube, ctx: ControllerContext) -> None:
+    kube.add_migration(mig(reserved_ago=5))
     assert cm.advance(ctx, "ns", "m1") == mg.TARGET_READY
-    assert kube.vm["status"]["migration"]["state"] == mg.TARGET_READY and len(kube.claims) == 2
+    assert vm_status(kube)["migration"]["state"] == mg.TARGET_READY and len(kube.claims) == 2
 
 
-def test_a_migration_the_agent_took_is_never_timed_out(kube: Kube, ctx: ControllerContext) -> None:
-    kube.agent_takes_it()  # Running on the VM; the migration object not updated yet
+def test_a_migration_the_agent_took_is_never_timed_out(kube: FakeKube, ctx: ControllerContext) -> None:
+    agent_takes_it(kube)  # Running on the VM; the migration object not updated yet
     assert cm.advance(ctx, "ns", "m1") == mg.TARGET_READY
-    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
-    assert kube.mig["status"]["phase"] == mg.TARGET_READY and kube.events == []
+    assert vm_status(kube)["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
+    assert mig_status(kube)["phase"] == mg.TARGET_READY and kube.reasons() == []
 
 
-def test_the_agent_taking_it_during_the_release_wins(kube: Kube, ctx: ControllerContext) -> None:
-    kube.before_vm_write = kube.agent_takes_it
+def test_the_agent_taking_it_during_the_release_wins(kube: FakeKube, ctx: ControllerContext) -> None:
+    kube.before("update_vm_status", lambda: agent_takes_it(kube))  # lands just before the controller's write
     assert cm.advance(ctx, "ns", "m1") == mg.TARGET_READY
-    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
-    assert kube.mig["status"]["phase"] == mg.TARGET_READY
+    assert vm_status(kube)["migration"]["state"] == mg.RUNNING and len(kube.claims) == 2
+    assert mig_status(kube)["phase"] == mg.TARGET_READY
 
 
-def test_deleting_an_untaken_migration_aborts_it_at_once(kube: Kube, ctx: ControllerContext) -> None:
-    kube.mig = mig(reserved_ago=5)
+def test_deleting_an_untaken_migration_aborts_it_at_once(kube: FakeKube, ctx: ControllerContext) -> None:
+    kube.add_migration(mig(reserved_ago=5))
     cm.on_delete(ctx, "ns", "m1")
-    assert kube.mig["status"]["phase"] == mg.ABORTED and "migration" not in kube.vm["status"]
+    assert mig_status(kube)["phase"] == mg.ABORTED and "migration" not in vm_status(kube)
     assert list(kube.claims) == ["n1.0000-3b-02.0"]
 
 
-def test_deleting_a_migration_the_agent_takes_meanwhile_asks_it_to_abort(kube: Kube, ctx: ControllerContext) -> None:
+def test_deleting_a_migration_the_agent_takes_meanwhile_asks_it_to_abort(kube: FakeKube,
+                                                                          ctx: ControllerContext) -> None:
     """Before, the release cleared the VM's lock whatever its state: the agent kept migrating an
     unlocked VM onto a released target VF."""
-    kube.mig = mig(reserved_ago=5)
-    kube.before_vm_write = kube.agent_takes_it
+    kube.add_migration(mig(reserved_ago=5))
+    kube.before("update_vm_status", lambda: agent_takes_it(kube))  # lands just before the controller's write
     with pytest.raises(cm.WaitForAgent):
         cm.on_delete(ctx, "ns", "m1")
-    assert kube.vm["status"]["migration"]["state"] == mg.ABORTING and len(kube.claims) == 2
-    assert kube.mig["status"]["phase"] == mg.TARGET_READY
+    assert vm_status(kube)["migration"]["state"] == mg.ABORTING and len(kube.claims) == 2
+    assert mig_status(kube)["phase"] == mg.TARGET_READY
 
 
-def test_a_vm_locked_by_another_migration_does_not_block_the_timeout(kube: Kube, ctx: ControllerContext) -> None:
-    kube.vm["status"]["migration"] = {"name": "other", "state": mg.RUNNING}
+def test_a_vm_locked_by_another_migration_does_not_block_the_timeout(kube: FakeKube, ctx: ControllerContext) -> None:
+    kube.update_vm_status("ns", "vm", lambda st: {**st, "migration": {"name": "other", "state": mg.RUNNING}})
     assert cm.advance(ctx, "ns", "m1") == mg.FAILED
-    assert kube.vm["status"]["migration"]["name"] == "other"  # never touched
+    assert vm_status(kube)["migration"]["name"] == "other"  # never touched
 
 
 # -- a lock whose migration vanished ---------------------------------------------------------------
@@ -186,37 +165,28 @@ def test_stale_locks_are_the_untaken_ones_of_vanished_migrations() -> None:
     assert [(vm["metadata"]["name"], name) for vm, name in mg.stale_locks(vms, alive)] == [("a", "m1"), ("b", "m1")]
 
 
-class LockKube(Kube):
-    def __init__(self, exists: bool) -> None:
-        super().__init__(vm_state=mg.SCHEDULING)
-        self.exists = exists
-
-    def get_migration(self, _ns: str, _name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.mig) if self.exists else None
-
-
-def test_a_vanished_migration_s_lock_is_released(controller_ctx: Callable[..., ControllerContext]) -> None:
+def test_a_vanished_migration_s_lock_is_released(controller_ctx: MakeControllerContext) -> None:
     """Seen in CI: an evacuation migration deleted before Kopf's finalizer was on it left its VM
     locked, and the drain then waited forever with no migration at all."""
-    kube = LockKube(exists=False)
+    kube = cluster(mg.SCHEDULING, migration=False)
     ctx = controller_ctx(kube)
-    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == ["ns/vm"]
-    assert "migration" not in kube.vm["status"] and kube.events == ["StaleMigrationLockReleased"]
+    assert sweeps.release_stale_locks(ctx, kube.list_vms(), []) == ["ns/vm"]
+    assert "migration" not in vm_status(kube) and kube.reasons() == ["StaleMigrationLockReleased"]
     # Nothing left to release: no second event.
-    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == [] and len(kube.events) == 1
+    assert sweeps.release_stale_locks(ctx, kube.list_vms(), []) == [] and len(kube.events) == 1
 
 
-def test_a_lock_of_a_migration_created_after_the_list_is_kept(controller_ctx: Callable[..., ControllerContext]) -> None:
-    kube = LockKube(exists=True)
+def test_a_lock_of_a_migration_created_after_the_list_is_kept(controller_ctx: MakeControllerContext) -> None:
+    kube = cluster(mg.SCHEDULING)
     ctx = controller_ctx(kube)
-    assert sweeps.release_stale_locks(ctx, [kube.get_vm("ns", "vm")], []) == []
-    assert kube.vm["status"]["migration"]["name"] == "m1" and kube.events == []
+    assert sweeps.release_stale_locks(ctx, kube.list_vms(), []) == []
+    assert vm_status(kube)["migration"]["name"] == "m1" and kube.reasons() == []
 
 
-def test_a_lock_the_agent_takes_meanwhile_is_kept(controller_ctx: Callable[..., ControllerContext]) -> None:
-    kube = LockKube(exists=False)
+def test_a_lock_the_agent_takes_meanwhile_is_kept(controller_ctx: MakeControllerContext) -> None:
+    kube = cluster(mg.SCHEDULING, migration=False)
     ctx = controller_ctx(kube)
-    stale_view = kube.get_vm("ns", "vm")
-    kube.agent_takes_it()
-    assert sweeps.release_stale_locks(ctx, [stale_view], []) == []
-    assert kube.vm["status"]["migration"]["state"] == mg.RUNNING
+    stale_view = kube.list_vms()
+    agent_takes_it(kube)
+    assert sweeps.release_stale_locks(ctx, stale_view, []) == []
+    assert vm_status(kube)["migration"]["state"] == mg.RUNNING

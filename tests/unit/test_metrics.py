@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,8 @@ from prometheus_client import REGISTRY
 from failovervm import metrics
 from failovervm.agent.migrate import Migrator
 from failovervm.agent.reconcile import AgentContext
-from failovervm.controller.context import ControllerContext
 from tests.fakes import FakeDomainManager, FakeKube
+from tests.unit.conftest import MakeControllerContext
 
 
 def _node() -> str:
@@ -128,42 +127,29 @@ def test_set_pool_vfs_keeps_other_pools() -> None:
     assert _pool_vals(p2, "a")["total"] == 6
 
 
-class _FakePoolKube:
-    def __init__(self, pool: dict[str, Any] | None, claims: list[dict[str, Any]]) -> None:
-        self.pool, self.claims = pool, claims
-
-    def list_claims(self) -> list[dict[str, Any]]:
-        return self.claims
-
-    def update_pool_status(self, name: str, mutate: Any) -> None:
-        if self.pool is None:
-            return
-        self.pool["status"] = mutate(dict(self.pool.get("status") or {}))
-
-
-def test_refresh_pool_status_sets_pool_gauges(controller_ctx: Callable[..., ControllerContext]) -> None:
+def test_refresh_pool_status_sets_pool_gauges(controller_ctx: MakeControllerContext) -> None:
     from failovervm.controller import vms
 
     pool = f"pool-{uuid.uuid4().hex[:6]}"
     vfs = [{"pciAddress": f"0000:00:02.{i}"} for i in range(4)]
     obj = {"metadata": {"name": pool}, "status": {"nodes": [
         {"node": "n1", "vfs": vfs, "simulated": True}, {"node": "n2", "vfs": vfs[:2]}]}}
-    claims = [{"spec": {"node": "n1", "pciAddress": "0000:00:02.1"}},
-              {"spec": {"node": "n2", "pciAddress": "0000:00:02.0"}},
-              {"spec": {"node": "n2", "pciAddress": "0000:00:02.1"}}]
-    fake = _FakePoolKube(obj, claims)
-    ctx = controller_ctx(fake)
+    kube = FakeKube()
+    kube.add_pool(obj)
+    for i, (node, pci) in enumerate([("n1", "0000:00:02.1"), ("n2", "0000:00:02.0"), ("n2", "0000:00:02.1")]):
+        kube.add_claim({"metadata": {"name": f"c{i}"}, "spec": {"node": node, "pciAddress": pci}})
+    ctx = controller_ctx(kube)
 
     vms.refresh_pool_status(ctx, pool)
     assert _pool_vals(pool, "n1") == {"total": 4, "allocated": 1, "free": 3}
     assert _pool_vals(pool, "n2") == {"total": 2, "allocated": 2, "free": 0}
 
-    obj["status"]["nodes"] = [e for e in obj["status"]["nodes"] if e["node"] == "n1"]  # n2 left
+    kube.update_pool_status(pool, lambda st: {**st, "nodes": [e for e in st["nodes"] if e["node"] == "n1"]})  # n2 left
     vms.refresh_pool_status(ctx, pool)
     assert _pool_vals(pool, "n2")["total"] is None
     assert _pool_vals(pool, "n1")["total"] == 4
 
-    fake.pool = None  # deleted
+    del kube.pools[pool]  # deleted
     vms.refresh_pool_status(ctx, pool)
     assert _pool_vals(pool, "n1")["total"] is None
 

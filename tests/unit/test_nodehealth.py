@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
@@ -12,7 +12,8 @@ from failovervm import migration as mg
 from failovervm import nodehealth as nh
 from failovervm.controller import evacuation, recovery
 from failovervm.controller.context import ControllerContext
-from failovervm.kube import Kube as RealKube
+from tests.fakes import FakeKube
+from tests.unit.conftest import MakeControllerContext
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -64,163 +65,95 @@ def test_condition_changes_only_when_needed() -> None:
     assert nh.condition_change(vm(), nh.assess("n1", None)) is None
 
 
-class Kube:
-    # The real resourceVersion-guarded metadata edit, over this fake's get_vm and patch_vm.
-    edit_vm_metadata = RealKube.edit_vm_metadata
-
-    def __init__(self, vms: list[dict[str, Any]], nodes: list[dict[str, Any]],
-                 migrations: list[dict[str, Any]] | None = None) -> None:
-        self.vms = {v["metadata"]["name"]: v for v in vms}
-        self.nodes = {n["metadata"]["name"]: n for n in nodes}
-        self.migrations = {m["metadata"]["name"]: m for m in migrations or []}
-        self.events: list[str] = []
-        self.patches: list[dict[str, Any]] = []
-        self.deleted_claims: list[str] = []
-
-    def list_vms(self, selector: str = "") -> list[dict[str, Any]]:
-        if not selector:
-            return list(self.vms.values())
-        key, value = selector.split("=")
-        return [v for v in self.vms.values() if (v["metadata"].get("labels") or {}).get(key) == value]
-
-    def get_vm(self, _ns: str, name: str) -> dict[str, Any] | None:
-        return self.vms.get(name)
-
-    def update_vm_status(self, _ns: str, name: str, mutate: Any, **_kw: Any) -> dict[str, Any] | None:
-        new = mutate(dict(self.vms[name]["status"]))
-        if new is not None:
-            self.vms[name]["status"] = new
-        return self.vms[name]
-
-    def patch_vm(self, _ns: str, name: str, body: dict[str, Any]) -> None:
-        self.patches.append(body)
-        for k, v in body["metadata"].get("labels", {}).items():
-            if v is None:
-                self.vms[name]["metadata"]["labels"].pop(k, None)
-
-    def list_nodes(self) -> list[dict[str, Any]]:
-        return list(self.nodes.values())
-
-    def get_node(self, name: str) -> dict[str, Any] | None:
-        return self.nodes.get(name)
-
-    def get_migration(self, _ns: str, name: str) -> dict[str, Any] | None:
-        return self.migrations.get(name)
-
-    def update_migration_status(self, _ns: str, name: str, mutate: Any) -> dict[str, Any] | None:
-        m = self.migrations[name]
-        new = mutate(dict(m.get("status") or {}))
-        if new is not None:
-            m["status"] = new
-        return m
-
-    def list_claims(self) -> list[dict[str, Any]]:
-        return [{"metadata": {"name": "c1", "uid": "cu1"}, "spec": {"owner": {"uid": "u1"}, "purpose": "Running"}},
-                {"metadata": {"name": "c2", "uid": "cu2"}, "spec": {"owner": {"uid": "u1"}, "purpose": "Target"}}]
-
-    def delete_claim(self, name: str, _uid: str | None = None) -> None:
-        self.deleted_claims.append(name)
-
-    def patch_claim(self, *_a: Any) -> None:
-        pass
-
-    def ensure_pod(self, _pod: Any) -> None:
-        pass
-
-    def delete_pod(self, *_a: Any, **_kw: Any) -> None:
-        pass
-
-    def list_migrations(self) -> list[dict[str, Any]]:
-        return list(self.migrations.values())
-
-    def event(self, _obj: Any, reason: str, _msg: str, **_kw: Any) -> None:
-        self.events.append(reason)
+CLAIMS = [{"metadata": {"name": "c1", "uid": "cu1"}, "spec": {"owner": {"uid": "u1"}, "purpose": "Running"}},
+          {"metadata": {"name": "c2", "uid": "cu2"}, "spec": {"owner": {"uid": "u1"}, "purpose": "Target"}}]
+Cluster = Callable[..., tuple[FakeKube, ControllerContext]]
 
 
 @pytest.fixture
-def kube(controller_ctx: Callable[..., ControllerContext]) -> Any:
-    """`kube(vms, nodes, migrations)`: the fake API and a controller context over it."""
-    def make(*args: Any, **kw: Any) -> tuple[Kube, ControllerContext]:
-        k = Kube(*args, **kw)
+def kube(controller_ctx: MakeControllerContext) -> Cluster:
+    """`kube(vms, nodes, migrations)`: the fake API (with the VM's claims c1 and c2) and a controller
+    context over it."""
+    def make(vms: list[dict[str, Any]], nodes: list[dict[str, Any]],
+             migrations: Iterable[dict[str, Any]] = ()) -> tuple[FakeKube, ControllerContext]:
+        k = FakeKube().add(vms=vms, nodes=nodes, migrations=migrations, claims=CLAIMS)
         return k, controller_ctx(k)
     return make
 
 
-def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Any) -> None:
+def stored(k: FakeKube) -> dict[str, Any]:
+    return k.vms["ns", "vm"]
+
+
+def test_unready_node_marks_its_vms_once_and_clears_on_recovery(kube: Cluster) -> None:
     k, ctx = kube([vm()], [node("Unknown")])
     evacuation.reconcile_node(ctx, "n1")
-    st = k.vms["vm"]["status"]
+    st = stored(k)["status"]
     assert st["nodeName"] == "n1"  # not moved: it may still run there
     cond = next(c for c in st["conditions"] if c["type"] == nh.CONDITION)
     assert cond["status"] == "False" and cond["reason"] == "NodeNotReady"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "Unknown" and ready["reason"] == "NodeNotReady"
-    assert k.events == ["NodeNotReady"]
+    assert k.reasons() == ["NodeNotReady"]
     evacuation.reconcile_node(ctx, "n1")
-    assert k.events == ["NodeNotReady"]  # no second write
-    k.nodes["n1"] = node("True")
+    assert k.reasons() == ["NodeNotReady"]  # no second write
+    k.add_node(node("True"))
     evacuation.reconcile_node(ctx, "n1")
-    cond = next(c for c in k.vms["vm"]["status"]["conditions"] if c["type"] == nh.CONDITION)
-    assert cond["status"] == "True" and k.events == ["NodeNotReady", "NodeRecovered"]
+    cond = next(c for c in stored(k)["status"]["conditions"] if c["type"] == nh.CONDITION)
+    assert cond["status"] == "True" and k.reasons() == ["NodeNotReady", "NodeRecovered"]
 
 
-def test_fenced_node_releases_its_vms(kube: Any) -> None:
+def test_fenced_node_releases_its_vms(kube: Cluster) -> None:
     k, ctx = kube([vm()], [node("Unknown", OUT)])
     out = evacuation.reconcile_node(ctx, "n1")
     assert out["released"] == ["ns/vm"]
-    st = k.vms["vm"]["status"]
+    st = stored(k)["status"]
     assert "nodeName" not in st and "vf" not in st and "domain" not in st and st["phase"] == "Pending"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "NodeOutOfService" and "restarting it on another node" in ready["message"]
-    assert "failovervm.io/node" not in k.vms["vm"]["metadata"]["labels"]
-    assert k.events == ["NodeFenced"]
+    assert "failovervm.io/node" not in stored(k)["metadata"]["labels"]
+    assert k.reasons() == ["NodeFenced"]
     assert evacuation.reconcile_node(ctx, "n1")["released"] == []  # idempotent
 
 
-def test_fencing_fails_the_vms_migration_and_releases_its_target(kube: Any) -> None:
+def test_fencing_fails_the_vms_migration_and_releases_its_target(kube: Cluster) -> None:
     mig = {"metadata": {"name": "m1", "namespace": "ns"}, "spec": {"vmName": "vm"},
            "status": {"phase": mg.TARGET_READY, "sourceNode": "n1", "targetNode": "n2",
                       "targetVF": {"claimName": "c2"}}}
     k, ctx = kube([vm(migration={"name": "m1", "state": mg.TARGET_READY, "targetClaim": "c2"})],
                   [node("Unknown", OUT), node(name="n2")], [mig])
     evacuation.reconcile_node(ctx, "n1")
-    assert k.migrations["m1"]["status"]["phase"] == mg.FAILED
-    assert k.migrations["m1"]["status"]["reason"] == "SourceNodeFenced"
-    assert "c2" in k.deleted_claims  # the target reservation
-    assert "migration" not in k.vms["vm"]["status"] and "nodeName" not in k.vms["vm"]["status"]
+    assert k.migrations["ns", "m1"]["status"]["phase"] == mg.FAILED
+    assert k.migrations["ns", "m1"]["status"]["reason"] == "SourceNodeFenced"
+    assert "c2" not in k.claims  # the target reservation
+    assert "migration" not in stored(k)["status"] and "nodeName" not in stored(k)["status"]
 
 
-def test_deleted_node_releases_its_vms(kube: Any) -> None:
+def test_deleted_node_releases_its_vms(kube: Cluster) -> None:
     k, ctx = kube([vm(node_name="gone")], [node()])
     assert recovery.sweep_deleted_nodes(ctx) == ["ns/vm"]
-    assert k.vms["vm"]["status"]["conditions"][0]["reason"] == "NodeDeleted"
+    assert stored(k)["status"]["conditions"][0]["reason"] == "NodeDeleted"
     k2, ctx = kube([vm(node_name="gone")], [node()])
-    assert recovery.release_all(ctx, "gone", None) == ["ns/vm"] and k2.events == ["NodeFenced"]
-    # An existing node that is merely missing from an older list is looked up again first.
-    k3, ctx = kube([vm(node_name="n1")], [node()])
-    monkey_list = k3.list_nodes
-    k3.list_nodes = lambda: []  # type: ignore[method-assign]
+    assert recovery.release_all(ctx, "gone", None) == ["ns/vm"] and k2.reasons() == ["NodeFenced"]
+    # An existing node that is merely missing from an older list is looked up again first: here n1
+    # joins after the node list was read, before the VM list is.
+    k3, ctx = kube([vm(node_name="n1")], [])
+    k3.before("list_vms", lambda: k3.add_node(node()))
     assert recovery.sweep_deleted_nodes(ctx) == []
-    assert monkey_list()
+    assert k3.list_nodes()
 
 
-def test_release_never_strips_the_label_of_a_vm_placed_again_meanwhile(kube: Any) -> None:
+def test_release_never_strips_the_label_of_a_vm_placed_again_meanwhile(kube: Cluster) -> None:
     """Between the check and the label patch the VM was released and placed on n2 by another
     path: the resourceVersion precondition fails (409), the re-check sees n2, nothing is touched."""
-    from kubernetes.client import ApiException
-
     k, ctx = kube([vm()], [node("Unknown", OUT), node(name="n2")])
-    moved = {"done": False}
+    placed: list[dict[str, Any]] = []
 
-    def patch_vm(_ns: str, name: str, body: dict[str, Any]) -> None:
-        if not moved["done"]:
-            moved["done"] = True
-            k.vms[name]["status"]["nodeName"] = "n2"
-            k.vms[name]["metadata"]["labels"]["failovervm.io/node"] = "n2"
-            raise ApiException(status=409, reason="Conflict")
-        k.patches.append(body)
+    def placed_on_n2() -> None:
+        k.update_vm_status("ns", "vm", lambda st: {**st, "nodeName": "n2"})
+        placed.append(k.patch_vm("ns", "vm", {"metadata": {"labels": {"failovervm.io/node": "n2"}}}))
 
-    k.patch_vm = patch_vm
-    assert recovery.release(ctx, k.vms["vm"], "n1", nh.assess("n1", k.nodes["n1"])) is False
-    assert k.vms["vm"]["metadata"]["labels"]["failovervm.io/node"] == "n2" and k.patches == []
-    assert k.vms["vm"]["status"]["nodeName"] == "n2" and k.events == []
+    k.before("patch_vm", placed_on_n2)
+    assert recovery.release(ctx, stored(k), "n1", nh.assess("n1", k.nodes["n1"])) is False
+    assert stored(k)["metadata"]["labels"]["failovervm.io/node"] == "n2" and stored(k) == placed[0]  # no write since
+    assert stored(k)["status"]["nodeName"] == "n2" and k.reasons() == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -24,20 +25,20 @@ POOL = PoolInfo(name="p", node_selector={"sriov": "true"})
 SRIOV = {"sriov": "true"}
 
 
-def node(name: str, **kw: object) -> NodeInfo:
-    defaults: dict[str, object] = {
+def node(name: str, **kw: Any) -> NodeInfo:
+    defaults: dict[str, Any] = {
         "labels": dict(SRIOV),
         "allocatable_cpu": 8,
         "allocatable_memory_mib": 16384,
     }
     defaults.update(kw)
-    return NodeInfo(name=name, **defaults)  # type: ignore[arg-type]
+    return NodeInfo(name=name, **defaults)
 
 
-def vm(**kw: object) -> VMRequest:
-    defaults: dict[str, object] = {"namespace": "default", "name": "vm1", "cpu": 2, "memory_mib": 2048, "pool": "p"}
+def vm(**kw: Any) -> VMRequest:
+    defaults: dict[str, Any] = {"namespace": "default", "name": "vm1", "cpu": 2, "memory_mib": 2048, "pool": "p"}
     defaults.update(kw)
-    return VMRequest(**defaults)  # type: ignore[arg-type]
+    return VMRequest(**defaults)
 
 
 def vfs(*addrs: str) -> list[VF | str]:
