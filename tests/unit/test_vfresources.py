@@ -1,14 +1,17 @@
 """The node's `vf.failovervm.io/<pool>` extended resources: the desired map and the nodes/status
-patch (failovervm.vfresources)."""
+patch (failovervm.vfresources), and the fake API server's nodes/status merge patch they go through."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiException
 
 from failovervm import labels, vfresources
 from failovervm.vfresources import Change, plan
+from tests.fakes import FakeKube
+from tests.fakes.kube import node
 
 A, B, C = labels.vf_resource("pool-a"), labels.vf_resource("pool-b"), labels.vf_resource("pool-c")
 
@@ -87,3 +90,30 @@ def test_pools_whose_name_is_no_resource_name_are_skipped(pool: str, ok: bool) -
 
 def test_negative_counts_are_advertised_as_zero() -> None:
     assert plan({}, {"pool-a": -1}).desired == {A: 0}
+
+
+# -- the fake API server's nodes/status patch ---------------------------------------------------------
+
+def test_fake_node_status_patch_merges_only_status_and_null_removes() -> None:
+    kube = FakeKube()
+    obj = node("n1")
+    obj["status"].update(_status({B: "1"}))
+    kube.add_node(obj)
+    version = kube.nodes["n1"]["metadata"]["resourceVersion"]
+    out = kube.patch_node_status("n1", {"metadata": {"labels": {"x": "y"}}, "spec": {"unschedulable": True},
+                                        "status": {"capacity": {A: "4", B: None}, "allocatable": {A: "4", B: None}}})
+    assert out is not None and out["metadata"]["resourceVersion"] != version
+    stored = kube.nodes["n1"]
+    assert stored["status"]["capacity"] == {"cpu": "8", "memory": "32Gi", "pods": "110", A: "4"}
+    assert stored["status"]["allocatable"][A] == "4" and B not in stored["status"]["allocatable"]
+    assert stored["status"]["conditions"] == node("n1")["status"]["conditions"]
+    assert stored["spec"] == {} and "x" not in stored["metadata"]["labels"]
+    assert kube.patch_node_status("gone", {"status": {"capacity": {A: "1"}}}) is None
+
+
+def test_fake_node_status_patch_refuses_fractional_extended_resources() -> None:
+    kube = FakeKube()
+    kube.add_node(node("n1"))
+    with pytest.raises(ApiException) as err:
+        kube.patch_node_status("n1", {"status": {"capacity": {A: "1500m"}}})
+    assert err.value.status == 422 and "capacity" not in kube.nodes["n1"]["status"]
