@@ -151,3 +151,12 @@ def test_a_node_that_is_gone_gets_no_write(setup: tuple[FakeKube, str, Path]) ->
     del kube.nodes[name]
     assert publish(kube, name, sysfs) == {}
     assert not kube.events
+
+
+def test_what_the_agent_reports_is_documented() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    capacity, observability = (docs / "capacity.md").read_text(), (docs / "observability.md").read_text()
+    assert capacity.startswith("# Capacity: VMs as consumers of their nodes\n")
+    for name in (VF_RESOURCES_UPDATED, VF_RESOURCE_NAME_INVALID, "failovervm_node_vf_resource",
+                 "failovervm_node_vf_resource_patches_total", labels.VF_RESOURCE_DOMAIN):
+        assert name in capacity and name in observability, name
