@@ -56,6 +56,7 @@ class KubeAPI(Protocol):
     def list_nodes(self) -> list[dict[str, Any]]: ...
     def get_node(self, name: str) -> dict[str, Any] | None: ...
     def patch_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+    def patch_node_status(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None: ...
     def ensure_pod(self, body: dict[str, Any]) -> bool: ...
     def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool: ...
     def event(
@@ -296,6 +297,17 @@ class _KubeBase(VMMetadataEdits):
     def patch_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a Node (the CLI's cordon)."""
         return dict(self.api.sanitize_for_serialization(self.core.patch_node(name, body)))
+
+    def patch_node_status(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """JSON merge patch (RFC 7386) of the nodes/status subresource: only the keys in `body`
+        change, a None value removes its key. Returns the Node as patched, None if it is gone."""
+        try:
+            node = self.core.patch_node_status(name, body, _content_type="application/merge-patch+json")
+            return dict(self.api.sanitize_for_serialization(node))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     # -- Pods (drain guards) --------------------------------------------------------------
     def ensure_pod(self, body: dict[str, Any]) -> bool:

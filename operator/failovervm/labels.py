@@ -51,3 +51,12 @@ KOPF_ANNOTATION_PREFIX = f"controller.{PREFIX}"
 # The sandbox's default state directory (its kubeconfig, logs and the VMs' serial console logs,
 # which `failovervm console` reads).
 SANDBOX_STATE_DIR = "/var/lib/failovervm-sandbox"
+
+# The extended resource through which a node advertises one VFPool's free VFs to kube-scheduler
+# (Node status capacity/allocatable), and which every VM pod requests one unit of.
+VF_RESOURCE_DOMAIN = f"vf.{PREFIX}"
+
+
+def vf_resource(pool: str) -> str:
+    """`vf.failovervm.io/<pool>`: VFPool names are at most 63 characters, a valid resource name."""
+    return f"{VF_RESOURCE_DOMAIN}/{pool}"

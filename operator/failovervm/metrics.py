@@ -61,6 +61,17 @@ VF_POOL_VFS = Gauge(
 _pool_nodes: dict[str, set[str]] = {}
 _pool_lock = threading.Lock()
 
+VF_RESOURCE = Gauge(
+    "failovervm_node_vf_resource", "The extended resource vf.failovervm.io/<pool> the agent advertises in its "
+    "Node's status capacity and allocatable: the pool's VFs on the node", ["node", "pool"])
+VF_RESOURCE_RESULTS = ("written", "failed")
+VF_RESOURCE_PATCHES = Counter(
+    "failovervm_node_vf_resource_patches_total", "Writes of the Node's vf.failovervm.io/* extended resources "
+    "(only when they differ from what the agent found) by result (written, failed)", ["node", "result"])
+
+# node -> pools that currently have series in VF_RESOURCE.
+_resource_pools: dict[str, set[str]] = {}
+
 
 def migration_result(phase: str) -> str:
     """FailoverVMMigration phase (Succeeded/Failed/Aborted) -> the `result` label value."""
@@ -120,6 +131,19 @@ def set_pool_vfs(pool: str, entries: Iterable[Mapping[str, Any]] | None) -> None
             _pool_nodes[pool] = seen
         else:
             _pool_nodes.pop(pool, None)
+
+
+def set_vf_resources(node: str, pools: Mapping[str, int]) -> None:
+    """What `node` advertises now (pool -> VFs); the series of pools no longer advertised go."""
+    with _pool_lock:
+        for pool, value in pools.items():
+            VF_RESOURCE.labels(node=node, pool=pool).set(value)
+        for pool in _resource_pools.get(node, set()) - set(pools):
+            try:
+                VF_RESOURCE.remove(node, pool)
+            except KeyError:
+                pass
+        _resource_pools[node] = set(pools)
 
 
 def start_metrics(port: int, addr: str = "127.0.0.1") -> None:

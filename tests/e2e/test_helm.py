@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from failovervm import labels
 from failovervm_sandbox import procs
 from failovervm_sandbox.binaries import binary_path
 from failovervm_sandbox.controlplane import free_port
-from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli
+from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli, wait_for
 from tests.e2e.helpers import apply, claims, domains_on, pool_manifest, wait_phase, wait_webhook
 from tests.prereq import require
 
@@ -99,6 +100,19 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         sb.kubectl("apply", "-f", str(REPO / "examples" / "failovervm.yaml"))
         vm = wait_phase(sb, "default", "demo", "Running", timeout=120)
         assert vm["status"]["nodeName"] == node["node"]
+        # The agent, under the chart's identity, advertises the pool's VFs on its node as the
+        # extended resource vf.failovervm.io/sandbox-pool, in capacity and allocatable (issue #11).
+        resource = labels.vf_resource("sandbox-pool")
+
+        def advertised() -> bool:
+            pool = sb.kubectl_json("get", "vfpools", "sandbox-pool")
+            total = next((e.get("total") for e in (pool.get("status") or {}).get("nodes") or []
+                          if e["node"] == node["node"]), None)
+            status = sb.kubectl_json("get", "node", node["node"])["status"]
+            return bool(total) and all((status.get(f) or {}).get(resource) == str(total)
+                                       for f in ("capacity", "allocatable"))
+
+        wait_for(advertised, 30, what=f"{resource} on {node['node']}")
         assert vm["status"]["domain"]["name"] in domains_on(sb, node["node"])
         bad = sb.kubectl("apply", "-f", "-", check=False, input=json.dumps({
             "apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVM",
@@ -137,6 +151,12 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         (ctl_kc, "get", "secrets", "", "no"),
         (ctl_kc, "create", "vfclaims.failovervm.io", "", "yes"),
         (ctl_kc, "patch", "nodes", "", "no"),
+        # The agent advertises its node's VFs (extended resources in the Node's status); it may not
+        # touch the Node itself (labels, taints, spec). The controller writes neither.
+        (agent_kc, "patch", "nodes", "status", "yes"),
+        (agent_kc, "update", "nodes", "status", "no"),
+        (agent_kc, "patch", "nodes", "", "no"),
+        (ctl_kc, "patch", "nodes", "status", "no"),
     ):
         extra = [f"--subresource={sub}"] if sub else []
         res = sb.kubectl_as(kc, "auth", "can-i", verb, resource, *extra, "-A")

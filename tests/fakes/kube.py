@@ -384,5 +384,24 @@ class FakeKube(VMMetadataEdits, Failures):
             del store[key]
         return True
 
+    # -- Node status (the agent's extended resources) ------------------------------------------
+    @failable
+    def patch_node_status(self, name: str, body: dict[str, Any]) -> Obj | None:
+        """PATCH nodes/{name}/status (merge patch): only `status` changes, None removes a key. Like the
+        API server, an extended resource (a domain-qualified name outside kubernetes.io) in
+        capacity/allocatable must be a whole non-negative number (422 otherwise)."""
+        cur = self.nodes.get(name)
+        if cur is None:
+            return None
+        status = merge_patch(cur.get("status") or {}, copy.deepcopy((body or {}).get("status") or {}))
+        for field in ("capacity", "allocatable"):
+            for key, value in (status.get(field) or {}).items():
+                extended = "/" in key and not key.split("/", 1)[0].endswith("kubernetes.io")
+                if extended and not str(value).isdigit():
+                    raise _api_error(422, f"Invalid: status.{field}[{key}]: must be an integer, not {value!r}")
+        new = copy.deepcopy(cur)
+        new["status"] = status
+        return self._store("nodes", self.nodes, name, new)
+
 
 _: KubeAPI = FakeKube()

@@ -188,6 +188,7 @@ AGENT_RULES = {
     ("failovervm.io", "vfpools"): {"get", "list", "watch"},
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("", "nodes"): {"get", "list", "watch"},
+    ("", "nodes/status"): {"patch"},  # its node's vf.failovervm.io/<pool> extended resources
     ("", "events"): {"create", "patch"},
 }
 
@@ -244,6 +245,8 @@ def test_agent_role_least_privilege(render: Render) -> None:
     assert "delete" not in rules[("failovervm.io", "failovervms")]
     assert "secrets" not in {r for _, r in rules}
     assert not any(r.startswith("pods") for _, r in rules)
+    # The Node's status only (extended resources), never the Node itself (labels, taints, spec).
+    assert "patch" not in rules[("", "nodes")] and "update" not in rules[("", "nodes/status")]
 
 
 # -- the controller -----------------------------------------------------------------------------------

@@ -102,6 +102,9 @@ EXPECTED_RULES = [
     ("failovervms.yaml", "spec.network.mac", "02468ace", "spec.network.mac"),
     ("failovervms.yaml", "spec.tolerations[]", "Exists", "spec.tolerations[]"),
     ("failovervmmigrations.yaml", "spec", "self == oldSelf", "spec is immutable"),
+    ("vfpools.yaml", "", "self.metadata.name.size() <= 63", "metadata.name"),
+    ("vfpools.yaml", "", "self.metadata.name.size() <= 63", "vf.failovervm.io/<name>"),
+    ("vfpools.yaml", "", "self.metadata.name.matches(", "metadata.name"),
     ("vfpools.yaml", "spec.vendorID", "matches(", "spec.vendorID"),
     ("vfpools.yaml", "spec.deviceID", "matches(", "spec.deviceID"),
     ("vfpools.yaml", "spec.standby", "has(self.mode)", "spec.standby.mode"),
@@ -548,6 +551,36 @@ def test_pci_id_rules(field: str, value: str, ok: bool) -> None:
 def test_openapi_patterns(path: str, value: str, ok: bool) -> None:
     pattern = node_at(root_schema(load("failovervms.yaml")), path)["pattern"]
     assert bool(re.search(pattern, value)) is ok
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("sandbox-pool", True),
+        ("pool.a", True),
+        ("a", True),
+        ("p" * 63, True),
+        ("p" * 64, False),
+        ("-pool", False),
+        ("pool-", False),
+        ("pool/a", False),
+    ],
+)
+def test_vfpool_name_is_a_resource_name_part(name: str, ok: bool) -> None:
+    """A VFPool's name is the part after "/" of the extended resource vf.failovervm.io/<name>: a
+    qualified name of at most 63 characters. The CRD checks it when a pool is created (names are
+    immutable; optionalOldSelf keeps older pools' status writable), as the agent does before it
+    advertises one (failovervm.vfresources.valid_pool_name)."""
+    from failovervm.vfresources import valid_pool_name
+
+    rules = root_schema(load("vfpools.yaml"))["x-kubernetes-validations"]
+    assert all(r.get("optionalOldSelf") is True and r["rule"].startswith("oldSelf.hasValue() || ")
+               and r["fieldPath"] == ".metadata.name" for r in rules)
+    size = next(r for r in rules if "size() <= 63" in r["rule"])
+    within = len(name) <= int(size["rule"].rsplit("<=", 1)[1])
+    pattern = regex_of("vfpools.yaml", "")
+    assert (within and bool(pattern.search(name))) is ok
+    assert valid_pool_name(name) is ok
 
 
 def test_claim_name_is_a_valid_object_name() -> None:

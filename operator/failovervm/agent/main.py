@@ -6,6 +6,10 @@ Event sources, all feeding one de-duplicating work queue (one reconcile per VM a
 - QEMU's FAILOVER_NEGOTIATED monitor event, so FailoverReady turns True as soon as the guest acks it;
 - a periodic resync, which also removes domains whose FailoverVM is gone;
 - requeues asked for by a reconcile (VF hot-plug backoff, transient errors).
+
+Apart from the queue, the inventory round (at start, then every `inventory_seconds`) publishes the
+node's VFs into VFPool status and keeps the Node's extended resources `vf.failovervm.io/<pool>`
+true, writing the Node only when they differ (agent/inventory.py).
 """
 
 from __future__ import annotations

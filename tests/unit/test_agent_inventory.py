@@ -1,0 +1,162 @@
+"""The agent's inventory round (`agent.inventory.publish`) on the fakes: the node's VFs into VFPool
+status, and the Node's `vf.failovervm.io/<pool>` extended resources kept true as VFs and pools come
+and go, written only when they differ."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiException
+from prometheus_client import REGISTRY
+
+from failovervm import labels
+from failovervm.agent.inventory import VF_RESOURCE_NAME_INVALID, VF_RESOURCES_UPDATED, publish
+from tests.fakes import FakeKube
+from tests.fakes.kube import node
+from tests.unit.test_vfs import make_pf
+
+A, B = labels.vf_resource("pool-a"), labels.vf_resource("pool-b")
+
+
+def _pool(name: str, pf: str, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name},
+            "spec": {"pfNames": [pf], "nodeSelector": selector or {}, "standby": {"source": "br0"}}}
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[FakeKube, str, Path]:
+    name = f"node-{uuid.uuid4().hex[:8]}"  # the metrics registry is global
+    make_pf(tmp_path, "ens1f0", "0000:3b:00.0", [f"0000:3b:02.{i}" for i in range(4)])
+    make_pf(tmp_path, "ens1f1", "0000:3c:00.0", [f"0000:3c:02.{i}" for i in range(2)])
+    kube = FakeKube()
+    obj = node(name, labels={"sriov": "a"})
+    obj["status"].update({"capacity": {"cpu": "8", "memory": "16Gi"}, "allocatable": {"cpu": "8", "memory": "15Gi"}})
+    kube.add_node(obj)
+    kube.add_pool(_pool("pool-a", "ens1f0", {"sriov": "a"}))
+    kube.add_pool(_pool("pool-b", "ens1f1", {"sriov": "b"}))
+    return kube, name, tmp_path
+
+
+def _vf(kube: FakeKube, name: str) -> tuple[dict[str, str], dict[str, str]]:
+    status = kube.nodes[name]["status"]
+    return ({k: v for k, v in status["capacity"].items() if k.startswith("vf.")},
+            {k: v for k, v in status["allocatable"].items() if k.startswith("vf.")})
+
+
+def _node_events(kube: FakeKube, name: str) -> list[str]:
+    return [e.note for e in kube.events if e.kind == "Node" and e.name == name and e.reason == VF_RESOURCES_UPDATED]
+
+
+def _sample(metric: str, **lbl: str) -> float | None:
+    return REGISTRY.get_sample_value(metric, lbl)
+
+
+def test_advertises_the_selecting_pools_and_keeps_it_true(setup: tuple[FakeKube, str, Path]) -> None:
+    kube, name, sysfs = setup
+    assert publish(kube, name, sysfs) == {"pool-a": 4}
+    assert _vf(kube, name) == ({A: "4"}, {A: "4"})
+    assert kube.nodes[name]["status"]["capacity"]["cpu"] == "8"  # nothing else touched
+    assert kube.nodes[name]["status"]["allocatable"]["memory"] == "15Gi"
+    assert [e["node"] for e in kube.pools["pool-a"]["status"]["nodes"]] == [name]
+    assert _node_events(kube, name) == [f"VF extended resources: {A}=4 (was unset)"]
+    assert _sample("failovervm_node_vf_resource", node=name, pool="pool-a") == 4
+    assert _sample("failovervm_node_vf_resource_patches_total", node=name, result="written") == 1
+
+    # The periodic round: the Node already says so, nothing is written.
+    version = kube.nodes[name]["metadata"]["resourceVersion"]
+    publish(kube, name, sysfs)
+    assert kube.nodes[name]["metadata"]["resourceVersion"] == version
+    assert len(_node_events(kube, name)) == 1
+    assert _sample("failovervm_node_vf_resource_patches_total", node=name, result="written") == 1
+
+    # VFs disappear (sriov_numvfs lowered).
+    (sysfs / "devices" / "pci0000:00" / "0000:3b:00.0" / "sriov_numvfs").write_text("2\n")
+    publish(kube, name, sysfs)
+    assert _vf(kube, name) == ({A: "2"}, {A: "2"})
+    assert _node_events(kube, name)[-1] == f"VF extended resources: {A}=2 (was 4)"
+
+    # The node's labels change: pool-b selects it, pool-a no longer does.
+    kube.nodes[name]["metadata"]["labels"]["sriov"] = "b"
+    assert publish(kube, name, sysfs) == {"pool-b": 2}
+    assert _vf(kube, name) == ({B: "2"}, {B: "2"})
+    assert _node_events(kube, name)[-1] == f"VF extended resources: {A} removed (was 2), {B}=2 (was unset)"
+    assert _sample("failovervm_node_vf_resource", node=name, pool="pool-a") is None
+    assert _sample("failovervm_node_vf_resource", node=name, pool="pool-b") == 2
+
+    # The pool is deleted.
+    del kube.pools["pool-b"]
+    assert publish(kube, name, sysfs) == {}
+    assert _vf(kube, name) == ({}, {})
+    assert _sample("failovervm_node_vf_resource", node=name, pool="pool-b") is None
+
+
+def test_re_asserts_what_a_kubelet_zeroed_and_nothing_after_a_restart(setup: tuple[FakeKube, str, Path]) -> None:
+    kube, name, sysfs = setup
+    publish(kube, name, sysfs)
+    # A kubelet re-registering a recreated node zeroes the extended resources it does not know.
+    kube.nodes[name]["status"]["capacity"][A] = "0"
+    kube.nodes[name]["status"]["allocatable"][A] = "0"
+    publish(kube, name, sysfs)
+    assert _vf(kube, name) == ({A: "4"}, {A: "4"})
+    assert _node_events(kube, name)[-1] == f"VF extended resources: {A}=4 (was 0)"
+    # A restarted agent finds the Node right and writes nothing.
+    version = kube.nodes[name]["metadata"]["resourceVersion"]
+    publish(kube, name, sysfs)
+    assert kube.nodes[name]["metadata"]["resourceVersion"] == version
+
+
+def test_a_failed_node_write_leaves_the_pools_published_and_is_retried(
+    setup: tuple[FakeKube, str, Path], caplog: pytest.LogCaptureFixture,
+) -> None:
+    kube, name, sysfs = setup
+    kube.fail("patch_node_status", ApiException(status=403, reason="Forbidden"))
+    with caplog.at_level(logging.WARNING):
+        assert publish(kube, name, sysfs) == {"pool-a": 4}
+    assert "advertising the VF extended resources" in caplog.text and "Forbidden" in caplog.text
+    assert _vf(kube, name) == ({}, {}) and kube.pools["pool-a"]["status"]["nodes"][0]["total"] == 4
+    assert _sample("failovervm_node_vf_resource_patches_total", node=name, result="failed") == 1
+    publish(kube, name, sysfs)
+    assert _vf(kube, name) == ({A: "4"}, {A: "4"})
+
+
+def test_a_failed_pool_write_does_not_keep_the_node_from_being_advertised(
+    setup: tuple[FakeKube, str, Path], caplog: pytest.LogCaptureFixture,
+) -> None:
+    kube, name, sysfs = setup
+    kube.fail("update_pool_status", ApiException(status=500, reason="boom"))
+    with caplog.at_level(logging.WARNING):
+        publish(kube, name, sysfs)
+    assert "VFPool pool-a failed" in caplog.text
+    assert _vf(kube, name) == ({A: "4"}, {A: "4"})
+
+
+def test_a_pool_whose_name_is_no_resource_name_is_reported_not_advertised(
+    setup: tuple[FakeKube, str, Path],
+) -> None:
+    kube, name, sysfs = setup
+    long_name = "p" * 64  # created before the CRD limited VFPool names to 63 characters
+    kube.add_pool(_pool(long_name, "ens1f1", {"sriov": "a"}))
+    assert publish(kube, name, sysfs) == {"pool-a": 4, long_name: 2}
+    assert _vf(kube, name) == ({A: "4"}, {A: "4"})
+    warnings = [e for e in kube.events if e.reason == VF_RESOURCE_NAME_INVALID]
+    assert [(e.kind, e.name, e.type) for e in warnings] == [("VFPool", long_name, "Warning")]
+
+
+def test_a_node_that_is_gone_gets_no_write(setup: tuple[FakeKube, str, Path]) -> None:
+    kube, name, sysfs = setup
+    del kube.nodes[name]
+    assert publish(kube, name, sysfs) == {}
+    assert not kube.events
+
+
+def test_what_the_agent_reports_is_documented() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    capacity, observability = (docs / "capacity.md").read_text(), (docs / "observability.md").read_text()
+    assert capacity.startswith("# Capacity: VMs as consumers of their nodes\n")
+    for name in (VF_RESOURCES_UPDATED, VF_RESOURCE_NAME_INVALID, "failovervm_node_vf_resource",
+                 "failovervm_node_vf_resource_patches_total", labels.VF_RESOURCE_DOMAIN):
+        assert name in capacity and name in observability, name
