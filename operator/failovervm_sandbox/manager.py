@@ -291,12 +291,14 @@ def node_down(opts: Options, name: str) -> None:
     # What node-lifecycle-controller writes once the grace period passes without a heartbeat.
     from kubernetes import client, config
 
+    from failovervm_sandbox import nodes as nodes_mod
+
     config.load_kube_config(config_file=str(state.kubeconfig))
     now = dt.datetime.now(dt.UTC).isoformat()
     client.CoreV1Api().patch_node_status(name, {"status": {"conditions": [{
         "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
         "message": "Kubelet stopped posting node status (failovervm sandbox node-down).",
-        "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+        "lastHeartbeatTime": now, "lastTransitionTime": now}]}}, _content_type=nodes_mod.STRATEGIC_MERGE)
     say(opts, f"node {name}: down ({len(killed)} QEMU process(es) killed, libvirtd and agent stopped, "
               "heartbeat stopped; Ready=Unknown)")
 
