@@ -176,7 +176,8 @@ def test_node_extended_resources_survive_registration_and_heartbeat(sandbox: San
     from failovervm_sandbox import nodes as nodes_mod
     from failovervm_sandbox.state import State
 
-    node, res = sandbox.nodes[-1]["node"], "vf.failovervm.io/e2e-probe"
+    # A test-owned name, so that no agent reconciling its own vf.failovervm.io/<pool> keys touches it.
+    node, res = sandbox.nodes[-1]["node"], "fvm-test.io/vf-probe"
     sandbox.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p",
                     json.dumps({"status": {"capacity": {res: "2"}, "allocatable": {res: "2"}}}))
     try:
