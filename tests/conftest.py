@@ -164,7 +164,7 @@ def sandbox_prereqs() -> None:
     require(os.geteuid() == 0, "root (mount namespaces, QEMU)")
     require(Path("/usr/sbin/libvirtd").exists(), "libvirtd (Debian libvirt-daemon)")
     require(Path("/usr/bin/qemu-system-x86_64").exists(), "QEMU (Debian qemu-system-x86)")
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager"):
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"):
         require(os.access(binaries.binary_path(name), os.X_OK),
                 f"{name} binary at {binaries.binary_path(name)} (run hack/build-binaries.sh)")
     require(shutil.which("unshare") is not None, "unshare (util-linux)")

@@ -49,6 +49,7 @@ _VERSION_KEY = {
     "etcd": "ETCD_VERSION",
     "kube-apiserver": "KUBERNETES_VERSION",
     "kube-controller-manager": "KUBERNETES_VERSION",
+    "kube-scheduler": "KUBERNETES_VERSION",
     "helm": "HELM_VERSION",
 }
 

@@ -1,4 +1,4 @@
-"""etcd, kube-apiserver and kube-controller-manager for the sandbox, bound to loopback."""
+"""etcd, kube-apiserver, kube-controller-manager and kube-scheduler for the sandbox, bound to loopback."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +53,14 @@ class ControlPlanePaths:
     def kcm_kubeconfig(self) -> Path:
         return self.root / "pki" / "kube-controller-manager.kubeconfig"
 
+    @property
+    def scheduler_kubeconfig(self) -> Path:
+        return self.root / "pki" / "kube-scheduler.kubeconfig"
+
+    @property
+    def scheduler_config(self) -> Path:
+        return self.root / "kube-scheduler.yaml"
+
 
 def write_kubeconfig(path: Path, server: str, ca: Path, cert: Path, key: Path, user: str) -> None:
     cfg = {
@@ -84,6 +93,23 @@ def generate_pki(paths: ControlPlanePaths) -> None:
     _make_service_account_keys(d)
 
 
+def generate_scheduler_pki(paths: ControlPlanePaths) -> None:
+    """kube-scheduler's client certificate and its serving certificate (once; also for a sandbox
+    whose CA was made before the sandbox ran kube-scheduler).
+
+    The client identity is the user `system:kube-scheduler`, which the apiserver's bootstrap RBAC
+    binds to the ClusterRoles system:kube-scheduler and system:volume-scheduler (and, in
+    kube-system, to the Role that reads extension-apiserver-authentication). No group and no
+    binding of our own: it gets exactly what a kubeadm-installed kube-scheduler gets."""
+    d = paths.pki
+    if (d / "kube-scheduler.crt").exists() and (d / "kube-scheduler-serving.crt").exists():
+        return
+    ca = pki.KeyPair(d / "ca.crt", d / "ca.key")
+    pki.issue(ca, d, "kube-scheduler", SCHEDULER_USER, client=True)
+    pki.issue(ca, d, "kube-scheduler-serving", "kube-scheduler", server=True,
+              dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+
+
 def _make_service_account_keys(directory: Path) -> tuple[Path, Path]:
     """RSA key pair that signs ServiceAccount tokens (private, public)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -103,10 +129,14 @@ def _ssl_context(paths: ControlPlanePaths) -> ssl.SSLContext:
     return ctx
 
 
-def wait_http(url: str, timeout: float, ctx: ssl.SSLContext | None = None, what: str = "") -> None:
+def wait_http(url: str, timeout: float, ctx: ssl.SSLContext | None = None, what: str = "",
+              pid: int | None = None, log: Path | None = None) -> None:
+    """Return once `url` answers 200; fail early when process `pid` (if given) has exited."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
+        if pid is not None and not procs.alive(pid):
+            raise SandboxError(f"{what or url} exited while starting; see {log or 'its log'}")
         try:
             with urllib.request.urlopen(url, timeout=3, context=ctx) as resp:  # noqa: S310 - loopback URL we built
                 if resp.status == 200:
@@ -207,6 +237,75 @@ def start_controller_manager(binary: Path, paths: ControlPlanePaths, server: str
         "--v=1",
     ]
     return procs.spawn(argv, paths.logs / "kube-controller-manager.log")
+
+
+SCHEDULER_USER = "system:kube-scheduler"
+
+
+def scheduler_configuration(kubeconfig: Path) -> dict[str, Any]:
+    """The KubeSchedulerConfiguration: the default profile, client credentials from `kubeconfig`,
+    leader election off (one instance, as the sandbox's kube-controller-manager; see
+    docs/sandbox.md)."""
+    return {
+        "apiVersion": "kubescheduler.config.k8s.io/v1",
+        "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "leaderElection": {"leaderElect": False},
+        "profiles": [{"schedulerName": "default-scheduler"}],
+    }
+
+
+def scheduler_ssl_context(paths: ControlPlanePaths) -> ssl.SSLContext:
+    """Verifies kube-scheduler's serving certificate; no client certificate (its health endpoints
+    are open to anonymous requests, everything else needs an authorized identity)."""
+    return ssl.create_default_context(cafile=str(paths.pki / "ca.crt"))
+
+
+def start_scheduler(binary: Path, paths: ControlPlanePaths, server: str, port: int) -> int:
+    """kube-scheduler on 127.0.0.1:`port` (HTTPS only, certificate from the sandbox CA), under its
+    own client certificate; returns once its /readyz answers ok."""
+    d = paths.pki
+    generate_scheduler_pki(paths)
+    write_kubeconfig(
+        paths.scheduler_kubeconfig, server, d / "ca.crt", d / "kube-scheduler.crt", d / "kube-scheduler.key",
+        SCHEDULER_USER,
+    )
+    paths.scheduler_config.write_text(
+        yaml.safe_dump(scheduler_configuration(paths.scheduler_kubeconfig), sort_keys=False))
+    kc = str(paths.scheduler_kubeconfig)
+    argv = [
+        str(binary),
+        f"--config={paths.scheduler_config}",
+        # Delegated authentication (TokenReview) and authorization (SubjectAccessReview) of its HTTPS
+        # endpoints, as kubeadm runs it. Client certificates are checked against the sandbox CA
+        # given here instead of looked up in kube-system/extension-apiserver-authentication, which
+        # has no request-header CA (no aggregation layer here) and would be reported as an error
+        # every few seconds.
+        f"--authentication-kubeconfig={kc}",
+        "--authentication-skip-lookup=true",
+        f"--client-ca-file={d / 'ca.crt'}",
+        f"--authorization-kubeconfig={kc}",
+        "--bind-address=127.0.0.1",
+        f"--secure-port={port}",
+        f"--tls-cert-file={d / 'kube-scheduler-serving.crt'}",
+        f"--tls-private-key-file={d / 'kube-scheduler-serving.key'}",
+        "--v=1",
+    ]
+    log = paths.logs / "kube-scheduler.log"
+    pid = procs.spawn(argv, log)
+    wait_http(f"https://127.0.0.1:{port}/readyz", 60, scheduler_ssl_context(paths), what="kube-scheduler",
+              pid=pid, log=log)
+    return pid
+
+
+def scheduler_ready(paths: ControlPlanePaths, port: int) -> bool:
+    try:
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{port}/readyz", timeout=3, context=scheduler_ssl_context(paths)
+        ) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
 
 
 def apiserver_version(paths: ControlPlanePaths, port: int) -> str:

@@ -98,16 +98,18 @@ def _record_settings(opts: Options) -> State:
     d.setdefault("etcd", {}).setdefault("client_port", controlplane.free_port())
     d["etcd"].setdefault("peer_port", controlplane.free_port())
     d.setdefault("apiserver", {}).setdefault("port", controlplane.free_port())
+    d.setdefault("scheduler", {}).setdefault("port", controlplane.free_port())
     state.save()
     return state
 
 
 def _start_control_plane(state: State, opts: Options) -> None:
-    """etcd, kube-apiserver and kube-controller-manager, with their certificates and the admin
-    kubeconfig."""
+    """etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with their certificates
+    and the admin kubeconfig."""
     d = state.data
-    say(opts, "binaries: checking the pinned etcd, kube-apiserver and kube-controller-manager builds")
-    bins = binaries.ensure("etcd", "kube-apiserver", "kube-controller-manager")
+    say(opts, "binaries: checking the pinned etcd, kube-apiserver, kube-controller-manager and "
+              "kube-scheduler builds")
+    bins = binaries.ensure("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
     paths = state.cp_paths
     controlplane.generate_pki(paths)
     api_port = d["apiserver"]["port"]
@@ -132,6 +134,12 @@ def _start_control_plane(state: State, opts: Options) -> None:
         state, "controller_manager", "kube-controller-manager",
         lambda: controlplane.start_controller_manager(bins["kube-controller-manager"], paths, server),
         opts, "kube-controller-manager",
+    )
+    sched_port = d["scheduler"]["port"]
+    ensure_component(
+        state, "scheduler", "kube-scheduler",
+        lambda: controlplane.start_scheduler(bins["kube-scheduler"], paths, server, sched_port),
+        opts, f"kube-scheduler (https://127.0.0.1:{sched_port})",
     )
 
 
@@ -235,8 +243,8 @@ def down(opts: Options) -> None:
     for host in state.hosts():
         libvirthost.stop(host, d.get(f"libvirt-{host.index}", {}).get("pid"))
         say(opts, f"libvirtd node {host.index}: stopped")
-    for key, marker in (("controller_manager", "kube-controller-manager"), ("apiserver", "kube-apiserver"),
-                        ("etcd", "etcd")):
+    for key, marker in (("scheduler", "kube-scheduler"), ("controller_manager", "kube-controller-manager"),
+                        ("apiserver", "kube-apiserver"), ("etcd", "etcd")):
         if procs.stop(d.get(key, {}).get("pid"), marker):
             say(opts, f"{key}: stopped")
     for host in state.hosts():
@@ -291,12 +299,14 @@ def node_down(opts: Options, name: str) -> None:
     # What node-lifecycle-controller writes once the grace period passes without a heartbeat.
     from kubernetes import client, config
 
+    from failovervm_sandbox import nodes as nodes_mod
+
     config.load_kube_config(config_file=str(state.kubeconfig))
     now = dt.datetime.now(dt.UTC).isoformat()
     client.CoreV1Api().patch_node_status(name, {"status": {"conditions": [{
         "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
         "message": "Kubelet stopped posting node status (failovervm sandbox node-down).",
-        "lastHeartbeatTime": now, "lastTransitionTime": now}]}})
+        "lastHeartbeatTime": now, "lastTransitionTime": now}]}}, _content_type=nodes_mod.STRATEGIC_MERGE)
     say(opts, f"node {name}: down ({len(killed)} QEMU process(es) killed, libvirtd and agent stopped, "
               "heartbeat stopped; Ready=Unknown)")
 
@@ -344,6 +354,14 @@ def status(opts: Options) -> dict[str, Any]:
     row("kube-apiserver", d["apiserver"].get("pid"), "kube-apiserver",
         f"https://127.0.0.1:{api_port} {'ready' if ready else 'NOT ready'}", ready)
     row("kube-controller-manager", d.get("controller_manager", {}).get("pid"), "kube-controller-manager", "")
+    sched = d.get("scheduler", {})
+    if "port" in sched:
+        sched_ready = controlplane.scheduler_ready(paths, sched["port"])
+        row("kube-scheduler", sched.get("pid"), "kube-scheduler",
+            f"https://127.0.0.1:{sched['port']} {'ready' if sched_ready else 'NOT ready'} "
+            f"as {controlplane.SCHEDULER_USER}", sched_ready)
+    else:
+        row("kube-scheduler", None, "kube-scheduler", "not started: run `failovervm sandbox up`")
     row("heartbeat", d.get("heartbeat", {}).get("pid"), "heartbeat", f"{d['nodes']} nodes")
     for host in state.hosts():
         pid = d.get(f"libvirt-{host.index}", {}).get("pid")

@@ -5,6 +5,14 @@ with Ready status, capacity and the standard labels; `heartbeat` (run as a
 background process by `sandbox up`) renews each node's Lease in kube-node-lease
 and refreshes its Ready condition, so kube-controller-manager's node lifecycle
 controller sees healthy nodes exactly as it would with kubelets.
+
+Node status is shared: the operator's agents advertise extended resources
+(`vf.failovervm.io/<pool>`) in status.capacity and status.allocatable. Every
+status write here is therefore a strategic merge patch that names only the
+sandbox's own keys: the heartbeat patches status.conditions alone (merged by
+condition type), and (re-)registration sets cpu, memory, pods and
+ephemeral-storage in capacity/allocatable, which merges into those maps and
+leaves every other resource in them as it was. Nothing here replaces a Node.
 """
 
 from __future__ import annotations
@@ -26,6 +34,12 @@ from failovervm import labels
 log = logging.getLogger(__name__)
 LEASE_NS = "kube-node-lease"
 LEASE_SECONDS = 40
+# Sent explicitly (the client's default for a dict body happens to be the same): capacity and
+# allocatable are maps, merged key by key; conditions are a list merged by `type`.
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+# The resources the sandbox itself advertises for a node; anything else in capacity/allocatable
+# belongs to someone else (the agents' VF pools) and is never written here.
+OWN_RESOURCES = ("cpu", "memory", "pods", "ephemeral-storage")
 
 
 @dataclass(frozen=True)
@@ -63,9 +77,14 @@ def _conditions(now: dt.datetime) -> list[dict[str, Any]]:
     ]
 
 
+def ready_patch(now: dt.datetime) -> dict[str, Any]:
+    """The heartbeat's status patch: the node's conditions and nothing else."""
+    return {"status": {"conditions": _conditions(now)}}
+
+
 def post_ready(core: client.CoreV1Api, name: str) -> None:
     """Post the node's conditions as a healthy kubelet would (Ready, no pressure)."""
-    core.patch_node_status(name, {"status": {"conditions": _conditions(_now())}})
+    core.patch_node_status(name, ready_patch(_now()), _content_type=STRATEGIC_MERGE)
 
 
 def node_manifest(node: SandboxNode) -> dict[str, Any]:
@@ -93,11 +112,11 @@ def node_manifest(node: SandboxNode) -> dict[str, Any]:
 
 def node_status(node: SandboxNode, k8s_version: str) -> dict[str, Any]:
     now = _now()
-    capacity = {"cpu": node.cpu, "memory": node.memory, "pods": "110", "ephemeral-storage": "50Gi"}
+    capacity = dict(zip(OWN_RESOURCES, (node.cpu, node.memory, "110", "50Gi"), strict=True))
     return {
         "status": {
             "capacity": capacity,
-            "allocatable": capacity,
+            "allocatable": dict(capacity),
             "conditions": _conditions(now),
             "addresses": [
                 {"type": "InternalIP", "address": node.address},
@@ -118,7 +137,10 @@ def node_status(node: SandboxNode, k8s_version: str) -> dict[str, Any]:
 
 
 def register(api: client.CoreV1Api, nodes: Sequence[SandboxNode], k8s_version: str) -> None:
-    """Create (or update) the Node objects, post their status and take their first Lease."""
+    """Create (or update) the Node objects, post their status and take their first Lease.
+
+    Re-registering an existing Node merges: its labels and annotations keep keys the sandbox does
+    not set, and its capacity/allocatable keep resources others advertised (see the module doc)."""
     coord = client.CoordinationV1Api(api.api_client)
     for node in nodes:
         body = node_manifest(node)
@@ -127,8 +149,8 @@ def register(api: client.CoreV1Api, nodes: Sequence[SandboxNode], k8s_version: s
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            api.patch_node(node.name, {"metadata": body["metadata"]})
-        api.patch_node_status(node.name, node_status(node, k8s_version))
+            api.patch_node(node.name, {"metadata": body["metadata"]}, _content_type=STRATEGIC_MERGE)
+        api.patch_node_status(node.name, node_status(node, k8s_version), _content_type=STRATEGIC_MERGE)
         renew_lease(coord, node.name)
 
 

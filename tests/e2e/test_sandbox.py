@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -16,7 +21,8 @@ from lxml import etree
 from lxml.builder import E
 
 from failovervm_sandbox import procs
-from tests.conftest import REPO, Sandbox, remove_domain
+from tests.conftest import REPO, Sandbox, remove_domain, wait_for
+from tests.e2e.helpers import events
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +73,134 @@ def test_nodes_are_registered_ready_and_heartbeating(sandbox: Sandbox) -> None:
     lease = sandbox.kubectl_json("-n", "kube-node-lease", "get", "lease", "sandbox-node-1")
     renew = dt.datetime.fromisoformat(lease["spec"]["renewTime"].replace("Z", "+00:00"))
     assert (dt.datetime.now(dt.UTC) - renew).total_seconds() < 40
+
+
+def _pod(name: str, namespace: str, memory: str = "64Mi", **spec: object) -> dict[str, object]:
+    """A plain Pod without nodeName (nothing runs it: the sandbox has no kubelet)."""
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10",
+                                 "resources": {"requests": {"cpu": "10m", "memory": memory}}}], **spec},
+    }
+
+
+def _pod_scheduled(sandbox: Sandbox, namespace: str, name: str) -> dict[str, object] | None:
+    pod = sandbox.kubectl_json("-n", namespace, "get", "pod", name)
+    return next((c for c in pod["status"].get("conditions", []) if c["type"] == "PodScheduled"), None)
+
+
+@pytest.fixture
+def pod_ns(sandbox: Sandbox) -> Iterator[str]:
+    """A namespace for pods kube-scheduler binds. Without a kubelet nothing completes a bound pod's
+    graceful deletion, so they are force-deleted before the namespace goes."""
+    ns = f"sched-{uuid.uuid4().hex[:6]}"
+    sandbox.kubectl("create", "namespace", ns)
+    try:
+        yield ns
+    finally:
+        sandbox.kubectl("-n", ns, "delete", "pods", "--all", "--force", "--grace-period=0", check=False)
+        sandbox.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_kube_scheduler_binds_a_pod_to_a_sandbox_node(sandbox: Sandbox, pod_ns: str) -> None:
+    sandbox.kubectl("apply", "-f", "-", input=json.dumps(_pod("plain", pod_ns)))
+    node = wait_for(lambda: sandbox.kubectl_json("-n", pod_ns, "get", "pod", "plain")["spec"].get("nodeName"),
+                    30, what="kube-scheduler binding the pod")
+    assert node in {n["node"] for n in sandbox.nodes}
+    assert (_pod_scheduled(sandbox, pod_ns, "plain") or {}).get("status") == "True"
+    scheduled = wait_for(lambda: events(sandbox, pod_ns, "Scheduled", "plain"), 15, what="the Scheduled Event")
+    assert scheduled[0]["message"] == f"Successfully assigned {pod_ns}/plain to {node}"
+    assert scheduled[0].get("reportingComponent") == "default-scheduler"
+    # No kubelet: the pod is bound and nothing runs it.
+    assert sandbox.kubectl_json("-n", pod_ns, "get", "pod", "plain")["status"]["phase"] == "Pending"
+
+
+def test_kube_scheduler_reports_an_unschedulable_pod(sandbox: Sandbox, pod_ns: str) -> None:
+    sandbox.kubectl("apply", "-f", "-",
+                    input=json.dumps(_pod("nowhere", pod_ns, nodeSelector={"fvm-test/no-such-node": "true"})))
+    cond = wait_for(lambda: (c := _pod_scheduled(sandbox, pod_ns, "nowhere")) and c.get("status") == "False" and c,
+                    30, what="PodScheduled=False")
+    assert cond["reason"] == "Unschedulable"
+    n = len(sandbox.nodes)
+    assert cond["message"].startswith(f"0/{n} nodes are available: {n} node(s) didn't match Pod's node "
+                                      "affinity/selector."), cond["message"]
+    assert not sandbox.kubectl_json("-n", pod_ns, "get", "pod", "nowhere")["spec"].get("nodeName")
+    failed = wait_for(lambda: events(sandbox, pod_ns, "FailedScheduling", "nowhere"), 15,
+                      what="the FailedScheduling Event")
+    assert failed[0]["message"] == cond["message"]
+
+
+def test_kube_scheduler_runs_as_system_kube_scheduler_with_least_privilege(sandbox: Sandbox) -> None:
+    kc = sandbox.state_dir / "pki" / "kube-scheduler.kubeconfig"
+    whoami = json.loads(sandbox.kubectl_as(kc, "auth", "whoami", "-o", "json", check=True).stdout)
+    assert whoami["status"]["userInfo"]["username"] == "system:kube-scheduler"
+    assert whoami["status"]["userInfo"]["groups"] == ["system:authenticated"]  # no system:masters
+    for verb, resource, allowed in (
+            ("create", "pods --subresource=binding", "yes"), ("patch", "pods --subresource=status", "yes"),
+            ("delete", "pods", "yes"), ("list", "nodes", "yes"), ("create", "events.events.k8s.io", "yes"),
+            ("get", "secrets", "no"), ("list", "secrets", "no"), ("create", "pods", "no"),
+            ("update", "nodes", "no"), ("create", "clusterrolebindings", "no")):
+        res = sandbox.kubectl_as(kc, "auth", "can-i", verb, *resource.split(), "--all-namespaces")
+        assert res.stdout.strip() == allowed, (verb, resource, res.stdout, res.stderr)
+        # The same answer for the user, asked by the admin through impersonation.
+        imp = sandbox.kubectl("auth", "can-i", "--as", "system:kube-scheduler", verb, *resource.split(),
+                              "--all-namespaces", check=False)
+        assert imp.stdout.strip() == allowed, (verb, resource, imp.stdout, imp.stderr)
+    # Leader election is off (one instance): no Lease is taken.
+    assert sandbox.kubectl("-n", "kube-system", "get", "lease", "kube-scheduler", check=False).returncode != 0
+    # HTTPS on loopback only, certificate from the sandbox CA; health is open, everything else is not.
+    port = sandbox.data["scheduler"]["port"]
+    ctx = ssl.create_default_context(cafile=str(sandbox.state_dir / "pki" / "ca.crt"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=ctx, timeout=5) as resp:
+        assert resp.status == 200
+    with pytest.raises(urllib.error.HTTPError) as denied:
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=5)
+    assert denied.value.code == 403
+    # ... and an identity the apiserver authorizes (the admin's client certificate) may read it.
+    ctx.load_cert_chain(str(sandbox.state_dir / "pki" / "admin.crt"), str(sandbox.state_dir / "pki" / "admin.key"))
+    with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=ctx, timeout=5) as resp:
+        assert resp.status == 200 and b"scheduler_schedule_attempts_total" in resp.read()
+    listening = {line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")}
+    assert listening == {f"0100007F:{port:04X}"}
+    assert not Path("/proc/net/tcp6").exists() or not any(
+        line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A"
+        for line in Path("/proc/net/tcp6").read_text().splitlines()[1:])
+
+
+def test_node_extended_resources_survive_registration_and_heartbeat(sandbox: Sandbox, pod_ns: str) -> None:
+    """What an agent advertises in a Node's status (vf.failovervm.io/<pool>) stays through the
+    sandbox's re-registration and heartbeat, and kube-scheduler places by it."""
+    from kubernetes import client, config
+
+    from failovervm_sandbox import nodes as nodes_mod
+    from failovervm_sandbox.state import State
+
+    # A test-owned name, so that no agent reconciling its own vf.failovervm.io/<pool> keys touches it.
+    node, res = sandbox.nodes[-1]["node"], "fvm-test.io/vf-probe"
+    sandbox.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p",
+                    json.dumps({"status": {"capacity": {res: "2"}, "allocatable": {res: "2"}}}))
+    try:
+        api = client.CoreV1Api(config.new_client_from_config(config_file=str(sandbox.kubeconfig)))
+        nodes_mod.register(api, State(sandbox.state_dir).sandbox_nodes(),
+                           sandbox.data["versions"]["KUBERNETES_VERSION"])
+        nodes_mod.post_ready(api, node)
+        st = sandbox.kubectl_json("get", "node", node)["status"]
+        assert st["capacity"][res] == "2" and st["allocatable"][res] == "2"
+        assert st["capacity"]["cpu"] == sandbox.data["node_cpu"]
+        pod = _pod("wants-vf", pod_ns)
+        pod["spec"]["containers"][0]["resources"] = {"requests": {res: "1"}, "limits": {res: "1"}}  # type: ignore[index]
+        sandbox.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        bound = wait_for(lambda: sandbox.kubectl_json("-n", pod_ns, "get", "pod", "wants-vf")["spec"].get("nodeName"),
+                         30, what="kube-scheduler binding the pod that requests the extended resource")
+        assert bound == node
+    finally:
+        sandbox.kubectl("-n", pod_ns, "delete", "pod", "wants-vf", "--force", "--grace-period=0",
+                        "--ignore-not-found", check=False)
+        escaped = res.replace("/", "~1")
+        sandbox.kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(
+            [{"op": "remove", "path": f"/status/{k}/{escaped}"} for k in ("capacity", "allocatable")]),
+            check=False)
 
 
 def test_each_libvirt_host_answers_with_a_distinct_uuid(sandbox: Sandbox) -> None:
@@ -162,15 +296,19 @@ def test_up_and_down_are_idempotent_and_leave_nothing(sandbox_prereqs: None) -> 
         assert second.returncode == 0, second.stderr
         assert "already running" in second.stderr
         pids2 = json.loads((state_dir / "sandbox.json").read_text())
-        for key in ("etcd", "apiserver", "controller_manager", "heartbeat", "libvirt-1"):
+        for key in ("etcd", "apiserver", "controller_manager", "scheduler", "heartbeat", "libvirt-1"):
             assert pids1[key]["pid"] == pids2[key]["pid"], key
         st = _cli("sandbox", "status", "-o", "json", *args)
         assert st.returncode == 0, st.stdout
         report = json.loads(st.stdout)
         assert report["ok"] and report["accel"] in ("kvm", "tcg")
         assert {r["component"] for r in report["components"]} >= {
-            "etcd", "kube-apiserver", "kube-controller-manager", "libvirtd sandbox-node-1"}
-        all_pids = [pids2[k]["pid"] for k in ("etcd", "apiserver", "controller_manager", "heartbeat", "libvirt-1")]
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "heartbeat",
+            "libvirtd sandbox-node-1"}
+        sched = next(r for r in report["components"] if r["component"] == "kube-scheduler")
+        assert sched["ok"] and sched["rss_mib"] > 0 and "ready" in sched["detail"], sched
+        all_pids = [pids2[k]["pid"] for k in ("etcd", "apiserver", "controller_manager", "scheduler", "heartbeat",
+                                              "libvirt-1")]
     finally:
         down = _cli("sandbox", "down", *args)
     assert down.returncode == 0, down.stderr

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+import urllib.parse
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 
 from failovervm import pki
@@ -69,3 +72,74 @@ def test_kvm_probe_reports() -> None:
     ok, detail = libvirthost.kvm_usable()
     assert isinstance(ok, bool) and detail
     assert ("KVM API version" in detail) if ok else ("/dev/kvm" in detail or "KVM_GET_API_VERSION" in detail)
+
+
+class _FakeServer:
+    """Stands in for the apiserver behind the real kubernetes client: records every request as
+    sent on the wire (method, path, Content-Type, JSON body); POST of an existing Node gets 409."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, str, Any]] = []
+
+    def request(self, method: str, url: str, headers: dict[str, str] | None = None, body: Any = None,
+                post_params: Any = None, _request_timeout: Any = None) -> Any:
+        import urllib3
+        from kubernetes.client.rest import RESTResponse
+
+        path = urllib.parse.urlsplit(url).path
+        self.sent.append((method, path, (headers or {}).get("Content-Type", ""), body))
+        status, data = (409, b'{"kind":"Status","reason":"AlreadyExists"}') if method == "POST" else (200, b"{}")
+        resp = RESTResponse(urllib3.HTTPResponse(body=data, status=status, preload_content=False,
+                                                 headers={"Content-Type": "application/json"}))
+        resp.read()
+        return resp
+
+
+def _no_deleting_directives(value: Any) -> bool:
+    """True when a strategic merge patch cannot delete or replace anything: no null values and no
+    $patch/$retainKeys/$deleteFromPrimitiveList/$setElementOrder directives."""
+    if value is None:
+        return False
+    if isinstance(value, dict):
+        return all(not k.startswith("$") and _no_deleting_directives(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_no_deleting_directives(v) for v in value)
+    return True
+
+
+def test_node_patches_leave_others_resources_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registration and the heartbeat write Node status with strategic merge patches of the sandbox's
+    own keys only, so agents' extended resources (vf.failovervm.io/<pool>) in capacity/allocatable
+    survive a re-registration (every `sandbox up`) and every heartbeat."""
+    from kubernetes import client
+
+    server = _FakeServer()
+    api_client = client.ApiClient(client.Configuration(host="https://127.0.0.1:1"))
+    monkeypatch.setattr(api_client.rest_client, "request", server.request)
+    core = client.CoreV1Api(api_client)
+    n = nodes.SandboxNode("sandbox-node-1", "127.0.0.11", "qemu+tcp://127.0.0.11/system", "/x", "kvm", "8", "8Gi")
+
+    nodes.register(core, [n], "v1.36.3")  # the Node exists already: a re-registration
+    nodes.post_ready(core, n.name)
+
+    node_writes = [s for s in server.sent if s[1].startswith("/api/v1/nodes")]
+    assert [(m, p) for m, p, _, _ in node_writes] == [
+        ("POST", "/api/v1/nodes"), ("PATCH", "/api/v1/nodes/sandbox-node-1"),
+        ("PATCH", "/api/v1/nodes/sandbox-node-1/status"), ("PATCH", "/api/v1/nodes/sandbox-node-1/status")]
+    _, _, meta_type, meta_patch = node_writes[1]
+    _, _, reg_type, reg_patch = node_writes[2]
+    _, _, beat_type, beat_patch = node_writes[3]
+    assert {meta_type, reg_type, beat_type} == {"application/strategic-merge-patch+json"}
+    assert set(meta_patch) == {"metadata"} and set(meta_patch["metadata"]) == {"name", "labels", "annotations"}
+    # Registration: only the sandbox's own resources, merged into the capacity/allocatable maps.
+    assert set(reg_patch) == {"status"}
+    assert set(reg_patch["status"]) == {"capacity", "allocatable", "conditions", "addresses", "nodeInfo"}
+    for key in ("capacity", "allocatable"):
+        assert set(reg_patch["status"][key]) == set(nodes.OWN_RESOURCES), key
+        assert not any("/" in r for r in reg_patch["status"][key]), "an extended resource is the agents'"
+    # Heartbeat: the conditions and nothing else.
+    assert beat_patch == {"status": {"conditions": beat_patch["status"]["conditions"]}}
+    assert {c["type"] for c in beat_patch["status"]["conditions"]} == {
+        "Ready", "MemoryPressure", "DiskPressure", "PIDPressure"}
+    for patch in (meta_patch, reg_patch, beat_patch):
+        assert _no_deleting_directives(patch), patch
