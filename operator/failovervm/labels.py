@@ -33,7 +33,21 @@ RESTART_ANNOTATION = f"{PREFIX}/restart"
 EVACUATION_LABEL = f"{PREFIX}/evacuation"
 VM_LABEL = f"{PREFIX}/vm"
 
-# The drain guard pod's label and annotation.
+# VM pods (failovervm.vmpod): one pod per VM and node, in the VM's namespace, that makes the VM's
+# CPU, memory and VF visible to kube-scheduler, autoscalers and quotas. VM_LABEL names the VM (as on
+# migrations), VM_UID_LABEL its uid; ROLE_LABEL says whether the pod stands for where the VM runs
+# or for a migration's target (MIGRATION_LABEL names that migration).
+VM_UID_LABEL = f"{PREFIX}/vm-uid"
+ROLE_LABEL = f"{PREFIX}/role"
+ROLE_RUNNING = "running"
+ROLE_TARGET = "target"
+MIGRATION_LABEL = f"{PREFIX}/migration"
+# FailoverVM annotation: the VM's pod on this node was preempted by kube-scheduler (or deleted by the
+# taint manager); the VM live-migrates away instead of getting its pod back there.
+DISPLACED_ANNOTATION = f"{PREFIX}/displaced-from"
+
+# The label of the per-node drain guard pods of earlier versions (removed on upgrade), and the
+# annotation saying what a pod the operator creates is for.
 GUARD_LABEL = f"{PREFIX}/guard"
 PURPOSE_ANNOTATION = f"{PREFIX}/purpose"
 
@@ -45,9 +59,22 @@ AGENT_FINALIZER = f"{PREFIX}/agent"
 # The ClusterKopfPeering object the controller replicas share (created by the chart and the sandbox).
 PEERING_NAME = "failovervm"
 
+# The operator image as the Helm chart publishes it: the VM pods' holder image unless the controller
+# is told another (--vm-pod-image; the chart passes the controller's own).
+DEFAULT_IMAGE = "ghcr.io/failovervm/failovervm-operator:0.1.0"
+
 # Prefix of the annotations in which Kopf keeps the controller's handler progress and diff base.
 KOPF_ANNOTATION_PREFIX = f"controller.{PREFIX}"
 
 # The sandbox's default state directory (its kubeconfig, logs and the VMs' serial console logs,
 # which `failovervm console` reads).
 SANDBOX_STATE_DIR = "/var/lib/failovervm-sandbox"
+
+# The extended resource through which a node advertises one VFPool's free VFs to kube-scheduler
+# (Node status capacity/allocatable), and which every VM pod requests one unit of.
+VF_RESOURCE_DOMAIN = f"vf.{PREFIX}"
+
+
+def vf_resource(pool: str) -> str:
+    """`vf.failovervm.io/<pool>`: VFPool names are at most 63 characters, a valid resource name."""
+    return f"{VF_RESOURCE_DOMAIN}/{pool}"

@@ -52,8 +52,11 @@ UnschedulableReason = Literal[
     "NoMatchingNode", "NoFreeVF", "InsufficientCPU", "InsufficientMemory", "NodesUnschedulable"
 ]
 
-#: Taints that mean "this node is going away / being drained": running VMs must leave.
-EVACUATION_TAINT_KEYS = frozenset({"node.kubernetes.io/unschedulable", "ToBeDeletedByClusterAutoscaler"})
+#: Taints that mean "this node is going away / being drained": running VMs must leave. Cordon,
+#: cluster-autoscaler's scale-down, and Karpenter's disruption (consolidation, drift, expiry).
+KARPENTER_DISRUPTED_TAINT = "karpenter.sh/disrupted"
+EVACUATION_TAINT_KEYS = frozenset({"node.kubernetes.io/unschedulable", "ToBeDeletedByClusterAutoscaler",
+                                   KARPENTER_DISRUPTED_TAINT})
 
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 

@@ -13,6 +13,7 @@ from failovervm.controller.guard import Guards
 from failovervm.controller.locks import Locks
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
+from failovervm.vmpod import PodSettings
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class ControllerSettings:
     namespace: str = "failovervm-system"
     guard_image: str = "registry.k8s.io/pause:3.10"
     limits: Limits = field(default_factory=Limits)
+    # How VM pods are built: the holder image and the per-VM overhead on top of the guest.
+    vm_pod: PodSettings = field(default_factory=PodSettings)
     # Refuse migrations of VMs whose guest has not negotiated failover (FailoverReady != True)
     # unless the VM's spec.requireFailoverReady says otherwise. Default: run them with a warning.
     require_failover_ready: bool = False

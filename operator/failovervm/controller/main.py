@@ -22,10 +22,11 @@ from failovervm import API_GROUP, API_VERSION, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
-from failovervm.labels import CONTROLLER_FINALIZER, KOPF_ANNOTATION_PREFIX, PEERING_NAME
+from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
+from failovervm.vmpod import PodSettings
 
 log = logging.getLogger(__name__)
 FVM = (API_GROUP, API_VERSION, "failovervms")
@@ -48,6 +49,9 @@ class ControllerArgs:
     parallel_migrations_per_cluster: int = 5
     parallel_outbound_migrations_per_node: int = 2
     guard_image: str = "registry.k8s.io/pause:3.10"
+    vm_pod_image: str = DEFAULT_IMAGE
+    vm_overhead_cpu: str = "100m"
+    vm_overhead_memory: str = "160Mi"
     log_format: str = "text"
     require_failover_ready: bool = False
     migration_history: int = 5
@@ -59,6 +63,8 @@ def controller_settings(args: ControllerArgs) -> ControllerSettings:
         storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
         namespace=args.namespace,
         guard_image=args.guard_image,
+        vm_pod=PodSettings(image=args.vm_pod_image, overhead_cpu=args.vm_overhead_cpu,
+                           overhead_memory=args.vm_overhead_memory),
         require_failover_ready=args.require_failover_ready,
         migration_history=args.migration_history,
         handover_timeout_seconds=args.handover_timeout_seconds,
