@@ -1,6 +1,6 @@
 """Everything the controller's domain functions share, in one explicit object: the settings,
-the Kube adapter, and the process-wide state (locks, guard pod cache, sweep times, the
-admission thread pool). `failovervm controller` builds one; Kopf hands it to every handler
+the Kube adapter, and the process-wide state (locks, guard pod cache, the VM pod index, sweep
+times, the admission thread pool). `failovervm controller` builds one; Kopf hands it to every handler
 through its memo; tests build their own."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from failovervm.controller.guard import Guards
 from failovervm.controller.locks import Locks
+from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
 from failovervm.vmpod import PodSettings
@@ -64,6 +65,12 @@ class ControllerContext:
     # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
     admission: ThreadPoolExecutor = field(default_factory=_admission_pool)
     guards: Guards = field(init=False)
+    # The VM pods by VM uid: Kopf's in-memory index once a handler bound it (controller.main), until
+    # then (and in tests) the API itself.
+    pods: PodIndex = field(init=False)
+    # VMs whose pod the API server refused: when to try again.
+    pod_retries: Retries = field(default_factory=Retries)
 
     def __post_init__(self) -> None:
         self.guards = Guards(self.kube, self.settings.namespace, self.settings.guard_image)
+        self.pods = ListedPods(self.kube)

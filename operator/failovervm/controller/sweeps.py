@@ -1,4 +1,5 @@
-"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims, the
+"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims, the VM
+pods (each placed VM has one on its node; no migration target pod outlives its migration), the
 migration sweep (VM locks left by migrations that vanished, the history of finished migrations
 kept per VM) and VMs of deleted nodes."""
 
@@ -12,7 +13,7 @@ from failovervm import migration as mg
 from failovervm.controller import evacuation, recovery
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
-from failovervm.controller.vms import collect_orphaned_claims
+from failovervm.controller.vms import collect_orphaned_claims, sweep_pods
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def tick(ctx: ControllerContext) -> None:
     if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
         ctx.sweeps.claims = now
         collect_orphaned_claims(ctx)
+        sweep_pods(ctx)
         sweep_migrations(ctx)
         recovery.sweep_deleted_nodes(ctx)
 
