@@ -56,7 +56,6 @@ class KubeAPI(Protocol):
     def delete_claim(self, name: str, uid: str | None = None) -> None: ...
     def list_nodes(self) -> list[dict[str, Any]]: ...
     def get_node(self, name: str) -> dict[str, Any] | None: ...
-    def ensure_pod(self, body: dict[str, Any]) -> bool: ...
     def create_pod(self, body: dict[str, Any]) -> dict[str, Any]: ...
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]: ...
@@ -312,16 +311,6 @@ class _KubeBase(VMMetadataEdits):
     # -- Pods (VM pods, in the VMs' namespaces) --------------------------------------------
     def _pod_dict(self, obj: Any) -> dict[str, Any]:
         return dict(self.api.sanitize_for_serialization(obj))
-
-    def ensure_pod(self, body: dict[str, Any]) -> bool:
-        """Create the pod unless it exists. True if created now."""
-        try:
-            self.core.create_namespaced_pod(body["metadata"]["namespace"], body)
-            return True
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
 
     def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a pod; the API server's refusal (409 AlreadyExists, 403 quota or Pod Security, 422

@@ -32,6 +32,9 @@ RESTART_ANNOTATION = f"{PREFIX}/restart"
 # FailoverVMMigration labels: the node an evacuation empties, and the VM a migration moves.
 EVACUATION_LABEL = f"{PREFIX}/evacuation"
 VM_LABEL = f"{PREFIX}/vm"
+# On an evacuation migration started for one VM because its pod was evicted (or preempted) on a
+# node that is not being emptied: that pod's name. Uncordoning does not stop such a migration.
+EVICTED_POD_LABEL = f"{PREFIX}/evicted-pod"
 
 # VM pods (failovervm.vmpod): one pod per VM and node, in the VM's namespace, that makes the VM's
 # CPU, memory and VF visible to kube-scheduler, autoscalers and quotas. VM_LABEL names the VM (as on

@@ -157,18 +157,25 @@ def _node_selector(vm: Mapping[str, Any], pool: Mapping[str, Any]) -> tuple[dict
     return merged, extra
 
 
-def _require_on_every_term(affinity: dict[str, Any], expressions: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Add required node affinity expressions: nodeSelectorTerms are ORed, so every term gets them."""
-    expressions = list(expressions)
-    if not expressions:
+def _require_on_every_term(affinity: dict[str, Any], expressions: Iterable[dict[str, Any]],
+                           fields: Iterable[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Add required node affinity (label expressions and field selectors): nodeSelectorTerms are
+    ORed, so every term gets them."""
+    expressions, fields = list(expressions), list(fields)
+    if not expressions and not fields:
         return affinity
     node_aff = affinity.setdefault("nodeAffinity", {})
     required = node_aff.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
     terms = required.get("nodeSelectorTerms") or [{}]
-    required["nodeSelectorTerms"] = [
-        {**term, "matchExpressions": [*(term.get("matchExpressions") or []), *copy.deepcopy(expressions)]}
-        for term in terms
-    ]
+    out = []
+    for term in terms:
+        term = dict(term)
+        if expressions:
+            term["matchExpressions"] = [*(term.get("matchExpressions") or []), *copy.deepcopy(expressions)]
+        if fields:
+            term["matchFields"] = [*(term.get("matchFields") or []), *copy.deepcopy(fields)]
+        out.append(term)
+    required["nodeSelectorTerms"] = out
     return affinity
 
 
@@ -241,11 +248,10 @@ def build(vm: Mapping[str, Any], pool: Mapping[str, Any], settings: PodSettings,
         selector, extra = _node_selector(vm, pool)
         if selector:
             pod_spec["nodeSelector"] = selector
-        if target_node:
-            extra.append({"key": "kubernetes.io/hostname", "operator": "In", "values": [target_node]})
-        elif source_node:
-            extra.append({"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [source_node]})
-        affinity = _require_on_every_term(copy.deepcopy(dict(spec.get("affinity") or {})), extra)
+        # The node's name itself (metadata.name, as DaemonSet pods are pinned), not a label.
+        fields = ([{"key": "metadata.name", "operator": "In", "values": [target_node]}] if target_node
+                  else [{"key": "metadata.name", "operator": "NotIn", "values": [source_node]}] if source_node else [])
+        affinity = _require_on_every_term(copy.deepcopy(dict(spec.get("affinity") or {})), extra, fields)
         if affinity:
             pod_spec["affinity"] = affinity
     return {

@@ -172,7 +172,7 @@ CONTROLLER_RULES = {
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "nodes"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
@@ -446,7 +446,7 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items(), "the Service selects the controller pods"
     hooks = webhooks_by_name(docs)
-    assert set(hooks) == ({"failovervm-validate.failovervm.io", "guard-pod-eviction.failovervm.io"}
+    assert set(hooks) == ({"failovervm-validate.failovervm.io", "vm-pod-eviction.failovervm.io"}
                           if eviction_guard else {"failovervm-validate.failovervm.io"})
     validate = hooks["failovervm-validate.failovervm.io"]
     assert validate["clientConfig"]["service"] == {"name": svc["metadata"]["name"], "namespace": NAMESPACE,
@@ -458,26 +458,42 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
     assert validate["sideEffects"] == "None"
     assert validate["admissionReviewVersions"] == ["v1"]
     if eviction_guard:
-        guard = hooks["guard-pod-eviction.failovervm.io"]
-        assert guard["clientConfig"]["service"]["path"] == "/guard-pod-eviction"
-        assert guard["clientConfig"]["service"]["name"] == svc["metadata"]["name"]
-        assert guard["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+        evict = hooks["vm-pod-eviction.failovervm.io"]
+        assert evict["clientConfig"]["service"]["path"] == "/vm-pod-eviction"
+        assert evict["clientConfig"]["service"]["name"] == svc["metadata"]["name"]
+        assert evict["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                                    "resources": ["pods/eviction"], "scope": "Namespaced"}]
-        # Fail closed, but only for guard pods: the operator's namespace and the guard pod names.
-        assert guard["failurePolicy"] == "Fail"
-        assert guard["sideEffects"] == "NoneOnDryRun"
-        assert guard["admissionReviewVersions"] == ["v1"]
-        assert "objectSelector" not in guard
-        assert guard["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
-        assert guard["matchConditions"] == [{"name": "guard-pods-only",
-                                             "expression": "request.name.startsWith('fvm-guard-')"}]
+        # Fail closed, but only for pods named like VM pods, in any namespace but kube-system (VM pods
+        # live in the VMs' namespaces).
+        assert evict["failurePolicy"] == "Fail"
+        assert evict["sideEffects"] == "NoneOnDryRun"
+        assert evict["admissionReviewVersions"] == ["v1"]
+        assert "objectSelector" not in evict
+        assert evict["namespaceSelector"] == {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
+        assert evict["matchConditions"] == [{"name": "vm-pods-only",
+                                             "expression": "request.name.startsWith('fvm-')"}]
+
+
+def test_the_sandbox_registers_the_charts_webhooks() -> None:
+    """The sandbox's registration (operator_procs) routes the same requests as the chart's."""
+    from failovervm_sandbox.operator_procs import webhook_configuration
+
+    sandbox = {w["name"]: w for w in webhook_configuration(9443, b"ca", NAMESPACE)["webhooks"]}
+    evict = sandbox["vm-pod-eviction.failovervm.io"]
+    assert evict["clientConfig"]["url"].endswith("/vm-pod-eviction")
+    assert evict["matchConditions"] == [{"name": "vm-pods-only", "expression": "request.name.startsWith('fvm-')"}]
+    assert evict["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
+    assert (evict["failurePolicy"], evict["sideEffects"]) == ("Fail", "NoneOnDryRun")
+    assert set(sandbox) == {"failovervm-validate.failovervm.io", "vm-pod-eviction.failovervm.io"}
 
 
 def test_webhook_path_is_kopfs() -> None:
     """Kopf serves a validating handler at /<handler id>; the chart's path must be that id."""
     text = (REPO / "operator" / "failovervm" / "controller" / "main.py").read_text()
     assert re.search(r'@kopf\.on\.validate\([^)]*id="failovervm-validate"', text)
-    assert re.search(r'id="guard-pod-eviction"', text)
+    assert re.search(r'@kopf\.on\.validate\([^)]*id="vm-pod-eviction"', text)
 
 
 def verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:

@@ -288,8 +288,8 @@ def test_the_target_pod_keeps_off_the_source_and_waits_with_the_schedulers_messa
     assert target["metadata"]["name"] == vmpod.pod_name(kube.vms[NS, "vm"], mig)
     assert target["metadata"]["labels"][labels.MIGRATION_LABEL] == "m1"
     terms = target["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms == {"nodeSelectorTerms": [{"matchExpressions": [
-        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n1"]}]}]}
+    assert terms == {"nodeSelectorTerms": [{"matchFields": [
+        {"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}]}]}
     assert kube.migrations[NS, "m1"]["status"]["reason"] == "WaitingForScheduler"
     message = "0/3 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 2 Insufficient memory."
     kube.pod_unschedulable(NS, target["metadata"]["name"], message)
@@ -317,8 +317,8 @@ def test_a_pinned_migration_pins_its_target_pod(kube: FakeKube, ctx: ControllerC
     migrations.advance(ctx, NS, "m1")
     [target] = vm_pods(kube, "target")
     terms = target["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
-        {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n2"]}]
+    assert terms["nodeSelectorTerms"][0]["matchFields"] == [
+        {"key": "metadata.name", "operator": "In", "values": ["n2"]}]
 
 
 def agent_succeeds(kube: FakeKube) -> None:

@@ -156,12 +156,11 @@ def test_a_target_pod_keeps_off_the_source_on_every_term_of_the_vms_node_affinit
         "podAffinity": {"x": 1}}
     obj = vm(affinity=user)
     pod = vmpod.build(obj, pool(), SETTINGS, migration=MIG, source_node="n1")
-    not_source = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": ["n1"]}
+    not_source = {"key": "metadata.name", "operator": "NotIn", "values": ["n1"]}
     assert pod["spec"]["affinity"] == {
         "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}, not_source]},
-            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n9"]}],
-             "matchExpressions": [not_source]}]}},
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}], "matchFields": [not_source]},
+            {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n9"]}, not_source]}]}},
         "podAffinity": {"x": 1}}
     assert obj["spec"]["affinity"] == user  # the VM's own spec is not modified
     meta = pod["metadata"]
@@ -170,8 +169,7 @@ def test_a_target_pod_keeps_off_the_source_on_every_term_of_the_vms_node_affinit
     assert "migration target" in meta["annotations"][labels.PURPOSE_ANNOTATION]
     pinned = vmpod.build(vm(), pool(), SETTINGS, migration=MIG, source_node="n1", target_node="n3")
     assert pinned["spec"]["affinity"] == {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-        "nodeSelectorTerms": [{"matchExpressions": [
-            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["n3"]}]}]}}}
+        "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n3"]}]}]}}}
 
 
 def test_a_bound_pod_names_its_node_and_asks_nothing_of_the_scheduler() -> None:

@@ -49,7 +49,6 @@ class ControllerArgs:
     namespace: str = "failovervm-system"
     parallel_migrations_per_cluster: int = 5
     parallel_outbound_migrations_per_node: int = 2
-    guard_image: str = "registry.k8s.io/pause:3.10"
     vm_pod_image: str = DEFAULT_IMAGE
     vm_overhead_cpu: str = "100m"
     vm_overhead_memory: str = "160Mi"
@@ -63,7 +62,6 @@ def controller_settings(args: ControllerArgs) -> ControllerSettings:
     return ControllerSettings(
         storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
         namespace=args.namespace,
-        guard_image=args.guard_image,
         vm_pod=PodSettings(image=args.vm_pod_image, overhead_cpu=args.vm_overhead_cpu,
                            overhead_memory=args.vm_overhead_memory),
         require_failover_ready=args.require_failover_ready,
@@ -175,7 +173,7 @@ def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo,
 @kopf.timer(*POOL, interval=3.0)
 def pool_status(*, name: str, memo: kopf.Memo, **kw: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
-    the nodes (guard pods, evacuation, node health) and, every 30 s, orphaned VFClaims, migration
+    the nodes (evacuation, displaced VMs, node health) and, every 30 s, orphaned VFClaims, VM pods, migration
     history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
     controller watched.
 
@@ -251,7 +249,7 @@ def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **
         raise kopf.TemporaryError(str(exc), delay=1) from None
 
 
-# -- Nodes: drain guard pods and evacuation -------------------------------------------------------
+# -- Nodes: evacuation, node failure, and the eviction of VM pods ------------------------------------
 @kopf.on.event("", "v1", "nodes")
 def on_node_event(*, type: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
     ctx = _ctx(memo, kw)
@@ -262,12 +260,12 @@ def on_node_event(*, type: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
         recovery.release_all(ctx, name, None)
 
 
-@kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",
+@kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="vm-pod-eviction",
                   ignore_failures=True)
-async def guard_pod_eviction(*, name: str | None, namespace: str | None, memo: kopf.Memo, dryrun: bool = False,
-                             **kw: Any) -> None:
-    """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
-    FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
-    refusal = await admission.guard_pod_eviction(_ctx(memo, kw), name, namespace, dryrun)
+async def vm_pod_eviction(*, name: str | None, namespace: str | None, memo: kopf.Memo, dryrun: bool = False,
+                          **kw: Any) -> None:
+    """`kubectl drain`, cluster-autoscaler and Karpenter evict the node's VM pods: answer 429 (retry)
+    while the VM still runs there, and move it away. Any other pod's eviction is allowed."""
+    refusal = await admission.vm_pod_eviction(_ctx(memo, kw), name, namespace, dryrun)
     if refusal:
         raise kopf.AdmissionError(refusal, code=429)

@@ -198,7 +198,6 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
         return _no_target(ctx, mig, result)
     assert isinstance(result, Claimed)
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm, name))
-    ctx.guards.ensure(result.node)
     # The migration object says TargetReady first; only then may the agent see it on the VM.
     reserved = f"VF {result.pci_address} reserved on {result.node}"
     set_phase(ctx, mig, mg.TARGET_READY, targetNode=result.node, reason="",

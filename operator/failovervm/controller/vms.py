@@ -17,7 +17,7 @@ from typing import Any
 
 from failovervm import conditions, labels, metrics, vmpod
 from failovervm import migration as mg
-from failovervm.controller import vmpods
+from failovervm.controller import evacuation, vmpods
 from failovervm.controller.context import ControllerContext
 from failovervm.labels import AGENT_FINALIZER
 from failovervm.placement import Claimed, claim_on_node
@@ -88,7 +88,6 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
         ctx.pod_retries.failed(vmpods.Retries.key(vm), result.reason, result.message)
         return _pending(ctx, vm, result, "FailedScheduling")
     assert isinstance(result, Claimed)
-    ctx.guards.ensure(result.node)
     placed = _record_placement(ctx, vm, result)
     if placed is None:
         kube.delete_claim(result.claim)
@@ -176,6 +175,13 @@ def ensure_pod_of_placed(ctx: ControllerContext, vm: Mapping[str, Any], *, fresh
         return verdict[1]
     status = vm.get("status") or {}
     node = str(status["nodeName"])
+    if labels.DISPLACED_ANNOTATION in (vm["metadata"].get("annotations") or {}):
+        def clear(m: Mapping[str, Any]) -> dict[str, Any] | None:
+            left = (m.get("annotations") or {}).get(labels.DISPLACED_ANNOTATION) not in (None, node)
+            return {"annotations": {labels.DISPLACED_ANNOTATION: None}} if left else None
+
+        meta = vm["metadata"]
+        kube.edit_vm_metadata(meta["namespace"], meta["name"], clear)
     here = [p for p in pods if vmpod.node_of(p) == node]
     if not status.get("migration"):
         # No migration between the pods: the one on the VM's node is its running pod, any other
@@ -201,6 +207,10 @@ def _placed_pods(ctx: ControllerContext, vm: Mapping[str, Any], pods: list[dict[
         return "skip", "unplaced" if not node else "deleting"
     if annotations.get(labels.EVICT_ANNOTATION) == node:
         return "skip", "evicting"  # evictionStrategy Shutdown: its agent shuts it down and releases it
+    if annotations.get(labels.DISPLACED_ANNOTATION) == node:
+        return "skip", "displaced"  # leaving the node its pod was preempted from (evacuation._displaced)
+    if labels.DISPLACED_ANNOTATION in annotations:
+        return "fix", ""  # it has left that node: the annotation goes
     here = [p for p in pods if vmpod.node_of(p) == node]
     extra = [p for p in pods if vmpod.role_of(p) == labels.ROLE_RUNNING and vmpod.node_of(p) != node]
     targets_here = [p for p in here if vmpod.role_of(p) == labels.ROLE_TARGET]
@@ -233,13 +243,45 @@ def _recreate(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> str:
     return "created"
 
 
-def on_running_pod_event(ctx: ControllerContext, event_type: str, pod: Mapping[str, Any]) -> str:
-    """A VM's running pod changed (bound, found unschedulable, deleted): act on the VM."""
+def on_running_pod_event(ctx: ControllerContext, event_type: str | None, pod: Mapping[str, Any]) -> str:
+    """A VM's running pod changed (bound, found unschedulable, deleted): act on the VM. A pod that
+    kube-scheduler preempted (or the taint manager removed) makes the VM leave its node instead of
+    getting the pod back there."""
     meta = pod.get("metadata") or {}
     name = (meta.get("labels") or {}).get(labels.VM_LABEL)
     if not name or not meta.get("namespace"):
         return "not-a-vm-pod"
+    node = vmpod.node_of(pod)
+    if event_type == "DELETED" and node and vmpod.disruption_reason(pod) in vmpod.DISPLACING_REASONS:
+        _displace(ctx, pod, str(name), node)
     return ensure_scheduled(ctx, str(meta["namespace"]), str(name))
+
+
+def _displace(ctx: ControllerContext, pod: Mapping[str, Any], name: str, node: str) -> None:
+    """The VM's pod on `node` was preempted by kube-scheduler or deleted by the taint manager while
+    the VM runs there: it is moved away like an evicted one (live migration, or a shutdown with
+    evictionStrategy Shutdown), and gets no new pod there meanwhile (annotation
+    failovervm.io/displaced-from). A VM that is not running there is released from the node."""
+    kube = ctx.kube
+    ns = pod["metadata"]["namespace"]
+    vm = kube.get_vm(ns, name)
+    if vm is None or not vmpod.owned_by(pod, vm) or (vm.get("status") or {}).get("nodeName") != node:
+        return
+    reason = vmpod.disruption_reason(pod)
+    if (vm.get("status") or {}).get("phase") in ("Stopped", "Failed"):
+        evacuation.release_stopped(ctx, vm, node)
+        return
+
+    def mark(m: Mapping[str, Any]) -> dict[str, Any] | None:
+        if (m.get("annotations") or {}).get(labels.DISPLACED_ANNOTATION) == node:
+            return None
+        return {"annotations": {labels.DISPLACED_ANNOTATION: node}}
+
+    vm = kube.edit_vm_metadata(ns, name, mark, current=vm) or vm
+    what = "preempted by kube-scheduler" if reason == "PreemptionByScheduler" else f"deleted ({reason})"
+    kube.event(vm, "VMPodDisplaced", f"pod {vmpods.describe(pod)} on {node} was {what}: the VM moves away from "
+               f"{node} instead of getting its pod back there", type_="Warning", component="controller")
+    evacuation.evict_vm(ctx, vm, node, pod["metadata"]["name"])
 
 
 def sweep_pods(ctx: ControllerContext) -> list[str]:
