@@ -106,6 +106,9 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "require-failover-ready": ("--set", "controller.requireFailoverReady=true"),
     "migration-history": ("--set", "controller.migrationHistory=0"),
     "handover-timeout": ("--set", "controller.migrationHandoverTimeoutSeconds=0"),
+    "vm-pods": ("--set", "image.digest=sha256:" + "a" * 64, "--set", "controller.vmPods.overhead.cpu=250m",
+                "--set", "controller.vmPods.overhead.memory=0.5Gi"),
+    "vm-pod-image": ("--set", "controller.vmPods.image=registry.example/holder:1"),
 }
 
 
@@ -264,6 +267,8 @@ def test_controller_command(render: Render) -> None:
         "--webhook-host", "0.0.0.0", "--webhook-port", "9443", "--webhook-cert-dir", "/certs",
         "--webhook-unmanaged", "--namespace", NAMESPACE, "--metrics-port", "8080", "--health-port", "8081",
         "--migration-history", "5", "--migration-handover-timeout", "120",
+        "--vm-pod-image", "ghcr.io/failovervm/failovervm-operator:0.1.0",
+        "--vm-overhead-cpu", "100m", "--vm-overhead-memory", "160Mi",
     ]
 
 
@@ -286,6 +291,11 @@ def test_commands_are_accepted_by_the_cli(render: Render, scenario: str) -> None
     assert args.require_failover_ready is (scenario == "require-failover-ready")
     assert args.migration_history == (0 if scenario == "migration-history" else 5)
     assert args.migration_handover_timeout == (0 if scenario == "handover-timeout" else 120)
+    # The VM pods' holder is the controller's own image unless told otherwise.
+    assert args.vm_pod_image == ("registry.example/holder:1" if scenario == "vm-pod-image"
+                                 else container(one(docs, "Deployment"))["image"])
+    assert (args.vm_overhead_cpu, args.vm_overhead_memory) == (
+        ("250m", "0.5Gi") if scenario == "vm-pods" else ("100m", "160Mi"))
 
     ag = agent_argv(docs)
     assert ag[0] == "failovervm"
@@ -595,9 +605,13 @@ def test_crd_upgrade_is_documented() -> None:
     (("--set", "controller.bogus=1"), "bogus"),
     (("--set", "controller.migrationHistory=-1"), "migrationHistory"),
     (("--set", "controller.migrationHandoverTimeoutSeconds=-5"), "migrationHandoverTimeoutSeconds"),
+    (("--set", "controller.vmPods.overhead.memory=lots"), "memory"),
+    (("--set", "controller.vmPods.overhead.cpu=-1"), "cpu"),
+    (("--set", "controller.vmPods.bogus=1"), "bogus"),
 ], ids=["replicas-0", "replicas-string", "storage-roots-empty", "storage-root-relative", "tcp-not-allowed",
         "bad-transport", "unknown-top-level-key", "bad-pull-policy", "standalone-replicas", "bad-bool",
-        "unknown-nested-key", "negative-history", "negative-handover-timeout"])
+        "unknown-nested-key", "negative-history", "negative-handover-timeout", "bad-overhead-memory",
+        "negative-overhead-cpu", "unknown-vm-pods-key"])
 def test_schema_rejects(helm: Path, args: tuple[str, ...], field: str) -> None:
     res = run_helm(helm, *args)
     assert res.returncode != 0, f"{args} rendered"
