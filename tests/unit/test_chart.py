@@ -169,6 +169,7 @@ def rules_of(role: Doc) -> dict[tuple[str, str], set[str]]:
 CONTROLLER_RULES = {
     ("failovervm.io", "failovervms"): {"get", "list", "watch", "patch", "update"},
     ("failovervm.io", "failovervms/status"): {"get", "update", "patch"},
+    ("failovervm.io", "failovervms/finalizers"): {"update"},
     ("failovervm.io", "failovervmmigrations"): {"get", "list", "watch", "create", "delete", "patch", "update"},
     ("failovervm.io", "failovervmmigrations/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfpools"): {"get", "list", "watch", "patch"},
