@@ -209,16 +209,18 @@ def build(vm: Mapping[str, Any], pool: Mapping[str, Any], settings: PodSettings,
             f"({migration['metadata']['name']})" if migration is not None
             else f"FailoverVM {meta['namespace']}/{meta['name']}")
     reqs = requests(vm, settings)
-    vf = next(k for k in reqs if k.startswith(f"{labels.VF_RESOURCE_DOMAIN}/"))
     pod_spec: dict[str, Any] = {
         "containers": [{
             "name": CONTAINER,
             "image": settings.image,
             "imagePullPolicy": "IfNotPresent",
             "command": list(HOLD_COMMAND),
-            # Kubernetes wants requests == limits for an extended resource; CPU and memory have no
-            # limit: the holder uses next to nothing, and the guest's memory is not in its cgroup.
-            "resources": {"requests": reqs, "limits": {vf: reqs[vf]}},
+            # Limits equal to the requests: Kubernetes requires it for the extended resource; for CPU
+            # and memory it keeps a namespace's LimitRange default limits (which may be below a VM's
+            # memory) off the pod, satisfies quotas on limits.*, and makes the pod Guaranteed (the
+            # last a kubelet evicts). They only bound the holder process: the guest's vCPUs and
+            # memory are QEMU's, in libvirt's cgroup, not in the pod's.
+            "resources": {"requests": reqs, "limits": dict(reqs)},
             "securityContext": {
                 "allowPrivilegeEscalation": False,
                 "readOnlyRootFilesystem": True,

@@ -67,7 +67,7 @@ def test_the_running_pod_for_kube_scheduler_exactly() -> None:
                 "name": "vm", "image": "registry.example/fvm:1.2.3", "imagePullPolicy": "IfNotPresent",
                 "command": ["failovervm", "hold"],
                 "resources": {"requests": {"cpu": "2100m", "memory": "1184Mi", "vf.failovervm.io/fast": "1"},
-                              "limits": {"vf.failovervm.io/fast": "1"}},
+                              "limits": {"cpu": "2100m", "memory": "1184Mi", "vf.failovervm.io/fast": "1"}},
                 "securityContext": SECURITY,
             }],
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
