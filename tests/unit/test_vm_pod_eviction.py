@@ -220,3 +220,12 @@ def test_the_guard_pods_of_an_earlier_version_are_removed(kube: FakeKube, ctx: C
     sweeps.tick(ctx)
     assert sorted(name for _ns, name in kube.pods) == ["keep"]
     assert ctx.sweeps.guards_removed
+
+
+def test_the_taint_manager_emptying_a_fenced_node_is_left_to_node_recovery(kube: FakeKube,
+                                                                          ctx: ControllerContext) -> None:
+    running_vm(kube, ctx)
+    kube.nodes["n1"]["spec"] = {"taints": [{"key": "node.kubernetes.io/out-of-service", "effect": "NoExecute"}]}
+    vms.on_running_pod_event(ctx, "DELETED", preempt(kube, pod_of(kube), reason="DeletionByTaintManager"))
+    assert not kube.migrations and not [p for p in kube.pods.values() if vmpod.node_of(p) == "n1"]
+    assert labels.DISPLACED_ANNOTATION not in (kube.vms[NS, "vm"]["metadata"].get("annotations") or {})

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, labels, metrics, vmpod
+from failovervm import conditions, labels, metrics, nodehealth, vmpod
 from failovervm import migration as mg
 from failovervm.controller import evacuation, vmpods
 from failovervm.controller.context import ControllerContext
@@ -225,6 +225,8 @@ def _recreate(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> str:
     kube = ctx.kube
     if ctx.pod_retries.waiting(vmpods.Retries.key(vm)) is not None:
         return "waiting"
+    if nodehealth.is_fenced(kube.get_node(node)):
+        return "fenced"  # the VM is about to be released and restarted elsewhere (recovery)
     created = vmpods.create(kube, vmpod.build(vm, {}, ctx.settings.vm_pod, node=node))
     if created.rejected is not None:
         delay = ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
@@ -267,6 +269,8 @@ def _displace(ctx: ControllerContext, pod: Mapping[str, Any], name: str, node: s
     vm = kube.get_vm(ns, name)
     if vm is None or not vmpod.owned_by(pod, vm) or (vm.get("status") or {}).get("nodeName") != node:
         return
+    if nodehealth.is_fenced(kube.get_node(node)):
+        return  # the taint manager empties a fenced node: its VMs are restarted elsewhere (recovery)
     reason = vmpod.disruption_reason(pod)
     if (vm.get("status") or {}).get("phase") in ("Stopped", "Failed"):
         evacuation.release_stopped(ctx, vm, node)
