@@ -137,6 +137,7 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         (ctl_kc, "get", "secrets", "", "no"),
         (ctl_kc, "create", "vfclaims.failovervm.io", "", "yes"),
         (ctl_kc, "patch", "nodes", "", "no"),
+        (ctl_kc, "patch", "pods", "", "yes"),  # VM pods, in the VMs' namespaces
     ):
         extra = [f"--subresource={sub}"] if sub else []
         res = sb.kubectl_as(kc, "auth", "can-i", verb, resource, *extra, "-A")
