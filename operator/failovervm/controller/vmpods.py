@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 Pod = dict[str, Any]
 
-# Back-off of a VM whose pod the API server refused (ResourceQuota, LimitRange, Pod Security...), or
-# whose bound pod had to be given up (no free VF there after all): 3 s doubling to 2 minutes.
-RETRY_START = 3.0
+# Back-off of a VM whose pod the API server refused (ResourceQuota, LimitRange, Pod Security, a new
+# namespace's default ServiceAccount not there yet...), or whose bound pod had to be given up (no
+# free VF there after all): 1 s doubling to 2 minutes (the controller looks again every 3 s).
+RETRY_START = 1.0
 RETRY_MAX = 120.0
 
 

@@ -78,8 +78,7 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
         message = vmpod.unschedulable(pod)
         if message is not None:  # kube-scheduler's own words; what cluster-autoscaler scales up for
             return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
-        return _pending(ctx, vm, Unschedulable(
-            "WaitingForScheduler", f"waiting for kube-scheduler to bind pod {vmpods.describe(pod)}"), None)
+        return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
     result = claim_on_node(kube, vm, pool, node)
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all (no free VF there, the node draining): let
@@ -101,6 +100,10 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
                f"kube-scheduler bound pod {vmpods.describe(pod)} there", component="controller")
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm))
     return f"placed:{result.node}"
+
+
+def _waiting_for_scheduler(pod: Mapping[str, Any]) -> Unschedulable:
+    return Unschedulable("WaitingForScheduler", f"waiting for kube-scheduler to bind pod {vmpods.describe(pod)}")
 
 
 def _ts(value: Any) -> dt.datetime | None:
@@ -141,8 +144,9 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
     if pod is not None:
         return pod
     # Scheduled=False is on the VM before its pod exists (see _predates_release).
-    _pending(ctx, vm, Unschedulable("WaitingForScheduler", "creating the VM pod for kube-scheduler"), None)
-    created = vmpods.create(kube, vmpod.build(vm, pool, ctx.settings.vm_pod))
+    body = vmpod.build(vm, pool, ctx.settings.vm_pod)
+    _pending(ctx, vm, _waiting_for_scheduler(body), None)
+    created = vmpods.create(kube, body)
     if created.rejected is not None:
         ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
         return Unschedulable("PodRejected", created.rejected)
