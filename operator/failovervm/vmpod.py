@@ -335,7 +335,8 @@ def summary(pod: Mapping[str, Any]) -> dict[str, Any]:
     status = pod.get("status") or {}
     return {
         "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "uid", "labels", "ownerReferences",
-                                                          "deletionTimestamp", "resourceVersion") if k in meta},
+                                                          "creationTimestamp", "deletionTimestamp", "resourceVersion")
+                     if k in meta},
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {"phase": status.get("phase"), "conditions": copy.deepcopy(status.get("conditions") or [])},
     }
