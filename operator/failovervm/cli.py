@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from failovervm.errors import FailoverVMError
-from failovervm.labels import SANDBOX_STATE_DIR
+from failovervm.labels import DEFAULT_IMAGE, SANDBOX_STATE_DIR
 
 if TYPE_CHECKING:
     from failovervm.kube import KubeAPI
@@ -38,6 +38,18 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return sandbox_cli.run(args.argv, usage_error=args.usage_error)
 
 
+def _quantity(value: str) -> str:
+    """A non-negative Kubernetes quantity (checked here so a typo fails at start, not per VM)."""
+    from failovervm.quantity import parse_quantity_decimal
+
+    try:
+        if parse_quantity_decimal(value) < 0:
+            raise ValueError(f"must not be negative: {value!r}")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
 def _non_negative(value: str) -> int:
     n = int(value)
     if n < 0:
@@ -55,7 +67,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         health_port=args.health_port, peering=not args.standalone, namespace=args.namespace,
         parallel_migrations_per_cluster=args.parallel_migrations_per_cluster,
         parallel_outbound_migrations_per_node=args.parallel_outbound_migrations_per_node,
-        guard_image=args.guard_image, log_format=args.log_format,
+        vm_pod_image=args.vm_pod_image, vm_overhead_cpu=args.vm_overhead_cpu,
+        vm_overhead_memory=args.vm_overhead_memory, log_format=args.log_format,
         require_failover_ready=args.require_failover_ready, migration_history=args.migration_history,
         handover_timeout_seconds=args.migration_handover_timeout,
     ))
@@ -307,9 +320,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="failovervm", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     _add_sandbox(sub, p.error)
-    for add in (_add_controller, _add_agent, _add_migrate, _add_restart, _add_status, _add_evacuate, _add_console):
+    for add in (_add_controller, _add_agent, _add_migrate, _add_restart, _add_status, _add_evacuate, _add_console,
+                _add_hold):
         add(sub)
     return p
+
+
+def _add_hold(sub: Subcommands) -> None:
+    ho = sub.add_parser("hold", help="the VM pod's container: wait for SIGTERM and exit (holds the VM's "
+                                     "resources on its node; the domain itself runs in libvirtd)")
+    ho.set_defaults(func=cmd_hold)
+
+
+def cmd_hold(_args: argparse.Namespace) -> int:
+    """Sleep until SIGTERM or SIGINT, then exit 0. As a container's PID 1 a signal without a handler
+    is ignored, so the signals are blocked and waited for. Imports nothing beyond the standard library."""
+    import signal
+
+    stop = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+    signal.sigwait(stop)
+    return 0
 
 
 def _add_sandbox(sub: Subcommands, usage_error: Callable[[str], NoReturn]) -> None:
@@ -336,7 +367,7 @@ def _add_controller(sub: Subcommands) -> None:
     ctl.add_argument("--health-port", type=int, default=None, help="liveness endpoint port")
     ctl.add_argument("--standalone", action="store_true", help="no peering (single replica, tests only)")
     ctl.add_argument("--namespace", default="failovervm-system",
-                     help="the operator's namespace (drain guard pods live here)")
+                     help="the operator's namespace")
     ctl.add_argument("--parallel-migrations-per-cluster", type=int, default=5)
     ctl.add_argument("--parallel-outbound-migrations-per-node", type=int, default=2)
     ctl.add_argument("--require-failover-ready", action="store_true",
@@ -351,8 +382,15 @@ def _add_controller(sub: Subcommands) -> None:
                      help="how long a migration waits in TargetReady for the source node's agent to start it; "
                           "then it fails with SourceAgentUnresponsive and the VF reserved on the target is "
                           "released (0: wait forever). A live agent takes it within a second")
-    ctl.add_argument("--guard-image", default="registry.k8s.io/pause:3.10",
-                     help="image of the per-node drain guard pods (never does any work)")
+    ctl.add_argument("--vm-pod-image", default=DEFAULT_IMAGE,
+                     help="image of the VM pods' holder container, which runs `failovervm hold` (the Helm "
+                          f"chart passes the controller's own image; default {DEFAULT_IMAGE})")
+    ctl.add_argument("--vm-overhead-cpu", default="100m", type=_quantity, metavar="QUANTITY",
+                     help="CPU a VM pod requests on top of the VM's vCPUs for QEMU's own threads and libvirt "
+                          "(default 100m; see docs/capacity.md)")
+    ctl.add_argument("--vm-overhead-memory", default="160Mi", type=_quantity, metavar="QUANTITY",
+                     help="memory a VM pod requests on top of the guest's memory for QEMU itself (default "
+                          "160Mi; see docs/capacity.md)")
     ctl.add_argument("--log-format", choices=["text", "json"], default="text",
                      help="json: one object per line with component, node and vm fields")
     ctl.set_defaults(func=cmd_controller)

@@ -8,6 +8,7 @@ conditions are a list, and a merge patch would overwrite the other writer's.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -57,8 +58,12 @@ class KubeAPI(Protocol):
     def get_node(self, name: str) -> dict[str, Any] | None: ...
     def patch_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
     def patch_node_status(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None: ...
-    def ensure_pod(self, body: dict[str, Any]) -> bool: ...
-    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool: ...
+    def create_pod(self, body: dict[str, Any]) -> dict[str, Any]: ...
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]: ...
+    def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None: ...
+    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None,
+                   uid: str | None = None) -> bool: ...
     def event(
         self, obj: Mapping[str, Any], reason: str, note: str, *, type_: str = "Normal", action: str = "Reconcile",
         component: str = "failovervm",
@@ -71,6 +76,17 @@ class KubeAPI(Protocol):
     def update_migration_status(
         self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> dict[str, Any] | None: ...
+
+
+def api_error_message(exc: ApiException) -> str:
+    """The API server's own message of a refused request (its Status object's message: quota
+    exceeded, Pod Security, an admission webhook...), else the HTTP reason."""
+    try:
+        status = json.loads(exc.body) if exc.body else {}
+    except (TypeError, ValueError):
+        status = {}
+    message = status.get("message") if isinstance(status, dict) else None
+    return str(message or exc.reason or f"HTTP {exc.status}")
 
 
 def current_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
@@ -309,25 +325,54 @@ class _KubeBase(VMMetadataEdits):
                 return None
             raise
 
-    # -- Pods (drain guards) --------------------------------------------------------------
-    def ensure_pod(self, body: dict[str, Any]) -> bool:
-        """Create the pod unless it exists. True if created now."""
-        try:
-            self.core.create_namespaced_pod(body["metadata"]["namespace"], body)
-            return True
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
+    # -- Pods (VM pods, in the VMs' namespaces) --------------------------------------------
+    def _pod_dict(self, obj: Any) -> dict[str, Any]:
+        return dict(self.api.sanitize_for_serialization(obj))
 
-    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool:
-        """Delete a pod (grace 0: at once; nothing waits for a kubelet). True if it existed."""
-        body = {"gracePeriodSeconds": grace_period} if grace_period is not None else None
+    def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a pod; the API server's refusal (409 AlreadyExists, 403 quota or Pod Security, 422
+        invalid) is raised as ApiException for the caller to read (api_error_message)."""
+        return self._pod_dict(self.core.create_namespaced_pod(body["metadata"]["namespace"], body))
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=body, grace_period_seconds=grace_period)
-            return True
+            return self._pod_dict(self.core.read_namespaced_pod(name, namespace))
         except ApiException as exc:
             if exc.status == 404:
+                return None
+            raise
+
+    def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        kw = {"label_selector": label_selector} if label_selector else {}
+        res = (self.core.list_namespaced_pod(namespace, **kw) if namespace
+               else self.core.list_pod_for_all_namespaces(**kw))
+        return list(self._pod_dict(res).get("items", []))
+
+    def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """JSON merge patch of a pod (a resourceVersion in it is a precondition: 409 when stale).
+        None when the pod is gone."""
+        try:
+            return self._pod_dict(self.core.patch_namespaced_pod(
+                name, namespace, body, _content_type="application/merge-patch+json"))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None,
+                   uid: str | None = None) -> bool:
+        """Delete a pod (grace 0: at once; nothing waits for a kubelet), only that exact pod when
+        `uid` is given. True if it was deleted, False if it was gone (or, with `uid`, replaced)."""
+        body: dict[str, Any] = {}
+        if grace_period is not None:
+            body["gracePeriodSeconds"] = grace_period
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self.core.delete_namespaced_pod(name, namespace, body=body or None, grace_period_seconds=grace_period)
+            return True
+        except ApiException as exc:
+            if exc.status == 404 or (exc.status == 409 and uid):
                 return False
             raise
 

@@ -32,8 +32,25 @@ RESTART_ANNOTATION = f"{PREFIX}/restart"
 # FailoverVMMigration labels: the node an evacuation empties, and the VM a migration moves.
 EVACUATION_LABEL = f"{PREFIX}/evacuation"
 VM_LABEL = f"{PREFIX}/vm"
+# On an evacuation migration started for one VM because its pod was evicted (or preempted) on a
+# node that is not being emptied: that pod's name. Uncordoning does not stop such a migration.
+EVICTED_POD_LABEL = f"{PREFIX}/evicted-pod"
 
-# The drain guard pod's label and annotation.
+# VM pods (failovervm.vmpod): one pod per VM and node, in the VM's namespace, that makes the VM's
+# CPU, memory and VF visible to kube-scheduler, autoscalers and quotas. VM_LABEL names the VM (as on
+# migrations), VM_UID_LABEL its uid; ROLE_LABEL says whether the pod stands for where the VM runs
+# or for a migration's target (MIGRATION_LABEL names that migration).
+VM_UID_LABEL = f"{PREFIX}/vm-uid"
+ROLE_LABEL = f"{PREFIX}/role"
+ROLE_RUNNING = "running"
+ROLE_TARGET = "target"
+MIGRATION_LABEL = f"{PREFIX}/migration"
+# FailoverVM annotation: the VM's pod on this node was preempted by kube-scheduler (or deleted by the
+# taint manager); the VM live-migrates away instead of getting its pod back there.
+DISPLACED_ANNOTATION = f"{PREFIX}/displaced-from"
+
+# The label of the per-node drain guard pods of earlier versions (removed on upgrade), and the
+# annotation saying what a pod the operator creates is for.
 GUARD_LABEL = f"{PREFIX}/guard"
 PURPOSE_ANNOTATION = f"{PREFIX}/purpose"
 
@@ -44,6 +61,10 @@ AGENT_FINALIZER = f"{PREFIX}/agent"
 
 # The ClusterKopfPeering object the controller replicas share (created by the chart and the sandbox).
 PEERING_NAME = "failovervm"
+
+# The operator image as the Helm chart publishes it: the VM pods' holder image unless the controller
+# is told another (--vm-pod-image; the chart passes the controller's own).
+DEFAULT_IMAGE = "ghcr.io/failovervm/failovervm-operator:0.1.0"
 
 # Prefix of the annotations in which Kopf keeps the controller's handler progress and diff base.
 KOPF_ANNOTATION_PREFIX = f"controller.{PREFIX}"

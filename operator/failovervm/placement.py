@@ -1,25 +1,24 @@
-"""Placing a FailoverVM: gather cluster state, run the pure scheduler, take the VFClaim.
+"""Taking a VF on the node kube-scheduler chose: the VFClaim.
 
-Creating the VFClaim is the lock: its name is derived from node and PCI address, so
-a second claim on the same VF fails with AlreadyExists and the next VF is tried.
+kube-scheduler binds the VM's pod to a node; the controller then claims a free VF of the VM's pool
+on that node. Creating the VFClaim is the lock: its name is derived from node and PCI address, so a
+second claim on the same VF fails with AlreadyExists and the next free VF is tried.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from failovervm import API_GROUP, API_VERSION, labels
 from failovervm.kube import KubeAPI
-from failovervm.scheduling import NodeInfo, Placement, Unschedulable, schedule
+from failovervm.scheduling import NodeInfo, Placement, Unschedulable, choose_vf, node_refusal
 from failovervm.vfs import claim_name
-from failovervm.vmspec import pool_info, vm_request
+from failovervm.vmspec import pool_info
 
 log = logging.getLogger(__name__)
-_READS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="placement-read")
 
 
 @dataclass(frozen=True)
@@ -42,30 +41,6 @@ def claimed_vfs(claims: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
     return {(c["spec"]["node"], c["spec"]["pciAddress"]) for c in claims}
 
 
-def used_resources(vms: Iterable[Mapping[str, Any]], exclude_uid: str | None = None) -> dict[str, tuple[int, int]]:
-    """node -> (cpu, memory MiB) taken by VMs placed there (and by migration targets reserved there)."""
-    used: dict[str, tuple[int, int]] = {}
-
-    def add(node: str | None, req_cpu: int, req_mem: int) -> None:
-        if node:
-            c, m = used.get(node, (0, 0))
-            used[node] = (c + req_cpu, m + req_mem)
-
-    for vm in vms:
-        if vm["metadata"].get("uid") == exclude_uid:
-            continue
-        status = vm.get("status") or {}
-        try:
-            req = vm_request(vm)
-        except (ValueError, KeyError):
-            continue
-        add(status.get("nodeName"), req.cpu, req.memory_mib)
-        target = (status.get("migration") or {}).get("targetNode")
-        if target and target != status.get("nodeName"):
-            add(target, req.cpu, req.memory_mib)
-    return used
-
-
 def claim_body(node: str, pool: str, pf: str, pci: str, vm: Mapping[str, Any], purpose: str = "Running",
                migration: str | None = None) -> dict[str, Any]:
     meta = vm["metadata"]
@@ -80,44 +55,33 @@ def claim_body(node: str, pool: str, pf: str, pci: str, vm: Mapping[str, Any], p
         "kind": "VFClaim",
         "metadata": {
             "name": claim_name(node, pci),
-            "labels": {labels.VM_NODE: node, f"{labels.PREFIX}/pool": pool, f"{labels.PREFIX}/vm-uid": meta["uid"]},
+            "labels": {labels.VM_NODE: node, f"{labels.PREFIX}/pool": pool, labels.VM_UID_LABEL: meta["uid"]},
         },
         "spec": spec,
     }
 
 
-def place(
-    kube: KubeAPI, vm: Mapping[str, Any], *, exclude_nodes: Iterable[str] = (), target_node: str | None = None,
-    purpose: str = "Running", migration: str | None = None,
-) -> Claimed | Unschedulable:
-    """Choose a node and claim a free VF there for `vm`. Retries on claim races."""
-    req = vm_request(vm)
-    # The four reads are independent: issue them together.
-    f_pool = _READS.submit(kube.get_pool, req.pool)
-    f_nodes = _READS.submit(kube.list_nodes)
-    f_vms = _READS.submit(kube.list_vms)
-    f_claims = _READS.submit(kube.list_claims)
-    pool = f_pool.result()
-    if pool is None:
-        return Unschedulable(reason="NoMatchingNode", message=f"VFPool {req.pool!r} does not exist")
-    inventory = pool_inventory(pool)
-    nodes = [NodeInfo.from_k8s(n) for n in f_nodes.result()]
-    if target_node is not None:
-        nodes = [n for n in nodes if n.name == target_node]
-        if not nodes:
-            return Unschedulable(reason="NoMatchingNode", message=f"node {target_node!r} does not exist")
-    used = used_resources(f_vms.result(), exclude_uid=vm["metadata"]["uid"])
-    claim_list = f_claims.result()
-    for attempt in range(16):
-        taken = claimed_vfs(claim_list if attempt == 0 else kube.list_claims())
-        free = {node: [pci for pci in vfs if (node, pci) not in taken] for node, vfs in inventory.items()}
-        decision = schedule(req, nodes, pool_info(pool), free, used, exclude=set(exclude_nodes))
+def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any], node: str, *,
+                  purpose: str = "Running", migration: str | None = None) -> Claimed | Unschedulable:
+    """Claim a free VF of `pool` on `node` (where kube-scheduler bound the VM's pod) for `vm`, or say
+    why the VM cannot have one there. Retries on claim races."""
+    inventory = pool_inventory(pool).get(node) or {}
+    pool_name = pool["metadata"]["name"]
+    node_obj = kube.get_node(node)
+    refusal = node_refusal(node, NodeInfo.from_k8s(node_obj) if node_obj is not None else None, pool_info(pool),
+                           bool(inventory))
+    if refusal is not None:
+        return refusal
+    for _attempt in range(16):
+        taken = claimed_vfs(kube.list_claims())
+        decision = choose_vf(node, pool_name, [pci for pci in inventory if (node, pci) not in taken])
         if isinstance(decision, Unschedulable):
             return decision
         assert isinstance(decision, Placement)
-        pf = inventory[decision.node].get(decision.pci_address, "")
-        body = claim_body(decision.node, req.pool, pf, decision.pci_address, vm, purpose, migration)
+        pf = inventory.get(decision.pci_address, "")
+        body = claim_body(node, pool_name, pf, decision.pci_address, vm, purpose, migration)
         if kube.create_claim(body):
-            return Claimed(decision.node, decision.pci_address, pf, body["metadata"]["name"])
-        log.info("VF %s on %s was claimed concurrently; retrying", decision.pci_address, decision.node)
-    return Unschedulable(reason="NoFreeVF", message="every free VF was claimed concurrently; will retry")
+            return Claimed(node, decision.pci_address, pf, body["metadata"]["name"])
+        log.info("VF %s on %s was claimed concurrently; retrying", decision.pci_address, node)
+    return Unschedulable(reason="NoFreeVF", message=f"every free VF on node {node} was claimed concurrently; "
+                         "will retry")

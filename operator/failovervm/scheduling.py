@@ -1,27 +1,20 @@
-"""Pure placement logic: which node (and which VF on it) a FailoverVM should run on.
+"""Pure placement logic: what kube-scheduler cannot decide for a FailoverVM.
 
-Nothing in here talks to the API server; the operator gathers :class:`NodeInfo`, the pool's free
-VFs and the per-node usage, calls :func:`schedule` and acts on the :class:`Placement` or reports the
-:class:`Unschedulable` reason/message in the VM's status (the message mimics kube-scheduler's
-``0/3 nodes are available: ...``).
+kube-scheduler chooses the node: it binds the VM's pod (failovervm.vmpod), which carries the VM's
+CPU, memory, one `vf.failovervm.io/<pool>` and its nodeSelector, tolerations and affinity. What is
+left here is what it cannot know:
 
-Filters, in the order they are applied to every node (the first failing one is that node's
-reason):
+- which free VF of the pool on that node the VM gets (:func:`choose_vf`: the lowest PCI address
+  that no VFClaim holds; the claim itself, the lock, is made by failovervm.placement);
+- whether the operator may put the VM on that node after all (:func:`node_refusal`: the node is
+  gone, fenced or being emptied, or the VFPool does not cover it), with a message for the VM;
+- taint and toleration semantics, shared with the evacuation logic and the CLI.
 
-1. not in ``exclude`` (a migration excludes its source node);
-2. the VM's ``nodeSelector`` and the pool's ``nodeSelector`` both match the node labels;
-3. the node is Ready, not cordoned, and has no ``NoSchedule``/``NoExecute`` taint the VM does not
-   tolerate (Kubernetes toleration semantics);
-4. the pool has a free VF on the node;
-5. enough allocatable CPU, then memory, counting what other VMs already use.
-
-Among feasible nodes the one with the most free VFs wins, then the least used memory, then the
-name; on it the free VF with the lowest PCI address is chosen. Everything is deterministic.
+Everything is deterministic.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR
@@ -33,6 +26,7 @@ from .vfs import VF, pci_sort_key
 
 __all__ = [
     "EVACUATION_TAINT_KEYS",
+    "KARPENTER_DISRUPTED_TAINT",
     "NodeInfo",
     "Placement",
     "PoolInfo",
@@ -40,20 +34,26 @@ __all__ = [
     "Toleration",
     "Unschedulable",
     "UnschedulableReason",
-    "VMRequest",
+    "choose_vf",
     "matches_selector",
     "node_needs_evacuation",
-    "schedule",
+    "node_refusal",
     "tolerates",
     "untolerated_taints",
 ]
 
+# NoMatchingNode, NodesUnschedulable, NoFreeVF: the operator's own checks. WaitingForScheduler:
+# waiting for kube-scheduler to bind the VM pod; Unschedulable: kube-scheduler cannot (its message says why);
+# PodRejected: the API server refused the VM pod (ResourceQuota, LimitRange, Pod Security...).
 UnschedulableReason = Literal[
-    "NoMatchingNode", "NoFreeVF", "InsufficientCPU", "InsufficientMemory", "NodesUnschedulable"
+    "NoMatchingNode", "NoFreeVF", "NodesUnschedulable", "WaitingForScheduler", "Unschedulable", "PodRejected"
 ]
 
-#: Taints that mean "this node is going away / being drained": running VMs must leave.
-EVACUATION_TAINT_KEYS = frozenset({"node.kubernetes.io/unschedulable", "ToBeDeletedByClusterAutoscaler"})
+#: Taints that mean "this node is going away / being drained": running VMs must leave. Cordon,
+#: cluster-autoscaler's scale-down, and Karpenter's disruption (consolidation, drift, expiry).
+KARPENTER_DISRUPTED_TAINT = "karpenter.sh/disrupted"
+EVACUATION_TAINT_KEYS = frozenset({"node.kubernetes.io/unschedulable", "ToBeDeletedByClusterAutoscaler",
+                                   KARPENTER_DISRUPTED_TAINT})
 
 _BLOCKING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
@@ -149,17 +149,6 @@ class NodeInfo:
 
 
 @dataclass(frozen=True)
-class VMRequest:
-    namespace: str
-    name: str
-    cpu: int
-    memory_mib: int
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[Toleration] = field(default_factory=list)
-    pool: str = ""
-
-
-@dataclass(frozen=True)
 class PoolInfo:
     name: str
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -175,8 +164,6 @@ class Placement:
 class Unschedulable:
     reason: UnschedulableReason
     message: str
-    node_reasons: dict[str, str] = field(default_factory=dict)
-    """Why each node was rejected (node name -> short reason), for events and debugging."""
 
 
 def matches_selector(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
@@ -209,87 +196,32 @@ def _pci_key(addr: str) -> tuple[int, tuple[int, int, int, int], str]:
         return (1, (0, 0, 0, 0), addr)
 
 
-# Rank of each failure: the larger, the closer the node came to being feasible.
-_RANK: dict[UnschedulableReason, int] = {
-    "NoMatchingNode": 0,
-    "NodesUnschedulable": 1,
-    "NoFreeVF": 2,
-    "InsufficientCPU": 3,
-    "InsufficientMemory": 4,
-}
+def choose_vf(node: str, pool: str, free: Iterable[VF | str]) -> Placement | Unschedulable:
+    """The VF the VM gets on `node` (the one kube-scheduler bound its pod to): the free one with the
+    lowest PCI address."""
+    candidates = sorted({_pci_of(v) for v in free}, key=_pci_key)
+    if not candidates:
+        return Unschedulable(reason="NoFreeVF", message=f"node {node} has no free VF in pool {pool}")
+    return Placement(node=node, pci_address=candidates[0])
 
 
-def schedule(
-    vm: VMRequest,
-    nodes: Sequence[NodeInfo],
-    pool: PoolInfo,
-    free_vfs: Mapping[str, Sequence[VF | str]],
-    used: Mapping[str, tuple[int, int]],
-    exclude: Iterable[str] = frozenset(),
-) -> Placement | Unschedulable:
-    """Pick a node and a free VF for ``vm`` or explain why none fits.
-
-    ``free_vfs`` maps node name -> free VFs of ``pool`` on it (VF objects or PCI addresses).
-    ``used`` maps node name -> ``(cpu, memory_mib)`` already taken by other VMs there.
-    ``exclude`` lists nodes that must not be chosen (the source node of a migration).
-    """
-    excluded = set(exclude)
-    feasible: list[tuple[int, int, str, str]] = []  # (-free, used_mem, name, pci)
-    per_node: dict[str, str] = {}
-    per_node_rank: dict[str, UnschedulableReason] = {}
-
-    def reject(node: str, reason: UnschedulableReason, text: str) -> None:
-        per_node[node] = text
-        per_node_rank[node] = reason
-
-    for node in sorted(nodes, key=lambda n: n.name):
-        if node.name in excluded:
-            reject(node.name, "NoMatchingNode", "node(s) excluded (migration source)")
-            continue
-        if not matches_selector(node.labels, vm.node_selector):
-            reject(node.name, "NoMatchingNode", "node(s) didn't match the VM's nodeSelector")
-            continue
-        if not matches_selector(node.labels, pool.node_selector):
-            reject(node.name, "NoMatchingNode", f"node(s) didn't match VFPool {pool.name}'s nodeSelector")
-            continue
-        if not node.ready:
-            reject(node.name, "NodesUnschedulable", "node(s) were not ready")
-            continue
-        if any(t.key == OUT_OF_SERVICE_TAINT for t in node.taints):
-            # Whatever a VM tolerates: the controller releases every VM of a fenced node, so a VM
-            # placed there would be restarted again and again.
-            reject(node.name, "NodesUnschedulable", "node(s) were out of service (fenced)")
-            continue
-        if node.unschedulable:
-            reject(node.name, "NodesUnschedulable", "node(s) were unschedulable")
-            continue
-        bad = untolerated_taints(node, vm.tolerations)
-        if bad:
-            t = bad[0]
-            reject(node.name, "NodesUnschedulable", f"node(s) had untolerated taint {{{t.key}: {t.value}}}")
-            continue
-        free = sorted({_pci_of(v) for v in free_vfs.get(node.name, ())}, key=_pci_key)
-        if not free:
-            reject(node.name, "NoFreeVF", f"node(s) had no free VF in pool {pool.name}")
-            continue
-        used_cpu, used_mem = used.get(node.name, (0, 0))
-        if vm.cpu > node.allocatable_cpu - used_cpu:
-            reject(node.name, "InsufficientCPU", "Insufficient cpu")
-            continue
-        if vm.memory_mib > node.allocatable_memory_mib - used_mem:
-            reject(node.name, "InsufficientMemory", "Insufficient memory")
-            continue
-        feasible.append((-len(free), used_mem, node.name, free[0]))
-
-    if feasible:
-        _, _, name, pci = min(feasible)
-        return Placement(node=name, pci_address=pci)
-
-    total = len(nodes)
-    if not per_node:
-        return Unschedulable(reason="NoMatchingNode", message=f"0/{total} nodes are available: no nodes in the cluster")
-    reason = max(per_node_rank.values(), key=lambda r: _RANK[r])
-    counts = Counter(per_node.values())
-    parts = [f"{n} {text}" for text, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
-    message = f"0/{total} nodes are available: {', '.join(parts)}."
-    return Unschedulable(reason=reason, message=message, node_reasons=dict(per_node))
+def node_refusal(name: str, node: NodeInfo | None, pool: PoolInfo, in_inventory: bool) -> Unschedulable | None:
+    """Why the operator will not place a VM on node `name` although kube-scheduler bound its pod
+    there (None: it may). `in_inventory`: the pool's status lists VFs of that node. kube-scheduler
+    already checked the pool's nodeSelector, taints and the VF count; this catches what changed
+    since, and a node whose pool inventory the agent has not published."""
+    if node is None:
+        return Unschedulable(reason="NoMatchingNode", message=f"node {name} does not exist")
+    if any(t.key == OUT_OF_SERVICE_TAINT for t in node.taints):
+        # Whatever a VM tolerates: the controller releases every VM of a fenced node, so a VM
+        # placed there would be restarted again and again.
+        return Unschedulable(reason="NodesUnschedulable", message=f"node {name} is out of service (fenced)")
+    if node_needs_evacuation(node):
+        return Unschedulable(reason="NodesUnschedulable", message=f"node {name} is being drained")
+    if not matches_selector(node.labels, pool.node_selector):
+        return Unschedulable(reason="NoMatchingNode", message=f"node {name} does not match VFPool {pool.name}'s "
+                             "nodeSelector")
+    if not in_inventory:
+        return Unschedulable(reason="NoFreeVF", message=f"VFPool {pool.name} lists no VFs on node {name} (has its "
+                             "agent published them?)")
+    return None

@@ -7,27 +7,13 @@ from typing import Any, Literal
 
 from failovervm import domxml
 from failovervm.quantity import to_mib
-from failovervm.scheduling import PoolInfo, Toleration, VMRequest
+from failovervm.scheduling import PoolInfo
 from failovervm.storage import confine_path
 
 
 def vm_key(vm: Mapping[str, Any]) -> str:
     meta = vm["metadata"]
     return f"{meta['namespace']}/{meta['name']}"
-
-
-def vm_request(vm: Mapping[str, Any]) -> VMRequest:
-    spec = vm.get("spec") or {}
-    meta = vm["metadata"]
-    return VMRequest(
-        namespace=meta["namespace"],
-        name=meta["name"],
-        cpu=int(spec.get("cpu", 1)),
-        memory_mib=to_mib(spec.get("memory", "128Mi")),
-        node_selector=dict(spec.get("nodeSelector") or {}),
-        tolerations=[Toleration.from_k8s(t) for t in spec.get("tolerations") or []],
-        pool=str((spec.get("network") or {}).get("pool", "")),
-    )
 
 
 def pool_info(pool: Mapping[str, Any]) -> PoolInfo:

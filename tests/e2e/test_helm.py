@@ -157,6 +157,7 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         (agent_kc, "update", "nodes", "status", "no"),
         (agent_kc, "patch", "nodes", "", "no"),
         (ctl_kc, "patch", "nodes", "status", "no"),
+        (ctl_kc, "patch", "pods", "", "yes"),  # VM pods, in the VMs' namespaces
     ):
         extra = [f"--subresource={sub}"] if sub else []
         res = sb.kubectl_as(kc, "auth", "can-i", verb, resource, *extra, "-A")

@@ -113,7 +113,8 @@ def test_invalid_specs_are_rejected_at_apply_time(operator_sandbox: Sandbox) -> 
 
 
 def test_capacity_pending_until_vfs_free_up(operator_sandbox: Sandbox) -> None:
-    """Pools of 4 VFs on each of 2 nodes: 10 VMs give 8 Running and 2 Pending (NoFreeVF)."""
+    """Pools of 4 VFs on each of 2 nodes: 10 VMs give 8 Running and 2 Pending (kube-scheduler finds
+    no node with a free vf.failovervm.io/cap-pool, which the VM pods request)."""
     sb = operator_sandbox
     ns = _ns(sb, "capacity")
     nodes = [n["node"] for n in sb.nodes[:2]]
@@ -134,8 +135,13 @@ def test_capacity_pending_until_vfs_free_up(operator_sandbox: Sandbox) -> None:
              what="8 Running + 2 Pending")
     pending = sorted(n for n, p in phases().items() if p == "Pending")
     for name in pending:
-        cond = condition(get_vm(sb, ns, name), "Scheduled")
-        assert cond["status"] == "False" and cond["reason"] == "NoFreeVF", cond
+        cond = wait_for(lambda name=name: (c := condition(get_vm(sb, ns, name), "Scheduled"))
+                        and c["reason"] == "Unschedulable" and c, 30, what=f"{name} Unschedulable")
+        assert cond["status"] == "False", cond
+        assert "Insufficient vf.failovervm.io/cap-pool" in cond["message"], cond  # kube-scheduler's own words
+        [pod] = sb.kubectl_json("-n", ns, "get", "pods", "-l", f"failovervm.io/vm={name}")["items"]
+        assert not pod["spec"].get("nodeName")
+        assert any(c["type"] == "PodScheduled" and c["reason"] == "Unschedulable" for c in pod["status"]["conditions"])
     # Exactly one claim per running VM, never two on one VF.
     cap_claims = [c for c in claims(sb) if c["spec"]["owner"]["namespace"] == ns]
     assert len(cap_claims) == 8

@@ -58,6 +58,17 @@ def _migrations(sb: Sandbox, ns: str) -> list[dict[str, Any]]:
     return list(sb.kubectl_json("-n", ns, "get", "fvmm")["items"])
 
 
+def _vm_pods(sb: Sandbox, ns: str, role: str | None = None) -> list[dict[str, Any]]:
+    """The VM pods of a namespace (docs/capacity.md), of one role if given."""
+    selector = "failovervm.io/vm-uid" + (f",failovervm.io/role={role}" if role else "")
+    return list(sb.kubectl_json("-n", ns, "get", "pods", "-l", selector)["items"])
+
+
+def _vm_pods_on(sb: Sandbox, ns: str, node: str) -> list[str]:
+    return sorted(p["metadata"]["labels"]["failovervm.io/vm"] for p in _vm_pods(sb, ns)
+                  if p["spec"].get("nodeName") == node)
+
+
 def _place_on(sb: Sandbox, ns: str, node: str, names: list[str], **spec: Any) -> None:
     """Create VMs while every other node carries a (non-evacuating) NoSchedule taint."""
     others = [n["node"] for n in sb.nodes if n["node"] != node]
@@ -118,7 +129,8 @@ def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sa
     apply(sb, pool_manifest(POOL, sb.data["bridge"]))
     names = [f"d{i}" for i in range(6)]
     _place_on(sb, ns, _node(1), names)
-    assert sb.kubectl_json("-n", "failovervm-system", "get", "pod", f"fvm-guard-{_node(1)}")
+    # Each VM has its pod on node 1, bound there by kube-scheduler: what drain evicts.
+    wait_for(lambda: _vm_pods_on(sb, ns, _node(1)) == names, 30, what="the VM pods on node 1")
     t0 = time.monotonic()
     with PhaseRecorder(sb, ns) as rec:
         res = sb.kubectl("drain", _node(1), "--ignore-daemonsets", "--timeout=300s", timeout=330, check=False)
@@ -154,12 +166,60 @@ def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sa
     assert _max_overlap(migs) <= 2
     print(f"drain of 6 VMs took {took:.1f}s; downtimes "
           f"{sorted(m['status']['stats']['downtimeMs'] for m in migs)} ms")
-    # The guard pod is gone; uncordon makes the node schedulable again.
-    assert sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{_node(1)}", check=False).returncode != 0
+    # The VM pods moved with the VMs: each VM's target pod became its running pod on its new node,
+    # none is left on node 1 and no target pod outlived its migration.
+    pods = _vm_pods(sb, ns)
+    assert not _vm_pods_on(sb, ns, _node(1)) and len(pods) == 6, [p["metadata"]["name"] for p in pods]
+    for pod in pods:
+        vm = get_vm(sb, ns, pod["metadata"]["labels"]["failovervm.io/vm"])
+        assert pod["metadata"]["labels"]["failovervm.io/role"] == "running"
+        assert pod["spec"]["nodeName"] == vm["status"]["nodeName"]
+    assert not sb.kubectl_json("-n", "failovervm-system", "get", "pods", "-l", "failovervm.io/guard")["items"]
+    # Uncordon makes the node schedulable again.
     sb.kubectl("uncordon", _node(1))
     apply(sb, vm_manifest("back", ns, POOL, nodeSelector={"kubernetes.io/hostname": _node(1)}))
     assert wait_phase(sb, ns, "back", "Running")["status"]["nodeName"] == _node(1)
     sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+
+
+def _evict(sb: Sandbox, ns: str, pod: str) -> subprocess.CompletedProcess[str]:
+    """An Eviction API call, as cluster-autoscaler, Karpenter and `kubectl drain` make them."""
+    eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": ns}})
+    return sb.kubectl("create", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}/eviction", "-f", "-",
+                      input=eviction, check=False)
+
+
+def _empties_by_eviction(sb: Sandbox, ns: str, node: str, taint: str, names: list[str]) -> None:
+    """An autoscaler's scale-down: its taint on the node, then Eviction API calls on the node's pods.
+    The VM pods' evictions get 429 while the VMs are there; the VMs live-migrate away; then the VM
+    pods on the node are gone (the controller deleted them) and the evictions are done."""
+    pods = [p["metadata"]["name"] for p in _vm_pods(sb, ns) if p["spec"].get("nodeName") == node]
+    assert len(pods) == len(names), pods
+    for name in pods:
+        pod = sb.kubectl_json("-n", ns, "get", "pod", name)
+        assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
+        assert not any(t.get("key") == "karpenter.sh/disrupted" or (t.get("operator") == "Exists" and not t.get("key"))
+                       for t in pod["spec"].get("tolerations") or []), pod["spec"].get("tolerations")
+    sb.kubectl("taint", "node", node, taint, "--overwrite")
+    try:
+        # Taint and evictions come back to back, as from the autoscaler: the VMs are still there.
+        for name in pods:
+            first = _evict(sb, ns, name)
+            assert first.returncode != 0, f"{name} was evicted while its VM was still on the node"
+            assert "429" in first.stderr or "TooManyRequests" in first.stderr or "still runs" in first.stderr, \
+                first.stderr
+        for n in names:
+            wait_for(lambda n=n: (get_vm(sb, ns, n) or {}).get("status", {}).get("nodeName") not in (None, node)
+                     and get_vm(sb, ns, n)["status"]["phase"] == "Running", 120, what=f"{n} migrated off")
+        assert domains_on(sb, node) == []
+        # Empty now: the VM pods there are gone, so the evictions are done (404 from here on).
+        wait_for(lambda: all(_evict(sb, ns, name).returncode != 0 for name in pods)
+                 and not _vm_pods_on(sb, ns, node), 60, what="the VM pods on the node gone")
+        migs = [m for m in _migrations(sb, ns) if m["spec"]["vmName"] in names]
+        assert sorted(m["spec"]["vmName"] for m in migs) == sorted(names), "one live migration per VM"
+        assert all(m["status"]["phase"] == "Succeeded" for m in migs)
+    finally:
+        sb.kubectl("taint", "node", node, f"{taint.split('=')[0].split(':')[0]}-", check=False)
 
 
 def test_cluster_autoscaler_taint_and_evictions(operator_sandbox: Sandbox) -> None:
@@ -167,55 +227,60 @@ def test_cluster_autoscaler_taint_and_evictions(operator_sandbox: Sandbox) -> No
     ns = _ns(sb, "autoscaler")
     apply(sb, pool_manifest(POOL, sb.data["bridge"]))
     _place_on(sb, ns, _node(2), ["ca0", "ca1"], memory="1Gi")
-    guard = f"fvm-guard-{_node(2)}"
-    pod = sb.kubectl_json("-n", "failovervm-system", "get", "pod", guard)
-    assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
-    eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
-                           "metadata": {"name": guard, "namespace": "failovervm-system"}})
-    # CA marks the node for deletion, then evicts its pods: 429 while VMs are there.
-    sb.kubectl("taint", "node", _node(2), "ToBeDeletedByClusterAutoscaler=1:NoSchedule", "--overwrite")
-    try:
-        def evict() -> subprocess.CompletedProcess[str]:
-            return sb.kubectl("create", "--raw",
-                              f"/api/v1/namespaces/failovervm-system/pods/{guard}/eviction", "-f", "-",
-                              input=eviction, check=False)
-
-        # Taint and eviction come back to back, as from CA: the VMs are still there, so 429.
-        first = evict()
-        assert first.returncode != 0, "the guard pod was evicted while VMs were still on the node"
-        assert "429" in first.stderr or "TooManyRequests" in first.stderr or "still runs" in first.stderr, \
-            first.stderr
-        for n in ("ca0", "ca1"):
-            wait_for(lambda n=n: (get_vm(sb, ns, n) or {}).get("status", {}).get("nodeName") not in (None, _node(2))
-                     and get_vm(sb, ns, n)["status"]["phase"] == "Running", 120, what=f"{n} migrated off")
-        assert domains_on(sb, _node(2)) == []
-        # Empty now: the guard pod goes away and the eviction is done.
-        wait_for(lambda: evict().returncode != 0 and sb.kubectl(
-            "-n", "failovervm-system", "get", "pod", guard, check=False).returncode != 0, 60,
-            what="guard pod gone")
-    finally:
-        sb.kubectl("taint", "node", _node(2), "ToBeDeletedByClusterAutoscaler-", check=False)
+    _empties_by_eviction(sb, ns, _node(2), "ToBeDeletedByClusterAutoscaler=1:NoSchedule", ["ca0", "ca1"])
     sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
 
 
-def test_guard_pod_contract(operator_sandbox: Sandbox) -> None:
+def test_karpenter_taint_and_evictions(operator_sandbox: Sandbox) -> None:
+    """Karpenter's disruption (consolidation, drift): its taint, then evictions. Its taint counts as
+    a cordon, and VM pods never tolerate it, whatever the VM's tolerations say."""
     sb = operator_sandbox
-    ns = _ns(sb, "guard")
+    ns = _ns(sb, "karpenter")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]))
+    _place_on(sb, ns, _node(3), ["k0", "k1"], tolerations=[{"operator": "Exists"}])
+    _empties_by_eviction(sb, ns, _node(3), "karpenter.sh/disrupted:NoSchedule", ["k0", "k1"])
+    sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+
+
+def test_vm_pod_contract(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = _ns(sb, "vmpod")
     apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("g", ns, POOL))
-    node = wait_phase(sb, ns, "g", "Running")["status"]["nodeName"]
-    pod = wait_for(lambda: (r := sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}", "-o",
-                                            "json", check=False)).returncode == 0 and json.loads(r.stdout), 30,
-                   what="guard pod")
+    vm = wait_phase(sb, ns, "g", "Running")
+    node = vm["status"]["nodeName"]
+    [pod] = wait_for(lambda: _vm_pods(sb, ns) or None, 30, what="the VM pod")
     assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "true"
-    assert pod["spec"]["nodeName"] == node
+    assert pod["spec"]["nodeName"] == node  # kube-scheduler bound it; the VM runs there
     owner = pod["metadata"]["ownerReferences"][0]
-    assert owner["kind"] == "Node" and owner["controller"] is True
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "FailoverVM", "g", vm["metadata"]["uid"], True)
+    labels = pod["metadata"]["labels"]
+    assert (labels["failovervm.io/vm"], labels["failovervm.io/vm-uid"], labels["failovervm.io/role"]) == (
+        "g", vm["metadata"]["uid"], "running")
+    c = pod["spec"]["containers"][0]
+    # 1 vCPU and 32Mi of guest memory, plus the default per-VM overhead, and one VF of the pool.
+    assert c["resources"]["requests"] == {"cpu": "1100m", "memory": "192Mi", f"vf.failovervm.io/{POOL}": "1"}
+    assert c["command"] == ["failovervm", "hold"]
+    assert c["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["readOnlyRootFilesystem"] is True
+    # No kubelet in the sandbox: bound, never running, and nothing waits for it to run.
+    assert pod["status"]["phase"] == "Pending"
     assert not sb.kubectl_json("get", "poddisruptionbudgets", "-A")["items"], "no PDBs are used"
+    assert not sb.kubectl_json("-n", "failovervm-system", "get", "pods", "-l", "failovervm.io/guard")["items"]
     for n in sb.kubectl_json("get", "nodes")["items"]:
         assert not n["metadata"].get("finalizers"), "the operator must never put finalizers on Nodes"
+    # Deleted behind the operator's back: a new pod, bound to the VM's node, and the VM keeps running.
+    sb.kubectl("-n", ns, "delete", "pod", pod["metadata"]["name"], "--wait=false")
+    again = wait_for(lambda: [p for p in _vm_pods(sb, ns) if p["metadata"]["uid"] != pod["metadata"]["uid"]]
+                     or None, 30, what="the VM pod recreated")
+    assert [p["spec"]["nodeName"] for p in again] == [node]
+    assert events(sb, ns, "VMPodCreated")
+    domain = get_vm(sb, ns, "g")["status"]["domain"]["name"]
+    conn = libvirt_conn(sb, node)
+    try:
+        assert conn.lookupByName(domain).isActive()
+    finally:
+        conn.close()
     sb.kubectl("delete", "namespace", ns, "--timeout=120s")
-    wait_for(lambda: sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}",
-                                check=False).returncode != 0, 30, what="guard pod removed with the last VM")
 
 
 def test_manual_migration_with_and_without_target(operator_sandbox: Sandbox) -> None:
@@ -453,17 +518,22 @@ def test_no_target_with_a_free_vf_keeps_drain_waiting(operator_sandbox: Sandbox)
         assert res.returncode != 0, "drain must keep waiting while a VM cannot leave"
         # 60 s: should the evacuation's migration vanish (CI once saw none), the 30 s sweep releases
         # the VM's stale lock and the next node sweep starts a new one; the drain must still show it.
+        # kube-scheduler cannot bind the target pod: node 2's VFs are all held by the fillers' pods.
         mig = wait_for(lambda: next((m for m in _migrations(sb, ns) if m["spec"]["vmName"] == "x"
-                                     and (m.get("status") or {}).get("reason") == "NoFreeVF"), None), 60,
-                       what="migration waiting with reason NoFreeVF", fail=False)
+                                     and (m.get("status") or {}).get("reason") == "Unschedulable"), None), 60,
+                       what="migration waiting with reason Unschedulable", fail=False)
         if not mig:
             # Everything that explains a missing evacuation (CI once saw none at all).
             node3 = sb.kubectl_json("get", "node", _node(3))
             seen = [(e["reason"], e["message"]) for e in sb.kubectl_json("-n", ns, "get", "events")["items"]]
-            pytest.fail(f"no NoFreeVF migration: {[m.get('status') for m in _migrations(sb, ns)]}; "
+            pytest.fail(f"no Unschedulable migration: {[m.get('status') for m in _migrations(sb, ns)]}; "
                         f"x.status.migration={(get_vm(sb, ns, 'x').get('status') or {}).get('migration')}; "
                         f"node spec={node3.get('spec')}; events={seen}", pytrace=False)
-        assert mig["status"]["phase"] == "Scheduling" and "free VF" in mig["status"]["message"]
+        assert mig["status"]["phase"] == "Scheduling", mig["status"]
+        assert "Insufficient vf.failovervm.io/tight" in mig["status"]["message"], mig["status"]
+        [target] = _vm_pods(sb, ns, "target")
+        cond = next(c for c in target["status"]["conditions"] if c["type"] == "PodScheduled")
+        assert (cond["status"], cond["reason"]) == ("False", "Unschedulable")  # what an autoscaler scales up for
         vm = get_vm(sb, ns, "x")
         assert vm["status"]["nodeName"] == _node(3) and vm["status"]["phase"] == "Running"
         assert vm["status"]["vf"]["claimName"] == claim_before

@@ -41,6 +41,10 @@ def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_san
         marked = wait_for(lambda: (v := get_vm(sb, ns, "crash")) and (c := condition(v, CONDITION))
                           and c["status"] == "False" and v, 60, what="NodeHealthy=False")
         assert marked["status"]["nodeName"] == node and marked["status"]["phase"] == "Running"
+        # Its pod stays on the unready node (VM pods tolerate not-ready and unreachable): the VM may
+        # still run there.
+        assert [p["spec"].get("nodeName") for p in sb.kubectl_json(
+            "-n", ns, "get", "pods", "-l", "failovervm.io/vm=crash")["items"]] == [node]
         assert "out-of-service" in condition(marked, CONDITION)["message"]
         assert condition(marked, "Ready")["status"] == "Unknown"  # nobody can vouch for it now
         header, row = sb.kubectl("-n", ns, "get", "fvm", "crash").stdout.splitlines()[:2]
@@ -60,9 +64,11 @@ def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_san
         # The old node's VF went back to its pool: one claim, on the new node.
         wait_for(lambda: [c["spec"]["node"] for c in claims(sb) if c["spec"]["owner"]["name"] == "crash"] == [new],
                  60, what="the fenced node's VF claim released")
-        # With no VM left the fenced node's guard pod goes, so a drain of the dead node completes.
-        wait_for(lambda: sb.kubectl("-n", "failovervm-system", "get", "pod", f"fvm-guard-{node}",
-                                    check=False).returncode != 0, 60, what="the guard pod removed")
+        # The VM's pod went with it: none is left on the fenced node (so a drain of the dead node
+        # completes), and its pod is on the new node.
+        wait_for(lambda: [p["spec"].get("nodeName") for p in sb.kubectl_json(
+            "-n", ns, "get", "pods", "-l", "failovervm.io/vm=crash")["items"]] == [new], 60,
+            what="the VM's pod only on the new node")
     finally:
         res = _cli("sandbox", "node-up", *state, node)
         sb.kubectl("taint", "node", node, f"{OUT_OF_SERVICE_TAINT}-", check=False)

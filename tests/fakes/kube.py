@@ -261,16 +261,8 @@ class FakeKube(VMMetadataEdits, Failures):
         return self._patch("nodes", self.nodes, name, body)
 
     @api
-    def ensure_pod(self, body: dict[str, Any]) -> bool:
-        key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        if key in self.pods:
-            return False
-        self._create("pods", self.pods, key, body)
-        return True
-
-    @api
-    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None) -> bool:
-        return self.pods.pop((namespace, name), None) is not None
+    def delete_pod(self, namespace: str, name: str, grace_period: int | None = None, uid: str | None = None) -> bool:
+        return self._delete(self.pods, (namespace, name), uid)
 
     # -- Events --------------------------------------------------------------------------------
     def event(self, obj: Mapping[str, Any], reason: str, note: str, *, type_: str = "Normal",
@@ -385,7 +377,7 @@ class FakeKube(VMMetadataEdits, Failures):
         return True
 
     # -- Node status (the agent's extended resources) ------------------------------------------
-    @failable
+    @api
     def patch_node_status(self, name: str, body: dict[str, Any]) -> Obj | None:
         """PATCH nodes/{name}/status (merge patch): only `status` changes, None removes a key. Like the
         API server, an extended resource (a domain-qualified name outside kubernetes.io) in
@@ -402,6 +394,48 @@ class FakeKube(VMMetadataEdits, Failures):
         new = copy.deepcopy(cur)
         new["status"] = status
         return self._store("nodes", self.nodes, name, new)
+    # -- Pods (VM pods) ------------------------------------------------------------------------
+    @api
+    def create_pod(self, body: dict[str, Any]) -> Obj:
+        """POST a pod: 409 AlreadyExists when the name is taken (fail("create_pod", ...) stands for
+        an admission refusal such as a ResourceQuota's 403). Unbound pods start Pending."""
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if key in self.pods:
+            raise _api_error(409, "AlreadyExists")
+        new = copy.deepcopy(body)
+        new["metadata"].setdefault("creationTimestamp", now_iso())
+        new.setdefault("status", {"phase": "Pending"})
+        return copy.deepcopy(self._create("pods", self.pods, key, new))
+
+    @api
+    def get_pod(self, namespace: str, name: str) -> Obj | None:
+        return self._get(self.pods, (namespace, name))
+
+    @api
+    def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
+        return [p for p in self._list(self.pods, label_selector)
+                if namespace is None or p["metadata"]["namespace"] == namespace]
+
+    @api
+    def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> Obj | None:
+        if (namespace, name) not in self.pods:
+            return None
+        return self._patch("pods", self.pods, (namespace, name), body)
+
+    # What kube-scheduler does to a pod (test controls, not part of KubeAPI).
+    def bind_pod(self, namespace: str, name: str, node: str) -> Obj:
+        """kube-scheduler binds the pod to `node`."""
+        pod = self.pods[namespace, name]
+        pod["spec"]["nodeName"] = node
+        pod.setdefault("status", {})["conditions"] = [{"type": "PodScheduled", "status": "True"}]
+        return self._store("pods", self.pods, (namespace, name), pod)
+
+    def pod_unschedulable(self, namespace: str, name: str, message: str) -> Obj:
+        """kube-scheduler found no node for the pod."""
+        pod = self.pods[namespace, name]
+        pod.setdefault("status", {})["conditions"] = [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]
+        return self._store("pods", self.pods, (namespace, name), pod)
 
 
 _: KubeAPI = FakeKube()

@@ -106,6 +106,9 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "require-failover-ready": ("--set", "controller.requireFailoverReady=true"),
     "migration-history": ("--set", "controller.migrationHistory=0"),
     "handover-timeout": ("--set", "controller.migrationHandoverTimeoutSeconds=0"),
+    "vm-pods": ("--set", "image.digest=sha256:" + "a" * 64, "--set", "controller.vmPods.overhead.cpu=250m",
+                "--set", "controller.vmPods.overhead.memory=0.5Gi"),
+    "vm-pod-image": ("--set", "controller.vmPods.image=registry.example/holder:1"),
 }
 
 
@@ -166,13 +169,14 @@ def rules_of(role: Doc) -> dict[tuple[str, str], set[str]]:
 CONTROLLER_RULES = {
     ("failovervm.io", "failovervms"): {"get", "list", "watch", "patch", "update"},
     ("failovervm.io", "failovervms/status"): {"get", "update", "patch"},
+    ("failovervm.io", "failovervms/finalizers"): {"update"},
     ("failovervm.io", "failovervmmigrations"): {"get", "list", "watch", "create", "delete", "patch", "update"},
     ("failovervm.io", "failovervmmigrations/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfpools"): {"get", "list", "watch", "patch"},
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
     ("", "nodes"): {"get", "list", "watch"},
-    ("", "pods"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
@@ -267,6 +271,8 @@ def test_controller_command(render: Render) -> None:
         "--webhook-host", "0.0.0.0", "--webhook-port", "9443", "--webhook-cert-dir", "/certs",
         "--webhook-unmanaged", "--namespace", NAMESPACE, "--metrics-port", "8080", "--health-port", "8081",
         "--migration-history", "5", "--migration-handover-timeout", "120",
+        "--vm-pod-image", "ghcr.io/failovervm/failovervm-operator:0.1.0",
+        "--vm-overhead-cpu", "100m", "--vm-overhead-memory", "160Mi",
     ]
 
 
@@ -289,6 +295,11 @@ def test_commands_are_accepted_by_the_cli(render: Render, scenario: str) -> None
     assert args.require_failover_ready is (scenario == "require-failover-ready")
     assert args.migration_history == (0 if scenario == "migration-history" else 5)
     assert args.migration_handover_timeout == (0 if scenario == "handover-timeout" else 120)
+    # The VM pods' holder is the controller's own image unless told otherwise.
+    assert args.vm_pod_image == ("registry.example/holder:1" if scenario == "vm-pod-image"
+                                 else container(one(docs, "Deployment"))["image"])
+    assert (args.vm_overhead_cpu, args.vm_overhead_memory) == (
+        ("250m", "0.5Gi") if scenario == "vm-pods" else ("100m", "160Mi"))
 
     ag = agent_argv(docs)
     assert ag[0] == "failovervm"
@@ -449,7 +460,7 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
     pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= pod_labels.items(), "the Service selects the controller pods"
     hooks = webhooks_by_name(docs)
-    assert set(hooks) == ({"failovervm-validate.failovervm.io", "guard-pod-eviction.failovervm.io"}
+    assert set(hooks) == ({"failovervm-validate.failovervm.io", "vm-pod-eviction.failovervm.io"}
                           if eviction_guard else {"failovervm-validate.failovervm.io"})
     validate = hooks["failovervm-validate.failovervm.io"]
     assert validate["clientConfig"]["service"] == {"name": svc["metadata"]["name"], "namespace": NAMESPACE,
@@ -461,26 +472,42 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
     assert validate["sideEffects"] == "None"
     assert validate["admissionReviewVersions"] == ["v1"]
     if eviction_guard:
-        guard = hooks["guard-pod-eviction.failovervm.io"]
-        assert guard["clientConfig"]["service"]["path"] == "/guard-pod-eviction"
-        assert guard["clientConfig"]["service"]["name"] == svc["metadata"]["name"]
-        assert guard["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+        evict = hooks["vm-pod-eviction.failovervm.io"]
+        assert evict["clientConfig"]["service"]["path"] == "/vm-pod-eviction"
+        assert evict["clientConfig"]["service"]["name"] == svc["metadata"]["name"]
+        assert evict["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
                                    "resources": ["pods/eviction"], "scope": "Namespaced"}]
-        # Fail closed, but only for guard pods: the operator's namespace and the guard pod names.
-        assert guard["failurePolicy"] == "Fail"
-        assert guard["sideEffects"] == "NoneOnDryRun"
-        assert guard["admissionReviewVersions"] == ["v1"]
-        assert "objectSelector" not in guard
-        assert guard["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
-        assert guard["matchConditions"] == [{"name": "guard-pods-only",
-                                             "expression": "request.name.startsWith('fvm-guard-')"}]
+        # Fail closed, but only for pods named like VM pods, in any namespace but kube-system (VM pods
+        # live in the VMs' namespaces).
+        assert evict["failurePolicy"] == "Fail"
+        assert evict["sideEffects"] == "NoneOnDryRun"
+        assert evict["admissionReviewVersions"] == ["v1"]
+        assert "objectSelector" not in evict
+        assert evict["namespaceSelector"] == {"matchExpressions": [
+            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
+        assert evict["matchConditions"] == [{"name": "vm-pods-only",
+                                             "expression": "request.name.startsWith('fvm-')"}]
+
+
+def test_the_sandbox_registers_the_charts_webhooks() -> None:
+    """The sandbox's registration (operator_procs) routes the same requests as the chart's."""
+    from failovervm_sandbox.operator_procs import webhook_configuration
+
+    sandbox = {w["name"]: w for w in webhook_configuration(9443, b"ca", NAMESPACE)["webhooks"]}
+    evict = sandbox["vm-pod-eviction.failovervm.io"]
+    assert evict["clientConfig"]["url"].endswith("/vm-pod-eviction")
+    assert evict["matchConditions"] == [{"name": "vm-pods-only", "expression": "request.name.startsWith('fvm-')"}]
+    assert evict["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
+    assert (evict["failurePolicy"], evict["sideEffects"]) == ("Fail", "NoneOnDryRun")
+    assert set(sandbox) == {"failovervm-validate.failovervm.io", "vm-pod-eviction.failovervm.io"}
 
 
 def test_webhook_path_is_kopfs() -> None:
     """Kopf serves a validating handler at /<handler id>; the chart's path must be that id."""
     text = (REPO / "operator" / "failovervm" / "controller" / "main.py").read_text()
     assert re.search(r'@kopf\.on\.validate\([^)]*id="failovervm-validate"', text)
-    assert re.search(r'id="guard-pod-eviction"', text)
+    assert re.search(r'@kopf\.on\.validate\([^)]*id="vm-pod-eviction"', text)
 
 
 def verify_signed_by(cert: x509.Certificate, ca: x509.Certificate) -> None:
@@ -582,9 +609,13 @@ def test_crd_upgrade_is_documented() -> None:
     (("--set", "controller.bogus=1"), "bogus"),
     (("--set", "controller.migrationHistory=-1"), "migrationHistory"),
     (("--set", "controller.migrationHandoverTimeoutSeconds=-5"), "migrationHandoverTimeoutSeconds"),
+    (("--set", "controller.vmPods.overhead.memory=lots"), "memory"),
+    (("--set", "controller.vmPods.overhead.cpu=-1"), "cpu"),
+    (("--set", "controller.vmPods.bogus=1"), "bogus"),
 ], ids=["replicas-0", "replicas-string", "storage-roots-empty", "storage-root-relative", "tcp-not-allowed",
         "bad-transport", "unknown-top-level-key", "bad-pull-policy", "standalone-replicas", "bad-bool",
-        "unknown-nested-key", "negative-history", "negative-handover-timeout"])
+        "unknown-nested-key", "negative-history", "negative-handover-timeout", "bad-overhead-memory",
+        "negative-overhead-cpu", "unknown-vm-pods-key"])
 def test_schema_rejects(helm: Path, args: tuple[str, ...], field: str) -> None:
     res = run_helm(helm, *args)
     assert res.returncode != 0, f"{args} rendered"

@@ -1,5 +1,5 @@
-"""The controller's admission webhooks: FailoverVM validation, and the eviction of the drain guard
-pods (refused while the node still runs FailoverVMs).
+"""The controller's admission webhooks: FailoverVM validation, and the eviction of VM pods (refused
+while the VM still runs on the pod's node, which starts its live migration).
 
 Both run their blocking work on the context's admission pool, never in a handler thread: the
 controller's own writes (labels, finalizers) pass through the FailoverVM webhook while handler
@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from failovervm import labels, vmpod
 from failovervm.controller import evacuation
 from failovervm.controller.context import ControllerContext
-from failovervm.controller.guard import GUARD_PREFIX
 from failovervm.validation import validate_vm
 
 
@@ -38,25 +38,53 @@ def _validate_vm_sync(ctx: ControllerContext, body: Mapping[str, Any]) -> list[s
     )
 
 
-async def guard_pod_eviction(ctx: ControllerContext, name: str | None, namespace: str | None,
-                             dryrun: bool) -> str | None:
-    """Why the eviction of a guard pod must wait (None: allow it, or not a guard pod at all)."""
-    if namespace != ctx.settings.namespace or not name or not name.startswith(GUARD_PREFIX):
+async def vm_pod_eviction(ctx: ControllerContext, name: str | None, namespace: str | None,
+                          dryrun: bool) -> str | None:
+    """Why the eviction of a VM pod must wait (HTTP 429, so `kubectl drain`, cluster-autoscaler and
+    Karpenter retry), or None: allow it (also for any pod that is not a VM's)."""
+    if not name or not namespace:
         return None
-    node_name = name[len(GUARD_PREFIX):]
-    remaining = await asyncio.get_running_loop().run_in_executor(
-        ctx.admission, _guard_check, ctx, node_name, name, dryrun)
-    if remaining:
-        return f"node {node_name} still runs {remaining} FailoverVM(s); they are being live-migrated away"
-    return None
+    return await asyncio.get_running_loop().run_in_executor(
+        ctx.admission, _vm_pod_eviction, ctx, namespace, name, dryrun)
 
 
-def _guard_check(ctx: ControllerContext, node_name: str, pod_name: str, dryrun: bool) -> int:
-    remaining = evacuation.node_has_vms(ctx, node_name)
-    evacuation.reconcile_node(ctx, node_name)  # the attempt itself starts the evacuation
-    if not remaining and not dryrun:
-        # Empty: remove the guard pod now with grace period 0 (a graceful delete waits for a kubelet
-        # to confirm) and allow the eviction: it then finds the pod gone, which drain counts as done.
-        ctx.kube.delete_pod(ctx.settings.namespace, pod_name, grace_period=0)
-        ctx.guards.forget(node_name)
-    return remaining
+# Phases of a placed VM whose domain is not running and is not about to: its pod's eviction is let
+# through at once, and the VM is released from the node (the agent undefines the domain).
+NOT_RUNNING = frozenset({"Stopped", "Failed"})
+
+
+def _vm_pod_eviction(ctx: ControllerContext, namespace: str, name: str, dryrun: bool) -> str | None:
+    """The eviction answer. What counts is the VM's status as the operator wrote it (status.nodeName,
+    phase, migration), never a label: the pod's node is where kube-scheduler or the operator bound it.
+
+    - not a VM's pod, unbound, or its VM is elsewhere (it has left, or never ran there): allow;
+    - a target pod while a migration to its node is under way: wait (the VM then leaves again);
+    - the VM is stopped or failed there: allow, and release the VM from the node (a stopped or
+      failed VM never holds up a drain);
+    - the VM runs there: wait, and start its live migration (or its shutdown with evictionStrategy
+      Shutdown), as the node's evacuation does. Once it has left, the controller deletes the pod
+      itself, and the next retry finds it gone."""
+    kube = ctx.kube
+    pod = kube.get_pod(namespace, name)
+    if pod is None:
+        return None
+    vm_name = ((pod["metadata"].get("labels") or {}).get(labels.VM_LABEL))
+    vm = kube.get_vm(namespace, str(vm_name)) if vm_name else None
+    node = vmpod.node_of(pod)
+    if vm is None or node is None or not vmpod.owned_by(pod, vm) or vm["metadata"].get("deletionTimestamp"):
+        return None
+    status = vm.get("status") or {}
+    key = f"FailoverVM {namespace}/{vm['metadata']['name']}"
+    lock = status.get("migration") or {}
+    if status.get("nodeName") != node:
+        if vmpod.role_of(pod) == labels.ROLE_TARGET and lock.get("targetNode") == node:
+            return (f"{key} is being live-migrated to node {node} (migration {lock.get('name')}); once it has "
+                    "arrived it is migrated away again")
+        return None
+    if status.get("phase") in NOT_RUNNING and not lock:
+        if not dryrun:
+            evacuation.release_stopped(ctx, vm, node)
+        return None
+    why = "" if dryrun else evacuation.evict_vm(ctx, vm, node, name)
+    return (f"{key} still runs on node {node}; it is being moved away (live migration, or shutdown with "
+            f"evictionStrategy Shutdown), retry{f': waiting, {why}' if why else ''}")

@@ -1,6 +1,6 @@
 """Everything the controller's domain functions share, in one explicit object: the settings,
-the Kube adapter, and the process-wide state (locks, guard pod cache, sweep times, the
-admission thread pool). `failovervm controller` builds one; Kopf hands it to every handler
+the Kube adapter, and the process-wide state (locks, the VM pod index and pod retries, sweep
+times, the admission thread pool). `failovervm controller` builds one; Kopf hands it to every handler
 through its memo; tests build their own."""
 
 from __future__ import annotations
@@ -9,10 +9,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from failovervm.controller.guard import Guards
 from failovervm.controller.locks import Locks
+from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
+from failovervm.vmpod import PodSettings
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,9 @@ class ControllerSettings:
     pending_retry_seconds: float = 3.0
     claim_gc_grace_seconds: float = 60.0
     namespace: str = "failovervm-system"
-    guard_image: str = "registry.k8s.io/pause:3.10"
     limits: Limits = field(default_factory=Limits)
+    # How VM pods are built: the holder image and the per-VM overhead on top of the guest.
+    vm_pod: PodSettings = field(default_factory=PodSettings)
     # Refuse migrations of VMs whose guest has not negotiated failover (FailoverReady != True)
     # unless the VM's spec.requireFailoverReady says otherwise. Default: run them with a warning.
     require_failover_ready: bool = False
@@ -41,6 +43,8 @@ class SweepTimes:
 
     node: float = 0.0
     claims: float = 0.0
+    # Whether the drain guard pods of an earlier version were looked for (once per process).
+    guards_removed: bool = False
 
 
 def _admission_pool() -> ThreadPoolExecutor:
@@ -60,7 +64,11 @@ class ControllerContext:
     sweeps: SweepTimes = field(default_factory=SweepTimes)
     # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
     admission: ThreadPoolExecutor = field(default_factory=_admission_pool)
-    guards: Guards = field(init=False)
+    # The VM pods by VM uid: Kopf's in-memory index once a handler bound it (controller.main), until
+    # then (and in tests) the API itself.
+    pods: PodIndex = field(init=False)
+    # VMs whose pod the API server refused: when to try again.
+    pod_retries: Retries = field(default_factory=Retries)
 
     def __post_init__(self) -> None:
-        self.guards = Guards(self.kube, self.settings.namespace, self.settings.guard_image)
+        self.pods = ListedPods(self.kube)

@@ -18,14 +18,16 @@ from typing import Any
 
 import kopf
 
-from failovervm import API_GROUP, API_VERSION, webhookcerts
+from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
-from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vms
+from failovervm import labels as fvm_labels
+from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vmpods, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
-from failovervm.labels import CONTROLLER_FINALIZER, KOPF_ANNOTATION_PREFIX, PEERING_NAME
+from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
+from failovervm.vmpod import PodSettings
 
 log = logging.getLogger(__name__)
 FVM = (API_GROUP, API_VERSION, "failovervms")
@@ -47,7 +49,9 @@ class ControllerArgs:
     namespace: str = "failovervm-system"
     parallel_migrations_per_cluster: int = 5
     parallel_outbound_migrations_per_node: int = 2
-    guard_image: str = "registry.k8s.io/pause:3.10"
+    vm_pod_image: str = DEFAULT_IMAGE
+    vm_overhead_cpu: str = "100m"
+    vm_overhead_memory: str = "160Mi"
     log_format: str = "text"
     require_failover_ready: bool = False
     migration_history: int = 5
@@ -58,7 +62,8 @@ def controller_settings(args: ControllerArgs) -> ControllerSettings:
     return ControllerSettings(
         storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
         namespace=args.namespace,
-        guard_image=args.guard_image,
+        vm_pod=PodSettings(image=args.vm_pod_image, overhead_cpu=args.vm_overhead_cpu,
+                           overhead_memory=args.vm_overhead_memory),
         require_failover_ready=args.require_failover_ready,
         migration_history=args.migration_history,
         handover_timeout_seconds=args.handover_timeout_seconds,
@@ -94,10 +99,15 @@ def run(args: ControllerArgs) -> int:
 
 
 # -- the operator itself -------------------------------------------------------------------------
-def _ctx(memo: kopf.Memo) -> ControllerContext:
-    """The context `run` put into the memo (every handler's memo is a shallow copy of it)."""
+def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerContext:
+    """The context `run` put into the memo (every handler's memo is a shallow copy of it). Kopf
+    hands its indices to every handler as keyword arguments: the first one seen binds the VM pod
+    index to the context (it is the same object for the operator's whole life)."""
     ctx = memo.ctx
     assert isinstance(ctx, ControllerContext)
+    index = (indices or {}).get("vm_pods")
+    if index is not None and not isinstance(ctx.pods, vmpods.IndexedPods):
+        ctx.pods = vmpods.IndexedPods(index)
     return ctx
 
 
@@ -132,38 +142,45 @@ def _unplaced(*, status: kopf.Status, **_: Any) -> bool:
 
 @kopf.on.event(*FVM)
 def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
-                memo: kopf.Memo, **_: Any) -> None:
-    if namespace is None or type == "DELETED" or meta.get("deletionTimestamp") or status.get("nodeName"):
+                body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    if namespace is None or type == "DELETED" or meta.get("deletionTimestamp"):
         return
-    outcome = vms.ensure_scheduled(_ctx(memo), namespace, name)
-    log.debug("scheduling %s/%s: %s", namespace, name, outcome)
+    ctx = _ctx(memo, kw)
+    if status.get("nodeName"):
+        # Placed: it has its pod on its node (also what creates the pods of VMs that ran before this
+        # version, when the controller starts: Kopf lists every VM first). In-memory unless a pod is missing.
+        outcome = vms.ensure_pod_of_placed(ctx, dict(body))
+    else:
+        outcome = vms.ensure_scheduled(ctx, namespace, name)
+    log.debug("%s/%s: %s", namespace, name, outcome)
 
 
 @kopf.timer(*FVM, interval=3.0, initial_delay=3.0, when=_unplaced)
-def retry_pending(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """Capacity may have appeared (a VM deleted, a node added, a pool grown): try again."""
-    vms.ensure_scheduled(_ctx(memo), namespace or "", name)
+def retry_pending(*, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any) -> None:
+    """The VM pod's state may have changed without an event reaching us, a back-off may have ended
+    (a refused pod), the pool may have appeared: look again."""
+    vms.ensure_scheduled(_ctx(memo, kw), namespace or "", name)
 
 
 @kopf.on.delete(*FVM)
-def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **_: Any) -> None:
+def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **kw: Any) -> None:
     try:
-        vms.finalize(_ctx(memo), namespace or "", name, uid)
+        vms.finalize(_ctx(memo, kw), namespace or "", name, uid)
     except vms.StillDeleting as exc:
         raise kopf.TemporaryError(str(exc), delay=2) from None
 
 
 @kopf.timer(*POOL, interval=3.0)
-def pool_status(*, name: str, memo: kopf.Memo, **_: Any) -> None:
+def pool_status(*, name: str, memo: kopf.Memo, **kw: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
-    the nodes (guard pods, evacuation, node health) and, every 30 s, orphaned VFClaims, migration
+    the nodes (evacuation, displaced VMs, node health) and, every 30 s, orphaned VFClaims, VM pods, migration
     history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
     controller watched.
 
     The node sweep hangs off the VFPool timers because Kopf puts a finalizer on every object a
     timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
     objects Helm installs. No pool means no VM, so nothing to sweep then."""
-    ctx = _ctx(memo)
+    ctx = _ctx(memo, kw)
     vms.refresh_pool_status(ctx, name)
     sweeps.tick(ctx)
 
@@ -172,9 +189,32 @@ def pool_status(*, name: str, memo: kopf.Memo, **_: Any) -> None:
 async def validate_failovervm(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     # Async on purpose: admission must never wait for a handler thread, because the controller's
     # own writes (labels, finalizers) pass through this webhook while handler threads wait on them.
-    errors = await admission.validate_failovervm(_ctx(memo), body, kwargs.get("operation"), kwargs.get("old"))
+    errors = await admission.validate_failovervm(_ctx(memo, kwargs), body, kwargs.get("operation"), kwargs.get("old"))
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+# -- VM pods ---------------------------------------------------------------------------------------
+# Kopf watches all pods (it has no server-side label selector) and keeps those with a
+# failovervm.io/vm-uid label. Neither handler writes to pods, so Kopf puts nothing on them.
+@kopf.index("", "v1", "pods", labels={fvm_labels.VM_UID_LABEL: kopf.PRESENT})
+def vm_pods(*, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]]:
+    """{vm uid: pod summary}: the VM pods in memory (Kopf fills it before any handler runs)."""
+    return {str(labels[fvm_labels.VM_UID_LABEL]): vmpod.summary(body)}
+
+
+@kopf.on.event("", "v1", "pods", labels={fvm_labels.VM_UID_LABEL: kopf.PRESENT})
+def on_vm_pod_event(*, type: str, body: kopf.Body, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo,
+                    **kw: Any) -> None:
+    """kube-scheduler bound a VM pod or found it unschedulable, or a pod was deleted: act on its VM
+    (a running pod) or its migration (a target pod)."""
+    ctx = _ctx(memo, kw)
+    if labels.get(fvm_labels.ROLE_LABEL) == fvm_labels.ROLE_TARGET:
+        if namespace and labels.get(fvm_labels.MIGRATION_LABEL):
+            migrations.advance(ctx, namespace, str(labels[fvm_labels.MIGRATION_LABEL]))
+        return
+    outcome = vms.on_running_pod_event(ctx, type, dict(body))
+    log.debug("VM pod %s/%s %s: %s", namespace, body.get("metadata", {}).get("name"), type, outcome)
 
 
 # -- FailoverVMMigration -----------------------------------------------------------------------
@@ -185,10 +225,10 @@ def _active(*, status: kopf.Status, **_: Any) -> bool:
 
 @kopf.on.event(*FVMM)
 def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kopf.Meta, status: kopf.Status,
-                       memo: kopf.Memo, **_: Any) -> None:
+                       memo: kopf.Memo, **kw: Any) -> None:
     if type == "DELETED" or meta.get("deletionTimestamp") or namespace is None:
         return
-    ctx = _ctx(memo)
+    ctx = _ctx(memo, kw)
     phase = migrations.advance(ctx, namespace, name)
     source = status.get("sourceNode")
     if phase in ("Succeeded", "Failed", "Aborted") and source:
@@ -197,22 +237,22 @@ def on_migration_event(*, type: str, name: str, namespace: str | None, meta: kop
 
 
 @kopf.timer(*FVMM, interval=1.0, when=_active)
-def drive_migration(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    migrations.advance(_ctx(memo), namespace or "", name)
+def drive_migration(*, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any) -> None:
+    migrations.advance(_ctx(memo, kw), namespace or "", name)
 
 
 @kopf.on.delete(*FVMM)
-def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any) -> None:
     try:
-        migrations.on_delete(_ctx(memo), namespace or "", name)
+        migrations.on_delete(_ctx(memo, kw), namespace or "", name)
     except migrations.WaitForAgent as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from None
 
 
-# -- Nodes: drain guard pods and evacuation -------------------------------------------------------
+# -- Nodes: evacuation, node failure, and the eviction of VM pods ------------------------------------
 @kopf.on.event("", "v1", "nodes")
-def on_node_event(*, type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    ctx = _ctx(memo)
+def on_node_event(*, type: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+    ctx = _ctx(memo, kw)
     if type != "DELETED":
         evacuation.reconcile_node(ctx, name)
     elif name:
@@ -220,12 +260,12 @@ def on_node_event(*, type: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         recovery.release_all(ctx, name, None)
 
 
-@kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="guard-pod-eviction",
+@kopf.on.validate("", "v1", "pods", subresource="eviction", operations=["CREATE"], id="vm-pod-eviction",
                   ignore_failures=True)
-async def guard_pod_eviction(*, name: str | None, namespace: str | None, memo: kopf.Memo, dryrun: bool = False,
-                             **_: Any) -> None:
-    """`kubectl drain` and cluster-autoscaler evict the node's guard pod: answer 429 (retry) while
-    FailoverVMs are still on the node. Any other pod's eviction is none of our business."""
-    refusal = await admission.guard_pod_eviction(_ctx(memo), name, namespace, dryrun)
+async def vm_pod_eviction(*, name: str | None, namespace: str | None, memo: kopf.Memo, dryrun: bool = False,
+                          **kw: Any) -> None:
+    """`kubectl drain`, cluster-autoscaler and Karpenter evict the node's VM pods: answer 429 (retry)
+    while the VM still runs there, and move it away. Any other pod's eviction is allowed."""
+    refusal = await admission.vm_pod_eviction(_ctx(memo, kw), name, namespace, dryrun)
     if refusal:
         raise kopf.AdmissionError(refusal, code=429)

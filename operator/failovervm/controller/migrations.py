@@ -1,6 +1,8 @@
 """The FailoverVMMigration driver (the controller's side of the state machine in
-failovervm.migration): lock the VM, reserve a target VF, hand the migration to the source
-node's agent (and take it back after the handover timeout), clean up, abort on deletion."""
+failovervm.migration): lock the VM, reserve the target through kube-scheduler (a target VM pod,
+then a VF on the node it is bound to), hand the migration to the source node's agent (and take it
+back after the handover timeout), clean up (the target pod becomes the running one, or goes),
+abort on deletion."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, guestfailover
+from failovervm import conditions, guestfailover, labels, vmpod
 from failovervm import migration as mg
+from failovervm.controller import vmpods
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, release_untaken, update_vm_migration
 from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
-from failovervm.placement import Claimed, place
+from failovervm.placement import Claimed, claim_on_node
 from failovervm.scheduling import Unschedulable
 
 log = logging.getLogger(__name__)
@@ -128,7 +131,7 @@ def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> s
     if not gate.ready and gate.message not in warnings:
         warnings.append(gate.message)
     set_phase(ctx, mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
-              message="looking for a target node with a free VF", conditions=fo_conds,
+              message="asking kube-scheduler for a target node (target VM pod)", conditions=fo_conds,
               warnings=warnings or None, failoverPolicy=gate.policy)
     kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
     if not gate.ready:
@@ -165,32 +168,89 @@ def _check_handover(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, A
 
 
 def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
+    """Scheduling: the target VM pod (kept off the source node, or pinned to spec.targetNode) asks
+    kube-scheduler for a node; once it is bound, a VF of the pool is claimed on that node. While the
+    pod cannot be bound the migration waits here with kube-scheduler's message (the pending pod is
+    also what an autoscaler adds a node for)."""
     kube = ctx.kube
     _ns, name = _key(mig)
     source = str((mig.get("status") or {}).get("sourceNode") or (vm.get("status") or {}).get("nodeName") or "")
-    result = place(kube, vm, exclude_nodes={source}, target_node=mig["spec"].get("targetNode"),
-                   purpose="MigrationTarget", migration=name)
+    pool_name = str(((vm.get("spec") or {}).get("network") or {}).get("pool", ""))
+    pool = kube.get_pool(pool_name) if pool_name else None
+    if pool is None:
+        return _no_target(ctx, mig, Unschedulable("NoMatchingNode", f"VFPool {pool_name!r} does not exist"))
+    pod = _target_pod(ctx, mig, vm, pool, source)
+    if isinstance(pod, Unschedulable):
+        return _no_target(ctx, mig, pod)
+    node = vmpod.node_of(pod)
+    if node is None:
+        message = vmpod.unschedulable(pod)
+        if message is not None:
+            return _no_target(ctx, mig, Unschedulable("Unschedulable", message))
+        waiting = f"waiting for kube-scheduler to bind target pod {vmpods.describe(pod)}"
+        return _no_target(ctx, mig, Unschedulable("WaitingForScheduler", waiting), event=False)
+    result = (Unschedulable("NoMatchingNode", f"the target pod was bound to the source node {node}") if node == source
+              else claim_on_node(kube, vm, pool, node, purpose="MigrationTarget", migration=name))
     if isinstance(result, Unschedulable):
-        st = mig.get("status") or {}
-        if st.get("reason") != result.reason or st.get("message") != result.message:
-            set_phase(ctx, mig, mg.SCHEDULING, reason=result.reason, message=result.message)
-            kube.event(mig, "NoTarget", result.message, type_="Warning", component="controller")
-        return mg.SCHEDULING
+        # Bound where the VM cannot go after all: let kube-scheduler choose again, after a back-off.
+        vmpods.delete(kube, pod)
+        ctx.pod_retries.failed(vmpods.Retries.key(vm, name), result.reason, result.message)
+        return _no_target(ctx, mig, result)
     assert isinstance(result, Claimed)
-    ctx.guards.ensure(result.node)
+    ctx.pod_retries.succeeded(vmpods.Retries.key(vm, name))
     # The migration object says TargetReady first; only then may the agent see it on the VM.
     reserved = f"VF {result.pci_address} reserved on {result.node}"
     set_phase(ctx, mig, mg.TARGET_READY, targetNode=result.node, reason="",
               targetVF={"pciAddress": result.pci_address, "claimName": result.claim}, message=reserved,
-              condition=(mg.TARGET_RESERVED, True, "VFClaimed", f"{reserved}; waiting for the source agent"))
+              condition=(mg.TARGET_RESERVED, True, "VFClaimed",
+                         f"{reserved} (kube-scheduler bound target pod {vmpods.describe(pod)} there); "
+                         "waiting for the source agent"))
     if not update_vm_migration(kube, vm, name, {
         "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
         "targetClaim": result.claim,
     }):
         kube.delete_claim(result.claim)
+        vmpods.delete(kube, pod)
         set_phase(ctx, mig, mg.FAILED, reason="VMBusy", message="the VM is locked by another migration")
         return mg.FAILED
     return mg.TARGET_READY
+
+
+def _no_target(ctx: ControllerContext, mig: dict[str, Any], why: Unschedulable, event: bool = True) -> str:
+    """The migration stays in Scheduling, saying why (and a NoTarget Warning when that changed)."""
+    st = mig.get("status") or {}
+    if st.get("reason") != why.reason or st.get("message") != why.message:
+        set_phase(ctx, mig, mg.SCHEDULING, reason=why.reason, message=why.message)
+        if event:
+            ctx.kube.event(mig, "NoTarget", why.message, type_="Warning", component="controller")
+    return mg.SCHEDULING
+
+
+def _target_pod(ctx: ControllerContext, mig: Mapping[str, Any], vm: Mapping[str, Any], pool: Mapping[str, Any],
+                source: str) -> dict[str, Any] | Unschedulable:
+    """The migration's target pod: found (the index, then the API by its fixed name) or created."""
+    kube = ctx.kube
+    name = vmpod.pod_name(vm, mig)
+    retry = vmpods.Retries.key(vm, mig["metadata"]["name"])
+    waiting = ctx.pod_retries.waiting(retry)  # the pod was refused, or given up: none until the back-off ends
+    if waiting is not None:
+        return Unschedulable(waiting[0], waiting[1])  # type: ignore[arg-type]
+    for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_TARGET):
+        if pod["metadata"]["name"] == name:
+            return pod
+    existing = kube.get_pod(vm["metadata"]["namespace"], name)
+    if existing is not None and vmpod.owned_by(existing, vm) and not vmpod.is_terminating(existing):
+        return existing
+    body = vmpod.build(vm, pool, ctx.settings.vm_pod, migration=mig, source_node=source,
+                       target_node=(mig.get("spec") or {}).get("targetNode") or None)
+    created = vmpods.create(kube, body)
+    if created.rejected is not None:
+        ctx.pod_retries.failed(retry, "PodRejected", created.rejected)
+        return Unschedulable("PodRejected", created.rejected)
+    assert created.pod is not None
+    if created.new:
+        vmpods.log_created(created.pod, None)
+    return created.pod
 
 
 def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
@@ -205,6 +265,7 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
         update_vm_migration(kube, vm, name, None)
         vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
         released = _release_claims(ctx, vm)
+        _settle_pods(ctx, mig, vm)
         _report_outcome(ctx, mig, vm)
 
     def mark(s: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +297,25 @@ def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
         kube.delete_claim(name_c, claim["metadata"]["uid"])
         released.append(name_c)
     return released
+
+
+def _settle_pods(ctx: ControllerContext, mig: Mapping[str, Any], vm: Mapping[str, Any]) -> None:
+    """The target pod after the migration: where the VM now runs it becomes the running pod and the
+    source's pod goes (only now that status.nodeName has moved); otherwise it goes."""
+    kube = ctx.kube
+    node = (vm.get("status") or {}).get("nodeName")
+    if not mig["metadata"].get("uid"):
+        return
+    target = kube.get_pod(vm["metadata"]["namespace"], vmpod.pod_name(vm, mig))
+    if target is None or not vmpod.owned_by(target, vm):
+        return
+    if node and vmpod.node_of(target) == node and not vmpod.is_terminating(target):
+        vmpods.make_running(kube, target)
+        for pod in vmpods.fresh_pods_of(kube, vm, labels.ROLE_RUNNING):
+            if vmpod.node_of(pod) != node:
+                vmpods.delete(kube, pod)
+    else:
+        vmpods.delete(kube, target)
 
 
 def _report_outcome(ctx: ControllerContext, mig: Mapping[str, Any], vm: Mapping[str, Any]) -> None:

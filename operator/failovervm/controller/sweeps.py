@@ -1,4 +1,5 @@
-"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims, the
+"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims, the VM
+pods (each placed VM has one on its node; no migration target pod outlives its migration), the
 migration sweep (VM locks left by migrations that vanished, the history of finished migrations
 kept per VM) and VMs of deleted nodes."""
 
@@ -8,11 +9,12 @@ import logging
 import time
 from typing import Any
 
+from failovervm import labels
 from failovervm import migration as mg
 from failovervm.controller import evacuation, recovery
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
-from failovervm.controller.vms import collect_orphaned_claims
+from failovervm.controller.vms import collect_orphaned_claims, sweep_pods
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
 
 log = logging.getLogger(__name__)
@@ -22,20 +24,37 @@ SLOW_SWEEP_SECONDS = 30.0
 
 
 def tick(ctx: ControllerContext) -> None:
-    """Called by every VFPool's timer: sweeps the nodes (guard pods, evacuation, node health) at
-    most every 3 s for all pools together and, every 30 s, orphaned VFClaims, migration history,
-    VM locks left by migrations that vanished, and VMs whose node was deleted while no controller
-    watched."""
+    """Called by every VFPool's timer: sweeps the nodes (evacuation, displaced VMs, node health) at
+    most every 3 s for all pools together and, every 30 s, orphaned VFClaims, VM pods, migration
+    history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
+    controller watched. Once per process: the drain guard pods an earlier version left."""
     now = time.monotonic()
     if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
         ctx.sweeps.node = now
         for node in ctx.kube.list_nodes():
             evacuation.reconcile_node(ctx, node["metadata"]["name"])
+    if not ctx.sweeps.guards_removed:
+        remove_guard_pods(ctx)
+        ctx.sweeps.guards_removed = True
     if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
         ctx.sweeps.claims = now
         collect_orphaned_claims(ctx)
+        sweep_pods(ctx)
         sweep_migrations(ctx)
         recovery.sweep_deleted_nodes(ctx)
+
+
+def remove_guard_pods(ctx: ControllerContext) -> list[str]:
+    """Versions before VM pods kept a drain guard pod per node in the operator's namespace (label
+    failovervm.io/guard). The VM pods hold drains now (their eviction webhook), so those go."""
+    removed = []
+    for pod in ctx.kube.list_pods(ctx.settings.namespace, f"{labels.GUARD_LABEL}=true"):
+        meta = pod["metadata"]
+        if ctx.kube.delete_pod(meta["namespace"], meta["name"], grace_period=0, uid=meta.get("uid")):
+            removed.append(meta["name"])
+    if removed:
+        log.info("removed the drain guard pods of an earlier version: %s", ", ".join(removed))
+    return removed
 
 
 def sweep_migrations(ctx: ControllerContext) -> None:

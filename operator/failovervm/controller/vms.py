@@ -1,4 +1,12 @@
-"""Controller-side FailoverVM logic: scheduling, status, deletion (plain functions; Kopf calls them)."""
+"""Controller-side FailoverVM logic: placement through the VM pod, the pod of a placed VM, status,
+deletion (plain functions; Kopf calls them).
+
+Placement: a VM that should run and has no node gets an unbound VM pod (failovervm.vmpod);
+kube-scheduler binds it; the controller then claims a free VF of the VM's pool on that node
+(failovervm.placement) and records the placement (status.nodeName and vf, the node label, the
+agent finalizer), and the node's agent starts the domain. A placed VM always has a pod on its node:
+one is created bound to it when it has none (an upgrade over running VMs, a pod deleted behind the
+operator's back), and the VM keeps running."""
 
 from __future__ import annotations
 
@@ -7,21 +15,25 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, labels, metrics
+from failovervm import conditions, labels, metrics, nodehealth, vmpod
+from failovervm import migration as mg
+from failovervm.controller import evacuation, vmpods
 from failovervm.controller.context import ControllerContext
 from failovervm.labels import AGENT_FINALIZER
-from failovervm.placement import Claimed, place
+from failovervm.placement import Claimed, claim_on_node
 from failovervm.scheduling import Unschedulable
 from failovervm.vmspec import vm_mac
 
 log = logging.getLogger(__name__)
+
 
 class StillDeleting(Exception):
     """The agent has not removed the domain yet."""
 
 
 def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
-    """Place the VM if it is not placed yet. Returns what happened (for logs and tests)."""
+    """Place the VM if it is not placed yet (else keep its pod on its node). Returns what happened
+    (for logs and tests)."""
     kube = ctx.kube
     with ctx.placement_lock:
         vm = kube.get_vm(namespace, name)
@@ -29,7 +41,7 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
             return "gone"
         status = vm.get("status") or {}
         if status.get("nodeName"):
-            return "already-placed"
+            return ensure_pod_of_placed(ctx, vm, fresh=True)
         spec = vm.get("spec") or {}
         uid = vm["metadata"]["uid"]
         if not spec.get("running", True):
@@ -40,28 +52,277 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
                 return st
 
             kube.update_vm_status(namespace, name, stopped, uid=uid)
+            for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING):
+                vmpods.delete(kube, pod)  # stopped before it was placed: it holds nothing
             return "not-running"
         # Claims of an unplaced VM are stale (e.g. after an eviction): release them first.
         for claim in kube.list_claims():
             if (claim["spec"].get("owner") or {}).get("uid") == uid:
                 kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
-        result = place(kube, vm)
-        if isinstance(result, Unschedulable):
-            _record_unschedulable(ctx, vm, result)
-            return f"pending:{result.reason}"
-        assert isinstance(result, Claimed)
-        ctx.guards.ensure(result.node)
-        placed = _record_placement(ctx, vm, result)
-        if placed is None:
-            kube.delete_claim(result.claim)
+        return _place(ctx, vm)
+
+
+def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
+    """An unplaced VM that should run: its pod, kube-scheduler's answer, then a VF on that node."""
+    kube = ctx.kube
+    pool_name = str(((vm.get("spec") or {}).get("network") or {}).get("pool", ""))
+    pool = kube.get_pool(pool_name) if pool_name else None
+    if pool is None:
+        return _pending(ctx, vm, Unschedulable("NoMatchingNode", f"VFPool {pool_name!r} does not exist"),
+                        "FailedScheduling")
+    pod = _pending_pod(ctx, vm, pool)
+    if isinstance(pod, Unschedulable):
+        return _pending(ctx, vm, pod, "PodRejected" if pod.reason == "PodRejected" else "FailedScheduling")
+    node = vmpod.node_of(pod)
+    if node is None:
+        message = vmpod.unschedulable(pod)
+        if message is not None:  # kube-scheduler's own words; what cluster-autoscaler scales up for
+            return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
+        return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
+    result = claim_on_node(kube, vm, pool, node)
+    if isinstance(result, Unschedulable):
+        # Bound where the VM cannot go after all (no free VF there, the node draining): let
+        # kube-scheduler choose again, after a back-off.
+        vmpods.delete(kube, pod)
+        ctx.pod_retries.failed(vmpods.Retries.key(vm), result.reason, result.message)
+        return _pending(ctx, vm, result, "FailedScheduling")
+    assert isinstance(result, Claimed)
+    placed = _record_placement(ctx, vm, result)
+    if placed is None:
+        kube.delete_claim(result.claim)
+        return "gone"
+    # The node label lets the node's agent watch its VMs; its finalizer goes in the same patch,
+    # so the domain can never be created without the finalizer that removes it.
+    meta = vm["metadata"]
+    kube.set_finalizer(meta["namespace"], meta["name"], AGENT_FINALIZER, True, current=placed,
+                       labels={labels.VM_NODE: result.node})
+    kube.event(vm, "Scheduled", f"Scheduled to {result.node} with VF {result.pci_address} ({result.claim}); "
+               f"kube-scheduler bound pod {vmpods.describe(pod)} there", component="controller")
+    ctx.pod_retries.succeeded(vmpods.Retries.key(vm))
+    return f"placed:{result.node}"
+
+
+def _waiting_for_scheduler(pod: Mapping[str, Any]) -> Unschedulable:
+    return Unschedulable("WaitingForScheduler", f"waiting for kube-scheduler to bind pod {vmpods.describe(pod)}")
+
+
+def _ts(value: Any) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+
+
+def _predates_release(pod: Mapping[str, Any], vm: Mapping[str, Any]) -> bool:
+    """A bound pod of an unplaced VM that was made before the VM was taken off its node (evicted
+    with evictionStrategy Shutdown, released from a fenced node): it stood for that placement. The
+    Scheduled condition turned False then; every pod for the next placement is created after the
+    controller has written Scheduled=False (_pending before the create), so never before it."""
+    cond = conditions.get((vm.get("status") or {}).get("conditions"), "Scheduled")
+    if cond is None or cond.get("status") != "False":
+        return False
+    released, created = _ts(cond.get("lastTransitionTime")), _ts(pod["metadata"].get("creationTimestamp"))
+    return released is not None and created is not None and created < released
+
+
+def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, Any]) -> dict[str, Any] | Unschedulable:
+    """The running pod of an unplaced VM: the one kube-scheduler has bound (or is to bind), created
+    when there is none, or why there is none (the API server refused it, or a back-off runs)."""
+    kube = ctx.kube
+
+    def usable(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+        for pod in [p for p in pods if vmpod.node_of(p) and _predates_release(p, vm)]:
+            vmpods.delete(kube, pod)
+            pods = [p for p in pods if p is not pod]
+        # Bound first: kube-scheduler's answer.
+        return min(pods, key=lambda p: (vmpod.node_of(p) is None, p["metadata"]["name"])) if pods else None
+
+    waiting = ctx.pod_retries.waiting(vmpods.Retries.key(vm))  # refused, or given up: none until the back-off ends
+    if waiting is not None:
+        return Unschedulable(waiting[0], waiting[1])  # type: ignore[arg-type]
+    pod = usable(vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING))
+    if pod is not None:
+        return pod
+    pod = usable(vmpods.fresh_pods_of(kube, vm, labels.ROLE_RUNNING))
+    if pod is not None:
+        return pod
+    # Scheduled=False is on the VM before its pod exists (see _predates_release).
+    body = vmpod.build(vm, pool, ctx.settings.vm_pod)
+    _pending(ctx, vm, _waiting_for_scheduler(body), None)
+    created = vmpods.create(kube, body)
+    if created.rejected is not None:
+        ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
+        return Unschedulable("PodRejected", created.rejected)
+    assert created.pod is not None
+    if created.new:
+        vmpods.log_created(created.pod, None)
+    return created.pod
+
+
+def ensure_pod_of_placed(ctx: ControllerContext, vm: Mapping[str, Any], *, fresh: bool = False) -> str:
+    """A placed VM has a pod on its node: create one bound there when it has none (an upgrade over
+    running VMs, a pod deleted out of band), drop extra running pods, turn a finished migration's
+    target pod into the running one. `vm` may come from a watch event (`fresh` False): what it and
+    the pod index say is only trusted when nothing needs doing; otherwise both are read again."""
+    kube = ctx.kube
+    verdict = _placed_pods(ctx, vm, vmpods.pods_of(ctx.pods, vm))
+    if verdict[0] in ("ok", "skip"):
+        return verdict[1]
+    if not fresh:
+        meta = vm["metadata"]
+        current = kube.get_vm(meta["namespace"], meta["name"])
+        if current is None or current["metadata"]["uid"] != meta["uid"]:
             return "gone"
-        # The node label lets the node's agent watch its VMs; its finalizer goes in the same patch,
-        # so the domain can never be created without the finalizer that removes it.
-        kube.set_finalizer(namespace, name, AGENT_FINALIZER, True, current=placed,
-                           labels={labels.VM_NODE: result.node})
-        kube.event(vm, "Scheduled", f"Scheduled to {result.node} with VF {result.pci_address} ({result.claim})",
-                   component="controller")
-        return f"placed:{result.node}"
+        vm = current
+        if not (vm.get("status") or {}).get("nodeName"):
+            return "unplaced"
+    pods = vmpods.fresh_pods_of(kube, vm)
+    verdict = _placed_pods(ctx, vm, pods)
+    if verdict[0] == "skip":
+        return verdict[1]
+    status = vm.get("status") or {}
+    node = str(status["nodeName"])
+    if labels.DISPLACED_ANNOTATION in (vm["metadata"].get("annotations") or {}):
+        def clear(m: Mapping[str, Any]) -> dict[str, Any] | None:
+            left = (m.get("annotations") or {}).get(labels.DISPLACED_ANNOTATION) not in (None, node)
+            return {"annotations": {labels.DISPLACED_ANNOTATION: None}} if left else None
+
+        meta = vm["metadata"]
+        kube.edit_vm_metadata(meta["namespace"], meta["name"], clear)
+    here = [p for p in pods if vmpod.node_of(p) == node]
+    if not status.get("migration"):
+        # No migration between the pods: the one on the VM's node is its running pod, any other
+        # running pod is left over (a migration's source, a race).
+        for pod in here:
+            if vmpod.role_of(pod) == labels.ROLE_TARGET:
+                vmpods.make_running(kube, pod)
+        for pod in pods:
+            if vmpod.role_of(pod) == labels.ROLE_RUNNING and vmpod.node_of(pod) != node:
+                vmpods.delete(kube, pod)
+    if here:
+        return "ok"
+    return _recreate(ctx, vm, node)
+
+
+def _placed_pods(ctx: ControllerContext, vm: Mapping[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str]:
+    """("skip" | "ok" | "fix", what): whether a placed VM's pods need anything done."""
+    meta = vm["metadata"]
+    status = vm.get("status") or {}
+    node = status.get("nodeName")
+    annotations = meta.get("annotations") or {}
+    if not node or meta.get("deletionTimestamp"):
+        return "skip", "unplaced" if not node else "deleting"
+    if annotations.get(labels.EVICT_ANNOTATION) == node:
+        return "skip", "evicting"  # evictionStrategy Shutdown: its agent shuts it down and releases it
+    if annotations.get(labels.DISPLACED_ANNOTATION) == node:
+        return "skip", "displaced"  # leaving the node its pod was preempted from (evacuation._displaced)
+    if labels.DISPLACED_ANNOTATION in annotations:
+        return "fix", ""  # it has left that node: the annotation goes
+    here = [p for p in pods if vmpod.node_of(p) == node]
+    extra = [p for p in pods if vmpod.role_of(p) == labels.ROLE_RUNNING and vmpod.node_of(p) != node]
+    targets_here = [p for p in here if vmpod.role_of(p) == labels.ROLE_TARGET]
+    if here and (status.get("migration") or not (extra or targets_here)):
+        return "ok", "ok"
+    return "fix", ""
+
+
+def _recreate(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> str:
+    """A VM runs on `node` without a pod there: create one bound to the node (no kube-scheduler: the
+    VM is there already). The VM keeps running whatever happens to its pod."""
+    kube = ctx.kube
+    if ctx.pod_retries.waiting(vmpods.Retries.key(vm)) is not None:
+        return "waiting"
+    if nodehealth.is_fenced(kube.get_node(node)):
+        return "fenced"  # the VM is about to be released and restarted elsewhere (recovery)
+    created = vmpods.create(kube, vmpod.build(vm, {}, ctx.settings.vm_pod, node=node))
+    if created.rejected is not None:
+        delay = ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
+        kube.event(vm, "VMPodRejected", f"the VM keeps running on {node}, but without a pod there kube-scheduler "
+                   f"and autoscalers do not see what it uses; retrying in {delay:.0f}s: {created.rejected}",
+                   type_="Warning", component="controller")
+        return "rejected"
+    ctx.pod_retries.succeeded(vmpods.Retries.key(vm))
+    if not created.new:
+        return "ok"
+    assert created.pod is not None
+    vmpods.log_created(created.pod, node)
+    kube.event(vm, "VMPodCreated", f"created pod {vmpods.describe(created.pod)} bound to {node}, where the VM runs "
+               "(it had no pod there: installed over running VMs, or its pod was deleted); the VM keeps running",
+               component="controller")
+    return "created"
+
+
+def on_running_pod_event(ctx: ControllerContext, event_type: str | None, pod: Mapping[str, Any]) -> str:
+    """A VM's running pod changed (bound, found unschedulable, deleted): act on the VM. A pod that
+    kube-scheduler preempted (or the taint manager removed) makes the VM leave its node instead of
+    getting the pod back there."""
+    meta = pod.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(labels.VM_LABEL)
+    if not name or not meta.get("namespace"):
+        return "not-a-vm-pod"
+    node = vmpod.node_of(pod)
+    if event_type == "DELETED" and node and vmpod.disruption_reason(pod) in vmpod.DISPLACING_REASONS:
+        _displace(ctx, pod, str(name), node)
+    return ensure_scheduled(ctx, str(meta["namespace"]), str(name))
+
+
+def _displace(ctx: ControllerContext, pod: Mapping[str, Any], name: str, node: str) -> None:
+    """The VM's pod on `node` was preempted by kube-scheduler or deleted by the taint manager while
+    the VM runs there: it is moved away like an evicted one (live migration, or a shutdown with
+    evictionStrategy Shutdown), and gets no new pod there meanwhile (annotation
+    failovervm.io/displaced-from). A VM that is not running there is released from the node."""
+    kube = ctx.kube
+    ns = pod["metadata"]["namespace"]
+    vm = kube.get_vm(ns, name)
+    if vm is None or not vmpod.owned_by(pod, vm) or (vm.get("status") or {}).get("nodeName") != node:
+        return
+    if nodehealth.is_fenced(kube.get_node(node)):
+        return  # the taint manager empties a fenced node: its VMs are restarted elsewhere (recovery)
+    reason = vmpod.disruption_reason(pod)
+    if (vm.get("status") or {}).get("phase") in ("Stopped", "Failed"):
+        evacuation.release_stopped(ctx, vm, node)
+        return
+
+    def mark(m: Mapping[str, Any]) -> dict[str, Any] | None:
+        if (m.get("annotations") or {}).get(labels.DISPLACED_ANNOTATION) == node:
+            return None
+        return {"annotations": {labels.DISPLACED_ANNOTATION: node}}
+
+    vm = kube.edit_vm_metadata(ns, name, mark, current=vm) or vm
+    what = "preempted by kube-scheduler" if reason == "PreemptionByScheduler" else f"deleted ({reason})"
+    kube.event(vm, "VMPodDisplaced", f"pod {vmpods.describe(pod)} on {node} was {what}: the VM moves away from "
+               f"{node} instead of getting its pod back there", type_="Warning", component="controller")
+    evacuation.evict_vm(ctx, vm, node, pod["metadata"]["name"])
+
+
+def sweep_pods(ctx: ControllerContext) -> list[str]:
+    """The 30 s sweep of VM pods: every placed VM has its pod (also the upgrade from a version
+    without VM pods, and pods deleted while no controller watched), and no target pod outlives its
+    migration (a controller that stopped between a migration's end and its cleanup). Returns what
+    was done."""
+    kube = ctx.kube
+    done = []
+    vms = kube.list_vms()
+    for vm in vms:
+        if (vm.get("status") or {}).get("nodeName"):
+            outcome = ensure_pod_of_placed(ctx, vm)
+            if outcome not in ("ok", "evicting", "deleting"):
+                done.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}:{outcome}")
+    by_uid = {vm["metadata"]["uid"]: vm for vm in vms}
+    for pod in ctx.pods.all():
+        owner = by_uid.get(((pod.get("metadata") or {}).get("labels") or {}).get(labels.VM_UID_LABEL))
+        if owner is None or vmpod.role_of(pod) != labels.ROLE_TARGET or not vmpod.owned_by(pod, owner):
+            continue  # a pod of a deleted VM goes with it (garbage collector: the VM owns it)
+        if _target_pod_is_over(ctx, owner, pod) and vmpods.delete(kube, pod):
+            done.append(f"{vmpods.describe(pod)}:deleted")
+    return done
+
+
+def _target_pod_is_over(ctx: ControllerContext, vm: Mapping[str, Any], pod: Mapping[str, Any]) -> bool:
+    status = vm.get("status") or {}
+    name = (pod["metadata"].get("labels") or {}).get(labels.MIGRATION_LABEL)
+    mig = ctx.kube.get_migration(vm["metadata"]["namespace"], str(name)) if name else None
+    if mig is not None and vmpod.pod_name(vm, mig) == pod["metadata"]["name"] and not mg.is_finished(mig):
+        return False  # its migration still needs it
+    # Where the VM runs now (and no migration between): it is the VM's pod (ensure_pod_of_placed).
+    return not (vmpod.node_of(pod) == status.get("nodeName") and not status.get("migration"))
 
 
 def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed) -> dict[str, Any] | None:
@@ -79,10 +340,12 @@ def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed)
             meta.get("generation"))
         return st
 
-    return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
+    return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
 
 
-def _record_unschedulable(ctx: ControllerContext, vm: Mapping[str, Any], u: Unschedulable) -> None:
+def _pending(ctx: ControllerContext, vm: Mapping[str, Any], u: Unschedulable, event: str | None) -> str:
+    """The VM waits for a node: phase Pending, Scheduled=False with the reason and message, and an
+    Event (`event`, a Warning) when they changed."""
     kube = ctx.kube
     meta = vm["metadata"]
     previous = conditions.get((vm.get("status") or {}).get("conditions"), "Scheduled")
@@ -94,8 +357,10 @@ def _record_unschedulable(ctx: ControllerContext, vm: Mapping[str, Any], u: Unsc
         return st
 
     kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
-    if not previous or previous.get("reason") != u.reason or previous.get("message") != u.message:
-        kube.event(vm, "FailedScheduling", u.message, type_="Warning", component="controller")
+    changed = not previous or previous.get("reason") != u.reason or previous.get("message") != u.message
+    if event and changed:
+        kube.event(vm, event, u.message, type_="Warning", component="controller")
+    return f"pending:{u.reason}"
 
 
 def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> None:

@@ -1,0 +1,132 @@
+"""VMs count on their nodes (issue #11): every VM has a pod that kube-scheduler places, that quotas
+count, that drains evict; installing over running VMs gives them pods without a restart. Driven
+with kubectl, as a user would. Needs the sandbox's kube-scheduler and the agents' VF extended
+resources (vf.failovervm.io/<pool>)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from failovervm_sandbox import procs
+from tests.conftest import Sandbox, make_namespace, restart_operator, wait_for
+from tests.e2e.helpers import apply, condition, events, get_vm, libvirt_conn, pool_manifest, vm_manifest, wait_phase
+
+pytestmark = pytest.mark.e2e
+POOL = "pods-pool"
+
+
+def _vm_pods(sb: Sandbox, ns: str, vm: str | None = None) -> list[dict[str, Any]]:
+    selector = f"failovervm.io/vm={vm}" if vm else "failovervm.io/vm-uid"
+    return list(sb.kubectl_json("-n", ns, "get", "pods", "-l", selector)["items"])
+
+
+def _scheduled(sb: Sandbox, ns: str, name: str, reason: str) -> dict[str, Any]:
+    return wait_for(lambda: (c := condition(get_vm(sb, ns, name), "Scheduled")) and c["reason"] == reason and c,
+                    60, what=f"{name}: Scheduled reason {reason}")
+
+
+def test_a_vm_nothing_can_host_is_pending_with_kube_schedulers_message(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = make_namespace(sb, "nowhere")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("lost", ns, POOL, nodeSelector={"fvm-test/no": "x"}))
+    cond = _scheduled(sb, ns, "lost", "Unschedulable")
+    assert cond["status"] == "False" and "didn't match Pod's node affinity/selector" in cond["message"], cond
+    assert get_vm(sb, ns, "lost")["status"]["phase"] == "Pending"
+    [pod] = _vm_pods(sb, ns, "lost")
+    scheduled = next(c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled")
+    assert (scheduled["status"], scheduled["reason"]) == ("False", "Unschedulable")  # what cluster-autoscaler reads
+    assert events(sb, ns, "FailedScheduling", "lost")
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def test_vm_anti_affinity_spreads_vms_over_nodes(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = make_namespace(sb, "spread")
+    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "spread"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    vms = [vm_manifest(f"s{i}", ns, POOL, affinity=anti) for i in range(2)]
+    for vm in vms:
+        vm["metadata"]["labels"] = {"app": "spread"}  # the VM's labels are its pod's
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), *vms)
+    nodes = {wait_phase(sb, ns, f"s{i}", "Running")["status"]["nodeName"] for i in range(2)}
+    assert len(nodes) == 2, nodes
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def test_a_quota_refuses_the_vm_that_exceeds_it(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = make_namespace(sb, "quota")
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "vms", "namespace": ns},
+             "spec": {"hard": {"requests.memory": "512Mi", f"requests.vf.failovervm.io/{POOL}": "3"}}}
+    sb.kubectl("apply", "-f", "-", input=json.dumps(quota))
+    # 32Mi + 160Mi overhead = 192Mi per VM: two fit in 512Mi, the third does not.
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), *(vm_manifest(f"q{i}", ns, POOL) for i in range(2)))
+    for i in range(2):
+        wait_phase(sb, ns, f"q{i}", "Running")
+    apply(sb, vm_manifest("q2", ns, POOL))
+    cond = _scheduled(sb, ns, "q2", "PodRejected")
+    assert "exceeded quota" in cond["message"] and "requests.memory" in cond["message"], cond
+    assert get_vm(sb, ns, "q2")["status"]["phase"] == "Pending" and not _vm_pods(sb, ns, "q2")
+    assert events(sb, ns, "PodRejected", "q2")
+    # Room again (a VM deleted): the refused one is retried (with back-off) and runs.
+    sb.kubectl("-n", ns, "delete", "fvm", "q0", "--timeout=60s")
+    wait_phase(sb, ns, "q2", "Running", timeout=180)
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def test_a_stopped_vm_with_a_forged_node_label_does_not_block_a_drain(operator_sandbox: Sandbox) -> None:
+    """The issue's tenant: a stopped FailoverVM labelled failovervm.io/node=<node> made drain wait."""
+    sb = operator_sandbox
+    ns = make_namespace(sb, "forged")
+    node = sb.nodes[-1]["node"]
+    forged = vm_manifest("forged", ns, POOL, running=False)
+    forged["metadata"]["labels"] = {"failovervm.io/node": node}
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), forged)
+    wait_phase(sb, ns, "forged", "Stopped")
+    assert not _vm_pods(sb, ns)
+    try:
+        res = sb.kubectl("drain", node, "--ignore-daemonsets", "--timeout=60s", timeout=90, check=False)
+        assert res.returncode == 0, res.stderr
+    finally:
+        sb.kubectl("uncordon", node)
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def test_installing_over_running_vms_gives_them_pods_without_a_restart(operator_sandbox: Sandbox) -> None:
+    """As after an upgrade from a version without VM pods: running VMs and no pods. The controller
+    creates each VM's pod bound to its node; no domain restarts."""
+    sb = operator_sandbox
+    ns = make_namespace(sb, "upgrade")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), *(vm_manifest(f"u{i}", ns, POOL) for i in range(2)))
+    before = {}
+    for i in range(2):
+        vm = wait_phase(sb, ns, f"u{i}", "Running")
+        conn = libvirt_conn(sb, vm["status"]["nodeName"])
+        try:
+            before[f"u{i}"] = (vm["status"]["nodeName"], conn.lookupByName(vm["status"]["domain"]["name"]).ID())
+        finally:
+            conn.close()
+    procs.stop(sb.data["controller"]["pid"], "controller")
+    try:
+        old = {p["metadata"]["uid"] for p in _vm_pods(sb, ns)}
+        sb.kubectl("-n", ns, "delete", "pods", "-l", "failovervm.io/vm-uid", "--grace-period=0", "--force")
+        assert not _vm_pods(sb, ns)
+    finally:
+        restart_operator(sb)
+    pods = wait_for(lambda: len(p := _vm_pods(sb, ns)) == 2 and p, 60, what="the VM pods recreated")
+    for pod in pods:
+        name = pod["metadata"]["labels"]["failovervm.io/vm"]
+        node, dom_id = before[name]
+        assert pod["spec"]["nodeName"] == node and pod["metadata"]["uid"] not in old
+        vm = get_vm(sb, ns, name)
+        assert vm["status"]["nodeName"] == node and vm["status"]["phase"] == "Running"
+        conn = libvirt_conn(sb, node)
+        try:
+            assert conn.lookupByName(vm["status"]["domain"]["name"]).ID() == dom_id, "the VM was restarted"
+        finally:
+            conn.close()
+    assert events(sb, ns, "VMPodCreated")
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
