@@ -6,6 +6,16 @@ background process by `sandbox up`) renews each node's Lease in kube-node-lease
 and refreshes its Ready condition, so kube-controller-manager's node lifecycle
 controller sees healthy nodes exactly as it would with kubelets.
 
+The heartbeat also does the one part of a kubelet's pod handling that the API depends on: it
+completes graceful deletions. Deleting a bound pod only sets its deletionTimestamp (now + grace
+period); the pod stays Terminating until its node's kubelet, having killed the containers, confirms
+with a delete of grace period 0 and the pod's uid as precondition. So every POD_SWEEP_SECONDS the
+heartbeat lists the pods bound to each of its nodes that is up and sends that confirmation for
+those whose deletionTimestamp has passed (`deletions_due`): `kubectl drain`, evictions, namespace
+deletion and garbage collection then finish. It never touches a pod without a deletionTimestamp,
+nor a pod on another node or on a node `node-down` stopped (a dead kubelet confirms nothing). It
+runs no containers and writes no pod status.
+
 Node status is shared: the operator's agents advertise extended resources
 (`vf.failovervm.io/<pool>`) in status.capacity and status.allocatable. Every
 status write here is therefore a strategic merge patch that names only the
@@ -18,11 +28,12 @@ leaves every other resource in them as it was. Nothing here replaces a Node.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import platform
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +45,11 @@ from failovervm import labels
 log = logging.getLogger(__name__)
 LEASE_NS = "kube-node-lease"
 LEASE_SECONDS = 40
+# How often the heartbeat renews the Leases (and every READY_EVERY-th time posts Ready), and how
+# often it completes the graceful deletions that are due on its nodes.
+HEARTBEAT_SECONDS = 10.0
+READY_EVERY = 3
+POD_SWEEP_SECONDS = 2.0
 # Sent explicitly (the client's default for a dict body happens to be the same): capacity and
 # allocatable are maps, merged key by key; conditions are a list merged by `type`.
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
@@ -170,10 +186,86 @@ def renew_lease(coord: client.CoordinationV1Api, name: str) -> None:
         coord.create_namespaced_lease(LEASE_NS, body)
 
 
-def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, interval: float = 10.0,
-              down: Callable[[], set[str]] = set) -> None:
-    """Renew Leases every `interval` s and post Ready status; runs until SIGTERM. Nodes in
-    `down()` (re-read every round) are skipped: `sandbox node-down` stopped their machine."""
+@dataclass(frozen=True)
+class PodRef:
+    namespace: str
+    name: str
+    uid: str
+    node: str
+
+
+def _timestamp(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def deletions_due(pods: Iterable[Mapping[str, Any]], nodes: Collection[str], now: dt.datetime) -> list[PodRef]:
+    """The pods whose graceful deletion a kubelet on `nodes` would complete at `now`.
+
+    That is a pod bound to one of `nodes` (spec.nodeName) whose deletionTimestamp is set and not in
+    the future: the apiserver sets it to the time of the delete plus the grace period, so the grace
+    period has elapsed. A pod whose deletionGracePeriodSeconds is already 0 was confirmed (by us or
+    by a forced delete) and is left alone: the apiserver keeps such a pod only until its finalizers
+    are removed, and confirming again would change nothing."""
+    due = []
+    for pod in pods:
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        stamp = meta.get("deletionTimestamp")
+        if not stamp or spec.get("nodeName") not in nodes or meta.get("deletionGracePeriodSeconds") == 0:
+            continue
+        if _timestamp(stamp) <= now:
+            due.append(PodRef(meta["namespace"], meta["name"], meta["uid"], spec["nodeName"]))
+    return due
+
+
+def confirm_deletion_body(uid: str) -> dict[str, Any]:
+    """The DeleteOptions of a kubelet's final delete: grace period 0, only for this very pod (a pod
+    recreated under the same name has another uid, and the apiserver answers 409)."""
+    return {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid}}
+
+
+def pods_on(core: client.CoreV1Api, node: str) -> list[dict[str, Any]]:
+    """The pods bound to `node`, in every namespace, as the apiserver's JSON."""
+    resp = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", _preload_content=False)
+    return list(json.loads(resp.data).get("items") or [])
+
+
+def complete_deletions(core: client.CoreV1Api, nodes: Iterable[str], now: dt.datetime | None = None) -> int:
+    """Confirm every graceful deletion that is due on `nodes`, as their kubelets would; the number
+    confirmed. Errors are logged and the pod is tried again on the next sweep."""
+    done = 0
+    for node in nodes:
+        try:
+            due = deletions_due(pods_on(core, node), {node}, now or _now())
+        except Exception as exc:  # keep going through apiserver restarts
+            log.warning("listing the pods on %s failed: %s", node, exc)
+            continue
+        for pod in due:
+            try:
+                core.delete_namespaced_pod(pod.name, pod.namespace, body=confirm_deletion_body(pod.uid))
+            except ApiException as exc:
+                if exc.status in (404, 409):  # gone already, or replaced by a pod of the same name
+                    log.debug("pod %s/%s (uid %s) is gone: %s", pod.namespace, pod.name, pod.uid, exc.reason)
+                else:
+                    log.warning("completing the deletion of pod %s/%s failed: %s", pod.namespace, pod.name,
+                                exc.reason)
+                continue
+            except Exception as exc:
+                log.warning("completing the deletion of pod %s/%s failed: %s", pod.namespace, pod.name, exc)
+                continue
+            done += 1
+            log.info("pod %s/%s on %s: grace period over, deletion completed (as its kubelet would)",
+                     pod.namespace, pod.name, pod.node)
+    return done
+
+
+def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
+              interval: float = HEARTBEAT_SECONDS, down: Callable[[], set[str]] = set,
+              sweep: float = POD_SWEEP_SECONDS) -> None:
+    """Renew Leases every `interval` s and post Ready status every READY_EVERY-th time, and every
+    `sweep` s complete the graceful pod deletions that are due (`complete_deletions`); runs until
+    SIGTERM. Nodes in `down()` (re-read every round) are skipped: `sandbox node-down` stopped their
+    machine."""
     config.load_kube_config(config_file=kubeconfig)
     core, coord = client.CoreV1Api(), client.CoordinationV1Api()
     stopping = False
@@ -186,26 +278,30 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str, i
     signal.signal(signal.SIGINT, _stop)
     tick = 0
     skip: set[str] = set()
+    next_beat = time.monotonic()
     while not stopping:
         try:
             skip = down()
         except Exception as exc:  # the state file is being replaced: keep the previous view
             log.debug("could not read the down nodes: %s", exc)
-        for node in nodes:
-            if node.name in skip:
-                continue
-            try:
-                renew_lease(coord, node.name)
-                if tick % 3 == 0:
-                    post_ready(core, node.name)
-            except ApiException as exc:
-                if exc.status == 404:
-                    log.info("node %s is gone; not posting its heartbeat", node.name)
-                else:
-                    log.warning("heartbeat for %s failed: %s", node.name, exc.reason)
-            except Exception as exc:  # keep beating through apiserver restarts
-                log.warning("heartbeat for %s failed: %s", node.name, exc)
-        tick += 1
-        deadline = time.monotonic() + interval
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + interval
+            for node in nodes:
+                if node.name in skip:
+                    continue
+                try:
+                    renew_lease(coord, node.name)
+                    if tick % READY_EVERY == 0:
+                        post_ready(core, node.name)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        log.info("node %s is gone; not posting its heartbeat", node.name)
+                    else:
+                        log.warning("heartbeat for %s failed: %s", node.name, exc.reason)
+                except Exception as exc:  # keep beating through apiserver restarts
+                    log.warning("heartbeat for %s failed: %s", node.name, exc)
+            tick += 1
+        complete_deletions(core, [n.name for n in nodes if n.name not in skip])
+        deadline = min(next_beat, time.monotonic() + sweep)
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)

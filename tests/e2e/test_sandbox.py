@@ -14,6 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -91,8 +92,9 @@ def _pod_scheduled(sandbox: Sandbox, namespace: str, name: str) -> dict[str, obj
 
 @pytest.fixture
 def pod_ns(sandbox: Sandbox) -> Iterator[str]:
-    """A namespace for pods kube-scheduler binds. Without a kubelet nothing completes a bound pod's
-    graceful deletion, so they are force-deleted before the namespace goes."""
+    """A namespace for pods kube-scheduler binds. The heartbeat completes a bound pod's graceful
+    deletion only once its grace period (30 s by default) is over, so they are force-deleted before
+    the namespace goes, to free it at once."""
     ns = f"sched-{uuid.uuid4().hex[:6]}"
     sandbox.kubectl("create", "namespace", ns)
     try:
@@ -201,6 +203,47 @@ def test_node_extended_resources_survive_registration_and_heartbeat(sandbox: San
         sandbox.kubectl("patch", "node", node, "--subresource=status", "--type=json", "-p", json.dumps(
             [{"op": "remove", "path": f"/status/{k}/{escaped}"} for k in ("capacity", "allocatable")]),
             check=False)
+
+
+def _bound_pods(sandbox: Sandbox, namespace: str, selector: str) -> list[dict[str, Any]]:
+    pods = sandbox.kubectl_json("-n", namespace, "get", "pods", "-l", selector)["items"]
+    return [p for p in pods if p["spec"].get("nodeName")]
+
+
+def test_drain_completes_for_a_deployment_pod(sandbox: Sandbox, pod_ns: str) -> None:
+    """No kubelet, yet the graceful deletion an eviction starts completes: the heartbeat confirms it
+    (grace period 0, uid precondition) once the pod's grace period is over, so drain returns."""
+    grace = 2  # not 0: a pod with terminationGracePeriodSeconds 0 is deleted at once, kubelet or not
+    template = _pod("web", pod_ns)
+    template["metadata"] = {"labels": {"app": "web"}}
+    template["spec"]["terminationGracePeriodSeconds"] = grace  # type: ignore[index]
+    sandbox.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": pod_ns},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {k: template[k] for k in ("metadata", "spec")}}}))
+    pods = wait_for(lambda: len(bound := _bound_pods(sandbox, pod_ns, "app=web")) == 2 and bound, 60,
+                    what="kube-scheduler binding the Deployment's 2 pods")
+    victim = pods[0]
+    node, uid = victim["spec"]["nodeName"], victim["metadata"]["uid"]
+    try:
+        start = time.monotonic()
+        res = sandbox.kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s",
+                              check=False, timeout=90)
+        took = time.monotonic() - start
+        assert res.returncode == 0, (res.stdout, res.stderr)
+        assert f"pod/{victim['metadata']['name']} evicted" in res.stdout, res.stdout
+        left = sandbox.kubectl_json("-n", pod_ns, "get", "pods", "-l", "app=web")["items"]
+        assert uid not in {p["metadata"]["uid"] for p in left}
+        assert all(p["spec"].get("nodeName") != node for p in left), left
+        assert took >= grace, f"drain took {took:.1f}s, less than the pod's grace period"
+        log = (sandbox.state_dir / "logs" / "heartbeat.log").read_text()
+        assert f"pod {pod_ns}/{victim['metadata']['name']} on {node}: grace period over, deletion completed" in log
+        # The Deployment's replacement is bound to another node (the drained one is cordoned).
+        wait_for(lambda: len(_bound_pods(sandbox, pod_ns, "app=web")) == 2, 60, what="the replacement bound")
+        print(f"drain of {node} took {took:.1f}s (grace period {grace}s)")
+    finally:
+        sandbox.kubectl("uncordon", node, check=False)
+        sandbox.kubectl("-n", pod_ns, "delete", "deployment", "web", "--ignore-not-found", check=False)
 
 
 def test_each_libvirt_host_answers_with_a_distinct_uuid(sandbox: Sandbox) -> None:
