@@ -209,6 +209,9 @@ KCM_CONTROLLERS = (
     "daemonset-controller",
     "job-controller",
     "ttl-after-finished-controller",
+    # Keeps each ResourceQuota's status (hard and used): the API server's quota admission only
+    # enforces what that status lists, so without it every quota admits everything.
+    "resourcequota-controller",
 )
 
 
@@ -231,8 +234,9 @@ def start_controller_manager(binary: Path, paths: ControlPlanePaths, server: str
         f"--service-account-private-key-file={d / 'sa.key'}",
         f"--root-ca-file={d / 'ca.crt'}",
         # Only what the sandbox relies on: owner-reference GC, namespace deletion, default
-        # ServiceAccounts, node health, RBAC aggregation and the workload controllers the
-        # Helm chart's objects use. No cloud or volume controllers: nothing backs them here.
+        # ServiceAccounts, node health, RBAC aggregation, the workload controllers the
+        # Helm chart's objects use, and ResourceQuota status (VM pods count against quotas).
+        # No cloud or volume controllers: nothing backs them here.
         "--controllers=" + ",".join(KCM_CONTROLLERS),
         "--v=1",
     ]

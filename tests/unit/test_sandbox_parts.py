@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 
 from failovervm import pki
-from failovervm_sandbox import images, nodes, procs, sriov
+from failovervm_sandbox import controlplane, images, nodes, procs, sriov
 
 
 def test_pki_issues_verifiable_certs(tmp_path: Path) -> None:
@@ -143,3 +143,14 @@ def test_node_patches_leave_others_resources_alone(monkeypatch: pytest.MonkeyPat
         "Ready", "MemoryPressure", "DiskPressure", "PIDPressure"}
     for patch in (meta_patch, reg_patch, beat_patch):
         assert _no_deleting_directives(patch), patch
+
+
+def test_controller_manager_keeps_resource_quota_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube-apiserver's quota admission enforces only what a ResourceQuota's status lists, which
+    kube-controller-manager's resourcequota-controller writes: without it no quota refuses a pod."""
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(controlplane, "write_kubeconfig", lambda *a: None)
+    monkeypatch.setattr(controlplane.procs, "spawn", lambda argv, log: spawned.append(list(argv)) or 1)
+    controlplane.start_controller_manager(Path("/bin/kcm"), controlplane.ControlPlanePaths(tmp_path), "https://x")
+    [flag] = [a for a in spawned[0] if a.startswith("--controllers=")]
+    assert "resourcequota-controller" in flag.removeprefix("--controllers=").split(",")
