@@ -77,6 +77,35 @@ def test_a_quota_refuses_the_vm_that_exceeds_it(operator_sandbox: Sandbox) -> No
     sb.kubectl("delete", "namespace", ns, "--timeout=120s")
 
 
+def test_a_quota_on_the_vf_resource_refuses_the_second_vm(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    ns = make_namespace(sb, "vfquota")
+    resource = f"requests.vf.failovervm.io/{POOL}"
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-vf", "namespace": ns},
+             "spec": {"hard": {resource: "1"}}}
+    sb.kubectl("apply", "-f", "-", input=json.dumps(quota))
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("v0", ns, POOL))
+    wait_phase(sb, ns, "v0", "Running")
+    apply(sb, vm_manifest("v1", ns, POOL))
+    # The API server's own words, on the FailoverVM: which quota, which resource, how much is used.
+    cond = _scheduled(sb, ns, "v1", "PodRejected")
+    assert cond["status"] == "False", cond
+    for words in ("exceeded quota: one-vf", f"requested: {resource}=1", f"used: {resource}=1",
+                  f"limited: {resource}=1"):
+        assert words in cond["message"], (words, cond)
+    vm = get_vm(sb, ns, "v1")
+    assert vm["status"]["phase"] == "Pending" and not _vm_pods(sb, ns, "v1")
+    rejected = events(sb, ns, "PodRejected", "v1")
+    assert rejected and all(e["type"] == "Warning" and "exceeded quota: one-vf" in e["message"] for e in rejected)
+    shown = sb.kubectl("-n", ns, "describe", "fvm", "v1").stdout
+    assert "exceeded quota: one-vf" in shown, shown
+    # The quota raised: the refused VM is retried (after its back-off) and runs.
+    sb.kubectl("-n", ns, "patch", "resourcequota", "one-vf", "--type=merge",
+               "-p", json.dumps({"spec": {"hard": {resource: "2"}}}))
+    wait_phase(sb, ns, "v1", "Running", timeout=180)
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
 def test_a_stopped_vm_with_a_forged_node_label_does_not_block_a_drain(operator_sandbox: Sandbox) -> None:
     """The issue's tenant: a stopped FailoverVM labelled failovervm.io/node=<node> made drain wait."""
     sb = operator_sandbox
