@@ -5,11 +5,14 @@ resources (vf.failovervm.io/<pool>)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from failovervm.quantity import parse_quantity
 from failovervm_sandbox import procs
 from tests.conftest import Sandbox, make_namespace, restart_operator, wait_for
 from tests.e2e.helpers import apply, condition, events, get_vm, libvirt_conn, pool_manifest, vm_manifest, wait_phase
@@ -103,6 +106,107 @@ def test_a_quota_on_the_vf_resource_refuses_the_second_vm(operator_sandbox: Sand
     sb.kubectl("-n", ns, "patch", "resourcequota", "one-vf", "--type=merge",
                "-p", json.dumps({"spec": {"hard": {resource: "2"}}}))
     wait_phase(sb, ns, "v1", "Running", timeout=180)
+    sb.kubectl("delete", "namespace", ns, "--timeout=120s")
+
+
+def _bound_memory(sb: Sandbox, node: str) -> int:
+    """The memory requests of the pods bound to `node` (what kube-scheduler counts against it)."""
+    pods = sb.kubectl_json("get", "pods", "-A", "--field-selector", f"spec.nodeName={node}")["items"]
+    return sum(parse_quantity((c.get("resources") or {}).get("requests", {}).get("memory", 0))
+               for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")
+               for c in p["spec"]["containers"])
+
+
+@contextlib.contextmanager
+def _node_memory(sb: Sandbox, node: str, free: str) -> Iterator[None]:
+    """Make `node` advertise only `free` memory beyond what the pods bound there already request
+    (its capacity and allocatable, in Node status: the sandbox's heartbeat writes only conditions),
+    and restore what it advertised before afterwards."""
+    before = sb.kubectl_json("get", "node", node)["status"]
+    memory = str(_bound_memory(sb, node) + parse_quantity(free))
+
+    def patch(capacity: str, allocatable: str) -> None:
+        body = {"status": {"capacity": {"memory": capacity}, "allocatable": {"memory": allocatable}}}
+        sb.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(body))
+
+    patch(memory, memory)
+    try:
+        yield
+    finally:
+        patch(before["capacity"]["memory"], before["allocatable"]["memory"])
+
+
+def _deployment(ns: str, name: str, node: str, memory: str, replicas: int) -> dict[str, Any]:
+    """A plain Deployment whose pods request `memory` and may only go to `node`."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                         "nodeSelector": {"kubernetes.io/hostname": node},
+                         "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10",
+                                         "resources": {"requests": {"memory": memory}}}]}}}}
+
+
+def _pod_scheduled(pod: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (pod.get("status") or {}).get("conditions") or [] if c["type"] == "PodScheduled"), {})
+
+
+def _app_pods(sb: Sandbox, ns: str, app: str) -> list[dict[str, Any]]:
+    return list(sb.kubectl_json("-n", ns, "get", "pods", "-l", f"app={app}")["items"])
+
+
+def _unschedulable(pod: dict[str, Any], why: str) -> bool:
+    cond = _pod_scheduled(pod)
+    return (not pod["spec"].get("nodeName") and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable" and why in cond.get("message", ""))
+
+
+def test_vms_and_pods_do_not_share_memory_on_a_node(operator_sandbox: Sandbox) -> None:
+    """kube-scheduler counts VMs and pods against the same allocatable memory: a Deployment's pods
+    are not placed onto memory a VM uses, and a VM is not placed onto memory pods use. The node is
+    made small (1 GiB free) by patching its Node status, as a kubelet would report a small node."""
+    sb = operator_sandbox
+    ns = make_namespace(sb, "memory")
+    node = sb.nodes[0]["node"]
+    here = {"kubernetes.io/hostname": node}
+    app = "eater"
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]))
+    with _node_memory(sb, node, "1Gi"):
+        try:
+            # 512Mi + the controller's default overhead of 160Mi = 672Mi of the node's 1Gi.
+            apply(sb, vm_manifest("vm1", ns, POOL, memory="512Mi", nodeSelector=here))
+            assert wait_phase(sb, ns, "vm1", "Running")["status"]["nodeName"] == node
+            [pod] = _vm_pods(sb, ns, "vm1")
+            assert pod["spec"]["containers"][0]["resources"]["requests"]["memory"] == "672Mi"
+            # Pods of 600Mi fit the node's 1Gi, but not next to the VM: none is placed there.
+            sb.kubectl("apply", "-f", "-", input=json.dumps(_deployment(ns, app, node, "600Mi", 2)))
+            pods = wait_for(lambda: len(p := _app_pods(sb, ns, app)) == 2
+                            and all(_unschedulable(x, "Insufficient memory") for x in p) and p, 60,
+                            what="the Deployment's pods Unschedulable for memory")
+            message = _pod_scheduled(pods[0])["message"]
+            assert "1 Insufficient memory" in message, message
+            assert not [p for p in _app_pods(sb, ns, app) if p["spec"].get("nodeName")]
+            # The VM is what held them off: once it is gone, one of them fits (two do not).
+            sb.kubectl("-n", ns, "delete", "fvm", "vm1", "--timeout=60s")
+            wait_for(lambda: [p["spec"].get("nodeName") for p in _app_pods(sb, ns, app)
+                              if p["spec"].get("nodeName")] == [node], 60, what="one Deployment pod bound")
+            # The reverse: a VM is not placed onto the memory the pod now uses. Pending, with
+            # kube-scheduler's own message on the FailoverVM, and its pod Unschedulable.
+            apply(sb, vm_manifest("vm2", ns, POOL, memory="512Mi", nodeSelector=here))
+            cond = _scheduled(sb, ns, "vm2", "Unschedulable")
+            assert cond["status"] == "False" and "Insufficient memory" in cond["message"], cond
+            assert get_vm(sb, ns, "vm2")["status"]["phase"] == "Pending"
+            [vm_pod] = _vm_pods(sb, ns, "vm2")
+            assert _unschedulable(vm_pod, "Insufficient memory"), vm_pod["status"]
+            assert events(sb, ns, "FailedScheduling", "vm2")
+            # The pods gone, kube-scheduler binds the VM's pod there and the VM runs.
+            sb.kubectl("-n", ns, "scale", "deployment", app, "--replicas=0")
+            assert wait_phase(sb, ns, "vm2", "Running", timeout=90)["status"]["nodeName"] == node
+        finally:
+            # Bound pods never run (no kubelet): removed at once, before the node gets its memory back.
+            sb.kubectl("-n", ns, "delete", "deployment", app, "--ignore-not-found", check=False)
+            sb.kubectl("-n", ns, "delete", "pods", "-l", f"app={app}", "--grace-period=0", "--force",
+                       "--ignore-not-found", check=False)
     sb.kubectl("delete", "namespace", ns, "--timeout=120s")
 
 
