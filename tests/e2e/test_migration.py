@@ -131,11 +131,17 @@ def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sa
     _place_on(sb, ns, _node(1), names)
     # Each VM has its pod on node 1, bound there by kube-scheduler: what drain evicts.
     wait_for(lambda: _vm_pods_on(sb, ns, _node(1)) == names, 30, what="the VM pods on node 1")
+    uuids = {n: get_vm(sb, ns, n)["status"]["domain"]["uuid"] for n in names}
+    pod_names = sorted(p["metadata"]["name"] for p in _vm_pods(sb, ns))
     t0 = time.monotonic()
     with PhaseRecorder(sb, ns) as rec:
         res = sb.kubectl("drain", _node(1), "--ignore-daemonsets", "--timeout=300s", timeout=330, check=False)
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr
+    # drain evicted each VM pod through the Eviction API, and the webhook held it (429) while its VM
+    # was still there; once the VM had left, the controller had deleted the pod.
+    for p in pod_names:
+        assert f'evicting pods/"{p}" -n "{ns}" (will retry after 5s)' in res.stderr, (p, res.stderr)
     # drain returned only after all 6 VMs left: nothing is left on node 1, in libvirt or in the API.
     assert domains_on(sb, _node(1)) == []
     for n in names:
@@ -145,11 +151,18 @@ def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sa
         # Arrived by migration, never rebooted: libvirt's state reason on the target says "migrated".
         conn = libvirt_conn(sb, vm["status"]["nodeName"])
         try:
-            state, reason = conn.lookupByName(vm["status"]["domain"]["name"]).state()
+            dom = conn.lookupByName(vm["status"]["domain"]["name"])
+            (state, reason), uuid_there = dom.state(), dom.UUIDString()
         finally:
             conn.close()
         assert state == libvirt.VIR_DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_MIGRATED
         assert not {"Stopped", "Starting", "Pending", "Failed"} & rec.seen.get(n, set()), rec.seen.get(n)
+        # The same domain (libvirt's UUID, kept by a live migration; a new definition gets a new
+        # one), started once, when the VM was created, and moved once.
+        assert vm["status"]["domain"]["uuid"] == uuids[n] == uuid_there, (uuids[n], vm["status"]["domain"])
+        assert sum(e.get("count") or 1 for e in events(sb, ns, "Started", n)) == 1
+        assert not events(sb, ns, "Restarting", n)
+        assert len(events(sb, ns, "Migrated", n)) == 1
         assert vm["status"]["vf"]["node"] == vm["status"]["nodeName"]
     # One migration per VM, all succeeded: no second one started by a concurrent node sweep.
     migs = _migrations(sb, ns)
@@ -157,7 +170,11 @@ def test_kubectl_drain_waits_for_live_migration_of_every_vm(operator_sandbox: Sa
     assert sorted(m["spec"]["vmName"] for m in migs) == names
     for m in migs:
         assert m["status"]["sourceNode"] == _node(1)
-        assert m["status"]["stats"]["downtimeMs"] >= 0
+        assert m["status"]["targetNode"] == get_vm(sb, ns, m["spec"]["vmName"])["status"]["nodeName"]
+        # Downtime recorded: libvirt's figure for the pause at the switch-over.
+        assert isinstance(m["status"]["stats"]["downtimeMs"], int) and m["status"]["stats"]["downtimeMs"] >= 0
+    table = sb.kubectl("-n", ns, "get", "fvmm").stdout
+    assert "DOWNTIME" in table.splitlines()[0] and table.count("Succeeded") == 6, table
     # The VF claims moved with the VMs, one claim per VM.
     mine = [c for c in claims(sb) if c["spec"]["owner"]["namespace"] == ns]
     assert len(mine) == 6 and all(c["spec"]["node"] != _node(1) for c in mine)
