@@ -133,7 +133,7 @@ def _e2e_cleanup(request: pytest.FixtureRequest) -> Iterator[None]:
         name = node["node"]
         sb.kubectl("uncordon", name, check=False)
         sb.kubectl("label", "node", name, "fvm-test/capacity-", "fvm-test/tight-", check=False)
-        for taint in ("fvm-test/hold-", "ToBeDeletedByClusterAutoscaler-"):
+        for taint in ("fvm-test/hold-", "ToBeDeletedByClusterAutoscaler-", "DeletionCandidateOfClusterAutoscaler-"):
             sb.kubectl("taint", "node", name, taint, check=False)
 
 

@@ -248,6 +248,64 @@ def test_cluster_autoscaler_taint_and_evictions(operator_sandbox: Sandbox) -> No
     sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
 
 
+def _evict_until_done(sb: Sandbox, ns: str, pods: list[str], timeout: float = 120) -> None:
+    """Evict `pods` as cluster-autoscaler does: one Eviction API call per pod, retried while the
+    answer is 429 (CA gives up after --max-pod-eviction-time, 2 minutes), done once a call succeeds
+    or the pod is gone."""
+    left = list(pods)
+    deadline = time.monotonic() + timeout
+    while left:
+        assert time.monotonic() < deadline, f"evictions still refused after {timeout}s: {left}"
+        for name in list(left):
+            res = _evict(sb, ns, name)
+            if res.returncode == 0 or "NotFound" in res.stderr or "not found" in res.stderr:
+                left.remove(name)
+            else:
+                assert "429" in res.stderr or "TooManyRequests" in res.stderr or "still runs" in res.stderr, res.stderr
+        time.sleep(1)
+
+
+def test_cluster_autoscaler_scale_down_moves_each_vm_once(operator_sandbox: Sandbox) -> None:
+    """cluster-autoscaler scaling 3 nodes down to 1: it first marks its candidates (here node 1 and
+    node 2) with the soft taint DeletionCandidateOfClusterAutoscaler (PreferNoSchedule), then removes
+    them one at a time: ToBeDeletedByClusterAutoscaler (NoSchedule) and evictions. The VMs leaving
+    node 1 must go to node 3, which stays, not to node 2, the next to go (issue #11 saw one VM go
+    node 1 -> node 2 -> node 3). kube-scheduler's TaintToleration scoring places the target pods."""
+    sb = operator_sandbox
+    ns = _ns(sb, "scaledown")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]))
+    names = ["sd0", "sd1", "sd2"]
+    _place_on(sb, ns, _node(1), names)
+    wait_for(lambda: _vm_pods_on(sb, ns, _node(1)) == names, 30, what="the VM pods on node 1")
+    pods = sorted(p["metadata"]["name"] for p in _vm_pods(sb, ns))
+    stamp = str(int(time.time()))  # CA's taint values are the Unix time it set them
+    try:
+        for n in (1, 2):
+            sb.kubectl("taint", "node", _node(n), f"DeletionCandidateOfClusterAutoscaler={stamp}:PreferNoSchedule",
+                       "--overwrite")
+        # CA marks its candidates in one loop and deletes in a later one (10 s or more later); a
+        # moment is enough for kube-scheduler to see the soft taints.
+        time.sleep(1)
+        sb.kubectl("taint", "node", _node(1), f"ToBeDeletedByClusterAutoscaler={stamp}:NoSchedule", "--overwrite")
+        _evict_until_done(sb, ns, pods)
+        assert domains_on(sb, _node(1)) == [] and domains_on(sb, _node(2)) == []
+        for n in names:
+            vm = get_vm(sb, ns, n)
+            assert (vm["status"]["phase"], vm["status"]["nodeName"]) == ("Running", _node(3)), (n, vm["status"])
+        # One live migration per VM, node 1 -> node 3: none went through node 2.
+        migs = _migrations(sb, ns)
+        assert sorted(m["spec"]["vmName"] for m in migs) == names, [m["spec"]["vmName"] for m in migs]
+        for m in migs:
+            st = m["status"]
+            assert (st["phase"], st["sourceNode"], st["targetNode"]) == ("Succeeded", _node(1), _node(3)), st
+        assert sorted(p["spec"]["nodeName"] for p in _vm_pods(sb, ns)) == [_node(3)] * 3
+    finally:
+        sb.kubectl("taint", "node", _node(1), "ToBeDeletedByClusterAutoscaler-", check=False)
+        for n in (1, 2):
+            sb.kubectl("taint", "node", _node(n), "DeletionCandidateOfClusterAutoscaler-", check=False)
+    sb.kubectl("delete", "namespace", ns, "--timeout=180s", timeout=200)
+
+
 def test_karpenter_taint_and_evictions(operator_sandbox: Sandbox) -> None:
     """Karpenter's disruption (consolidation, drift): its taint, then evictions. Its taint counts as
     a cordon, and VM pods never tolerate it, whatever the VM's tolerations say."""
