@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client import ApiException
@@ -27,6 +27,7 @@ FVM = "failovervms"
 FVMM = "failovervmmigrations"
 VFPOOL = "vfpools"
 VFCLAIM = "vfclaims"
+T = TypeVar("T")
 
 
 class KubeAPI(Protocol):
@@ -114,6 +115,17 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Ap
     client.Configuration.set_default(cfg)
     return client.ApiClient(cfg)
 
+
+
+def unless_gone(read: Callable[[], T]) -> T | None:
+    """`read()`, or None when the object is not there (404): the adapter's one rule for reads and
+    patches of objects that may have been deleted meanwhile."""
+    try:
+        return read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 def update_status(
     get: Callable[[], dict[str, Any] | None],
@@ -224,12 +236,8 @@ class _KubeBase(VMMetadataEdits):
 
     # -- FailoverVMs ---------------------------------------------------------
     def get_vm(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVM, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: dict(self.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, FVM, name)))
 
     def list_vms(self, label_selector: str | None = None) -> list[dict[str, Any]]:
         kw = {"label_selector": label_selector} if label_selector else {}
@@ -255,12 +263,7 @@ class _KubeBase(VMMetadataEdits):
         return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, VFPOOL).get("items", []))
 
     def get_pool(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_cluster_custom_object(API_GROUP, API_VERSION, VFPOOL, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: dict(self.custom.get_cluster_custom_object(API_GROUP, API_VERSION, VFPOOL, name)))
 
     def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
         update_status(
@@ -297,67 +300,48 @@ class _KubeBase(VMMetadataEdits):
             if exc.status not in (404, 409):
                 raise
 
+    def _plain(self, obj: Any) -> dict[str, Any]:
+        """A core/v1 object from the generated client as the plain dict the operator works on."""
+        return dict(self.api.sanitize_for_serialization(obj))
+
     # -- Nodes ---------------------------------------------------------------------
     def list_nodes(self) -> list[dict[str, Any]]:
-        res = self.api.sanitize_for_serialization(self.core.list_node())
-        return list(res.get("items", []))
+        return list(self._plain(self.core.list_node()).get("items", []))
 
     def get_node(self, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.api.sanitize_for_serialization(self.core.read_node(name)))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: self._plain(self.core.read_node(name)))
 
     def patch_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a Node (the CLI's cordon)."""
-        return dict(self.api.sanitize_for_serialization(self.core.patch_node(name, body)))
+        return self._plain(self.core.patch_node(name, body))
 
     def patch_node_status(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch (RFC 7386) of the nodes/status subresource: only the keys in `body`
         change, a None value removes its key. Returns the Node as patched, None if it is gone."""
-        try:
-            node = self.core.patch_node_status(name, body, _content_type="application/merge-patch+json")
-            return dict(self.api.sanitize_for_serialization(node))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: self._plain(
+            self.core.patch_node_status(name, body, _content_type="application/merge-patch+json")))
 
     # -- Pods (VM pods, in the VMs' namespaces) --------------------------------------------
-    def _pod_dict(self, obj: Any) -> dict[str, Any]:
-        return dict(self.api.sanitize_for_serialization(obj))
 
     def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a pod; the API server's refusal (409 AlreadyExists, 403 quota or Pod Security, 422
         invalid) is raised as ApiException for the caller to read (api_error_message)."""
-        return self._pod_dict(self.core.create_namespaced_pod(body["metadata"]["namespace"], body))
+        return self._plain(self.core.create_namespaced_pod(body["metadata"]["namespace"], body))
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return self._pod_dict(self.core.read_namespaced_pod(name, namespace))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: self._plain(self.core.read_namespaced_pod(name, namespace)))
 
     def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
         kw = {"label_selector": label_selector} if label_selector else {}
         res = (self.core.list_namespaced_pod(namespace, **kw) if namespace
                else self.core.list_pod_for_all_namespaces(**kw))
-        return list(self._pod_dict(res).get("items", []))
+        return list(self._plain(res).get("items", []))
 
     def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch of a pod (a resourceVersion in it is a precondition: 409 when stale).
         None when the pod is gone."""
-        try:
-            return self._pod_dict(self.core.patch_namespaced_pod(
-                name, namespace, body, _content_type="application/merge-patch+json"))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: self._plain(self.core.patch_namespaced_pod(
+            name, namespace, body, _content_type="application/merge-patch+json")))
 
     def delete_pod(self, namespace: str, name: str, grace_period: int | None = None,
                    uid: str | None = None) -> bool:
@@ -434,12 +418,8 @@ class MigrationsMixin:
     custom: Any
 
     def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, FVMM, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return unless_gone(lambda: dict(self.custom.get_namespaced_custom_object(
+            API_GROUP, API_VERSION, namespace, FVMM, name)))
 
     def list_migrations(self, namespace: str | None = None) -> list[dict[str, Any]]:
         if namespace:
