@@ -234,7 +234,7 @@ def _target_pod(ctx: ControllerContext, mig: Mapping[str, Any], vm: Mapping[str,
     retry = vmpods.Retries.key(vm, mig["metadata"]["name"])
     waiting = ctx.pod_retries.waiting(retry)  # the pod was refused, or given up: none until the back-off ends
     if waiting is not None:
-        return Unschedulable(waiting[0], waiting[1])  # type: ignore[arg-type]
+        return waiting
     for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_TARGET):
         if pod["metadata"]["name"] == name:
             return pod

@@ -21,6 +21,7 @@ from kubernetes.client import ApiException
 
 from failovervm import labels, vmpod
 from failovervm.kube import KubeAPI, api_error_message
+from failovervm.scheduling import Unschedulable, UnschedulableReason
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class IndexedPods:
 class Retry:
     attempts: int = 0
     next_try: float = 0.0
-    reason: str = ""
+    reason: UnschedulableReason = "PodRejected"
     message: str = ""
     generation: int | None = None
 
@@ -89,15 +90,15 @@ class Retries:
         meta = vm["metadata"]
         return (f"{meta['uid']}/{migration}" if migration else str(meta["uid"])), meta.get("generation")
 
-    def waiting(self, key: tuple[str, int | None]) -> tuple[str, str] | None:
-        """(reason, message) of the last failure while its back-off runs (a changed spec, a new
-        metadata.generation, retries at once)."""
+    def waiting(self, key: tuple[str, int | None]) -> Unschedulable | None:
+        """The last failure while its back-off runs (a changed spec, a new metadata.generation,
+        retries at once)."""
         entry = self._by_key.get(key[0])
         if entry is None or entry.generation != key[1] or time.monotonic() >= entry.next_try:
             return None
-        return entry.reason, entry.message
+        return Unschedulable(entry.reason, entry.message)
 
-    def failed(self, key: tuple[str, int | None], reason: str, message: str) -> float:
+    def failed(self, key: tuple[str, int | None], reason: UnschedulableReason, message: str) -> float:
         """Record a failure; returns the back-off before the next try."""
         entry = self._by_key.setdefault(key[0], Retry())
         if entry.generation != key[1]:

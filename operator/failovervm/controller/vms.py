@@ -136,7 +136,7 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
 
     waiting = ctx.pod_retries.waiting(vmpods.Retries.key(vm))  # refused, or given up: none until the back-off ends
     if waiting is not None:
-        return Unschedulable(waiting[0], waiting[1])  # type: ignore[arg-type]
+        return waiting
     pod = usable(vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING))
     if pod is not None:
         return pod
