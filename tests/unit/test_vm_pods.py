@@ -303,12 +303,19 @@ def test_the_target_pod_keeps_off_the_source_and_waits_with_the_schedulers_messa
     assert not [c for c in kube.claims.values() if c["spec"].get("purpose") == "MigrationTarget"]
 
 
-def test_once_the_target_pod_is_bound_its_node_gets_the_target_vf(kube: FakeKube, ctx: ControllerContext) -> None:
+def target_reserved(kube: FakeKube, ctx: ControllerContext) -> dict[str, Any]:
+    """A migration of the VM whose target pod kube-scheduler bound to n3, and whose target VF is
+    reserved there (TargetReady). Returns the target pod as bound."""
     migrating_vm(kube, ctx)
     migrations.advance(ctx, NS, "m1")
     [target] = vm_pods(kube, "target")
     kube.bind_pod(NS, target["metadata"]["name"], "n3")
     assert migrations.advance(ctx, NS, "m1") == mg.TARGET_READY
+    return target
+
+
+def test_once_the_target_pod_is_bound_its_node_gets_the_target_vf(kube: FakeKube, ctx: ControllerContext) -> None:
+    target_reserved(kube, ctx)
     st = kube.migrations[NS, "m1"]["status"]
     assert st["targetNode"] == "n3" and st["targetVF"] == {"pciAddress": "0000:3b:02.0",
                                                            "claimName": "n3.0000-3b-02-0"}
@@ -335,11 +342,7 @@ def agent_succeeds(kube: FakeKube) -> None:
 
 def test_after_success_the_target_pod_is_the_running_pod_and_the_source_pod_goes(
         kube: FakeKube, ctx: ControllerContext) -> None:
-    migrating_vm(kube, ctx)
-    migrations.advance(ctx, NS, "m1")
-    [target] = vm_pods(kube, "target")
-    kube.bind_pod(NS, target["metadata"]["name"], "n3")
-    migrations.advance(ctx, NS, "m1")
+    target = target_reserved(kube, ctx)
     # While it runs, both pods hold their node; the VM's own sweep leaves them alone.
     kube.update_vm_status(NS, "vm", lambda st: {**st, "migration": {**st["migration"], "state": mg.RUNNING}})
     assert vms.ensure_pod_of_placed(ctx, kube.vms[NS, "vm"]) == "ok" and len(vm_pods(kube)) == 2
@@ -353,11 +356,7 @@ def test_after_success_the_target_pod_is_the_running_pod_and_the_source_pod_goes
 
 def test_the_vms_own_reconcile_may_settle_the_pods_first(kube: FakeKube, ctx: ControllerContext) -> None:
     """The agent moved status.nodeName (and dropped the lock) before the controller's cleanup ran."""
-    migrating_vm(kube, ctx)
-    migrations.advance(ctx, NS, "m1")
-    [target] = vm_pods(kube, "target")
-    kube.bind_pod(NS, target["metadata"]["name"], "n3")
-    migrations.advance(ctx, NS, "m1")
+    target_reserved(kube, ctx)
     agent_succeeds(kube)
     assert vms.ensure_pod_of_placed(ctx, kube.vms[NS, "vm"]) == "ok"
     [running] = vm_pods(kube)
@@ -367,11 +366,7 @@ def test_the_vms_own_reconcile_may_settle_the_pods_first(kube: FakeKube, ctx: Co
 
 
 def test_after_a_failure_the_target_pod_goes(kube: FakeKube, ctx: ControllerContext) -> None:
-    migrating_vm(kube, ctx)
-    migrations.advance(ctx, NS, "m1")
-    [target] = vm_pods(kube, "target")
-    kube.bind_pod(NS, target["metadata"]["name"], "n3")
-    migrations.advance(ctx, NS, "m1")
+    target_reserved(kube, ctx)
     kube.update_vm_status(NS, "vm", lambda st: {k: v for k, v in st.items() if k != "migration"})
     kube.update_migration_status(NS, "m1", lambda st: {**st, "phase": mg.FAILED})
     assert migrations.advance(ctx, NS, "m1") == mg.FAILED
