@@ -62,9 +62,16 @@ def claim_body(node: str, pool: str, pf: str, pci: str, vm: Mapping[str, Any], p
 
 
 def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any], node: str, *,
-                  purpose: str = "Running", migration: str | None = None) -> Claimed | Unschedulable:
+                  purpose: str = "Running", migration: str | None = None,
+                  claims: Iterable[Mapping[str, Any]] | None = None) -> Claimed | Unschedulable:
     """Claim a free VF of `pool` on `node` (where kube-scheduler bound the VM's pod) for `vm`, or say
-    why the VM cannot have one there. Retries on claim races."""
+    why the VM cannot have one there. Retries on claim races.
+
+    The first choice is made from `claims` (the VFClaims as the caller has just listed them) or,
+    without them, from the API server's cache of them (Kube.list_claims(cached=True)): no wait for
+    a consistent LIST. Creating the claim is the lock either way: a VF that such a list showed free
+    but that was claimed meanwhile costs an AlreadyExists, and the next choice is made from a
+    consistent LIST; so is the answer that no VF is free there."""
     inventory = pool_inventory(pool).get(node) or {}
     pool_name = pool["metadata"]["name"]
     node_obj = kube.get_node(node)
@@ -72,10 +79,14 @@ def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any],
                            bool(inventory))
     if refusal is not None:
         return refusal
-    for _attempt in range(16):
-        taken = claimed_vfs(kube.list_claims())
+    for attempt in range(16):
+        consistent = attempt > 0
+        listed = kube.list_claims() if consistent else claims if claims is not None else kube.list_claims(cached=True)
+        taken = claimed_vfs(listed)
         decision = choose_vf(node, pool_name, [pci for pci in inventory if (node, pci) not in taken])
         if isinstance(decision, Unschedulable):
+            if not consistent:
+                continue  # the cached view may still show a claim released since: look again
             return decision
         assert isinstance(decision, Placement)
         pf = inventory.get(decision.pci_address, "")

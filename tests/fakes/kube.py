@@ -227,7 +227,7 @@ class FakeKube(VMMetadataEdits, Failures):
                       mutate, f"VFPool {name}", attempts=10)
 
     @api
-    def list_claims(self) -> list[Obj]:
+    def list_claims(self, cached: bool = False) -> list[Obj]:
         return self._list(self.claims)
 
     @api

@@ -150,6 +150,9 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
         # Placed: it has its pod on its node (also what creates the pods of VMs that ran before this
         # version, when the controller starts: Kopf lists every VM first). In-memory unless a pod is missing.
         outcome = vms.ensure_pod_of_placed(ctx, dict(body))
+    elif vms.waiting_for_kube_scheduler(ctx, dict(body)):
+        # Its own Pending status write or Kopf's finalizer: in-memory, the pod's binding acts.
+        outcome = "waiting-for-kube-scheduler"
     else:
         outcome = vms.ensure_scheduled(ctx, namespace, name)
     log.debug("%s/%s: %s", namespace, name, outcome)

@@ -55,22 +55,49 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
             for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING):
                 vmpods.delete(kube, pod)  # stopped before it was placed: it holds nothing
             return "not-running"
-        # Claims of an unplaced VM are stale (e.g. after an eviction): release them first.
-        for claim in kube.list_claims():
+        # Claims of an unplaced VM are stale (e.g. after an eviction): release them first. The
+        # others go on to the VF choice, which then need not list them again. From the API server's
+        # cache: a consistent LIST of this rarely written kind waits up to ~100 ms (kube.list_claims);
+        # a claim it misses is left to the sweep of orphaned claims, and the VF choice relists.
+        claims = kube.list_claims(cached=True)
+        for claim in claims:
             if (claim["spec"].get("owner") or {}).get("uid") == uid:
                 kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
-        return _place(ctx, vm)
+        return _place(ctx, vm, [c for c in claims if (c["spec"].get("owner") or {}).get("uid") != uid])
 
 
-def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
-    """An unplaced VM that should run: its pod, kube-scheduler's answer, then a VF on that node."""
+def waiting_for_kube_scheduler(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
+    """An unplaced VM whose status already says it waits for kube-scheduler to bind its pod, for
+    its current spec, while its pod (in the index) is unbound and not found unschedulable: nothing
+    to do until the pod's binding (or Unschedulable) event, so an event of the VM itself (the
+    controller's own status write, Kopf's finalizer) need not cost a pass of API calls that would
+    hold the placement lock when that binding comes. The 3 s timer still looks again."""
+    meta, status = vm["metadata"], vm.get("status") or {}
+    if status.get("nodeName") or meta.get("deletionTimestamp") or not (vm.get("spec") or {}).get("running", True):
+        return False
+    cond = conditions.get(status.get("conditions"), "Scheduled")
+    if (status.get("phase") != "Pending" or status.get("observedGeneration") != meta.get("generation")
+            or cond is None or cond.get("status") != "False" or cond.get("reason") != "WaitingForScheduler"):
+        return False
+    pods = vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING)
+    return len(pods) == 1 and _unbound_and_schedulable(pods[0])
+
+
+def _unbound_and_schedulable(pod: Mapping[str, Any]) -> bool:
+    """A live VM pod that kube-scheduler has neither bound nor found unschedulable (yet)."""
+    return vmpod.node_of(pod) is None and vmpod.unschedulable(pod) is None and not vmpod.is_terminating(pod)
+
+
+def _place(ctx: ControllerContext, vm: dict[str, Any], claims: list[dict[str, Any]]) -> str:
+    """An unplaced VM that should run: its pod, kube-scheduler's answer, then a VF on that node
+    (`claims`: the other VMs' VFClaims, as just listed)."""
     kube = ctx.kube
     pool_name = str(((vm.get("spec") or {}).get("network") or {}).get("pool", ""))
     pool = kube.get_pool(pool_name) if pool_name else None
     if pool is None:
         return _pending(ctx, vm, Unschedulable("NoMatchingNode", f"VFPool {pool_name!r} does not exist"),
                         "FailedScheduling")
-    pod = _pending_pod(ctx, vm, pool)
+    pod, vm = _pending_pod(ctx, vm, pool)
     if isinstance(pod, Unschedulable):
         return _pending(ctx, vm, pod, "PodRejected" if pod.reason == "PodRejected" else "FailedScheduling")
     node = vmpod.node_of(pod)
@@ -79,7 +106,7 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
         if message is not None:  # kube-scheduler's own words; what cluster-autoscaler scales up for
             return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
         return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
-    result = claim_on_node(kube, vm, pool, node)
+    result = claim_on_node(kube, vm, pool, node, claims=claims)
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all (no free VF there, the node draining): let
         # kube-scheduler choose again, after a back-off.
@@ -122,9 +149,11 @@ def _predates_release(pod: Mapping[str, Any], vm: Mapping[str, Any]) -> bool:
     return released is not None and created is not None and created < released
 
 
-def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, Any]) -> dict[str, Any] | Unschedulable:
+def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, Any],
+                 ) -> tuple[dict[str, Any] | Unschedulable, dict[str, Any]]:
     """The running pod of an unplaced VM: the one kube-scheduler has bound (or is to bind), created
-    when there is none, or why there is none (the API server refused it, or a back-off runs)."""
+    when there is none, or why there is none (the API server refused it, or a back-off runs); and
+    the VM as last written (its status says it waits for kube-scheduler once a pod is created)."""
     kube = ctx.kube
 
     def usable(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -136,24 +165,24 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
 
     waiting = ctx.pod_retries.waiting(vmpods.Retries.key(vm))  # refused, or given up: none until the back-off ends
     if waiting is not None:
-        return waiting
+        return waiting, vm
     pod = usable(vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING))
     if pod is not None:
-        return pod
+        return pod, vm
     pod = usable(vmpods.fresh_pods_of(kube, vm, labels.ROLE_RUNNING))
     if pod is not None:
-        return pod
+        return pod, vm
     # Scheduled=False is on the VM before its pod exists (see _predates_release).
     body = vmpod.build(vm, pool, ctx.settings.vm_pod)
-    _pending(ctx, vm, _waiting_for_scheduler(body), None)
+    vm = _write_pending(ctx, vm, _waiting_for_scheduler(body))
     created = vmpods.create(kube, body)
     if created.rejected is not None:
         ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
-        return Unschedulable("PodRejected", created.rejected)
+        return Unschedulable("PodRejected", created.rejected), vm
     assert created.pod is not None
     if created.new:
         vmpods.log_created(created.pod, None)
-    return created.pod
+    return created.pod, vm
 
 
 def ensure_pod_of_placed(ctx: ControllerContext, vm: Mapping[str, Any], *, fresh: bool = False) -> str:
@@ -260,6 +289,11 @@ def on_running_pod_event(ctx: ControllerContext, event_type: str | None, pod: Ma
     node = vmpod.node_of(pod)
     if event_type == "DELETED" and node and vmpod.disruption_reason(pod) in vmpod.DISPLACING_REASONS:
         _displace(ctx, pod, str(name), node)
+    if event_type != "DELETED" and _unbound_and_schedulable(pod):
+        # Created (by this controller, which wrote the VM's Pending status before), not yet bound:
+        # kube-scheduler's answer is the next event. A pass now would only hold the placement lock
+        # when the binding comes.
+        return "waiting-for-kube-scheduler"
     return ensure_scheduled(ctx, str(meta["namespace"]), str(name))
 
 
@@ -340,15 +374,27 @@ def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed)
             meta.get("generation"))
         return st
 
-    return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
+    # `vm` was read under the placement lock in this pass: no GET first (a concurrent metadata
+    # write, e.g. Kopf's finalizer, costs a 409 and a GET).
+    return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
 
 
-def _pending(ctx: ControllerContext, vm: Mapping[str, Any], u: Unschedulable, event: str | None) -> str:
+def _pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable, event: str | None) -> str:
     """The VM waits for a node: phase Pending, Scheduled=False with the reason and message, and an
     Event (`event`, a Warning) when they changed."""
-    kube = ctx.kube
-    meta = vm["metadata"]
     previous = conditions.get((vm.get("status") or {}).get("conditions"), "Scheduled")
+    _write_pending(ctx, vm, u)
+    changed = not previous or previous.get("reason") != u.reason or previous.get("message") != u.message
+    if event and changed:
+        ctx.kube.event(vm, event, u.message, type_="Warning", component="controller")
+    return f"pending:{u.reason}"
+
+
+def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable) -> dict[str, Any]:
+    """Write phase Pending and Scheduled=False (u) into the VM's status; returns the VM as written.
+    `vm` was read (or written) under the placement lock in this pass, so a status it already shows
+    is not written again and costs no request."""
+    meta = vm["metadata"]
 
     def mutate(st: dict[str, Any]) -> dict[str, Any]:
         st.update(phase="Pending", mac=vm_mac(vm), observedGeneration=meta.get("generation"))
@@ -356,11 +402,8 @@ def _pending(ctx: ControllerContext, vm: Mapping[str, Any], u: Unschedulable, ev
             st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"))
         return st
 
-    kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"])
-    changed = not previous or previous.get("reason") != u.reason or previous.get("message") != u.message
-    if event and changed:
-        kube.event(vm, event, u.message, type_="Warning", component="controller")
-    return f"pending:{u.reason}"
+    written = ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
+    return written if written is not None else vm
 
 
 def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> None:

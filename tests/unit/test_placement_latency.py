@@ -1,0 +1,216 @@
+"""apply -> Running without the controller's own waits (issue #11's benchmark): events that find
+nothing to do cost no API call, so no pass holds the placement lock when kube-scheduler's binding
+arrives; the placing pass writes the VM's status from the copy it read (no GET before a write)
+and lists the VFClaims once, from the API server's cache; a status write whose cached copy went
+stale retries at once. On FakeKube, with the VM pod index in memory as Kopf's is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiException
+
+from failovervm import kube as kube_mod
+from failovervm import labels, vmpod
+from failovervm.controller import vmpods, vms
+from failovervm.controller.context import ControllerContext
+from tests.fakes import FakeKube
+from tests.fakes.http import api_server
+from tests.fakes.kube import node
+
+NS = "tenant"
+
+
+class LiveIndex(Mapping[str, list[dict[str, Any]]]):
+    """The VM pods of a FakeKube by VM uid, read without API calls: what Kopf's index gives."""
+
+    def __init__(self, kube: FakeKube) -> None:
+        self.kube = kube
+
+    def _all(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for pod in self.kube.pods.values():
+            uid = (pod["metadata"].get("labels") or {}).get(labels.VM_UID_LABEL)
+            if uid:
+                out.setdefault(uid, []).append(vmpod.summary(pod))
+        return out
+
+    def __getitem__(self, uid: str) -> list[dict[str, Any]]:
+        return self._all()[uid]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    k = FakeKube()
+    for n in ("n1", "n2"):
+        k.add_node(node(n, labels={"sriov": "true"}))
+    k.add_pool({"metadata": {"name": "pool"}, "spec": {"nodeSelector": {"sriov": "true"}},
+                "status": {"nodes": [{"node": n, "vfs": [{"pciAddress": "0000:3b:02.0", "pf": "pf0"}]}
+                                     for n in ("n1", "n2")]}})
+    k.add_vm({"metadata": {"name": "vm", "namespace": NS},
+              "spec": {"running": True, "cpu": 1, "memory": "128Mi", "network": {"pool": "pool"}}})
+    return k
+
+
+@pytest.fixture
+def ctx(kube: FakeKube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
+    c = controller_ctx(kube)
+    c.pods = vmpods.IndexedPods(LiveIndex(kube))
+    return c
+
+
+def the_pod(kube: FakeKube) -> dict[str, Any]:
+    [pod] = kube.pods.values()
+    return pod
+
+
+def methods(kube: FakeKube) -> list[str]:
+    return [c.method for c in kube.calls]
+
+
+def test_the_first_pass_writes_pending_and_creates_the_pod_without_reading_the_vm_again(
+        kube: FakeKube, ctx: ControllerContext) -> None:
+    assert vms.ensure_scheduled(ctx, NS, "vm") == "pending:WaitingForScheduler"
+    # One GET of the VM under the placement lock; the Pending status is written once, before the
+    # pod exists, and not read back to find it already says so.
+    assert methods(kube).count("get_vm") == 1
+    assert methods(kube).count("create_pod") == 1 and methods(kube).count("update_vm_status") == 2
+    status = kube.vms[NS, "vm"]["status"]
+    assert status["phase"] == "Pending" and the_pod(kube)["metadata"]["name"] in status["conditions"][0]["message"]
+
+
+def test_events_while_the_pod_waits_for_kube_scheduler_cost_no_api_call(kube: FakeKube,
+                                                                         ctx: ControllerContext) -> None:
+    vms.ensure_scheduled(ctx, NS, "vm")
+    kube.calls.clear()
+    # The VM's own status write and Kopf's finalizer come back as VM events; the pod's creation as a
+    # pod event. None of them has anything to do: kube-scheduler's answer is the next event.
+    assert vms.waiting_for_kube_scheduler(ctx, kube.vms[NS, "vm"])
+    assert vms.on_running_pod_event(ctx, "ADDED", the_pod(kube)) == "waiting-for-kube-scheduler"
+    assert kube.calls == []
+    # kube-scheduler binds it: that event places the VM.
+    bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n2")
+    assert not vms.waiting_for_kube_scheduler(ctx, kube.vms[NS, "vm"])
+    assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n2"
+
+
+def test_what_still_needs_a_pass_gets_one(kube: FakeKube, ctx: ControllerContext) -> None:
+    vms.ensure_scheduled(ctx, NS, "vm")
+    name = the_pod(kube)["metadata"]["name"]
+    # A changed spec (a new generation the status has not seen).
+    changed = kube.patch_vm(NS, "vm", {"spec": {"cpu": 2}})
+    assert not vms.waiting_for_kube_scheduler(ctx, changed)
+    vms.ensure_scheduled(ctx, NS, "vm")
+    assert vms.waiting_for_kube_scheduler(ctx, kube.vms[NS, "vm"])
+    # Stopped, or deleted.
+    assert not vms.waiting_for_kube_scheduler(ctx, {**kube.vms[NS, "vm"], "spec": {"running": False}})
+    # kube-scheduler found no node: its message goes onto the VM.
+    unschedulable = kube.pod_unschedulable(NS, name, "0/2 nodes are available: 2 Insufficient memory.")
+    assert not vms.waiting_for_kube_scheduler(ctx, kube.vms[NS, "vm"])
+    assert vms.on_running_pod_event(ctx, "MODIFIED", unschedulable) == "pending:Unschedulable"
+    # The pod deleted while it waited: a new one.
+    pod = kube.pods.pop((NS, name))
+    assert vms.on_running_pod_event(ctx, "DELETED", pod) == "pending:WaitingForScheduler"
+    assert len(kube.pods) == 1
+
+
+def test_the_binding_pass_reads_the_vm_once_and_lists_the_claims_once(kube: FakeKube,
+                                                                       ctx: ControllerContext) -> None:
+    vms.ensure_scheduled(ctx, NS, "vm")
+    bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n1")
+    kube.calls.clear()
+    assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
+    assert methods(kube).count("get_vm") == 1  # the placement's status write and patch use it
+    # Stale claims and the VF choice share one LIST, from the API server's cache: a consistent LIST
+    # of VFClaims waits for etcd's next progress notification (up to ~100 ms).
+    assert kube.calls_of("list_claims") == [(True,)]
+    vm = kube.vms[NS, "vm"]
+    assert vm["status"]["vf"]["claimName"] in kube.claims
+    assert vm["metadata"]["labels"][labels.VM_NODE] == "n1" and labels.AGENT_FINALIZER in vm["metadata"]["finalizers"]
+
+
+def test_the_binding_pass_survives_a_write_landing_after_its_read(kube: FakeKube, ctx: ControllerContext) -> None:
+    vms.ensure_scheduled(ctx, NS, "vm")
+    bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n1")
+    # Kopf adds its finalizer between the pass's GET and its status write: a 409, a GET, the write.
+    kube.before("update_vm_status", lambda: kube.patch_vm(NS, "vm", {"metadata": {"finalizers": ["kopf"]}}))
+    assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
+    vm = kube.vms[NS, "vm"]
+    assert vm["status"]["phase"] == "Scheduled"
+    assert set(vm["metadata"]["finalizers"]) == {"kopf", labels.AGENT_FINALIZER}
+
+
+def test_the_vf_choice_starts_from_a_cached_list_and_checks_a_consistent_one_before_a_no(kube: FakeKube) -> None:
+    from failovervm.placement import Claimed, claim_on_node
+
+    vm, pool = kube.vms[NS, "vm"], kube.pools["pool"]
+    assert isinstance(claim_on_node(kube, vm, pool, "n1", claims=[]), Claimed)
+    assert kube.calls_of("list_claims") == []  # the caller's list
+    kube.calls.clear()
+    # Without one: the API server's cache.
+    kube.claims.clear()
+    assert isinstance(claim_on_node(kube, vm, pool, "n1"), Claimed)
+    assert kube.calls_of("list_claims") == [(True,)]
+    # The list said n2's VF was free, but it was claimed since: AlreadyExists, then a consistent
+    # list, which says no VF is free there.
+    kube.calls.clear()
+    kube.create_claim({"metadata": {"name": "n2.0000-3b-02-0"}, "spec": {
+        "node": "n2", "pciAddress": "0000:3b:02.0", "owner": {"uid": "other"}}})
+    result = claim_on_node(kube, vm, pool, "n2", claims=[])
+    assert not isinstance(result, Claimed) and result.reason == "NoFreeVF"
+    assert kube.calls_of("list_claims") == [(False,)]
+    # The list showed n2's VF claimed, but that claim was released since: a consistent list finds
+    # it free before the VM is sent back to kube-scheduler.
+    stale = list(kube.claims.values())
+    kube.claims.clear()
+    kube.calls.clear()
+    result = claim_on_node(kube, vm, pool, "n2", claims=stale)
+    assert isinstance(result, Claimed) and result.node == "n2"
+    assert kube.calls_of("list_claims") == [(False,)]
+
+
+def test_a_stale_copy_is_written_again_at_once_and_only_repeated_conflicts_back_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(kube_mod.time, "sleep", slept.append)
+    stored = {"metadata": {"uid": "u", "resourceVersion": "2"}, "status": {}}
+    conflicts = [0]  # how many of the next replaces answer 409
+
+    def replace(obj: dict[str, Any]) -> dict[str, Any]:
+        if conflicts[0]:
+            conflicts[0] -= 1
+            raise ApiException(status=409)
+        return obj
+
+    def write(n: int) -> dict[str, Any] | None:
+        conflicts[0] = n
+        stale = {"metadata": {"uid": "u", "resourceVersion": "1"}, "status": {}}
+        return kube_mod.update_status(lambda: dict(stored), replace, lambda st: {**st, "phase": "Running"}, "vm",
+                                      current=stale, uid="u")
+
+    # The cached copy was stale (another writer's patch landed since): read and write again at once.
+    written = write(1)
+    assert written is not None and written["status"]["phase"] == "Running" and slept == []
+    # Writers that keep colliding: from the second conflict in a row on, back off.
+    write(3)
+    assert slept == [0.05, 0.1]
+
+
+def test_kube_lists_claims_from_the_api_servers_cache_only_when_asked() -> None:
+    def respond(_method: str, _path: str) -> tuple[int, dict[str, Any]]:
+        return 200, {"kind": "VFClaimList", "items": [{"metadata": {"name": "c"}}]}
+
+    with api_server(respond) as (api, seen):
+        kube = kube_mod.Kube(api)
+        assert kube.list_claims() == [{"metadata": {"name": "c"}}]
+        assert kube.list_claims(cached=True) == [{"metadata": {"name": "c"}}]
+    assert [r["path"] for r in seen] == ["/apis/failovervm.io/v1alpha1/vfclaims",
+                                         "/apis/failovervm.io/v1alpha1/vfclaims?resourceVersion=0"]
