@@ -9,6 +9,7 @@ import os
 import platform
 import statistics
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from lxml import etree
 
 from failovervm import API_GROUP, API_VERSION
@@ -60,6 +61,91 @@ class SandboxHandle:
 
     def uri(self, node: str) -> str:
         return str(next(h["uri"] for h in self.data["libvirt"] if h["node"] == node))
+
+
+
+class Timeline:
+    """Watches that stamp every change of some objects with the time it reached this process
+    (time.perf_counter, like the benchmarks' own clocks): where the time of an operation goes.
+
+    `start()` lists each kind and watches it from that resourceVersion, each on its own client and
+    thread, until `stop()`. Start it a second or so before the first operation it is to time: a
+    watch connecting late would deliver early changes late. Kinds: "pods" and "failovervms" (in
+    `namespace`), "vfclaims" and "events" (events.k8s.io/v1 in `namespace`).
+
+    Both sides of a comparison are stamped the same way (arrival of the watch event), so what the
+    watch itself adds cancels out of differences such as creation -> binding."""
+
+    KINDS = ("pods", "failovervms", "vfclaims", "events")
+
+    def __init__(self, sb: SandboxHandle, namespace: str, kinds: tuple[str, ...] = KINDS) -> None:
+        self.sb, self.namespace, self.kinds = sb, namespace, kinds
+        self.records: list[tuple[float, str, str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watches: list[watch.Watch] = []
+        self._threads: list[threading.Thread] = []
+
+    def _lister(self, kind: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        api = client.ApiClient(config.new_client_from_config(config_file=str(self.sb.kubeconfig)).configuration)
+        if kind == "pods":
+            return client.CoreV1Api(api).list_namespaced_pod, (self.namespace,)
+        if kind == "failovervms":
+            return client.CustomObjectsApi(api).list_namespaced_custom_object, (
+                API_GROUP, API_VERSION, self.namespace, "failovervms")
+        if kind == "vfclaims":
+            return client.CustomObjectsApi(api).list_cluster_custom_object, (API_GROUP, API_VERSION, "vfclaims")
+        if kind == "events":
+            return client.EventsV1Api(api).list_namespaced_event, (self.namespace,)
+        raise ValueError(kind)
+
+    def _run(self, kind: str) -> None:
+        fn, args = self._lister(kind)
+        rv: str | None = None
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    listed = fn(*args, _preload_content=False)
+                    rv = json.loads(listed.data)["metadata"]["resourceVersion"]
+                w = watch.Watch()
+                self._watches.append(w)
+                for ev in w.stream(fn, *args, resource_version=rv, timeout_seconds=120, allow_watch_bookmarks=True,
+                                   deserialize=False):
+                    t = time.perf_counter()
+                    obj = ev["object"]
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                    if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                        with self._lock:
+                            self.records.append((t, kind, ev["type"], obj))
+                    if self._stop.is_set():
+                        break
+            except Exception:  # an expired resourceVersion (410), a dropped connection: list again
+                rv = None
+                if not self._stop.is_set():
+                    time.sleep(0.2)
+
+    def start(self, settle: float = 1.0) -> Timeline:
+        for kind in self.kinds:
+            th = threading.Thread(target=self._run, args=(kind,), name=f"timeline-{kind}", daemon=True)
+            th.start()
+            self._threads.append(th)
+        time.sleep(settle)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for w in self._watches:
+            w.stop()
+
+    def of(self, kind: str, pred: Callable[[str, dict[str, Any]], bool]) -> list[tuple[float, str, dict[str, Any]]]:
+        """(arrival, event type, object) of `kind`'s changes that `pred(type, obj)` accepts, in order."""
+        with self._lock:
+            return [(t, typ, obj) for t, k, typ, obj in self.records if k == kind and pred(typ, obj)]
+
+    def first(self, kind: str, pred: Callable[[str, dict[str, Any]], bool]) -> float | None:
+        """Arrival of the first change of `kind` that `pred(type, obj)` accepts."""
+        found = self.of(kind, pred)
+        return found[0][0] if found else None
 
 
 # Keeps the VMs of a benchmark off the nodes it does not want them on.
@@ -219,17 +305,23 @@ def raw_migration(
     return times, downtimes
 
 
-def bench_main(doc: str | None, run: Callable[[Path, int], dict[str, Any]], count_flags: tuple[str, ...],
-               default_count: int, report: Callable[[dict[str, Any]], None]) -> None:
+def bench_main(doc: str | None, run: Callable[..., dict[str, Any]], count_flags: tuple[str, ...],
+               default_count: int, report: Callable[[dict[str, Any]], None],
+               switches: tuple[tuple[str, str], ...] = ()) -> None:
     """A benchmark's command line: --state-dir, its count (-n VMs or -r rounds), --json for the
-    raw result, else `report` prints the operator's figure next to the raw libvirt one."""
+    raw result, else `report` prints the operator's figure next to the raw libvirt one. `switches`,
+    (flag, help) pairs such as ("--phases", ...), become keyword arguments of `run` (True when given)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--state-dir", default="/var/lib/failovervm-sandbox")
     ap.add_argument(*count_flags, type=int, default=default_count, dest="count",
                     metavar=count_flags[-1].lstrip("-").upper())
     ap.add_argument("--json", action="store_true")
+    for flag, help_ in switches:
+        ap.add_argument(flag, action="store_true", help=help_)
     args = ap.parse_args()
-    result = run(Path(args.state_dir), args.count)
+    extra = {flag.lstrip("-").replace("-", "_"): getattr(args, flag.lstrip("-").replace("-", "_"))
+             for flag, _ in switches}
+    result = run(Path(args.state_dir), args.count, **extra)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

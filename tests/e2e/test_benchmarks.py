@@ -23,6 +23,18 @@ def test_apply_to_running_benchmark_quick(operator_sandbox: Sandbox) -> None:
     operator_sandbox.kubectl("delete", "namespace", "bench-quick", "--wait=false")
 
 
+def test_scheduler_binding_benchmark_quick(operator_sandbox: Sandbox, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import apply_to_running, scheduler_binding
+
+    apply(operator_sandbox, pool_manifest(apply_to_running.POOL, operator_sandbox.data["bridge"]))
+    res = scheduler_binding.run(operator_sandbox.state_dir, n=2, namespace="bench-binding-quick")
+    assert res["vm_pod_watch_s"]["n"] == 2 and res["plain_pod_watch_s"]["n"] == 2
+    scheduler_binding._report(res)
+    out = capsys.readouterr().out
+    assert "VM pod" in out and "plain pod" in out and "kube-scheduler's own" in out
+    operator_sandbox.kubectl("delete", "namespace", "bench-binding-quick", "--wait=false")
+
+
 def test_evacuation_benchmark_quick(operator_sandbox: Sandbox) -> None:
     from benchmarks import evacuation
 
