@@ -17,7 +17,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from failovervm_sandbox import SandboxError, binaries, controlplane, images, libvirthost, network, procs, sriov
+from failovervm_sandbox import (
+    SandboxError,
+    binaries,
+    controlplane,
+    images,
+    libvirthost,
+    network,
+    ownership,
+    procs,
+    sriov,
+)
 from failovervm_sandbox.state import (
     DEFAULT_STATE_DIR,
     Options,
@@ -85,6 +95,7 @@ def _record_settings(opts: Options) -> State:
             f"in {state_dir}; "
             "run `failovervm sandbox down` first to change its shape"
         )
+    ownership.claim(state_dir, opts.bridge, _address_base(d) or opts.address_base)
     accel_ok, accel_detail = libvirthost.kvm_usable()
     d.update(
         {
@@ -141,6 +152,12 @@ def _start_control_plane(state: State, opts: Options) -> None:
         lambda: controlplane.start_scheduler(bins["kube-scheduler"], paths, server, sched_port),
         opts, f"kube-scheduler (https://127.0.0.1:{sched_port})",
     )
+
+
+def _address_base(d: dict[str, Any]) -> str | None:
+    """The address base of a sandbox that has run (node i has base + i), else None."""
+    hosts = d.get("libvirt") or []
+    return _node_address(hosts[0]["address"], -int(hosts[0]["index"])) if hosts else None
 
 
 def _host_entry(state: State, opts: Options, i: int) -> dict[str, Any]:
@@ -247,10 +264,14 @@ def down(opts: Options) -> None:
                         ("apiserver", "kube-apiserver"), ("etcd", "etcd")):
         if procs.stop(d.get(key, {}).get("pid"), marker):
             say(opts, f"{key}: stopped")
-    for host in state.hosts():
-        network.remove_node_bridge(d["bridge"], host.index)
-    if d.get("bridge_created"):
-        network.remove_link(d["bridge"])
+    if ownership.owns_bridge(state_dir, d["bridge"]):
+        for host in state.hosts():
+            network.remove_node_bridge(d["bridge"], host.index)
+        if d.get("bridge_created"):
+            network.remove_link(d["bridge"])
+    else:
+        say(opts, f"bridge {d['bridge']}: left alone, another running sandbox owns it")
+    ownership.release(state_dir, d["bridge"], _address_base(d) or "")
     # Remove state but keep the shared image directory if it lives inside the state dir.
     images_dir = Path(d.get("images_dir", ""))
     for child in state_dir.iterdir():
