@@ -20,9 +20,21 @@ REPO = Path(__file__).resolve().parents[1]
 # The test suite's sandbox uses its own loopback addresses, bridge and state dir, so it
 # does not collide with a user's sandbox on the same machine. Two suites can run side by side
 # with other ones (FAILOVERVM_TEST_ADDRESS_BASE, FAILOVERVM_TEST_BRIDGE; the suite's own extra
-# sandboxes in test_sandbox.py and test_helm.py keep theirs, so only one suite should run those).
+# sandboxes move with them: extra_sandbox_network).
 TEST_ADDRESS_BASE = os.environ.get("FAILOVERVM_TEST_ADDRESS_BASE", "127.0.77.10")
 TEST_BRIDGE = os.environ.get("FAILOVERVM_TEST_BRIDGE", "fvmtbr0")
+
+
+def extra_sandbox_network(k: int) -> tuple[str, str]:
+    """(address base, bridge) of the suite's k-th sandbox of its own (test_sandbox, test_helm):
+    the session's shifted by k (127.0.77.10, fvmtbr0 -> 127.0.78.10, fvmtbr1 for k = 1)."""
+    import ipaddress
+    import re
+
+    base = str(ipaddress.ip_address(TEST_ADDRESS_BASE) + 256 * k)
+    match = re.search(r"\d+$", TEST_BRIDGE)
+    bridge = (TEST_BRIDGE[:match.start()] + str(int(match.group()) + k)) if match else f"{TEST_BRIDGE}{k}"
+    return base, bridge
 TEST_NODES = 3
 # The examples reference images in the default sandbox image directory; the test
 # sandbox shares it (it only holds read-only test images).

@@ -19,7 +19,7 @@ from failovervm import labels
 from failovervm_sandbox import procs
 from failovervm_sandbox.binaries import binary_path
 from failovervm_sandbox.controlplane import free_port
-from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli, wait_for
+from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, _cli, extra_sandbox_network, wait_for
 from tests.e2e.helpers import apply, claims, domains_on, pool_manifest, wait_phase, wait_webhook
 from tests.prereq import require
 
@@ -29,14 +29,17 @@ RELEASE = "fvm"
 CHART = REPO / "charts" / "failovervm-operator"
 
 
+HELM_NET = extra_sandbox_network(2)
+
+
 @pytest.fixture(scope="module")
 def helm_sandbox(sandbox_prereqs: None) -> Iterator[Sandbox]:
     """A 1-node sandbox of its own, without the operator: the chart's identities run it here."""
     require(os.access(binary_path("helm"), os.X_OK), f"helm at {binary_path('helm')}")
     state_dir = Path(tempfile.mkdtemp(prefix="fvm-helm-sandbox-"))
     res = _cli("sandbox", "up", "--no-operator", "--nodes", "1", "--vfs-per-node", "4", "--state-dir",
-               str(state_dir), "--images-dir", TEST_IMAGES_DIR, "--address-base", "127.0.79.10",
-               "--bridge", "fvmtbr2")
+               str(state_dir), "--images-dir", TEST_IMAGES_DIR, "--address-base", HELM_NET[0],
+               "--bridge", HELM_NET[1])
     if res.returncode != 0:
         _cli("sandbox", "down", "--state-dir", str(state_dir))
         pytest.fail(f"sandbox up failed:\n{res.stderr}", pytrace=False)

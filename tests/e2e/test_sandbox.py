@@ -22,7 +22,7 @@ from lxml import etree
 from lxml.builder import E
 
 from failovervm_sandbox import procs
-from tests.conftest import REPO, Sandbox, remove_domain, wait_for
+from tests.conftest import REPO, Sandbox, extra_sandbox_network, remove_domain, wait_for
 from tests.e2e.helpers import events
 
 pytestmark = pytest.mark.e2e
@@ -325,11 +325,14 @@ def _processes_mentioning(text: str) -> list[int]:
     return out
 
 
+IDEM_NET = extra_sandbox_network(1)
+
+
 def test_up_and_down_are_idempotent_and_leave_nothing(sandbox_prereqs: None) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="fvm-idem-"))
     args = ["--state-dir", str(state_dir)]
     up_args = ["sandbox", "up", "--no-operator", "--nodes", "1", "--vfs-per-node", "2",
-               "--address-base", "127.0.78.10", "--bridge", "fvmtbr1", *args]
+               "--address-base", IDEM_NET[0], "--bridge", IDEM_NET[1], *args]
     try:
         first = _cli(*up_args)
         assert first.returncode == 0, first.stderr
@@ -360,7 +363,7 @@ def test_up_and_down_are_idempotent_and_leave_nothing(sandbox_prereqs: None) -> 
     assert _processes_mentioning(str(state_dir)) == []
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(state_dir) not in mounts
-    assert not Path("/sys/class/net/fvmtbr1").exists()
+    assert not Path("/sys/class/net", IDEM_NET[1]).exists()
     again = _cli("sandbox", "down", *args)
     assert again.returncode == 0
     st = _cli("sandbox", "status", *args)
