@@ -8,7 +8,7 @@ Event sources, all feeding one de-duplicating work queue (one reconcile per VM a
 - requeues asked for by a reconcile (VF hot-plug backoff, transient errors).
 
 Apart from the queue, the inventory round (at start, then every `inventory_seconds`) publishes the
-node's VFs into VFPool status and keeps the Node's extended resources `vf.failovervm.io/<pool>`
+node's VFs into its VFInventory and keeps the Node's extended resources `vf.failovervm.io/<pool>`
 true, writing the Node only when they differ (agent/inventory.py).
 """
 
@@ -29,7 +29,7 @@ from failovervm import API_GROUP, API_VERSION, domxml, labels
 from failovervm import kube as kube_mod
 from failovervm.agent.connection import LibvirtConnection
 from failovervm.agent.domains import DomainNotFound
-from failovervm.agent.inventory import publish
+from failovervm.agent.inventory import Published, publish
 from failovervm.agent.libvirt_domains import LibvirtDomainManager
 from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
@@ -99,6 +99,7 @@ class Agent:
         self.ctx: AgentContext | None = None
         self.migrator: Any = None
         self._stop = threading.Event()
+        self.published = Published()  # what the inventory round last wrote (agent.inventory)
 
     # -- event sources ---------------------------------------------------------------
     def _on_domain_event(self, dom_name: str, event: str, detail: int) -> None:
@@ -178,7 +179,8 @@ class Agent:
 
     async def _inventory(self) -> None:
         try:
-            counts = await asyncio.to_thread(publish, self.kube, self.args.node, Path(self.args.sysfs_root))
+            counts = await asyncio.to_thread(publish, self.kube, self.args.node, Path(self.args.sysfs_root),
+                                             self.published)
             log.debug("published VF inventory: %s", counts)
         except Exception as exc:
             log.warning("publishing the VF inventory failed: %s", exc)

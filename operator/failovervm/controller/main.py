@@ -21,7 +21,7 @@ import kopf
 from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
-from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vmpods, vms
+from failovervm.controller import admission, cache, evacuation, migrations, recovery, sweeps, vmpods, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FVM = (API_GROUP, API_VERSION, "failovervms")
 FVMM = (API_GROUP, API_VERSION, "failovervmmigrations")
 POOL = (API_GROUP, API_VERSION, "vfpools")
+CLAIM = (API_GROUP, API_VERSION, "vfclaims")
+INVENTORY = (API_GROUP, API_VERSION, "vfinventories")
 
 
 @dataclass
@@ -102,12 +104,15 @@ def run(args: ControllerArgs) -> int:
 def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerContext:
     """The context `run` put into the memo (every handler's memo is a shallow copy of it). Kopf
     hands its indices to every handler as keyword arguments: the first one seen binds the VM pod
-    index to the context (it is the same object for the operator's whole life)."""
+    index and the watch caches (controller.cache) to the context (they are the same objects for
+    the operator's whole life)."""
     ctx = memo.ctx
     assert isinstance(ctx, ControllerContext)
     index = (indices or {}).get("vm_pods")
     if index is not None and not isinstance(ctx.pods, vmpods.IndexedPods):
         ctx.pods = vmpods.IndexedPods(index)
+    if not isinstance(ctx.cache, cache.IndexedCache) and all(n in (indices or {}) for n in cache.INDEX_NAMES):
+        ctx.cache = cache.IndexedCache({n: (indices or {})[n] for n in cache.INDEX_NAMES})
     return ctx
 
 
@@ -159,18 +164,71 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
 
 
 @kopf.timer(*FVM, interval=3.0, initial_delay=3.0, when=_unplaced)
-def retry_pending(*, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any) -> None:
-    """The VM pod's state may have changed without an event reaching us, a back-off may have ended
-    (a refused pod), the pool may have appeared: look again."""
-    vms.ensure_scheduled(_ctx(memo, kw), namespace or "", name)
+def retry_pending(*, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+    """A back-off may have ended (a refused pod), capacity may have changed (a VM or claim deleted,
+    a node, pool or inventory added or grown): look again. Decided in memory (vms.needs_look): a VM
+    that waits for kube-scheduler, or for capacity that did not change, costs no API call."""
+    ctx = _ctx(memo, kw)
+    if vms.needs_look(ctx, dict(body)):
+        vms.ensure_scheduled(ctx, namespace or "", name)
 
 
 @kopf.on.delete(*FVM)
 def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **kw: Any) -> None:
+    ctx = _ctx(memo, kw)
     try:
-        vms.finalize(_ctx(memo, kw), namespace or "", name, uid)
+        vms.finalize(ctx, namespace or "", name, uid)
     except vms.StillDeleting as exc:
         raise kopf.TemporaryError(str(exc), delay=2) from None
+
+
+# -- the watch caches (controller.cache): what the controller knows without asking the API ------------
+# Each index keeps a summary of the fields the controller reads. None of them writes to its objects.
+@kopf.index(*FVM)
+def fvm_keys(*, body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    return cache.vm_keys(body)
+
+
+@kopf.index(*CLAIM)
+def vfclaim_keys(*, body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    return cache.claim_keys(body)
+
+
+@kopf.index(*POOL)
+def vfpool_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: cache.pool_summary(body)}
+
+
+@kopf.index(*INVENTORY)
+def vfinventory_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: cache.inventory_summary(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: cache.node_summary(body)}
+
+
+@kopf.on.event(*CLAIM)
+def on_claim_event(*, type: str, memo: kopf.Memo, **kw: Any) -> None:
+    """A released VF is capacity: wake the VMs that wait for one."""
+    if type == "DELETED":
+        _ctx(memo, kw).capacity.changed()
+
+
+@kopf.on.event(*INVENTORY)
+def on_inventory_event(*, memo: kopf.Memo, **kw: Any) -> None:
+    """A node's VF inventory was written (its agent writes it only when it changed): wake waiting VMs."""
+    _ctx(memo, kw).capacity.changed()
+
+
+@kopf.on.event(*POOL)
+def on_pool_event(*, type: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **kw: Any) -> None:
+    """A pool was added or its spec changed (not its status: the controller's own counts): wake
+    waiting VMs."""
+    ctx = _ctx(memo, kw)
+    if ctx.capacity.object_changed(f"vfpool/{name}", None if type == "DELETED" else str(meta.get("generation"))):
+        ctx.capacity.changed()
 
 
 @kopf.timer(*POOL, interval=3.0)
@@ -254,11 +312,16 @@ def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **
 
 # -- Nodes: evacuation, node failure, and the eviction of VM pods ------------------------------------
 @kopf.on.event("", "v1", "nodes")
-def on_node_event(*, type: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+def on_node_event(*, type: str, name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     ctx = _ctx(memo, kw)
     if type != "DELETED":
-        evacuation.reconcile_node(ctx, name)
+        summary = cache.node_summary(body)
+        if ctx.capacity.object_changed(f"node/{name}", cache.node_fingerprint(summary)):
+            ctx.capacity.changed()  # added, or its readiness, taints, cordon, allocatable changed
+        if evacuation.needs_pass(ctx, summary):  # a heartbeat that changes nothing costs no API call
+            evacuation.reconcile_node(ctx, name)
     elif name:
+        ctx.capacity.object_changed(f"node/{name}", None)
         # A deleted Node counts as fenced: the VMs it ran start elsewhere.
         recovery.release_all(ctx, name, None)
 
