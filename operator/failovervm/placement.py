@@ -8,6 +8,8 @@ second claim on the same VF fails with AlreadyExists and the next free VF is tri
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,30 @@ class Claimed:
     pci_address: str
     pf: str
     claim: str
+
+
+class RecentClaims:
+    """The VFs this controller claimed (or found claimed) in the last `ttl` seconds, by node: a watch
+    cache shows a claim only once its event arrives, and the next placement on the same node comes
+    sooner; without this it would pick the same VF and pay an AlreadyExists for each claim it has
+    not seen yet. Only ever adds "taken": a VF it lists that was released meanwhile is found free by
+    the consistent LIST before a NoFreeVF."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._at: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, node: str, pci: str) -> None:
+        with self._lock:
+            self._at[(node, pci)] = time.monotonic()
+
+    def on(self, node: str) -> set[tuple[str, str]]:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._at) > 256:
+                self._at = {k: t for k, t in self._at.items() if now - t < self.ttl}
+            return {k for k, t in self._at.items() if k[0] == node and now - t < self.ttl}
 
 
 def claimed_vfs(claims: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
@@ -55,7 +81,7 @@ def claim_body(node: str, pool: str, pf: str, pci: str, vm: Mapping[str, Any], p
 
 def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any], node: str, *,
                   inventory: Mapping[str, str], node_obj: Mapping[str, Any] | None,
-                  claims: Iterable[Mapping[str, Any]],
+                  claims: Iterable[Mapping[str, Any]], recent: RecentClaims | None = None,
                   purpose: str = "Running", migration: str | None = None) -> Claimed | Unschedulable:
     """Claim a free VF of `pool` on `node` (where kube-scheduler bound the VM's pod) for `vm`, or say
     why the VM cannot have one there. Retries on claim races.
@@ -65,13 +91,14 @@ def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any],
     (the VFClaims on that node and pool). Creating the claim is the lock: a VF the cache showed free
     but that was claimed meanwhile costs an AlreadyExists and the next free one is tried; only when
     the cache shows none free is the API asked, by a consistent LIST of that node's and pool's claims
-    (the cache may still show a claim released since)."""
+    (the cache may still show a claim released since). `recent`: what this controller claimed or
+    found claimed lately, which the cache may not show yet (RecentClaims)."""
     pool_name = pool["metadata"]["name"]
     refusal = node_refusal(node, NodeInfo.from_k8s(node_obj) if node_obj is not None else None, pool_info(pool),
                            bool(inventory))
     if refusal is not None:
         return refusal
-    taken = claimed_vfs(claims)
+    taken = claimed_vfs(claims) | (recent.on(node) if recent is not None else set())
     consistent = False
     for _attempt in range(16):
         decision = choose_vf(node, pool_name, [pci for pci in inventory if (node, pci) not in taken])
@@ -85,7 +112,10 @@ def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any],
         assert isinstance(decision, Placement)
         pf = inventory.get(decision.pci_address, "")
         body = claim_body(node, pool_name, pf, decision.pci_address, vm, purpose, migration)
-        if kube.create_claim(body):
+        created = kube.create_claim(body)
+        if recent is not None:
+            recent.add(node, decision.pci_address)
+        if created:
             return Claimed(node, decision.pci_address, pf, body["metadata"]["name"])
         log.info("VF %s on %s was claimed concurrently; trying the next one", decision.pci_address, node)
         taken.add((node, decision.pci_address))

@@ -230,3 +230,19 @@ def test_orphaned_claims_are_found_in_the_cache_and_confirmed(kube: FakeKube, ct
     kube.calls.clear()
     assert vms.collect_orphaned_claims(ctx) == ["gone"]
     assert methods(kube) == ["get_vm", "delete_claim"]  # only the orphan's VM is read
+
+
+def test_placements_on_one_node_do_not_collide_while_the_claim_cache_lags(kube: FakeKube,
+                                                                          ctx: ControllerContext) -> None:
+    """The claim cache has not seen the claims just made (their watch events come later): the VFs
+    this controller claimed lately are not tried again, so no AlreadyExists is paid for them."""
+    frozen = kube.indexes()[cache.CLAIMS]  # the cache before any of these claims
+    ctx.cache = cache.IndexedCache({**kube.live_indexes(), cache.CLAIMS: frozen})
+    for i in range(3):
+        kube.add_vm(vm_obj(f"v{i}"))
+        assert place(kube, ctx, f"v{i}", "n1") == "placed:n1"
+    assert methods(kube).count("create_claim") == 3
+    assert sorted(c["spec"]["pciAddress"] for c in kube.claims.values()) == VFS
+    # Full: the cache and the recent claims say none is free; the consistent LIST agrees.
+    kube.add_vm(vm_obj("v3"))
+    assert place(kube, ctx, "v3", "n1") == "pending:NoFreeVF"

@@ -14,6 +14,7 @@ from failovervm.controller.locks import Locks
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
+from failovervm.placement import RecentClaims
 from failovervm.vmpod import PodSettings
 
 
@@ -108,6 +109,8 @@ class ControllerContext:
     # (controller.main), until then (and in tests) the API itself.
     cache: ClusterCache = field(init=False)
     capacity: Capacity = field(default_factory=Capacity)
+    # VFs claimed lately, which the claim cache may not show yet (placement.RecentClaims).
+    recent_claims: RecentClaims = field(default_factory=RecentClaims)
 
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)

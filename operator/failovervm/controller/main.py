@@ -131,6 +131,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING
+    # Kopf logs every handler, timer and webhook call that succeeds at INFO: at thousands of VMs that
+    # is most of the controller's CPU and log. Failures and retries are WARNING and still logged.
+    for name in ("kopf.objects", "aiohttp.access"):
+        debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
@@ -164,13 +169,14 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
 
 
 @kopf.timer(*FVM, interval=3.0, initial_delay=3.0, when=_unplaced)
-def retry_pending(*, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+async def retry_pending(*, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     """A back-off may have ended (a refused pod), capacity may have changed (a VM or claim deleted,
-    a node, pool or inventory added or grown): look again. Decided in memory (vms.needs_look): a VM
-    that waits for kube-scheduler, or for capacity that did not change, costs no API call."""
+    a node, pool or inventory added or grown): look again. Decided in memory (vms.needs_look), on
+    the event loop: a VM that waits for kube-scheduler, or for capacity that did not change, costs
+    no API call and no handler thread."""
     ctx = _ctx(memo, kw)
     if vms.needs_look(ctx, dict(body)):
-        vms.ensure_scheduled(ctx, namespace or "", name)
+        await asyncio.to_thread(vms.ensure_scheduled, ctx, namespace or "", name)
 
 
 @kopf.on.delete(*FVM)
@@ -210,20 +216,20 @@ def node_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, A
 
 
 @kopf.on.event(*CLAIM)
-def on_claim_event(*, type: str, memo: kopf.Memo, **kw: Any) -> None:
+async def on_claim_event(*, type: str, memo: kopf.Memo, **kw: Any) -> None:
     """A released VF is capacity: wake the VMs that wait for one."""
     if type == "DELETED":
         _ctx(memo, kw).capacity.changed()
 
 
 @kopf.on.event(*INVENTORY)
-def on_inventory_event(*, memo: kopf.Memo, **kw: Any) -> None:
+async def on_inventory_event(*, memo: kopf.Memo, **kw: Any) -> None:
     """A node's VF inventory was written (its agent writes it only when it changed): wake waiting VMs."""
     _ctx(memo, kw).capacity.changed()
 
 
 @kopf.on.event(*POOL)
-def on_pool_event(*, type: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **kw: Any) -> None:
+async def on_pool_event(*, type: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **kw: Any) -> None:
     """A pool was added or its spec changed (not its status: the controller's own counts): wake
     waiting VMs."""
     ctx = _ctx(memo, kw)

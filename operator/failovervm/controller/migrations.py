@@ -193,7 +193,7 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
     result = (Unschedulable("NoMatchingNode", f"the target pod was bound to the source node {node}") if node == source
               else claim_on_node(kube, vm, pool, node, inventory=node_vfs(ctx.cache, node, pool_name),
                                  node_obj=ctx.cache.node(node), claims=ctx.cache.claims_on(node, pool_name),
-                                 purpose="MigrationTarget", migration=name))
+                                 recent=ctx.recent_claims, purpose="MigrationTarget", migration=name))
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all: let kube-scheduler choose again, after a back-off.
         vmpods.delete(kube, pod)

@@ -95,8 +95,10 @@ def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
     reason = cond.get("reason")
     pods = vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING)
     if reason in ("WaitingForScheduler", "Unschedulable"):
-        # kube-scheduler has the pod (it retries unschedulable pods itself): its answer is an event.
-        return not (len(pods) == 1 and vmpod.node_of(pods[0]) is None and not vmpod.is_terminating(pods[0]))
+        # kube-scheduler has the pod (it retries unschedulable pods itself): its answer, the binding,
+        # is an event of the pod, whose handler makes the pass (a bound pod waiting for the placement
+        # lock needs no second pass from here).
+        return len(pods) != 1
     if reason in _WAITS_FOR_CAPACITY:
         return seen is not None and seen[0] != ctx.capacity.epoch
     return True
@@ -143,7 +145,8 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
             return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
         return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
     result = claim_on_node(kube, vm, pool, node, inventory=node_vfs(ctx.cache, node, pool_name),
-                           node_obj=ctx.cache.node(node), claims=ctx.cache.claims_on(node, pool_name))
+                           node_obj=ctx.cache.node(node), claims=ctx.cache.claims_on(node, pool_name),
+                           recent=ctx.recent_claims)
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all (no free VF there, the node draining): let
         # kube-scheduler choose again, after a back-off.
