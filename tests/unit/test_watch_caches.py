@@ -246,3 +246,10 @@ def test_placements_on_one_node_do_not_collide_while_the_claim_cache_lags(kube: 
     # Full: the cache and the recent claims say none is free; the consistent LIST agrees.
     kube.add_vm(vm_obj("v3"))
     assert place(kube, ctx, "v3", "n1") == "pending:NoFreeVF"
+
+
+def test_the_controller_limits_malloc_arenas() -> None:
+    """Memory (#12): the controller caps glibc's per-thread malloc arenas before its threads start."""
+    from failovervm.controller.main import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is True
