@@ -253,3 +253,31 @@ def test_the_controller_limits_malloc_arenas() -> None:
     from failovervm.controller.main import limit_malloc_arenas
 
     assert limit_malloc_arenas() is True
+
+
+def test_vms_are_placed_in_parallel_and_each_vm_one_pass_at_a_time(kube: FakeKube, ctx: ControllerContext) -> None:
+    """No global placement lock: passes of different VMs run at once (a VF's claim create is its
+    lock), those of one VM under its stripe; 8 VMs placed from 8 threads on one node of 3+3 VFs get
+    distinct VFs, and the others wait."""
+    import threading
+
+    from failovervm.controller.locks import Locks
+
+    assert ctx.locks.vm(NS, "a") is ctx.locks.vm(NS, "a")
+    assert len({id(ctx.locks.vm(NS, f"vm{i}")) for i in range(1000)}) == Locks.VM_STRIPES
+    for i in range(8):
+        kube.add_vm(vm_obj(f"p{i}"))
+        vms.ensure_scheduled(ctx, NS, f"p{i}")
+    bound = []
+    for i, pod in enumerate(sorted(kube.pods.values(), key=lambda p: p["metadata"]["name"])):
+        bound.append(kube.bind_pod(NS, pod["metadata"]["name"], "n1" if i % 2 else "n2"))
+    outcomes: list[str] = []
+    threads = [threading.Thread(target=lambda p=p: outcomes.append(vms.on_running_pod_event(ctx, "MODIFIED", p)))
+               for p in bound]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes).count("placed:n1") == 3 and sorted(outcomes).count("placed:n2") == 3
+    claimed = [(c["spec"]["node"], c["spec"]["pciAddress"]) for c in kube.claims.values()]
+    assert len(claimed) == len(set(claimed)) == 6

@@ -5,7 +5,6 @@ through its memo; tests build their own."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -93,10 +92,9 @@ class ControllerContext:
 
     settings: ControllerSettings
     kube: KubeAPI
+    # Per migration, per node, and per VM (placement passes: kube-scheduler does the CPU and
+    # memory accounting, a VF's VFClaim create is its lock, so different VMs are placed in parallel).
     locks: Locks = field(default_factory=Locks)
-    # One active controller (Kopf peering); this lock serialises placement inside it so that
-    # CPU/memory accounting and VF choice never race between two VMs.
-    placement_lock: threading.Lock = field(default_factory=threading.Lock)
     sweeps: SweepTimes = field(default_factory=SweepTimes)
     # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
     admission: ThreadPoolExecutor = field(default_factory=_admission_pool)

@@ -85,6 +85,24 @@ def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: the controller has no on.create, on.update, on.resume or on.field handler, so
+    Kopf has no change to detect. With a real one it patches its last-handled-configuration
+    annotation onto every FailoverVM and migration when first seen and again whenever their spec,
+    labels or annotations change (two PATCHes per placed VM, each through the admission webhook and
+    to every watcher), and deep-copies every object on every event to compare. Deletions and
+    finalizers do not depend on it. An annotation an earlier version stored is left alone."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 # glibc's mallopt parameter M_ARENA_MAX.
 M_ARENA_MAX = -8
 
@@ -147,8 +165,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     args: ControllerArgs = memo.args
     settings.persistence.finalizer = CONTROLLER_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
     # Kopf logs every handler, timer and webhook call that succeeds at INFO: at thousands of VMs that
     # is most of the controller's CPU and log. Failures and retries are WARNING and still logged.

@@ -37,7 +37,7 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
     """Place the VM if it is not placed yet (else keep its pod on its node). Returns what happened
     (for logs and tests)."""
     kube = ctx.kube
-    with ctx.placement_lock:
+    with ctx.locks.vm(namespace, name):
         vm = kube.get_vm(namespace, name)
         if vm is None or vm["metadata"].get("deletionTimestamp"):
             return "gone"
@@ -109,7 +109,7 @@ def waiting_for_kube_scheduler(ctx: ControllerContext, vm: Mapping[str, Any]) ->
     its current spec, while its pod (in the index) is unbound and not found unschedulable: nothing
     to do until the pod's binding (or Unschedulable) event, so an event of the VM itself (the
     controller's own status write, Kopf's finalizer) need not cost a pass of API calls that would
-    hold the placement lock when that binding comes. The 3 s timer still looks again."""
+    hold the VM's placement lock when that binding comes. The 3 s timer still looks again."""
     meta, status = vm["metadata"], vm.get("status") or {}
     if status.get("nodeName") or meta.get("deletionTimestamp") or not (vm.get("spec") or {}).get("running", True):
         return False
@@ -336,7 +336,7 @@ def on_running_pod_event(ctx: ControllerContext, event_type: str | None, pod: Ma
         _displace(ctx, pod, str(name), node)
     if event_type != "DELETED" and _unbound_and_schedulable(pod):
         # Created (by this controller, which wrote the VM's Pending status before), not yet bound:
-        # kube-scheduler's answer is the next event. A pass now would only hold the placement lock
+        # kube-scheduler's answer is the next event. A pass now would only hold the VM's placement lock
         # when the binding comes.
         return "waiting-for-kube-scheduler"
     return ensure_scheduled(ctx, str(meta["namespace"]), str(name))
@@ -419,7 +419,7 @@ def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed)
             meta.get("generation"))
         return st
 
-    # `vm` was read under the placement lock in this pass: no GET first (a concurrent metadata
+    # `vm` was read under the VM's placement lock in this pass: no GET first (a concurrent metadata
     # write, e.g. Kopf's finalizer, costs a 409 and a GET).
     return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
 
@@ -437,7 +437,7 @@ def _pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable, event
 
 def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable) -> dict[str, Any]:
     """Write phase Pending and Scheduled=False (u) into the VM's status; returns the VM as written.
-    `vm` was read (or written) under the placement lock in this pass, so a status it already shows
+    `vm` was read (or written) under the VM's placement lock in this pass, so a status it already shows
     is not written again and costs no request."""
     meta = vm["metadata"]
 
