@@ -167,8 +167,8 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
-    # Kopf logs every handler, timer and webhook call that succeeds at INFO: at thousands of VMs that
-    # is most of the controller's CPU and log. Failures and retries are WARNING and still logged.
+    # Kopf logs every handler, timer and webhook call that succeeds at INFO: about 50 lines per VM in
+    # the scale benchmark (docs/scale.md). Failures and retries are WARNING and still logged.
     for name in ("kopf.objects", "aiohttp.access"):
         debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
