@@ -172,19 +172,25 @@ def test_the_node_sweep_passes_only_over_nodes_that_need_it(kube: FakeKube, ctx:
     assert "n2" not in sweeps.sweep_nodes(ctx)
 
 
-def test_pending_vms_are_woken_by_capacity_not_by_the_timer(kube: FakeKube, ctx: ControllerContext) -> None:
-    """The pending timer answers in memory: a VM waiting for kube-scheduler, or for capacity that
-    did not change, costs no pass; a capacity change wakes it."""
+def test_pending_vms_are_woken_by_capacity_not_by_a_timer_each(kube: FakeKube, ctx: ControllerContext) -> None:
+    """One pending sweep over the cache's unplaced VMs answers in memory: a VM waiting for
+    kube-scheduler, or for capacity that did not change, costs no pass; a capacity change wakes it."""
     kube.add_vm(vm_obj("a"))
     vms.ensure_scheduled(ctx, NS, "a")
     assert not vms.needs_look(ctx, kube.vms[NS, "a"])  # its pod waits for kube-scheduler
     # A VM whose pool does not exist yet waits for capacity.
     kube.add_vm({**vm_obj("b"), "spec": {**vm_obj("b")["spec"], "network": {"pool": "later"}}})
-    assert vms.needs_look(ctx, kube.vms[NS, "b"])  # never looked at
+    assert not vms.needs_look(ctx, kube.vms[NS, "b"])  # just created: its creation event passes it
+    kube.vms[NS, "b"]["metadata"]["creationTimestamp"] = "2020-01-01T00:00:00Z"
+    assert vms.needs_look(ctx, kube.vms[NS, "b"])  # ... unless that did not happen
     assert vms.ensure_scheduled(ctx, NS, "b") == "pending:NoMatchingNode"
     assert not vms.needs_look(ctx, kube.vms[NS, "b"])
+    kube.calls.clear()
+    assert vms.wake_pending(ctx) == [] and kube.calls == []  # nothing to do: no API call
     ctx.capacity.changed()  # e.g. the pool was created (controller.main's VFPool event)
     assert vms.needs_look(ctx, kube.vms[NS, "b"])
+    assert vms.wake_pending(ctx) == [f"{NS}/b"]
+    assert [v["metadata"]["name"] for v in ctx.cache.pending_vms()] == ["a", "b"]
     # A Node's heartbeat is no capacity change; a cordon or a new allocatable is.
     summary = cache.node_summary(kube.nodes["n1"])
     assert ctx.capacity.object_changed("node/n1", cache.node_fingerprint(summary))

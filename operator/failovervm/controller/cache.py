@@ -15,7 +15,8 @@ are bound).
 
 Keys of the indexes (Kopf's index maps each key to the values of all objects that returned it):
 
-- `fvm_keys`: ("uid", uid), ("node", status.nodeName), ("mac", mac) -> VM summary
+- `fvm_keys`: ("uid", uid), ("node", status.nodeName), ("mac", mac), ("pending", "") for an
+  unplaced VM that is not being deleted -> VM summary
 - `vfclaim_keys`: ("on", node, pool), ("of", owner uid) -> claim summary
 - `vfpool_index`: name -> pool summary
 - `vfinventory_index`: node name -> inventory summary
@@ -58,7 +59,8 @@ def vm_summary(vm: Mapping[str, Any]) -> Obj:
     doing (node health, displaced pods, its pod, its claims, MAC uniqueness). Acting reads it again."""
     meta, spec, status = vm.get("metadata") or {}, vm.get("spec") or {}, vm.get("status") or {}
     ann = {k: v for k, v in (meta.get("annotations") or {}).items() if str(k).startswith(labels.PREFIX)}
-    out_meta = _pick(meta, ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp"))
+    out_meta = _pick(meta, ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp",
+                            "deletionTimestamp"))
     if ann:
         out_meta["annotations"] = ann
     node_label = (meta.get("labels") or {}).get(labels.VM_NODE)
@@ -86,6 +88,8 @@ def vm_keys(vm: Mapping[str, Any]) -> dict[tuple[str, ...], Obj]:
     node = s["status"].get("nodeName")
     if node:
         keys[("node", str(node))] = s
+    elif not s["metadata"].get("deletionTimestamp"):
+        keys[("pending", "")] = s
     for mac in vm_macs(vm):
         keys[("mac", mac)] = s
     return keys
@@ -153,6 +157,7 @@ class ClusterCache(Protocol):
     def vm(self, uid: str) -> Obj | None: ...
     def vms(self) -> list[Obj]: ...
     def vms_on(self, node: str) -> list[Obj]: ...
+    def pending_vms(self) -> list[Obj]: ...
     def vms_with_mac(self, mac: str) -> list[Obj]: ...
     def claims_on(self, node: str, pool: str) -> list[Obj]: ...
     def claims_of(self, owner_uid: str) -> list[Obj]: ...
@@ -196,6 +201,9 @@ class IndexedCache:
 
     def vms_on(self, node: str) -> list[Obj]:
         return self._values(VMS, ("node", node))
+
+    def pending_vms(self) -> list[Obj]:
+        return self._values(VMS, ("pending", ""))
 
     def vms_with_mac(self, mac: str) -> list[Obj]:
         return self._values(VMS, ("mac", mac))
@@ -247,6 +255,10 @@ class ListedCache:
     def vms_on(self, node: str) -> list[Obj]:
         return [vm_summary(v) for v in self.kube.list_vms(f"{labels.VM_NODE}={node}")
                 if (v.get("status") or {}).get("nodeName") == node]
+
+    def pending_vms(self) -> list[Obj]:
+        return [vm_summary(v) for v in self.kube.list_vms() if not (v.get("status") or {}).get("nodeName")
+                and not v["metadata"].get("deletionTimestamp")]
 
     def vms_with_mac(self, mac: str) -> list[Obj]:
         return [vm_summary(v) for v in self.kube.list_vms() if mac in vm_macs(v)]

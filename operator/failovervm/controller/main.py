@@ -182,10 +182,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 # -- FailoverVM ----------------------------------------------------------------------------------
-def _unplaced(*, status: kopf.Status, **_: Any) -> bool:
-    return not status.get("nodeName")
-
-
 @kopf.on.event(*FVM)
 def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
                 body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
@@ -202,17 +198,6 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
     else:
         outcome = vms.ensure_scheduled(ctx, namespace, name)
     log.debug("%s/%s: %s", namespace, name, outcome)
-
-
-@kopf.timer(*FVM, interval=3.0, initial_delay=3.0, when=_unplaced)
-async def retry_pending(*, name: str, namespace: str | None, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
-    """A back-off may have ended (a refused pod), capacity may have changed (a VM or claim deleted,
-    a node, pool or inventory added or grown): look again. Decided in memory (vms.needs_look), on
-    the event loop: a VM that waits for kube-scheduler, or for capacity that did not change, costs
-    no API call and no handler thread."""
-    ctx = _ctx(memo, kw)
-    if vms.needs_look(ctx, dict(body)):
-        await asyncio.to_thread(vms.ensure_scheduled, ctx, namespace or "", name)
 
 
 @kopf.on.delete(*FVM)
@@ -276,7 +261,8 @@ async def on_pool_event(*, type: str, name: str, meta: kopf.Meta, memo: kopf.Mem
 @kopf.timer(*POOL, interval=3.0)
 def pool_status(*, name: str, memo: kopf.Memo, **kw: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
-    the nodes (evacuation, displaced VMs, node health) and, every 30 s, orphaned VFClaims, VM pods, migration
+    the nodes (evacuation, displaced VMs, node health) and the pending VMs (a back-off ended, capacity
+    changed: vms.wake_pending) and, every 30 s, orphaned VFClaims, VM pods, migration
     history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
     controller watched.
 

@@ -14,7 +14,7 @@ from failovervm import migration as mg
 from failovervm.controller import evacuation, recovery
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
-from failovervm.controller.vms import collect_orphaned_claims, sweep_pods
+from failovervm.controller.vms import collect_orphaned_claims, sweep_pods, wake_pending
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ def tick(ctx: ControllerContext) -> None:
     if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
         ctx.sweeps.node = now
         sweep_nodes(ctx)
+        wake_pending(ctx)
     if not ctx.sweeps.guards_removed:
         remove_guard_pods(ctx)
         ctx.sweeps.guards_removed = True

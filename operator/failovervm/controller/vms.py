@@ -68,13 +68,30 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
 
 # A pending VM the timer looks at again although nothing it waits for changed (a missed event).
 PENDING_RESYNC_SECONDS = 300.0
+# A VM without any status gets its first pass from its creation event, not from the sweep, unless
+# it is older than this (an event whose handler failed).
+NEW_VM_GRACE_SECONDS = 30.0
 # Why a VM waits that only a capacity change (or the resync) can end.
 _WAITS_FOR_CAPACITY = frozenset({"NoMatchingNode", "NoFreeVF", "NodesUnschedulable"})
 
 
+def wake_pending(ctx: ControllerContext) -> list[str]:
+    """The pending sweep (every 3 s, controller.sweeps): a placement pass for each unplaced VM in
+    the cache that needs one (needs_look); the others cost nothing. One loop over the pending VMs
+    instead of a timer per VM (5,000 pending VMs were 1,700 timer calls a second). Returns the VMs
+    passed over."""
+    done = []
+    for vm in ctx.cache.pending_vms():
+        if needs_look(ctx, vm):
+            meta = vm["metadata"]
+            ensure_scheduled(ctx, str(meta["namespace"]), str(meta["name"]))
+            done.append(f"{meta['namespace']}/{meta['name']}")
+    return done
+
+
 def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
-    """Whether the pending timer of an unplaced VM (`vm` as Kopf's watch has it) should make a
-    placement pass, which costs API calls: not while kube-scheduler has its pod (its binding is an
+    """Whether the pending sweep should make a placement pass for an unplaced VM (`vm` as the watch
+    cache has it), which costs API calls: not while kube-scheduler has its pod (its binding is an
     event), a back-off runs, a stopped VM's status is written, or the VM waits for capacity and
     none changed since its last pass (see Capacity). Answered in memory."""
     meta, status = vm["metadata"], vm.get("status") or {}
@@ -82,6 +99,8 @@ def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
         return False
     uid = str(meta["uid"])
     seen = ctx.capacity.seen.get(uid)
+    if seen is None and not status and _age_seconds(vm) < NEW_VM_GRACE_SECONDS:
+        return False  # just created: its creation event makes the first pass
     stale = seen is None or time.monotonic() - seen[1] >= PENDING_RESYNC_SECONDS
     if stale:
         return True
