@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import sys
 import threading
 import time
 import urllib.request
@@ -306,6 +307,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                       "heartbeat": rss_mib(d.get("heartbeat", {}).get("pid")),
                       **{k: rss_mib(v.get("pid")) for k, v in d.items()
                          if k.startswith("agent-") and isinstance(v, dict)}}
+    # The figures before the cleanup (which takes minutes at thousands of VMs and may be cut short).
+    print(json.dumps(out), file=sys.stderr, flush=True)
     if not keep:
         _cleanup(sb, namespace, names, clients)
         for ns in (namespace, raw_ns):
