@@ -78,7 +78,8 @@ def vm_summary(vm: Mapping[str, Any]) -> Obj:
     conds = [_condition(c) for c in status.get("conditions") or [] if c.get("type") in _VM_CONDITIONS]
     if conds:
         out_status["conditions"] = conds
-    return {"metadata": out_meta, "spec": out_spec, "status": out_status}
+    return {"apiVersion": vm.get("apiVersion"), "kind": vm.get("kind"),  # for Events about it
+            "metadata": out_meta, "spec": out_spec, "status": out_status}
 
 
 def vm_keys(vm: Mapping[str, Any]) -> dict[tuple[str, ...], Obj]:
