@@ -194,7 +194,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     kube = _kube_client(args)
     ns = None if args.all_namespaces else (args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context))
-    doc = cli_ops.status_document(kube.list_vms(), kube.list_nodes(), kube.list_pools(), namespace=ns)
+    pools = cli_ops.with_inventories(kube.list_pools(), kube.list_inventories(), kube.list_claims())
+    doc = cli_ops.status_document(kube.list_vms(), kube.list_nodes(), pools, namespace=ns)
     if args.output in ("json", "yaml"):
         _print_obj(doc, args.output)
     else:

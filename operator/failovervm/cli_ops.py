@@ -169,6 +169,32 @@ def unschedulable_reasons(node: Mapping[str, Any]) -> list[str]:
     return reasons
 
 
+def with_inventories(pools: Iterable[Mapping[str, Any]], inventories: Iterable[Mapping[str, Any]],
+                     claims: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The pools with a status.nodes entry per node (node, total, allocated, free, simulated,
+    missingPfs) computed from the nodes' VFInventories and the VFClaims: the shape the tables
+    read. Per-node VF lists an earlier version kept in VFPool status are ignored."""
+    taken = {(str((c.get("spec") or {}).get("node")), str((c.get("spec") or {}).get("pciAddress"))) for c in claims}
+    by_pool: dict[str, list[dict[str, Any]]] = {}
+    for inv in inventories:
+        node = str((inv.get("metadata") or {}).get("name") or "")
+        for entry in (inv.get("spec") or {}).get("pools") or []:
+            vfs = [str(v.get("pciAddress")) for v in entry.get("vfs") or []]
+            allocated = sum(1 for pci in vfs if (node, pci) in taken)
+            e: dict[str, Any] = {"node": node, "total": len(vfs), "allocated": allocated,
+                                 "free": len(vfs) - allocated, "simulated": bool(entry.get("simulated"))}
+            if entry.get("missingPfs"):
+                e["missingPfs"] = list(entry["missingPfs"])
+            by_pool.setdefault(str(entry.get("name")), []).append(e)
+    out = []
+    for pool in pools:
+        p = dict(pool)
+        name = str((p.get("metadata") or {}).get("name") or "")
+        p["status"] = {**dict(p.get("status") or {}), "nodes": by_pool.get(name, [])}
+        out.append(p)
+    return out
+
+
 def pool_entries(pools: Iterable[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     """(pool name, status.nodes entry) for every node of every pool."""
     out = []

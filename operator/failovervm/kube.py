@@ -27,6 +27,7 @@ FVM = "failovervms"
 FVMM = "failovervmmigrations"
 VFPOOL = "vfpools"
 VFCLAIM = "vfclaims"
+VFINVENTORY = "vfinventories"
 T = TypeVar("T")
 
 
@@ -50,11 +51,15 @@ class KubeAPI(Protocol):
                       labels: Mapping[str, str] | None = None) -> dict[str, Any] | None: ...
     def list_pools(self) -> list[dict[str, Any]]: ...
     def get_pool(self, name: str) -> dict[str, Any] | None: ...
-    def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None: ...
-    def list_claims(self, cached: bool = False) -> list[dict[str, Any]]: ...
+    def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+                           current: Mapping[str, Any] | None = None) -> None: ...
+    def list_claims(self, cached: bool = False, label_selector: str | None = None) -> list[dict[str, Any]]: ...
     def create_claim(self, body: dict[str, Any]) -> bool: ...
     def patch_claim(self, name: str, body: dict[str, Any]) -> None: ...
     def delete_claim(self, name: str, uid: str | None = None) -> None: ...
+    def get_inventory(self, node: str) -> dict[str, Any] | None: ...
+    def list_inventories(self) -> list[dict[str, Any]]: ...
+    def put_inventory(self, body: dict[str, Any], current: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
     def list_nodes(self) -> list[dict[str, Any]]: ...
     def get_node(self, name: str) -> dict[str, Any] | None: ...
     def patch_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
@@ -269,19 +274,43 @@ class _KubeBase(VMMetadataEdits):
     def get_pool(self, name: str) -> dict[str, Any] | None:
         return unless_gone(lambda: dict(self.custom.get_cluster_custom_object(API_GROUP, API_VERSION, VFPOOL, name)))
 
-    def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+    def update_pool_status(self, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
+                           current: Mapping[str, Any] | None = None) -> None:
+        """`current`: the pool as a watch cache has it (a status-only write ignores everything but
+        status, so a summary will do): nothing is read or written when `mutate` changes nothing."""
         update_status(
             lambda: self.get_pool(name),
             lambda obj: self.custom.replace_cluster_custom_object_status(API_GROUP, API_VERSION, VFPOOL, name, obj),
-            mutate, f"VFPool {name}", attempts=10)
+            mutate, f"VFPool {name}", attempts=10, current=current)
 
-    def list_claims(self, cached: bool = False) -> list[dict[str, Any]]:
+    # -- VFInventories (one per node, named after it, written by its agent) ---------------------
+    def get_inventory(self, node: str) -> dict[str, Any] | None:
+        return unless_gone(lambda: dict(self.custom.get_cluster_custom_object(
+            API_GROUP, API_VERSION, VFINVENTORY, node)))
+
+    def list_inventories(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, VFINVENTORY).get("items", []))
+
+    def put_inventory(self, body: dict[str, Any], current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Create the node's VFInventory, or replace it (`current`: as last read, for its
+        resourceVersion; a conflict is raised for the next round to retry)."""
+        if current is None:
+            return dict(self.custom.create_cluster_custom_object(API_GROUP, API_VERSION, VFINVENTORY, body))
+        obj = dict(body)
+        obj["metadata"] = {**dict(body.get("metadata") or {}),
+                           "resourceVersion": (current.get("metadata") or {}).get("resourceVersion")}
+        return dict(self.custom.replace_cluster_custom_object(
+            API_GROUP, API_VERSION, VFINVENTORY, obj["metadata"]["name"], obj))
+
+    def list_claims(self, cached: bool = False, label_selector: str | None = None) -> list[dict[str, Any]]:
         """All VFClaims. `cached`: as the API server's watch cache has them (resourceVersion "0"),
         possibly a few milliseconds behind. A consistent LIST (the default) waits until that cache
         has caught up with etcd, which for a kind that changes as rarely as VFClaims means waiting
         for etcd's next progress notification: up to about 100 ms (measured: 64 ms median on the
         sandbox). Placement reads them cached and relies on the claim's create as the lock."""
-        kw = {"resource_version": "0"} if cached else {}
+        kw: dict[str, str] = {"resource_version": "0"} if cached else {}
+        if label_selector:
+            kw["label_selector"] = label_selector
         return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM, **kw).get("items", []))
 
     def create_claim(self, body: dict[str, Any]) -> bool:

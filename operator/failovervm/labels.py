@@ -18,6 +18,9 @@ SIMULATED_VFS = f"{PREFIX}/simulated-vfs"
 
 # Node label marking sandbox nodes.
 SANDBOX_NODE = f"{PREFIX}/sandbox-node"
+# Node label marking the sandbox's agent-less nodes (`sandbox up --virtual-nodes`): VFs published,
+# no libvirtd, no agent; VMs placed there are never started.
+SANDBOX_VIRTUAL_NODE = f"{PREFIX}/sandbox-virtual-node"
 
 # FailoverVM label naming its node, so agents can watch only their own VMs.
 VM_NODE = f"{PREFIX}/node"

@@ -105,7 +105,7 @@ def _count(value: Any) -> int:
 
 
 def set_pool_vfs(pool: str, entries: Iterable[Mapping[str, Any]] | None) -> None:
-    """Publish a VFPool's per-node counts (VFPool status.nodes entries with total/allocated/free).
+    """Publish a VFPool's per-node counts (entries with node, total, allocated, free: controller.vms.pool_counts).
 
     Series of nodes that left the pool are removed; `entries=None` (the pool is gone) removes all
     of the pool's series.

@@ -8,6 +8,8 @@ second claim on the same VF fails with AlreadyExists and the next free VF is tri
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,12 +31,28 @@ class Claimed:
     claim: str
 
 
-def pool_inventory(pool: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """node -> {pci address -> pf} as published by the agents in VFPool status."""
-    out: dict[str, dict[str, str]] = {}
-    for entry in (pool.get("status") or {}).get("nodes") or []:
-        out[entry["node"]] = {vf["pciAddress"]: vf.get("pf", "") for vf in entry.get("vfs") or []}
-    return out
+class RecentClaims:
+    """The VFs this controller claimed (or found claimed) in the last `ttl` seconds, by node: a watch
+    cache shows a claim only once its event arrives, and the next placement on the same node comes
+    sooner; without this it would pick the same VF and pay an AlreadyExists for each claim it has
+    not seen yet. Only ever adds "taken": a VF it lists that was released meanwhile is found free by
+    the consistent LIST before a NoFreeVF."""
+
+    def __init__(self, ttl: float = 30.0) -> None:
+        self.ttl = ttl
+        self._at: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, node: str, pci: str) -> None:
+        with self._lock:
+            self._at[(node, pci)] = time.monotonic()
+
+    def on(self, node: str) -> set[tuple[str, str]]:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._at) > 256:
+                self._at = {k: t for k, t in self._at.items() if now - t < self.ttl}
+            return {k for k, t in self._at.items() if k[0] == node and now - t < self.ttl}
 
 
 def claimed_vfs(claims: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
@@ -62,37 +80,44 @@ def claim_body(node: str, pool: str, pf: str, pci: str, vm: Mapping[str, Any], p
 
 
 def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any], node: str, *,
-                  purpose: str = "Running", migration: str | None = None,
-                  claims: Iterable[Mapping[str, Any]] | None = None) -> Claimed | Unschedulable:
+                  inventory: Mapping[str, str], node_obj: Mapping[str, Any] | None,
+                  claims: Iterable[Mapping[str, Any]], recent: RecentClaims | None = None,
+                  purpose: str = "Running", migration: str | None = None) -> Claimed | Unschedulable:
     """Claim a free VF of `pool` on `node` (where kube-scheduler bound the VM's pod) for `vm`, or say
     why the VM cannot have one there. Retries on claim races.
 
-    The first choice is made from `claims` (the VFClaims as the caller has just listed them) or,
-    without them, from the API server's cache of them (Kube.list_claims(cached=True)): no wait for
-    a consistent LIST. Creating the claim is the lock either way: a VF that such a list showed free
-    but that was claimed meanwhile costs an AlreadyExists, and the next choice is made from a
-    consistent LIST; so is the answer that no VF is free there."""
-    inventory = pool_inventory(pool).get(node) or {}
+    Everything it starts from comes from the caller's watch caches (controller.cache): `inventory`
+    ({pci: pf}, the node's VFs of the pool as its agent published them), `node_obj` and `claims`
+    (the VFClaims on that node and pool). Creating the claim is the lock: a VF the cache showed free
+    but that was claimed meanwhile costs an AlreadyExists and the next free one is tried; only when
+    the cache shows none free is the API asked, by a consistent LIST of that node's and pool's claims
+    (the cache may still show a claim released since). `recent`: what this controller claimed or
+    found claimed lately, which the cache may not show yet (RecentClaims)."""
     pool_name = pool["metadata"]["name"]
-    node_obj = kube.get_node(node)
     refusal = node_refusal(node, NodeInfo.from_k8s(node_obj) if node_obj is not None else None, pool_info(pool),
                            bool(inventory))
     if refusal is not None:
         return refusal
-    for attempt in range(16):
-        consistent = attempt > 0
-        listed = kube.list_claims() if consistent else claims if claims is not None else kube.list_claims(cached=True)
-        taken = claimed_vfs(listed)
+    taken = claimed_vfs(claims) | (recent.on(node) if recent is not None else set())
+    consistent = False
+    for _attempt in range(16):
         decision = choose_vf(node, pool_name, [pci for pci in inventory if (node, pci) not in taken])
         if isinstance(decision, Unschedulable):
-            if not consistent:
-                continue  # the cached view may still show a claim released since: look again
-            return decision
+            if consistent:
+                return decision
+            consistent = True
+            selector = f"{labels.VM_NODE}={node},{labels.PREFIX}/pool={pool_name}"
+            taken = claimed_vfs(kube.list_claims(label_selector=selector))
+            continue
         assert isinstance(decision, Placement)
         pf = inventory.get(decision.pci_address, "")
         body = claim_body(node, pool_name, pf, decision.pci_address, vm, purpose, migration)
-        if kube.create_claim(body):
+        created = kube.create_claim(body)
+        if recent is not None:
+            recent.add(node, decision.pci_address)
+        if created:
             return Claimed(node, decision.pci_address, pf, body["metadata"]["name"])
-        log.info("VF %s on %s was claimed concurrently; retrying", decision.pci_address, node)
+        log.info("VF %s on %s was claimed concurrently; trying the next one", decision.pci_address, node)
+        taken.add((node, decision.pci_address))
     return Unschedulable(reason="NoFreeVF", message=f"every free VF on node {node} was claimed concurrently; "
                          "will retry")

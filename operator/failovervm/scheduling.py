@@ -207,7 +207,7 @@ def choose_vf(node: str, pool: str, free: Iterable[VF | str]) -> Placement | Uns
 
 def node_refusal(name: str, node: NodeInfo | None, pool: PoolInfo, in_inventory: bool) -> Unschedulable | None:
     """Why the operator will not place a VM on node `name` although kube-scheduler bound its pod
-    there (None: it may). `in_inventory`: the pool's status lists VFs of that node. kube-scheduler
+    there (None: it may). `in_inventory`: the node's VFInventory lists VFs of the pool. kube-scheduler
     already checked the pool's nodeSelector, taints and the VF count; this catches what changed
     since, and a node whose pool inventory the agent has not published."""
     if node is None:

@@ -9,7 +9,7 @@ The layout read here is the kernel's::
 
 ``<root>`` is normally ``/sys``; tests and the sandbox point it at a fake tree. A file named
 ``SIMULATED`` at the top of the tree marks the inventory as simulated (no real hardware behind it),
-which the operator reports in ``VFPool.status.nodes[].simulated``.
+which the operator reports in ``VFInventory.spec.pools[].simulated`` (and the VFPool's Simulated condition).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ def build_parser(prog: str = "failovervm sandbox") -> argparse.ArgumentParser:
     up.add_argument("--vfs-per-node", type=int, default=None, help="simulated SR-IOV VFs per PF (default 8)")
     up.add_argument("--pfs-per-node", type=int, default=None,
                     help="simulated PFs per node, named sbxpf0, sbxpf1, ... (default 1)")
+    up.add_argument("--virtual-nodes", type=int, default=None,
+                    help="agent-less Nodes (no libvirtd, no agent) with --vfs-per-node VFs each, published as an "
+                         "agent would and kept Ready by the heartbeat; VMs placed there never start (default 0)")
     up.add_argument("--images-dir", default=None,
                     help="shared image directory (stands in for NFS/Ceph); default <state-dir>/images")
     up.add_argument("--address-base", default="127.0.0.10",
@@ -70,6 +73,7 @@ def _options(args: argparse.Namespace) -> Options:
         nodes=getattr(args, "nodes", None),
         vfs_per_node=getattr(args, "vfs_per_node", None),
         pfs_per_node=getattr(args, "pfs_per_node", None),
+        virtual_nodes=getattr(args, "virtual_nodes", None),
         address_base=getattr(args, "address_base", "127.0.0.10"),
         bridge=getattr(args, "bridge", "fvmsbr0"),
         operator=not getattr(args, "no_operator", False),
@@ -110,8 +114,15 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
     state = State(opts.state_dir.resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     version = state.data.get("versions", {}).get("KUBERNETES_VERSION", "v0.0.0")
-    nodes.heartbeat(str(state.kubeconfig), state.sandbox_nodes(), version,
-                    down=lambda: manager.down_nodes(opts.state_dir.resolve()))
+    virtual = state.virtual_nodes()
+    publisher = None
+    if virtual:
+        from failovervm_sandbox import virtualnodes
+
+        publisher = virtualnodes.Publisher.from_kubeconfig(str(state.kubeconfig), virtual)
+    nodes.heartbeat(str(state.kubeconfig), [*state.sandbox_nodes(), *virtual], version,
+                    down=lambda: manager.down_nodes(opts.state_dir.resolve()),
+                    slow={n.name for n in virtual}, publish=publisher.round if publisher else None)
     return 0
 
 

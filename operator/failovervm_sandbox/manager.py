@@ -88,6 +88,7 @@ def _record_settings(opts: Options) -> State:
     opts.nodes = opts.nodes or d.get("nodes") or 2
     opts.vfs_per_node = opts.vfs_per_node or d.get("vfs_per_node") or 8
     opts.pfs_per_node = opts.pfs_per_node or d.get("pfs_per_node") or 1
+    opts.virtual_nodes = opts.virtual_nodes if opts.virtual_nodes is not None else d.get("virtual_nodes") or 0
     if "nodes" in d and (d["nodes"], d["vfs_per_node"], d.get("pfs_per_node", 1)) != (
             opts.nodes, opts.vfs_per_node, opts.pfs_per_node):
         raise SandboxError(
@@ -100,7 +101,7 @@ def _record_settings(opts: Options) -> State:
     d.update(
         {
             "nodes": opts.nodes, "vfs_per_node": opts.vfs_per_node, "pfs_per_node": opts.pfs_per_node,
-            "node_cpu": opts.node_cpu,
+            "virtual_nodes": opts.virtual_nodes, "node_cpu": opts.node_cpu,
             "node_memory": opts.node_memory, "images_dir": str(opts.images_dir.resolve()),
             "accel": "kvm" if accel_ok else "tcg", "accel_detail": accel_detail, "bridge": opts.bridge,
             "versions": binaries.versions(),
@@ -231,8 +232,24 @@ def _register_nodes(state: State, opts: Options) -> None:
     version = controlplane.apiserver_version(paths, state.data["apiserver"]["port"])
     from failovervm_sandbox import nodes as nodes_mod
 
-    nodes_mod.register(client.CoreV1Api(), state.sandbox_nodes(), version)
+    core = client.CoreV1Api()
+    nodes_mod.register(core, state.sandbox_nodes(), version)
     say(opts, f"nodes: registered {', '.join(n.name for n in state.sandbox_nodes())}")
+    from failovervm_sandbox import virtualnodes
+
+    virtual = state.virtual_nodes()
+    if virtual:
+        virtualnodes.create_trees(virtual, state.data["vfs_per_node"], state.data["pfs_per_node"])
+        nodes_mod.register(core, virtual, version)
+        virtualnodes.label(core, virtual)
+        say(opts, f"virtual nodes: registered {len(virtual)} agent-less nodes ({virtual[0].name}..) with "
+                  f"{state.data['vfs_per_node']} simulated VFs per PF, published by the heartbeat")
+    removed = virtualnodes.remove_others(core, virtual)
+    if removed:
+        say(opts, f"virtual nodes: removed {', '.join(removed)}")
+    heartbeat = state.data.get("heartbeat") or {}
+    if heartbeat.get("pid") and heartbeat.get("virtual_nodes", 0) != len(virtual):
+        procs.stop(heartbeat["pid"], "heartbeat")  # restarted below for the new set of nodes
     ensure_component(
         state, "heartbeat", "heartbeat",
         lambda: procs.spawn(
@@ -241,6 +258,8 @@ def _register_nodes(state: State, opts: Options) -> None:
         ),
         opts, "node heartbeat",
     )
+    state.data["heartbeat"]["virtual_nodes"] = len(virtual)
+    state.save()
 
 
 def down(opts: Options) -> None:
@@ -383,7 +402,8 @@ def status(opts: Options) -> dict[str, Any]:
             f"as {controlplane.SCHEDULER_USER}", sched_ready)
     else:
         row("kube-scheduler", None, "kube-scheduler", "not started: run `failovervm sandbox up`")
-    row("heartbeat", d.get("heartbeat", {}).get("pid"), "heartbeat", f"{d['nodes']} nodes")
+    virtual = f" + {d['virtual_nodes']} virtual" if d.get("virtual_nodes") else ""
+    row("heartbeat", d.get("heartbeat", {}).get("pid"), "heartbeat", f"{d['nodes']} nodes{virtual}")
     for host in state.hosts():
         pid = d.get(f"libvirt-{host.index}", {}).get("pid")
         try:

@@ -67,6 +67,7 @@ class SandboxNode:
     accel: str
     cpu: str
     memory: str
+    pods: str = "110"
 
 
 def _now() -> dt.datetime:
@@ -128,7 +129,7 @@ def node_manifest(node: SandboxNode) -> dict[str, Any]:
 
 def node_status(node: SandboxNode, k8s_version: str) -> dict[str, Any]:
     now = _now()
-    capacity = dict(zip(OWN_RESOURCES, (node.cpu, node.memory, "110", "50Gi"), strict=True))
+    capacity = dict(zip(OWN_RESOURCES, (node.cpu, node.memory, node.pods, "50Gi"), strict=True))
     return {
         "status": {
             "capacity": capacity,
@@ -261,11 +262,13 @@ def complete_deletions(core: client.CoreV1Api, nodes: Iterable[str], now: dt.dat
 
 def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
               interval: float = HEARTBEAT_SECONDS, down: Callable[[], set[str]] = set,
-              sweep: float = POD_SWEEP_SECONDS) -> None:
+              sweep: float = POD_SWEEP_SECONDS, slow: Collection[str] = (),
+              publish: Callable[[set[str]], object] | None = None) -> None:
     """Renew Leases every `interval` s and post Ready status every READY_EVERY-th time, and every
     `sweep` s complete the graceful pod deletions that are due (`complete_deletions`); runs until
     SIGTERM. Nodes in `down()` (re-read every round) are skipped: `sandbox node-down` stopped their
-    machine."""
+    machine. The agent-less nodes (`slow`, virtualnodes.py) get their deletions completed every
+    `interval` s only, and `publish(skipped)` (their VF inventory round) runs every `interval` s."""
     config.load_kube_config(config_file=kubeconfig)
     core, coord = client.CoreV1Api(), client.CoordinationV1Api()
     stopping = False
@@ -284,8 +287,14 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
             skip = down()
         except Exception as exc:  # the state file is being replaced: keep the previous view
             log.debug("could not read the down nodes: %s", exc)
-        if time.monotonic() >= next_beat:
+        beat = time.monotonic() >= next_beat
+        if beat:
             next_beat = time.monotonic() + interval
+            if publish is not None:
+                try:
+                    publish(skip)
+                except Exception as exc:
+                    log.warning("publishing the virtual nodes' VFs failed: %s", exc)
             for node in nodes:
                 if node.name in skip:
                     continue
@@ -301,7 +310,7 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
                 except Exception as exc:  # keep beating through apiserver restarts
                     log.warning("heartbeat for %s failed: %s", node.name, exc)
             tick += 1
-        complete_deletions(core, [n.name for n in nodes if n.name not in skip])
+        complete_deletions(core, [n.name for n in nodes if n.name not in skip and (beat or n.name not in slow)])
         deadline = min(next_beat, time.monotonic() + sweep)
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)

@@ -27,6 +27,7 @@ class Options:
     nodes: int | None = None  # None: the existing sandbox's value, else 2
     vfs_per_node: int | None = None  # None: existing, else 8
     pfs_per_node: int | None = None  # None: existing, else 1
+    virtual_nodes: int | None = None  # agent-less nodes (virtualnodes.py); None: existing, else 0
     address_base: str = "127.0.0.10"
     node_cpu: str = "16"
     node_memory: str = "16Gi"
@@ -77,6 +78,13 @@ class State:
             )
             for h in self.data.get("libvirt", [])
         ]
+
+    def virtual_nodes(self) -> list[SandboxNode]:
+        """The agent-less nodes of `sandbox up --virtual-nodes` (failovervm_sandbox.virtualnodes)."""
+        from failovervm_sandbox import virtualnodes
+
+        return virtualnodes.sandbox_nodes(self.dir, int(self.data.get("virtual_nodes") or 0),
+                                          self.data.get("accel", "tcg"))
 
     @property
     def kubeconfig(self) -> Path:

@@ -61,3 +61,24 @@ def test_node_recovery_benchmark_quick(operator_sandbox: Sandbox) -> None:
     assert res["operator_per_vm_s"]["n"] == 2
     assert res["raw_define_start_s"] > 0 and math.isfinite(res["ratio"]) and res["ratio"] > 0
     operator_sandbox.data = Sandbox(operator_sandbox.state_dir).data  # node-up may have restarted processes
+
+
+def test_scale_benchmark_quick(operator_sandbox: Sandbox) -> None:
+    """benchmarks/scale.py on 4 agent-less nodes (`sandbox up --virtual-nodes 4`), removed again after."""
+    from benchmarks import scale
+
+    from tests.conftest import _cli, _up_args
+
+    res = _cli(*_up_args(operator_sandbox.state_dir), "--virtual-nodes", "4")
+    assert res.returncode == 0, res.stderr
+    try:
+        out = scale.run(operator_sandbox.state_dir, n=12, namespace="bench-scale-quick", clients=4)
+        assert out["operator"]["placed"] == 12 and out["raw"]["all_bound_s"] > 0
+        assert math.isfinite(out["ratio_all_placed"]) and out["requests"]["per_vm"] > 0
+        assert out["rss_mib"]["controller"]
+        scale._report(out)
+    finally:
+        res = _cli(*_up_args(operator_sandbox.state_dir), "--virtual-nodes", "0")
+        operator_sandbox.data = Sandbox(operator_sandbox.state_dir).data
+    assert res.returncode == 0, res.stderr
+    assert not operator_sandbox.kubectl_json("get", "nodes", "-l", "failovervm.io/sandbox-virtual-node")["items"]

@@ -108,9 +108,10 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         resource = labels.vf_resource("sandbox-pool")
 
         def advertised() -> bool:
-            pool = sb.kubectl_json("get", "vfpools", "sandbox-pool")
-            total = next((e.get("total") for e in (pool.get("status") or {}).get("nodes") or []
-                          if e["node"] == node["node"]), None)
+            # Its node's VFs, in the VFInventory named after the node, written under the chart's identity.
+            inventory = sb.kubectl("get", "vfinventory", node["node"], "-o", "json", check=False)
+            entries = json.loads(inventory.stdout)["spec"]["pools"] if inventory.returncode == 0 else []
+            total = next((e.get("total") for e in entries if e["name"] == "sandbox-pool"), None)
             status = sb.kubectl_json("get", "node", node["node"])["status"]
             return bool(total) and all((status.get(f) or {}).get(resource) == str(total)
                                        for f in ("capacity", "allocatable"))

@@ -149,7 +149,12 @@ def test_capacity_pending_until_vfs_free_up(operator_sandbox: Sandbox) -> None:
     pool = sb.kubectl_json("get", "vfpool", "cap-pool")
     wait_for(lambda: sb.kubectl_json("get", "vfpool", "cap-pool")["status"]["totals"]["free"] == 0, 30,
              what="pool status free=0")
-    assert pool["status"]["nodes"][0]["simulated"] is True
+    # Each node's VFs are in its own VFInventory (issue #12); the pool keeps totals and conditions.
+    assert "nodes" not in pool["status"]
+    inventory = sb.kubectl_json("get", "vfinventory", nodes[0])
+    assert inventory["spec"]["nodeName"] == nodes[0]
+    assert inventory["metadata"]["ownerReferences"][0]["kind"] == "Node"
+    assert next(p for p in inventory["spec"]["pools"] if p["name"] == "cap-pool")["simulated"] is True
     # Freeing two VFs lets both pending VMs start.
     running = sorted(n for n, p in phases().items() if p == "Running")[:2]
     sb.kubectl("-n", ns, "delete", "fvm", *running, "--timeout=60s")

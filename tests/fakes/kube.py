@@ -28,7 +28,7 @@ import functools
 import inspect
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, Self, TypeVar
 
@@ -42,7 +42,7 @@ from tests.fakes.failures import Failures, P, R, failable
 K = TypeVar("K")
 FK = TypeVar("FK", bound="FakeKube")
 KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
-         "vfclaims": "VFClaim", "nodes": "Node", "pods": "Pod"}
+         "vfclaims": "VFClaim", "vfinventories": "VFInventory", "nodes": "Node", "pods": "Pod"}
 Obj = dict[str, Any]
 Mutate = Callable[[Obj], Obj | None]
 
@@ -108,6 +108,25 @@ def _api_error(status: int, reason: str) -> ApiException:
     return ApiException(status=status, reason=reason)
 
 
+class LiveIndex(Mapping[Any, list[Obj]]):
+    """One of the controller's watch indexes over a FakeKube's stored objects (FakeKube.live_indexes)."""
+
+    def __init__(self, kube: FakeKube, name: str) -> None:
+        self.kube, self.name = kube, name
+
+    def _now(self) -> dict[Any, list[Obj]]:
+        return self.kube.indexes()[self.name]
+
+    def __getitem__(self, key: Any) -> list[Obj]:
+        return self._now()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._now())
+
+    def __len__(self) -> int:
+        return len(self._now())
+
+
 @dataclass(frozen=True)
 class KubeCall:
     """One API call: the method and its arguments as sent (defaults filled in, bodies copied)."""
@@ -140,6 +159,7 @@ class FakeKube(VMMetadataEdits, Failures):
         self.migrations: dict[tuple[str, str], Obj] = {}
         self.pools: dict[str, Obj] = {}
         self.claims: dict[str, Obj] = {}
+        self.inventories: dict[str, Obj] = {}
         self.nodes: dict[str, Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}
         self.events: list[RecordedEvent] = []
@@ -168,7 +188,58 @@ class FakeKube(VMMetadataEdits, Failures):
         return self._create("failovervmmigrations", self.migrations, key, obj)
 
     def add_pool(self, obj: Mapping[str, Any]) -> Obj:
-        return self._create("vfpools", self.pools, obj["metadata"]["name"], obj)
+        """A VFPool. VFs listed in its status.nodes (the layout of earlier versions, which tests use
+        to say which VFs the pool has where) are stored as the VFInventories of those nodes, as
+        their agents publish them now; the pool keeps the rest of its status."""
+        obj = copy.deepcopy(dict(obj))
+        name = obj["metadata"]["name"]
+        for entry in (obj.get("status") or {}).pop("nodes", None) or []:
+            self.add_inventory_pool(str(entry["node"]), name, entry.get("vfs") or [],
+                                    simulated=bool(entry.get("simulated")))
+        return self._create("vfpools", self.pools, name, obj)
+
+    def add_inventory_pool(self, node: str, pool: str, vfs: Iterable[Mapping[str, Any]], *,
+                           simulated: bool = False) -> Obj:
+        """Set `pool`'s VFs in `node`'s VFInventory (created when missing)."""
+        inv = self.inventories.get(node) or {"metadata": {"name": node}, "spec": {"nodeName": node, "pools": []}}
+        inv = copy.deepcopy(inv)
+        pools = [p for p in inv["spec"]["pools"] if p.get("name") != pool]
+        vfs = [dict(v) for v in vfs]
+        pools.append({"name": pool, "vfs": vfs, "total": len(vfs), "simulated": simulated})
+        inv["spec"]["pools"] = sorted(pools, key=lambda p: str(p["name"]))
+        if node in self.inventories:
+            return self._store("vfinventories", self.inventories, node, inv)
+        return self._create("vfinventories", self.inventories, node, inv)
+
+    def live_indexes(self) -> dict[str, Mapping[Any, list[Obj]]]:
+        """The same, read afresh on every access (the objects as stored at that moment), as Kopf's
+        indexes follow their watches; no API call is recorded."""
+        from failovervm.controller import cache
+
+        return {name: LiveIndex(self, name) for name in cache.INDEX_NAMES}
+
+    def indexes(self) -> dict[str, dict[Any, list[Obj]]]:
+        """The controller's watch indexes (controller.cache) as Kopf would hold them for the objects
+        stored now: plain dicts for `IndexedCache`."""
+        from failovervm.controller import cache
+
+        out: dict[str, dict[Any, list[Obj]]] = {name: {} for name in cache.INDEX_NAMES}
+
+        def put(index: str, keyed: Mapping[Any, Obj]) -> None:
+            for key, value in keyed.items():
+                out[index].setdefault(key, []).append(value)
+
+        for vm in self.vms.values():
+            put(cache.VMS, cache.vm_keys(vm))
+        for claim in self.claims.values():
+            put(cache.CLAIMS, cache.claim_keys(claim))
+        for name, pool in self.pools.items():
+            put(cache.POOLS, {name: cache.pool_summary(pool)})
+        for name, inv in self.inventories.items():
+            put(cache.INVENTORIES, {name: cache.inventory_summary(inv)})
+        for name, node_obj in self.nodes.items():
+            put(cache.NODES, {name: cache.node_summary(node_obj)})
+        return out
 
     def add_claim(self, obj: Mapping[str, Any]) -> Obj:
         return self._create("vfclaims", self.claims, obj["metadata"]["name"], obj)
@@ -221,14 +292,41 @@ class FakeKube(VMMetadataEdits, Failures):
         return self._get(self.pools, name)
 
     @api
-    def update_pool_status(self, name: str, mutate: Mutate) -> None:
+    def update_pool_status(self, name: str, mutate: Mutate, current: Mapping[str, Any] | None = None) -> None:
         update_status(lambda: self._get(self.pools, name),
                       lambda obj: self._replace_status("vfpools", self.pools, name, obj),
-                      mutate, f"VFPool {name}", attempts=10)
+                      mutate, f"VFPool {name}", attempts=10, current=current)
 
     @api
-    def list_claims(self, cached: bool = False) -> list[Obj]:
-        return self._list(self.claims)
+    def get_inventory(self, node: str) -> Obj | None:
+        return self._get(self.inventories, node)
+
+    @api
+    def list_inventories(self) -> list[Obj]:
+        return self._list(self.inventories)
+
+    @api
+    def put_inventory(self, body: dict[str, Any], current: Mapping[str, Any] | None = None) -> Obj:
+        name = body["metadata"]["name"]
+        stored = self.inventories.get(name)
+        if current is None:
+            if stored is not None:
+                raise _api_error(409, "AlreadyExists")
+            return copy.deepcopy(self._create("vfinventories", self.inventories, name, body))
+        if stored is None:
+            raise _api_error(404, "NotFound")
+        if (current.get("metadata") or {}).get("resourceVersion") != stored["metadata"]["resourceVersion"]:
+            raise _api_error(409, "Conflict")
+        new = copy.deepcopy(dict(body))
+        new["metadata"] = {**stored["metadata"], **{k: v for k, v in (body.get("metadata") or {}).items()
+                                                    if k in ("labels", "ownerReferences")}}
+        new.setdefault("kind", "VFInventory")
+        new.setdefault("apiVersion", f"{API_GROUP}/{API_VERSION}")
+        return self._store("vfinventories", self.inventories, name, new)
+
+    @api
+    def list_claims(self, cached: bool = False, label_selector: str | None = None) -> list[Obj]:
+        return self._list(self.claims, label_selector)
 
     @api
     def create_claim(self, body: dict[str, Any]) -> bool:

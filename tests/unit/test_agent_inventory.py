@@ -1,6 +1,6 @@
-"""The agent's inventory round (`agent.inventory.publish`) on the fakes: the node's VFs into VFPool
-status, and the Node's `vf.failovervm.io/<pool>` extended resources kept true as VFs and pools come
-and go, written only when they differ."""
+"""The agent's inventory round (`agent.inventory.publish`) on the fakes: the node's VFs into its own
+VFInventory (named after the Node, owned by it), and the Node's `vf.failovervm.io/<pool>` extended
+resources kept true as VFs and pools come and go, written only when they differ."""
 
 from __future__ import annotations
 
@@ -61,7 +61,12 @@ def test_advertises_the_selecting_pools_and_keeps_it_true(setup: tuple[FakeKube,
     assert _vf(kube, name) == ({A: "4"}, {A: "4"})
     assert kube.nodes[name]["status"]["capacity"]["cpu"] == "8"  # nothing else touched
     assert kube.nodes[name]["status"]["allocatable"]["memory"] == "15Gi"
-    assert [e["node"] for e in kube.pools["pool-a"]["status"]["nodes"]] == [name]
+    inv = kube.inventories[name]
+    assert [p["name"] for p in inv["spec"]["pools"]] == ["pool-a"] and inv["spec"]["nodeName"] == name
+    assert inv["metadata"]["ownerReferences"] == [
+        {"apiVersion": "v1", "kind": "Node", "name": name, "uid": kube.nodes[name]["metadata"]["uid"]}]
+    assert [v["pciAddress"] for v in inv["spec"]["pools"][0]["vfs"]] == [f"0000:3b:02.{i}" for i in range(4)]
+    assert "status" not in kube.pools["pool-a"] or "nodes" not in kube.pools["pool-a"]["status"]
     assert _node_events(kube, name) == [f"VF extended resources: {A}=4 (was unset)"]
     assert _sample("failovervm_node_vf_resource", node=name, pool="pool-a") == 4
     assert _sample("failovervm_node_vf_resource_patches_total", node=name, result="written") == 1
@@ -117,21 +122,55 @@ def test_a_failed_node_write_leaves_the_pools_published_and_is_retried(
     with caplog.at_level(logging.WARNING):
         assert publish(kube, name, sysfs) == {"pool-a": 4}
     assert "advertising the VF extended resources" in caplog.text and "Forbidden" in caplog.text
-    assert _vf(kube, name) == ({}, {}) and kube.pools["pool-a"]["status"]["nodes"][0]["total"] == 4
+    assert _vf(kube, name) == ({}, {}) and kube.inventories[name]["spec"]["pools"][0]["total"] == 4
     assert _sample("failovervm_node_vf_resource_patches_total", node=name, result="failed") == 1
     publish(kube, name, sysfs)
     assert _vf(kube, name) == ({A: "4"}, {A: "4"})
 
 
-def test_a_failed_pool_write_does_not_keep_the_node_from_being_advertised(
+def test_a_failed_inventory_write_does_not_keep_the_node_from_being_advertised(
     setup: tuple[FakeKube, str, Path], caplog: pytest.LogCaptureFixture,
 ) -> None:
     kube, name, sysfs = setup
-    kube.fail("update_pool_status", ApiException(status=500, reason="boom"))
+    kube.fail("put_inventory", ApiException(status=500, reason="boom"))
     with caplog.at_level(logging.WARNING):
         publish(kube, name, sysfs)
-    assert "VFPool pool-a failed" in caplog.text
+    assert "into its VFInventory failed" in caplog.text
     assert _vf(kube, name) == ({A: "4"}, {A: "4"})
+    assert name not in kube.inventories
+    publish(kube, name, sysfs)
+    assert kube.inventories[name]["spec"]["pools"][0]["total"] == 4
+
+
+def test_an_unchanged_inventory_is_neither_read_nor_written_again(setup: tuple[FakeKube, str, Path]) -> None:
+    """Bounded writes: the round writes the node's VFInventory only when it changed, and, knowing
+    what it wrote, does not read it again either; a conflict (someone else wrote it) makes it read."""
+    from failovervm.agent.inventory import Published
+
+    kube, name, sysfs = setup
+    published = Published()
+    publish(kube, name, sysfs, published)
+    kube.calls.clear()
+    version = kube.inventories[name]["metadata"]["resourceVersion"]
+    publish(kube, name, sysfs, published)
+    assert [c.method for c in kube.calls] == ["get_node", "list_pools"]
+    assert kube.inventories[name]["metadata"]["resourceVersion"] == version
+    # Someone else replaced it: the stale copy costs a conflict, the next round reads and repairs it.
+    kube.put_inventory({**kube.inventories[name], "spec": {"nodeName": name, "pools": []}}, kube.inventories[name])
+    (sysfs / "devices" / "pci0000:00" / "0000:3b:00.0" / "sriov_numvfs").write_text("2\n")
+    publish(kube, name, sysfs, published)
+    publish(kube, name, sysfs, published)
+    assert kube.inventories[name]["spec"]["pools"][0]["total"] == 2
+
+
+def test_an_old_pool_status_with_vf_lists_is_left_to_the_controller(setup: tuple[FakeKube, str, Path]) -> None:
+    """Upgrade: VF lists an earlier version's agents wrote into VFPool status are not the agent's
+    to touch any more (the controller drops them with its next count)."""
+    kube, name, sysfs = setup
+    kube.pools["pool-a"]["status"] = {"nodes": [{"node": name, "vfs": [{"pciAddress": "0000:3b:02.0"}]}]}
+    kube.calls.clear()
+    publish(kube, name, sysfs)
+    assert "update_pool_status" not in [c.method for c in kube.calls]
 
 
 def test_a_pool_whose_name_is_no_resource_name_is_reported_not_advertised(

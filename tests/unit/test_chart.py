@@ -175,6 +175,7 @@ CONTROLLER_RULES = {
     ("failovervm.io", "vfpools"): {"get", "list", "watch", "patch"},
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("failovervm.io", "vfinventories"): {"get", "list", "watch"},
     ("", "nodes"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},
@@ -190,7 +191,7 @@ AGENT_RULES = {
     ("failovervm.io", "failovervmmigrations"): {"get", "list", "watch"},
     ("failovervm.io", "failovervmmigrations/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfpools"): {"get", "list", "watch"},
-    ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
+    ("failovervm.io", "vfinventories"): {"get", "create", "update"},  # its node's, named after it (#14)
     ("", "nodes"): {"get", "list", "watch"},
     ("", "nodes/status"): {"patch"},  # its node's vf.failovervm.io/<pool> extended resources
     ("", "events"): {"create", "patch"},

@@ -486,7 +486,8 @@ def test_cli_status_json_and_table(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert cli.main(["status", "-A"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("NAMESPACE") and "other" in out and "SIMULATED" in out
-    assert out == cli_ops.render_status(cli_ops.status_document(VMS, NODES, POOLS))
+    pools = cli_ops.with_inventories(kube.list_pools(), kube.list_inventories(), kube.list_claims())
+    assert out == cli_ops.render_status(cli_ops.status_document(VMS, NODES, pools))
 
 
 def test_cli_evacuate_cordons_and_watches(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -511,3 +512,17 @@ def test_cli_evacuate_unknown_node(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setattr(cli, "_kube_client", lambda args: FakeKube())
     assert cli.main(["evacuate", "nope"]) == 1
     assert "node nope not found" in capsys.readouterr().err
+
+
+def test_status_counts_vfs_from_the_nodes_inventories_and_ignores_old_pool_lists() -> None:
+    """`failovervm status` counts each node's VFs from its VFInventory and the VFClaims; VF lists an
+    earlier version kept in VFPool status play no part."""
+    kube = FakeKube()
+    kube.add_inventory_pool("n1", "fast", [{"pciAddress": "0000:3b:02.0"}, {"pciAddress": "0000:3b:02.1"}],
+                            simulated=True)
+    kube.add_claim({"metadata": {"name": "c"}, "spec": {"node": "n1", "pool": "fast", "pciAddress": "0000:3b:02.1"}})
+    old = {"metadata": {"name": "fast"}, "status": {"nodes": [{"node": "n9", "total": 64}]}}
+    [fast] = cli_ops.with_inventories([old], kube.list_inventories(), kube.list_claims())
+    assert fast["status"]["nodes"] == [{"node": "n1", "total": 2, "allocated": 1, "free": 1, "simulated": True}]
+    assert cli_ops.pool_rows([fast])[0] | {"node": "n1"} == {"pool": "fast", "node": "n1", "total": 2,
+                                                             "allocated": 1, "free": 1, "simulated": True}

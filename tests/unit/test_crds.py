@@ -81,6 +81,17 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "Age": ".metadata.creationTimestamp",
         },
     },
+    "vfinventories.yaml": {
+        "kind": "VFInventory",
+        "plural": "vfinventories",
+        "scope": "Cluster",
+        "shortNames": ["vfi"],
+        "categories": ["failovervm"],
+        "columns": {
+            "Node": ".spec.nodeName",
+            "Age": ".metadata.creationTimestamp",
+        },
+    },
 }
 
 # (file, schema path, substring of the rule, substring the message must contain)
@@ -102,6 +113,7 @@ EXPECTED_RULES = [
     ("failovervms.yaml", "spec.network.mac", "02468ace", "spec.network.mac"),
     ("failovervms.yaml", "spec.tolerations[]", "Exists", "spec.tolerations[]"),
     ("failovervmmigrations.yaml", "spec", "self == oldSelf", "spec is immutable"),
+    ("vfinventories.yaml", "", "self.metadata.name == self.spec.nodeName", "spec.nodeName"),
     ("vfpools.yaml", "", "self.metadata.name.size() <= 63", "metadata.name"),
     ("vfpools.yaml", "", "self.metadata.name.size() <= 63", "vf.failovervm.io/<name>"),
     ("vfpools.yaml", "", "self.metadata.name.matches(", "metadata.name"),
@@ -447,10 +459,13 @@ def test_vfpool_and_vfclaim_shape() -> None:
     standby = node_at(pool, "spec.standby")["properties"]
     assert standby["type"]["enum"] == ["bridge", "direct", "network"] and standby["type"]["default"] == "bridge"
     assert standby["mode"]["enum"] == ["bridge", "passthrough", "vepa", "private"]
-    nodes = node_at(pool, "status.nodes")
-    assert nodes["x-kubernetes-list-map-keys"] == ["node"]
-    assert set(nodes["items"]["properties"]) >= {"node", "total", "allocated", "free", "pfs", "simulated", "vfs"}
-    vfs = nodes["items"]["properties"]["vfs"]
+    # Each node's VFs are in its own VFInventory; the pool keeps totals (no object grows with nodes).
+    assert "nodes" not in node_at(pool, "status")["properties"]
+    inventory = root_schema(load("vfinventories.yaml"))
+    entries = node_at(inventory, "spec.pools")
+    assert entries["x-kubernetes-list-map-keys"] == ["name"]
+    assert set(entries["items"]["properties"]) >= {"name", "total", "pfs", "simulated", "vfs", "missingPfs"}
+    vfs = entries["items"]["properties"]["vfs"]
     assert vfs["x-kubernetes-list-map-keys"] == ["pciAddress"]
     assert set(vfs["items"]["properties"]) == {"pciAddress", "pf", "index", "vendor", "device"}
     assert set(node_at(pool, "status.totals")["properties"]) == {"total", "allocated", "free"}

@@ -15,6 +15,7 @@ from kubernetes.client import ApiException
 from failovervm import kube as kube_mod
 from failovervm import labels, vmpod
 from failovervm.controller import vmpods, vms
+from failovervm.controller.cache import IndexedCache, node_vfs
 from failovervm.controller.context import ControllerContext
 from tests.fakes import FakeKube
 from tests.fakes.http import api_server
@@ -64,6 +65,7 @@ def kube() -> FakeKube:
 def ctx(kube: FakeKube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
     c = controller_ctx(kube)
     c.pods = vmpods.IndexedPods(LiveIndex(kube))
+    c.cache = IndexedCache(kube.live_indexes())
     return c
 
 
@@ -122,16 +124,15 @@ def test_what_still_needs_a_pass_gets_one(kube: FakeKube, ctx: ControllerContext
     assert len(kube.pods) == 1
 
 
-def test_the_binding_pass_reads_the_vm_once_and_lists_the_claims_once(kube: FakeKube,
-                                                                       ctx: ControllerContext) -> None:
+def test_the_binding_pass_reads_the_vm_once_and_lists_nothing(kube: FakeKube, ctx: ControllerContext) -> None:
     vms.ensure_scheduled(ctx, NS, "vm")
     bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n1")
     kube.calls.clear()
     assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
     assert methods(kube).count("get_vm") == 1  # the placement's status write and patch use it
-    # Stale claims and the VF choice share one LIST, from the API server's cache: a consistent LIST
-    # of VFClaims waits for etcd's next progress notification (up to ~100 ms).
-    assert kube.calls_of("list_claims") == [(True,)]
+    # Stale claims, the pool, the node, its VFs and the VF choice: all from the watch caches.
+    assert {"list_claims", "get_pool", "get_node", "get_inventory", "list_vms"}.isdisjoint(methods(kube))
+    assert methods(kube) == ["get_vm", "create_claim", "update_vm_status", "patch_vm"]
     vm = kube.vms[NS, "vm"]
     assert vm["status"]["vf"]["claimName"] in kube.claims
     assert vm["metadata"]["labels"][labels.VM_NODE] == "n1" and labels.AGENT_FINALIZER in vm["metadata"]["finalizers"]
@@ -148,33 +149,35 @@ def test_the_binding_pass_survives_a_write_landing_after_its_read(kube: FakeKube
     assert set(vm["metadata"]["finalizers"]) == {"kopf", labels.AGENT_FINALIZER}
 
 
-def test_the_vf_choice_starts_from_a_cached_list_and_checks_a_consistent_one_before_a_no(kube: FakeKube) -> None:
+def test_the_vf_choice_starts_from_the_cache_and_checks_a_consistent_list_before_a_no(kube: FakeKube) -> None:
     from failovervm.placement import Claimed, claim_on_node
 
     vm, pool = kube.vms[NS, "vm"], kube.pools["pool"]
-    assert isinstance(claim_on_node(kube, vm, pool, "n1", claims=[]), Claimed)
-    assert kube.calls_of("list_claims") == []  # the caller's list
+    cache = IndexedCache(kube.live_indexes())
+
+    def claim(node: str, claims: list[dict[str, Any]]) -> object:
+        return claim_on_node(kube, vm, pool, node, inventory=node_vfs(cache, node, "pool"), node_obj=cache.node(node),
+                             claims=claims)
+
+    assert isinstance(claim("n1", []), Claimed)
+    assert kube.calls_of("list_claims") == []  # the caller's (cached) claims
+    # The cache said n2's VF was free, but it was claimed since: AlreadyExists, then a consistent
+    # list of n2's claims of the pool, which says no VF is free there.
     kube.calls.clear()
-    # Without one: the API server's cache.
-    kube.claims.clear()
-    assert isinstance(claim_on_node(kube, vm, pool, "n1"), Claimed)
-    assert kube.calls_of("list_claims") == [(True,)]
-    # The list said n2's VF was free, but it was claimed since: AlreadyExists, then a consistent
-    # list, which says no VF is free there.
-    kube.calls.clear()
-    kube.create_claim({"metadata": {"name": "n2.0000-3b-02-0"}, "spec": {
-        "node": "n2", "pciAddress": "0000:3b:02.0", "owner": {"uid": "other"}}})
-    result = claim_on_node(kube, vm, pool, "n2", claims=[])
+    kube.create_claim({"metadata": {"name": "n2.0000-3b-02-0", "labels": {
+        labels.VM_NODE: "n2", f"{labels.PREFIX}/pool": "pool"}}, "spec": {
+        "node": "n2", "pool": "pool", "pciAddress": "0000:3b:02.0", "owner": {"uid": "other"}}})
+    result = claim("n2", [])
     assert not isinstance(result, Claimed) and result.reason == "NoFreeVF"
-    assert kube.calls_of("list_claims") == [(False,)]
-    # The list showed n2's VF claimed, but that claim was released since: a consistent list finds
+    assert kube.calls_of("list_claims") == [(False, f"{labels.VM_NODE}=n2,{labels.PREFIX}/pool=pool")]
+    # The cache showed n2's VF claimed, but that claim was released since: a consistent list finds
     # it free before the VM is sent back to kube-scheduler.
     stale = list(kube.claims.values())
     kube.claims.clear()
     kube.calls.clear()
-    result = claim_on_node(kube, vm, pool, "n2", claims=stale)
+    result = claim("n2", stale)
     assert isinstance(result, Claimed) and result.node == "n2"
-    assert kube.calls_of("list_claims") == [(False,)]
+    assert len(kube.calls_of("list_claims")) == 1
 
 
 def test_a_stale_copy_is_written_again_at_once_and_only_repeated_conflicts_back_off(

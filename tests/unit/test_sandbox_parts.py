@@ -154,3 +154,36 @@ def test_controller_manager_keeps_resource_quota_status(tmp_path: Path, monkeypa
     controlplane.start_controller_manager(Path("/bin/kcm"), controlplane.ControlPlanePaths(tmp_path), "https://x")
     [flag] = [a for a in spawned[0] if a.startswith("--controllers=")]
     assert "resourcequota-controller" in flag.removeprefix("--controllers=").split(",")
+
+
+def test_virtual_nodes_publish_their_vfs_as_an_agent_would(tmp_path: Path) -> None:
+    """`sandbox up --virtual-nodes M --vfs-per-node K`: M agent-less nodes, each with a simulated sysfs
+    tree of K VFs, published by the heartbeat with the agent's own code (its VFInventory and its
+    extended resources), once per change; the example pool selects them like the other sandbox nodes."""
+    import yaml
+
+    from failovervm import labels
+    from failovervm_sandbox import virtualnodes
+    from tests.fakes import FakeKube
+
+    vnodes = virtualnodes.sandbox_nodes(tmp_path, 3, "tcg")
+    assert [n.name for n in vnodes] == ["sandbox-vnode-1", "sandbox-vnode-2", "sandbox-vnode-3"]
+    virtualnodes.create_trees(vnodes, 4, 1)
+    kube = FakeKube()
+    for n in vnodes:
+        obj = nodes.node_manifest(n)
+        obj["metadata"]["labels"][labels.SANDBOX_VIRTUAL_NODE] = "true"
+        obj["status"] = {"capacity": {"cpu": "16"}, "allocatable": {"cpu": "16"}}
+        kube.add_node(obj)
+    pool = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "vfpool.yaml").read_text())
+    kube.add_pool(pool)
+    publisher = virtualnodes.Publisher(kube, vnodes)
+    assert publisher.round() == 3
+    for n in vnodes:
+        [entry] = kube.inventories[n.name]["spec"]["pools"]
+        assert entry["name"] == "sandbox-pool" and entry["total"] == 4 and entry["simulated"] is True
+        assert kube.nodes[n.name]["status"]["allocatable"][labels.vf_resource("sandbox-pool")] == "4"
+    kube.calls.clear()
+    assert publisher.round(skip={"sandbox-vnode-3"}) == 2
+    # Nothing changed: one LIST of the pools and of the nodes for all of them, no write.
+    assert [c.method for c in kube.calls] == ["list_pools", "list_nodes"]

@@ -1,14 +1,18 @@
-"""Publishing this node's VFs: into the status of every VFPool that selects the node, and as the
-extended resources `vf.failovervm.io/<pool>` in the Node's status (see failovervm.vfresources)."""
+"""Publishing this node's VFs: into the node's own VFInventory (cluster-scoped, named exactly after
+the Node, owned by it so it is garbage-collected with it, written only by this node's agent), one
+entry per VFPool that selects the node; and as the extended resources `vf.failovervm.io/<pool>` in
+the Node's status (see failovervm.vfresources). VFPool status keeps only the totals the controller
+counts: no agent writes a shared object, and no object grows with the number of nodes."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from failovervm import metrics, vfresources
+from failovervm import API_GROUP, API_VERSION, metrics, vfresources
 from failovervm.kube import KubeAPI
 from failovervm.labels import VF_RESOURCE_DOMAIN
 from failovervm.scheduling import matches_selector
@@ -21,10 +25,11 @@ VF_RESOURCES_UPDATED = "VFResourcesUpdated"
 VF_RESOURCE_NAME_INVALID = "VFResourceNameInvalid"
 
 
-def node_entry(node: str, sysfs_root: Path, pf_names: list[str]) -> dict[str, Any]:
+def node_entry(pool: str, sysfs_root: Path, pf_names: list[str]) -> dict[str, Any]:
+    """The VFInventory entry of one pool on this node (spec.pools[])."""
     found = discover_vfs(sysfs_root, pf_names)
     entry: dict[str, Any] = {
-        "node": node,
+        "name": pool,
         "pfs": sorted({vf.pf for vf in found.vfs}),
         "vfs": [
             {k: v for k, v in {"pciAddress": vf.pci_address, "pf": vf.pf, "index": vf.index,
@@ -62,44 +67,74 @@ def advertise(kube: KubeAPI, node_obj: Mapping[str, Any], counts: Mapping[str, i
     return plan
 
 
-def publish(kube: KubeAPI, node: str, sysfs_root: Path) -> dict[str, int]:
-    """Write this node's entry into each pool that selects it (and drop it from the others), then
-    advertise the selecting pools' VFs as the Node's extended resources. A failed write is logged
-    and does not keep the others from being made; the next round retries it."""
+@dataclass
+class Published:
+    """What this agent last wrote into its node's VFInventory (None: not known, read it): a round
+    that finds the same writes nothing and reads nothing of it."""
+
+    inventory: dict[str, Any] | None = None
+
+
+def inventory_body(node_obj: Mapping[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The node's VFInventory: named after the Node, owned by it (garbage-collected with it)."""
+    meta = node_obj.get("metadata") or {}
+    return {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+        "kind": "VFInventory",
+        "metadata": {"name": meta["name"], "ownerReferences": [
+            {"apiVersion": "v1", "kind": "Node", "name": meta["name"], "uid": meta.get("uid")}]},
+        "spec": {"nodeName": meta["name"], "pools": sorted(entries, key=lambda e: str(e["name"]))},
+    }
+
+
+def write_inventory(kube: KubeAPI, body: dict[str, Any], published: Published) -> bool:
+    """Create or replace the node's VFInventory when it differs from what is there; True if written."""
+    current = published.inventory
+    if current is None:
+        current = kube.get_inventory(body["metadata"]["name"])
+    if current is not None and current.get("spec") == body["spec"] and \
+            (current.get("metadata") or {}).get("ownerReferences") == body["metadata"]["ownerReferences"]:
+        published.inventory = current
+        return False
+    try:
+        published.inventory = kube.put_inventory(body, current)
+    except Exception:
+        published.inventory = None  # read it again next round (a conflict, a deletion)
+        raise
+    return True
+
+
+def publish(kube: KubeAPI, node: str, sysfs_root: Path, published: Published | None = None) -> dict[str, int]:
+    """Write this node's VFs of each pool that selects it into its VFInventory, then advertise them
+    as the Node's extended resources. A failed write is logged and does not keep the other from
+    being made; the next round retries it."""
     node_obj = kube.get_node(node)
-    labels = ((node_obj or {}).get("metadata") or {}).get("labels") or {}
-    counts: dict[str, int] = {}
     pools = kube.list_pools()
+    if node_obj is None:
+        return {}  # the Node is gone: its inventory goes with it (garbage collector)
+    return publish_node(kube, node_obj, pools, sysfs_root, published if published is not None else Published())
+
+
+def publish_node(kube: KubeAPI, node_obj: Mapping[str, Any], pools: list[dict[str, Any]], sysfs_root: Path,
+                 published: Published) -> dict[str, int]:
+    """`publish` with the Node and the VFPools already read (the sandbox's agent-less nodes share
+    one read of them)."""
+    node = str(node_obj["metadata"]["name"])
+    labels = (node_obj.get("metadata") or {}).get("labels") or {}
+    counts: dict[str, int] = {}
+    entries = []
     for pool in pools:
         name = pool["metadata"]["name"]
         spec = pool.get("spec") or {}
-        selected = node_obj is not None and matches_selector(labels, spec.get("nodeSelector") or {})
-        entry = node_entry(node, sysfs_root, list(spec.get("pfNames") or [])) if selected else None
-
-        def mutate(st: dict[str, Any], entry: dict[str, Any] | None = entry) -> dict[str, Any] | None:
-            nodes = [dict(e) for e in st.get("nodes") or [] if e.get("node") != node]
-            current = next((e for e in st.get("nodes") or [] if e.get("node") == node), None)
-            if entry is not None:
-                merged = dict(entry)
-                for keep in ("allocated", "free"):  # the controller's counts
-                    if current and keep in current:
-                        merged[keep] = current[keep]
-                if current == merged:
-                    return None
-                nodes.append(merged)
-            elif current is None:
-                return None
-            st["nodes"] = sorted(nodes, key=lambda e: str(e.get("node")))
-            return st
-
-        if entry is not None:
+        if matches_selector(labels, spec.get("nodeSelector") or {}):
+            entry = node_entry(name, sysfs_root, list(spec.get("pfNames") or []))
+            entries.append(entry)
             counts[name] = entry["total"]
-        try:
-            kube.update_pool_status(name, mutate)
-        except Exception as exc:
-            log.warning("publishing the VFs of node %s into VFPool %s failed: %s", node, name, exc)
-    if node_obj is None:
-        return counts
+    try:
+        if write_inventory(kube, inventory_body(node_obj, entries), published):
+            log.info("node %s publishes its VFs: %s", node, counts or "none")
+    except Exception as exc:
+        log.warning("publishing the VFs of node %s into its VFInventory failed: %s", node, exc)
     try:
         plan = advertise(kube, node_obj, counts)
     except Exception as exc:

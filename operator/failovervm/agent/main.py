@@ -7,9 +7,11 @@ Event sources, all feeding one de-duplicating work queue (one reconcile per VM a
 - a periodic resync, which also removes domains whose FailoverVM is gone;
 - requeues asked for by a reconcile (VF hot-plug backoff, transient errors).
 
-Apart from the queue, the inventory round (at start, then every `inventory_seconds`) publishes the
-node's VFs into VFPool status and keeps the Node's extended resources `vf.failovervm.io/<pool>`
-true, writing the Node only when they differ (agent/inventory.py).
+Apart from the queue, the inventory round (at start, on every change of a VFPool or of its own Node,
+and every `inventory_seconds` for sysfs changes) publishes the node's VFs into its VFInventory and
+keeps the Node's extended resources `vf.failovervm.io/<pool>` true, writing either only when it
+differs (agent/inventory.py). The VFPools and the Node come from watches (agent/mirror.py): a
+round reads nothing from the API server.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from failovervm import API_GROUP, API_VERSION, domxml, labels
 from failovervm import kube as kube_mod
 from failovervm.agent.connection import LibvirtConnection
 from failovervm.agent.domains import DomainNotFound
-from failovervm.agent.inventory import publish
+from failovervm.agent.inventory import Published, publish, publish_node
 from failovervm.agent.libvirt_domains import LibvirtDomainManager
+from failovervm.agent.mirror import Mirror, kube_list_watch
 from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
 
@@ -99,6 +102,15 @@ class Agent:
         self.ctx: AgentContext | None = None
         self.migrator: Any = None
         self._stop = threading.Event()
+        self.published = Published()  # what the inventory round last wrote (agent.inventory)
+        # The VFPools and this Node, from watches: the inventory round reads neither from the API.
+        self.pools = Mirror("VFPool", *kube_list_watch(
+            self.kube.custom.list_cluster_custom_object, (API_GROUP, API_VERSION, kube_mod.VFPOOL), {},
+            f"{API_GROUP}/{API_VERSION}", "VFPool"), self._inventory_soon)
+        self.node_obj = Mirror("Node", *kube_list_watch(
+            self.kube.core.list_node, (), {"field_selector": f"metadata.name={args.node}"}, "v1", "Node"),
+            self._inventory_soon)
+        self._inventory_queued = False
 
     # -- event sources ---------------------------------------------------------------
     def _on_domain_event(self, dom_name: str, event: str, detail: int) -> None:
@@ -176,9 +188,28 @@ class Agent:
             if callable(fn):
                 await fn()
 
+    def _inventory_soon(self) -> None:
+        """A VFPool or the Node changed (called from a watch thread): one inventory round soon."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._queue_inventory)
+
+    def _queue_inventory(self) -> None:
+        if not self._inventory_queued:
+            self._inventory_queued = True
+            asyncio.get_running_loop().create_task(self._inventory())
+
     async def _inventory(self) -> None:
+        self._inventory_queued = False
+        sysfs = Path(self.args.sysfs_root)
         try:
-            counts = await asyncio.to_thread(publish, self.kube, self.args.node, Path(self.args.sysfs_root))
+            if self.pools.ready.is_set() and self.node_obj.ready.is_set():
+                node_obj = self.node_obj.get(self.args.node)
+                if node_obj is None:
+                    return  # the Node is gone: its inventory goes with it (garbage collector)
+                counts = await asyncio.to_thread(publish_node, self.kube, node_obj, self.pools.objects(), sysfs,
+                                                 self.published)
+            else:  # the watches have not listed yet: read them
+                counts = await asyncio.to_thread(publish, self.kube, self.args.node, sysfs, self.published)
             log.debug("published VF inventory: %s", counts)
         except Exception as exc:
             log.warning("publishing the VF inventory failed: %s", exc)
@@ -227,9 +258,13 @@ class Agent:
             *(asyncio.create_task(self._worker()) for _ in range(self.args.workers)),
         ]
         threading.Thread(target=self._watch_thread, name="fvm-watch", daemon=True).start()
+        self.pools.start()
+        self.node_obj.start()
         log.info("agent for node %s started (libvirt %s)", self.args.node, self.args.libvirt_uri)
         await stop.wait()
         self._stop.set()
+        self.pools.stop.set()
+        self.node_obj.stop.set()
         for t in tasks:
             t.cancel()
 

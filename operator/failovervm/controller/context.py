@@ -5,14 +5,15 @@ through its memo; tests build their own."""
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from failovervm.controller.cache import ClusterCache, ListedCache
 from failovervm.controller.locks import Locks
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
+from failovervm.placement import RecentClaims
 from failovervm.vmpod import PodSettings
 
 
@@ -45,6 +46,40 @@ class SweepTimes:
     claims: float = 0.0
     # Whether the drain guard pods of an earlier version were looked for (once per process).
     guards_removed: bool = False
+    # Whether every node had one full pass since the process started (a resync after the watch
+    # started): later node sweeps act only on nodes whose cached state asks for it.
+    nodes_resynced: bool = False
+    # Nodes being evacuated as this process last saw them: the next sweeps of such a node make a
+    # full pass even once it no longer needs evacuation (dropping the migrations left pending).
+    evacuating: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Capacity:
+    """Pending VMs are woken by capacity changes, not by rescanning: `epoch` counts the changes
+    seen (a VM or VFClaim deleted, a Node added or changed, a VFPool or VFInventory written), and
+    `seen` holds, per VM uid, the epoch of the last pass that left the VM pending for lack of
+    capacity. The pending timer looks again only when the epoch moved on (controller.vms)."""
+
+    epoch: int = 0
+    # VM uid -> (epoch, time.monotonic()) of its last placement pass.
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    # What each Node and VFPool looked like when last seen (what placement reads of it), to tell a
+    # change from a heartbeat or a status write.
+    objects: dict[str, str] = field(default_factory=dict)
+
+    def changed(self) -> None:
+        self.epoch += 1
+
+    def object_changed(self, key: str, fingerprint: str | None) -> bool:
+        """Record what an object (a Node, a VFPool) looked like (None: deleted); True when that
+        changed since it was last seen (a heartbeat or a status write of the controller's own does not)."""
+        if fingerprint is None:
+            return self.objects.pop(key, None) is not None
+        if self.objects.get(key) == fingerprint:
+            return False
+        self.objects[key] = fingerprint
+        return True
 
 
 def _admission_pool() -> ThreadPoolExecutor:
@@ -57,10 +92,9 @@ class ControllerContext:
 
     settings: ControllerSettings
     kube: KubeAPI
+    # Per migration, per node, and per VM (placement passes: kube-scheduler does the CPU and
+    # memory accounting, a VF's VFClaim create is its lock, so different VMs are placed in parallel).
     locks: Locks = field(default_factory=Locks)
-    # One active controller (Kopf peering); this lock serialises placement inside it so that
-    # CPU/memory accounting and VF choice never race between two VMs.
-    placement_lock: threading.Lock = field(default_factory=threading.Lock)
     sweeps: SweepTimes = field(default_factory=SweepTimes)
     # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
     admission: ThreadPoolExecutor = field(default_factory=_admission_pool)
@@ -69,6 +103,13 @@ class ControllerContext:
     pods: PodIndex = field(init=False)
     # VMs whose pod the API server refused: when to try again.
     pod_retries: Retries = field(default_factory=Retries)
+    # The watch caches (controller.cache): Kopf's indexes once a handler bound them
+    # (controller.main), until then (and in tests) the API itself.
+    cache: ClusterCache = field(init=False)
+    capacity: Capacity = field(default_factory=Capacity)
+    # VFs claimed lately, which the claim cache may not show yet (placement.RecentClaims).
+    recent_claims: RecentClaims = field(default_factory=RecentClaims)
 
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)
+        self.cache = ListedCache(self.kube)

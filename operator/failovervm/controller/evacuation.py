@@ -24,6 +24,23 @@ def vms_on(ctx: ControllerContext, node: str) -> list[dict[str, Any]]:
             if (vm.get("status") or {}).get("nodeName") == node]
 
 
+def needs_pass(ctx: ControllerContext, node: Mapping[str, Any]) -> bool:
+    """Whether a node (as the watch cache has it) needs a reconcile_node pass, decided in memory
+    from the caches: it is being emptied (or was, as this process last saw it), it is fenced with
+    VMs on it, or a VM on it has a node health to record or a displaced pod to act on."""
+    name = str(node["metadata"]["name"])
+    if name in ctx.sweeps.evacuating or node_needs_evacuation(NodeInfo.from_k8s(node)):
+        return True
+    vms = ctx.cache.vms_on(name)
+    if not vms:
+        return False
+    health = nodehealth.assess(name, node, dt.datetime.now(dt.UTC))
+    if health.state == nodehealth.FENCED:
+        return True
+    return any((vm["metadata"].get("annotations") or {}).get(labels.DISPLACED_ANNOTATION) == name
+               or nodehealth.condition_change(vm, health) is not None for vm in vms)
+
+
 def reconcile_node(ctx: ControllerContext, name: str) -> dict[str, Any]:
     """Record the node's health on its VMs and evacuate the node when it must be emptied.
 
@@ -59,12 +76,14 @@ def _reconcile_node(ctx: ControllerContext, node: Mapping[str, Any]) -> dict[str
         recovery.mark(ctx, vms, name, health)
     if not node_needs_evacuation(NodeInfo.from_k8s(node)):
         _stop_evacuation(ctx, name)
+        ctx.sweeps.evacuating.discard(name)
         displaced = [vm for vm in vms if (vm["metadata"].get("annotations") or {}).get(
             labels.DISPLACED_ANNOTATION) == name]
         if displaced:
             out["displaced"] = {f"{vm['metadata']['namespace']}/{vm['metadata']['name']}": _displaced(ctx, name, vm)
                                 for vm in displaced}
         return out
+    ctx.sweeps.evacuating.add(name)
     if not vms:
         return out
     start, waiting = _evacuate(ctx, name, vms)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 import threading
+import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,10 +24,20 @@ class Locks:
     sweep, node events, migration events and the eviction webhook all sweep nodes from their own
     threads: these locks serialise each migration's driver and each node's sweep."""
 
+    # Placement passes of different VMs run in parallel (a VF's VFClaim create is its lock); those
+    # of one VM (its event, its pod's event, its timer) one at a time, under one of these stripes.
+    VM_STRIPES = 64
+
     def __init__(self) -> None:
         self._guard = threading.Lock()
         self._migrations: dict[tuple[str, str], threading.Lock] = {}
         self._nodes: dict[str, threading.Lock] = {}
+        self._vms = [threading.Lock() for _ in range(self.VM_STRIPES)]
+
+    def vm(self, namespace: str, name: str) -> threading.Lock:
+        """The lock of one VM's placement passes (shared with the VMs of the same stripe: bounded
+        memory whatever the number of VMs)."""
+        return self._vms[zlib.crc32(f"{namespace}/{name}".encode()) % self.VM_STRIPES]
 
     def migration(self, namespace: str, name: str) -> threading.Lock:
         """The lock `advance` holds while it drives this migration."""

@@ -10,6 +10,8 @@ register those paths), so none of them may change."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ import kopf
 from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
-from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vmpods, vms
+from failovervm.controller import admission, cache, evacuation, migrations, recovery, sweeps, vmpods, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
@@ -33,6 +35,8 @@ log = logging.getLogger(__name__)
 FVM = (API_GROUP, API_VERSION, "failovervms")
 FVMM = (API_GROUP, API_VERSION, "failovervmmigrations")
 POOL = (API_GROUP, API_VERSION, "vfpools")
+CLAIM = (API_GROUP, API_VERSION, "vfclaims")
+INVENTORY = (API_GROUP, API_VERSION, "vfinventories")
 
 
 @dataclass
@@ -81,7 +85,42 @@ def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     )
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base: the controller has no on.create, on.update, on.resume or on.field handler, so
+    Kopf has no change to detect. With a real one it patches its last-handled-configuration
+    annotation onto every FailoverVM and migration when first seen and again whenever their spec,
+    labels or annotations change (two PATCHes per placed VM, each through the admission webhook and
+    to every watcher), and deep-copies every object on every event to compare. Deletions and
+    finalizers do not depend on it. An annotation an earlier version stored is left alone."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return kopf.BodyEssence()
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+# glibc's mallopt parameter M_ARENA_MAX.
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """At most `arenas` malloc arenas in this process. glibc gives every thread that allocates one of
+    its own (up to 8 per core), and the controller's handler threads, admission pool and client
+    threads each keep one full of freed memory: that, not live objects, is most of a long-running
+    controller's RSS. Set before any thread starts (like MALLOC_ARENA_MAX=2); a libc without
+    mallopt (musl) is left alone. True when set."""
+    try:
+        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
 def run(args: ControllerArgs) -> int:
+    limit_malloc_arenas()
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -102,12 +141,15 @@ def run(args: ControllerArgs) -> int:
 def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerContext:
     """The context `run` put into the memo (every handler's memo is a shallow copy of it). Kopf
     hands its indices to every handler as keyword arguments: the first one seen binds the VM pod
-    index to the context (it is the same object for the operator's whole life)."""
+    index and the watch caches (controller.cache) to the context (they are the same objects for
+    the operator's whole life)."""
     ctx = memo.ctx
     assert isinstance(ctx, ControllerContext)
     index = (indices or {}).get("vm_pods")
     if index is not None and not isinstance(ctx.pods, vmpods.IndexedPods):
         ctx.pods = vmpods.IndexedPods(index)
+    if not isinstance(ctx.cache, cache.IndexedCache) and all(n in (indices or {}) for n in cache.INDEX_NAMES):
+        ctx.cache = cache.IndexedCache({n: (indices or {})[n] for n in cache.INDEX_NAMES})
     return ctx
 
 
@@ -123,9 +165,13 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     args: ControllerArgs = memo.args
     settings.persistence.finalizer = CONTROLLER_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.level = logging.WARNING
+    # Kopf logs every handler, timer and webhook call that succeeds at INFO: about 50 lines per VM in
+    # the scale benchmark (docs/scale.md). Failures and retries are WARNING and still logged.
+    for name in ("kopf.objects", "aiohttp.access"):
+        debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
@@ -136,10 +182,6 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 # -- FailoverVM ----------------------------------------------------------------------------------
-def _unplaced(*, status: kopf.Status, **_: Any) -> bool:
-    return not status.get("nodeName")
-
-
 @kopf.on.event(*FVM)
 def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
                 body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
@@ -158,25 +200,69 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
     log.debug("%s/%s: %s", namespace, name, outcome)
 
 
-@kopf.timer(*FVM, interval=3.0, initial_delay=3.0, when=_unplaced)
-def retry_pending(*, name: str, namespace: str | None, memo: kopf.Memo, **kw: Any) -> None:
-    """The VM pod's state may have changed without an event reaching us, a back-off may have ended
-    (a refused pod), the pool may have appeared: look again."""
-    vms.ensure_scheduled(_ctx(memo, kw), namespace or "", name)
-
-
 @kopf.on.delete(*FVM)
 def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **kw: Any) -> None:
+    ctx = _ctx(memo, kw)
     try:
-        vms.finalize(_ctx(memo, kw), namespace or "", name, uid)
+        vms.finalize(ctx, namespace or "", name, uid)
     except vms.StillDeleting as exc:
         raise kopf.TemporaryError(str(exc), delay=2) from None
+
+
+# -- the watch caches (controller.cache): what the controller knows without asking the API ------------
+# Each index keeps a summary of the fields the controller reads. None of them writes to its objects.
+@kopf.index(*FVM)
+def fvm_keys(*, body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    return cache.vm_keys(body)
+
+
+@kopf.index(*CLAIM)
+def vfclaim_keys(*, body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    return cache.claim_keys(body)
+
+
+@kopf.index(*POOL)
+def vfpool_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: cache.pool_summary(body)}
+
+
+@kopf.index(*INVENTORY)
+def vfinventory_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: cache.inventory_summary(body)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {name: cache.node_summary(body)}
+
+
+@kopf.on.event(*CLAIM)
+async def on_claim_event(*, type: str, memo: kopf.Memo, **kw: Any) -> None:
+    """A released VF is capacity: wake the VMs that wait for one."""
+    if type == "DELETED":
+        _ctx(memo, kw).capacity.changed()
+
+
+@kopf.on.event(*INVENTORY)
+async def on_inventory_event(*, memo: kopf.Memo, **kw: Any) -> None:
+    """A node's VF inventory was written (its agent writes it only when it changed): wake waiting VMs."""
+    _ctx(memo, kw).capacity.changed()
+
+
+@kopf.on.event(*POOL)
+async def on_pool_event(*, type: str, name: str, meta: kopf.Meta, memo: kopf.Memo, **kw: Any) -> None:
+    """A pool was added or its spec changed (not its status: the controller's own counts): wake
+    waiting VMs."""
+    ctx = _ctx(memo, kw)
+    if ctx.capacity.object_changed(f"vfpool/{name}", None if type == "DELETED" else str(meta.get("generation"))):
+        ctx.capacity.changed()
 
 
 @kopf.timer(*POOL, interval=3.0)
 def pool_status(*, name: str, memo: kopf.Memo, **kw: Any) -> None:
     """Per pool: refresh allocated/free counts. Also, at most every 3 s for all pools together, sweep
-    the nodes (evacuation, displaced VMs, node health) and, every 30 s, orphaned VFClaims, VM pods, migration
+    the nodes (evacuation, displaced VMs, node health) and the pending VMs (a back-off ended, capacity
+    changed: vms.wake_pending) and, every 30 s, orphaned VFClaims, VM pods, migration
     history, VM locks left by migrations that vanished, and VMs whose node was deleted while no
     controller watched.
 
@@ -254,11 +340,16 @@ def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **
 
 # -- Nodes: evacuation, node failure, and the eviction of VM pods ------------------------------------
 @kopf.on.event("", "v1", "nodes")
-def on_node_event(*, type: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+def on_node_event(*, type: str, name: str, body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     ctx = _ctx(memo, kw)
     if type != "DELETED":
-        evacuation.reconcile_node(ctx, name)
+        summary = cache.node_summary(body)
+        if ctx.capacity.object_changed(f"node/{name}", cache.node_fingerprint(summary)):
+            ctx.capacity.changed()  # added, or its readiness, taints, cordon, allocatable changed
+        if evacuation.needs_pass(ctx, summary):  # a heartbeat that changes nothing costs no API call
+            evacuation.reconcile_node(ctx, name)
     elif name:
+        ctx.capacity.object_changed(f"node/{name}", None)
         # A deleted Node counts as fenced: the VMs it ran start elsewhere.
         recovery.release_all(ctx, name, None)
 

@@ -14,6 +14,7 @@ from typing import Any
 from failovervm import conditions, guestfailover, labels, vmpod
 from failovervm import migration as mg
 from failovervm.controller import vmpods
+from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, release_untaken, update_vm_migration
 from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
@@ -176,7 +177,7 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
     _ns, name = _key(mig)
     source = str((mig.get("status") or {}).get("sourceNode") or (vm.get("status") or {}).get("nodeName") or "")
     pool_name = str(((vm.get("spec") or {}).get("network") or {}).get("pool", ""))
-    pool = kube.get_pool(pool_name) if pool_name else None
+    pool = ctx.cache.pool(pool_name) if pool_name else None
     if pool is None:
         return _no_target(ctx, mig, Unschedulable("NoMatchingNode", f"VFPool {pool_name!r} does not exist"))
     pod = _target_pod(ctx, mig, vm, pool, source)
@@ -190,7 +191,9 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
         waiting = f"waiting for kube-scheduler to bind target pod {vmpods.describe(pod)}"
         return _no_target(ctx, mig, Unschedulable("WaitingForScheduler", waiting), event=False)
     result = (Unschedulable("NoMatchingNode", f"the target pod was bound to the source node {node}") if node == source
-              else claim_on_node(kube, vm, pool, node, purpose="MigrationTarget", migration=name))
+              else claim_on_node(kube, vm, pool, node, inventory=node_vfs(ctx.cache, node, pool_name),
+                                 node_obj=ctx.cache.node(node), claims=ctx.cache.claims_on(node, pool_name),
+                                 recent=ctx.recent_claims, purpose="MigrationTarget", migration=name))
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all: let kube-scheduler choose again, after a back-off.
         vmpods.delete(kube, pod)
@@ -284,17 +287,16 @@ def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
     keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
     other = (vm.get("status") or {}).get("migration") or {}
     released = []
-    for claim in kube.list_claims():
+    # From the watch cache, by owner (a claim it has not seen yet is left to the orphan sweep).
+    for claim in ctx.cache.claims_of(str(vm["metadata"]["uid"])):
         spec = claim["spec"]
-        if spec.get("owner", {}).get("uid") != vm["metadata"]["uid"]:
-            continue
         name_c = claim["metadata"]["name"]
         if name_c == keep and spec.get("purpose") != "Running":
             # The migration target's reservation is now the VM's running VF.
             kube.patch_claim(name_c, {"spec": {"purpose": "Running", "migration": None}})
         if name_c in (keep, other.get("targetClaim")):
             continue
-        kube.delete_claim(name_c, claim["metadata"]["uid"])
+        kube.delete_claim(name_c, claim["metadata"].get("uid"))
         released.append(name_c)
     return released
 
@@ -329,7 +331,7 @@ def _report_outcome(ctx: ControllerContext, mig: Mapping[str, Any], vm: Mapping[
                 f"{(st.get('stats') or {}).get('downtimeMs', '?')} ms (migration {name})")
         kube.event(vm, "Migrated", note, component="controller")
         for node in (st.get("sourceNode"), st.get("targetNode")):
-            node_obj = kube.get_node(node) if node else None
+            node_obj = ctx.cache.node(node) if node else None
             if node_obj:
                 kube.event(node_obj, "VMMigrated", f"{ns}/{vm['metadata']['name']}: {note}",
                            component="controller")

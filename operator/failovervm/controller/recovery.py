@@ -129,9 +129,9 @@ def sweep_deleted_nodes(ctx: ControllerContext) -> list[str]:
     """VMs placed on a node that no longer exists (its deletion event was missed): release them.
     The node is looked up once more by name first, since the VM list may be newer than a node list."""
     kube = ctx.kube
-    known = {n["metadata"]["name"] for n in kube.list_nodes()}
+    known = {n["metadata"]["name"] for n in ctx.cache.nodes()}
     released: list[str] = []
-    for vm in kube.list_vms():
+    for vm in ctx.cache.vms():
         node = (vm.get("status") or {}).get("nodeName")
         if node and node not in known and kube.get_node(str(node)) is None:
             with ctx.locks.node(str(node)):

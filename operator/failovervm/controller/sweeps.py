@@ -14,7 +14,7 @@ from failovervm import migration as mg
 from failovervm.controller import evacuation, recovery
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
-from failovervm.controller.vms import collect_orphaned_claims, sweep_pods
+from failovervm.controller.vms import collect_orphaned_claims, sweep_pods, wake_pending
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,8 @@ def tick(ctx: ControllerContext) -> None:
     now = time.monotonic()
     if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
         ctx.sweeps.node = now
-        for node in ctx.kube.list_nodes():
-            evacuation.reconcile_node(ctx, node["metadata"]["name"])
+        sweep_nodes(ctx)
+        wake_pending(ctx)
     if not ctx.sweeps.guards_removed:
         remove_guard_pods(ctx)
         ctx.sweeps.guards_removed = True
@@ -42,6 +42,22 @@ def tick(ctx: ControllerContext) -> None:
         sweep_pods(ctx)
         sweep_migrations(ctx)
         recovery.sweep_deleted_nodes(ctx)
+
+
+def sweep_nodes(ctx: ControllerContext) -> list[str]:
+    """The node sweep, from the watch caches: the first after start passes over every node (a
+    resync); later ones only over the nodes whose cached state asks for a pass (being emptied,
+    fenced with VMs, a VM whose node health or displaced pod needs handling): a node with nothing
+    to do costs no API call. Returns the nodes passed over."""
+    full = not ctx.sweeps.nodes_resynced
+    passed = []
+    for node in ctx.cache.nodes():
+        name = str(node["metadata"]["name"])
+        if full or evacuation.needs_pass(ctx, node):
+            evacuation.reconcile_node(ctx, name)
+            passed.append(name)
+    ctx.sweeps.nodes_resynced = True
+    return passed
 
 
 def remove_guard_pods(ctx: ControllerContext) -> list[str]:
@@ -61,7 +77,7 @@ def sweep_migrations(ctx: ControllerContext) -> None:
     """The controller's 30 s migration sweep: stale VM locks, then history. VMs are listed before
     migrations, so a lock seen on a VM names a migration that existed before that list."""
     kube = ctx.kube
-    vms = kube.list_vms()
+    vms = ctx.cache.vms()
     migrations = kube.list_migrations()
     release_stale_locks(ctx, vms, migrations)
     collect_history(ctx, vms, migrations)
@@ -91,8 +107,8 @@ def collect_history(ctx: ControllerContext, vms: list[dict[str, Any]] | None = N
     """Delete finished migrations beyond the history kept per VM, and those of deleted VMs."""
     kube = ctx.kube
     existing = {(vm["metadata"]["namespace"], vm["metadata"]["name"])
-                for vm in (kube.list_vms() if vms is None else vms)}
-    evacuating = {n["metadata"]["name"] for n in kube.list_nodes() if node_needs_evacuation(NodeInfo.from_k8s(n))}
+                for vm in (ctx.cache.vms() if vms is None else vms)}
+    evacuating = {n["metadata"]["name"] for n in ctx.cache.nodes() if node_needs_evacuation(NodeInfo.from_k8s(n))}
     removed = []
     migrations = kube.list_migrations() if migrations is None else migrations
     for ns, name in mg.history_to_delete(migrations, existing, ctx.settings.migration_history, evacuating):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from failovervm import conditions, labels, metrics, nodehealth, vmpod
 from failovervm import migration as mg
 from failovervm.controller import evacuation, vmpods
+from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
 from failovervm.labels import AGENT_FINALIZER
 from failovervm.placement import Claimed, claim_on_node
@@ -35,7 +37,7 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
     """Place the VM if it is not placed yet (else keep its pod on its node). Returns what happened
     (for logs and tests)."""
     kube = ctx.kube
-    with ctx.placement_lock:
+    with ctx.locks.vm(namespace, name):
         vm = kube.get_vm(namespace, name)
         if vm is None or vm["metadata"].get("deletionTimestamp"):
             return "gone"
@@ -55,15 +57,70 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
             for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING):
                 vmpods.delete(kube, pod)  # stopped before it was placed: it holds nothing
             return "not-running"
-        # Claims of an unplaced VM are stale (e.g. after an eviction): release them first. The
-        # others go on to the VF choice, which then need not list them again. From the API server's
-        # cache: a consistent LIST of this rarely written kind waits up to ~100 ms (kube.list_claims);
-        # a claim it misses is left to the sweep of orphaned claims, and the VF choice relists.
-        claims = kube.list_claims(cached=True)
-        for claim in claims:
-            if (claim["spec"].get("owner") or {}).get("uid") == uid:
-                kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
-        return _place(ctx, vm, [c for c in claims if (c["spec"].get("owner") or {}).get("uid") != uid])
+        # Capacity seen by this pass: the pending timer looks again once it changed (needs_look).
+        ctx.capacity.seen[uid] = (ctx.capacity.epoch, time.monotonic())
+        # Claims of an unplaced VM are stale (e.g. after an eviction): release them first. Found by
+        # owner in the watch cache; one it has not seen yet is left to the sweep of orphaned claims.
+        for claim in ctx.cache.claims_of(uid):
+            kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
+        return _place(ctx, vm)
+
+
+# A pending VM the timer looks at again although nothing it waits for changed (a missed event).
+PENDING_RESYNC_SECONDS = 300.0
+# A VM without any status gets its first pass from its creation event, not from the sweep, unless
+# it is older than this (an event whose handler failed).
+NEW_VM_GRACE_SECONDS = 30.0
+# Why a VM waits that only a capacity change (or the resync) can end.
+_WAITS_FOR_CAPACITY = frozenset({"NoMatchingNode", "NoFreeVF", "NodesUnschedulable"})
+
+
+def wake_pending(ctx: ControllerContext) -> list[str]:
+    """The pending sweep (every 3 s, controller.sweeps): a placement pass for each unplaced VM in
+    the cache that needs one (needs_look); the others cost nothing. One loop over the pending VMs
+    instead of a timer per VM (5,000 pending VMs were 1,700 timer calls a second). Returns the VMs
+    passed over."""
+    done = []
+    for vm in ctx.cache.pending_vms():
+        if needs_look(ctx, vm):
+            meta = vm["metadata"]
+            ensure_scheduled(ctx, str(meta["namespace"]), str(meta["name"]))
+            done.append(f"{meta['namespace']}/{meta['name']}")
+    return done
+
+
+def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
+    """Whether the pending sweep should make a placement pass for an unplaced VM (`vm` as the watch
+    cache has it), which costs API calls: not while kube-scheduler has its pod (its binding is an
+    event), a back-off runs, a stopped VM's status is written, or the VM waits for capacity and
+    none changed since its last pass (see Capacity). Answered in memory."""
+    meta, status = vm["metadata"], vm.get("status") or {}
+    if status.get("nodeName") or meta.get("deletionTimestamp"):
+        return False
+    uid = str(meta["uid"])
+    seen = ctx.capacity.seen.get(uid)
+    if seen is None and not status and _age_seconds(vm) < NEW_VM_GRACE_SECONDS:
+        return False  # just created: its creation event makes the first pass
+    stale = seen is None or time.monotonic() - seen[1] >= PENDING_RESYNC_SECONDS
+    if stale:
+        return True
+    if not (vm.get("spec") or {}).get("running", True):
+        return not (status.get("phase") == "Stopped" and status.get("observedGeneration") == meta.get("generation"))
+    if status.get("observedGeneration") != meta.get("generation"):
+        return True
+    if ctx.pod_retries.waiting(vmpods.Retries.key(vm)) is not None:
+        return False  # refused or given up: the back-off runs
+    cond = conditions.get(status.get("conditions"), "Scheduled") or {}
+    reason = cond.get("reason")
+    pods = vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING)
+    if reason in ("WaitingForScheduler", "Unschedulable"):
+        # kube-scheduler has the pod (it retries unschedulable pods itself): its answer, the binding,
+        # is an event of the pod, whose handler makes the pass (a bound pod waiting for the placement
+        # lock needs no second pass from here).
+        return len(pods) != 1
+    if reason in _WAITS_FOR_CAPACITY:
+        return seen is not None and seen[0] != ctx.capacity.epoch
+    return True
 
 
 def waiting_for_kube_scheduler(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
@@ -71,7 +128,7 @@ def waiting_for_kube_scheduler(ctx: ControllerContext, vm: Mapping[str, Any]) ->
     its current spec, while its pod (in the index) is unbound and not found unschedulable: nothing
     to do until the pod's binding (or Unschedulable) event, so an event of the VM itself (the
     controller's own status write, Kopf's finalizer) need not cost a pass of API calls that would
-    hold the placement lock when that binding comes. The 3 s timer still looks again."""
+    hold the VM's placement lock when that binding comes. The 3 s timer still looks again."""
     meta, status = vm["metadata"], vm.get("status") or {}
     if status.get("nodeName") or meta.get("deletionTimestamp") or not (vm.get("spec") or {}).get("running", True):
         return False
@@ -88,12 +145,12 @@ def _unbound_and_schedulable(pod: Mapping[str, Any]) -> bool:
     return vmpod.node_of(pod) is None and vmpod.unschedulable(pod) is None and not vmpod.is_terminating(pod)
 
 
-def _place(ctx: ControllerContext, vm: dict[str, Any], claims: list[dict[str, Any]]) -> str:
+def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
     """An unplaced VM that should run: its pod, kube-scheduler's answer, then a VF on that node
-    (`claims`: the other VMs' VFClaims, as just listed)."""
+    (pool, node, inventory and claims from the watch caches)."""
     kube = ctx.kube
     pool_name = str(((vm.get("spec") or {}).get("network") or {}).get("pool", ""))
-    pool = kube.get_pool(pool_name) if pool_name else None
+    pool = ctx.cache.pool(pool_name) if pool_name else None
     if pool is None:
         return _pending(ctx, vm, Unschedulable("NoMatchingNode", f"VFPool {pool_name!r} does not exist"),
                         "FailedScheduling")
@@ -106,7 +163,9 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], claims: list[dict[str, An
         if message is not None:  # kube-scheduler's own words; what cluster-autoscaler scales up for
             return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
         return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
-    result = claim_on_node(kube, vm, pool, node, claims=claims)
+    result = claim_on_node(kube, vm, pool, node, inventory=node_vfs(ctx.cache, node, pool_name),
+                           node_obj=ctx.cache.node(node), claims=ctx.cache.claims_on(node, pool_name),
+                           recent=ctx.recent_claims)
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all (no free VF there, the node draining): let
         # kube-scheduler choose again, after a back-off.
@@ -126,6 +185,7 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], claims: list[dict[str, An
     kube.event(vm, "Scheduled", f"Scheduled to {result.node} with VF {result.pci_address} ({result.claim}); "
                f"kube-scheduler bound pod {vmpods.describe(pod)} there", component="controller")
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm))
+    ctx.capacity.seen.pop(str(meta["uid"]), None)
     return f"placed:{result.node}"
 
 
@@ -169,9 +229,13 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
     pod = usable(vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING))
     if pod is not None:
         return pod, vm
-    pod = usable(vmpods.fresh_pods_of(kube, vm, labels.ROLE_RUNNING))
-    if pod is not None:
-        return pod, vm
+    # The index may lag: ask the API before creating, unless the VM never had a pod (the controller
+    # writes Scheduled=False before it creates the first one, see _predates_release); a pod of the
+    # same name made meanwhile costs an AlreadyExists, never a second pod.
+    if conditions.get((vm.get("status") or {}).get("conditions"), "Scheduled") is not None:
+        pod = usable(vmpods.fresh_pods_of(kube, vm, labels.ROLE_RUNNING))
+        if pod is not None:
+            return pod, vm
     # Scheduled=False is on the VM before its pod exists (see _predates_release).
     body = vmpod.build(vm, pool, ctx.settings.vm_pod)
     vm = _write_pending(ctx, vm, _waiting_for_scheduler(body))
@@ -258,7 +322,7 @@ def _recreate(ctx: ControllerContext, vm: Mapping[str, Any], node: str) -> str:
     kube = ctx.kube
     if ctx.pod_retries.waiting(vmpods.Retries.key(vm)) is not None:
         return "waiting"
-    if nodehealth.is_fenced(kube.get_node(node)):
+    if nodehealth.is_fenced(ctx.cache.node(node)):
         return "fenced"  # the VM is about to be released and restarted elsewhere (recovery)
     created = vmpods.create(kube, vmpod.build(vm, {}, ctx.settings.vm_pod, node=node))
     if created.rejected is not None:
@@ -291,7 +355,7 @@ def on_running_pod_event(ctx: ControllerContext, event_type: str | None, pod: Ma
         _displace(ctx, pod, str(name), node)
     if event_type != "DELETED" and _unbound_and_schedulable(pod):
         # Created (by this controller, which wrote the VM's Pending status before), not yet bound:
-        # kube-scheduler's answer is the next event. A pass now would only hold the placement lock
+        # kube-scheduler's answer is the next event. A pass now would only hold the VM's placement lock
         # when the binding comes.
         return "waiting-for-kube-scheduler"
     return ensure_scheduled(ctx, str(meta["namespace"]), str(name))
@@ -307,7 +371,7 @@ def _displace(ctx: ControllerContext, pod: Mapping[str, Any], name: str, node: s
     vm = kube.get_vm(ns, name)
     if vm is None or not vmpod.owned_by(pod, vm) or (vm.get("status") or {}).get("nodeName") != node:
         return
-    if nodehealth.is_fenced(kube.get_node(node)):
+    if nodehealth.is_fenced(ctx.cache.node(node)):
         return  # the taint manager empties a fenced node: its VMs are restarted elsewhere (recovery)
     reason = vmpod.disruption_reason(pod)
     if (vm.get("status") or {}).get("phase") in ("Stopped", "Failed"):
@@ -333,7 +397,7 @@ def sweep_pods(ctx: ControllerContext) -> list[str]:
     was done."""
     kube = ctx.kube
     done = []
-    vms = kube.list_vms()
+    vms = ctx.cache.vms()  # summaries: a VM that needs anything done is read again
     for vm in vms:
         if (vm.get("status") or {}).get("nodeName"):
             outcome = ensure_pod_of_placed(ctx, vm)
@@ -374,7 +438,7 @@ def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed)
             meta.get("generation"))
         return st
 
-    # `vm` was read under the placement lock in this pass: no GET first (a concurrent metadata
+    # `vm` was read under the VM's placement lock in this pass: no GET first (a concurrent metadata
     # write, e.g. Kopf's finalizer, costs a 409 and a GET).
     return kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
 
@@ -392,7 +456,7 @@ def _pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable, event
 
 def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable) -> dict[str, Any]:
     """Write phase Pending and Scheduled=False (u) into the VM's status; returns the VM as written.
-    `vm` was read (or written) under the placement lock in this pass, so a status it already shows
+    `vm` was read (or written) under the VM's placement lock in this pass, so a status it already shows
     is not written again and costs no request."""
     meta = vm["metadata"]
 
@@ -409,6 +473,8 @@ def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable)
 def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> None:
     """Release the VM's VF claims once the agent has removed its domain."""
     kube = ctx.kube
+    ctx.capacity.seen.pop(uid, None)
+    ctx.capacity.changed()  # its pod and VF free capacity other VMs may wait for
     vm = kube.get_vm(namespace, name)
     if vm is not None and vm["metadata"]["uid"] == uid and AGENT_FINALIZER in (vm["metadata"].get("finalizers") or []):
         node = (vm.get("status") or {}).get("nodeName")
@@ -417,10 +483,10 @@ def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> Non
         # Not placed anywhere (e.g. evicted and not yet re-placed): no agent holds a domain for it.
         kube.set_finalizer(namespace, name, AGENT_FINALIZER, False, current=vm)
     released = []
-    for claim in kube.list_claims():
-        if claim["spec"].get("owner", {}).get("uid") == uid:
-            kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
-            released.append(claim["metadata"]["name"])
+    # From the watch cache (by owner); a claim it has not seen yet is released by the orphan sweep.
+    for claim in ctx.cache.claims_of(uid):
+        kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
+        released.append(claim["metadata"]["name"])
     if released and vm is not None:
         kube.event(vm, "VFReleased", f"released VF claims {', '.join(released)}", component="controller")
 
@@ -446,43 +512,56 @@ def claim_is_orphaned(claim: Mapping[str, Any], vm: Mapping[str, Any] | None) ->
 
 
 def collect_orphaned_claims(ctx: ControllerContext) -> list[str]:
+    """Release VFClaims whose VM is gone or no longer refers to them: decided from the watch
+    caches, confirmed by reading the VM before a claim is deleted."""
     kube = ctx.kube
     removed = []
-    for claim in kube.list_claims():
+    for claim in ctx.cache.claims():
         if _age_seconds(claim) < ctx.settings.claim_gc_grace_seconds:
             continue
         owner = claim["spec"].get("owner") or {}
+        if not claim_is_orphaned(claim, ctx.cache.vm(str(owner.get("uid")))):
+            continue
         vm = kube.get_vm(owner.get("namespace", ""), owner.get("name", ""))
         if claim_is_orphaned(claim, vm):
-            kube.delete_claim(claim["metadata"]["name"], claim["metadata"]["uid"])
+            kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
             removed.append(claim["metadata"]["name"])
             log.warning("released orphaned VFClaim %s", claim["metadata"]["name"])
     return removed
 
 
+def pool_counts(ctx: ControllerContext, pool_name: str) -> tuple[list[dict[str, Any]], bool]:
+    """Per node of the pool (its VFInventory lists VFs of it): total, allocated, free; and whether
+    any node's VFs are simulated. From the watch caches, no API call."""
+    entries, simulated = [], False
+    for inv in ctx.cache.inventories():
+        mine = (inv.get("pools") or {}).get(pool_name)
+        if mine is None:
+            continue
+        node = str(inv["node"])
+        vfs = set(mine.get("vfs") or {})
+        allocated = sum(1 for c in ctx.cache.claims_on(node, pool_name) if c["spec"].get("pciAddress") in vfs)
+        entries.append({"node": node, "total": len(vfs), "allocated": allocated, "free": len(vfs) - allocated})
+        simulated = simulated or bool(mine.get("simulated"))
+    return sorted(entries, key=lambda e: e["node"]), simulated
+
+
 def refresh_pool_status(ctx: ControllerContext, pool_name: str) -> None:
-    """Count allocated/free VFs per node of the pool from the VFClaims."""
-    kube = ctx.kube
-    taken = {(c["spec"]["node"], c["spec"]["pciAddress"]) for c in kube.list_claims()}
-    computed: list[list[dict[str, Any]]] = []  # entries of the last mutate; none: the pool is gone
+    """The pool's totals and Simulated condition, from the VFInventories and VFClaims in the watch
+    caches; written only when they changed (no request at all otherwise). The per-node VF lists an
+    earlier version kept in the status are dropped on the way."""
+    cached = ctx.cache.pool(pool_name)
+    if cached is None:
+        metrics.set_pool_vfs(pool_name, None)
+        return
+    entries, simulated = pool_counts(ctx, pool_name)
+    total = sum(e["total"] for e in entries)
+    alloc = sum(e["allocated"] for e in entries)
 
     def mutate(st: dict[str, Any]) -> dict[str, Any]:
-        total = alloc = 0
-        simulated = False
-        nodes = []
-        for entry in st.get("nodes") or []:
-            e = dict(entry)
-            vfs = [v["pciAddress"] for v in e.get("vfs") or []]
-            e["total"] = len(vfs)
-            e["allocated"] = sum(1 for pci in vfs if (e["node"], pci) in taken)
-            e["free"] = e["total"] - e["allocated"]
-            total += e["total"]
-            alloc += e["allocated"]
-            simulated = simulated or bool(e.get("simulated"))
-            nodes.append(e)
-        st["nodes"] = nodes
-        computed.append(nodes)
+        st.pop("nodes", None)
         st["totals"] = {"total": total, "allocated": alloc, "free": total - alloc}
+        st["nodeCount"] = len(entries)
         if simulated:
             st["conditions"] = conditions.set_condition(
                 st.get("conditions"), "Simulated", True, "SimulatedSysfs",
@@ -493,5 +572,7 @@ def refresh_pool_status(ctx: ControllerContext, pool_name: str) -> None:
                 st.get("conditions"), "Simulated", False, "RealHardware", "VF inventory read from host sysfs")
         return st
 
-    kube.update_pool_status(pool_name, mutate)
-    metrics.set_pool_vfs(pool_name, computed[-1] if computed else None)
+    # A pool whose stored status still has an earlier version's VF lists is read in full once, so
+    # that they are removed; otherwise the cached copy is compared (and used for resourceVersion).
+    ctx.kube.update_pool_status(pool_name, mutate, current=None if cached.get("legacyNodes") else cached)
+    metrics.set_pool_vfs(pool_name, entries)

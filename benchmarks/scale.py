@@ -1,0 +1,343 @@
+"""Benchmark: N FailoverVMs placed on M agent-less nodes, next to kube-scheduler binding N plain pods.
+
+Needs a sandbox with virtual nodes (`failovervm sandbox up --virtual-nodes M --vfs-per-node K`:
+Nodes kept Ready by the heartbeat, their VFs published as an agent publishes them, no libvirtd, no
+agent; VMs placed there never start). Uses a VFPool that selects only those nodes. One run:
+
+  raw floor: `clients` threads create N plain pods with the requests a VM pod has (CPU, memory and
+             one vf.failovervm.io/<pool>, built by failovervm.vmpod like the controller's), and the
+             time until kube-scheduler has bound all of them (a watch stamps each binding); then they
+             are deleted;
+  operator:  `clients` threads create N FailoverVMs through the admission webhook (create
+             throughput), and the time until every one is placed (status.nodeName and status.vf,
+             stamped by a watch), from the first create and from the last one;
+  requests:  the apiserver's own `apiserver_request_total` (its /metrics, scraped before the first
+             create and once all are placed), per VM by verb and resource; time-based traffic that
+             does not depend on N (leases, node heartbeats, the heartbeat's and agents' polling) is
+             shown apart;
+  memory:    the RSS of the controller, the agents and the heartbeat once all are placed.
+Then the VMs are deleted (the benchmark removes the agent finalizer, as the missing agents would:
+no domain ever existed) and the namespace with them.
+
+  .venv/bin/python -m benchmarks.scale --state-dir /var/lib/failovervm-sandbox -n 1000
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+
+from benchmarks.common import SandboxHandle, bench_main, ensure_namespace, machine, wait
+from failovervm import API_GROUP, API_VERSION, labels, vmpod
+
+POOL = "bench-scale-pool"
+PLAIN_LABEL = "bench.failovervm.io/scale-plain"
+CLIENTS = 8
+# Traffic that comes with time, not with VMs: (verb, resource) pairs of leases, the heartbeat's
+# node status and pod sweeps, and the agents' / the virtual nodes' inventory rounds.
+TIME_BASED = {("PUT", "leases"), ("PATCH", "leases"), ("GET", "leases"), ("PATCH", "nodes/status"),
+              ("LIST", "pods@cluster"), ("LIST", "nodes@cluster"), ("GET", "nodes"), ("LIST", "vfpools@cluster"),
+              ("GET", "vfinventories"), ("WATCH", "leases")}
+
+
+def _client(sb: SandboxHandle) -> client.ApiClient:
+    return client.ApiClient(config.new_client_from_config(config_file=str(sb.kubeconfig)).configuration)
+
+
+def scrape(sb: SandboxHandle) -> Counter[tuple[str, str]]:
+    """apiserver_request_total from the apiserver's /metrics (HTTPS, the sandbox CA, the admin client
+    certificate), summed over codes and components: (verb, resource[/subresource][@cluster for
+    cluster-wide LISTs and WATCHes]) -> count."""
+    pki = sb.state_dir / "pki"
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    url = f"https://127.0.0.1:{sb.data['apiserver']['port']}/metrics"
+    with urllib.request.urlopen(url, context=ctx, timeout=30) as resp:
+        text = resp.read().decode()
+    out: Counter[tuple[str, str]] = Counter()
+    for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
+        lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        resource = lbl.get("resource", "")
+        if lbl.get("subresource"):
+            resource += "/" + lbl["subresource"]
+        if lbl.get("verb") in ("LIST", "WATCH") and lbl.get("scope") == "cluster":
+            resource += "@cluster"
+        out[(lbl.get("verb", ""), resource)] += int(float(m.group(2)))
+    return out
+
+
+def rss_mib(pid: int | None) -> float | None:
+    if not pid:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        return None
+    return None
+
+
+class Stamps:
+    """A watch of one namespace's objects of a kind, stamping (time.perf_counter) the first event in
+    which `done(obj)` holds, per object name."""
+
+    def __init__(self, sb: SandboxHandle, lister: Callable[..., Any], args: tuple[Any, ...],
+                 done: Callable[[dict[str, Any]], bool], label_selector: str | None = None) -> None:
+        self.fn, self.args, self.done, self.selector = lister, args, done, label_selector
+        self.at: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._w: watch.Watch | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rv: str | None = None
+        kw = {"label_selector": self.selector} if self.selector else {}
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    listed = json.loads(self.fn(*self.args, _preload_content=False, **kw).data)
+                    rv = listed["metadata"]["resourceVersion"]
+                    for obj in listed.get("items") or []:
+                        self._see(obj)
+                self._w = watch.Watch()
+                for ev in self._w.stream(self.fn, *self.args, resource_version=rv, timeout_seconds=300,
+                                         allow_watch_bookmarks=True, **kw):
+                    obj = ev["object"]
+                    rv = obj["metadata"].get("resourceVersion", rv)
+                    if ev["type"] in ("ADDED", "MODIFIED"):
+                        self._see(obj)
+                    if self._stop.is_set():
+                        break
+            except Exception:
+                rv = None
+                time.sleep(0.2)
+
+    def _see(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        if name not in self.at and self.done(obj):
+            self.at[name] = time.perf_counter()
+
+    def start(self) -> Stamps:
+        self._thread.start()
+        time.sleep(1.0)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._w is not None:
+            self._w.stop()
+
+
+def _create_all(sb: SandboxHandle, bodies: list[dict[str, Any]], create: Callable[[Any, dict[str, Any]], Any],
+                clients: int) -> tuple[float, float]:
+    """Create `bodies` from `clients` threads (each its own connection); (first start, last end)."""
+    apis = [_client(sb) for _ in range(clients)]
+    chunks = [bodies[i::clients] for i in range(clients)]
+    ends: list[float] = []
+
+    def worker(i: int) -> None:
+        for body in chunks[i]:
+            for attempt in range(20):
+                try:
+                    create(apis[i], body)
+                    break
+                except client.ApiException as exc:
+                    if exc.status == 409:
+                        break
+                    if exc.status not in (429, 500, 503, 504) or attempt == 19:
+                        raise
+                    time.sleep(0.1 * (attempt + 1))
+        ends.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, range(clients)))
+    return t0, max(ends)
+
+
+def vm_body(name: str, ns: str) -> dict[str, Any]:
+    """One small VM (nothing ever boots it: its node has no agent)."""
+    return {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVM",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"running": True, "cpu": 1, "memory": "32Mi", "terminationGracePeriodSeconds": 0,
+                     "network": {"pool": POOL}}}
+
+
+def plain_pod(name: str, ns: str, pool: dict[str, Any]) -> dict[str, Any]:
+    """A pod with the spec a VM pod of vm_body() has (failovervm.vmpod.build), without its owner and
+    labels: only kube-scheduler acts on it."""
+    vm = {**vm_body(name, ns), "metadata": {"name": name, "namespace": ns, "uid": f"plain-{name}"}}
+    pod = vmpod.build(vm, pool, vmpod.PodSettings())
+    spec = dict(pod["spec"])
+    for key in ("nodeName", "priority", "preemptionPolicy"):
+        spec.pop(key, None)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {PLAIN_LABEL: "yes"}}, "spec": spec}
+
+
+def ensure_virtual_pool(sb: SandboxHandle, capacity: int) -> dict[str, Any]:
+    """The pool on the virtual nodes only; waits until the controller counts all their VFs free."""
+    body = {"apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "VFPool", "metadata": {"name": POOL},
+            "spec": {"nodeSelector": {labels.SANDBOX_VIRTUAL_NODE: "true"}, "pfNames": ["sbxpf0"],
+                     "standby": {"type": "bridge", "source": sb.data["bridge"]}}}
+    try:
+        sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", body)
+    except client.ApiException as exc:
+        if exc.status != 409:
+            raise
+
+    def ready() -> bool:
+        pool = sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", POOL)
+        return int(((pool.get("status") or {}).get("totals") or {}).get("free", 0)) >= capacity
+
+    wait(ready, 120, f"{capacity} free VFs in pool {POOL}", 0.5)
+    return dict(sb.custom.get_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", POOL))
+
+
+def fresh_namespace(sb: SandboxHandle, name: str) -> None:
+    """The namespace, once an earlier run's deletion of it has finished."""
+    def usable() -> bool:
+        try:
+            return bool(sb.core.read_namespace(name).status.phase != "Terminating")
+        except client.ApiException as exc:
+            return exc.status == 404
+
+    wait(usable, 900, f"namespace {name} of an earlier run deleted", 1.0)
+    ensure_namespace(sb, name)
+
+
+def _placed(obj: dict[str, Any]) -> bool:
+    st = obj.get("status") or {}
+    return bool(st.get("nodeName") and (st.get("vf") or {}).get("pciAddress"))
+
+
+def _cleanup(sb: SandboxHandle, ns: str, names: list[str], clients: int) -> None:
+    """Delete the VMs, removing the agent finalizer as the missing agents would (no domain ever existed)."""
+    apis = [_client(sb) for _ in range(clients)]
+
+    def one(i: int) -> None:
+        custom = client.CustomObjectsApi(apis[i])
+        for name in names[i::clients]:
+            try:
+                vm = custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
+                fins = [f for f in vm["metadata"].get("finalizers") or [] if f != labels.AGENT_FINALIZER]
+                custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name, {
+                    "metadata": {"finalizers": fins, "resourceVersion": vm["metadata"]["resourceVersion"]}})
+                custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
+            except client.ApiException:
+                pass  # gone, or changed meanwhile: the namespace's deletion still finds it
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(clients)))
+
+
+def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients: int = CLIENTS,
+        keep: bool = False) -> dict[str, Any]:
+    sb = SandboxHandle(state_dir)
+    m = int(sb.data.get("virtual_nodes") or 0)
+    if not m:
+        raise SystemExit("the sandbox has no virtual nodes: `failovervm sandbox up --virtual-nodes M`")
+    capacity = m * int(sb.data["vfs_per_node"])
+    if n > capacity:
+        raise SystemExit(f"{n} VMs need {n} VFs; the {m} virtual nodes have {capacity}")
+    raw_ns = f"{namespace}-raw"
+    fresh_namespace(sb, namespace)
+    fresh_namespace(sb, raw_ns)
+    pool = ensure_virtual_pool(sb, capacity)
+    wait(lambda: bool(sb.core.list_namespaced_service_account(raw_ns).items), 30, "the default ServiceAccount")
+    wait(lambda: bool(sb.core.list_namespaced_service_account(namespace).items), 30, "the default ServiceAccount")
+    core = client.CoreV1Api(_client(sb))
+    out: dict[str, Any] = {"benchmark": "scale", "n": n, "virtual_nodes": m, "vfs_per_node": sb.data["vfs_per_node"],
+                           "clients": clients, "machine": machine()}
+
+    # The raw floor: kube-scheduler binding N plain pods of the same requests.
+    bound = Stamps(sb, core.list_namespaced_pod, (raw_ns,), lambda o: bool((o.get("spec") or {}).get("nodeName")),
+                   f"{PLAIN_LABEL}=yes").start()
+    pods = [plain_pod(f"plain-{i}", raw_ns, pool) for i in range(n)]
+    p0, p_last = _create_all(sb, pods, lambda api, b: client.CoreV1Api(api).create_namespaced_pod(
+        raw_ns, b, _preload_content=False), clients)
+    wait(lambda: len(bound.at) >= n, 60 + n * 0.2, f"{n} plain pods bound", 0.1)
+    bound.stop()
+    out["raw"] = {"create_s": p_last - p0, "creates_per_s": n / (p_last - p0),
+                  "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last}
+    core.delete_collection_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes", grace_period_seconds=0)
+    wait(lambda: not core.list_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes").items, 120,
+         "plain pods deleted", 0.5)
+
+    # The operator.
+    custom = client.CustomObjectsApi(_client(sb))
+    placed = Stamps(sb, custom.list_namespaced_custom_object, (API_GROUP, API_VERSION, namespace, "failovervms"),
+                    _placed).start()
+    before = scrape(sb)
+    names = [f"scale-{i}" for i in range(n)]
+    t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: client.CustomObjectsApi(
+        api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b,
+                                             _preload_content=False), clients)
+    try:
+        wait(lambda: len(placed.at) >= n, 120 + n * 0.5, f"{n} VMs placed", 0.1)
+    finally:
+        after = scrape(sb)
+        placed.stop()
+    t_placed = max(placed.at.values()) if placed.at else float("nan")
+    out["operator"] = {"create_s": t_last - t0, "creates_per_s": n / (t_last - t0), "placed": len(placed.at),
+                       "all_placed_s": t_placed - t0, "after_last_create_s": t_placed - t_last,
+                       "per_vm_ms": (t_placed - t0) / n * 1000}
+    out["ratio_all_placed"] = out["operator"]["all_placed_s"] / out["raw"]["all_bound_s"]
+    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0}
+    per_vm = {f"{v} {r}": c / n for (v, r), c in sorted(delta.items(), key=lambda kv: -kv[1])}
+    time_based = sum(c for (v, r), c in delta.items() if (v, r) in TIME_BASED)
+    out["requests"] = {"total": sum(delta.values()), "per_vm": sum(delta.values()) / n,
+                       "time_based": time_based, "per_vm_without_time_based": (sum(delta.values()) - time_based) / n,
+                       "by_verb_resource_per_vm": per_vm}
+    d = json.loads((state_dir / "sandbox.json").read_text())
+    out["rss_mib"] = {"controller": rss_mib(d.get("controller", {}).get("pid")),
+                      "heartbeat": rss_mib(d.get("heartbeat", {}).get("pid")),
+                      **{k: rss_mib(v.get("pid")) for k, v in d.items()
+                         if k.startswith("agent-") and isinstance(v, dict)}}
+    # The figures before the cleanup (which takes minutes at thousands of VMs and may be cut short).
+    print(json.dumps(out), file=sys.stderr, flush=True)
+    if not keep:
+        _cleanup(sb, namespace, names, clients)
+        for ns in (namespace, raw_ns):
+            core.delete_namespace(ns, propagation_policy="Background")
+    return out
+
+
+def _report(res: dict[str, Any]) -> None:
+    op, raw, rq = res["operator"], res["raw"], res["requests"]
+    print(f"{res['n']} FailoverVMs on {res['virtual_nodes']} agent-less nodes x {res['vfs_per_node']} VFs, "
+          f"{res['clients']} clients (sandbox, {res['machine']['cpu']}, {res['machine']['cores']} cores)")
+    print(f"{'':46}{'operator':>12}{'raw floor':>12}{'ratio':>8}")
+    print(f"{'all placed / bound, from the first create':46}{op['all_placed_s']:>11.1f}s{raw['all_bound_s']:>11.1f}s"
+          f"{res['ratio_all_placed']:>8.2f}")
+    print(f"{'  of which after the last create':46}{op['after_last_create_s']:>11.1f}s"
+          f"{raw['after_last_create_s']:>11.1f}s")
+    print(f"{'creates/s (VMs through the webhook; pods)':46}{op['creates_per_s']:>12.0f}{raw['creates_per_s']:>12.0f}")
+    print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
+    print(f"apiserver requests: {rq['per_vm']:.1f} per VM ({rq['total']} in all); without time-based traffic "
+          f"(leases, heartbeats, inventory rounds: {rq['time_based']}): {rq['per_vm_without_time_based']:.1f} per VM")
+    for key, v in rq["by_verb_resource_per_vm"].items():
+        if v >= 0.01:
+            print(f"  {key:44}{v:>8.2f}")
+    print("RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in res["rss_mib"].items()))
+
+
+def main() -> None:
+    bench_main(__doc__, run, ("-n",), 1000, _report)
+
+
+if __name__ == "__main__":
+    main()
