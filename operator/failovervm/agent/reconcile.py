@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -60,6 +61,9 @@ class AgentContext:
     serial_log_dir: str | None = None
     failover_checks: dict[str, int] = field(default_factory=dict)  # domain name -> checks since start
     failover_status: dict[str, str] = field(default_factory=dict)  # running domain -> FailoverReady status
+    # Set by the agent: around a call that may block for a guest's grace period (dm.stop), so that
+    # it does not hold one of the reconcile slots (failovervm.agent.slots).
+    slow: Callable[[], AbstractContextManager[None]] = nullcontext
     # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
     migration_hook: Callable[[Mapping[str, Any], DomainRef | None], Outcome | None] | None = None
 
@@ -303,7 +307,8 @@ def _restart_if_requested(run: _Pass, dom: DomainRef, active: bool) -> Outcome |
         run.write("Running", [run.ready])
         run.event("RestartNotRecorded", msg, warning=True)
         return Outcome("restart-not-recorded", requeue_after=60)
-    how = ctx.dm.stop(dom, timeout=grace_period(vm))
+    with ctx.slow():
+        how = ctx.dm.stop(dom, timeout=grace_period(vm))
     ctx.forget_failover(run.dname)
     run.event("Restarting", f"domain {run.dname} stopped ({how}) for the requested restart; starting "
               "it with the current spec")
@@ -330,7 +335,8 @@ def _start_or_stop(run: _Pass, dom: DomainRef, active: bool) -> Outcome | None:
         active = True
     elif not run.want_running and active:
         run.write("Stopping", [("Ready", False, "Stopping", "spec.running is false")], **run.take_domain_fields())
-        how = ctx.dm.stop(dom, timeout=grace_period(run.vm))
+        with ctx.slow():
+            how = ctx.dm.stop(dom, timeout=grace_period(run.vm))
         ctx.forget_failover(run.dname)
         run.write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
                               ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
@@ -470,7 +476,8 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> O
     meta = vm["metadata"]
     how = "not defined"
     if dom is not None:
-        how = ctx.dm.stop(dom, timeout=grace_period(vm))
+        with ctx.slow():
+            how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
 
@@ -500,7 +507,8 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> O
 def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
     meta = vm["metadata"]
     if dom is not None:
-        how = ctx.dm.stop(dom, timeout=grace_period(vm))
+        with ctx.slow():
+            how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
         ctx.event(vm, "Deleted", f"domain {dom.name} removed from {ctx.node} ({how})")
     ctx.vf_state.pop(meta["uid"], None)

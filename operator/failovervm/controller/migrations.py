@@ -13,7 +13,7 @@ from typing import Any
 
 from failovervm import conditions, guestfailover, labels, vmpod
 from failovervm import migration as mg
-from failovervm.controller import vmpods
+from failovervm.controller import repairs, vmpods
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, release_untaken, update_vm_migration
 from failovervm.metrics import MIGRATIONS_WITHOUT_FAILOVER
@@ -91,7 +91,24 @@ def _advance(ctx: ControllerContext, namespace: str, name: str) -> str:
         return _schedule_target(ctx, mig, vm)
     if ph == mg.TARGET_READY:
         return _check_handover(ctx, mig, vm)
-    return ph  # Running: the source agent drives it
+    return _finish_orphaned(ctx, mig, vm)  # Running: the source agent drives it, unless it is gone
+
+
+def _finish_orphaned(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any] | None) -> str:
+    """A Running migration whose VM no longer names it: its agent recorded the outcome on the VM and
+    stopped before it wrote it here. Record it from the VM's status, then clean up as usual."""
+    outcome = repairs.orphan_outcome(ctx, mig, vm)
+    if outcome is None:
+        return mg.phase(mig)
+    done = set_phase(ctx, mig, outcome.phase, only_from=mg.RUNNING, reason=outcome.reason or "",
+                     message=outcome.message)
+    if done is None or mg.phase(done) != outcome.phase:
+        return mg.phase(done or mig)
+    log.warning("migration %s/%s had no owner any more: %s", *_key(mig), outcome.message)
+    ctx.kube.event(done, "OrphanedMigrationFinished", outcome.message,
+                   type_="Normal" if outcome.phase == mg.SUCCEEDED else "Warning", component="controller")
+    cleanup(ctx, done)
+    return outcome.phase
 
 
 def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:

@@ -11,8 +11,9 @@ from typing import Any
 
 from failovervm import labels
 from failovervm import migration as mg
-from failovervm.controller import evacuation, recovery
+from failovervm.controller import evacuation, recovery, repairs
 from failovervm.controller.context import ControllerContext
+from failovervm.controller.isolation import isolated
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
 from failovervm.controller.vms import collect_orphaned_claims, sweep_pods
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
@@ -32,16 +33,18 @@ def tick(ctx: ControllerContext) -> None:
     if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
         ctx.sweeps.node = now
         for node in ctx.kube.list_nodes():
-            evacuation.reconcile_node(ctx, node["metadata"]["name"])
+            isolated(f"sweep of node {node['metadata']['name']}", evacuation.reconcile_node, ctx,
+                     node["metadata"]["name"])
     if not ctx.sweeps.guards_removed:
         remove_guard_pods(ctx)
         ctx.sweeps.guards_removed = True
     if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
         ctx.sweeps.claims = now
-        collect_orphaned_claims(ctx)
-        sweep_pods(ctx)
-        sweep_migrations(ctx)
-        recovery.sweep_deleted_nodes(ctx)
+        for what, sweep in (("orphaned VFClaims", collect_orphaned_claims), ("VM pods", sweep_pods),
+                            ("migrations", sweep_migrations), ("deleted nodes", recovery.sweep_deleted_nodes),
+                            ("VM metadata", repairs.repair_vms)):
+            isolated(f"sweep of {what}", sweep, ctx)
+
 
 
 def remove_guard_pods(ctx: ControllerContext) -> list[str]:

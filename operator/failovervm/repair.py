@@ -1,0 +1,83 @@
+"""Level-triggered repair: what follows from status, re-derived from what is there now.
+
+Placement, a migration's outcome, a release and a deletion each take more than one write (status,
+then the node label and the agent finalizer; the VM, then its FailoverVMMigration). A process
+killed between two writes leaves a state that no event will ever complete. These pure functions say
+what the rest must be, given the part written first (status is always written first, and it is
+the truth); the controller's repair (controller/repairs.py) applies them on a timer and at start-up.
+
+No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from failovervm import labels
+from failovervm import migration as mg
+
+
+def vm_metadata_patch(meta: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metadata merge patch that makes a VM's node label and agent finalizer follow its status
+    (None: nothing to change).
+
+    - placed (status.nodeName): label failovervm.io/node = that node (its agent finds its VMs by
+      it), and the agent finalizer (the domain is never left behind by a deletion); a VM being
+      deleted only gets its label (no finalizer can be added any more);
+    - not placed: no node label (a release writes the label off first, so this only completes it)."""
+    node = status.get("nodeName")
+    current = (meta.get("labels") or {}).get(labels.VM_NODE)
+    patch: dict[str, Any] = {}
+    if node and current != node:
+        patch["labels"] = {labels.VM_NODE: str(node)}
+    elif not node and current is not None:
+        patch["labels"] = {labels.VM_NODE: None}
+    fins = list(meta.get("finalizers") or [])
+    if node and labels.AGENT_FINALIZER not in fins and not meta.get("deletionTimestamp"):
+        patch["finalizers"] = [*fins, labels.AGENT_FINALIZER]
+    return patch or None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an orphaned migration ended, as the VM's status shows it."""
+
+    phase: str
+    reason: str
+    message: str
+
+
+ORPHANED = "OwnerLost"
+
+
+def orphaned_migration_outcome(mig: Mapping[str, Any], vm: Mapping[str, Any] | None) -> Outcome | None:
+    """A FailoverVMMigration that says Running (the source agent took it) while the VM no longer
+    names it in status.migration: the agent recorded the outcome on the VM and died before it wrote
+    the migration (or the VM is gone). Nobody owns it any more; the VM's status says how it ended:
+
+    - the VM runs on the migration's target (with the target VF): Succeeded;
+    - the VM is still on the source node: Failed;
+    - the VM is gone or elsewhere: Failed.
+
+    None while the VM still names this migration (its source agent owns it: it records the outcome,
+    or after a restart finds it out from libvirt) and for any other phase (the controller drives
+    those)."""
+    if mg.phase(mig) != mg.RUNNING:
+        return None
+    name = mig["metadata"]["name"]
+    st = mig.get("status") or {}
+    source, target = st.get("sourceNode"), st.get("targetNode")
+    if vm is None:
+        return Outcome(mg.FAILED, ORPHANED, "the FailoverVM no longer exists")
+    vst = vm.get("status") or {}
+    if (vst.get("migration") or {}).get("name") == name:
+        return None
+    node = vst.get("nodeName")
+    target_claim = (st.get("targetVF") or {}).get("claimName")
+    if node and node == target and (not target_claim or (vst.get("vf") or {}).get("claimName") == target_claim):
+        return Outcome(mg.SUCCEEDED, "", f"migrated from {source} to {target} (recorded by the controller: the "
+                       "source agent moved the VM's status and stopped before it finished the migration)")
+    where = f"the VM is on {node}" if node else "the VM is not placed on any node"
+    return Outcome(mg.FAILED, ORPHANED, f"the source agent on {source} released the VM without recording the "
+                   f"outcome here; {where}")
