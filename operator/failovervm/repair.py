@@ -81,3 +81,23 @@ def orphaned_migration_outcome(mig: Mapping[str, Any], vm: Mapping[str, Any] | N
     where = f"the VM is on {node}" if node else "the VM is not placed on any node"
     return Outcome(mg.FAILED, ORPHANED, f"the source agent on {source} released the VM without recording the "
                    f"outcome here; {where}")
+
+
+def claim_released_by_cleanup(claim: Mapping[str, Any], migration: str, keep: set[str]) -> bool:
+    """Whether the cleanup of `migration` may delete this VFClaim of its VM: not one in `keep` (the
+    VM's running VF, the target of the migration that locks the VM now), and not another
+    migration's target reservation: a migration that has just created its claim may not have
+    recorded it on the VM yet. Those are left to the orphaned-claim sweep, which waits out a grace
+    period and then looks at what the VM refers to."""
+    spec = claim.get("spec") or {}
+    if claim["metadata"]["name"] in keep:
+        return False
+    other = spec.get("migration")
+    return not (spec.get("purpose") == "MigrationTarget" and other and other != migration)
+
+
+# A VM whose source node was fenced while its migration ran (the source agent had taken it): the
+# VM may run on the target already, so it stays locked with this condition until the target's agent
+# finds the domain running there (and records the migration's success), instead of being released
+# for a cold start elsewhere (a second copy).
+FENCED_DURING_MIGRATION = "FencedDuringMigration"

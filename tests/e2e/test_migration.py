@@ -468,7 +468,8 @@ def _controller_with(sb: Sandbox, *extra: str) -> Iterator[None]:
     old = sb.data["controller"]["pid"]
     argv = procs.cmdline(old)
     assert argv, "the sandbox's controller is not running"
-    procs.stop(old, "controller")
+    for key in [k for k in sb.data if k == "controller" or k.startswith("controller-")]:
+        procs.stop(sb.data[key]["pid"], "controller")  # the standby too: it would stay the active one
     pid = procs.spawn([*argv, *extra], sb.state_dir / "logs" / "controller-flags.log")
     try:
         port = sb.data["operator"]["webhook_port"]

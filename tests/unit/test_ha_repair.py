@@ -217,3 +217,17 @@ def test_a_slow_shutdown_gives_its_slot_back() -> None:
         return done
 
     assert asyncio.run(scenario())[0] == "c"
+
+
+def test_cleanup_never_frees_a_vf_another_migration_just_reserved(controller_ctx: MakeControllerContext,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """m1 ended (its target VF goes); m2 has created its target claim but not yet written it on the
+    VM: m1's cleanup leaves it (the orphaned-claim sweep looks at it after its grace)."""
+    kube = orphan_cluster("n1")
+    kube.add(claims=[{"metadata": {"name": "n3.c", "uid": "n3.c"},
+                      "spec": {"owner": {"uid": "u1"}, "purpose": "MigrationTarget", "migration": "m2"}}])
+    kube.update_migration_status("ns", "m1", lambda st: {**st, "phase": mg.FAILED})
+    cm.advance(controller_ctx(kube), "ns", "m1")
+    assert sorted(kube.claims) == ["n1.c", "n3.c"]
+    assert repair.claim_released_by_cleanup({"metadata": {"name": "x"}, "spec": {"purpose": "MigrationTarget",
+                                                                                  "migration": "m1"}}, "m1", set())

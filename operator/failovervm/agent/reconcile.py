@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from failovervm import conditions, domxml, guestfailover, labels
+from failovervm import conditions, domxml, guestfailover, labels, repair
 from failovervm.agent.domains import (
     DomainError,
     DomainManager,
@@ -523,6 +523,44 @@ def _incoming_here(ctx: AgentContext, vm: Mapping[str, Any]) -> bool:
     return ((vm.get("status") or {}).get("migration") or {}).get("targetNode") == ctx.node
 
 
+def _arrived_from_fenced_source(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> Outcome | None:
+    """The controller asks (condition FencedDuringMigration) because the VM's source node was
+    fenced while its migration to this node ran. A domain running here (not paused: the incoming
+    migration completed, and QEMU resumes the target only after the source stopped) is the VM: move
+    its status, VF and label here; the controller then finishes the orphaned migration. Anything
+    else (paused, absent) says nothing, and the VM stays locked."""
+    st = vm.get("status") or {}
+    mig = st.get("migration") or {}
+    if not conditions.is_true(st.get("conditions"), repair.FENCED_DURING_MIGRATION):
+        return None
+    state, _reason = ctx.dm.state(dom)
+    if state != DomainState.RUNNING:
+        return None
+    meta, source = vm["metadata"], st.get("nodeName")
+    msg = (f"migration {mig.get('name')} had completed: the domain runs on {ctx.node} (found by its agent after "
+           f"{source} was fenced)")
+
+    def move(s: dict[str, Any]) -> dict[str, Any] | None:
+        cur = s.get("migration") or {}
+        if cur.get("name") != mig.get("name") or s.get("nodeName") != source or cur.get("targetNode") != ctx.node:
+            return None
+        s["nodeName"] = ctx.node
+        s["vf"] = {"node": ctx.node, "pf": (s.get("vf") or {}).get("pf", ""),
+                   "pciAddress": cur.get("targetPciAddress"), "claimName": cur.get("targetClaim")}
+        s.pop("migration", None)
+        s["phase"] = "Running"
+        s["conditions"] = conditions.set_condition(s.get("conditions"), repair.FENCED_DURING_MIGRATION, False,
+                                                   "RunningOnTarget", msg, meta.get("generation"))
+        return s
+
+    written = ctx.kube.update_vm_status(meta["namespace"], meta["name"], move, uid=meta["uid"])
+    if written is None or (written.get("status") or {}).get("nodeName") != ctx.node:
+        return Outcome("not-ours")
+    ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"labels": {labels.VM_NODE: ctx.node}}})
+    ctx.event(vm, "MigrationRecoveredByTarget", msg, warning=True)
+    return Outcome("arrived-from-fenced-source", requeue_after=1.0)
+
+
 def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> Outcome:
     """A domain of `vm` on a node that does not run it, with no migration bringing it here: the
     remains of a migration that died with a libvirtd (QEMU survives the daemon, which re-attaches to
@@ -538,7 +576,7 @@ def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> 
     meta = vm["metadata"]
     owner_node = (vm.get("status") or {}).get("nodeName")
     if _incoming_here(ctx, vm):
-        return Outcome("not-ours")
+        return _arrived_from_fenced_source(ctx, vm, dom) or Outcome("not-ours")
     # Read the VM again first: a migration to this node may have been scheduled meanwhile. The
     # domain's state is read after it, as close to the removal as possible.
     fresh = ctx.kube.get_vm(meta["namespace"], meta["name"])

@@ -266,7 +266,8 @@ def on_node_event(*, type: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
     if type != "DELETED":
         evacuation.reconcile_node(ctx, name)
     elif name:
-        # A deleted Node counts as fenced: the VMs it ran start elsewhere.
+        # A deleted Node is no proof that its machine stopped: its VMs are marked, and restarted
+        # elsewhere only once confirmed down (nodehealth, recovery.release_gone).
         recovery.release_all(ctx, name, None)
 
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, guestfailover, labels, vmpod
+from failovervm import conditions, guestfailover, labels, repair, vmpod
 from failovervm import migration as mg
 from failovervm.controller import repairs, vmpods
 from failovervm.controller.context import ControllerContext
@@ -281,7 +281,7 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     if vm is not None:
         update_vm_migration(kube, vm, name, None)
         vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
-        released = _release_claims(ctx, vm)
+        released = _release_claims(ctx, vm, name)
         _settle_pods(ctx, mig, vm)
         _report_outcome(ctx, mig, vm)
 
@@ -293,10 +293,11 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     kube.update_migration_status(ns, name, mark)
 
 
-def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
-    """Delete the VM's VFClaims except its running VF's and another migration's target; returns
-    the claims deleted. The running VF's claim, when it was this migration's target, becomes the
-    VM's Running claim."""
+def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any], mig_name: str = "") -> list[str]:
+    """Delete the VM's VFClaims except its running VF's and another migration's target (recorded
+    on the VM, or only just reserved: repair.claim_released_by_cleanup); returns the claims
+    deleted. The running VF's claim, when it was this migration's target, becomes the VM's
+    Running claim."""
     kube = ctx.kube
     keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
     other = (vm.get("status") or {}).get("migration") or {}
@@ -309,7 +310,7 @@ def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
         if name_c == keep and spec.get("purpose") != "Running":
             # The migration target's reservation is now the VM's running VF.
             kube.patch_claim(name_c, {"spec": {"purpose": "Running", "migration": None}})
-        if name_c in (keep, other.get("targetClaim")):
+        if not repair.claim_released_by_cleanup(claim, mig_name, {str(keep), str(other.get("targetClaim"))}):
             continue
         kube.delete_claim(name_c, claim["metadata"]["uid"])
         released.append(name_c)
