@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from failovervm import API_GROUP, API_VERSION, labels
+from failovervm import API_GROUP, API_VERSION, labels, repair
 from failovervm.kube import KubeAPI
 from failovervm.scheduling import NodeInfo, Placement, Unschedulable, choose_vf, node_refusal
 from failovervm.vfs import claim_name
@@ -82,6 +82,9 @@ def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any],
     for attempt in range(16):
         consistent = attempt > 0
         listed = kube.list_claims() if consistent else claims if claims is not None else kube.list_claims(cached=True)
+        mine = repair.own_claim(listed, vm, node, purpose, migration)
+        if mine is not None:  # made by a pass that died before recording it: take it up again
+            return Claimed(node, mine["spec"]["pciAddress"], mine["spec"].get("pf", ""), mine["metadata"]["name"])
         taken = claimed_vfs(listed)
         decision = choose_vf(node, pool_name, [pci for pci in inventory if (node, pci) not in taken])
         if isinstance(decision, Unschedulable):

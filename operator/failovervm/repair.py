@@ -10,7 +10,7 @@ No I/O here."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,3 +101,18 @@ def claim_released_by_cleanup(claim: Mapping[str, Any], migration: str, keep: se
 # finds the domain running there (and records the migration's success), instead of being released
 # for a cold start elsewhere (a second copy).
 FENCED_DURING_MIGRATION = "FencedDuringMigration"
+
+
+def own_claim(claims: Iterable[Mapping[str, Any]], vm: Mapping[str, Any], node: str, purpose: str,
+              migration: str | None) -> Mapping[str, Any] | None:
+    """A VFClaim on `node` that this VM already holds for the same purpose (and migration): a
+    placement or target reservation whose pass died after creating the claim and before recording
+    it. Taking it up again keeps the VM from holding two VFs until the orphaned-claim sweep."""
+    uid = vm["metadata"]["uid"]
+    for claim in claims:
+        spec = claim.get("spec") or {}
+        if ((spec.get("owner") or {}).get("uid") == uid and spec.get("node") == node
+                and spec.get("purpose", "Running") == purpose and spec.get("migration") == migration
+                and not claim["metadata"].get("deletionTimestamp")):
+            return claim
+    return None

@@ -231,3 +231,12 @@ def test_cleanup_never_frees_a_vf_another_migration_just_reserved(controller_ctx
     assert sorted(kube.claims) == ["n1.c", "n3.c"]
     assert repair.claim_released_by_cleanup({"metadata": {"name": "x"}, "spec": {"purpose": "MigrationTarget",
                                                                                   "migration": "m1"}}, "m1", set())
+
+
+def test_a_target_claim_made_by_a_pass_that_died_is_taken_up_again() -> None:
+    vm = {"metadata": meta()}
+    claim = {"metadata": {"name": "n2.c"}, "spec": {"owner": {"uid": "u1"}, "node": "n2", "purpose": "MigrationTarget",
+                                                    "migration": "m1", "pciAddress": "0000:3b:02.1"}}
+    assert repair.own_claim([claim], vm, "n2", "MigrationTarget", "m1") is claim
+    assert repair.own_claim([claim], vm, "n2", "MigrationTarget", "m2") is None  # another migration's
+    assert repair.own_claim([claim], vm, "n3", "MigrationTarget", "m1") is None

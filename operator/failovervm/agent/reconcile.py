@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from failovervm import conditions, domxml, guestfailover, labels, repair
+from failovervm import conditions, domxml, failpoints, guestfailover, labels, repair
 from failovervm.agent.domains import (
     DomainError,
     DomainManager,
@@ -499,6 +499,7 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> O
     # controller keeps it for the next node (and removes it itself if the VM is deleted unplaced).
     ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {
         "labels": {labels.VM_NODE: None}, "annotations": {labels.EVICT_ANNOTATION: None}}})
+    failpoints.hit("agent.evict.after-unlabel")
     ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
     ctx.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}")
     return Outcome("evicted")
@@ -513,6 +514,7 @@ def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> 
         ctx.event(vm, "Deleted", f"domain {dom.name} removed from {ctx.node} ({how})")
     ctx.vf_state.pop(meta["uid"], None)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
+    failpoints.hit("agent.delete.before-finalizer")
     ctx.kube.set_finalizer(meta["namespace"], meta["name"], labels.AGENT_FINALIZER, False)
     return Outcome("deleted")
 

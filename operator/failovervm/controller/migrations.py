@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, guestfailover, labels, repair, vmpod
+from failovervm import conditions, failpoints, guestfailover, labels, repair, vmpod
 from failovervm import migration as mg
 from failovervm.controller import repairs, vmpods
 from failovervm.controller.context import ControllerContext
@@ -104,6 +104,8 @@ def _finish_orphaned(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
                      message=outcome.message)
     if done is None or mg.phase(done) != outcome.phase:
         return mg.phase(done or mig)
+    if vm is not None:
+        repairs.repair_vm(ctx, vm)  # its label, which the agent may not have moved either
     log.warning("migration %s/%s had no owner any more: %s", *_key(mig), outcome.message)
     ctx.kube.event(done, "OrphanedMigrationFinished", outcome.message,
                    type_="Normal" if outcome.phase == mg.SUCCEEDED else "Warning", component="controller")
@@ -214,6 +216,7 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
         ctx.pod_retries.failed(vmpods.Retries.key(vm, name), result.reason, result.message)
         return _no_target(ctx, mig, result)
     assert isinstance(result, Claimed)
+    failpoints.hit("migration.after-target-claim")
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm, name))
     # The migration object says TargetReady first; only then may the agent see it on the VM.
     reserved = f"VF {result.pci_address} reserved on {result.node}"
@@ -222,6 +225,7 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
               condition=(mg.TARGET_RESERVED, True, "VFClaimed",
                          f"{reserved} (kube-scheduler bound target pod {vmpods.describe(pod)} there); "
                          "waiting for the source agent"))
+    failpoints.hit("migration.after-target-ready")
     if not update_vm_migration(kube, vm, name, {
         "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
         "targetClaim": result.claim,
@@ -280,6 +284,7 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     released: list[str] = []
     if vm is not None:
         update_vm_migration(kube, vm, name, None)
+        failpoints.hit("migration.cleanup.after-unlock")
         vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
         released = _release_claims(ctx, vm, name)
         _settle_pods(ctx, mig, vm)

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from failovervm import conditions, labels, nodehealth, repair
+from failovervm import conditions, failpoints, labels, nodehealth, repair
 from failovervm import migration as mg
 from failovervm.controller import migrations
 from failovervm.controller.context import ControllerContext
@@ -85,6 +85,7 @@ def release(ctx: ControllerContext, vm: Mapping[str, Any], node: str, health: no
         return {"labels": {labels.VM_NODE: None}}
 
     kube.edit_vm_metadata(ns, name, unlabel)
+    failpoints.hit("release.after-unlabel")
     done = {"v": False}
 
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:

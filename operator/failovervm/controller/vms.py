@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, labels, metrics, nodehealth, vmpod
+from failovervm import conditions, failpoints, labels, metrics, nodehealth, vmpod
 from failovervm import migration as mg
 from failovervm.controller import evacuation, vmpods
 from failovervm.controller.context import ControllerContext
@@ -114,10 +114,12 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], claims: list[dict[str, An
         ctx.pod_retries.failed(vmpods.Retries.key(vm), result.reason, result.message)
         return _pending(ctx, vm, result, "FailedScheduling")
     assert isinstance(result, Claimed)
+    failpoints.hit("placement.after-claim")
     placed = _record_placement(ctx, vm, result)
     if placed is None:
         kube.delete_claim(result.claim)
         return "gone"
+    failpoints.hit("placement.after-status")
     # The node label lets the node's agent watch its VMs; its finalizer goes in the same patch,
     # so the domain can never be created without the finalizer that removes it.
     meta = vm["metadata"]
@@ -416,6 +418,7 @@ def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> Non
             raise StillDeleting(f"waiting for the agent on {node} to remove the domain")
         # Not placed anywhere (e.g. evicted and not yet re-placed): no agent holds a domain for it.
         kube.set_finalizer(namespace, name, AGENT_FINALIZER, False, current=vm)
+    failpoints.hit("finalize.before-claims")
     released = []
     for claim in kube.list_claims():
         if claim["spec"].get("owner", {}).get("uid") == uid:
