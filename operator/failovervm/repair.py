@@ -116,3 +116,16 @@ def own_claim(claims: Iterable[Mapping[str, Any]], vm: Mapping[str, Any], node: 
                 and not claim["metadata"].get("deletionTimestamp")):
             return claim
     return None
+
+
+DISK_LOCKED = "DiskLocked"
+
+
+def start_failure(error: str) -> tuple[str, str]:
+    """The reason and message of a failed domain start. QEMU's image locking refusing a disk (another
+    process, most likely a second copy of the VM on another node, writes it) is the last line of
+    defence against two copies: it gets a reason of its own (DiskLocked), not StartFailed."""
+    if 'write" lock' in error or "Failed to get shared" in error or "another process using the image" in error:
+        return DISK_LOCKED, (f"QEMU refused a disk that another process holds (a second copy of this VM on "
+                             f"another node?); not started: {error}")
+    return "StartFailed", error

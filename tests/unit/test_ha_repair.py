@@ -240,3 +240,11 @@ def test_a_target_claim_made_by_a_pass_that_died_is_taken_up_again() -> None:
     assert repair.own_claim([claim], vm, "n2", "MigrationTarget", "m1") is claim
     assert repair.own_claim([claim], vm, "n2", "MigrationTarget", "m2") is None  # another migration's
     assert repair.own_claim([claim], vm, "n3", "MigrationTarget", "m1") is None
+
+
+def test_a_start_refused_by_qemu_image_locking_is_reported_as_disk_locked() -> None:
+    err = ('internal error: process exited while connecting to monitor: qemu-system-x86_64: -blockdev ...: '
+           'Failed to get "write" lock\nIs another process using the image [/images/d.raw]?')
+    reason, message = repair.start_failure(err)
+    assert reason == "DiskLocked" and "second copy" in message and err in message
+    assert repair.start_failure("no such file") == ("StartFailed", "no such file")

@@ -324,8 +324,9 @@ def _start_or_stop(run: _Pass, dom: DomainRef, active: bool) -> Outcome | None:
         try:
             ctx.dm.start(dom)
         except DomainError as exc:
-            run.write("Failed", [("Ready", False, "StartFailed", str(exc))])
-            run.event("StartFailed", str(exc), warning=True)
+            reason, message = repair.start_failure(str(exc))
+            run.write("Failed", [("Ready", False, reason, message)])
+            run.event(reason, message, warning=True)
             return Outcome("start-failed", requeue_after=ctx.failed(run.uid, str(exc)))
         DOMAIN_START_SECONDS.labels(ctx.node).observe(time.monotonic() - t0)
         ctx.failures.pop(run.uid, None)
