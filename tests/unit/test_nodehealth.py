@@ -187,3 +187,22 @@ def test_fencing_during_a_taken_migration_keeps_the_vm_locked(kube: Cluster, sta
     assert cond["status"] == "True" and cond["reason"] == "WaitingForTarget" and "n2" in cond["message"]
     assert k.migrations["ns", "m1"]["status"]["phase"] == mg.RUNNING and "c2" in k.claims
     assert k.reasons() == ["FencedDuringMigration"]
+
+
+def test_a_release_cut_after_its_unlabel_converges(kube: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """#13, failpoint release.after-unlabel: the label is gone, the status not released, so the
+    node's sweep (which finds VMs by label) no longer sees the VM. The repair puts the label back
+    from status, and the next node sweep releases it."""
+    from failovervm import failpoints
+    from failovervm.controller import repairs
+
+    k, ctx = kube([vm()], [node("Unknown", OUT)])
+    monkeypatch.setenv(failpoints.ENV, "release.after-unlabel=error")
+    with pytest.raises(failpoints.FailpointError):
+        evacuation.reconcile_node(ctx, "n1")
+    monkeypatch.delenv(failpoints.ENV)
+    assert "failovervm.io/node" not in stored(k)["metadata"]["labels"] and stored(k)["status"]["nodeName"] == "n1"
+    assert evacuation.reconcile_node(ctx, "n1")["released"] == []  # invisible to the sweep
+    assert repairs.repair_vms(ctx) == ["ns/vm"]
+    assert evacuation.reconcile_node(ctx, "n1")["released"] == ["ns/vm"]
+    assert "nodeName" not in stored(k)["status"]
