@@ -129,3 +129,21 @@ def start_failure(error: str) -> tuple[str, str]:
         return DISK_LOCKED, (f"QEMU refused a disk that another process holds (a second copy of this VM on "
                              f"another node?); not started: {error}")
     return "StartFailed", error
+
+
+def lock_for_target_ready(mig: Mapping[str, Any], vm: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The VM's lock fields a TargetReady migration implies, when the controller's second write
+    (VM.status.migration: Scheduling -> TargetReady, which hands the migration to the source agent)
+    was lost: the migration already says TargetReady with its target VF, the VM's lock still says
+    Scheduling. None when nothing is to be written."""
+    if mg.phase(mig) != mg.TARGET_READY:
+        return None
+    lock = (vm.get("status") or {}).get("migration") or {}
+    if lock.get("name") != mig["metadata"]["name"] or lock.get("state") != mg.SCHEDULING:
+        return None
+    st = mig.get("status") or {}
+    vf = st.get("targetVF") or {}
+    if not st.get("targetNode") or not vf.get("claimName"):
+        return None
+    return {"state": mg.TARGET_READY, "targetNode": st["targetNode"], "targetPciAddress": vf.get("pciAddress"),
+            "targetClaim": vf["claimName"]}

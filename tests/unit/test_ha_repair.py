@@ -248,3 +248,20 @@ def test_a_start_refused_by_qemu_image_locking_is_reported_as_disk_locked() -> N
     reason, message = repair.start_failure(err)
     assert reason == "DiskLocked" and "second copy" in message and err in message
     assert repair.start_failure("no such file") == ("StartFailed", "no such file")
+
+
+def test_a_lost_hand_over_write_is_made_again(controller_ctx: MakeControllerContext) -> None:
+    """Failpoint migration.after-target-ready: the migration says TargetReady, the VM's lock still
+    Scheduling (the source agent would never see it). The next pass writes the lock from the
+    migration's status."""
+    kube = FakeKube()
+    kube.add_vm({"metadata": meta(labels={labels.VM_NODE: "n1"}), "spec": {},
+                 "status": {"nodeName": "n1", "phase": "Running",
+                            "migration": {"name": "m1", "state": mg.SCHEDULING, "sourceNode": "n1"}}})
+    kube.add_migration(running_mig(phase=mg.TARGET_READY, conditions=[
+        {"type": mg.TARGET_RESERVED, "status": "True", "reason": "VFClaimed", "message": "",
+         "lastTransitionTime": conditions.now_iso()}]))
+    assert cm.advance(controller_ctx(kube), "ns", "m1") == mg.TARGET_READY
+    lock = kube.vms["ns", "vm"]["status"]["migration"]
+    assert lock == {"name": "m1", "state": mg.TARGET_READY, "sourceNode": "n1", "targetNode": "n2",
+                    "targetPciAddress": "0000:3b:02.1", "targetClaim": "n2.c"}

@@ -167,6 +167,9 @@ def _now() -> dt.datetime:
 
 def _check_handover(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
     """Release a target that the source agent has not taken within the handover timeout."""
+    lock = repair.lock_for_target_ready(mig, vm)
+    if lock is not None:  # the hand-over write was lost (the controller died between the two writes)
+        update_vm_migration(ctx.kube, vm, mig["metadata"]["name"], lock, only_states=frozenset({mg.SCHEDULING}))
     waited = mg.handover_overdue(mig, _now(), ctx.settings.handover_timeout_seconds)
     if waited is None:
         return mg.TARGET_READY
