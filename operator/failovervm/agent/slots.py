@@ -6,6 +6,7 @@ shutdown then never hold up starts, VF hot-plugs or migrations of the node's oth
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,4 +40,10 @@ class Slots:
             yield
         finally:
             self.slow_now -= 1
-            asyncio.run_coroutine_threadsafe(self._sem.acquire(), loop).result()
+            taken = asyncio.run_coroutine_threadsafe(self._sem.acquire(), loop)
+            while loop.is_running():  # not forever when the agent stops meanwhile
+                try:
+                    taken.result(timeout=1.0)
+                    break
+                except concurrent.futures.TimeoutError:
+                    continue
