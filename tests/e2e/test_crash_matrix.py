@@ -23,7 +23,16 @@ from failovervm import failpoints, labels
 from failovervm import migration as mg
 from failovervm_sandbox import procs
 from tests.conftest import REPO, Sandbox, restart_operator, wait_for
-from tests.e2e.helpers import apply, claims, get_vm, libvirt_conn, pool_manifest, vm_manifest, wait_phase
+from tests.e2e.helpers import (
+    apply,
+    claims,
+    get_vm,
+    libvirt_conn,
+    pool_manifest,
+    vm_manifest,
+    wait_phase,
+    wait_webhook,
+)
 
 pytestmark = pytest.mark.e2e
 POOL = "crash-pool"
@@ -82,6 +91,8 @@ def killed_at(sb: Sandbox, component: str, point: str) -> Iterator[None]:
     env = {**os.environ, failpoints.ENV: f"{point}=kill", "POD_ID": keys[0]}
     pid = procs.spawn(argv, sb.state_dir / "logs" / f"{keys[0]}-failpoints.log", env=env)
     try:
+        if "--webhook-port" in argv:  # the only controller now: its webhook must answer first
+            wait_webhook(int(argv[argv.index("--webhook-port") + 1]))
         yield
         wait_for(lambda: not procs.alive(pid), 90, what=f"{component} killed at {point}")
         died = time.monotonic()

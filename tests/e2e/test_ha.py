@@ -46,7 +46,7 @@ def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox:
     active = max(prios, key=lambda i: prios[i])
     standby = next(i for i in prios if i != active)
     assert {active, standby} == {"controller", "controller-2"}
-    assert "Pausing operations in favour of" in log_of(sb, standby)
+    wait_for(lambda: "Pausing operations in favour of" in log_of(sb, standby), 30, what="the standby paused")
     assert "Pausing all operators" not in log_of(sb, standby) + log_of(sb, active)
 
     ns = make_namespace(sb, "ha")
