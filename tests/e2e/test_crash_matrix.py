@@ -22,7 +22,7 @@ import pytest
 from failovervm import failpoints, labels
 from failovervm import migration as mg
 from failovervm_sandbox import procs
-from tests.conftest import REPO, Sandbox, restart_operator, wait_for
+from tests.conftest import REPO, Sandbox, controller_keys, restart_operator, wait_for
 from tests.e2e.helpers import (
     apply,
     claims,
@@ -82,8 +82,7 @@ def killed_at(sb: Sandbox, component: str, point: str) -> Iterator[None]:
     kill; the body triggers the step; then wait for the kill, restart as usual, and time the
     convergence of the namespace."""
     assert point in failpoints.POINTS
-    keys = [k for k in sb.data if k == "controller" or k.startswith("controller-")] if component == "controller" \
-        else [component]
+    keys = controller_keys(sb) if component == "controller" else [component]
     argv = procs.cmdline(sb.data[keys[0]]["pid"])
     assert argv, f"{component} is not running"
     for key in keys:
