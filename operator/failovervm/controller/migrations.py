@@ -369,6 +369,7 @@ def on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:
     with ctx.locks.migration(namespace, name):
         _on_delete(ctx, namespace, name)
     ctx.locks.forget_migration(namespace, name, lambda: ctx.kube.get_migration(namespace, name) is None)
+    ctx.orphans.pop((namespace, name), None)
 
 
 def _on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:
