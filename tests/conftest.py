@@ -164,6 +164,19 @@ def remove_domain(conn: Any, name: str) -> None:
         pass
 
 
+def controller_keys(sandbox: Sandbox) -> list[str]:
+    """The state keys of the sandbox's controller replicas (controller, controller-2, ...)."""
+    return [k for k in sandbox.data if k == "controller" or k.startswith("controller-")]
+
+
+def stop_controllers(sandbox: Sandbox) -> None:
+    """Stop every controller replica (one stopped alone would hand over to the other)."""
+    from failovervm_sandbox import procs
+
+    for key in controller_keys(sandbox):
+        procs.stop(sandbox.data[key]["pid"], "controller")
+
+
 def restart_operator(sandbox: Sandbox) -> None:
     """Start whatever operator process is not running (after a test killed one)."""
     res = _cli(*_up_args(sandbox.state_dir))

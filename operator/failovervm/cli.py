@@ -71,6 +71,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         vm_overhead_memory=args.vm_overhead_memory, log_format=args.log_format,
         require_failover_ready=args.require_failover_ready, migration_history=args.migration_history,
         handover_timeout_seconds=args.migration_handover_timeout,
+        priority=args.priority, peering_lifetime=args.peering_lifetime,
     ))
 
 
@@ -367,6 +368,12 @@ def _add_controller(sub: Subcommands) -> None:
     ctl.add_argument("--metrics-port", type=int, default=8080, help="Prometheus /metrics port (0: off)")
     ctl.add_argument("--health-port", type=int, default=None, help="liveness endpoint port")
     ctl.add_argument("--standalone", action="store_true", help="no peering (single replica, tests only)")
+    ctl.add_argument("--priority", type=int, default=None,
+                     help="Kopf peering priority of this replica (the highest live one is active; default: "
+                          "by start time, so the oldest replica stays active and a new one waits)")
+    ctl.add_argument("--peering-lifetime", type=int, default=10, metavar="SECONDS",
+                     help="how long a replica's peering entry lives without a keepalive: a standby takes "
+                          "over at most this long after the active replica was killed (default 10)")
     ctl.add_argument("--namespace", default="failovervm-system",
                      help="the operator's namespace")
     ctl.add_argument("--parallel-migrations-per-cluster", type=int, default=5)

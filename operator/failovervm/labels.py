@@ -31,6 +31,9 @@ VM_NODE = f"{PREFIX}/node"
 EVICT_ANNOTATION = f"{PREFIX}/evict"
 # `failovervm restart`: a token; the agent restarts the VM once per new token (status.restartedFor).
 RESTART_ANNOTATION = f"{PREFIX}/restart"
+# On a FailoverVM whose Node was deleted: the name of that node, set by an administrator (or a
+# remediation tool) who knows its machine no longer runs the VM. A deleted Node alone is no proof.
+HOST_DOWN_ANNOTATION = f"{PREFIX}/host-down"
 
 # FailoverVMMigration labels: the node an evacuation empties, and the VM a migration moves.
 EVACUATION_LABEL = f"{PREFIX}/evacuation"

@@ -42,7 +42,7 @@ MIGRATIONS_WITHOUT_FAILOVER = Counter(
 
 VMS_RECOVERED = Counter(
     "failovervm_vms_recovered_total", "VMs released from a fenced node to be restarted elsewhere, by why the node "
-    "counts as fenced (NodeOutOfService, NodeDeleted)", ["reason"])
+    "counts as fenced (NodeOutOfService, HostDownConfirmed)", ["reason"])
 
 
 def set_failover_counts(node: str, statuses: Iterable[str]) -> None:

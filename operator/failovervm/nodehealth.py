@@ -6,8 +6,13 @@ unready node alone only marks its VMs (`NodeHealthy=False`). They are restarted 
 only once the node is *fenced*, that is known not to run anything any more:
 
 - the Node carries the taint `node.kubernetes.io/out-of-service` (Kubernetes' non-graceful node
-  shutdown: set by an administrator or a remediation operator after powering the machine off), or
-- the Node object was deleted (the machine is gone from the cluster).
+  shutdown: set by an administrator or a remediation operator after powering the machine off).
+
+A deleted Node is *gone*, which is no proof: `kubectl delete node` or an autoscaler's provider may
+delete the object of a machine that still runs its VMs. Its VMs are marked like those of an unready
+node and restarted elsewhere only with evidence that the machine no longer runs them: the
+annotation failovervm.io/host-down=<node> on the VM (an administrator's or remediation tool's
+confirmation), or the Node back with the out-of-service taint.
 """
 
 from __future__ import annotations
@@ -20,17 +25,22 @@ from typing import Any
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 CONDITION = "NodeHealthy"
 
-HEALTHY, NOT_READY, FENCED = "Healthy", "NotReady", "Fenced"
+HEALTHY, NOT_READY, FENCED, GONE = "Healthy", "NotReady", "Fenced", "Gone"
 
 
 @dataclass(frozen=True)
 class NodeHealth:
-    state: str  # HEALTHY | NOT_READY | FENCED
+    state: str  # HEALTHY | NOT_READY | FENCED | GONE
     reason: str
     message: str
 
 
+HOST_DOWN_ANNOTATION = "failovervm.io/host-down"  # labels.HOST_DOWN_ANNOTATION (this module imports nothing)
+
+
 def is_fenced(node: Mapping[str, Any] | None) -> bool:
+    """Known to be off: the out-of-service taint. None (no Node) counts too for the callers that
+    only need to know whether a node can still run or take anything (never for a release)."""
     return node is None or any(t.get("key") == OUT_OF_SERVICE_TAINT for t in (node.get("spec") or {}).get("taints")
                                or [])
 
@@ -38,7 +48,10 @@ def is_fenced(node: Mapping[str, Any] | None) -> bool:
 def assess(name: str, node: Mapping[str, Any] | None, now: dt.datetime | None = None) -> NodeHealth:
     """The health of node `name` (`node` is its object, None when it does not exist)."""
     if node is None:
-        return NodeHealth(FENCED, "NodeDeleted", f"node {name} was deleted")
+        return NodeHealth(GONE, "NodeDeleted",
+                          f"node {name} was deleted, which does not prove that its machine stopped: the VM is "
+                          f"restarted elsewhere once confirmed (annotation {HOST_DOWN_ANNOTATION}={name} on the VM, "
+                          f"or the Node back with the taint {OUT_OF_SERVICE_TAINT})")
     if is_fenced(node):
         return NodeHealth(FENCED, "NodeOutOfService", f"node {name} is tainted {OUT_OF_SERVICE_TAINT} (shut down)")
     ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
@@ -67,8 +80,16 @@ def condition_change(vm: Mapping[str, Any], health: NodeHealth) -> tuple[bool, s
         if current is None or current.get("status") == "True":
             return None
         return True, health.reason, health.message
-    if health.state == NOT_READY:
+    if health.state in (NOT_READY, GONE):
         if current is not None and current.get("status") == "False" and current.get("reason") == health.reason:
             return None  # do not rewrite the message (its "for Ns") on every sweep
         return False, health.reason, health.message
     return None  # fenced: the VM is released from the node instead
+
+
+def host_down_confirmed(vm: Mapping[str, Any], node: str) -> NodeHealth | None:
+    """The evidence that releases a VM of a deleted node: its host-down annotation names the node."""
+    if ((vm.get("metadata") or {}).get("annotations") or {}).get(HOST_DOWN_ANNOTATION) != node:
+        return None
+    return NodeHealth(FENCED, "HostDownConfirmed",
+                      f"node {node} was deleted and its machine confirmed down ({HOST_DOWN_ANNOTATION})")

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from failovervm import API_GROUP, API_VERSION, labels
+from failovervm import API_GROUP, API_VERSION, labels, repair
 from failovervm.kube import KubeAPI
 from failovervm.scheduling import NodeInfo, Placement, Unschedulable, choose_vf, node_refusal
 from failovervm.vfs import claim_name
@@ -98,6 +98,10 @@ def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any],
                            bool(inventory))
     if refusal is not None:
         return refusal
+    claims = list(claims)
+    mine = repair.own_claim(claims, vm, node, purpose, migration)
+    if mine is not None:  # made by a pass that died before recording it: take it up again
+        return Claimed(node, mine["spec"]["pciAddress"], mine["spec"].get("pf", ""), mine["metadata"]["name"])
     taken = claimed_vfs(claims) | (recent.on(node) if recent is not None else set())
     consistent = False
     for _attempt in range(16):

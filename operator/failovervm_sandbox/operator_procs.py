@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,12 @@ def _apply_peering(state: State) -> None:
 
 
 WEBHOOK_CONFIG = "failovervm-operator"
+CONTROLLER_REPLICAS = 2
+
+
+def controller_key(i: int) -> str:
+    """The state key (and log name) of controller replica `i`: controller, controller-2, ..."""
+    return "controller" if i == 0 else f"controller-{i + 1}"
 
 
 def webhook_configuration(port: int, ca_pem: bytes, namespace: str) -> dict[str, Any]:
@@ -120,16 +127,34 @@ def ensure(state: State, opts: Options) -> None:
     # An older sandbox's Kopf-managed configuration, named after the API group (controller.main).
     subprocess.run([str(binaries.kubectl()), "--kubeconfig", kc, "delete", "validatingwebhookconfiguration",
                     labels.API_GROUP, "--ignore-not-found"], check=False, capture_output=True)
-    argv = [
-        sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", kc,
-        "--storage-root", d["images_dir"],
-        "--webhook-host", "127.0.0.1", "--webhook-port", str(op["webhook_port"]),
-        "--webhook-cert-dir", str(cert_dir), "--webhook-unmanaged", "--namespace", NAMESPACE,
-        "--metrics-port", str(op["controller_metrics_port"]),
-    ]
-    ensure_component(state, "controller", "controller", lambda: procs.spawn(argv, logs / "controller.log"),
-                      opts, "operator controller")
-    _wait_port(op["webhook_port"], 60, "the controller's admission webhook", logs / "controller.log")
+    # Two controller replicas, as the chart installs them: the first one started is active (Kopf
+    # peering), the other stands by, and both answer the webhooks behind the Service stand-in.
+    backends_file = state.dir / "webhook-backends"
+    ports = []
+    for i in range(CONTROLLER_REPLICAS):
+        key = controller_key(i)
+        if i:
+            op.setdefault(f"{key}_metrics_port", controlplane.free_port())
+        port = op.setdefault(f"{key}_webhook_port", controlplane.free_port())
+        ports.append(port)
+        argv = [
+            sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", kc,
+            "--storage-root", d["images_dir"],
+            "--webhook-host", "127.0.0.1", "--webhook-port", str(port),
+            "--webhook-cert-dir", str(cert_dir), "--webhook-unmanaged", "--namespace", NAMESPACE,
+            "--metrics-port", str(op["controller_metrics_port"] if not i else op[f"{key}_metrics_port"]),
+        ]
+        ensure_component(state, key, "controller",
+                         lambda a=argv, k=key: procs.spawn(  # type: ignore[misc]
+                             a, logs / f"{k}.log", env={**os.environ, "POD_ID": k}),
+                         opts, f"operator {key}")
+    backends_file.write_text("".join(f"{p}\n" for p in ports))
+    proxy_argv = [sys.executable, "-m", "failovervm_sandbox.webhookproxy", "--listen", str(op["webhook_port"]),
+                  "--backends", str(backends_file)]
+    ensure_component(state, "webhook-proxy", "webhookproxy",
+                     lambda: procs.spawn(proxy_argv, logs / "webhook-proxy.log"), opts, "webhook Service stand-in")
+    for i, port in enumerate(ports):
+        _wait_port(port, 60, f"{controller_key(i)}'s admission webhook", logs / f"{controller_key(i)}.log")
     for host in state.data["libvirt"]:
         key = f"agent-{host['index']}"
         if host["node"] in state.data.get("down_nodes", []):
@@ -149,17 +174,25 @@ def ensure(state: State, opts: Options) -> None:
 
 
 def stop(state: State) -> None:
-    for key in [*(k for k in state.data if k.startswith("agent-")), "controller"]:
-        procs.stop(state.data.get(key, {}).get("pid"), key.split("-")[0])
+    for key in [*(k for k in state.data if k.startswith("agent-")), *_controller_keys(state), "webhook-proxy"]:
+        procs.stop(state.data.get(key, {}).get("pid"), _marker(key))
+
+
+def _controller_keys(state: State) -> list[str]:
+    return [k for k in state.data if k == "controller" or k.startswith("controller-")]
+
+
+def _marker(key: str) -> str:
+    return "webhookproxy" if key == "webhook-proxy" else key.split("-")[0]
 
 
 def status_rows(state: State) -> list[dict[str, Any]]:
     rows = []
-    for key in ["controller", *sorted(k for k in state.data if k.startswith("agent-"))]:
+    for key in [*_controller_keys(state), "webhook-proxy", *sorted(k for k in state.data if k.startswith("agent-"))]:
         pid = state.data.get(key, {}).get("pid")
         if pid is None:
             continue
-        running = procs.alive(pid, key.split("-")[0])
+        running = procs.alive(pid, _marker(key))
         rows.append({"component": f"operator {key}", "pid": pid, "running": running, "ok": running,
                      "rss_mib": round(procs.rss_kib(pid) / 1024, 1) if running else 0, "detail": ""})
     return rows

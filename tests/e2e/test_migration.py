@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from failovervm_sandbox import procs
-from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, wait_for
+from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, stop_controllers, wait_for
 from tests.e2e.helpers import (
     apply,
     claims,
@@ -468,7 +468,7 @@ def _controller_with(sb: Sandbox, *extra: str) -> Iterator[None]:
     old = sb.data["controller"]["pid"]
     argv = procs.cmdline(old)
     assert argv, "the sandbox's controller is not running"
-    procs.stop(old, "controller")
+    stop_controllers(sb)  # the standby too: it would stay the active one
     pid = procs.spawn([*argv, *extra], sb.state_dir / "logs" / "controller-flags.log")
     try:
         port = sb.data["operator"]["webhook_port"]

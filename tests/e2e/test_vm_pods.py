@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from failovervm.quantity import parse_quantity
-from failovervm_sandbox import procs
-from tests.conftest import Sandbox, make_namespace, restart_operator, wait_for
+from tests.conftest import Sandbox, make_namespace, restart_operator, stop_controllers, wait_for
 from tests.e2e.helpers import apply, condition, events, get_vm, libvirt_conn, pool_manifest, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -242,7 +241,7 @@ def test_installing_over_running_vms_gives_them_pods_without_a_restart(operator_
             before[f"u{i}"] = (vm["status"]["nodeName"], conn.lookupByName(vm["status"]["domain"]["name"]).ID())
         finally:
             conn.close()
-    procs.stop(sb.data["controller"]["pid"], "controller")
+    stop_controllers(sb)  # both replicas: the standby would recreate the pods
     try:
         old = {p["metadata"]["uid"] for p in _vm_pods(sb, ns)}
         sb.kubectl("-n", ns, "delete", "pods", "-l", "failovervm.io/vm-uid", "--grace-period=0", "--force")

@@ -29,3 +29,4 @@ def controller_ctx() -> Iterator[MakeControllerContext]:
     yield make
     for ctx in made:
         ctx.admission.shutdown(wait=False)
+        ctx.eviction.shutdown(wait=False)

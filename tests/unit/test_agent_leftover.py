@@ -57,3 +57,23 @@ def test_a_copy_still_starting_up_is_removed_too() -> None:
     for reason in (PausedReason.STARTING_UP, PausedReason.MIGRATION, PausedReason.USER):
         action, dm, _ = run(vm(), DomainState.PAUSED, reason=reason)
         assert action == "stale-removed" and dm.calls == ["destroy", "undefine"]
+
+
+FENCED = {"type": "FencedDuringMigration", "status": "True", "reason": "WaitingForTarget", "message": ""}
+
+
+def test_the_target_answers_for_a_vm_whose_source_was_fenced_mid_migration() -> None:
+    """#13: running here (the migration completed): status, VF and label move here."""
+    asked = vm(migration={"name": "m", "state": "Running", "targetNode": "n1", "targetClaim": "c1",
+                          "targetPciAddress": "0000:3b:02.1"})
+    asked["status"]["conditions"] = [dict(FENCED)]
+    action, dm, kube = run(asked, DomainState.RUNNING)
+    assert action == "arrived-from-fenced-source" and dm.calls == []
+    stored = kube.vms["ns", "vm"]
+    st = stored["status"]
+    assert st["nodeName"] == "n1" and "migration" not in st and st["vf"]["claimName"] == "c1"
+    assert next(c for c in st["conditions"] if c["type"] == "FencedDuringMigration")["status"] == "False"
+    assert stored["metadata"]["labels"]["failovervm.io/node"] == "n1"
+    # Paused (the migration did not complete): no answer, the VM stays locked.
+    action, dm, kube = run(asked, DomainState.PAUSED)
+    assert action == "not-ours" and kube.vms["ns", "vm"]["status"]["nodeName"] == "n2"

@@ -152,3 +152,26 @@ def test_foreign_and_orphaned_domains(tmp_path: Path) -> None:
     assert rc.reconcile(ctx, "ns", "vm").action == "running" and dm.domains[DNAME].uuid != old_uuid
     owner = domxml.parse_owner(dm.domains[DNAME].xml)
     assert owner is not None and owner.uid == new_uid
+
+
+def test_a_graceful_stop_runs_in_a_slow_section(tmp_path: Path) -> None:
+    """#13: the shutdown (up to terminationGracePeriodSeconds) gives the reconcile slot back
+    (AgentContext.slow, agent.slots), so guests ignoring ACPI never hold up other VMs."""
+    import contextlib
+    from collections.abc import Iterator
+
+    kube, dm = cluster(tmp_path), FakeDomainManager()
+    ctx = agent(kube, dm, tmp_path)
+    rc.reconcile(ctx, "ns", "vm")
+    kube.patch_vm("ns", "vm", {"spec": {"running": False}})
+    sections: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def slow() -> Iterator[None]:
+        sections.append(list(dm.calls))
+        yield
+        sections[-1] = dm.calls[len(sections[-1]):]
+
+    ctx.slow = slow
+    assert rc.reconcile(ctx, "ns", "vm").action == "stopped"
+    assert sections == [["stop"]]

@@ -100,7 +100,7 @@ SCENARIOS: dict[str, tuple[str, ...]] = {
     "cert-manager": (*CERT_MANAGER, "--set", "webhook.certManager.enabled=true"),
     "no-eviction-guard": ("--set", "webhook.evictionGuard.enabled=false"),
     "extra-storage-roots": ("--set-json", 'storageRoots=["/srv/vms","/mnt/nfs/images","/var/lib/failovervm/images"]'),
-    "standalone": ("--set", "controller.peering.enabled=false"),
+    "standalone": ("--set", "controller.peering.enabled=false", "--set", "controller.replicas=1"),
     "migration-tls-secret": ("--set", "agent.migration.tlsSecretName=libvirt-migration-tls"),
     "insecure-tcp": ("--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true"),
     "require-failover-ready": ("--set", "controller.requireFailoverReady=true"),
@@ -127,7 +127,9 @@ def test_chart_metadata() -> None:
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "failovervm-operator"
     assert chart["appVersion"] == project["version"] == "0.1.0"
-    assert chart["kubeVersion"] == ">=1.34.0-0"
+    # The version check is in the templates (failovervm.kubeVersionCheck), so that plain
+    # `helm template` renders; test_kube_version_constraint proves it still refuses.
+    assert "kubeVersion" not in chart
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -151,6 +153,30 @@ def test_kube_version_constraint(helm: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "kubeVersion" in res.stderr or "1.34" in res.stderr, res.stderr
+
+
+def test_plain_helm_template_renders(helm: Path) -> None:
+    """No --kube-version (GitOps pipelines): Helm assumes v1.20.0 without a cluster; the chart still
+    renders, with its version check left to the install (where `lookup` reaches the cluster)."""
+    res = subprocess.run([str(helm), "template", RELEASE, str(CHART)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "kind: Deployment" in res.stdout
+
+
+def test_controller_is_highly_available_by_default(render: Render) -> None:
+    docs = render()
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    args = dep["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert args[args.index("--peering-lifetime") + 1] == "10"
+    anti = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1 and pdb["spec"]["selector"] == dep["spec"]["selector"]
+    single = render("--set", "controller.replicas=1")
+    assert "PodDisruptionBudget" not in kinds(single)
 
 
 # -- RBAC ------------------------------------------------------------------------------------------------
@@ -271,7 +297,7 @@ def test_controller_command(render: Render) -> None:
         "failovervm", "controller", "--storage-root", "/var/lib/failovervm/images",
         "--webhook-host", "0.0.0.0", "--webhook-port", "9443", "--webhook-cert-dir", "/certs",
         "--webhook-unmanaged", "--namespace", NAMESPACE, "--metrics-port", "8080", "--health-port", "8081",
-        "--migration-history", "5", "--migration-handover-timeout", "120",
+        "--peering-lifetime", "10", "--migration-history", "5", "--migration-handover-timeout", "120",
         "--vm-pod-image", "ghcr.io/failovervm/failovervm-operator:0.1.0",
         "--vm-overhead-cpu", "100m", "--vm-overhead-memory", "160Mi",
     ]
@@ -317,7 +343,7 @@ def test_controller_deployment(render: Render) -> None:
     docs = render()
     dep = one(docs, "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
+    assert spec["replicas"] == 2
     assert spec["strategy"] == {"type": "Recreate"}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -86,3 +86,17 @@ app.kubernetes.io/component: {{ .component }}
 - {{ $svc }}.{{ $ns }}.svc
 - {{ $svc }}.{{ $ns }}.svc.{{ .Values.clusterDomain }}
 {{- end -}}
+
+{{/*
+The Kubernetes version check (>= 1.34), done here instead of Chart.yaml's kubeVersion so that plain
+`helm template` (no cluster, no --kube-version: Helm assumes its built-in v1.20.0) still renders.
+It fails whenever the version is known: against a cluster (install, upgrade, --dry-run=server:
+`lookup` reaches it), or a `--kube-version` other than Helm's built-in default.
+*/}}
+{{- define "failovervm.kubeVersionCheck" -}}
+{{- $v := .Capabilities.KubeVersion.Version -}}
+{{- $cluster := lookup "v1" "Namespace" "" "kube-system" -}}
+{{- if and (not (semverCompare ">=1.34.0-0" $v)) (or $cluster (ne $v "v1.20.0")) -}}
+{{- fail (printf "failovervm-operator needs Kubernetes >= 1.34 (kubeVersion), found %s" $v) -}}
+{{- end -}}
+{{- end -}}

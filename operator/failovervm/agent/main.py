@@ -21,6 +21,7 @@ import logging
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from failovervm.agent.inventory import Published, publish, publish_node
 from failovervm.agent.libvirt_domains import LibvirtDomainManager
 from failovervm.agent.mirror import Mirror, kube_list_watch
 from failovervm.agent.reconcile import AgentContext, reconcile
+from failovervm.agent.slots import Slots
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,11 @@ class Agent:
             self.kube.core.list_node, (), {"field_selector": f"metadata.name={args.node}"}, "v1", "Node"),
             self._inventory_soon)
         self._inventory_queued = False
+        # `workers` reconciles at a time, not counting those waiting for a guest to shut down
+        # (agent.slots); their threads come from a pool of their own, never asyncio's default one.
+        self.slots = Slots(args.workers)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pool = ThreadPoolExecutor(max_workers=max(64, 4 * args.workers), thread_name_prefix="reconcile")
 
     # -- event sources ---------------------------------------------------------------
     def _on_domain_event(self, dom_name: str, event: str, detail: int) -> None:
@@ -132,6 +139,7 @@ class Agent:
             vf_state=self.ctx.vf_state if self.ctx else {}, serial_log_dir=self.args.serial_log_dir,
             failover_checks=self.ctx.failover_checks if self.ctx else {},
             failover_status=self.ctx.failover_status if self.ctx else {},
+            slow=self.slots.slow,
         )
         from failovervm.agent.migrate import Migrator
 
@@ -215,32 +223,45 @@ class Agent:
             log.warning("publishing the VF inventory failed: %s", exc)
 
     # -- workers -------------------------------------------------------------------------
-    async def _worker(self) -> None:
+    async def _dispatch(self) -> None:
+        """Hand each queued VM to a reconcile as soon as a slot is free."""
         while True:
+            await self.slots.acquire()
             key = await self.queue.get()
-            try:
-                await self.conn.connected.wait()
-                assert self.ctx is not None
-                ns, name = key.split("/", 1)
-                outcome = await asyncio.to_thread(reconcile, self.ctx, ns, name)
-                log.debug("reconciled %s: %s", key, outcome.action, extra={"vm": key})
-                if outcome.requeue_after:
-                    self.queue.add_after(key, outcome.requeue_after)
-            except Exception as exc:
-                if domain_vanished(exc):
-                    # Migrated off (UNDEFINE_SOURCE) or removed between lookup and use: a race with
-                    # the event that queued this reconcile, not a failure. The next one sees it gone.
-                    log.info("domain of %s went away during its reconcile (%s); reconciling again", key, exc,
-                             extra={"vm": key})
-                    self.queue.add_after(key, 1.0)
-                    continue
-                RECONCILE_ERRORS.labels("agent", "FailoverVM").inc()
-                log.exception("reconcile of %s failed: %s", key, exc, extra={"vm": key})
-                if "connection" in str(exc).lower() or "broken pipe" in str(exc).lower():
-                    self.conn.lost()
-                self.queue.add_after(key, 5.0)
-            finally:
-                self.queue.done(key)
+            task = asyncio.get_running_loop().create_task(self._process(key))
+            self._tasks.add(task)  # a reference until it ends (the loop keeps only weak ones)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, key: str) -> None:
+        try:
+            await self._reconcile(key)
+        finally:
+            self.slots.release()
+
+    async def _reconcile(self, key: str) -> None:
+        try:
+            await self.conn.connected.wait()
+            assert self.ctx is not None
+            ns, name = key.split("/", 1)
+            outcome = await asyncio.get_running_loop().run_in_executor(self.pool, reconcile, self.ctx, ns, name)
+            log.debug("reconciled %s: %s", key, outcome.action, extra={"vm": key})
+            if outcome.requeue_after:
+                self.queue.add_after(key, outcome.requeue_after)
+        except Exception as exc:
+            if domain_vanished(exc):
+                # Migrated off (UNDEFINE_SOURCE) or removed between lookup and use: a race with
+                # the event that queued this reconcile, not a failure. The next one sees it gone.
+                log.info("domain of %s went away during its reconcile (%s); reconciling again", key, exc,
+                         extra={"vm": key})
+                self.queue.add_after(key, 1.0)
+                return
+            RECONCILE_ERRORS.labels("agent", "FailoverVM").inc()
+            log.exception("reconcile of %s failed: %s", key, exc, extra={"vm": key})
+            if "connection" in str(exc).lower() or "broken pipe" in str(exc).lower():
+                self.conn.lost()
+            self.queue.add_after(key, 5.0)
+        finally:
+            self.queue.done(key)
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -255,7 +276,7 @@ class Agent:
             asyncio.create_task(self._inventory()),
             asyncio.create_task(self._periodic(self.args.resync_seconds, self._resync)),
             asyncio.create_task(self._periodic(self.args.inventory_seconds, self._inventory)),
-            *(asyncio.create_task(self._worker()) for _ in range(self.args.workers)),
+            asyncio.create_task(self._dispatch()),
         ]
         threading.Thread(target=self._watch_thread, name="fvm-watch", daemon=True).start()
         self.pools.start()

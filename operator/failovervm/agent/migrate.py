@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from failovervm import conditions, domxml, guestfailover, labels, metrics, nodehealth
+from failovervm import conditions, domxml, failpoints, guestfailover, labels, metrics, nodehealth
 from failovervm import migration as mg
 from failovervm.agent.domains import (
     DomainError,
@@ -202,6 +202,7 @@ class Migrator:
             self._finish_failed(vm, mig, "Aborted", "aborted before the transfer started", phase=mg.ABORTED,
                                 check_target=False)
             return
+        failpoints.hit("agent.migrate.after-take")
         self._mark_running(ns, mig_name, target)
         try:
             uri, dom, mig_obj = self._preflight(vm, mig)
@@ -304,6 +305,7 @@ class Migrator:
         progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], stop_progress),
                                     daemon=True)
         progress.start()
+        threading.Thread(target=self._mid_transfer, args=(dom,), daemon=True).start()
         log.info("migrating %s/%s to %s (%s) with %s", ns, name, mig["targetNode"], uri, mig_name,
                  extra={"vm": f"{ns}/{name}", "migration": mig_name})
         try:
@@ -423,6 +425,20 @@ class Migrator:
             except Exception as exc:  # progress is best effort
                 log.debug("progress update failed: %s", exc)
 
+    def _mid_transfer(self, dom: DomainRef) -> None:
+        """The failpoint agent.migrate.mid-transfer: as soon as libvirt reports the migration job
+        (a small guest's transfer may be over before it is seen: then within 2 s anyway)."""
+        if not failpoints.enabled("agent.migrate.mid-transfer"):
+            return
+        for _ in range(40):
+            try:
+                if self.ctx.dm.job_running(dom):
+                    break
+            except DomainError:
+                break
+            time.sleep(0.05)
+        failpoints.hit("agent.migrate.mid-transfer")
+
     def _completed_stats(self, uri: str, dname: str) -> dict[str, int]:
         with _remote(self.ctx.dm, uri) as there:
             if there is None:
@@ -465,7 +481,9 @@ class Migrator:
             return st
 
         ctx.kube.update_vm_status(ns, name, move, uid=meta["uid"])
+        failpoints.hit("agent.migrate.after-vm-moved")
         ctx.kube.patch_vm(ns, name, {"metadata": {"labels": {labels.VM_NODE: target}}})
+        failpoints.hit("agent.migrate.after-label")
 
         def done(st: dict[str, Any]) -> dict[str, Any]:
             st.update(
@@ -516,6 +534,7 @@ class Migrator:
             return st
 
         ctx.kube.update_vm_status(ns, name, unlock, uid=meta["uid"])
+        failpoints.hit("agent.migrate.failed.after-unlock")
         if mig_name:
 
             def fail(st: dict[str, Any]) -> dict[str, Any]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from failovervm import conditions, domxml, guestfailover, labels
+from failovervm import conditions, domxml, failpoints, guestfailover, labels, repair
 from failovervm.agent.domains import (
     DomainError,
     DomainManager,
@@ -60,6 +61,9 @@ class AgentContext:
     serial_log_dir: str | None = None
     failover_checks: dict[str, int] = field(default_factory=dict)  # domain name -> checks since start
     failover_status: dict[str, str] = field(default_factory=dict)  # running domain -> FailoverReady status
+    # Set by the agent: around a call that may block for a guest's grace period (dm.stop), so that
+    # it does not hold one of the reconcile slots (failovervm.agent.slots).
+    slow: Callable[[], AbstractContextManager[None]] = nullcontext
     # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
     migration_hook: Callable[[Mapping[str, Any], DomainRef | None], Outcome | None] | None = None
 
@@ -303,7 +307,8 @@ def _restart_if_requested(run: _Pass, dom: DomainRef, active: bool) -> Outcome |
         run.write("Running", [run.ready])
         run.event("RestartNotRecorded", msg, warning=True)
         return Outcome("restart-not-recorded", requeue_after=60)
-    how = ctx.dm.stop(dom, timeout=grace_period(vm))
+    with ctx.slow():
+        how = ctx.dm.stop(dom, timeout=grace_period(vm))
     ctx.forget_failover(run.dname)
     run.event("Restarting", f"domain {run.dname} stopped ({how}) for the requested restart; starting "
               "it with the current spec")
@@ -319,8 +324,9 @@ def _start_or_stop(run: _Pass, dom: DomainRef, active: bool) -> Outcome | None:
         try:
             ctx.dm.start(dom)
         except DomainError as exc:
-            run.write("Failed", [("Ready", False, "StartFailed", str(exc))])
-            run.event("StartFailed", str(exc), warning=True)
+            reason, message = repair.start_failure(str(exc))
+            run.write("Failed", [("Ready", False, reason, message)])
+            run.event(reason, message, warning=True)
             return Outcome("start-failed", requeue_after=ctx.failed(run.uid, str(exc)))
         DOMAIN_START_SECONDS.labels(ctx.node).observe(time.monotonic() - t0)
         ctx.failures.pop(run.uid, None)
@@ -330,7 +336,8 @@ def _start_or_stop(run: _Pass, dom: DomainRef, active: bool) -> Outcome | None:
         active = True
     elif not run.want_running and active:
         run.write("Stopping", [("Ready", False, "Stopping", "spec.running is false")], **run.take_domain_fields())
-        how = ctx.dm.stop(dom, timeout=grace_period(run.vm))
+        with ctx.slow():
+            how = ctx.dm.stop(dom, timeout=grace_period(run.vm))
         ctx.forget_failover(run.dname)
         run.write("Stopped", [("Ready", False, "Stopped", f"domain stopped ({how})"),
                               ("VFAttached", False, "Stopped", "the domain is not running"), NOT_RUNNING_FAILOVER])
@@ -470,7 +477,8 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> O
     meta = vm["metadata"]
     how = "not defined"
     if dom is not None:
-        how = ctx.dm.stop(dom, timeout=grace_period(vm))
+        with ctx.slow():
+            how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
 
@@ -492,6 +500,7 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> O
     # controller keeps it for the next node (and removes it itself if the VM is deleted unplaced).
     ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {
         "labels": {labels.VM_NODE: None}, "annotations": {labels.EVICT_ANNOTATION: None}}})
+    failpoints.hit("agent.evict.after-unlabel")
     ctx.kube.update_vm_status(meta["namespace"], meta["name"], release, uid=meta["uid"])
     ctx.event(vm, "Evicted", f"shut down ({how}) and released from draining node {ctx.node}")
     return Outcome("evicted")
@@ -500,11 +509,13 @@ def _evict(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> O
 def _delete(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
     meta = vm["metadata"]
     if dom is not None:
-        how = ctx.dm.stop(dom, timeout=grace_period(vm))
+        with ctx.slow():
+            how = ctx.dm.stop(dom, timeout=grace_period(vm))
         ctx.dm.undefine(dom)
         ctx.event(vm, "Deleted", f"domain {dom.name} removed from {ctx.node} ({how})")
     ctx.vf_state.pop(meta["uid"], None)
     ctx.forget_failover(domxml.domain_name(meta["namespace"], meta["name"]))
+    failpoints.hit("agent.delete.before-finalizer")
     ctx.kube.set_finalizer(meta["namespace"], meta["name"], labels.AGENT_FINALIZER, False)
     return Outcome("deleted")
 
@@ -513,6 +524,44 @@ def _incoming_here(ctx: AgentContext, vm: Mapping[str, Any]) -> bool:
     """A migration of `vm` to this node is on its way (or just finished, before the source agent
     moved the status): its domain here is legitimate."""
     return ((vm.get("status") or {}).get("migration") or {}).get("targetNode") == ctx.node
+
+
+def _arrived_from_fenced_source(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> Outcome | None:
+    """The controller asks (condition FencedDuringMigration) because the VM's source node was
+    fenced while its migration to this node ran. A domain running here (not paused: the incoming
+    migration completed, and QEMU resumes the target only after the source stopped) is the VM: move
+    its status, VF and label here; the controller then finishes the orphaned migration. Anything
+    else (paused, absent) says nothing, and the VM stays locked."""
+    st = vm.get("status") or {}
+    mig = st.get("migration") or {}
+    if not conditions.is_true(st.get("conditions"), repair.FENCED_DURING_MIGRATION):
+        return None
+    state, _reason = ctx.dm.state(dom)
+    if state != DomainState.RUNNING:
+        return None
+    meta, source = vm["metadata"], st.get("nodeName")
+    msg = (f"migration {mig.get('name')} had completed: the domain runs on {ctx.node} (found by its agent after "
+           f"{source} was fenced)")
+
+    def move(s: dict[str, Any]) -> dict[str, Any] | None:
+        cur = s.get("migration") or {}
+        if cur.get("name") != mig.get("name") or s.get("nodeName") != source or cur.get("targetNode") != ctx.node:
+            return None
+        s["nodeName"] = ctx.node
+        s["vf"] = {"node": ctx.node, "pf": (s.get("vf") or {}).get("pf", ""),
+                   "pciAddress": cur.get("targetPciAddress"), "claimName": cur.get("targetClaim")}
+        s.pop("migration", None)
+        s["phase"] = "Running"
+        s["conditions"] = conditions.set_condition(s.get("conditions"), repair.FENCED_DURING_MIGRATION, False,
+                                                   "RunningOnTarget", msg, meta.get("generation"))
+        return s
+
+    written = ctx.kube.update_vm_status(meta["namespace"], meta["name"], move, uid=meta["uid"])
+    if written is None or (written.get("status") or {}).get("nodeName") != ctx.node:
+        return Outcome("not-ours")
+    ctx.kube.patch_vm(meta["namespace"], meta["name"], {"metadata": {"labels": {labels.VM_NODE: ctx.node}}})
+    ctx.event(vm, "MigrationRecoveredByTarget", msg, warning=True)
+    return Outcome("arrived-from-fenced-source", requeue_after=1.0)
 
 
 def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> Outcome:
@@ -530,7 +579,7 @@ def _leftover_copy(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef) -> 
     meta = vm["metadata"]
     owner_node = (vm.get("status") or {}).get("nodeName")
     if _incoming_here(ctx, vm):
-        return Outcome("not-ours")
+        return _arrived_from_fenced_source(ctx, vm, dom) or Outcome("not-ours")
     # Read the VM again first: a migration to this node may have been scheduled meanwhile. The
     # domain's state is read after it, as close to the removal as possible.
     fresh = ctx.kube.get_vm(meta["namespace"], meta["name"])

@@ -49,8 +49,13 @@ async def vm_pod_eviction(ctx: ControllerContext, name: str | None, namespace: s
     if not name or not namespace:
         return None
     return await asyncio.get_running_loop().run_in_executor(
-        ctx.admission, _vm_pod_eviction, ctx, namespace, name, dryrun)
+        ctx.eviction, _vm_pod_eviction, ctx, namespace, name, dryrun)
 
+
+# Seconds the eviction webhook waits for a node's sweep (which holds the node's lock) before it
+# answers 429 anyway: the sweep moves the VM itself when the node is being emptied, and the caller
+# retries; the webhook never waits on a slow sweep up to its own timeout.
+EVICTION_LOCK_WAIT = 2.0
 
 # Phases of a placed VM whose domain is not running and is not about to: its pod's eviction is let
 # through at once, and the VM is released from the node (the agent undefines the domain).
@@ -89,6 +94,6 @@ def _vm_pod_eviction(ctx: ControllerContext, namespace: str, name: str, dryrun: 
         if not dryrun:
             evacuation.release_stopped(ctx, vm, node)
         return None
-    why = "" if dryrun else evacuation.evict_vm(ctx, vm, node, name)
+    why = "" if dryrun else evacuation.evict_vm(ctx, vm, node, name, lock_timeout=EVICTION_LOCK_WAIT)
     return (f"{key} still runs on node {node}; it is being moved away (live migration, or shutdown with "
             f"evictionStrategy Shutdown), retry{f': waiting, {why}' if why else ''}")

@@ -86,6 +86,10 @@ def _admission_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="admission")
 
 
+def _eviction_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="eviction")
+
+
 @dataclass
 class ControllerContext:
     """What every controller domain function gets as its first argument (`ctx`)."""
@@ -98,6 +102,9 @@ class ControllerContext:
     sweeps: SweepTimes = field(default_factory=SweepTimes)
     # The admission webhooks' blocking work runs here, never in a handler thread (see admission).
     admission: ThreadPoolExecutor = field(default_factory=_admission_pool)
+    # The VM pod eviction webhook's own threads: parallel drains never delay FailoverVM admission
+    # (failurePolicy Fail), which the controller's own metadata writes pass through.
+    eviction: ThreadPoolExecutor = field(default_factory=_eviction_pool)
     # The VM pods by VM uid: Kopf's in-memory index once a handler bound it (controller.main), until
     # then (and in tests) the API itself.
     pods: PodIndex = field(init=False)
@@ -109,6 +116,8 @@ class ControllerContext:
     capacity: Capacity = field(default_factory=Capacity)
     # VFs claimed lately, which the claim cache may not show yet (placement.RecentClaims).
     recent_claims: RecentClaims = field(default_factory=RecentClaims)
+    # Running migrations whose VM no longer names them: since when (controller.repairs).
+    orphans: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)

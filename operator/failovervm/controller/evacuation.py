@@ -7,7 +7,9 @@ so it leaves its node the same way."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from failovervm import labels, nodehealth
@@ -91,18 +93,32 @@ def _reconcile_node(ctx: ControllerContext, node: Mapping[str, Any]) -> dict[str
     return out
 
 
-def evict_vm(ctx: ControllerContext, vm: Mapping[str, Any], node: str, cause: str) -> str:
+def evict_vm(ctx: ControllerContext, vm: Mapping[str, Any], node: str, cause: str,
+             lock_timeout: float | None = None) -> str:
     """Make `vm` leave `node` because its pod there was evicted or preempted (`cause`, the pod's
     name): the whole node's evacuation when the node is being emptied anyway, else this VM alone
     (a live migration within the same limits and retries, or a shutdown with evictionStrategy
-    Shutdown). Returns why it still waits ("" when it is on its way)."""
-    with ctx.locks.node(node):
+    Shutdown). Returns why it still waits ("" when it is on its way). `lock_timeout`: give up
+    after that long when the node's sweep holds its lock (the webhook's callers retry)."""
+    lock = ctx.locks.node(node)
+    if not lock.acquire(timeout=-1 if lock_timeout is None else lock_timeout):
+        return f"node {node}'s sweep is running"
+    with _held(lock):
         current = ctx.kube.get_node(node)
         if current is not None and node_needs_evacuation(NodeInfo.from_k8s(current)):
             _, waiting = _evacuate(ctx, node, vms_on(ctx, node))
             meta = vm["metadata"]
             return waiting.get(f"{meta['namespace']}/{meta['name']}", "")
         return _evict_one(ctx, node, vm, cause)
+
+
+@contextmanager
+def _held(lock: threading.Lock) -> Iterator[None]:
+    """Release a lock acquired before the `with`."""
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _evict_one(ctx: ControllerContext, node: str, vm: Mapping[str, Any], cause: str) -> str:

@@ -23,8 +23,9 @@ import kopf
 from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
-from failovervm.controller import admission, cache, evacuation, migrations, recovery, sweeps, vmpods, vms
+from failovervm.controller import admission, cache, evacuation, ha, migrations, recovery, sweeps, vmpods, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
+from failovervm.controller.isolation import isolated
 from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
@@ -60,6 +61,10 @@ class ControllerArgs:
     require_failover_ready: bool = False
     migration_history: int = 5
     handover_timeout_seconds: int = 120
+    # Kopf peering: this replica's priority (None: by start time, the oldest replica is active)
+    # and how long a dead replica's entry blocks the others (controller.ha).
+    priority: int | None = None
+    peering_lifetime: int = ha.DEFAULT_PEERING_LIFETIME
 
 
 def controller_settings(args: ControllerArgs) -> ControllerSettings:
@@ -131,6 +136,7 @@ def run(args: ControllerArgs) -> int:
         clusterwide=True,
         peering_name=PEERING_NAME if args.peering else None,
         standalone=not args.peering,
+        priority=(args.priority if args.priority is not None else ha.peering_priority()) if args.peering else None,
         liveness_endpoint=liveness,
         memo=kopf.Memo(ctx=ctx, args=args),
     ))
@@ -175,6 +181,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.execution.max_workers = 16
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
+    settings.peering.lifetime = args.peering_lifetime
     if args.webhook_host:
         settings.admission.server = _webhook_server(args)
         if args.webhook_managed:
@@ -270,7 +277,7 @@ def pool_status(*, name: str, memo: kopf.Memo, **kw: Any) -> None:
     timer runs for: that must never happen to Nodes (the controller may not even patch them) or to
     objects Helm installs. No pool means no VM, so nothing to sweep then."""
     ctx = _ctx(memo, kw)
-    vms.refresh_pool_status(ctx, name)
+    isolated(f"status of VFPool {name}", vms.refresh_pool_status, ctx, name)
     sweeps.tick(ctx)
 
 
@@ -350,7 +357,8 @@ def on_node_event(*, type: str, name: str, body: kopf.Body, memo: kopf.Memo, **k
             evacuation.reconcile_node(ctx, name)
     elif name:
         ctx.capacity.object_changed(f"node/{name}", None)
-        # A deleted Node counts as fenced: the VMs it ran start elsewhere.
+        # A deleted Node is no proof that its machine stopped: its VMs are marked, and restarted
+        # elsewhere only once confirmed down (nodehealth, recovery.release_gone).
         recovery.release_all(ctx, name, None)
 
 

@@ -11,9 +11,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, guestfailover, labels, vmpod
+from failovervm import conditions, failpoints, guestfailover, labels, repair, vmpod
 from failovervm import migration as mg
-from failovervm.controller import vmpods
+from failovervm.controller import repairs, vmpods
 from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, release_untaken, update_vm_migration
@@ -92,7 +92,26 @@ def _advance(ctx: ControllerContext, namespace: str, name: str) -> str:
         return _schedule_target(ctx, mig, vm)
     if ph == mg.TARGET_READY:
         return _check_handover(ctx, mig, vm)
-    return ph  # Running: the source agent drives it
+    return _finish_orphaned(ctx, mig, vm)  # Running: the source agent drives it, unless it is gone
+
+
+def _finish_orphaned(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any] | None) -> str:
+    """A Running migration whose VM no longer names it: its agent recorded the outcome on the VM and
+    stopped before it wrote it here. Record it from the VM's status, then clean up as usual."""
+    outcome = repairs.orphan_outcome(ctx, mig, vm)
+    if outcome is None:
+        return mg.phase(mig)
+    done = set_phase(ctx, mig, outcome.phase, only_from=mg.RUNNING, reason=outcome.reason or "",
+                     message=outcome.message)
+    if done is None or mg.phase(done) != outcome.phase:
+        return mg.phase(done or mig)
+    if vm is not None:
+        repairs.repair_vm(ctx, vm)  # its label, which the agent may not have moved either
+    log.warning("migration %s/%s had no owner any more: %s", *_key(mig), outcome.message)
+    ctx.kube.event(done, "OrphanedMigrationFinished", outcome.message,
+                   type_="Normal" if outcome.phase == mg.SUCCEEDED else "Warning", component="controller")
+    cleanup(ctx, done)
+    return outcome.phase
 
 
 def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
@@ -149,6 +168,9 @@ def _now() -> dt.datetime:
 
 def _check_handover(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:
     """Release a target that the source agent has not taken within the handover timeout."""
+    lock = repair.lock_for_target_ready(mig, vm)
+    if lock is not None:  # the hand-over write was lost (the controller died between the two writes)
+        update_vm_migration(ctx.kube, vm, mig["metadata"]["name"], lock, only_states=frozenset({mg.SCHEDULING}))
     waited = mg.handover_overdue(mig, _now(), ctx.settings.handover_timeout_seconds)
     if waited is None:
         return mg.TARGET_READY
@@ -200,6 +222,7 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
         ctx.pod_retries.failed(vmpods.Retries.key(vm, name), result.reason, result.message)
         return _no_target(ctx, mig, result)
     assert isinstance(result, Claimed)
+    failpoints.hit("migration.after-target-claim")
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm, name))
     # The migration object says TargetReady first; only then may the agent see it on the VM.
     reserved = f"VF {result.pci_address} reserved on {result.node}"
@@ -208,6 +231,7 @@ def _schedule_target(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, 
               condition=(mg.TARGET_RESERVED, True, "VFClaimed",
                          f"{reserved} (kube-scheduler bound target pod {vmpods.describe(pod)} there); "
                          "waiting for the source agent"))
+    failpoints.hit("migration.after-target-ready")
     if not update_vm_migration(kube, vm, name, {
         "state": mg.TARGET_READY, "targetNode": result.node, "targetPciAddress": result.pci_address,
         "targetClaim": result.claim,
@@ -266,8 +290,9 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     released: list[str] = []
     if vm is not None:
         update_vm_migration(kube, vm, name, None)
+        failpoints.hit("migration.cleanup.after-unlock")
         vm = kube.get_vm(ns, mig["spec"]["vmName"]) or vm
-        released = _release_claims(ctx, vm)
+        released = _release_claims(ctx, vm, name)
         _settle_pods(ctx, mig, vm)
         _report_outcome(ctx, mig, vm)
 
@@ -279,10 +304,11 @@ def cleanup(ctx: ControllerContext, mig: Mapping[str, Any]) -> None:
     kube.update_migration_status(ns, name, mark)
 
 
-def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
-    """Delete the VM's VFClaims except its running VF's and another migration's target; returns
-    the claims deleted. The running VF's claim, when it was this migration's target, becomes the
-    VM's Running claim."""
+def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any], mig_name: str = "") -> list[str]:
+    """Delete the VM's VFClaims except its running VF's and another migration's target (recorded
+    on the VM, or only just reserved: repair.claim_released_by_cleanup); returns the claims
+    deleted. The running VF's claim, when it was this migration's target, becomes the VM's
+    Running claim."""
     kube = ctx.kube
     keep = ((vm.get("status") or {}).get("vf") or {}).get("claimName")
     other = (vm.get("status") or {}).get("migration") or {}
@@ -294,7 +320,7 @@ def _release_claims(ctx: ControllerContext, vm: Mapping[str, Any]) -> list[str]:
         if name_c == keep and spec.get("purpose") != "Running":
             # The migration target's reservation is now the VM's running VF.
             kube.patch_claim(name_c, {"spec": {"purpose": "Running", "migration": None}})
-        if name_c in (keep, other.get("targetClaim")):
+        if not repair.claim_released_by_cleanup(claim, mig_name, {str(keep), str(other.get("targetClaim"))}):
             continue
         kube.delete_claim(name_c, claim["metadata"].get("uid"))
         released.append(name_c)
@@ -345,6 +371,7 @@ def on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:
     with ctx.locks.migration(namespace, name):
         _on_delete(ctx, namespace, name)
     ctx.locks.forget_migration(namespace, name, lambda: ctx.kube.get_migration(namespace, name) is None)
+    ctx.orphans.pop((namespace, name), None)
 
 
 def _on_delete(ctx: ControllerContext, namespace: str, name: str) -> None:

@@ -9,10 +9,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from failovervm import conditions, labels, nodehealth
+from failovervm import conditions, failpoints, labels, nodehealth, repair
 from failovervm import migration as mg
 from failovervm.controller import migrations
 from failovervm.controller.context import ControllerContext
+from failovervm.controller.locks import NOT_TAKEN
 from failovervm.metrics import VMS_RECOVERED
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def release(ctx: ControllerContext, vm: Mapping[str, Any], node: str, health: no
     if current is None:
         return False
     mig_ref = (current.get("status") or {}).get("migration") or {}
+    if mig_ref.get("name") and mig_ref.get("state") not in NOT_TAKEN:
+        _hold_for_target(ctx, current, node, mig_ref, health)
+        return False
     if mig_ref.get("name"):
         mig = kube.get_migration(ns, str(mig_ref["name"]))
         if mig is not None and mg.phase(mig) not in mg.TERMINAL_PHASES:
@@ -81,6 +85,7 @@ def release(ctx: ControllerContext, vm: Mapping[str, Any], node: str, health: no
         return {"labels": {labels.VM_NODE: None}}
 
     kube.edit_vm_metadata(ns, name, unlabel)
+    failpoints.hit("release.after-unlabel")
     done = {"v": False}
 
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -107,6 +112,38 @@ def release(ctx: ControllerContext, vm: Mapping[str, Any], node: str, health: no
     return done["v"]
 
 
+def _hold_for_target(ctx: ControllerContext, vm: Mapping[str, Any], node: str, mig: Mapping[str, Any],
+                     health: nodehealth.NodeHealth) -> None:
+    """The source agent had taken the migration (it was running) when `node` was fenced: the VM may
+    run on the target already. Never start it elsewhere: it stays locked by the migration, with a
+    condition saying so, until the target's agent finds it running there (then it records the
+    migration's success) or an administrator resolves it."""
+    meta = vm["metadata"]
+    target = mig.get("targetNode") or "?"
+    msg = (f"{health.message} while migration {mig.get('name')} to {target} was running: the VM may already run "
+           f"on {target}, so it is not restarted elsewhere. It stays locked until the agent on {target} finds "
+           f"it running there (recorded as the migration's success); if {target} does not run it, see "
+           "docs/reliability.md")
+
+    wrote = {"v": False}
+
+    def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+        wrote["v"] = False
+        if st.get("nodeName") != node or (st.get("migration") or {}).get("name") != mig.get("name"):
+            return None
+        if conditions.is_true(st.get("conditions"), repair.FENCED_DURING_MIGRATION):
+            return None
+        wrote["v"] = True
+        st["conditions"] = conditions.set_condition(st.get("conditions"), repair.FENCED_DURING_MIGRATION, True,
+                                                    "WaitingForTarget", msg, meta.get("generation"))
+        return st
+
+    ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
+    if wrote["v"]:
+        log.warning("%s/%s: %s", meta["namespace"], meta["name"], msg)
+        ctx.kube.event(vm, repair.FENCED_DURING_MIGRATION, msg, type_="Warning", component="controller")
+
+
 def _still_on(ctx: ControllerContext, ns: str, name: str, uid: str, node: str) -> dict[str, Any] | None:
     """The VM as it is now, if it is still this VM and still placed on `node`."""
     vm = ctx.kube.get_vm(ns, name)
@@ -116,13 +153,25 @@ def _still_on(ctx: ControllerContext, ns: str, name: str, uid: str, node: str) -
 
 
 def release_all(ctx: ControllerContext, node: str, node_obj: Mapping[str, Any] | None) -> list[str]:
-    """Release every VM of a fenced node (None: the Node is gone)."""
+    """Release every VM of a fenced node (None: the Node is gone: only the VMs confirmed down)."""
     health = nodehealth.assess(node, node_obj)
-    if health.state != nodehealth.FENCED:
+    if health.state not in (nodehealth.FENCED, nodehealth.GONE):
         return []
     with ctx.locks.node(node):
         return [f"{vm['metadata']['namespace']}/{vm['metadata']['name']}" for vm in ctx.kube.list_vms(
-            f"{labels.VM_NODE}={node}") if release(ctx, vm, node, health)]
+            f"{labels.VM_NODE}={node}") if release_gone(ctx, vm, node, health)]
+
+
+def release_gone(ctx: ControllerContext, vm: Mapping[str, Any], node: str, health: nodehealth.NodeHealth) -> bool:
+    """release() for a fenced node; for a deleted one only with the host-down confirmation, else
+    the VM is marked (NodeHealthy=False, NodeDeleted) and stays where it is."""
+    if health.state == nodehealth.GONE:
+        confirmed = nodehealth.host_down_confirmed(vm, node)
+        if confirmed is None:
+            mark(ctx, [vm], node, health)
+            return False
+        health = confirmed
+    return release(ctx, vm, node, health)
 
 
 def sweep_deleted_nodes(ctx: ControllerContext) -> list[str]:
@@ -135,6 +184,6 @@ def sweep_deleted_nodes(ctx: ControllerContext) -> list[str]:
         node = (vm.get("status") or {}).get("nodeName")
         if node and node not in known and kube.get_node(str(node)) is None:
             with ctx.locks.node(str(node)):
-                if release(ctx, vm, str(node), nodehealth.assess(str(node), None)):
+                if release_gone(ctx, vm, str(node), nodehealth.assess(str(node), None)):
                     released.append(f"{vm['metadata']['namespace']}/{vm['metadata']['name']}")
     return released

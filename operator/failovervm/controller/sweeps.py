@@ -11,8 +11,9 @@ from typing import Any
 
 from failovervm import labels
 from failovervm import migration as mg
-from failovervm.controller import evacuation, recovery
+from failovervm.controller import evacuation, recovery, repairs
 from failovervm.controller.context import ControllerContext
+from failovervm.controller.isolation import isolated
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
 from failovervm.controller.vms import collect_orphaned_claims, sweep_pods, wake_pending
 from failovervm.scheduling import NodeInfo, node_needs_evacuation
@@ -31,17 +32,17 @@ def tick(ctx: ControllerContext) -> None:
     now = time.monotonic()
     if now - ctx.sweeps.node >= NODE_SWEEP_SECONDS:
         ctx.sweeps.node = now
-        sweep_nodes(ctx)
-        wake_pending(ctx)
+        isolated("sweep of nodes", sweep_nodes, ctx)
+        isolated("wake of pending VMs", wake_pending, ctx)
     if not ctx.sweeps.guards_removed:
         remove_guard_pods(ctx)
         ctx.sweeps.guards_removed = True
     if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
         ctx.sweeps.claims = now
-        collect_orphaned_claims(ctx)
-        sweep_pods(ctx)
-        sweep_migrations(ctx)
-        recovery.sweep_deleted_nodes(ctx)
+        for what, sweep in (("orphaned VFClaims", collect_orphaned_claims), ("VM pods", sweep_pods),
+                            ("migrations", sweep_migrations), ("deleted nodes", recovery.sweep_deleted_nodes),
+                            ("VM metadata", repairs.repair_vms)):
+            isolated(f"sweep of {what}", sweep, ctx)
 
 
 def sweep_nodes(ctx: ControllerContext) -> list[str]:
@@ -54,7 +55,7 @@ def sweep_nodes(ctx: ControllerContext) -> list[str]:
     for node in ctx.cache.nodes():
         name = str(node["metadata"]["name"])
         if full or evacuation.needs_pass(ctx, node):
-            evacuation.reconcile_node(ctx, name)
+            isolated(f"sweep of node {name}", evacuation.reconcile_node, ctx, name)
             passed.append(name)
     ctx.sweeps.nodes_resynced = True
     return passed

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, labels, metrics, nodehealth, vmpod
+from failovervm import conditions, failpoints, labels, metrics, nodehealth, vmpod
 from failovervm import migration as mg
 from failovervm.controller import evacuation, vmpods
 from failovervm.controller.cache import node_vfs
@@ -173,10 +173,12 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
         ctx.pod_retries.failed(vmpods.Retries.key(vm), result.reason, result.message)
         return _pending(ctx, vm, result, "FailedScheduling")
     assert isinstance(result, Claimed)
+    failpoints.hit("placement.after-claim")
     placed = _record_placement(ctx, vm, result)
     if placed is None:
         kube.delete_claim(result.claim)
         return "gone"
+    failpoints.hit("placement.after-status")
     # The node label lets the node's agent watch its VMs; its finalizer goes in the same patch,
     # so the domain can never be created without the finalizer that removes it.
     meta = vm["metadata"]
@@ -482,6 +484,7 @@ def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> Non
             raise StillDeleting(f"waiting for the agent on {node} to remove the domain")
         # Not placed anywhere (e.g. evicted and not yet re-placed): no agent holds a domain for it.
         kube.set_finalizer(namespace, name, AGENT_FINALIZER, False, current=vm)
+    failpoints.hit("finalize.before-claims")
     released = []
     # From the watch cache (by owner); a claim it has not seen yet is released by the orphan sweep.
     for claim in ctx.cache.claims_of(uid):

@@ -1,0 +1,92 @@
+"""Two controller replicas (#13): exactly one active, both answering the webhooks; kill -9 of the
+active one and the standby takes over within the peering lifetime (10 s), while the standby's
+eviction webhook already held the drain (429) and started the VM's migration meanwhile."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from failovervm import labels
+from failovervm_sandbox import procs
+from tests.conftest import Sandbox, make_namespace, restart_operator, wait_for
+from tests.e2e.helpers import apply, get_vm, pool_manifest, vm_manifest, wait_phase
+
+pytestmark = pytest.mark.e2e
+POOL = "ha-pool"
+
+
+def peers(sb: Sandbox) -> dict[str, dict[str, Any]]:
+    """The live entries of the ClusterKopfPeering: identity -> {priority, lastseen, lifetime}."""
+    obj = sb.kubectl_json("get", "clusterkopfpeering", labels.PEERING_NAME)
+    now = dt.datetime.now(dt.UTC)
+    live = {}
+    for ident, p in (obj.get("status") or {}).items():
+        seen = dt.datetime.fromisoformat(p["lastseen"]).replace(tzinfo=dt.UTC)
+        if seen + dt.timedelta(seconds=p["lifetime"]) > now:
+            live[ident] = p
+    return live
+
+
+def log_of(sb: Sandbox, key: str) -> str:
+    return (sb.state_dir / "logs" / f"{key}.log").read_text(errors="replace")
+
+
+def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox: Sandbox) -> None:
+    sb = operator_sandbox
+    live = wait_for(lambda: (p := peers(sb)) and len(p) == 2 and p, 30, what="two live controller replicas")
+    prios = {ident: p["priority"] for ident, p in live.items()}
+    assert len(set(prios.values())) == 2, prios  # distinct: never "Pausing all operators, including self"
+    active = max(prios, key=lambda i: prios[i])
+    standby = next(i for i in prios if i != active)
+    assert {active, standby} == {"controller", "controller-2"}
+    wait_for(lambda: "Pausing operations in favour of" in log_of(sb, standby), 30, what="the standby paused")
+    assert "Pausing all operators" not in log_of(sb, standby) + log_of(sb, active)
+
+    ns = make_namespace(sb, "ha")
+    apply(sb, pool_manifest(POOL, sb.data["bridge"]), vm_manifest("ha-a", ns, POOL))
+    src = wait_phase(sb, ns, "ha-a", "Running")["status"]["nodeName"]
+    pod = next(p["metadata"]["name"] for p in sb.kubectl_json("-n", ns, "get", "pods", "-l",
+                                                              f"{labels.VM_LABEL}=ha-a")["items"])
+    resumed_before = log_of(sb, standby).count("Resuming operations")
+
+    os.kill(sb.data[active]["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    try:
+        # At once, with no active replica: the standby answers both webhooks behind the Service.
+        eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
+                               "metadata": {"name": pod, "namespace": ns}})
+        res = sb.kubectl("create", "--raw", f"/api/v1/namespaces/{ns}/pods/{pod}/eviction", "-f", "-",
+                         input=eviction, check=False)
+        assert res.returncode != 0 and "still runs on node" in res.stderr, res.stderr  # a 429, not a failed call
+        bad = sb.kubectl("apply", "-f", "-", check=False, input=json.dumps(
+            vm_manifest("ha-bad", ns, "no-such-pool")))
+        assert bad.returncode != 0 and "pool" in bad.stderr, bad.stderr  # validated, the field named
+        apply(sb, vm_manifest("ha-b", ns, POOL))  # admitted by the standby
+        admitted = time.monotonic() - killed
+        wait_for(lambda: (get_vm(sb, ns, "ha-b") or {}).get("status", {}).get("phase"), 60,
+                 what="the standby acting on the new VM")
+        took_over = time.monotonic() - killed
+        wait_phase(sb, ns, "ha-b", "Running", timeout=90)
+        # The migration the standby's webhook created is driven by it as the active replica now.
+        vm = wait_for(lambda: (v := get_vm(sb, ns, "ha-a")) and v["status"].get("nodeName") not in (None, src)
+                      and v["status"].get("phase") == "Running" and v, 120, what="ha-a evicted off its node")
+        assert vm["metadata"]["labels"][labels.VM_NODE] == vm["status"]["nodeName"]
+        assert log_of(sb, standby).count("Resuming operations") > resumed_before
+        print(f"\nHA: webhooks answered {admitted:.1f}s after kill -9 of the active controller; "
+              f"the standby acted on a new VM {took_over:.1f}s after it")
+        assert took_over < 30, took_over  # the bound is the 10 s peering lifetime (+ a watch restart)
+    finally:
+        paused_before = log_of(sb, active).count("Pausing operations in favour of")
+        restart_operator(sb)
+    # The restarted replica is newer: it stands by and does not take the work back.
+    wait_for(lambda: len(peers(sb)) == 2, 30, what="the restarted replica in the peering")
+    wait_for(lambda: log_of(sb, active).count("Pausing operations in favour of") > paused_before, 30,
+             what="the restarted one paused")
+    assert procs.alive(sb.data[standby]["pid"], "controller")
