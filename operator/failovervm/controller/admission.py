@@ -13,6 +13,7 @@ from typing import Any
 
 from failovervm import labels, vmpod
 from failovervm.controller import evacuation
+from failovervm.controller.cache import ListedCache
 from failovervm.controller.context import ControllerContext
 from failovervm.validation import validate_vm, vm_macs
 
@@ -32,12 +33,15 @@ def _validate_vm_sync(ctx: ControllerContext, body: Mapping[str, Any]) -> list[s
           "status": dict(body.get("status") or {})}
     pool = (vm["spec"].get("network") or {}).get("pool")
     spec_only = {"spec": vm["spec"]}
+    # Every replica answers the webhooks, but Kopf keeps the indexes of the active one only: a
+    # standby asks the API (a LIST of FailoverVMs for the MAC check; see docs/reliability.md).
+    known = ctx.cache if ctx.active() else ListedCache(ctx.kube)
     return validate_vm(
         vm,
-        others=[other for mac in sorted(vm_macs(spec_only)) for other in ctx.cache.vms_with_mac(mac)],
+        others=[other for mac in sorted(vm_macs(spec_only)) for other in known.vms_with_mac(mac)],
         # A pool missing from the cache is asked for once: admission may run before Kopf has filled
         # its indexes (after a restart), and a refusal must be right.
-        pool_exists=bool(pool) and (ctx.cache.pool(str(pool)) is not None or ctx.kube.get_pool(str(pool)) is not None),
+        pool_exists=bool(pool) and (known.pool(str(pool)) is not None or ctx.kube.get_pool(str(pool)) is not None),
         storage_roots=ctx.settings.storage_roots,
     )
 

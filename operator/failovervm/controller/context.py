@@ -5,6 +5,7 @@ through its memo; tests build their own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -113,6 +114,8 @@ class ControllerContext:
     # The watch caches (controller.cache): Kopf's indexes once a handler bound them
     # (controller.main), until then (and in tests) the API itself.
     cache: ClusterCache = field(init=False)
+    # Whether this replica is the active one (controller.ha.ActiveCheck; always, without peering).
+    active: Callable[[], bool] = field(default=lambda: True)
     capacity: Capacity = field(default_factory=Capacity)
     # VFs claimed lately, which the claim cache may not show yet (placement.RecentClaims).
     recent_claims: RecentClaims = field(default_factory=RecentClaims)

@@ -12,8 +12,12 @@ the lifetime bounds the takeover. A replica that stops cleanly removes its entry
 
 from __future__ import annotations
 
+import datetime as dt
 import secrets
+import threading
 import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 # Seconds a replica's peering entry stays valid without a keepalive. Kopf refreshes it every
 # max(1, lifetime - 5..10) seconds, so 10 s means a keepalive every 1-5 s (one small PATCH of the
@@ -37,3 +41,46 @@ def takeover_bound(lifetime: int = DEFAULT_PEERING_LIFETIME) -> float:
     """The longest a standby waits after the active replica was killed before it resumes:
     the dead peer's remaining lifetime (at most `lifetime`, if it died right after a keepalive)."""
     return float(lifetime)
+
+
+def _alive(peer: Mapping[str, Any], now: dt.datetime) -> bool:
+    try:
+        seen = dt.datetime.fromisoformat(str(peer["lastseen"]))
+        lifetime = dt.timedelta(seconds=int(peer.get("lifetime", 0)))
+    except (KeyError, TypeError, ValueError):
+        return False
+    if seen.tzinfo is None:
+        seen = seen.replace(tzinfo=dt.UTC)
+    return seen + lifetime >= now
+
+
+def is_active(peering_status: Mapping[str, Any] | None, priority: int, now: dt.datetime | None = None) -> bool:
+    """Whether the replica of `priority` is the active one, from the peering object's status as Kopf
+    writes it ({identity: {priority, lifetime, lastseen}}): it is registered and no live peer has a
+    higher priority. Kopf runs the handlers, and so keeps the indexes current, of that replica only."""
+    now = now or dt.datetime.now(dt.UTC)
+    live = [int(p.get("priority", 0)) for p in (peering_status or {}).values()
+            if isinstance(p, Mapping) and _alive(p, now)]
+    return priority in live and max(live) == priority
+
+
+class ActiveCheck:
+    """`is_active` for this replica, reading the peering object at most once per `ttl` seconds.
+    The admission webhooks run on every replica; a standby's Kopf indexes are paused with its
+    handlers, so its webhooks ask the API instead (controller.admission)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Any] | None], priority: int, ttl: float = 1.0) -> None:
+        self.read, self.priority, self.ttl = read, priority, ttl
+        self._at, self._active = -float("inf"), False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._at >= self.ttl:
+                try:
+                    body = self.read()
+                    self._active = is_active((body or {}).get("status"), self.priority)
+                except Exception:  # the API unreachable: assume the worst (ask the API, not the indexes)
+                    self._active = False
+                self._at = time.monotonic()
+            return self._active

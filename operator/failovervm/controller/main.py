@@ -129,14 +129,19 @@ def run(args: ControllerArgs) -> int:
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
-    ctx = ControllerContext(controller_settings(args), kube_mod.Kube(kube_mod.load(args.kubeconfig)))
+    kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
+    ctx = ControllerContext(controller_settings(args), kube)
+    priority = (args.priority if args.priority is not None else ha.peering_priority()) if args.peering else None
+    if priority is not None:
+        ctx.active = ha.ActiveCheck(lambda: kube.custom.get_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME), priority)
     start_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(kopf.operator(
         clusterwide=True,
         peering_name=PEERING_NAME if args.peering else None,
         standalone=not args.peering,
-        priority=(args.priority if args.priority is not None else ha.peering_priority()) if args.peering else None,
+        priority=priority,
         liveness_endpoint=liveness,
         memo=kopf.Memo(ctx=ctx, args=args),
     ))

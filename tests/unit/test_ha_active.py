@@ -1,0 +1,66 @@
+"""Which replica is active, read from Kopf's peering object, and what the admission webhook of a
+standby does about it: its Kopf indexes are paused with its handlers, so it asks the API."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from failovervm.controller import admission
+from failovervm.controller.cache import INDEX_NAMES, IndexedCache
+from failovervm.controller.context import ControllerContext, ControllerSettings
+from failovervm.controller.ha import ActiveCheck, is_active
+from tests.fakes import FakeKube
+
+NOW = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+
+
+def _peer(priority: int, seconds_ago: float, lifetime: int = 10) -> dict[str, Any]:
+    seen = NOW - dt.timedelta(seconds=seconds_ago)
+    return {"priority": priority, "lifetime": lifetime, "lastseen": seen.isoformat()}
+
+
+def test_the_live_peer_of_highest_priority_is_active() -> None:
+    status = {"a": _peer(300, 1), "b": _peer(200, 1)}
+    assert is_active(status, 300, NOW) and not is_active(status, 200, NOW)
+    # The other one died (its entry outlived its lifetime): the standby takes over.
+    assert is_active({"a": _peer(300, 11), "b": _peer(200, 1)}, 200, NOW)
+    # Not registered yet, or no peering object at all: not active.
+    assert not is_active({"a": _peer(300, 1)}, 100, NOW) and not is_active(None, 100, NOW)
+    assert not is_active({"a": {"priority": 5}}, 5, NOW)  # malformed entries count as dead
+
+
+def test_active_check_reads_the_peering_object_at_most_once_per_ttl() -> None:
+    reads: list[int] = []
+
+    def read() -> dict[str, Any]:
+        reads.append(1)
+        return {"status": {"me": {"priority": 7, "lifetime": 60, "lastseen": dt.datetime.now(dt.UTC).isoformat()}}}
+
+    check = ActiveCheck(read, 7, ttl=60)
+    assert check() and check() and len(reads) == 1
+
+    def broken() -> dict[str, Any]:
+        raise OSError("apiserver down")
+
+    assert not ActiveCheck(broken, 7)()  # unknown: ask the API rather than trust paused indexes
+
+
+def _vm(name: str, mac: str) -> dict[str, Any]:
+    return {"apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVM",
+            "metadata": {"name": name, "namespace": "t", "uid": f"uid-{name}"},
+            "spec": {"memoryMiB": 64, "vcpus": 1, "disks": [], "network": {"pool": "p", "mac": mac}}}
+
+
+def test_a_standby_checks_mac_uniqueness_against_the_api_not_its_paused_indexes() -> None:
+    kube = FakeKube()
+    kube.add_pool({"metadata": {"name": "p"}, "spec": {}})
+    kube.add_vm(_vm("first", "52:54:00:00:00:01"))
+    ctx = ControllerContext(ControllerSettings(), kube)
+    # The standby's indexes: empty (paused before they were filled).
+    ctx.cache = IndexedCache({n: {} for n in INDEX_NAMES})
+    body = _vm("second", "52:54:00:00:00:01")
+    ctx.active = lambda: False
+    errors = asyncio.run(admission.validate_failovervm(ctx, body, "CREATE", None))
+    assert any("52:54:00:00:00:01" in e for e in errors), errors
