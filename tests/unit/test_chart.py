@@ -175,6 +175,7 @@ CONTROLLER_RULES = {
     ("failovervm.io", "vfpools"): {"get", "list", "watch", "patch"},
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("failovervm.io", "failovermigrationpolicies"): {"get", "list", "watch"},
     ("", "nodes"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},

@@ -50,6 +50,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "Source": ".status.sourceNode",
             "Target": ".status.targetNode",
             "Downtime": ".status.stats.downtimeMs",
+            "Standby": ".status.stats.standbyMs",
             "Failover": '.status.conditions[?(@.type=="FailoverReady")].status',
             "Age": ".metadata.creationTimestamp",
         },
@@ -78,6 +79,20 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "PCI": ".spec.pciAddress",
             "Owner": ".spec.owner.name",
             "Purpose": ".spec.purpose",
+            "Age": ".metadata.creationTimestamp",
+        },
+    },
+    "failovermigrationpolicies.yaml": {
+        "kind": "FailoverMigrationPolicy",
+        "plural": "failovermigrationpolicies",
+        "scope": "Cluster",
+        "shortNames": ["fvmp"],
+        "categories": ["failovervm"],
+        "columns": {
+            "Bandwidth": ".spec.bandwidthPerMigrationMiBps",
+            "Timeout/GiB": ".spec.completionTimeoutPerGiB",
+            "AutoConverge": ".spec.allowAutoConverge",
+            "PostCopy": ".spec.allowPostCopy",
             "Age": ".metadata.creationTimestamp",
         },
     },
@@ -113,6 +128,12 @@ EXPECTED_RULES = [
     ("vfclaims.yaml", "spec.pciAddress", "matches(", "spec.pciAddress"),
     ("vfclaims.yaml", "spec.owner.uid", "self == oldSelf", "spec.owner.uid"),
     ("vfclaims.yaml", "spec", "MigrationTarget", "spec.migration"),
+    ("failovermigrationpolicies.yaml", "spec", "postCopyAfterIterations", "spec.postCopyAfterIterations"),
+    ("failovermigrationpolicies.yaml", "spec", "parallelConnections > 1", "spec.parallelConnections"),
+    ("failovermigrationpolicies.yaml", "spec.vmSelector.matchExpressions[]", "NotIn",
+     "spec.vmSelector.matchExpressions[].values"),
+    ("failovermigrationpolicies.yaml", "spec.namespaceSelector.matchExpressions[]", "NotIn",
+     "spec.namespaceSelector.matchExpressions[].values"),
 ]
 
 SUPPORTED_REASONS = {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"}

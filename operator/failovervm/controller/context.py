@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from failovervm.controller.locks import Locks
+from failovervm.controller.policies import PolicySource, StaticPolicies
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
@@ -69,6 +70,9 @@ class ControllerContext:
     pods: PodIndex = field(init=False)
     # VMs whose pod the API server refused: when to try again.
     pod_retries: Retries = field(default_factory=Retries)
+    # FailoverMigrationPolicies and namespace labels: Kopf's indexes once a handler bound them
+    # (controller.main); until then (and in tests) none, so the built-in defaults.
+    policies: PolicySource = field(default_factory=StaticPolicies)
 
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)
