@@ -212,7 +212,9 @@ def plan_evacuation(
         if (vm.get("spec") or {}).get("evictionStrategy", "LiveMigrate") != "LiveMigrate":
             continue
         if (meta["namespace"], meta["name"]) in busy or (vm.get("status") or {}).get("migration"):
-            waiting[key] = "migrating"
+            earlier = failed_attempts(meta["name"], meta["namespace"], migrations, node)
+            waiting[key] = (f"migrating (attempt {len(earlier) + 1}{last_failure(max(earlier, key=_ended))})"
+                            if earlier else "migrating")
             continue
         if (vm.get("status") or {}).get("phase") != "Running":
             waiting[key] = f"not running (phase {(vm.get('status') or {}).get('phase')})"

@@ -261,3 +261,17 @@ def test_status_shows_standby_next_to_downtime() -> None:
     assert doc["migrations"][0]["standbyMs"] == 5200
     text = cli_ops.render_status(doc)
     assert "STANDBY" in text and "5.2s" in text and "40ms" in text
+
+
+def test_a_drain_behind_a_retry_says_which_attempt_and_why_the_last_failed() -> None:
+    now = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.UTC)
+    failed = {"metadata": {"name": "evac-vm-1", "namespace": "ns", "labels": {labels.EVACUATION_LABEL: "n1"}},
+              "spec": {"vmName": "vm"},
+              "status": {"phase": mg.FAILED, "reason": mp.NO_PROGRESS, "endTimestamp": "2026-11-29T11:59:00Z",
+                         "message": "aborted: no progress for 150s"}}
+    running = {"metadata": {"name": "evac-vm-2", "namespace": "ns", "labels": {labels.EVACUATION_LABEL: "n1"}},
+               "spec": {"vmName": "vm"}, "status": {"phase": mg.RUNNING, "sourceNode": "n1"}}
+    vm = {"metadata": {"name": "vm", "namespace": "ns"}, "spec": {},
+          "status": {"phase": "Migrating", "nodeName": "n1", "migration": {"name": "evac-vm-2"}}}
+    _, waiting = mg.plan_evacuation("n1", [vm], [failed, running], mg.Limits(), now)
+    assert waiting["ns/vm"].startswith("migrating (attempt 2, the last: NoProgress (evac-vm-1: aborted: no progress")
