@@ -172,6 +172,8 @@ class Migrator:
     abort_requested: set[str] = field(default_factory=set)  # the controller asked; retried until done
     lock: threading.Lock = field(default_factory=threading.Lock)
     poll_interval: float = 0.5  # how often the progress thread samples the job (tests: less)
+    # Limits that ended a migration recovered after an agent restart (VM uid -> the decision).
+    recovered_limits: dict[str, mp.Decision] = field(default_factory=dict)
 
     def handle(self, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome | None:
         """Called by reconcile for a VM with status.migration; None means: reconcile as usual."""
@@ -686,14 +688,21 @@ class Migrator:
     def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
         """The agent restarted while a migration ran (libvirtd kept driving it)."""
         dm = self.ctx.dm
+        uid = vm["metadata"]["uid"]
         if dom is not None and dm.is_active(dom):
             try:
                 if dm.job_running(dom):
                     if mig.get("state") == mg.ABORTING:
                         dm.abort_job(dom)
+                    else:
+                        self._recover_limit(vm, mig, dom)
                     return Outcome("migrating", requeue_after=2.0)
             except DomainError:
                 pass
+            limit = self.recovered_limits.pop(uid, None)
+            if limit is not None and mig.get("state") != mg.ABORTING:
+                self._finish_failed(vm, mig, limit.reason, limit.message)
+                return Outcome("migration-failed")
             self._finish_failed(
                 vm,
                 mig,
@@ -716,6 +725,28 @@ class Migrator:
         self._finish_failed(vm, mig, "DomainLost", "the domain is neither on the source nor on the target",
                             check_target=False)
         return Outcome("migration-failed")
+
+    def _recover_limit(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef) -> None:
+        """A migration libvirtd drives on without this agent's monitor (it restarted) stays bounded:
+        past its completion timeout (by libvirt's own clock) it is aborted, or switched to
+        post-copy where the policy allows it. (The progress timeout needs the samples the old
+        process had; the completion timeout bounds it anyway.)"""
+        job = self.ctx.dm.job_progress(dom)
+        if job.time_elapsed_ms is None:
+            return
+        mig_obj = self.ctx.kube.get_migration(vm["metadata"]["namespace"], str(mig.get("name"))) or {}
+        policy = migration_policy(vm, mig_obj)
+        decision = mp.Monitor(policy).observe(job.time_elapsed_ms / 1000.0, None, job.memory_iteration)
+        if decision.action == mp.ABORT:
+            log.warning("migration %s of %s (recovered after an agent restart): %s", mig.get("name"), dom.name,
+                        decision.message)
+            self.ctx.dm.abort_job(dom)
+            self.recovered_limits[vm["metadata"]["uid"]] = decision
+        elif decision.action == mp.START_POST_COPY:
+            try:
+                self.ctx.dm.start_post_copy(dom)
+            except DomainError as exc:  # not started with post-copy, or already in it
+                log.info("post-copy for the recovered migration of %s: %s", dom.name, exc)
 
     def _on_target(self, vm: Mapping[str, Any], mig: Mapping[str, Any]) -> tuple[str, str]:
         """Whether the VM's domain runs on the migration's target node: (ON_TARGET_*, its libvirt URI)."""
