@@ -9,9 +9,8 @@ under a low bandwidth cap:
 
 Post-copy completing the same migration in bounded time is proven by the quick mode of
 benchmarks/migration_policies.py (tests/e2e/test_benchmarks.py): operator and raw both converge
-through post-copy. Auto-converge is NOT proven here: in the one run taken (2026-11-29) the source
-domain stopped during the auto-converge migration ("domain is not running"); see
-docs/migration-policies.md.
+through post-copy. Auto-converge is NOT proven here: in the one run that tried it after the drain
+(2026-11-29) the source domain had stopped ("domain is not running"); see docs/migration-policies.md.
 
 Timeouts and sizes are small on purpose: this module runs in about two minutes.
 """
