@@ -27,11 +27,12 @@ TEST_BRIDGE = os.environ.get("FAILOVERVM_TEST_BRIDGE", "fvmtbr0")
 
 def extra_sandbox_network(k: int) -> tuple[str, str]:
     """(address base, bridge) of the suite's k-th sandbox of its own (test_sandbox, test_helm):
-    the session's shifted by k (127.0.77.10, fvmtbr0 -> 127.0.78.10, fvmtbr1 for k = 1)."""
+    the session's shifted by k (127.0.77.10, fvmtbr0 -> 127.0.79.10, fvmtbr1 for k = 1). Each
+    sandbox's nodes also use their address + 256 for migration streams, hence steps of 512."""
     import ipaddress
     import re
 
-    base = str(ipaddress.ip_address(TEST_ADDRESS_BASE) + 256 * k)
+    base = str(ipaddress.ip_address(TEST_ADDRESS_BASE) + 512 * k)
     match = re.search(r"\d+$", TEST_BRIDGE)
     bridge = (TEST_BRIDGE[:match.start()] + str(int(match.group()) + k)) if match else f"{TEST_BRIDGE}{k}"
     return base, bridge

@@ -111,7 +111,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             else:
                 stats = st.get("stats") or {}
                 print(f"{name}: {st['phase']} {st.get('sourceNode')} -> {st.get('targetNode')} "
-                      f"downtime={stats.get('downtimeMs', '-')}ms {st.get('reason', '')} {st.get('message', '')}")
+                      f"downtime={stats.get('downtimeMs', '-')}ms standby={stats.get('standbyMs', '-')}ms "
+                      f"{st.get('reason', '')} {st.get('message', '')}")
             return 0 if st["phase"] == "Succeeded" else 1
         time.sleep(0.5)
     print(f"failovervm: error: {name} did not finish within {args.timeout}s", file=sys.stderr)
@@ -196,7 +197,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     kube = _kube_client(args)
     ns = None if args.all_namespaces else (args.namespace or kube_mod.current_namespace(args.kubeconfig, args.context))
     pools = cli_ops.with_inventories(kube.list_pools(), kube.list_inventories(), kube.list_claims())
-    doc = cli_ops.status_document(kube.list_vms(), kube.list_nodes(), pools, namespace=ns)
+    doc = cli_ops.status_document(kube.list_vms(), kube.list_nodes(), pools, namespace=ns,
+                                  migrations=kube.list_migrations(ns))
     if args.output in ("json", "yaml"):
         _print_obj(doc, args.output)
     else:

@@ -288,17 +288,53 @@ POOL_COLUMNS: list[Column] = [
 ]
 
 
+# -- status: migrations ------------------------------------------------------------------------------
+def migration_rows(migrations: Iterable[Mapping[str, Any]], namespace: str | None, last: int = 10) -> list[Row]:
+    """The `last` most recent migrations (in `namespace`; None: all), newest first: outcome, downtime,
+    how long the guest ran on its virtio standby, the policy and the stream's endpoint."""
+    mine = [m for m in migrations if namespace is None or (m.get("metadata") or {}).get("namespace") == namespace]
+    mine.sort(key=lambda m: (str((m.get("status") or {}).get("startTimestamp")
+                                 or (m.get("metadata") or {}).get("creationTimestamp") or ""),
+                             str((m.get("metadata") or {}).get("name"))), reverse=True)
+    rows: list[Row] = []
+    for m in mine[:last]:
+        meta, st = m.get("metadata") or {}, m.get("status") or {}
+        stats = st.get("stats") or {}
+        rows.append({"namespace": meta.get("namespace"), "name": meta.get("name"),
+                     "vm": (m.get("spec") or {}).get("vmName"), "phase": mg.phase(m),
+                     "source": st.get("sourceNode"), "target": st.get("targetNode"),
+                     "downtimeMs": stats.get("downtimeMs"), "standbyMs": stats.get("standbyMs"),
+                     "policy": (st.get("policy") or {}).get("name") or None, "stream": st.get("migrationEndpoint"),
+                     "reason": st.get("reason") or None})
+    return rows
+
+
+MIGRATION_COLUMNS: list[Column] = [
+    ("MIGRATION", lambda r: r["name"]),
+    ("VM", lambda r: r["vm"]),
+    ("PHASE", lambda r: r["phase"]),
+    ("SOURCE", lambda r: r["source"]),
+    ("TARGET", lambda r: r["target"]),
+    ("DOWNTIME", lambda r: None if r["downtimeMs"] is None else f"{r['downtimeMs']}ms"),
+    ("STANDBY", lambda r: None if r["standbyMs"] is None else f"{r['standbyMs'] / 1000:.1f}s"),
+    ("POLICY", lambda r: r["policy"]),
+    ("REASON", lambda r: r["reason"]),
+]
+
+
 # -- status: the whole document ---------------------------------------------------------------------
 def status_document(vms: Iterable[Mapping[str, Any]], nodes: Iterable[Mapping[str, Any]],
-                    pools: Iterable[Mapping[str, Any]], namespace: str | None = None) -> dict[str, Any]:
-    """What `failovervm status -o json|yaml` prints. VMs are limited to `namespace` (None: all);
-    nodes and pools are cluster-wide, and node VM counts include every namespace."""
+                    pools: Iterable[Mapping[str, Any]], namespace: str | None = None,
+                    migrations: Iterable[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """What `failovervm status -o json|yaml` prints. VMs and migrations are limited to `namespace`
+    (None: all); nodes and pools are cluster-wide, and node VM counts include every namespace."""
     vms, pools = list(vms), list(pools)
     return {
         "namespace": namespace,
         "vms": vm_rows(vms, namespace),
         "nodes": node_rows(nodes, vms, pools),
         "pools": pool_rows(pools),
+        "migrations": migration_rows(migrations, namespace),
     }
 
 
@@ -313,6 +349,8 @@ def render_status(doc: Mapping[str, Any], color: bool = False) -> str:
         parts.append("No FailoverVMs found.\n")
     parts.append(render_table(NODE_COLUMNS, doc["nodes"], color) if doc["nodes"] else "No nodes found.\n")
     parts.append(render_table(POOL_COLUMNS, doc["pools"], color) if doc["pools"] else "No VFPools found.\n")
+    if doc.get("migrations"):
+        parts.append(render_table(MIGRATION_COLUMNS, doc["migrations"], color))
     return "\n".join(parts)
 
 

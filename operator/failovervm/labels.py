@@ -12,6 +12,9 @@ API_GROUP_VERSION = f"{API_GROUP}/{API_VERSION}"
 
 # Node annotations (set by the sandbox, or by an admin / the agent on real clusters).
 LIBVIRT_URI = f"{PREFIX}/libvirt-uri"
+# Node annotation: the address of the node's dedicated migration network. Incoming migration streams
+# go there (tcp://<address>, the destination QEMU listening on it) instead of the management network.
+MIGRATION_ADDRESS = f"{PREFIX}/migration-address"
 SYSFS_ROOT = f"{PREFIX}/sysfs-root"
 ACCEL = f"{PREFIX}/accel"
 SIMULATED_VFS = f"{PREFIX}/simulated-vfs"

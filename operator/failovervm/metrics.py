@@ -31,6 +31,13 @@ MIGRATION_DURATION_SECONDS = Histogram(
 MIGRATION_DOWNTIME_MS = Histogram(
     "failovervm_migration_downtime_milliseconds", "Guest downtime of successful live migrations (libvirt downtimeMs)",
     buckets=(5, 10, 25, 50, 100, 200, 300, 500, 1000, 2000))
+MIGRATION_STANDBY_SECONDS = Histogram(
+    "failovervm_migration_standby_seconds", "How long the guest ran without its VF, on its virtio standby, per "
+    "finished migration (from the start of the transfer to the domain running on the destination, or on the "
+    "source again)", buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
+MIGRATIONS_LIMITED = Counter(
+    "failovervm_migrations_limited_total", "Migrations ended by their policy's limits, by reason (CompletionTimeout, "
+    "NoProgress)", ["reason"])
 
 FAILOVER_STATES = ("True", "False", "Unknown")
 VMS_FAILOVER_READY = Gauge(
@@ -81,6 +88,7 @@ def migration_result(phase: str) -> str:
 
 def record_migration(
     result: str, node: str, duration_seconds: float | None = None, downtime_ms: float | None = None,
+    standby_ms: float | None = None,
 ) -> None:
     """Count one finished migration from `node` (its source). Duration and downtime are observed
     only when known (> 0 s, >= 0 ms): an agent that restarted mid-migration does not know the wall time."""
@@ -90,11 +98,14 @@ def record_migration(
         MIGRATION_DURATION_SECONDS.observe(duration_seconds)
     if downtime_ms is not None and downtime_ms >= 0:
         MIGRATION_DOWNTIME_MS.observe(downtime_ms)
+    if standby_ms is not None and standby_ms >= 0:
+        MIGRATION_STANDBY_SECONDS.observe(standby_ms / 1000.0)
 
 
 def record_migration_succeeded(node: str, wall: float, stats: Mapping[str, Any]) -> None:
-    downtime = stats.get("downtimeMs")
-    record_migration("succeeded", node, wall, float(downtime) if downtime is not None else None)
+    downtime, standby = stats.get("downtimeMs"), stats.get("standbyMs")
+    record_migration("succeeded", node, wall, float(downtime) if downtime is not None else None,
+                     float(standby) if standby is not None else None)
 
 
 def _count(value: Any) -> int:

@@ -101,11 +101,24 @@ def retry_state(vm_name: str, vm_namespace: str, migrations: Iterable[Mapping[st
                        f"(kubectl -n {vm_namespace} delete fvmm -l {selector}) "
                        "or migrate the VM by hand")
     if failed:
-        last = max(_ended(m) for m in failed)
+        latest = max(failed, key=_ended)
+        last = _ended(latest)
         delay = min(limits.backoff_start * 2 ** (len(failed) - 1), limits.backoff_max)
         if (now - last).total_seconds() < delay:
-            return False, f"retrying in {delay - (now - last).total_seconds():.0f}s after {len(failed)} failure(s)"
+            return False, (f"retrying in {delay - (now - last).total_seconds():.0f}s after {len(failed)} failure(s)"
+                           f"{last_failure(latest)}")
     return True, ""
+
+
+def last_failure(mig: Mapping[str, Any]) -> str:
+    """', the last: <reason> (<migration>: <message>)' for a drain's waiting reason ("" without a reason)."""
+    st = mig.get("status") or {}
+    if not st.get("reason"):
+        return ""
+    message = str(st.get("message") or "")
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return f", the last: {st['reason']} ({mig['metadata'].get('name')}: {message})"
 
 
 @dataclass(frozen=True)
@@ -199,7 +212,9 @@ def plan_evacuation(
         if (vm.get("spec") or {}).get("evictionStrategy", "LiveMigrate") != "LiveMigrate":
             continue
         if (meta["namespace"], meta["name"]) in busy or (vm.get("status") or {}).get("migration"):
-            waiting[key] = "migrating"
+            earlier = failed_attempts(meta["name"], meta["namespace"], migrations, node)
+            waiting[key] = (f"migrating (attempt {len(earlier) + 1}{last_failure(max(earlier, key=_ended))})"
+                            if earlier else "migrating")
             continue
         if (vm.get("status") or {}).get("phase") != "Running":
             waiting[key] = f"not running (phase {(vm.get('status') or {}).get('phase')})"

@@ -117,15 +117,20 @@ read -r cmdline </proc/cmdline
 cfg_ip=
 cfg_peer=
 cfg_tick=5
+cfg_dirty=
 for arg in $cmdline; do
   case $arg in
     fvm.ip=*) cfg_ip=${arg#fvm.ip=} ;;
     fvm.peer=*) cfg_peer=${arg#fvm.peer=} ;;
     fvm.tick=*) cfg_tick=${arg#fvm.tick=} ;;
+    fvm.dirty=*) cfg_dirty=${arg#fvm.dirty=} ;;
   esac
 done
 case $cfg_tick in
   '' | *[!0-9.]* | .* | *. | *.*.* | 0 | 0.0*) cfg_tick=5 ;;
+esac
+case $cfg_dirty in
+  *[!0-9]* | 0*) cfg_dirty= ;;
 esac
 
 for m in @MODULES@; do
@@ -223,6 +228,18 @@ if [ -n "$cfg_ip" ]; then
       set +f
       echo "fvm-guest: ip $net_dev $cfg_ip failed: $*"
     fi
+  fi
+fi
+
+# fvm.dirty=<MiB>: dirty that much guest memory continuously (rewrite a file of random bytes in the
+# RAM-backed root, over and over), so that a migration under a low bandwidth cap cannot converge
+# by itself. Random, not zeros: QEMU sends a zero page as a flag.
+if [ -n "$cfg_dirty" ]; then
+  if dd if=/dev/urandom of=/tmp/fvm-dirty-src bs=1048576 count="$cfg_dirty" 2>/dev/null; then
+    (trap - TERM; while :; do cat /tmp/fvm-dirty-src >/tmp/fvm-dirty 2>/dev/null || sleep 1; done) &
+    echo "fvm-guest: dirtying mib=$cfg_dirty"
+  else
+    echo "fvm-guest: dirtying mib=$cfg_dirty failed"
   fi
 fi
 

@@ -28,6 +28,7 @@ leaves every other resource in them as it was. Nothing here replaces a Node.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import json
 import logging
 import platform
@@ -68,6 +69,15 @@ class SandboxNode:
     cpu: str
     memory: str
     pods: str = "110"
+    # The node's dedicated migration address (annotation failovervm.io/migration-address): its second
+    # loopback address, so migration streams visibly leave the management address (docs/sandbox.md).
+    migration_address: str = ""
+
+
+def migration_address(address: str) -> str:
+    """Node's second loopback address: its management address + 256 (127.0.0.11 -> 127.0.1.11),
+    local to the machine like every 127/8 address."""
+    return str(ipaddress.ip_address(address) + 256)
 
 
 def _now() -> dt.datetime:
@@ -121,6 +131,7 @@ def node_manifest(node: SandboxNode) -> dict[str, Any]:
                 labels.SYSFS_ROOT: node.sysfs_root,
                 labels.ACCEL: node.accel,
                 labels.SIMULATED_VFS: "true",
+                **({labels.MIGRATION_ADDRESS: node.migration_address} if node.migration_address else {}),
             },
         },
         "spec": {},

@@ -13,7 +13,7 @@ from typing import Any
 
 from failovervm.labels import SANDBOX_STATE_DIR
 from failovervm_sandbox import controlplane, libvirthost, procs
-from failovervm_sandbox.nodes import SandboxNode
+from failovervm_sandbox.nodes import SandboxNode, migration_address
 
 DEFAULT_STATE_DIR = Path(SANDBOX_STATE_DIR)
 DEFAULT_IMAGES_DIR = DEFAULT_STATE_DIR / "images"
@@ -75,6 +75,7 @@ class State:
             SandboxNode(
                 name=h["node"], address=h["address"], libvirt_uri=h["uri"], sysfs_root=h["sysfs_root"],
                 accel=self.data["accel"], cpu=self.data["node_cpu"], memory=self.data["node_memory"],
+                migration_address=migration_address(h["address"]),
             )
             for h in self.data.get("libvirt", [])
         ]

@@ -54,6 +54,17 @@ def test_guest_migration_benchmark_quick(operator_sandbox: Sandbox) -> None:
         assert math.isfinite(g["ratio_wall_p50"]) and g["ratio_wall_p50"] > 0
 
 
+def test_migration_policies_benchmark_quick(operator_sandbox: Sandbox) -> None:
+    from benchmarks import migration_policies
+
+    res = migration_policies.run(operator_sandbox.state_dir, rounds=1, namespace="bench-policies-quick",
+                                 scenarios=("post-copy",))
+    post_copy = res["scenarios"]["post-copy"]
+    for who in ("operator", "raw"):
+        [one] = post_copy[who]
+        assert one["converged"] and one["post_copy"] and one["wall_s"] > 0 and one["standby_s"] > 0, one
+
+
 def test_node_recovery_benchmark_quick(operator_sandbox: Sandbox) -> None:
     from benchmarks import node_recovery
 

@@ -162,6 +162,10 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         (agent_kc, "patch", "nodes", "", "no"),
         (ctl_kc, "patch", "nodes", "status", "no"),
         (ctl_kc, "patch", "pods", "", "yes"),  # VM pods, in the VMs' namespaces
+        # Migration policies: the controller reads them (a watch cache), nobody of ours writes them.
+        (ctl_kc, "watch", "failovermigrationpolicies.failovervm.io", "", "yes"),
+        (ctl_kc, "create", "failovermigrationpolicies.failovervm.io", "", "no"),
+        (agent_kc, "list", "failovermigrationpolicies.failovervm.io", "", "no"),
     ):
         extra = [f"--subresource={sub}"] if sub else []
         res = sb.kubectl_as(kc, "auth", "can-i", verb, resource, *extra, "-A")

@@ -7,11 +7,16 @@
 would). `probes` queues failover_probe answers (a FailoverProbe, or an exception to raise) before
 the domain's own `probe`. Other hosts are FakeDomainManagers in `remotes[uri]`: open_remote finds
 them there (an unknown URI cannot be reached), and migrate moves the domain into the one at the URI.
+`slow_migration(name, samples)` makes the next migration of a domain a running job: migrate blocks,
+each job_progress returns the next scripted sample, and the migration ends when abort_job cancels
+it (OperationAborted), start_post_copy switches it (it completes), or, with ends=True, after the
+last sample.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +34,7 @@ from failovervm.agent.domains import (
     DomainStatus,
     JobProgress,
     MigrationRequest,
+    OperationAborted,
     OperationInvalid,
 )
 from failovervm.guestfailover import FailoverProbe
@@ -54,6 +60,7 @@ class FakeDomain:
     vf_attached: bool = False
     probe: FailoverProbe | Exception = NEGOTIATED
     job: JobProgress | None = None  # a job (migration) in progress
+    running_job: FakeMigration | None = None  # a slow_migration under way (migrate is blocked in it)
     completed_stats: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +74,18 @@ class FakeDomain:
 
     def ref(self) -> DomainRef:
         return DomainRef(self.name, self.uuid)
+
+
+@dataclass
+class FakeMigration:
+    """A migration job that runs until the agent ends it (see slow_migration)."""
+
+    samples: list[JobProgress]
+    ends: bool = False  # completes on its own after the last sample
+    aborted: bool = False
+    post_copy: bool = False
+    exhausted: bool = False
+    allows_post_copy: bool = False
 
 
 D = TypeVar("D", bound="FakeDomainManager")
@@ -95,6 +114,9 @@ class FakeDomainManager(Failures):
         self.kvm = kvm
         self.stop_how = "shutdown"  # how a graceful stop() ends ("destroyed": the guest ignored ACPI)
         self.closed = False
+        self.slow: dict[str, FakeMigration] = {}  # domain name -> its next migration, a running job
+        self.max_downtime: dict[str, int] = {}  # domain name -> set_max_downtime's milliseconds
+        self._cv = threading.Condition()
 
     # -- test controls -------------------------------------------------------------------------
     def add(self, name: str, state: DomainState = DomainState.RUNNING, reason: int = 0, *, xml: str = "",
@@ -106,6 +128,11 @@ class FakeDomainManager(Failures):
         """Put a domain described in full here; returns its handle."""
         self.domains[dom.name] = dom
         return dom.ref()
+
+    def slow_migration(self, name: str, samples: list[JobProgress], *, ends: bool = False) -> FakeMigration:
+        """The domain's next migration runs as a job reporting `samples` (see the module docstring)."""
+        self.slow[name] = FakeMigration(list(samples), ends=ends)
+        return self.slow[name]
 
     def remote(self, uri: str) -> FakeDomainManager:
         """The host at `uri` (created empty on first use): open_remote and migrate reach it."""
@@ -203,13 +230,49 @@ class FakeDomainManager(Failures):
         target = self.remotes.get(uri)
         if target is None:
             raise DomainError(f"unable to connect to server at '{uri}': Connection refused", 38)
+        job = self.slow.pop(d.name, None)
+        if job is not None:
+            self._run_job(d, job, request)
         target.domains[d.name] = FakeDomain(d.name, uuid=d.uuid, xml=request.persistent_xml, state=DomainState.RUNNING,
                                             live_xml=request.destination_xml, completed_stats=dict(d.completed_stats))
         del self.domains[d.name]
 
+    def _run_job(self, d: FakeDomain, job: FakeMigration, request: MigrationRequest) -> None:
+        """Block like libvirt's migrateToURI3 until the job is aborted, switched to post-copy, or done."""
+        job.allows_post_copy = request.post_copy
+        with self._cv:
+            d.job = job.samples[0] if job.samples else JobProgress()
+            d.running_job = job
+            ended = self._cv.wait_for(lambda: job.aborted or job.post_copy or (job.ends and job.exhausted), timeout=30)
+            d.job, d.running_job = None, None
+        if job.aborted:
+            raise OperationAborted("operation aborted: migration out job: canceled by client", 1)
+        if not ended:
+            raise DomainError("fake migration never ended: nobody aborted it or switched it to post-copy")
+
+    @change
+    def start_post_copy(self, dom: DomainRef) -> None:
+        d = self._get(dom)
+        job = d.running_job
+        if job is None or not job.allows_post_copy:
+            raise OperationInvalid("Requested operation is not valid: post-copy migration is not enabled", 55)
+        with self._cv:
+            job.post_copy = True
+            self._cv.notify_all()
+
+    @change
+    def set_max_downtime(self, dom: DomainRef, milliseconds: int) -> None:
+        self._get(dom)
+        self.max_downtime[dom.name] = milliseconds
+
     @change
     def abort_job(self, dom: DomainRef) -> None:
         d = self._get(dom)
+        if d.running_job is not None:
+            with self._cv:
+                d.running_job.aborted = True
+                self._cv.notify_all()
+            return
         if d.job is None:
             raise OperationInvalid("Requested operation is not valid: no job is active on the domain", 55)
         d.job = None
@@ -220,7 +283,16 @@ class FakeDomainManager(Failures):
 
     @failable
     def job_progress(self, dom: DomainRef) -> JobProgress:
-        return self._get(dom).job or JobProgress()
+        d = self._get(dom)
+        job = d.running_job
+        if job is not None:
+            with self._cv:
+                if job.samples:
+                    d.job = job.samples.pop(0)
+                if not job.samples:
+                    job.exhausted = True
+                    self._cv.notify_all()
+        return d.job or JobProgress()
 
     @failable
     def completed_job_stats(self, dom: DomainRef) -> dict[str, int]:

@@ -81,10 +81,28 @@ def test_a_domain_runs_and_stops_through_the_adapter() -> None:
 def test_migration_request_in_libvirt_terms() -> None:
     base = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-    assert libvirt_domains.migration_flags("tcp") == base
-    assert libvirt_domains.migration_flags("tls") == base | libvirt.VIR_MIGRATE_TLS
+    assert libvirt_domains.migration_flags(MigrationRequest("<d/>", "<p/>", transport="tcp")) == base
+    assert libvirt_domains.migration_flags(MigrationRequest("<d/>", "<p/>", transport="tls")) == (
+        base | libvirt.VIR_MIGRATE_TLS)
     req = MigrationRequest(destination_xml="<dest/>", persistent_xml="<persist/>", transport="tls")
     assert libvirt_domains.migration_params(req) == {libvirt.VIR_MIGRATE_PARAM_DEST_XML: "<dest/>",
                                                      libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: "<persist/>"}
     req = MigrationRequest("<dest/>", "<persist/>", bandwidth_mibps=100)
     assert libvirt_domains.migration_params(req)[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 100
+
+
+def test_migration_policy_in_libvirt_terms() -> None:
+    """Auto-converge, post-copy and parallel connections are flags; the connections, the stream's
+    own endpoint (the dedicated migration address) and where the destination listens are params."""
+    req = MigrationRequest("<dest/>", "<persist/>", auto_converge=True, post_copy=True, parallel_connections=4,
+                           stream_uri="tcp://10.0.9.2", listen_address="10.0.9.2", tls_destination="n2")
+    flags = libvirt_domains.migration_flags(req)
+    for flag in (libvirt.VIR_MIGRATE_AUTO_CONVERGE, libvirt.VIR_MIGRATE_POSTCOPY, libvirt.VIR_MIGRATE_PARALLEL):
+        assert flags & flag
+    params = libvirt_domains.migration_params(req)
+    assert params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] == 4
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://10.0.9.2"
+    assert params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] == "10.0.9.2"
+    assert params[libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION] == "n2"
+    plain = libvirt_domains.migration_flags(MigrationRequest("<d/>", "<p/>"))
+    assert not plain & (libvirt.VIR_MIGRATE_AUTO_CONVERGE | libvirt.VIR_MIGRATE_POSTCOPY | libvirt.VIR_MIGRATE_PARALLEL)

@@ -13,8 +13,9 @@ import pytest
 
 from failovervm import labels
 from failovervm import migration as mg
+from failovervm import migrationpolicy as mp
 from failovervm.agent import migrate
-from failovervm.agent.domains import DomainError, DomainRef
+from failovervm.agent.domains import DomainError, DomainRef, JobProgress
 from failovervm.agent.reconcile import AgentContext
 from failovervm.guestfailover import FailoverProbe
 from tests.fakes import FakeDomainManager, FakeKube
@@ -219,3 +220,21 @@ def test_recheck_warns_once_under_warn() -> None:
     assert why == "" and kube.reasons() == [] and not mig_now(kube).get("warnings")
     # A migration created before the policy was recorded counts as Warn.
     assert recheck(lost, None, "True")[0] == ""
+
+
+def test_a_migration_recovered_after_an_agent_restart_is_still_bounded() -> None:
+    """libvirtd drove the migration on while the agent restarted: past its completion timeout (by
+    libvirt's clock) the recovered migration is aborted, and fails with CompletionTimeout."""
+    mig = mig_obj()
+    mig["status"]["policy"] = mp.EffectivePolicy(completion_timeout_seconds=30).to_status()
+    kube = cluster(migration=mig)
+    dm = hosts("absent", source_running=True)
+    dm.domains["fvm_ns_vm"].job = JobProgress(memory_total=1, data_remaining=1, time_elapsed_ms=10_000)
+    m = migrator(kube, dm)
+    dom = dm.lookup("fvm_ns_vm")
+    assert m._recover(read(kube), MIG, dom).action == "migrating" and "abort_job" not in dm.calls
+    dm.domains["fvm_ns_vm"].job = JobProgress(memory_total=1, data_remaining=1, time_elapsed_ms=31_000)
+    assert m._recover(read(kube), MIG, dom).action == "migrating" and "abort_job" in dm.calls
+    assert m._recover(read(kube), MIG, dom).action == "migration-failed"  # the job is gone: record it
+    st = mig_now(kube)
+    assert (st["phase"], st["reason"]) == (mg.FAILED, mp.COMPLETION_TIMEOUT) and "keeps running on n1" in st["message"]

@@ -202,6 +202,7 @@ CONTROLLER_RULES = {
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
     ("failovervm.io", "vfinventories"): {"get", "list", "watch"},
+    ("failovervm.io", "failovermigrationpolicies"): {"get", "list", "watch"},
     ("", "nodes"): {"get", "list", "watch"},
     ("", "pods"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create", "patch"},

@@ -50,6 +50,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "Source": ".status.sourceNode",
             "Target": ".status.targetNode",
             "Downtime": ".status.stats.downtimeMs",
+            "Standby": ".status.stats.standbyMs",
             "Failover": '.status.conditions[?(@.type=="FailoverReady")].status',
             "Age": ".metadata.creationTimestamp",
         },
@@ -92,6 +93,20 @@ EXPECTED: dict[str, dict[str, Any]] = {
             "Age": ".metadata.creationTimestamp",
         },
     },
+    "failovermigrationpolicies.yaml": {
+        "kind": "FailoverMigrationPolicy",
+        "plural": "failovermigrationpolicies",
+        "scope": "Cluster",
+        "shortNames": ["fvmp"],
+        "categories": ["failovervm"],
+        "columns": {
+            "Bandwidth": ".spec.bandwidthPerMigrationMiBps",
+            "Timeout/GiB": ".spec.completionTimeoutPerGiB",
+            "AutoConverge": ".spec.allowAutoConverge",
+            "PostCopy": ".spec.allowPostCopy",
+            "Age": ".metadata.creationTimestamp",
+        },
+    },
 }
 
 # (file, schema path, substring of the rule, substring the message must contain)
@@ -125,6 +140,12 @@ EXPECTED_RULES = [
     ("vfclaims.yaml", "spec.pciAddress", "matches(", "spec.pciAddress"),
     ("vfclaims.yaml", "spec.owner.uid", "self == oldSelf", "spec.owner.uid"),
     ("vfclaims.yaml", "spec", "MigrationTarget", "spec.migration"),
+    ("failovermigrationpolicies.yaml", "spec", "postCopyAfterIterations", "spec.postCopyAfterIterations"),
+    ("failovermigrationpolicies.yaml", "spec", "parallelConnections > 1", "spec.parallelConnections"),
+    ("failovermigrationpolicies.yaml", "spec.vmSelector.matchExpressions[]", "NotIn",
+     "spec.vmSelector.matchExpressions[].values"),
+    ("failovermigrationpolicies.yaml", "spec.namespaceSelector.matchExpressions[]", "NotIn",
+     "spec.namespaceSelector.matchExpressions[].values"),
 ]
 
 SUPPORTED_REASONS = {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired", "FieldValueDuplicate"}

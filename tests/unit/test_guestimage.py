@@ -174,6 +174,8 @@ def test_init_script_output_is_prefixed() -> None:
         "fvm.ip=",
         "fvm.peer=",
         "fvm.tick=",
+        "fvm.dirty=",
+        "fvm-guest: dirtying mib=$cfg_dirty",
         "/dev/ttyS0",
         "ping -c1 -W1",
     ):

@@ -62,8 +62,16 @@ def test_node_manifest_labels() -> None:
     assert lab["kubernetes.io/hostname"] == "sandbox-node-1"
     assert lab["kubernetes.io/os"] == "linux" and lab["kubernetes.io/arch"]
     assert m["metadata"]["annotations"]["failovervm.io/libvirt-uri"] == "qemu+tcp://127.0.0.11/system"
+    assert "failovervm.io/migration-address" not in m["metadata"]["annotations"]
     st = nodes.node_status(n, "v1.36.3")["status"]
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in st["conditions"])
+
+
+def test_sandbox_nodes_migrate_over_their_second_loopback_address() -> None:
+    assert nodes.migration_address("127.0.0.11") == "127.0.1.11"
+    n = nodes.SandboxNode("sandbox-node-1", "127.0.0.11", "qemu+tcp://127.0.0.11/system", "/x", "kvm", "8", "8Gi",
+                          migration_address="127.0.1.11")
+    assert nodes.node_manifest(n)["metadata"]["annotations"]["failovervm.io/migration-address"] == "127.0.1.11"
 
 
 def test_kvm_probe_reports() -> None:

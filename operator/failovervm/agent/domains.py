@@ -96,6 +96,9 @@ class JobProgress:
     memory_total: int | None = None
     memory_processed: int | None = None
     memory_iteration: int | None = None
+    data_remaining: int | None = None  # bytes still to copy (what the progress timeout watches)
+    time_elapsed_ms: int | None = None  # since the job started
+    auto_converge_throttle: int | None = None  # vCPU throttle auto-converge applies, in percent
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,15 @@ class MigrationRequest:
     persistent_xml: str  # the definition the destination keeps for the next boot
     transport: str = "tcp"  # "tls": libvirt's TLS migration transport
     bandwidth_mibps: int | None = None  # None: libvirt's default (unlimited)
+    auto_converge: bool = False  # let QEMU throttle the guest's vCPUs until it converges
+    post_copy: bool = False  # allow start_post_copy during the migration
+    parallel_connections: int = 1  # > 1: multifd over this many connections
+    # The migration stream's endpoint (tcp://<address>), separate from the libvirt (management) URI,
+    # and the address the destination's QEMU listens on for it. None: libvirt's own choice (the
+    # destination's hostname or its qemu.conf migration_address).
+    stream_uri: str | None = None
+    listen_address: str | None = None
+    tls_destination: str | None = None  # with TLS over stream_uri: the name the target's certificate has
 
 
 class DomainManager(Protocol):
@@ -180,6 +192,15 @@ class DomainManager(Protocol):
         ...
 
     def job_progress(self, dom: DomainRef) -> JobProgress: ...
+
+    def start_post_copy(self, dom: DomainRef) -> None:
+        """Switch the running migration (started with post_copy) to post-copy: the guest runs on
+        the destination from now on and fetches the pages still missing over the network."""
+        ...
+
+    def set_max_downtime(self, dom: DomainRef, milliseconds: int) -> None:
+        """The longest pause of the guest the running migration may take at switchover."""
+        ...
 
     def completed_job_stats(self, dom: DomainRef) -> dict[str, int]:
         """The statistics of the domain's last completed job, as FailoverVMMigration status.stats

@@ -55,15 +55,21 @@ def translated() -> Iterator[None]:
         raise domain_error(exc) from exc
 
 
-def migration_flags(transport: str) -> int:
+def migration_flags(request: MigrationRequest) -> int:
     flags = (
         libvirt.VIR_MIGRATE_LIVE
         | libvirt.VIR_MIGRATE_PEER2PEER
         | libvirt.VIR_MIGRATE_PERSIST_DEST
         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     )
-    if transport == "tls":
+    if request.transport == "tls":
         flags |= libvirt.VIR_MIGRATE_TLS
+    if request.auto_converge:
+        flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    if request.post_copy:
+        flags |= libvirt.VIR_MIGRATE_POSTCOPY
+    if request.parallel_connections > 1:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
     return int(flags)
 
 
@@ -74,6 +80,14 @@ def migration_params(request: MigrationRequest) -> dict[str, Any]:
     }
     if request.bandwidth_mibps is not None:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(request.bandwidth_mibps)
+    if request.parallel_connections > 1:
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = int(request.parallel_connections)
+    if request.stream_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = request.stream_uri
+    if request.listen_address:
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = request.listen_address
+    if request.tls_destination:
+        params[libvirt.VIR_MIGRATE_PARAM_TLS_DESTINATION] = request.tls_destination
     return params
 
 
@@ -212,7 +226,7 @@ class LibvirtDomainManager:
     # -- migration -----------------------------------------------------------------------------
     def migrate(self, dom: DomainRef, uri: str, request: MigrationRequest) -> None:
         with translated():
-            _virdom(dom).migrateToURI3(uri, migration_params(request), migration_flags(request.transport))
+            _virdom(dom).migrateToURI3(uri, migration_params(request), migration_flags(request))
 
     def abort_job(self, dom: DomainRef) -> None:
         with translated():
@@ -227,7 +241,17 @@ class LibvirtDomainManager:
         with translated():
             js = _virdom(dom).jobStats()
         return JobProgress(memory_total=js.get("memory_total"), memory_processed=js.get("memory_processed"),
-                           memory_iteration=js.get("memory_iteration"))
+                           memory_iteration=js.get("memory_iteration"), data_remaining=js.get("data_remaining"),
+                           time_elapsed_ms=js.get("time_elapsed"),
+                           auto_converge_throttle=js.get("auto_converge_throttle"))
+
+    def start_post_copy(self, dom: DomainRef) -> None:
+        with translated():
+            _virdom(dom).migrateStartPostCopy(0)
+
+    def set_max_downtime(self, dom: DomainRef, milliseconds: int) -> None:
+        with translated():
+            _virdom(dom).migrateSetMaxDowntime(int(milliseconds), 0)
 
     def completed_job_stats(self, dom: DomainRef) -> dict[str, int]:
         with translated():

@@ -10,6 +10,15 @@ The agent of the source node then:
    networking through the virtio standby;
 3. on success moves VM status, node label and VF to the target and records libvirt's
    completed-job statistics; on failure leaves the VM running on the source and reports why.
+
+The migration runs with the policy the controller recorded on the FailoverVMMigration
+(status.policy, see failovervm.migrationpolicy): its flags and parameters (bandwidth, auto-converge,
+post-copy, parallel connections, maximum downtime) go into the request, and the progress thread
+feeds libvirt's job statistics to a migrationpolicy.Monitor, which ends a migration that runs too
+long or stops making progress: abortJob (the VM keeps running here, its VF plugged back; the
+migration fails with CompletionTimeout or NoProgress) or, where the policy allows it, a switch to
+post-copy. The stream goes to the target's dedicated migration address when its Node has one
+(annotation failovervm.io/migration-address), else to libvirt's choice on the management network.
 """
 
 from __future__ import annotations
@@ -25,15 +34,18 @@ from typing import Any
 
 from failovervm import conditions, domxml, failpoints, guestfailover, labels, metrics, nodehealth
 from failovervm import migration as mg
+from failovervm import migrationpolicy as mp
 from failovervm.agent.domains import (
     DomainError,
     DomainManager,
     DomainRef,
     DomainState,
+    JobProgress,
     MigrationRequest,
     OperationAborted,
 )
 from failovervm.agent.reconcile import AgentContext, Outcome, probe_failover
+from failovervm.quantity import parse_quantity
 from failovervm.vmspec import domain_spec
 
 log = logging.getLogger(__name__)
@@ -73,6 +85,18 @@ def _libvirt_uri(node: Mapping[str, Any] | None) -> str | None:
     return ((node or {}).get("metadata", {}).get("annotations") or {}).get(labels.LIBVIRT_URI)
 
 
+def stream_endpoint(node: Mapping[str, Any] | None, libvirt_uri: str) -> tuple[str | None, str]:
+    """(the migration stream's URI, where it goes as recorded on the migration): tcp://<address>
+    of the node's dedicated migration address (annotation failovervm.io/migration-address), or
+    None and the libvirt URI's host (libvirt's own choice on the management network)."""
+    addr = str(((node or {}).get("metadata", {}).get("annotations") or {}).get(labels.MIGRATION_ADDRESS) or "").strip()
+    if addr:
+        uri = f"tcp://[{addr}]" if ":" in addr else f"tcp://{addr}"
+        return uri, uri
+    host = libvirt_uri.split("://", 1)[-1].split("/", 1)[0]
+    return None, f"{host} (libvirt host, management network)"
+
+
 @contextmanager
 def _remote(dm: DomainManager, uri: str) -> Iterator[DomainManager | None]:
     """The DomainManager of the libvirt at `uri` (None: it cannot be reached), closed afterwards."""
@@ -85,6 +109,18 @@ def _remote(dm: DomainManager, uri: str) -> Iterator[DomainManager | None]:
         yield there
     finally:
         there.close()
+
+
+def run_stats(run: _Run) -> dict[str, int]:
+    """What a transfer adds to status.stats: how long the guest ran on its virtio standby (from the
+    start of the transfer, when QEMU unplugs the VF, to now: the domain runs on the destination, or
+    on the source again), the highest auto-converge throttle, and whether it went post-copy."""
+    out: dict[str, int] = {"standbyMs": int((time.monotonic() - run.started) * 1000)}
+    if run.throttle:
+        out["autoConvergeThrottlePercent"] = run.throttle
+    if run.post_copy:
+        out["postCopy"] = True
+    return out
 
 
 def destination_xml(live_xml: str, target_pci: str | None) -> str:
@@ -100,6 +136,31 @@ def destination_xml(live_xml: str, target_pci: str | None) -> str:
     return domxml.to_xml(el)
 
 
+def migration_policy(vm: Mapping[str, Any], mig_obj: Mapping[str, Any]) -> mp.EffectivePolicy:
+    """The policy the controller recorded on the migration; the built-in defaults (bounded by the
+    VM's memory) for one accepted before policies existed."""
+    recorded = mp.EffectivePolicy.from_status((mig_obj.get("status") or {}).get("policy"))
+    if recorded is not None:
+        return recorded
+    try:
+        memory = parse_quantity((vm.get("spec") or {}).get("memory") or 0)
+    except ValueError:
+        memory = 0
+    return mp.effective_policy(None, memory, mig_obj.get("spec") or {})
+
+
+@dataclass
+class _Run:
+    """What the progress thread learns about one running transfer."""
+
+    monitor: mp.Monitor
+    started: float  # time.monotonic() when the transfer started (the VF is unplugged)
+    limit: mp.Decision | None = None  # the limit that aborted it
+    post_copy: str = ""  # why it switched to post-copy
+    throttle: int = 0  # the highest auto-converge throttle seen (%)
+    downtime_set: bool = False
+
+
 @dataclass
 class Migrator:
     """Tracks the migrations this agent runs (one thread each)."""
@@ -110,6 +171,9 @@ class Migrator:
     aborting: set[str] = field(default_factory=set)  # abortJob succeeded
     abort_requested: set[str] = field(default_factory=set)  # the controller asked; retried until done
     lock: threading.Lock = field(default_factory=threading.Lock)
+    poll_interval: float = 0.5  # how often the progress thread samples the job (tests: less)
+    # Limits that ended a migration recovered after an agent restart (VM uid -> the decision).
+    recovered_limits: dict[str, mp.Decision] = field(default_factory=dict)
 
     def handle(self, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome | None:
         """Called by reconcile for a VM with status.migration; None means: reconcile as usual."""
@@ -209,10 +273,13 @@ class Migrator:
         except _NotStarted as refused:
             self._finish_failed(vm, mig, refused.reason, str(refused), check_target=False)
             return
-        if not self._transfer(vm, mig, dom, uri, self._request(vm, mig, mig_obj, dom)):
+        request = self._request(vm, mig, mig_obj, dom)
+        policy = migration_policy(vm, mig_obj)
+        run = self._transfer(vm, mig, dom, uri, request, policy)
+        if run is None:
             return
         wall = time.monotonic() - started
-        stats = self._completed_stats(uri, domxml.domain_name(ns, name))
+        stats = {**self._completed_stats(uri, domxml.domain_name(ns, name)), **run_stats(run)}
         self._record_success(vm, mig, stats, wall)
 
     def _take(self, vm: Mapping[str, Any], mig_name: str) -> str:
@@ -291,36 +358,64 @@ class Migrator:
         )
         persist_xml = domxml.to_xml(domxml.build_domain(persist_spec, include_vf=False))
         dest_xml = destination_xml(ctx.dm.xml(dom, migratable=True), mig.get("targetPciAddress"))
-        bandwidth = (mig_obj.get("spec") or {}).get("bandwidthMiBps")
+        policy = migration_policy(vm, mig_obj)
+        target = ctx.kube.get_node(mig["targetNode"])
+        stream_uri, _ = stream_endpoint(target, "")
+        listen = stream_uri.split("://", 1)[1].strip("[]") if stream_uri else None
+        libvirt_host = (_libvirt_uri(target) or "").split("://", 1)[-1].split("/", 1)[0] or None
         return MigrationRequest(destination_xml=dest_xml, persistent_xml=persist_xml, transport=self.transport,
-                                bandwidth_mibps=int(bandwidth) if bandwidth else None)
+                                bandwidth_mibps=policy.bandwidth_mibps, auto_converge=policy.allow_auto_converge,
+                                post_copy=policy.allow_post_copy, parallel_connections=policy.parallel_connections,
+                                stream_uri=stream_uri, listen_address=listen,
+                                tls_destination=libvirt_host if stream_uri and self.transport == "tls" else None)
 
     def _transfer(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef, uri: str,
-                  request: MigrationRequest) -> bool:
-        """Run the migration, with a thread reporting its progress (and retrying a requested abort).
-        False: it failed or was aborted, and that is recorded."""
+                  request: MigrationRequest, policy: mp.EffectivePolicy) -> _Run | None:
+        """Run the migration, with a thread reporting its progress, enforcing the policy's limits
+        (abort, or switch to post-copy) and retrying a requested abort. None: it failed or was
+        aborted, and that is recorded."""
         meta = vm["metadata"]
         ns, name, mig_name = meta["namespace"], meta["name"], mig["name"]
+        _, endpoint = stream_endpoint(self.ctx.kube.get_node(mig["targetNode"]), uri)
+        self._record_start(ns, mig_name, endpoint)
+        run = _Run(monitor=mp.Monitor(policy), started=time.monotonic())
         stop_progress = threading.Event()
-        progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], stop_progress),
+        progress = threading.Thread(target=self._progress, args=(dom, ns, mig_name, meta["uid"], run, stop_progress),
                                     daemon=True)
         progress.start()
         threading.Thread(target=self._mid_transfer, args=(dom,), daemon=True).start()
-        log.info("migrating %s/%s to %s (%s) with %s", ns, name, mig["targetNode"], uri, mig_name,
-                 extra={"vm": f"{ns}/{name}", "migration": mig_name})
+        log.info("migrating %s/%s to %s (%s, stream %s) with %s: %s", ns, name, mig["targetNode"], uri, endpoint,
+                 mig_name, policy.describe(), extra={"vm": f"{ns}/{name}", "migration": mig_name})
         try:
             self.ctx.dm.migrate(dom, uri, request)
         except DomainError as exc:
             stop_progress.set()
-            aborted = meta["uid"] in self.aborting or isinstance(exc, OperationAborted)
-            if aborted:
-                self._finish_failed(vm, mig, "Aborted", f"aborted: {exc}", phase=mg.ABORTED)
+            progress.join(timeout=5)
+            stats = run_stats(run)
+            if run.limit is not None:
+                metrics.MIGRATIONS_LIMITED.labels(run.limit.reason).inc()
+                self._finish_failed(vm, mig, run.limit.reason, run.limit.message, stats=stats)
+            elif meta["uid"] in self.aborting or isinstance(exc, OperationAborted):
+                self._finish_failed(vm, mig, "Aborted", f"aborted: {exc}", phase=mg.ABORTED, stats=stats)
             else:
-                self._finish_failed(vm, mig, "MigrationFailed", str(exc))
-            return False
+                self._finish_failed(vm, mig, "MigrationFailed", str(exc), stats=stats)
+            return None
         finally:
             stop_progress.set()
-        return True
+        progress.join(timeout=5)
+        return run
+
+    def _record_start(self, ns: str, mig_name: str, endpoint: str) -> None:
+        def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+            if st.get("phase") != mg.RUNNING:
+                return None
+            st["migrationEndpoint"] = endpoint
+            return st
+
+        try:
+            self.ctx.kube.update_migration_status(ns, mig_name, mutate)
+        except Exception as exc:  # informational: the transfer goes on
+            log.warning("recording the stream endpoint of %s/%s failed: %s", ns, mig_name, exc)
 
     def _record_success(self, vm: Mapping[str, Any], mig: Mapping[str, Any], stats: dict[str, int],
                         wall: float) -> None:
@@ -396,34 +491,89 @@ class Migrator:
         self.ctx.event(vm, "StaleDomainRemoved", msg, warning=True)
         return ""
 
-    def _progress(self, dom: DomainRef, ns: str, mig_name: str, uid: str, stop: threading.Event) -> None:
+    def _progress(self, dom: DomainRef, ns: str, mig_name: str, uid: str, run: _Run, stop: threading.Event) -> None:
+        """Sample the job every poll_interval: enforce the policy (Monitor), retry a requested
+        abort, and report progress on the migration every PROGRESS_INTERVAL."""
         last = 0.0
-        while not stop.wait(0.5):
+        while not stop.wait(self.poll_interval):
             if uid in self.abort_requested:
                 self._try_abort(uid, dom)
-            if time.monotonic() - last < PROGRESS_INTERVAL:
-                continue
-            last = time.monotonic()
             try:
                 job = self.ctx.dm.job_progress(dom)
             except DomainError:
                 return
-            total, done = job.memory_total, job.memory_processed
-            if not total:
+            if job.memory_total is None and job.data_remaining is None:
+                continue  # no job (yet)
+            self._enforce(dom, ns, mig_name, run, job)
+            if time.monotonic() - last < PROGRESS_INTERVAL:
                 continue
-            iteration = "?" if job.memory_iteration is None else job.memory_iteration
-            msg = f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes), iteration {iteration}"
+            last = time.monotonic()
+            self._report_progress(ns, mig_name, job, run)
 
-            def mutate(st: dict[str, Any], msg: str = msg) -> dict[str, Any] | None:
+    def _enforce(self, dom: DomainRef, ns: str, mig_name: str, run: _Run, job: JobProgress) -> None:
+        """Apply the policy to one job sample: the maximum downtime once, then abort or post-copy
+        when the Monitor says so."""
+        dm, policy = self.ctx.dm, run.monitor.policy
+        run.throttle = max(run.throttle, job.auto_converge_throttle or 0)
+        if policy.max_downtime_ms and not run.downtime_set:
+            try:
+                dm.set_max_downtime(dom, policy.max_downtime_ms)
+                run.downtime_set = True
+            except DomainError as exc:
+                log.info("setting the maximum downtime of %s not possible yet: %s", dom.name, exc)
+        elapsed = (job.time_elapsed_ms / 1000.0 if job.time_elapsed_ms is not None
+                   else time.monotonic() - run.started)
+        decision = run.monitor.observe(elapsed, job.data_remaining, job.memory_iteration)
+        if decision.action == mp.ABORT:
+            run.limit = decision
+            log.warning("migration %s/%s: %s", ns, mig_name, decision.message)
+            try:
+                dm.abort_job(dom)
+            except DomainError as exc:
+                log.warning("abortJob of %s failed: %s", dom.name, exc)
+        elif decision.action == mp.START_POST_COPY:
+            try:
+                dm.start_post_copy(dom)
+            except DomainError as exc:
+                log.warning("switching %s to post-copy failed: %s", dom.name, exc)
+                return
+            run.post_copy = decision.message
+            log.info("migration %s/%s: %s", ns, mig_name, decision.message)
+
+            def switched(st: dict[str, Any]) -> dict[str, Any] | None:
                 if st.get("phase") != mg.RUNNING:
                     return None
-                st["conditions"] = conditions.set_condition(st.get("conditions"), "Progress", True, "Copying", msg)
+                st["conditions"] = conditions.set_condition(st.get("conditions"), "PostCopy", True, "Switched",
+                                                            decision.message)
                 return st
 
             try:
-                self.ctx.kube.update_migration_status(ns, mig_name, mutate)
-            except Exception as exc:  # progress is best effort
-                log.debug("progress update failed: %s", exc)
+                self.ctx.kube.update_migration_status(ns, mig_name, switched)
+            except Exception as exc:  # informational
+                log.debug("recording post-copy failed: %s", exc)
+
+    def _report_progress(self, ns: str, mig_name: str, job: JobProgress, run: _Run) -> None:
+        total, done = job.memory_total, job.memory_processed
+        iteration = "?" if job.memory_iteration is None else job.memory_iteration
+        msg = (f"memory {100 * (done or 0) // total}% copied ({done} of {total} bytes)" if total
+               else "copying memory") + f", iteration {iteration}"
+        if job.data_remaining is not None:
+            msg += f", {job.data_remaining} bytes remaining"
+        if job.auto_converge_throttle:
+            msg += f", guest throttled {job.auto_converge_throttle}% (auto-converge)"
+        if run.post_copy:
+            msg += ", post-copy"
+
+        def mutate(st: dict[str, Any], msg: str = msg) -> dict[str, Any] | None:
+            if st.get("phase") != mg.RUNNING:
+                return None
+            st["conditions"] = conditions.set_condition(st.get("conditions"), "Progress", True, "Copying", msg)
+            return st
+
+        try:
+            self.ctx.kube.update_migration_status(ns, mig_name, mutate)
+        except Exception as exc:  # progress is best effort
+            log.debug("progress update failed: %s", exc)
 
     def _mid_transfer(self, dom: DomainRef) -> None:
         """The failpoint agent.migrate.mid-transfer: as soon as libvirt reports the migration job
@@ -503,7 +653,7 @@ class Migrator:
 
     def _finish_failed(
         self, vm: Mapping[str, Any], mig: Mapping[str, Any], reason: str, message: str, phase: str = mg.FAILED,
-        check_target: bool = True,
+        check_target: bool = True, stats: Mapping[str, int] | None = None,
     ) -> None:
         """Record a failed (or aborted) migration and unlock the VM. When the domain is not running
         here any more, the target is asked first (check_target): a domain that arrived there is
@@ -519,7 +669,8 @@ class Migrator:
             if where == ON_TARGET_RUNNING:
                 log.warning("migration %s of %s/%s reported %s, but the domain runs on %s: recording the success",
                             mig_name, ns, name, reason, mig["targetNode"])
-                self._finish_succeeded(vm, mig, self._completed_stats(uri, domxml.domain_name(ns, name)), 0.0)
+                self._finish_succeeded(vm, mig, {**self._completed_stats(uri, domxml.domain_name(ns, name)),
+                                                 **(stats or {})}, 0.0)
                 return
             if where == ON_TARGET_UNKNOWN:
                 raise OutcomeUnknown(f"the domain left {ctx.node} ({reason}: {message}) and {mig['targetNode']} "
@@ -544,24 +695,33 @@ class Migrator:
                     endTimestamp=conditions.now_iso(precise=True),
                     message=f"{message}; the VM {'keeps running on' if still_here else 'is NOT running on'} {ctx.node}",
                 )
+                if stats:
+                    st["stats"] = {**(st.get("stats") or {}), **stats}
                 return st
 
             ctx.kube.update_migration_status(ns, mig_name, fail)
         log.warning("migration %s of %s/%s %s: %s", mig_name, ns, name, phase.lower(), message,
                     extra={"vm": f"{ns}/{name}", "migration": mig_name})
-        metrics.record_migration(phase, ctx.node)
+        metrics.record_migration(phase, ctx.node, standby_ms=(stats or {}).get("standbyMs"))
 
     def _recover(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef | None) -> Outcome:
         """The agent restarted while a migration ran (libvirtd kept driving it)."""
         dm = self.ctx.dm
+        uid = vm["metadata"]["uid"]
         if dom is not None and dm.is_active(dom):
             try:
                 if dm.job_running(dom):
                     if mig.get("state") == mg.ABORTING:
                         dm.abort_job(dom)
+                    else:
+                        self._recover_limit(vm, mig, dom)
                     return Outcome("migrating", requeue_after=2.0)
             except DomainError:
                 pass
+            limit = self.recovered_limits.pop(uid, None)
+            if limit is not None and mig.get("state") != mg.ABORTING:
+                self._finish_failed(vm, mig, limit.reason, limit.message)
+                return Outcome("migration-failed")
             self._finish_failed(
                 vm,
                 mig,
@@ -584,6 +744,28 @@ class Migrator:
         self._finish_failed(vm, mig, "DomainLost", "the domain is neither on the source nor on the target",
                             check_target=False)
         return Outcome("migration-failed")
+
+    def _recover_limit(self, vm: Mapping[str, Any], mig: Mapping[str, Any], dom: DomainRef) -> None:
+        """A migration libvirtd drives on without this agent's monitor (it restarted) stays bounded:
+        past its completion timeout (by libvirt's own clock) it is aborted, or switched to
+        post-copy where the policy allows it. (The progress timeout needs the samples the old
+        process had; the completion timeout bounds it anyway.)"""
+        job = self.ctx.dm.job_progress(dom)
+        if job.time_elapsed_ms is None:
+            return
+        mig_obj = self.ctx.kube.get_migration(vm["metadata"]["namespace"], str(mig.get("name"))) or {}
+        policy = migration_policy(vm, mig_obj)
+        decision = mp.Monitor(policy).observe(job.time_elapsed_ms / 1000.0, None, job.memory_iteration)
+        if decision.action == mp.ABORT:
+            log.warning("migration %s of %s (recovered after an agent restart): %s", mig.get("name"), dom.name,
+                        decision.message)
+            self.ctx.dm.abort_job(dom)
+            self.recovered_limits[vm["metadata"]["uid"]] = decision
+        elif decision.action == mp.START_POST_COPY:
+            try:
+                self.ctx.dm.start_post_copy(dom)
+            except DomainError as exc:  # not started with post-copy, or already in it
+                log.info("post-copy for the recovered migration of %s: %s", dom.name, exc)
 
     def _on_target(self, vm: Mapping[str, Any], mig: Mapping[str, Any]) -> tuple[str, str]:
         """Whether the VM's domain runs on the migration's target node: (ON_TARGET_*, its libvirt URI)."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from failovervm.controller.cache import ClusterCache, ListedCache
 from failovervm.controller.locks import Locks
+from failovervm.controller.policies import PolicySource, StaticPolicies
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
@@ -121,6 +122,9 @@ class ControllerContext:
     recent_claims: RecentClaims = field(default_factory=RecentClaims)
     # Running migrations whose VM no longer names them: since when (controller.repairs).
     orphans: dict[tuple[str, str], float] = field(default_factory=dict)
+    # FailoverMigrationPolicies and namespace labels: Kopf's indexes once a handler bound them
+    # (controller.main); until then (and in tests) none, so the built-in defaults.
+    policies: PolicySource = field(default_factory=StaticPolicies)
 
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)

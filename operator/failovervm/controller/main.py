@@ -23,7 +23,7 @@ import kopf
 from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
-from failovervm.controller import admission, cache, evacuation, ha, migrations, recovery, sweeps, vmpods, vms
+from failovervm.controller import admission, cache, evacuation, ha, migrations, policies, recovery, sweeps, vmpods, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.controller.isolation import isolated
 from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
@@ -38,6 +38,7 @@ FVMM = (API_GROUP, API_VERSION, "failovervmmigrations")
 POOL = (API_GROUP, API_VERSION, "vfpools")
 CLAIM = (API_GROUP, API_VERSION, "vfclaims")
 INVENTORY = (API_GROUP, API_VERSION, "vfinventories")
+POLICY = (API_GROUP, API_VERSION, "failovermigrationpolicies")
 
 
 @dataclass
@@ -161,6 +162,9 @@ def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerCo
         ctx.pods = vmpods.IndexedPods(index)
     if not isinstance(ctx.cache, cache.IndexedCache) and all(n in (indices or {}) for n in cache.INDEX_NAMES):
         ctx.cache = cache.IndexedCache({n: (indices or {})[n] for n in cache.INDEX_NAMES})
+    policy_index, ns_index = (indices or {}).get("migration_policies"), (indices or {}).get("namespace_labels")
+    if policy_index is not None and ns_index is not None and not isinstance(ctx.policies, policies.IndexedPolicies):
+        ctx.policies = policies.IndexedPolicies(policy_index, ns_index)
     return ctx
 
 
@@ -348,6 +352,19 @@ def on_migration_delete(*, name: str, namespace: str | None, memo: kopf.Memo, **
         migrations.on_delete(_ctx(memo, kw), namespace or "", name)
     except migrations.WaitForAgent as exc:
         raise kopf.TemporaryError(str(exc), delay=1) from None
+
+
+# -- Migration policies: read when a migration starts, from these watch caches --------------------
+@kopf.index(*POLICY)
+def migration_policies(*, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any) -> dict[str, dict[str, Any]]:
+    """{"all": policy summary}: every FailoverMigrationPolicy in memory (never written to)."""
+    return {policies.ALL: policies.summary(name, spec, bool(meta.get("deletionTimestamp")))}
+
+
+@kopf.index("", "v1", "namespaces")
+def namespace_labels(*, name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """{namespace: its labels}, for the policies' namespaceSelectors."""
+    return {name: dict(labels)}
 
 
 # -- Nodes: evacuation, node failure, and the eviction of VM pods ------------------------------------

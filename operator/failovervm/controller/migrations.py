@@ -13,7 +13,8 @@ from typing import Any
 
 from failovervm import conditions, failpoints, guestfailover, labels, repair, vmpod
 from failovervm import migration as mg
-from failovervm.controller import repairs, vmpods
+from failovervm import migrationpolicy as mp
+from failovervm.controller import policies, repairs, vmpods
 from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.locks import NOT_TAKEN, release_untaken, update_vm_migration
@@ -150,10 +151,14 @@ def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> s
     warnings = list(mig_st.get("warnings") or [])
     if not gate.ready and gate.message not in warnings:
         warnings.append(gate.message)
+    # The policy is resolved once, now, and recorded: the source agent runs the migration with it.
+    policy = mig_st.get("policy") or policies.for_migration(ctx.policies, vm, mig).to_status()
     set_phase(ctx, mig, mg.SCHEDULING, sourceNode=source, startTimestamp=conditions.now_iso(precise=True),
               message="asking kube-scheduler for a target node (target VM pod)", conditions=fo_conds,
-              warnings=warnings or None, failoverPolicy=gate.policy)
-    kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted", component="controller")
+              warnings=warnings or None, failoverPolicy=gate.policy, policy=policy)
+    described = (mp.EffectivePolicy.from_status(policy) or mp.EffectivePolicy()).describe()
+    kube.event(vm, "MigrationStarted", f"migration {name} from {source} accepted ({described})",
+               component="controller")
     if not gate.ready:
         MIGRATIONS_WITHOUT_FAILOVER.labels("warned").inc()
         for obj in (mig, vm):
