@@ -247,6 +247,31 @@ def halt_vm(name: str, namespace: str, image: str, pool: str) -> dict[str, Any]:
     }
 
 
+def get_vm(sb: SandboxHandle, ns: str, name: str) -> dict[str, Any]:
+    return dict(sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name))
+
+
+def migrate_vm(sb: SandboxHandle, ns: str, name: str, mig_name: str, nodes: list[str],
+               timeout: float = 300) -> tuple[str, dict[str, Any], float]:
+    """Create a FailoverVMMigration of VM `name` to the first of `nodes` it is not on and wait until it
+    ends: (the target node, the migration as it ended, wall seconds from the create)."""
+    here = get_vm(sb, ns, name)["status"]["nodeName"]
+    there = next(n for n in nodes if n != here)
+    t0 = time.perf_counter()
+    sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervmmigrations", {
+        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVMMigration",
+        "metadata": {"name": mig_name, "namespace": ns}, "spec": {"vmName": name, "targetNode": there}})
+    done: dict[str, Any] = {}
+
+    def finished() -> bool:
+        done["m"] = sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervmmigrations",
+                                                           mig_name)
+        return (done["m"].get("status") or {}).get("phase") in ("Succeeded", "Failed", "Aborted")
+
+    wait(finished, timeout, f"migration {mig_name}", interval=0.5)
+    return there, done["m"], time.perf_counter() - t0
+
+
 def raw_copy_xml(xml: str, name: str) -> str:
     """A copy of an operator VM's domain XML for raw libvirt to run next to it: its own name, UUID
     and MAC, no failovervm metadata (the agents leave it alone) and no serial log or console (it

@@ -13,7 +13,6 @@ halt-sector guest under KVM when usable, as the sandbox runs them.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,10 @@ from benchmarks.common import (
     bench_main,
     ensure_namespace,
     ensure_pool,
+    get_vm,
     halt_vm,
     machine,
+    migrate_vm,
     raw_migration,
     summary,
     wait,
@@ -33,10 +34,6 @@ from failovervm_sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KER
 
 POOL = "bench-guest-pool"
 GUEST_BOOT_SETTLE_S = 15.0  # the raw copy of the Linux guest boots before it is migrated
-
-
-def _vm(sb: SandboxHandle, ns: str, name: str) -> dict[str, Any]:
-    return dict(sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name))
 
 
 def _cond(obj: dict[str, Any], type_: str) -> str | None:
@@ -59,29 +56,15 @@ def _operator_migrations(sb: SandboxHandle, ns: str, name: str, nodes: list[str]
                          ) -> tuple[list[float], list[float]]:
     walls, downs = [], []
     for i in range(rounds):
-        here = _vm(sb, ns, name)["status"]["nodeName"]
-        there = next(n for n in nodes if n != here)
-        mig_name = f"{name}-m{i}"
-        t0 = time.perf_counter()
-        sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervmmigrations", {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVMMigration",
-            "metadata": {"name": mig_name, "namespace": ns}, "spec": {"vmName": name, "targetNode": there}})
-        done: dict[str, Any] = {}
-
-        def finished(mig_name: str = mig_name, done: dict[str, Any] = done) -> bool:
-            m = sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervmmigrations", mig_name)
-            done["m"] = m
-            return (m.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Aborted")
-
-        wait(finished, 180, f"migration {mig_name}")
-        walls.append(time.perf_counter() - t0)
-        st = done["m"]["status"]
+        there, mig, wall = migrate_vm(sb, ns, name, f"{name}-m{i}", nodes, timeout=180)
+        walls.append(wall)
+        st = mig["status"]
         if st["phase"] != "Succeeded":
-            raise RuntimeError(f"migration {mig_name} {st['phase']}: {st.get('message')}")
+            raise RuntimeError(f"migration {mig['metadata']['name']} {st['phase']}: {st.get('message')}")
         downs.append(float((st.get("stats") or {}).get("downtimeMs", 0)))
         # The VM's status moves to the target right after; wait so the next round starts clean.
-        wait(lambda there=there: (_vm(sb, ns, name).get("status") or {}).get("nodeName") == there
-             and not _vm(sb, ns, name)["status"].get("migration"), 60, f"{name} settled on {there}")
+        wait(lambda there=there: (get_vm(sb, ns, name).get("status") or {}).get("nodeName") == there
+             and not get_vm(sb, ns, name)["status"].get("migration"), 60, f"{name} settled on {there}")
     return walls, downs
 
 
@@ -101,13 +84,13 @@ def run(state_dir: Path, rounds: int = 5, namespace: str = "bench-guest") -> dic
             body["spec"].update(pin)
             sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", body)
         for kind, want in (("linux", "True"), ("halt", "False")):
-            wait(lambda kind=kind, want=want: _cond(_vm(sb, namespace, kind), "FailoverReady") == want, 180,
+            wait(lambda kind=kind, want=want: _cond(get_vm(sb, namespace, kind), "FailoverReady") == want, 180,
                  f"{kind} FailoverReady={want}", interval=1.0)
         for kind in ("linux", "halt"):
             sb.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", kind,
                                                      {"spec": {"nodeSelector": None}})
             walls, downs = _operator_migrations(sb, namespace, kind, nodes, rounds)
-            vm = _vm(sb, namespace, kind)
+            vm = get_vm(sb, namespace, kind)
             failover = _cond(vm, "FailoverReady")
             src = vm["status"]["nodeName"]
             dst = next(n for n in nodes if n != src)

@@ -35,7 +35,9 @@ from benchmarks.common import (
     bench_main,
     ensure_namespace,
     ensure_pool,
+    get_vm,
     machine,
+    migrate_vm,
     raw_copy_xml,
     wait,
 )
@@ -75,31 +77,12 @@ def _set_policy(sb: SandboxHandle, namespace: str, spec: dict[str, Any]) -> None
         sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "failovermigrationpolicies", body)
 
 
-def _vm(sb: SandboxHandle, ns: str, name: str) -> dict[str, Any]:
-    return dict(sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name))
-
-
 def _operator(sb: SandboxHandle, ns: str, name: str, scenario: str, nodes: list[str]) -> dict[str, Any]:
-    here = _vm(sb, ns, name)["status"]["nodeName"]
-    there = next(n for n in nodes if n != here)
-    mig_name = f"{name}-{scenario}"
-    t0 = time.perf_counter()
-    sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervmmigrations", {
-        "apiVersion": f"{API_GROUP}/{API_VERSION}", "kind": "FailoverVMMigration",
-        "metadata": {"name": mig_name, "namespace": ns}, "spec": {"vmName": name, "targetNode": there}})
-    done: dict[str, Any] = {}
-
-    def finished() -> bool:
-        done["m"] = sb.custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervmmigrations",
-                                                           mig_name)
-        return (done["m"].get("status") or {}).get("phase") in ("Succeeded", "Failed", "Aborted")
-
-    wait(finished, 300, f"migration {mig_name}", interval=0.5)
-    wall = time.perf_counter() - t0
-    st = done["m"]["status"]
+    _, mig, wall = migrate_vm(sb, ns, name, f"{name}-{scenario}", nodes)
+    st = mig["status"]
     stats = st.get("stats") or {}
     # Whatever the outcome, the VM is unlocked before the next scenario starts.
-    wait(lambda: not (_vm(sb, ns, name).get("status") or {}).get("migration"), 60, f"{name} unlocked")
+    wait(lambda: not (get_vm(sb, ns, name).get("status") or {}).get("migration"), 60, f"{name} unlocked")
     return {"wall_s": wall, "converged": st["phase"] == "Succeeded", "reason": st.get("reason") or "",
             "downtime_ms": stats.get("downtimeMs"), "standby_s": (stats.get("standbyMs") or 0) / 1000.0,
             "throttle_pct": stats.get("autoConvergeThrottlePercent"), "post_copy": bool(stats.get("postCopy"))}
@@ -186,7 +169,7 @@ def run(state_dir: Path, rounds: int = 1, namespace: str = "bench-policies",
     results: dict[str, Any] = {}
     try:
         sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", body)
-        wait(lambda: (_vm(sb, namespace, "dirty").get("status") or {}).get("phase") == "Running", 180,
+        wait(lambda: (get_vm(sb, namespace, "dirty").get("status") or {}).get("phase") == "Running", 180,
              "the dirtying guest running", interval=1.0)
         time.sleep(GUEST_BOOT_SETTLE_S)
         sb.custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", "dirty",
@@ -194,7 +177,7 @@ def run(state_dir: Path, rounds: int = 1, namespace: str = "bench-policies",
         for scenario in scenarios:
             _set_policy(sb, namespace, SCENARIOS[scenario])
             op = [_operator(sb, namespace, "dirty", f"{scenario}-{i}", nodes) for i in range(rounds)]
-            vm = _vm(sb, namespace, "dirty")
+            vm = get_vm(sb, namespace, "dirty")
             src = vm["status"]["nodeName"]
             dst = next(n for n in nodes if n != src)
             addr = sb.core.read_node(dst).metadata.annotations[labels.MIGRATION_ADDRESS]
