@@ -15,7 +15,7 @@ import functools
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Concatenate, TypeVar
+from typing import Any, Concatenate, TypeVar
 
 from failovervm import domxml
 from failovervm.agent.domains import (
@@ -95,6 +95,9 @@ class FakeDomainManager(Failures):
         self.kvm = kvm
         self.stop_how = "shutdown"  # how a graceful stop() ends ("destroyed": the guest ignored ACPI)
         self.closed = False
+        # What image_info reports per path (qemu-img info's JSON); a path not listed reads as a
+        # plain image of the format asked for, without a backing file.
+        self.images: dict[str, dict[str, Any]] = {}
 
     # -- test controls -------------------------------------------------------------------------
     def add(self, name: str, state: DomainState = DomainState.RUNNING, reason: int = 0, *, xml: str = "",
@@ -150,6 +153,13 @@ class FakeDomainManager(Failures):
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    @failable
+    def image_info(self, path: str, fmt: str) -> dict[str, Any]:
+        info = self.images.get(path, {"filename": path, "format": fmt})
+        if info.get("format") != fmt and fmt != "raw":  # qemu-img -f raw reads anything as raw
+            raise DomainError(f"cannot read {path!r} as {fmt}: Image is not in {fmt} format")
+        return dict(info) if fmt != "raw" else {"filename": path, "format": "raw"}
 
     # -- changes -------------------------------------------------------------------------------
     @change

@@ -33,7 +33,7 @@ def setup(tmp_path: Path, *, migration_state: str = mg.TARGET_READY, policy: str
     kube = FakeKube()
     kube.add_vm({
         "metadata": {"name": "vm", "namespace": "ns", "uid": UID, "generation": 1, "labels": {labels.VM_NODE: "n1"}},
-        "spec": {"cpu": 1, "memory": "32Mi", "disks": [{"name": "boot", "path": str(tmp_path / "boot.img")}],
+        "spec": {"cpu": 1, "memory": "32Mi", "disks": [{"name": "boot", "path": str(tmp_path / "ns" / "boot.img")}],
                  "network": {"pool": "p"}},
         "status": {"phase": "Running", "nodeName": "n1", "migration": {**MIG, "state": migration_state},
                    "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.0", "claimName": "c1"}},

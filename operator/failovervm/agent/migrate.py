@@ -282,7 +282,7 @@ class Migrator:
         persist_spec = domain_spec(
             vm,
             pool,
-            storage_roots=ctx.storage_roots,
+            storage=ctx.storage,
             vf=mig.get("targetPciAddress"),
             vf_node=mig["targetNode"],
             kvm_available=ctx.kvm,

@@ -34,7 +34,7 @@ def _validate_vm_sync(ctx: ControllerContext, body: Mapping[str, Any]) -> list[s
         vm,
         others=kube.list_vms(),
         pool_exists=bool(pool) and kube.get_pool(str(pool)) is not None,
-        storage_roots=ctx.settings.storage_roots,
+        storage=ctx.settings.storage,
     )
 
 

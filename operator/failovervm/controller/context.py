@@ -13,6 +13,7 @@ from failovervm.controller.locks import Locks
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
+from failovervm.storage import StorageGrant, StoragePolicy
 from failovervm.vmpod import PodSettings
 
 
@@ -21,6 +22,8 @@ class ControllerSettings:
     """The controller's configuration (set once from the `failovervm controller` flags)."""
 
     storage_roots: tuple[str, ...] = ()
+    # The administrator's storage grants beyond <root>/<namespace>/ (failovervm.storage).
+    storage_grants: tuple[StorageGrant, ...] = ()
     pending_retry_seconds: float = 3.0
     claim_gc_grace_seconds: float = 60.0
     namespace: str = "failovervm-system"
@@ -35,6 +38,10 @@ class ControllerSettings:
     # Seconds a migration may wait in TargetReady for its source agent before its target VF is
     # released and it fails with SourceAgentUnresponsive (0: wait forever).
     handover_timeout_seconds: float = 120.0
+
+    @property
+    def storage(self) -> StoragePolicy:
+        return StoragePolicy(self.storage_roots, self.storage_grants)
 
 
 @dataclass

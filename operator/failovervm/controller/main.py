@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATI
 from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
+from failovervm.storage import StorageGrant
 from failovervm.vmpod import PodSettings
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,13 @@ class ControllerArgs:
     require_failover_ready: bool = False
     migration_history: int = 5
     handover_timeout_seconds: int = 120
+    storage_grants: list[StorageGrant] = field(default_factory=list)
 
 
 def controller_settings(args: ControllerArgs) -> ControllerSettings:
     return ControllerSettings(
         storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
+        storage_grants=tuple(args.storage_grants),
         namespace=args.namespace,
         vm_pod=PodSettings(image=args.vm_pod_image, overhead_cpu=args.vm_overhead_cpu,
                            overhead_memory=args.vm_overhead_memory),
