@@ -56,13 +56,17 @@ def validate_vm(
             uid = meta.get("uid")
             for other in others:
                 om = other.get("metadata") or {}
+                if ((other.get("spec") or {}).get("network") or {}).get("pool") != pool:
+                    continue  # MACs are unique within a pool (one L2 segment), not across pools
                 if uid and om.get("uid") == uid:
                     continue
                 if (om.get("namespace"), om.get("name")) == (namespace, name):
                     continue
                 if norm in vm_macs(other):
                     errors.append(
-                        f"spec.network.mac: {norm} is already used by FailoverVM {om.get('namespace')}/{om.get('name')}"
+                        f"spec.network.mac: {norm} is already used in VFPool {pool!r} by "
+                        + (f"FailoverVM {om.get('namespace')}/{om.get('name')}" if om.get("namespace") == namespace
+                           else "a FailoverVM of another namespace")
                     )
                     break
     for field, path, write in guest_paths(vm):

@@ -9,6 +9,7 @@ from failovervm import domxml
 from failovervm.quantity import to_mib
 from failovervm.scheduling import PoolInfo
 from failovervm.storage import StoragePolicy
+from failovervm.tenancy import MacRange
 
 
 def vm_key(vm: Mapping[str, Any]) -> str:
@@ -21,14 +22,17 @@ def pool_info(pool: Mapping[str, Any]) -> PoolInfo:
     return PoolInfo(name=pool["metadata"]["name"], node_selector=dict(selector))
 
 
-def vm_mac(vm: Mapping[str, Any]) -> str:
-    """The VM's MAC: spec.network.mac, else the one recorded in status, else a stable one from its UID."""
+def vm_mac(vm: Mapping[str, Any], mac_range: MacRange | None = None) -> str:
+    """The VM's MAC: spec.network.mac, else the one recorded in status, else a stable one from its UID
+    (inside its pool's spec.macRange when the pool has one)."""
     spec_mac = ((vm.get("spec") or {}).get("network") or {}).get("mac")
     if spec_mac:
         return domxml.normalize_mac(spec_mac)
     status_mac = (vm.get("status") or {}).get("mac")
     if status_mac:
         return str(status_mac)
+    if mac_range is not None:
+        return mac_range.generate(vm["metadata"]["uid"])
     return domxml.generate_mac(vm["metadata"]["uid"])
 
 

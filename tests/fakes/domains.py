@@ -98,6 +98,7 @@ class FakeDomainManager(Failures):
         # What image_info reports per path (qemu-img info's JSON); a path not listed reads as a
         # plain image of the format asked for, without a backing file.
         self.images: dict[str, dict[str, Any]] = {}
+        self.opened: list[str] = []  # the URIs open_remote was asked for, in order
 
     # -- test controls -------------------------------------------------------------------------
     def add(self, name: str, state: DomainState = DomainState.RUNNING, reason: int = 0, *, xml: str = "",
@@ -239,6 +240,7 @@ class FakeDomainManager(Failures):
     # -- other hosts ---------------------------------------------------------------------------
     @failable
     def open_remote(self, uri: str) -> DomainManager:
+        self.opened.append(uri)
         if uri not in self.remotes:
             raise DomainError(f"unable to connect to server at '{uri}': Connection refused", 38)
         there = self.remotes[uri]

@@ -181,7 +181,7 @@ CONTROLLER_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
+    ("", "namespaces"): {"get", "list", "watch"},
 }
 
 AGENT_RULES = {
@@ -673,3 +673,17 @@ def test_notes_render(helm: Path, tmp_path: Path) -> None:
         assert "SR-IOV VFs must already exist" in notes
         assert f"{RELEASE}-failovervm-operator-controller" in notes
         assert ("WARNING" in notes) is bool(args)
+
+
+def test_storage_grants_and_tcp_destinations_reach_both_components(render: Render) -> None:
+    """Issue #14: storageGrants become --storage-grant on the controller and the agents; the agents
+    open qemu+tcp:// targets only with allowInsecureTCP."""
+    assert "--allow-tcp-migration" not in agent_argv(render())
+    docs = render("--set", "storageGrants[0].namespace=*",
+                  "--set", "storageGrants[0].path=/var/lib/failovervm/images/cat", "--set", "storageGrants[0].readOnly=true", "--set", "storageGrants[1].namespace=team-a",
+                  "--set", "storageGrants[1].path=/var/lib/failovervm/images/shared-a",
+                  "--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true")
+    for argv in (controller_argv(docs), agent_argv(docs)):
+        grants = [argv[i + 1] for i, a in enumerate(argv) if a == "--storage-grant"]
+        assert grants == ["*=/var/lib/failovervm/images/cat:ro", "team-a=/var/lib/failovervm/images/shared-a"]
+    assert "--allow-tcp-migration" in agent_argv(docs)

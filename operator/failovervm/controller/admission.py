@@ -14,6 +14,7 @@ from typing import Any
 from failovervm import labels, vmpod
 from failovervm.controller import evacuation
 from failovervm.controller.context import ControllerContext
+from failovervm.tenancy import pool_refusals
 from failovervm.validation import validate_vm
 
 
@@ -26,16 +27,17 @@ async def validate_failovervm(ctx: ControllerContext, body: Mapping[str, Any], o
 
 
 def _validate_vm_sync(ctx: ControllerContext, body: Mapping[str, Any]) -> list[str]:
-    kube = ctx.kube
     vm = {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
           "status": dict(body.get("status") or {})}
-    pool = (vm["spec"].get("network") or {}).get("pool")
+    network = vm["spec"].get("network") or {}
+    pool_name = str(network.get("pool") or "")
+    pool = ctx.tenancy.pool(pool_name) if pool_name else None
     return validate_vm(
         vm,
-        others=kube.list_vms(),
-        pool_exists=bool(pool) and kube.get_pool(str(pool)) is not None,
+        others=ctx.tenancy.mac_holders(pool_name, network.get("mac")),
+        pool_exists=pool is not None,
         storage=ctx.settings.storage,
-    )
+    ) + pool_refusals(vm, pool, ctx.tenancy.namespace_labels(vm["metadata"].get("namespace") or ""))
 
 
 async def vm_pod_eviction(ctx: ControllerContext, name: str | None, namespace: str | None,

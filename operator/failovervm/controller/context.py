@@ -6,15 +6,19 @@ through its memo; tests build their own."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from failovervm.controller.locks import Locks
+from failovervm.controller.tenancy import Tenancy
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
 from failovervm.storage import StorageGrant, StoragePolicy
 from failovervm.vmpod import PodSettings
+from failovervm.vmspec import vm_mac
 
 
 @dataclass(frozen=True)
@@ -77,5 +81,13 @@ class ControllerContext:
     # VMs whose pod the API server refused: when to try again.
     pod_retries: Retries = field(default_factory=Retries)
 
+    # Pools, namespace labels and MACs per pool for the tenancy rules: Kopf's indexes once bound.
+    tenancy: Tenancy = field(init=False)
+
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)
+        self.tenancy = Tenancy(self.kube)
+
+    def vm_mac(self, vm: Mapping[str, Any]) -> str:
+        """The VM's MAC (vmspec.vm_mac), a generated one inside its pool's spec.macRange."""
+        return vm_mac(vm, self.tenancy.mac_range(((vm.get("spec") or {}).get("network") or {}).get("pool")))

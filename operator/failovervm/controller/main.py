@@ -21,7 +21,7 @@ import kopf
 from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
-from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, vmpods, vms
+from failovervm.controller import admission, evacuation, migrations, recovery, sweeps, tenancy, vmpods, vms
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
@@ -111,6 +111,7 @@ def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerCo
     index = (indices or {}).get("vm_pods")
     if index is not None and not isinstance(ctx.pods, vmpods.IndexedPods):
         ctx.pods = vmpods.IndexedPods(index)
+    ctx.tenancy.bind(indices or {})
     return ctx
 
 
@@ -198,6 +199,25 @@ async def validate_failovervm(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
     errors = await admission.validate_failovervm(_ctx(memo, kwargs), body, kwargs.get("operation"), kwargs.get("old"))
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+# -- tenancy (failovervm.tenancy): what admission and MAC generation read, in memory -------------------
+@kopf.index(*POOL)
+def tenancy_pools(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """{pool name: its namespaceSelector and macRange}."""
+    return {name: tenancy.pool_entry(body)}
+
+
+@kopf.index("", "v1", "namespaces")
+def tenancy_namespaces(*, name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """{namespace: its labels}, for the pools' namespaceSelectors."""
+    return {name: dict(labels)}
+
+
+@kopf.index(*FVM)
+def tenancy_macs(*, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(pool, MAC): the VM}: MACs are unique within a pool."""
+    return tenancy.mac_keys(body)
 
 
 # -- VM pods ---------------------------------------------------------------------------------------

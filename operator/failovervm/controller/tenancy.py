@@ -1,0 +1,79 @@
+"""What the tenancy rules (failovervm.tenancy) need from the cluster, from Kopf's in-memory indexes
+(controller.main: pools, namespace labels, MACs per pool), never a cluster-wide LIST per request;
+until a handler bound them (and in tests), from the API itself."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from failovervm import domxml
+from failovervm.kube import KubeAPI
+from failovervm.tenancy import MacRange, mac_range
+from failovervm.validation import vm_macs
+
+# The index names (controller.main registers them under these function names).
+POOLS, NAMESPACES, MACS = "tenancy_pools", "tenancy_namespaces", "tenancy_macs"
+
+
+def pool_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the pools index keeps of a VFPool: its name and the spec fields the rules read."""
+    spec = body.get("spec") or {}
+    return {"metadata": {"name": body["metadata"]["name"]},
+            "spec": {k: spec[k] for k in ("namespaceSelector", "macRange") if k in spec}}
+
+
+def mac_keys(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(pool, MAC): the VM} for each MAC the VM holds (spec.network.mac, status.mac)."""
+    pool = str(((body.get("spec") or {}).get("network") or {}).get("pool") or "")
+    meta = body.get("metadata") or {}
+    ref = {"metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")},
+           "spec": {"network": dict((body.get("spec") or {}).get("network") or {})},
+           "status": {"mac": (body.get("status") or {}).get("mac")}}
+    return {(pool, mac): ref for mac in vm_macs(body)} if pool else {}
+
+
+Index = Mapping[Any, Collection[Mapping[str, Any]]]
+
+
+class Tenancy:
+    def __init__(self, kube: KubeAPI) -> None:
+        self.kube = kube
+        self.indexes: dict[str, Index] = {}
+
+    def bind(self, indices: Mapping[str, Any]) -> None:
+        for name in (POOLS, NAMESPACES, MACS):
+            if name in indices and name not in self.indexes:
+                self.indexes[name] = indices[name]
+
+    @staticmethod
+    def _one(index: Index, key: Any) -> Mapping[str, Any] | None:
+        found = list(index.get(key) or ())
+        return found[0] if found else None
+
+    def pool(self, name: str) -> Mapping[str, Any] | None:
+        if POOLS in self.indexes:
+            return self._one(self.indexes[POOLS], name)
+        return self.kube.get_pool(name)
+
+    def namespace_labels(self, name: str) -> Mapping[str, str]:
+        if NAMESPACES in self.indexes:
+            return self._one(self.indexes[NAMESPACES], name) or {}
+        ns = self.kube.get_namespace(name)
+        return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
+
+    def mac_holders(self, pool: str, mac: str | None) -> Iterable[Mapping[str, Any]]:
+        """The VMs of `pool` that hold `mac` (explicit or recorded)."""
+        if not mac:
+            return []
+        try:
+            norm = domxml.normalize_mac(mac)
+        except ValueError:
+            return []
+        if MACS in self.indexes:
+            return list(self.indexes[MACS].get((pool, norm)) or ())
+        return [vm for vm in self.kube.list_vms()
+                if ((vm.get("spec") or {}).get("network") or {}).get("pool") == pool and norm in vm_macs(vm)]
+
+    def mac_range(self, pool: str | None) -> MacRange | None:
+        return mac_range(self.pool(pool)) if pool else None
