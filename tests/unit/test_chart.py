@@ -680,7 +680,8 @@ def test_storage_grants_and_tcp_destinations_reach_both_components(render: Rende
     open qemu+tcp:// targets only with allowInsecureTCP."""
     assert "--allow-tcp-migration" not in agent_argv(render())
     docs = render("--set", "storageGrants[0].namespace=*",
-                  "--set", "storageGrants[0].path=/var/lib/failovervm/images/cat", "--set", "storageGrants[0].readOnly=true", "--set", "storageGrants[1].namespace=team-a",
+                  "--set", "storageGrants[0].path=/var/lib/failovervm/images/cat",
+                  "--set", "storageGrants[0].readOnly=true", "--set", "storageGrants[1].namespace=team-a",
                   "--set", "storageGrants[1].path=/var/lib/failovervm/images/shared-a",
                   "--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true")
     for argv in (controller_argv(docs), agent_argv(docs)):
