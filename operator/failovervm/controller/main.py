@@ -75,12 +75,35 @@ def controller_settings(args: ControllerArgs) -> ControllerSettings:
     )
 
 
+# How often the webhook's certificate files are checked for a renewal (cert-manager, a rotated Secret).
+CERT_CHECK_SECONDS = 5.0
+
+
+class ReloadingWebhookServer(kopf.WebhookServer):
+    """Kopf's webhook server whose certificate is reloaded in its live SSL context when the files
+    change (webhookcerts.CertReloader), instead of Kopf's own stop-and-restart of the server (which
+    leaves the port closed meanwhile, and fails for good on a half-written pair)."""
+
+    reloader: webhookcerts.CertReloader | None = None
+    reload_task: asyncio.Task[None] | None = None
+
+    def _build_ssl(self) -> tuple[bytes | None, Any]:
+        cadata, context = super()._build_ssl()
+        if context is not None and self.certfile and self.pkeyfile:
+            if self.reloader is None:
+                self.reloader = webhookcerts.CertReloader(context, str(self.certfile), str(self.pkeyfile))
+                self.reload_task = asyncio.get_running_loop().create_task(self.reloader.run(CERT_CHECK_SECONDS))
+            self.reloader.context = context
+        return cadata, context
+
+
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     assert args.webhook_host
     ca, crt, key = webhookcerts.ensure(Path(args.webhook_cert_dir or "/tmp/failovervm-webhook"), args.webhook_host)
-    return kopf.WebhookServer(
+    return ReloadingWebhookServer(
         addr=args.webhook_host, port=args.webhook_port, host=args.webhook_host,
         certfile=str(crt), pkeyfile=str(key), cafile=str(ca),
+        file_check_interval=365 * 24 * 3600.0,  # Kopf's restart-on-change: replaced by the reloader
     )
 
 
