@@ -81,6 +81,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         vm_overhead_memory=args.vm_overhead_memory, log_format=args.log_format,
         require_failover_ready=args.require_failover_ready, migration_history=args.migration_history,
         handover_timeout_seconds=args.migration_handover_timeout, storage_grants=list(args.storage_grant),
+        migration_start_timeout_seconds=args.migration_start_timeout,
     ))
 
 
@@ -397,6 +398,10 @@ def _add_controller(sub: Subcommands) -> None:
                      help="how long a migration waits in TargetReady for the source node's agent to start it; "
                           "then it fails with SourceAgentUnresponsive and the VF reserved on the target is "
                           "released (0: wait forever). A live agent takes it within a second")
+    ctl.add_argument("--migration-start-timeout", type=_non_negative, default=300, metavar="SECONDS",
+                     help="how long a migration a user created may stay Pending or Scheduling (its targetNode "
+                          "does not exist or has no room, ...) before it fails with StartTimeout and the reason "
+                          "(0: wait forever). Evacuations wait as long as it takes")
     ctl.add_argument("--vm-pod-image", default=DEFAULT_IMAGE,
                      help="image of the VM pods' holder container, which runs `failovervm hold` (the Helm "
                           f"chart passes the controller's own image; default {DEFAULT_IMAGE})")

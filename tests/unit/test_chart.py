@@ -142,7 +142,9 @@ def test_renders(render: Render, scenario: str) -> None:
     assert len(names) == len(set(names)), "duplicate objects"
     for kind in ("Deployment", "DaemonSet", "Service", "ValidatingWebhookConfiguration"):
         assert kinds(docs).count(kind) == 1, kind
-    assert kinds(docs).count("ServiceAccount") == kinds(docs).count("ClusterRole") == 2
+    assert kinds(docs).count("ServiceAccount") == 2
+    # The controller's and the agent's, and the tenants' two aggregated ones (tenant-rbac.yaml).
+    assert kinds(docs).count("ClusterRole") == 4
     assert kinds(docs).count("ClusterRoleBinding") == 2
 
 
@@ -688,3 +690,18 @@ def test_storage_grants_and_tcp_destinations_reach_both_components(render: Rende
         grants = [argv[i + 1] for i, a in enumerate(argv) if a == "--storage-grant"]
         assert grants == ["*=/var/lib/failovervm/images/cat:ro", "team-a=/var/lib/failovervm/images/shared-a"]
     assert "--allow-tcp-migration" in agent_argv(docs)
+
+
+def test_tenant_roles_aggregate_into_edit_and_view_without_status(render: Render) -> None:
+    """Issue #14: tenants manage their FailoverVMs (and, by default, migrations) through Kubernetes'
+    edit/admin roles, read them through view, and never write status (the operator's)."""
+    roles = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterRole"
+             and "tenant" in d["metadata"]["name"]}
+    edit, view = roles[f"{RELEASE}-failovervm-operator-tenant-edit"], roles[f"{RELEASE}-failovervm-operator-tenant-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {r for rule in edit["rules"] for r in rule["resources"]} == {"failovervms", "failovervmmigrations"}
+    assert not any("/" in r for role in (edit, view) for rule in role["rules"] for r in rule["resources"])
+    no_migrations = [d for d in render("--set", "tenantRoles.migrations=false")
+                     if d["metadata"]["name"] == f"{RELEASE}-failovervm-operator-tenant-edit"]
+    assert {r for rule in no_migrations[0]["rules"] for r in rule["resources"]} == {"failovervms"}

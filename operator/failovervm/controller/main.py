@@ -58,6 +58,7 @@ class ControllerArgs:
     migration_history: int = 5
     handover_timeout_seconds: int = 120
     storage_grants: list[StorageGrant] = field(default_factory=list)
+    migration_start_timeout_seconds: int = 300
 
 
 def controller_settings(args: ControllerArgs) -> ControllerSettings:
@@ -71,7 +72,8 @@ def controller_settings(args: ControllerArgs) -> ControllerSettings:
         migration_history=args.migration_history,
         handover_timeout_seconds=args.handover_timeout_seconds,
         limits=Limits(per_cluster=args.parallel_migrations_per_cluster,
-                      per_node_outbound=args.parallel_outbound_migrations_per_node),
+                      per_node_outbound=args.parallel_outbound_migrations_per_node,
+                      start_timeout=args.migration_start_timeout_seconds),
     )
 
 
