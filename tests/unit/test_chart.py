@@ -697,7 +697,8 @@ def test_tenant_roles_aggregate_into_edit_and_view_without_status(render: Render
     edit/admin roles, read them through view, and never write status (the operator's)."""
     roles = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterRole"
              and "tenant" in d["metadata"]["name"]}
-    edit, view = roles[f"{RELEASE}-failovervm-operator-tenant-edit"], roles[f"{RELEASE}-failovervm-operator-tenant-view"]
+    prefix = f"{RELEASE}-failovervm-operator-tenant"
+    edit, view = roles[f"{prefix}-edit"], roles[f"{prefix}-view"]
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert {r for rule in edit["rules"] for r in rule["resources"]} == {"failovervms", "failovervmmigrations"}
