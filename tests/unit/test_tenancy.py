@@ -144,3 +144,12 @@ def test_refused_destinations(uri: str, allow_tcp: bool, match: str) -> None:
 
 def test_tcp_only_where_allowed() -> None:
     assert check_destination("qemu+tcp://10.0.0.2/system", NODE, allow_tcp=True)
+
+
+def test_generated_macs_of_a_small_range_do_not_collide(ctx: ControllerContext) -> None:
+    """A range of 16 addresses for 12 VMs: each gets its own, stable across calls."""
+    ctx.kube.add_pool(_pool("tiny", macRange={"first": "52:54:00:bb:00:00", "last": "52:54:00:bb:00:0f"}))
+    ctx.tenancy.indexes.pop(POOLS, None)  # read the new pool from the API
+    macs = [ctx.vm_mac(_vm("team-a", f"v{i}", pool="tiny")) for i in range(12)]
+    assert len(set(macs)) == 12 and all(m.startswith("52:54:00:bb:00:0") for m in macs)
+    assert ctx.vm_mac(_vm("team-a", "v3", pool="tiny")) == macs[3]

@@ -89,5 +89,11 @@ class ControllerContext:
         self.tenancy = Tenancy(self.kube)
 
     def vm_mac(self, vm: Mapping[str, Any]) -> str:
-        """The VM's MAC (vmspec.vm_mac), a generated one inside its pool's spec.macRange."""
-        return vm_mac(vm, self.tenancy.mac_range(((vm.get("spec") or {}).get("network") or {}).get("pool")))
+        """The VM's MAC (vmspec.vm_mac); a generated one inside its pool's spec.macRange and not held
+        by another VM of the pool."""
+        network = (vm.get("spec") or {}).get("network") or {}
+        pool = str(network.get("pool") or "")
+        rng = self.tenancy.mac_range(pool)
+        if rng is None or network.get("mac") or (vm.get("status") or {}).get("mac"):
+            return vm_mac(vm, rng)
+        return self.tenancy.free_mac(pool, rng, str(vm["metadata"]["uid"]))

@@ -4,6 +4,7 @@ until a handler bound them (and in tests), from the API itself."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
@@ -36,10 +37,16 @@ def mac_keys(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
 Index = Mapping[Any, Collection[Mapping[str, Any]]]
 
 
+# Generated MACs remembered until the index shows them (a status write reaches it a moment later).
+RECENT_MACS = 10_000
+
+
 class Tenancy:
     def __init__(self, kube: KubeAPI) -> None:
         self.kube = kube
         self.indexes: dict[str, Index] = {}
+        self._recent: dict[tuple[str, str], str] = {}  # (pool, MAC) -> the VM uid it was handed to
+        self._lock = threading.Lock()
 
     def bind(self, indices: Mapping[str, Any]) -> None:
         for name in (POOLS, NAMESPACES, MACS):
@@ -77,3 +84,22 @@ class Tenancy:
 
     def mac_range(self, pool: str | None) -> MacRange | None:
         return mac_range(self.pool(pool)) if pool else None
+
+    def free_mac(self, pool: str, rng: MacRange, uid: str) -> str:
+        """A MAC from the pool's range for the VM `uid` that no other VM of the pool holds: its stable
+        one (from its UID) unless taken, else the next of a stable sequence. A small range can hold
+        only so many VMs: past 64 taken candidates the stable one is returned (admission's duplicate
+        check is then the last word)."""
+        with self._lock:
+            for attempt in range(64):
+                mac = rng.generate(uid if attempt == 0 else f"{uid}/{attempt}")
+                held = {str((h.get("metadata") or {}).get("uid")) for h in self.mac_holders(pool, mac)}
+                held.add(self._recent.get((pool, mac), uid))
+                if held <= {uid}:
+                    break
+            else:
+                mac = rng.generate(uid)
+            self._recent[(pool, mac)] = uid
+            while len(self._recent) > RECENT_MACS:
+                del self._recent[next(iter(self._recent))]
+            return mac
