@@ -136,7 +136,7 @@ def test_renders(render: Render, scenario: str) -> None:
     for d in docs:
         assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
         if d["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration",
-                             "ClusterKopfPeering"}:
+                             "ClusterKopfPeering", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}:
             assert d["metadata"].get("namespace") == NAMESPACE, f"{d['kind']} {d['metadata']['name']}"
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names)), "duplicate objects"
@@ -706,3 +706,23 @@ def test_tenant_roles_aggregate_into_edit_and_view_without_status(render: Render
     no_migrations = [d for d in render("--set", "tenantRoles.migrations=false")
                      if d["metadata"]["name"] == f"{RELEASE}-failovervm-operator-tenant-edit"]
     assert {r for rule in no_migrations[0]["rules"] for r in rule["resources"]} == {"failovervms"}
+
+
+def test_admission_policies_name_the_chart_identities(render: Render) -> None:
+    """Issue #14: the agent's own-node policy applies to the agent's ServiceAccount only and reads the
+    node from its token; the evacuation-label policy exempts only the controller's ServiceAccount.
+    (Their CEL is exercised on the real API server by tests/e2e/test_helm.py.)"""
+    docs = render("--set", "admissionPolicies.enabled=true")
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {d["spec"]["policyName"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    agent = policies[f"{RELEASE}-failovervm-operator-agent-own-node"]
+    evac = policies[f"{RELEASE}-failovervm-operator-controller-evacuation-labels"]
+    assert set(bindings) == set(policies) and all(b["spec"]["validationActions"] == ["Deny"] for b in bindings.values())
+    sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-failovervm-operator"
+    assert agent["spec"]["matchConditions"][0]["expression"] == f"request.userInfo.username == '{sa}-agent'"
+    assert evac["spec"]["matchConditions"][0]["expression"] == f"request.userInfo.username != '{sa}-controller'"
+    assert "authentication.kubernetes.io/node-name" in agent["spec"]["variables"][0]["expression"]
+    resources = {r for rule in agent["spec"]["matchConstraints"]["resourceRules"] for r in rule["resources"]}
+    assert resources == {"failovervms", "failovervms/status", "failovervmmigrations/status", "nodes/status"}
+    assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies.values())
+    assert not [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")]
