@@ -124,7 +124,7 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
             "spec": {"cpu": 1, "memory": "32Mi", "network": {"pool": "sandbox-pool"},
                      "disks": [{"name": "d", "path": "/etc/shadow"}]}}))
         assert bad.returncode != 0 and "spec.disks[d].path" in bad.stderr
-        _agents_act_only_for_their_own_node(sb, tmp_path, node["node"], sb.nodes[1]["node"])
+        _agents_act_only_for_their_own_node(sb, tmp_path, node["node"])
         sb.kubectl("delete", "-f", str(REPO / "examples" / "failovervm.yaml"), "--timeout=90s")
         assert vm["status"]["domain"]["name"] not in domains_on(sb, node["node"])
         assert not claims(sb)
@@ -189,11 +189,22 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
     assert "failovervms.failovervm.io" in crds
 
 
-def _agents_act_only_for_their_own_node(sb: Sandbox, tmp_path: Path, node: str, other: str) -> None:
+def _agents_act_only_for_their_own_node(sb: Sandbox, tmp_path: Path, node: str) -> None:
     """Issue #14, on the real authorizer and admission chain: the chart's ValidatingAdmissionPolicy
     refuses the agent's ServiceAccount any write about another node. The agent of `node` runs the demo
-    VM (so its own writes pass); a token of the same ServiceAccount bound to `other` may not touch that
-    VM nor `node`'s status, and a token bound to no node may not write at all."""
+    VM (so its own writes pass); a token of the same ServiceAccount bound to another Node may not touch
+    that VM nor `node`'s status, and a token bound to no node may not write at all. (The helm sandbox
+    has one node: the other is a Node object only, which is all a token binding needs.)"""
+    other = "fvm-test-other-node"
+    sb.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                     "metadata": {"name": other}}))
+    try:
+        _refused_for_other_nodes(sb, tmp_path, node, other)
+    finally:
+        sb.kubectl("delete", "node", other, "--ignore-not-found", check=False)
+
+
+def _refused_for_other_nodes(sb: Sandbox, tmp_path: Path, node: str, other: str) -> None:
     sa = _sa(sb, "agent")
     other_kc = _token_kubeconfig(sb, sa, tmp_path / "other-agent.kubeconfig", other)
     unbound_kc = _token_kubeconfig(sb, sa, tmp_path / "unbound-agent.kubeconfig")

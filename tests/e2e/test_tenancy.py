@@ -58,7 +58,8 @@ def tenants(operator_sandbox: Sandbox) -> Sandbox:
     sb = operator_sandbox
     require(os.access(binary_path("helm"), os.X_OK), f"helm at {binary_path('helm')}")
     roles = subprocess.run([str(binary_path("helm")), "template", "fvm", str(REPO / "charts" / "failovervm-operator"),
-                            "--show-only", "templates/tenant-rbac.yaml"], capture_output=True, text=True, check=True)
+                            "--kube-version", "1.36.0", "--show-only", "templates/tenant-rbac.yaml"],
+                           capture_output=True, text=True, check=True)
     sb.kubectl("apply", "-f", "-", input=roles.stdout)
     for ns, tenant, user in (("team-a", "a", "alice"), ("team-b", "b", "bob")):
         make_namespace(sb, ns)
