@@ -146,6 +146,8 @@ def test_renders(render: Render, scenario: str) -> None:
     # The controller's and the agent's, and the tenants' two aggregated ones (tenant-rbac.yaml).
     assert kinds(docs).count("ClusterRole") == 4
     assert kinds(docs).count("ClusterRoleBinding") == 2
+    # The agent's own-node policy and the evacuation-label policy, each bound (issue #14).
+    assert kinds(docs).count("ValidatingAdmissionPolicy") == kinds(docs).count("ValidatingAdmissionPolicyBinding") == 2
 
 
 def test_kube_version_constraint(helm: Path) -> None:
@@ -725,4 +727,5 @@ def test_admission_policies_name_the_chart_identities(render: Render) -> None:
     resources = {r for rule in agent["spec"]["matchConstraints"]["resourceRules"] for r in rule["resources"]}
     assert resources == {"failovervms", "failovervms/status", "failovervmmigrations/status", "nodes/status"}
     assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies.values())
-    assert not [d for d in render() if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert not [d for d in render("--set", "admissionPolicies.enabled=false")
+                if d["kind"].startswith("ValidatingAdmissionPolicy")]
