@@ -47,10 +47,11 @@ LABEL org.opencontainers.image.title="failovervm-operator" \
       org.opencontainers.image.licenses="Apache-2.0"
 
 # libvirt0: the C library libvirt-python links against; libvirt-clients: virsh, for debugging
-# the node's libvirtd from the agent container. No compiler, no headers.
+# the node's libvirtd from the agent container; qemu-utils: qemu-img, with which the agent reads each
+# disk image's header (format, backing file) before it defines a domain. No compiler, no headers.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libvirt0 libvirt-clients \
+    && apt-get install -y --no-install-recommends libvirt0 libvirt-clients qemu-utils \
     && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

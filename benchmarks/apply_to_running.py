@@ -139,7 +139,7 @@ def _delete_and_wait(sb: SandboxHandle, ns: str, name: str) -> None:
 
 def run(state_dir: Path, n: int = 20, namespace: str = "bench-apply", phases: bool = False) -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
-    image = str(Path(sb.data["images_dir"]) / "halt.img")
+    image = str(Path(sb.data["images_dir"]) / namespace / "halt.img")
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, ["sbxpf0"])
     tl = Timeline(sb, namespace).start() if phases else None

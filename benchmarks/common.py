@@ -197,6 +197,11 @@ def _ignore_conflict(fn: Any, *args: Any) -> None:
 
 
 def ensure_namespace(sb: SandboxHandle, name: str) -> None:
+    """The namespace, with its own test images in <images dir>/<name>/ (a namespace's VMs may only
+    use files there, docs/security.md)."""
+    from failovervm_sandbox import images
+
+    images.provision_namespace(Path(sb.data["images_dir"]), name)
     _ignore_conflict(sb.core.create_namespace, {"metadata": {"name": name}})
 
 

@@ -42,7 +42,7 @@ def run(state_dir: Path, n: int = 10, namespace: str = "bench-evac", raw_rounds:
     nodes = [h["node"] for h in sb.data["libvirt"]]
     src, others = nodes[0], nodes[1:]
     per_node = 2  # the controller's default parallelOutboundMigrationsPerNode
-    image = str(Path(sb.data["images_dir"]) / "halt.img")
+    image = str(Path(sb.data["images_dir"]) / namespace / "halt.img")
     pfs = [f"sbxpf{p}" for p in range(int(sb.data.get("pfs_per_node", 1)))]
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, pfs)

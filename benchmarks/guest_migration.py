@@ -71,7 +71,7 @@ def _operator_migrations(sb: SandboxHandle, ns: str, name: str, nodes: list[str]
 def run(state_dir: Path, rounds: int = 5, namespace: str = "bench-guest") -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
     nodes = [h["node"] for h in sb.data["libvirt"]][:2]
-    images = Path(sb.data["images_dir"])
+    images = Path(sb.data["images_dir"]) / namespace
     pfs = [f"sbxpf{p}" for p in range(int(sb.data.get("pfs_per_node", 1)))]
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, pfs)

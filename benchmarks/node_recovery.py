@@ -98,7 +98,7 @@ def run(state_dir: Path, n: int = 6, namespace: str = "bench-recovery") -> dict[
     sb = SandboxHandle(state_dir)
     nodes = [h["node"] for h in sb.data["libvirt"]]
     failing, others = nodes[0], nodes[1:]
-    image = str(Path(sb.data["images_dir"]) / "halt.img")
+    image = str(Path(sb.data["images_dir"]) / namespace / "halt.img")
     pfs = [f"sbxpf{p}" for p in range(int(sb.data.get("pfs_per_node", 1)))]
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, pfs)

@@ -136,7 +136,7 @@ def _phase(sb: SandboxHandle, ns: str, name: str) -> str | None:
 
 def run(state_dir: Path, n: int = 20, namespace: str = "bench-binding") -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
-    image = str(Path(sb.data["images_dir"]) / "halt.img")
+    image = str(Path(sb.data["images_dir"]) / namespace / "halt.img")
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, ["sbxpf0"])
     metrics = SchedulerMetrics(sb)

@@ -130,6 +130,11 @@ CREATED_NAMESPACES: set[str] = set()
 
 
 def make_namespace(sb: Sandbox, name: str) -> str:
+    """Create namespace `name` with its own directory of test images (<images dir>/<name>/: a
+    namespace's VMs may only use files there, docs/security.md)."""
+    from failovervm_sandbox import images
+
+    images.provision_namespace(sb.images_dir, name)
     sb.kubectl("create", "namespace", name, check=False)
     CREATED_NAMESPACES.add(name)
     return name

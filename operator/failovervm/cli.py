@@ -50,6 +50,16 @@ def _quantity(value: str) -> str:
     return value
 
 
+def _storage_grant(value: str) -> Any:
+    """A --storage-grant (failovervm.storage.StorageGrant), checked here so a typo fails at start."""
+    from failovervm.storage import StorageGrant
+
+    try:
+        return StorageGrant.parse(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _non_negative(value: str) -> int:
     n = int(value)
     if n < 0:
@@ -70,7 +80,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         vm_pod_image=args.vm_pod_image, vm_overhead_cpu=args.vm_overhead_cpu,
         vm_overhead_memory=args.vm_overhead_memory, log_format=args.log_format,
         require_failover_ready=args.require_failover_ready, migration_history=args.migration_history,
-        handover_timeout_seconds=args.migration_handover_timeout,
+        handover_timeout_seconds=args.migration_handover_timeout, storage_grants=list(args.storage_grant),
+        migration_start_timeout_seconds=args.migration_start_timeout,
         priority=args.priority, peering_lifetime=args.peering_lifetime,
     ))
 
@@ -316,7 +327,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     return run(AgentArgs(
         node=args.node, libvirt_uri=args.libvirt_uri, sysfs_root=args.sysfs_root, kubeconfig=args.kubeconfig,
         storage_roots=args.storage_root, metrics_port=args.metrics_port, resync_seconds=args.resync_seconds,
-        serial_log_dir=args.serial_log_dir, log_format=args.log_format,
+        serial_log_dir=args.serial_log_dir, log_format=args.log_format, storage_grants=list(args.storage_grant),
+        allow_tcp_migration=args.allow_tcp_migration,
     ))
 
 
@@ -360,7 +372,11 @@ def _add_controller(sub: Subcommands) -> None:
     ctl = sub.add_parser("controller", help="run the cluster controller (Kopf; one active replica via peering)")
     ctl.add_argument("--kubeconfig", default=None, help="kubeconfig (default: in-cluster, then $KUBECONFIG)")
     ctl.add_argument("--storage-root", action="append", default=[], required=True,
-                     help="directory VM disks/kernels must live under (repeatable)")
+                     help="directory VM disks/kernels must live under, in <root>/<namespace>/ (repeatable)")
+    ctl.add_argument("--storage-grant", action="append", default=[], type=_storage_grant, metavar="GRANT",
+                     help="NAMESPACE=PATH[:ro]: the VMs of NAMESPACE ('*': of every namespace) may also use the files "
+                          "under PATH, a directory inside a storage root (:ro: only as kernel, initrd, read-only disk "
+                          "or backing file); by default a namespace's VMs only use <root>/<namespace>/ (repeatable)")
     ctl.add_argument("--webhook-host", default=None, help="serve the validating webhook on this address")
     ctl.add_argument("--webhook-port", type=int, default=9443)
     ctl.add_argument("--webhook-cert-dir", default=None,
@@ -392,6 +408,10 @@ def _add_controller(sub: Subcommands) -> None:
                      help="how long a migration waits in TargetReady for the source node's agent to start it; "
                           "then it fails with SourceAgentUnresponsive and the VF reserved on the target is "
                           "released (0: wait forever). A live agent takes it within a second")
+    ctl.add_argument("--migration-start-timeout", type=_non_negative, default=300, metavar="SECONDS",
+                     help="how long a migration a user created may stay Pending or Scheduling (its targetNode "
+                          "does not exist or has no room, ...) before it fails with StartTimeout and the reason "
+                          "(0: wait forever). Evacuations wait as long as it takes")
     ctl.add_argument("--vm-pod-image", default=DEFAULT_IMAGE,
                      help="image of the VM pods' holder container, which runs `failovervm hold` (the Helm "
                           f"chart passes the controller's own image; default {DEFAULT_IMAGE})")
@@ -413,6 +433,13 @@ def _add_agent(sub: Subcommands) -> None:
     ag.add_argument("--sysfs-root", default="/sys", help="where to read SR-IOV VFs from")
     ag.add_argument("--kubeconfig", default=None)
     ag.add_argument("--storage-root", action="append", default=[], required=True)
+    ag.add_argument("--storage-grant", action="append", default=[], type=_storage_grant, metavar="GRANT",
+                    help="NAMESPACE=PATH[:ro]: the VMs of NAMESPACE ('*': of every namespace) may also use the files "
+                         "under PATH, a directory inside a storage root (:ro: only as kernel, initrd, read-only disk "
+                         "or backing file); by default a namespace's VMs only use <root>/<namespace>/ (repeatable)")
+    ag.add_argument("--allow-tcp-migration", action="store_true",
+                    help="also migrate to a node whose libvirt URI is qemu+tcp:// (unencrypted, unauthenticated "
+                         "libvirt: only on a trusted, isolated network); by default only qemu+tls://")
     ag.add_argument("--metrics-port", type=int, default=8081)
     ag.add_argument("--resync-seconds", type=float, default=30.0)
     ag.add_argument("--serial-log-dir", default=None, help="write each VM's serial console to a file here")

@@ -53,11 +53,18 @@ def is_active(mig: Mapping[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Limits:
+    # Parallel evacuation migrations (drains, evictions): only those count against these two, so
+    # migrations users create (`failovervm migrate`, tenants) never hold up a drain (issue #14).
     per_cluster: int = 5
     per_node_outbound: int = 2
     max_attempts: int = 5
     backoff_start: float = 5.0
     backoff_max: float = 60.0
+    # Seconds a migration users created may stay Pending or Scheduling (it cannot start: its
+    # targetNode does not exist or has no room, the VM's other migration goes on) before it fails
+    # with StartTimeout and the reason it waited for (0: wait forever). Evacuations wait as long
+    # as it takes (an autoscaler may be adding the node they need).
+    start_timeout: float = 300.0
 
 
 def _ts(value: Any) -> dt.datetime | None:
@@ -70,6 +77,28 @@ def _ended(mig: Mapping[str, Any]) -> dt.datetime:
     """When a finished migration ended (its creation when it never recorded an end)."""
     return (_ts((mig.get("status") or {}).get("endTimestamp")) or _ts(mig["metadata"].get("creationTimestamp"))
             or dt.datetime.min.replace(tzinfo=dt.UTC))
+
+
+def is_evacuation(mig: Mapping[str, Any]) -> bool:
+    """A migration the controller started to empty a node or answer an eviction (labelled so);
+    any other was created by a user."""
+    found = mig["metadata"].get("labels") or {}
+    return bool(found.get(labels.EVACUATION_LABEL) or found.get(labels.EVICTED_POD_LABEL))
+
+
+START_TIMEOUT = "StartTimeout"
+
+
+def start_overdue(mig: Mapping[str, Any], now: dt.datetime, timeout: float) -> float | None:
+    """How long a user's migration has waited to start (Pending or Scheduling since it was created),
+    when that is `timeout` seconds or more; None otherwise, for evacuations, and when `timeout` is 0."""
+    if timeout <= 0 or phase(mig) not in (PENDING, SCHEDULING) or is_evacuation(mig):
+        return None
+    created = _ts(mig["metadata"].get("creationTimestamp"))
+    if created is None:
+        return None
+    waited = (now - created).total_seconds()
+    return waited if waited >= timeout else None
 
 
 def _of_vm(mig: Mapping[str, Any], vm_namespace: str, vm_name: str) -> bool:
@@ -198,9 +227,10 @@ def plan_evacuation(
     policy refuses waits, blocking the drain, with the reason."""
     migrations = list(migrations)
     active = [m for m in migrations if is_active(m)]
-    cluster_budget = limits.per_cluster - len(active)
+    evacuating = [m for m in active if is_evacuation(m)]  # users' migrations use none of this capacity
+    cluster_budget = limits.per_cluster - len(evacuating)
     vms = list(vms)
-    node_budget = limits.per_node_outbound - sum(1 for m in active if _vm_node(m, vms) == node)
+    node_budget = limits.per_node_outbound - sum(1 for m in evacuating if _vm_node(m, vms) == node)
     busy = {(m["metadata"].get("namespace"), (m.get("spec") or {}).get("vmName")) for m in active}
     start: list[Mapping[str, Any]] = []
     waiting: dict[str, str] = {}

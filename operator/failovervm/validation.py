@@ -3,11 +3,11 @@ operator configuration). Every message names the offending field."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from failovervm import domxml
-from failovervm.storage import PathNotAllowed, confine_path
+from failovervm.storage import PathNotAllowed, StoragePolicy
 from failovervm.vmspec import guest_paths
 
 
@@ -30,7 +30,7 @@ def validate_vm(
     *,
     others: Iterable[Mapping[str, Any]],
     pool_exists: bool,
-    storage_roots: Sequence[str],
+    storage: StoragePolicy,
 ) -> list[str]:
     errors: list[str] = []
     meta = vm.get("metadata") or {}
@@ -56,21 +56,25 @@ def validate_vm(
             uid = meta.get("uid")
             for other in others:
                 om = other.get("metadata") or {}
+                if ((other.get("spec") or {}).get("network") or {}).get("pool") != pool:
+                    continue  # MACs are unique within a pool (one L2 segment), not across pools
                 if uid and om.get("uid") == uid:
                     continue
                 if (om.get("namespace"), om.get("name")) == (namespace, name):
                     continue
                 if norm in vm_macs(other):
                     errors.append(
-                        f"spec.network.mac: {norm} is already used by FailoverVM {om.get('namespace')}/{om.get('name')}"
+                        f"spec.network.mac: {norm} is already used in VFPool {pool!r} by "
+                        + (f"FailoverVM {om.get('namespace')}/{om.get('name')}" if om.get("namespace") == namespace
+                           else "a FailoverVM of another namespace")
                     )
                     break
-    for field, path in guest_paths(vm):
+    for field, path, write in guest_paths(vm):
         if ".." in path.split("/"):
             errors.append(f"{field}: {path!r} must not contain '..'")
             continue
         try:
-            confine_path(path, storage_roots)
+            storage.confine(path, namespace, write=write)
         except PathNotAllowed as exc:
             errors.append(f"{field}: {exc}")
     return errors

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from failovervm import domxml
 from failovervm.quantity import to_mib
 from failovervm.scheduling import PoolInfo
-from failovervm.storage import confine_path
+from failovervm.storage import StoragePolicy
+from failovervm.tenancy import MacRange
 
 
 def vm_key(vm: Mapping[str, Any]) -> str:
@@ -21,14 +22,17 @@ def pool_info(pool: Mapping[str, Any]) -> PoolInfo:
     return PoolInfo(name=pool["metadata"]["name"], node_selector=dict(selector))
 
 
-def vm_mac(vm: Mapping[str, Any]) -> str:
-    """The VM's MAC: spec.network.mac, else the one recorded in status, else a stable one from its UID."""
+def vm_mac(vm: Mapping[str, Any], mac_range: MacRange | None = None) -> str:
+    """The VM's MAC: spec.network.mac, else the one recorded in status, else a stable one from its UID
+    (inside its pool's spec.macRange when the pool has one)."""
     spec_mac = ((vm.get("spec") or {}).get("network") or {}).get("mac")
     if spec_mac:
         return domxml.normalize_mac(spec_mac)
     status_mac = (vm.get("status") or {}).get("mac")
     if status_mac:
         return str(status_mac)
+    if mac_range is not None:
+        return mac_range.generate(vm["metadata"]["uid"])
     return domxml.generate_mac(vm["metadata"]["uid"])
 
 
@@ -39,21 +43,42 @@ def standby_spec(pool: Mapping[str, Any]) -> domxml.StandbySpec:
     )
 
 
-def guest_paths(vm: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """(field path, host path) of every host file the VM spec names."""
+def guest_paths(vm: Mapping[str, Any]) -> list[tuple[str, str, bool]]:
+    """(field path, host path, opened for writing) of every host file the VM spec names: its disks,
+    their declared backing files (read-only), kernel and initrd (read-only)."""
     spec = vm.get("spec") or {}
-    out = [(f"spec.disks[{d.get('name')}].path", str(d.get("path", ""))) for d in spec.get("disks") or []]
+    out: list[tuple[str, str, bool]] = []
+    for d in spec.get("disks") or []:
+        field = f"spec.disks[{d.get('name')}]"
+        out.append((f"{field}.path", str(d.get("path", "")), not d.get("readOnly", False)))
+        for i, layer in enumerate(d.get("backingChain") or []):
+            out.append((f"{field}.backingChain[{i}].path", str(layer.get("path", "")), False))
     for key in ("kernel", "initrd"):
         if spec.get(key):
-            out.append((f"spec.{key}", str(spec[key])))
+            out.append((f"spec.{key}", str(spec[key]), False))
     return out
+
+
+def _disk(d: Mapping[str, Any], namespace: str, storage: StoragePolicy) -> domxml.DiskSpec:
+    read_only = bool(d.get("readOnly", False))
+    return domxml.DiskSpec(
+        name=d["name"],
+        path=storage.confine(str(d["path"]), namespace, write=not read_only),
+        format=d.get("format", "raw"),
+        bus=d.get("bus", "virtio"),
+        read_only=read_only,
+        boot_order=d.get("bootOrder"),
+        backing=tuple(domxml.BackingSpec(path=storage.confine(str(b["path"]), namespace, write=False),
+                                         format=b.get("format", "qcow2"))
+                      for b in d.get("backingChain") or []),
+    )
 
 
 def domain_spec(
     vm: Mapping[str, Any],
     pool: Mapping[str, Any],
     *,
-    storage_roots: Sequence[str],
+    storage: StoragePolicy,
     vf: str | None,
     vf_node: str | None,
     kvm_available: bool,
@@ -62,17 +87,8 @@ def domain_spec(
     """The libvirt domain for `vm`. Raises ValueError (incl. PathNotAllowed) for a bad spec."""
     spec = vm.get("spec") or {}
     meta = vm["metadata"]
-    disks = tuple(
-        domxml.DiskSpec(
-            name=d["name"],
-            path=confine_path(str(d["path"]), storage_roots),
-            format=d.get("format", "raw"),
-            bus=d.get("bus", "virtio"),
-            read_only=bool(d.get("readOnly", False)),
-            boot_order=d.get("bootOrder"),
-        )
-        for d in spec.get("disks") or []
-    )
+    namespace = meta["namespace"]
+    disks = tuple(_disk(d, namespace, storage) for d in spec.get("disks") or [])
     accel: Literal["kvm", "qemu"] = "kvm" if spec.get("accel", "kvm") == "kvm" and kvm_available else "qemu"
     return domxml.DomainSpec(
         name=domxml.domain_name(meta["namespace"], meta["name"]),
@@ -89,7 +105,7 @@ def domain_spec(
         vf_node=vf_node,
         accel=accel,
         serial_log=serial_log,
-        kernel=confine_path(spec["kernel"], storage_roots) if spec.get("kernel") else None,
-        initrd=confine_path(spec["initrd"], storage_roots) if spec.get("initrd") else None,
+        kernel=storage.confine(spec["kernel"], namespace, write=False) if spec.get("kernel") else None,
+        initrd=storage.confine(spec["initrd"], namespace, write=False) if spec.get("initrd") else None,
         cmdline=spec.get("cmdline"),
     )

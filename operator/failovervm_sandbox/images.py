@@ -1,7 +1,13 @@
-"""Test images for the sandbox's shared image directory (stands in for NFS/Ceph)."""
+"""Test images for the sandbox's shared image directory (stands in for NFS/Ceph).
+
+A namespace's VMs may only use files under <storage root>/<namespace>/ (docs/security.md): the
+sandbox provisions each namespace's directory with the test images, as an administrator would
+(provision_namespace); `sandbox up` does it for the namespace `default` of the examples."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from failovervm_sandbox import guestimage
@@ -42,3 +48,33 @@ def ensure_images(directory: Path, guest: bool = True, cache_dir: Path | None = 
         out["guest_kernel"] = built["kernel"]
         out["guest_initrd"] = built["initrd"]
     return out
+
+
+def namespace_dir(directory: Path, namespace: str) -> Path:
+    """<images dir>/<namespace>: the only place the namespace's VMs may take their files from."""
+    if not namespace or "/" in namespace or namespace in (".", ".."):
+        raise ValueError(f"not a namespace name: {namespace!r}")
+    return directory / namespace
+
+
+def provision_namespace(directory: Path, namespace: str) -> Path:
+    """Give ``namespace`` its own copy of the test images in <images dir>/<namespace>/ (the halt
+    sector copied, since a VM may write it; the guest's kernel and initrd, which QEMU only reads,
+    hard-linked when they exist). Idempotent; returns the directory."""
+    target = namespace_dir(directory, namespace)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in (HALT_IMAGE, GUEST_KERNEL, GUEST_INITRD):
+        src, dst = directory / name, target / name
+        if not src.exists() or (dst.exists() and dst.stat().st_size == src.stat().st_size):
+            continue
+        tmp = dst.with_name(f".{name}.tmp")
+        tmp.unlink(missing_ok=True)
+        if name == HALT_IMAGE:
+            shutil.copyfile(src, tmp)
+        else:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    return target

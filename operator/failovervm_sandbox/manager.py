@@ -65,6 +65,7 @@ def up(opts: Options) -> State:
     state = _record_settings(opts)
     _start_control_plane(state, opts)
     images.ensure_images(opts.images_dir)
+    images.provision_namespace(opts.images_dir, "default")  # the examples' namespace
     _start_libvirt_hosts(state, opts)
     _connect_standby_network(state, opts)
     _register_nodes(state, opts)

@@ -165,6 +165,8 @@ def ensure(state: State, opts: Options) -> None:
             "--libvirt-uri", host["uri"], "--sysfs-root", host["sysfs_root"],
             "--storage-root", d["images_dir"], "--metrics-port", str(op[f"{key}_metrics_port"]),
             "--serial-log-dir", str(state.dir / "console"),
+            # The sandbox's libvirt daemons listen on qemu+tcp:// (loopback addresses only).
+            "--allow-tcp-migration",
         ]
         ensure_component(
             state, key, "agent",

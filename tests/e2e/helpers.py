@@ -11,7 +11,10 @@ import libvirt
 from failovervm_sandbox import procs
 from tests.conftest import TEST_IMAGES_DIR, Sandbox, wait_for
 
-HALT = f"{TEST_IMAGES_DIR}/halt.img"
+
+def halt(namespace: str) -> str:
+    """The halt-sector image in the namespace's own image directory (tests.conftest.make_namespace)."""
+    return f"{TEST_IMAGES_DIR}/{namespace}/halt.img"
 
 
 def wait_webhook(port: int, timeout: float = 60) -> None:
@@ -36,7 +39,7 @@ def vm_manifest(name: str, namespace: str, pool: str, *, memory: str = "32Mi", r
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "running": running, "cpu": 1, "memory": memory,
-            "disks": [{"name": "boot", "path": HALT, "readOnly": True, "bootOrder": 1}],
+            "disks": [{"name": "boot", "path": halt(namespace), "readOnly": True, "bootOrder": 1}],
             "network": {"pool": pool},
             "terminationGracePeriodSeconds": 0,
         },

@@ -41,7 +41,7 @@ def linux_vm(name: str, ns: str, ip: str, mac: str, peer: str | None = None, **s
     if peer:
         cmdline += f" fvm.peer={peer}"
     body = vm_manifest(name, ns, POOL, memory="128Mi", accel="tcg", disks=[],
-                       kernel=f"{TEST_IMAGES_DIR}/{GUEST_KERNEL}", initrd=f"{TEST_IMAGES_DIR}/{GUEST_INITRD}",
+                       kernel=f"{TEST_IMAGES_DIR}/{ns}/{GUEST_KERNEL}", initrd=f"{TEST_IMAGES_DIR}/{ns}/{GUEST_INITRD}",
                        cmdline=cmdline, **spec)
     body["spec"]["network"]["mac"] = mac
     del body["spec"]["disks"]

@@ -65,8 +65,11 @@ def _sa(sb: Sandbox, component: str) -> str:
     return str(items[0]["metadata"]["name"])
 
 
-def _token_kubeconfig(sb: Sandbox, sa: str, path: Path) -> Path:
-    token = sb.kubectl("-n", NS, "create", "token", sa, "--duration=2h").stdout.strip()
+def _token_kubeconfig(sb: Sandbox, sa: str, path: Path, node: str | None = None) -> Path:
+    """A kubeconfig with a token of ServiceAccount `sa`; bound to Node `node` when given (the token then
+    carries authentication.kubernetes.io/node-name, as an agent pod's projected token does)."""
+    bound = ["--bound-object-kind", "Node", "--bound-object-name", node] if node else []
+    token = sb.kubectl("-n", NS, "create", "token", sa, "--duration=2h", *bound).stdout.strip()
     return sb.token_kubeconfig(token, path)
 
 
@@ -74,7 +77,8 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
     sb = helm_sandbox
     port = free_port()
     values = ["--set", f"storageRoots={{{TEST_IMAGES_DIR}}}", "--set", f"webhook.url=https://127.0.0.1:{port}",
-              "--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true"]
+              "--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true",
+              "--set", "admissionPolicies.enabled=true"]
     _helm(sb, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace", *values)
     status = json.loads(_helm(sb, "status", RELEASE, "-n", NS, "-o", "json").stdout)
     assert status["info"]["status"] == "deployed"
@@ -86,8 +90,8 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
     for key in ("ca.crt", "tls.crt", "tls.key"):
         (certs / key).write_bytes(base64.b64decode(secret["data"][key]))
     ctl_kc = _token_kubeconfig(sb, _sa(sb, "controller"), tmp_path / "controller.kubeconfig")
-    agent_kc = _token_kubeconfig(sb, _sa(sb, "agent"), tmp_path / "agent.kubeconfig")
     node = sb.nodes[0]
+    agent_kc = _token_kubeconfig(sb, _sa(sb, "agent"), tmp_path / "agent.kubeconfig", node["node"])
     logs = tmp_path / "logs"
     ctl = procs.spawn([sys.executable, "-m", "failovervm.cli", "controller", "--kubeconfig", str(ctl_kc),
                        "--storage-root", TEST_IMAGES_DIR, "--webhook-host", "127.0.0.1", "--webhook-port", str(port),
@@ -124,6 +128,7 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
             "spec": {"cpu": 1, "memory": "32Mi", "network": {"pool": "sandbox-pool"},
                      "disks": [{"name": "d", "path": "/etc/shadow"}]}}))
         assert bad.returncode != 0 and "spec.disks[d].path" in bad.stderr
+        _agents_act_only_for_their_own_node(sb, tmp_path, node["node"])
         sb.kubectl("delete", "-f", str(REPO / "examples" / "failovervm.yaml"), "--timeout=90s")
         assert vm["status"]["domain"]["name"] not in domains_on(sb, node["node"])
         assert not claims(sb)
@@ -186,7 +191,57 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
     for kind in ("deployments", "daemonsets", "services", "secrets", "serviceaccounts", "roles", "rolebindings"):
         assert not sb.kubectl_json("-n", NS, "get", kind, "-l", sel)["items"], kind
     for kind in ("clusterroles", "clusterrolebindings", "validatingwebhookconfigurations",
-                 "clusterkopfpeerings.kopf.dev"):
+                 "validatingadmissionpolicies", "validatingadmissionpolicybindings", "clusterkopfpeerings.kopf.dev"):
         assert not sb.kubectl_json("get", kind, "-l", sel)["items"], kind
     crds = {c["metadata"]["name"] for c in sb.kubectl_json("get", "crd")["items"]}
     assert "failovervms.failovervm.io" in crds
+
+
+def _agents_act_only_for_their_own_node(sb: Sandbox, tmp_path: Path, node: str) -> None:
+    """Issue #14, on the real authorizer and admission chain: the chart's ValidatingAdmissionPolicy
+    refuses the agent's ServiceAccount any write about another node. The agent of `node` runs the demo
+    VM (so its own writes pass); a token of the same ServiceAccount bound to another Node may not touch
+    that VM nor `node`'s status, and a token bound to no node may not write at all. (The helm sandbox
+    has one node: the other is a Node object only, which is all a token binding needs.)"""
+    other = "fvm-test-other-node"
+    sb.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Node",
+                                                     "metadata": {"name": other}}))
+    try:
+        _refused_for_other_nodes(sb, tmp_path, node, other)
+    finally:
+        sb.kubectl("delete", "node", other, "--ignore-not-found", check=False)
+
+
+def _refused_for_other_nodes(sb: Sandbox, tmp_path: Path, node: str, other: str) -> None:
+    sa = _sa(sb, "agent")
+    other_kc = _token_kubeconfig(sb, sa, tmp_path / "other-agent.kubeconfig", other)
+    unbound_kc = _token_kubeconfig(sb, sa, tmp_path / "unbound-agent.kubeconfig")
+    forged = '{"status":{"message":"forged by another node"}}'
+    res = sb.kubectl_as(other_kc, "-n", "default", "patch", "fvm", "demo", "--subresource=status", "--type=merge",
+                        "-p", forged)
+    assert res.returncode != 0 and "failovervm agent-own-node" in res.stderr, res.stderr
+    assert f"the agent of node {other} may only write FailoverVMs that run on it" in res.stderr
+    assert f"default/demo runs on {node}" in res.stderr
+    res = sb.kubectl_as(other_kc, "-n", "default", "label", "fvm", "demo", "forged=yes")
+    assert res.returncode != 0 and "may only write FailoverVMs that run on it" in res.stderr, res.stderr
+    # As the agent writes it: a PATCH of nodes/status without reading it first (no get on nodes/status).
+    import kubernetes
+
+    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(config_file=str(other_kc)))
+    try:
+        api.patch_node_status(node, {"status": {"capacity": {"vf.failovervm.io/forged": "64"}}})
+        raise AssertionError(f"the agent of {other} patched {node}'s status")
+    except kubernetes.client.ApiException as exc:
+        assert exc.status == 403 and f"may only write its own Node's status, not {node}'s" in str(exc.body), exc.body
+    res = sb.kubectl_as(unbound_kc, "-n", "default", "patch", "fvm", "demo", "--subresource=status",
+                        "--type=merge", "-p", forged)
+    assert res.returncode != 0 and "carries no node name" in res.stderr, res.stderr
+    status = sb.kubectl_json("-n", "default", "get", "fvm", "demo")["status"]
+    assert status.get("message") != "forged by another node" and status["nodeName"] == node
+    # Nobody but the controller marks a migration as an evacuation (not even a cluster administrator).
+    res = sb.kubectl("--as", "mallory", "--as-group", "system:masters", "apply", "-f", "-", check=False,
+                     input=json.dumps({"apiVersion": "failovervm.io/v1alpha1", "kind": "FailoverVMMigration",
+                                       "metadata": {"name": "fake-evacuation", "namespace": "default",
+                                                    "labels": {"failovervm.io/evacuation": node}},
+                                       "spec": {"vmName": "demo"}}))
+    assert res.returncode != 0 and "only the operator marks a migration as an evacuation" in res.stderr, res.stderr

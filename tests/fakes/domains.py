@@ -20,7 +20,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Concatenate, TypeVar
+from typing import Any, Concatenate, TypeVar
 
 from failovervm import domxml
 from failovervm.agent.domains import (
@@ -117,6 +117,10 @@ class FakeDomainManager(Failures):
         self.slow: dict[str, FakeMigration] = {}  # domain name -> its next migration, a running job
         self.max_downtime: dict[str, int] = {}  # domain name -> set_max_downtime's milliseconds
         self._cv = threading.Condition()
+        # What image_info reports per path (qemu-img info's JSON); a path not listed reads as a
+        # plain image of the format asked for, without a backing file.
+        self.images: dict[str, dict[str, Any]] = {}
+        self.opened: list[str] = []  # the URIs open_remote was asked for, in order
 
     # -- test controls -------------------------------------------------------------------------
     def add(self, name: str, state: DomainState = DomainState.RUNNING, reason: int = 0, *, xml: str = "",
@@ -177,6 +181,13 @@ class FakeDomainManager(Failures):
         if isinstance(answer, Exception):
             raise answer
         return answer
+
+    @failable
+    def image_info(self, path: str, fmt: str) -> dict[str, Any]:
+        info = self.images.get(path, {"filename": path, "format": fmt})
+        if info.get("format") != fmt and fmt != "raw":  # qemu-img -f raw reads anything as raw
+            raise DomainError(f"cannot read {path!r} as {fmt}: Image is not in {fmt} format")
+        return dict(info) if fmt != "raw" else {"filename": path, "format": "raw"}
 
     # -- changes -------------------------------------------------------------------------------
     @change
@@ -301,6 +312,7 @@ class FakeDomainManager(Failures):
     # -- other hosts ---------------------------------------------------------------------------
     @failable
     def open_remote(self, uri: str) -> DomainManager:
+        self.opened.append(uri)
         if uri not in self.remotes:
             raise DomainError(f"unable to connect to server at '{uri}': Connection refused", 38)
         there = self.remotes[uri]

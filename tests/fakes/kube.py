@@ -42,7 +42,8 @@ from tests.fakes.failures import Failures, P, R, failable
 K = TypeVar("K")
 FK = TypeVar("FK", bound="FakeKube")
 KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
-         "vfclaims": "VFClaim", "vfinventories": "VFInventory", "nodes": "Node", "pods": "Pod"}
+         "vfclaims": "VFClaim", "vfinventories": "VFInventory", "nodes": "Node", "pods": "Pod",
+         "namespaces": "Namespace"}
 Obj = dict[str, Any]
 Mutate = Callable[[Obj], Obj | None]
 
@@ -161,6 +162,7 @@ class FakeKube(VMMetadataEdits, Failures):
         self.claims: dict[str, Obj] = {}
         self.inventories: dict[str, Obj] = {}
         self.nodes: dict[str, Obj] = {}
+        self.namespaces: dict[str, Obj] = {}
         self.pods: dict[tuple[str, str], Obj] = {}
         self.events: list[RecordedEvent] = []
         self.calls: list[KubeCall] = []
@@ -186,6 +188,10 @@ class FakeKube(VMMetadataEdits, Failures):
     def add_migration(self, obj: Mapping[str, Any]) -> Obj:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         return self._create("failovervmmigrations", self.migrations, key, obj)
+
+    def add_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Obj:
+        body = {"metadata": {"name": name, "labels": dict(labels or {})}}
+        return self._create("namespaces", self.namespaces, name, body)
 
     def add_pool(self, obj: Mapping[str, Any]) -> Obj:
         """A VFPool. VFs listed in its status.nodes (the layout of earlier versions, which tests use
@@ -355,6 +361,10 @@ class FakeKube(VMMetadataEdits, Failures):
         return self._get(self.nodes, name)
 
     @api
+    def get_namespace(self, name: str) -> Obj | None:
+        return self._get(self.namespaces, name)
+
+    @api
     def patch_node(self, name: str, body: dict[str, Any]) -> Obj:
         return self._patch("nodes", self.nodes, name, body)
 
@@ -415,7 +425,7 @@ class FakeKube(VMMetadataEdits, Failures):
         meta = new.setdefault("metadata", {})
         meta.setdefault("uid", str(uuid.uuid4()))
         new.setdefault("kind", KINDS[kind])
-        if kind not in ("nodes", "pods"):
+        if kind not in ("nodes", "pods", "namespaces"):
             new.setdefault("apiVersion", f"{API_GROUP}/{API_VERSION}")
             meta.setdefault("generation", 1)
         self._store(kind, store, key, new)

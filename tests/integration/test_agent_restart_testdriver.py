@@ -30,11 +30,13 @@ class OldCRDKube(FakeKube):
 
 def cluster(root: Path, kube: FakeKube | None = None) -> FakeKube:
     kube = kube or FakeKube()
+    (root / "ns").mkdir(exist_ok=True)  # the namespace's own directory under the storage root
+    (root / "ns" / "halt.img").write_bytes(bytes(512))  # the agent reads its header before define
     kube.add_vm({
         "metadata": {"name": "r", "namespace": "ns", "uid": UID, "generation": 1,
                      "finalizers": [labels.AGENT_FINALIZER], "annotations": {}},
         "spec": {"cpu": 1, "memory": "32Mi", "running": True, "terminationGracePeriodSeconds": 0,
-                 "disks": [{"name": "boot", "path": str(root / "halt.img"), "readOnly": True}],
+                 "disks": [{"name": "boot", "path": str(root / "ns" / "halt.img"), "readOnly": True}],
                  "network": {"pool": "p"}},
         "status": {"phase": "Scheduled", "nodeName": "n1",
                    "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.1", "claimName": "c1"}},

@@ -20,7 +20,7 @@ from tests.fakes.kube import node
 
 UID = "0b6f4a52-3c1d-4e8f-9a7b-2d5e6f708192"
 DNAME = "fvm_ns_vm"
-TARGET_URI = "qemu+tcp://n2/system"
+TARGET_URI = "qemu+tls://n2/system"
 MIG = {"name": "m1", "state": mg.TARGET_READY, "targetNode": "n2", "targetPciAddress": "0000:3b:02.1",
        "targetClaim": "c2"}
 LIVE_XML = ("<domain type='kvm'><name>fvm_ns_vm</name><devices><interface type='hostdev'><source>"
@@ -33,7 +33,7 @@ def setup(tmp_path: Path, *, migration_state: str = mg.TARGET_READY, policy: str
     kube = FakeKube()
     kube.add_vm({
         "metadata": {"name": "vm", "namespace": "ns", "uid": UID, "generation": 1, "labels": {labels.VM_NODE: "n1"}},
-        "spec": {"cpu": 1, "memory": "32Mi", "disks": [{"name": "boot", "path": str(tmp_path / "boot.img")}],
+        "spec": {"cpu": 1, "memory": "32Mi", "disks": [{"name": "boot", "path": str(tmp_path / "ns" / "boot.img")}],
                  "network": {"pool": "p"}},
         "status": {"phase": "Running", "nodeName": "n1", "migration": {**MIG, "state": migration_state},
                    "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.0", "claimName": "c1"}},
@@ -100,6 +100,9 @@ def test_a_migration_deleted_before_it_started_is_aborted(tmp_path: Path) -> Non
     ("no-domain", "SourceNotRunning", "the domain is not running on the source node"),
     ("running-copy", "TargetHasDomain", "a running domain fvm_ns_vm already exists on n2"),
     ("no-failover", mg.FAILOVER_NOT_READY, "refused because requireFailoverReady is set"),
+    # issue #14: the node's announced URI is checked before it is opened
+    ("elsewhere", "DestinationRefused", "host 'attacker.example' is not one of the node's names or addresses"),
+    ("tcp", "DestinationRefused", "scheme 'qemu+tcp' is not allowed"),
 ])
 def test_checks_before_the_transfer(tmp_path: Path, case: str, reason: str, message: str) -> None:
     m, kube, dm = setup(tmp_path, announced=case != "unannounced",
@@ -110,9 +113,15 @@ def test_checks_before_the_transfer(tmp_path: Path, case: str, reason: str, mess
         dm.remotes[TARGET_URI].add(DNAME)
     if case == "no-failover":
         dm.domains[DNAME].probe = FailoverProbe(offered=True, negotiated=False, driver_ok=True)
+    if case in ("elsewhere", "tcp"):
+        uri = "qemu+tls://attacker.example/system" if case == "elsewhere" else "qemu+tcp://n2/system"
+        kube.nodes["n2"]["metadata"]["annotations"][labels.LIBVIRT_URI] = uri
+        dm.remote(uri)
     run(m, kube)
     ms = mig_status(kube)
     assert dm.migrations == [] and ms["phase"] == mg.FAILED and ms["reason"] == reason and message in ms["message"]
+    if reason == "DestinationRefused":
+        assert dm.opened == [] and "DestinationRefused" in kube.reasons()  # refused, never opened
     assert "migration" not in vm_status(kube) and vm_status(kube)["nodeName"] == "n1"
 
 

@@ -23,7 +23,7 @@ from tests.fakes.kube import node
 
 MIG = {"name": "m1", "state": mg.RUNNING, "targetNode": "n2", "targetPciAddress": "0000:3b:02.1",
        "targetClaim": "c2"}
-TARGET_URI = "test:///n2"
+TARGET_URI = "qemu+tls://n2/system"
 
 
 def vm() -> dict[str, Any]:

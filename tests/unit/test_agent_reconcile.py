@@ -22,7 +22,7 @@ def cluster(root: Path, *, running: bool = True, finalizer: bool = True, pool: b
                      "labels": {labels.VM_NODE: "n1"},
                      "finalizers": [labels.AGENT_FINALIZER] if finalizer else [], **meta},
         "spec": {"cpu": 1, "memory": "32Mi", "running": running, "terminationGracePeriodSeconds": 0,
-                 "disks": [{"name": "boot", "path": str(root / "boot.img"), "readOnly": True}],
+                 "disks": [{"name": "boot", "path": str(root / "ns" / "boot.img"), "readOnly": True}],
                  "network": {"pool": "p"}},
         "status": {"phase": "Scheduled", "nodeName": "n1",
                    "vf": {"node": "n1", "pf": "pf0", "pciAddress": "0000:3b:02.1", "claimName": "c1"}},
@@ -175,3 +175,18 @@ def test_a_graceful_stop_runs_in_a_slow_section(tmp_path: Path) -> None:
     ctx.slow = slow
     assert rc.reconcile(ctx, "ns", "vm").action == "stopped"
     assert sections == [["stop"]]
+
+
+def test_an_image_whose_header_names_an_undeclared_backing_file_is_never_defined(tmp_path: Path) -> None:
+    """Issue #14: a guest wrote a qcow2 header naming a host file onto its raw disk, then the spec
+    was switched to qcow2. The agent reads the header before define and refuses."""
+    kube, dm = cluster(tmp_path), FakeDomainManager()
+    path = str(tmp_path / "ns" / "boot.img")
+    kube.patch_vm("ns", "vm", {"spec": {"disks": [{"name": "boot", "path": path, "format": "qcow2"}]}})
+    dm.images[path] = {"format": "qcow2", "backing-filename": "/etc/shadow", "full-backing-filename": "/etc/shadow"}
+    out = rc.reconcile(agent(kube, dm, tmp_path), "ns", "vm")
+    assert out.action == "image-refused" and out.requeue_after == 5.0
+    assert "define" not in dm.calls and DNAME not in dm.domains
+    assert cond(kube, "Ready") == ("False", "ImageRefused") and status(kube)["phase"] == "Failed"
+    note = next(e for e in kube.events if e.reason == "ImageRefused").note
+    assert "spec.disks[boot]" in note and "/etc/shadow" in note and "does not declare" in note

@@ -138,14 +138,18 @@ def test_renders(render: Render, scenario: str) -> None:
     for d in docs:
         assert d.get("apiVersion") and d.get("kind") and d["metadata"].get("name"), d
         if d["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration",
-                             "ClusterKopfPeering"}:
+                             "ClusterKopfPeering", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}:
             assert d["metadata"].get("namespace") == NAMESPACE, f"{d['kind']} {d['metadata']['name']}"
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names)), "duplicate objects"
     for kind in ("Deployment", "DaemonSet", "Service", "ValidatingWebhookConfiguration"):
         assert kinds(docs).count(kind) == 1, kind
-    assert kinds(docs).count("ServiceAccount") == kinds(docs).count("ClusterRole") == 2
+    assert kinds(docs).count("ServiceAccount") == 2
+    # The controller's and the agent's, and the tenants' two aggregated ones (tenant-rbac.yaml).
+    assert kinds(docs).count("ClusterRole") == 4
     assert kinds(docs).count("ClusterRoleBinding") == 2
+    # The agent's own-node policy and the evacuation-label policy, each bound (issue #14).
+    assert kinds(docs).count("ValidatingAdmissionPolicy") == kinds(docs).count("ValidatingAdmissionPolicyBinding") == 2
 
 
 def test_kube_version_constraint(helm: Path) -> None:
@@ -209,7 +213,7 @@ CONTROLLER_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
+    ("", "namespaces"): {"get", "list", "watch"},
 }
 
 AGENT_RULES = {
@@ -701,3 +705,56 @@ def test_notes_render(helm: Path, tmp_path: Path) -> None:
         assert "SR-IOV VFs must already exist" in notes
         assert f"{RELEASE}-failovervm-operator-controller" in notes
         assert ("WARNING" in notes) is bool(args)
+
+
+def test_storage_grants_and_tcp_destinations_reach_both_components(render: Render) -> None:
+    """Issue #14: storageGrants become --storage-grant on the controller and the agents; the agents
+    open qemu+tcp:// targets only with allowInsecureTCP."""
+    assert "--allow-tcp-migration" not in agent_argv(render())
+    docs = render("--set", "storageGrants[0].namespace=*",
+                  "--set", "storageGrants[0].path=/var/lib/failovervm/images/cat",
+                  "--set", "storageGrants[0].readOnly=true", "--set", "storageGrants[1].namespace=team-a",
+                  "--set", "storageGrants[1].path=/var/lib/failovervm/images/shared-a",
+                  "--set", "agent.migration.transport=tcp", "--set", "agent.migration.allowInsecureTCP=true")
+    for argv in (controller_argv(docs), agent_argv(docs)):
+        grants = [argv[i + 1] for i, a in enumerate(argv) if a == "--storage-grant"]
+        assert grants == ["*=/var/lib/failovervm/images/cat:ro", "team-a=/var/lib/failovervm/images/shared-a"]
+    assert "--allow-tcp-migration" in agent_argv(docs)
+
+
+def test_tenant_roles_aggregate_into_edit_and_view_without_status(render: Render) -> None:
+    """Issue #14: tenants manage their FailoverVMs (and, by default, migrations) through Kubernetes'
+    edit/admin roles, read them through view, and never write status (the operator's)."""
+    roles = {d["metadata"]["name"]: d for d in render() if d["kind"] == "ClusterRole"
+             and "tenant" in d["metadata"]["name"]}
+    prefix = f"{RELEASE}-failovervm-operator-tenant"
+    edit, view = roles[f"{prefix}-edit"], roles[f"{prefix}-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {r for rule in edit["rules"] for r in rule["resources"]} == {"failovervms", "failovervmmigrations"}
+    assert not any("/" in r for role in (edit, view) for rule in role["rules"] for r in rule["resources"])
+    no_migrations = [d for d in render("--set", "tenantRoles.migrations=false")
+                     if d["metadata"]["name"] == f"{RELEASE}-failovervm-operator-tenant-edit"]
+    assert {r for rule in no_migrations[0]["rules"] for r in rule["resources"]} == {"failovervms"}
+
+
+def test_admission_policies_name_the_chart_identities(render: Render) -> None:
+    """Issue #14: the agent's own-node policy applies to the agent's ServiceAccount only and reads the
+    node from its token; the evacuation-label policy exempts only the controller's ServiceAccount.
+    (Their CEL is exercised on the real API server by tests/e2e/test_helm.py.)"""
+    docs = render("--set", "admissionPolicies.enabled=true")
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicy"}
+    bindings = {d["spec"]["policyName"]: d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding"}
+    agent = policies[f"{RELEASE}-failovervm-operator-agent-own-node"]
+    evac = policies[f"{RELEASE}-failovervm-operator-controller-evacuation-labels"]
+    assert set(bindings) == set(policies) and all(b["spec"]["validationActions"] == ["Deny"] for b in bindings.values())
+    sa = f"system:serviceaccount:{NAMESPACE}:{RELEASE}-failovervm-operator"
+    assert agent["spec"]["matchConditions"][0]["expression"] == f"request.userInfo.username == '{sa}-agent'"
+    assert evac["spec"]["matchConditions"][0]["expression"] == f"request.userInfo.username != '{sa}-controller'"
+    assert "authentication.kubernetes.io/node-name" in agent["spec"]["variables"][0]["expression"]
+    resources = {r for rule in agent["spec"]["matchConstraints"]["resourceRules"] for r in rule["resources"]}
+    assert resources == {"failovervms", "failovervms/status", "failovervmmigrations/status", "nodes/status",
+                         "vfinventories"}
+    assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies.values())
+    assert not [d for d in render("--set", "admissionPolicies.enabled=false")
+                if d["kind"].startswith("ValidatingAdmissionPolicy")]

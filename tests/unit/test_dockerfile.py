@@ -132,7 +132,7 @@ def test_builder_compiles_wheels_against_libvirt(stages: list[Stage]) -> None:
 def test_runtime_has_libvirt_runtime_only(stages: list[Stage]) -> None:
     runtime = stages[-1]
     pkgs = apt_installed(runtime)
-    assert {"libvirt0", "libvirt-clients"} <= pkgs
+    assert {"libvirt0", "libvirt-clients", "qemu-utils"} <= pkgs  # qemu-img: the agent's image checks
     assert not pkgs & {"gcc", "libvirt-dev", "pkg-config", "libc6-dev"}, "no build tools in the runtime image"
     runs = " ".join(runtime.all("RUN"))
     assert "--no-index" in runs and "/wheels" in runs, "the runtime installs the builder's wheels only"

@@ -21,6 +21,7 @@ from failovervm.domxml import (
     METADATA_NS,
     STANDBY_ALIAS,
     VF_ALIAS,
+    BackingSpec,
     DiskSpec,
     DomainSpec,
     OwnerRef,
@@ -109,7 +110,8 @@ CASES: dict[str, tuple[Callable[[], DomainSpec], bool]] = {
             disks=(
                 DiskSpec("root", "/srv/img/root.raw", "raw", "virtio", boot_order=1),
                 DiskSpec("seed", "/srv/img/seed.iso", "raw", "sata", read_only=True),
-                DiskSpec("data", "/srv/img/data.qcow2", "qcow2", "scsi"),
+                DiskSpec("data", "/srv/img/data.qcow2", "qcow2", "scsi",
+                         backing=(BackingSpec("/srv/img/base.qcow2", "qcow2"), BackingSpec("/srv/img/os.raw", "raw"))),
                 DiskSpec("scratch", "/srv/img/scratch.raw", "raw", "virtio", read_only=True),
             ),
             kernel="/srv/boot/vmlinuz",

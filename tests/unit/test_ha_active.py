@@ -7,8 +7,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
-from failovervm.controller import admission
-from failovervm.controller.cache import INDEX_NAMES, IndexedCache
+from failovervm.controller import admission, tenancy
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.controller.ha import ActiveCheck, is_active
 from tests.fakes import FakeKube
@@ -59,8 +58,8 @@ def test_a_standby_checks_mac_uniqueness_against_the_api_not_its_paused_indexes(
     kube.add_vm(_vm("first", "52:54:00:00:00:01"))
     ctx = ControllerContext(ControllerSettings(), kube)
     # The standby's indexes: empty (paused before they were filled).
-    ctx.cache = IndexedCache({n: {} for n in INDEX_NAMES})
+    ctx.tenancy.bind({n: {} for n in (tenancy.POOLS, tenancy.NAMESPACES, tenancy.MACS)})
     body = _vm("second", "52:54:00:00:00:01")
-    ctx.active = lambda: False
+    ctx.tenancy.active = lambda: False
     errors = asyncio.run(admission.validate_failovervm(ctx, body, "CREATE", None))
     assert any("52:54:00:00:00:01" in e for e in errors), errors

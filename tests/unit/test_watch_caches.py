@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from failovervm import labels
-from failovervm.controller import admission, cache, sweeps, vmpods, vms
+from failovervm.controller import admission, cache, sweeps, tenancy, vmpods, vms
 from failovervm.controller.context import ControllerContext
 from tests.fakes import FakeKube
 from tests.fakes.kube import node
@@ -134,12 +134,24 @@ def test_a_stale_cache_never_allocates_a_vf_twice(kube: FakeKube, ctx: Controlle
     assert "list_claims" not in methods(kube)
 
 
+def _tenancy_indexes(kube: FakeKube, pools: bool = True) -> dict[str, dict[Any, list[dict[str, Any]]]]:
+    """Admission's indexes (controller.tenancy) as Kopf would hold them for the objects stored now."""
+    out: dict[str, dict[Any, list[dict[str, Any]]]] = {tenancy.POOLS: {}, tenancy.NAMESPACES: {}, tenancy.MACS: {}}
+    for name, pool in kube.pools.items() if pools else ():
+        out[tenancy.POOLS].setdefault(name, []).append(tenancy.pool_entry(pool))
+    for vm in kube.vms.values():
+        for key, ref in tenancy.mac_keys(vm).items():
+            out[tenancy.MACS].setdefault(key, []).append(ref)
+    return out
+
+
 def test_admission_answers_from_the_caches(kube: FakeKube, ctx: ControllerContext) -> None:
     kube.add_vm(vm_obj("a", mac="52:54:00:00:00:01"))
+    ctx.tenancy.indexes = _tenancy_indexes(kube)
     kube.calls.clear()
     dup = vm_obj("b", mac="52:54:00:00:00:01")
     errors = admission._validate_vm_sync(ctx, dup)
-    assert errors == [f"spec.network.mac: 52:54:00:00:00:01 is already used by FailoverVM {NS}/a"]
+    assert errors == [f"spec.network.mac: 52:54:00:00:00:01 is already used in VFPool 'pool' by FailoverVM {NS}/a"]
     assert admission._validate_vm_sync(ctx, vm_obj("c", mac="52:54:00:00:00:02")) == []
     assert kube.calls == []
     # A refusal for a pool the cache does not know is confirmed by the API (the indexes may still be
@@ -148,7 +160,7 @@ def test_admission_answers_from_the_caches(kube: FakeKube, ctx: ControllerContex
     assert admission._validate_vm_sync(ctx, missing) == ["spec.network.pool: VFPool 'nope' does not exist"]
     assert kube.calls_of("get_pool") == [("nope",)]
     kube.add_pool({"metadata": {"name": "late"}, "spec": {}})
-    ctx.cache = cache.IndexedCache({**kube.live_indexes(), cache.POOLS: {}})
+    ctx.tenancy.indexes = _tenancy_indexes(kube, pools=False)
     assert admission._validate_vm_sync(ctx, {**vm_obj("e"), "spec": {"network": {"pool": "late"}}}) == []
 
 

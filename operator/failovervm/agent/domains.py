@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from failovervm import domxml, guestfailover
 
@@ -150,6 +150,12 @@ class DomainManager(Protocol):
     def failover_probe(self, dom: DomainRef) -> guestfailover.FailoverProbe:
         """What the guest's virtio-net driver acknowledged on the standby NIC (QEMU monitor).
         Raises DomainError or ValueError (an answer that cannot be read)."""
+        ...
+
+    def image_info(self, path: str, fmt: str) -> dict[str, Any]:
+        """What the header of the image at `path`, opened as `fmt` and without its backing file,
+        says: `qemu-img info --output=json` (format, backing-filename, full-backing-filename,
+        backing-filename-format). Raises DomainError when it cannot be read as `fmt`."""
         ...
 
     # -- changes -------------------------------------------------------------------------------

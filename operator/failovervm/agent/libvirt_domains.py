@@ -8,6 +8,8 @@ as a DomainError (DomainNotFound, OperationInvalid, OperationAborted) with the s
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,6 +169,21 @@ class LibvirtDomainManager:
         with translated():
             reply = libvirt_qemu.qemuMonitorCommand(_virdom(dom), guestfailover.status_command(), 0)
         return guestfailover.parse_status(reply)
+
+    def image_info(self, path: str, fmt: str) -> dict[str, Any]:
+        # One image at a time (never --backing-chain, which opens every backing file a header names
+        # before anything could check it); -U: the image may be open in a running domain.
+        cmd = ["qemu-img", "info", "-U", "-f", fmt, "--output=json", "--", path]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DomainError(f"qemu-img info {path}: {exc}") from None
+        if res.returncode != 0:
+            raise DomainError(f"cannot read {path!r} as {fmt}: {res.stderr.strip() or res.returncode}")
+        info = json.loads(res.stdout)
+        if not isinstance(info, dict):
+            raise DomainError(f"qemu-img info {path}: unexpected output")
+        return info
 
     # -- changes -------------------------------------------------------------------------------
     def define(self, xml: str) -> DomainRef:

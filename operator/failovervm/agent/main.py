@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from failovervm.agent.mirror import Mirror, kube_list_watch
 from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.agent.slots import Slots
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
+from failovervm.storage import StorageGrant
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class AgentArgs:
     workers: int = 4
     serial_log_dir: str | None = None
     log_format: str = "text"
+    storage_grants: list[StorageGrant] = field(default_factory=list)
+    allow_tcp_migration: bool = False
 
 
 class WorkQueue:
@@ -135,6 +138,7 @@ class Agent:
         self.ctx = AgentContext(
             node=self.args.node, kube=self.kube, dm=dm,
             storage_roots=[str(Path(r).resolve()) for r in self.args.storage_roots],
+            storage_grants=tuple(self.args.storage_grants), allow_tcp_migration=self.args.allow_tcp_migration,
             sysfs_root=Path(self.args.sysfs_root), kvm=kvm,
             vf_state=self.ctx.vf_state if self.ctx else {}, serial_log_dir=self.args.serial_log_dir,
             failover_checks=self.ctx.failover_checks if self.ctx else {},

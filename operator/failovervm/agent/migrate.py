@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from failovervm import conditions, domxml, failpoints, guestfailover, labels, metrics, nodehealth
+from failovervm import conditions, domxml, failpoints, guestfailover, labels, metrics, nodehealth, tenancy
 from failovervm import migration as mg
 from failovervm import migrationpolicy as mp
 from failovervm.agent.domains import (
@@ -325,9 +325,15 @@ class Migrator:
         meta = vm["metadata"]
         target = mig["targetNode"]
         dname = domxml.domain_name(meta["namespace"], meta["name"])
-        uri = _libvirt_uri(ctx.kube.get_node(target))
+        node_obj = ctx.kube.get_node(target)
+        uri = _libvirt_uri(node_obj)
         if not uri:
             raise _NotStarted("TargetUnknown", f"node {target} has no {labels.LIBVIRT_URI} annotation")
+        try:
+            tenancy.check_destination(uri, node_obj or {}, allow_tcp=ctx.allow_tcp_migration)
+        except tenancy.DestinationRefused as exc:  # never opened
+            ctx.event(vm, "DestinationRefused", str(exc), warning=True)
+            raise _NotStarted("DestinationRefused", str(exc)) from None
         dom = ctx.dm.lookup(dname)
         if dom is None or not ctx.dm.is_active(dom):
             raise _NotStarted("SourceNotRunning", "the domain is not running on the source node")
@@ -350,7 +356,7 @@ class Migrator:
         persist_spec = domain_spec(
             vm,
             pool,
-            storage_roots=ctx.storage_roots,
+            storage=ctx.storage,
             vf=mig.get("targetPciAddress"),
             vf_node=mig["targetNode"],
             kvm_available=ctx.kvm,
@@ -776,6 +782,10 @@ class Migrator:
             # No target node (any more), a target known to be shut down (out-of-service), or one
             # whose agent never announced its libvirt (then no transfer to it can have started).
             return ON_TARGET_ABSENT, ""
+        try:
+            tenancy.check_destination(uri, node_obj or {}, allow_tcp=self.ctx.allow_tcp_migration)
+        except tenancy.DestinationRefused:
+            return ON_TARGET_UNKNOWN, ""  # not opened; it may hold the domain: never assume it does not
         dname = domxml.domain_name(vm["metadata"]["namespace"], vm["metadata"]["name"])
         with _remote(self.ctx.dm, uri) as there:
             if there is None:

@@ -25,6 +25,7 @@ from failovervm.agent.domains import (
 from failovervm.domxml.diff import restart_diff
 from failovervm.kube import KubeAPI
 from failovervm.metrics import DOMAIN_START_SECONDS, VF_ATTACH, set_failover_counts
+from failovervm.storage import BackingChainRefused, Layer, StorageGrant, StoragePolicy, check_chain
 from failovervm.vfs import is_simulated
 from failovervm.vmspec import domain_spec
 
@@ -56,6 +57,10 @@ class AgentContext:
     storage_roots: list[str]
     sysfs_root: Path
     kvm: bool = True
+    # The administrator's storage grants beyond <root>/<namespace>/ (failovervm.storage).
+    storage_grants: tuple[StorageGrant, ...] = ()
+    # Migrate also to qemu+tcp:// libvirt URIs (failovervm.tenancy.check_destination).
+    allow_tcp_migration: bool = False
     vf_state: dict[str, VFAttachState] = field(default_factory=dict)
     failures: dict[str, VFAttachState] = field(default_factory=dict)
     serial_log_dir: str | None = None
@@ -66,6 +71,10 @@ class AgentContext:
     slow: Callable[[], AbstractContextManager[None]] = nullcontext
     # Set by the agent: handles VMs with status.migration (see failovervm.agent.migrate).
     migration_hook: Callable[[Mapping[str, Any], DomainRef | None], Outcome | None] | None = None
+
+    @property
+    def storage(self) -> StoragePolicy:
+        return StoragePolicy(tuple(self.storage_roots), self.storage_grants)
 
     def forget_failover(self, dname: str) -> None:
         """Drop a domain that stopped or left this node from the FailoverReady gauge."""
@@ -233,7 +242,7 @@ def _run_here(ctx: AgentContext, vm: Mapping[str, Any], dom: DomainRef | None) -
     wait = ctx.backoff_left(run.uid)
     if wait > 0:
         return Outcome("backoff", requeue_after=wait)
-    defined = _define(run, dom, xml)
+    defined = _define(run, dom, xml, spec)
     if isinstance(defined, Outcome):
         return defined
     dom = defined
@@ -258,7 +267,7 @@ def _desired_domain(run: _Pass) -> Outcome | tuple[domxml.DomainSpec, str]:
     vf = status.get("vf") or {}
     serial_log = f"{ctx.serial_log_dir}/{run.dname}.log" if ctx.serial_log_dir else None
     try:
-        spec = domain_spec(vm, pool, storage_roots=ctx.storage_roots,
+        spec = domain_spec(vm, pool, storage=ctx.storage,
                            vf=vf.get("pciAddress") if vf.get("node") == ctx.node else None,
                            vf_node=ctx.node, kvm_available=ctx.kvm, serial_log=serial_log)
         return spec, domxml.to_xml(domxml.build_domain(spec, include_vf=False))
@@ -268,13 +277,19 @@ def _desired_domain(run: _Pass) -> Outcome | tuple[domxml.DomainSpec, str]:
         return Outcome("invalid-spec")
 
 
-def _define(run: _Pass, dom: DomainRef | None, xml: str) -> Outcome | DomainRef:
+def _define(run: _Pass, dom: DomainRef | None, xml: str, spec: domxml.DomainSpec) -> Outcome | DomainRef:
     """(Re)define the domain when there is none or the VM's generation changed (a running domain
-    gets the change at its next boot)."""
+    gets the change at its next boot), once its disk images match what the spec declares."""
     ctx, meta = run.ctx, run.vm["metadata"]
     recorded = ((run.vm.get("status") or {}).get("domain") or {}).get("generation")
     if dom is not None and recorded == meta.get("generation"):
         return dom
+    try:
+        check_images(ctx.dm, spec)
+    except (BackingChainRefused, DomainError) as exc:
+        run.write("Failed", [("Ready", False, "ImageRefused", str(exc))])
+        run.event("ImageRefused", str(exc), warning=True)
+        return Outcome("image-refused", requeue_after=ctx.failed(run.uid, str(exc)))
     try:
         dom = ctx.dm.define(xml)
     except DomainError as exc:
@@ -285,6 +300,15 @@ def _define(run: _Pass, dom: DomainRef | None, xml: str) -> Outcome | DomainRef:
     if recorded is None:
         run.event("Defined", f"defined domain {run.dname} on {ctx.node}")
     return dom
+
+
+def check_images(dm: DomainManager, spec: domxml.DomainSpec) -> None:
+    """Every disk's image and declared backing files, read on this node before the domain is
+    defined, must be what the spec declares (failovervm.storage.check_chain): its format, and no
+    backing file the spec does not name. Raises BackingChainRefused or DomainError."""
+    for disk in spec.disks:
+        declared = [Layer(disk.path, disk.format)] + [Layer(b.path, b.format) for b in disk.backing]
+        check_chain(f"spec.disks[{disk.name}]", declared, lambda layer: dm.image_info(layer.path, layer.format))
 
 
 def _restart_if_requested(run: _Pass, dom: DomainRef, active: bool) -> Outcome | bool:

@@ -13,9 +13,9 @@ from typing import Any
 
 from failovervm import labels, vmpod
 from failovervm.controller import evacuation
-from failovervm.controller.cache import ListedCache
 from failovervm.controller.context import ControllerContext
-from failovervm.validation import validate_vm, vm_macs
+from failovervm.tenancy import pool_refusals
+from failovervm.validation import validate_vm
 
 
 async def validate_failovervm(ctx: ControllerContext, body: Mapping[str, Any], operation: str | None,
@@ -27,23 +27,20 @@ async def validate_failovervm(ctx: ControllerContext, body: Mapping[str, Any], o
 
 
 def _validate_vm_sync(ctx: ControllerContext, body: Mapping[str, Any]) -> list[str]:
-    """From the watch caches: the pool, and the VMs that use the same MAC (by MAC in the index),
-    so an admission costs no API call whatever the number of VMs."""
+    """From the watch caches (controller.tenancy): the pool, the namespace's labels and the VMs of the
+    pool that hold the same MAC, so an admission costs no API call whatever the number of VMs. A
+    standby replica, whose Kopf indexes are paused, asks the API instead (Tenancy.active)."""
     vm = {"metadata": dict(body.get("metadata") or {}), "spec": dict(body.get("spec") or {}),
           "status": dict(body.get("status") or {})}
-    pool = (vm["spec"].get("network") or {}).get("pool")
-    spec_only = {"spec": vm["spec"]}
-    # Every replica answers the webhooks, but Kopf keeps the indexes of the active one only: a
-    # standby asks the API (a LIST of FailoverVMs for the MAC check; see docs/reliability.md).
-    known = ctx.cache if ctx.active() else ListedCache(ctx.kube)
+    network = vm["spec"].get("network") or {}
+    pool_name = str(network.get("pool") or "")
+    pool = ctx.tenancy.pool(pool_name) if pool_name else None
     return validate_vm(
         vm,
-        others=[other for mac in sorted(vm_macs(spec_only)) for other in known.vms_with_mac(mac)],
-        # A pool missing from the cache is asked for once: admission may run before Kopf has filled
-        # its indexes (after a restart), and a refusal must be right.
-        pool_exists=bool(pool) and (known.pool(str(pool)) is not None or ctx.kube.get_pool(str(pool)) is not None),
-        storage_roots=ctx.settings.storage_roots,
-    )
+        others=ctx.tenancy.mac_holders(pool_name, network.get("mac")),
+        pool_exists=pool is not None,
+        storage=ctx.settings.storage,
+    ) + pool_refusals(vm, pool, ctx.tenancy.namespace_labels(vm["metadata"].get("namespace") or ""))
 
 
 async def vm_pod_eviction(ctx: ControllerContext, name: str | None, namespace: str | None,

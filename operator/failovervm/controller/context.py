@@ -5,18 +5,23 @@ through its memo; tests build their own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from failovervm.controller.cache import ClusterCache, ListedCache
 from failovervm.controller.locks import Locks
 from failovervm.controller.policies import PolicySource, StaticPolicies
+from failovervm.controller.tenancy import Tenancy
 from failovervm.controller.vmpods import ListedPods, PodIndex, Retries
 from failovervm.kube import KubeAPI
 from failovervm.migration import Limits
 from failovervm.placement import RecentClaims
+from failovervm.storage import StorageGrant, StoragePolicy
+from failovervm.tenancy import mac_range
 from failovervm.vmpod import PodSettings
+from failovervm.vmspec import vm_mac
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,8 @@ class ControllerSettings:
     """The controller's configuration (set once from the `failovervm controller` flags)."""
 
     storage_roots: tuple[str, ...] = ()
+    # The administrator's storage grants beyond <root>/<namespace>/ (failovervm.storage).
+    storage_grants: tuple[StorageGrant, ...] = ()
     pending_retry_seconds: float = 3.0
     claim_gc_grace_seconds: float = 60.0
     namespace: str = "failovervm-system"
@@ -38,6 +45,10 @@ class ControllerSettings:
     # Seconds a migration may wait in TargetReady for its source agent before its target VF is
     # released and it fails with SourceAgentUnresponsive (0: wait forever).
     handover_timeout_seconds: float = 120.0
+
+    @property
+    def storage(self) -> StoragePolicy:
+        return StoragePolicy(self.storage_roots, self.storage_grants)
 
 
 @dataclass
@@ -126,6 +137,20 @@ class ControllerContext:
     # (controller.main); until then (and in tests) none, so the built-in defaults.
     policies: PolicySource = field(default_factory=StaticPolicies)
 
+    # Pools, namespace labels and MACs per pool for the tenancy rules: Kopf's indexes once bound.
+    tenancy: Tenancy = field(init=False)
+
     def __post_init__(self) -> None:
         self.pods = ListedPods(self.kube)
         self.cache = ListedCache(self.kube)
+        self.tenancy = Tenancy(self.kube)
+
+    def vm_mac(self, vm: Mapping[str, Any]) -> str:
+        """The VM's MAC (vmspec.vm_mac); a generated one inside its pool's spec.macRange and not held
+        by another VM of the pool."""
+        network = (vm.get("spec") or {}).get("network") or {}
+        pool = str(network.get("pool") or "")
+        rng = mac_range(self.cache.pool(pool)) if pool else None  # the controller's own watch cache
+        if rng is None or network.get("mac") or (vm.get("status") or {}).get("mac"):
+            return vm_mac(vm, rng)
+        return self.tenancy.free_mac(pool, rng, str(vm["metadata"]["uid"]))

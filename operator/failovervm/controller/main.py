@@ -14,7 +14,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,26 @@ import kopf
 from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
-from failovervm.controller import admission, cache, evacuation, ha, migrations, policies, recovery, sweeps, vmpods, vms
+from failovervm.controller import (
+    admission,
+    cache,
+    evacuation,
+    ha,
+    migrations,
+    policies,
+    recovery,
+    sweeps,
+    tenancy,
+    vmpods,
+    vms,
+)
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.controller.isolation import isolated
 from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
+from failovervm.storage import StorageGrant
 from failovervm.vmpod import PodSettings
 
 log = logging.getLogger(__name__)
@@ -66,11 +79,14 @@ class ControllerArgs:
     # and how long a dead replica's entry blocks the others (controller.ha).
     priority: int | None = None
     peering_lifetime: int = ha.DEFAULT_PEERING_LIFETIME
+    storage_grants: list[StorageGrant] = field(default_factory=list)
+    migration_start_timeout_seconds: int = 300
 
 
 def controller_settings(args: ControllerArgs) -> ControllerSettings:
     return ControllerSettings(
         storage_roots=tuple(str(Path(r).resolve()) for r in args.storage_roots),
+        storage_grants=tuple(args.storage_grants),
         namespace=args.namespace,
         vm_pod=PodSettings(image=args.vm_pod_image, overhead_cpu=args.vm_overhead_cpu,
                            overhead_memory=args.vm_overhead_memory),
@@ -78,16 +94,40 @@ def controller_settings(args: ControllerArgs) -> ControllerSettings:
         migration_history=args.migration_history,
         handover_timeout_seconds=args.handover_timeout_seconds,
         limits=Limits(per_cluster=args.parallel_migrations_per_cluster,
-                      per_node_outbound=args.parallel_outbound_migrations_per_node),
+                      per_node_outbound=args.parallel_outbound_migrations_per_node,
+                      start_timeout=args.migration_start_timeout_seconds),
     )
+
+
+# How often the webhook's certificate files are checked for a renewal (cert-manager, a rotated Secret).
+CERT_CHECK_SECONDS = 5.0
+
+
+class ReloadingWebhookServer(kopf.WebhookServer):
+    """Kopf's webhook server whose certificate is reloaded in its live SSL context when the files
+    change (webhookcerts.CertReloader), instead of Kopf's own stop-and-restart of the server (which
+    leaves the port closed meanwhile, and fails for good on a half-written pair)."""
+
+    reloader: webhookcerts.CertReloader | None = None
+    reload_task: asyncio.Task[None] | None = None
+
+    def _build_ssl(self) -> tuple[bytes | None, Any]:
+        cadata, context = super()._build_ssl()
+        if context is not None and self.certfile and self.pkeyfile:
+            if self.reloader is None:
+                self.reloader = webhookcerts.CertReloader(context, str(self.certfile), str(self.pkeyfile))
+                self.reload_task = asyncio.get_running_loop().create_task(self.reloader.run(CERT_CHECK_SECONDS))
+            self.reloader.context = context
+        return cadata, context
 
 
 def _webhook_server(args: ControllerArgs) -> kopf.WebhookServer:
     assert args.webhook_host
     ca, crt, key = webhookcerts.ensure(Path(args.webhook_cert_dir or "/tmp/failovervm-webhook"), args.webhook_host)
-    return kopf.WebhookServer(
+    return ReloadingWebhookServer(
         addr=args.webhook_host, port=args.webhook_port, host=args.webhook_host,
         certfile=str(crt), pkeyfile=str(key), cafile=str(ca),
+        file_check_interval=365 * 24 * 3600.0,  # Kopf's restart-on-change: replaced by the reloader
     )
 
 
@@ -136,6 +176,7 @@ def run(args: ControllerArgs) -> int:
     if priority is not None:
         ctx.active = ha.ActiveCheck(lambda: kube.custom.get_cluster_custom_object(
             "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME), priority)
+        ctx.tenancy.active = ctx.active
     start_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(kopf.operator(
@@ -165,6 +206,7 @@ def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerCo
     policy_index, ns_index = (indices or {}).get("migration_policies"), (indices or {}).get("namespace_labels")
     if policy_index is not None and ns_index is not None and not isinstance(ctx.policies, policies.IndexedPolicies):
         ctx.policies = policies.IndexedPolicies(policy_index, ns_index)
+    ctx.tenancy.bind(indices or {})
     return ctx
 
 
@@ -297,6 +339,25 @@ async def validate_failovervm(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
     errors = await admission.validate_failovervm(_ctx(memo, kwargs), body, kwargs.get("operation"), kwargs.get("old"))
     if errors:
         raise kopf.AdmissionError("; ".join(errors), code=422)
+
+
+# -- tenancy (failovervm.tenancy): what admission and MAC generation read, in memory -------------------
+@kopf.index(*POOL)
+def tenancy_pools(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """{pool name: its namespaceSelector and macRange}."""
+    return {name: tenancy.pool_entry(body)}
+
+
+@kopf.index("", "v1", "namespaces")
+def tenancy_namespaces(*, name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """{namespace: its labels}, for the pools' namespaceSelectors."""
+    return {name: dict(labels)}
+
+
+@kopf.index(*FVM)
+def tenancy_macs(*, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(pool, MAC): the VM}: MACs are unique within a pool."""
+    return tenancy.mac_keys(body)
 
 
 # -- VM pods ---------------------------------------------------------------------------------------

@@ -87,6 +87,9 @@ def _advance(ctx: ControllerContext, namespace: str, name: str) -> str:
         set_phase(ctx, mig, mg.FAILED, reason="VMNotFound",
                   message=f"FailoverVM {namespace}/{vm_name} does not exist")
         return mg.FAILED
+    waited = mg.start_overdue(mig, _now(), ctx.settings.limits.start_timeout)
+    if waited is not None:
+        return _start_timeout(ctx, mig, waited)
     if ph == mg.PENDING:
         return _start(ctx, mig, vm)
     if ph == mg.SCHEDULING:
@@ -169,6 +172,20 @@ def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> s
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _start_timeout(ctx: ControllerContext, mig: dict[str, Any], waited: float) -> str:
+    """A user's migration that could not start in time fails with the reason it waited for (it no
+    longer holds the VM, nor a target pod that can never be placed)."""
+    ph, st = mg.phase(mig), mig.get("status") or {}
+    why = st.get("message") or "it could not start"
+    msg = f"did not start within {waited:.0f}s ({ph}): {why}"
+    done = set_phase(ctx, mig, mg.FAILED, reason=mg.START_TIMEOUT, message=msg, only_from=ph)
+    if done is None or mg.phase(done) != mg.FAILED:
+        return mg.phase(done or mig)
+    ctx.kube.event(done, mg.START_TIMEOUT, msg, type_="Warning", component="controller")
+    cleanup(ctx, done)
+    return mg.FAILED
 
 
 def _check_handover(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> str:

@@ -24,7 +24,6 @@ from failovervm.controller.context import ControllerContext
 from failovervm.labels import AGENT_FINALIZER
 from failovervm.placement import Claimed, claim_on_node
 from failovervm.scheduling import Unschedulable
-from failovervm.vmspec import vm_mac
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
         uid = vm["metadata"]["uid"]
         if not spec.get("running", True):
             def stopped(st: dict[str, Any]) -> dict[str, Any]:
-                st.update(phase="Stopped", mac=vm_mac(vm), observedGeneration=vm["metadata"].get("generation"))
+                st.update(phase="Stopped", mac=ctx.vm_mac(vm), observedGeneration=vm["metadata"].get("generation"))
                 st["conditions"] = conditions.set_condition(
                     st.get("conditions"), "Scheduled", False, "NotRunning", "spec.running is false")
                 return st
@@ -431,7 +430,7 @@ def _record_placement(ctx: ControllerContext, vm: Mapping[str, Any], c: Claimed)
 
     def mutate(st: dict[str, Any]) -> dict[str, Any]:
         st.update(
-            phase="Scheduled", nodeName=c.node, mac=vm_mac(vm),
+            phase="Scheduled", nodeName=c.node, mac=ctx.vm_mac(vm),
             vf={"node": c.node, "pf": c.pf, "pciAddress": c.pci_address, "claimName": c.claim},
             observedGeneration=meta.get("generation"),
         )
@@ -463,7 +462,7 @@ def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable)
     meta = vm["metadata"]
 
     def mutate(st: dict[str, Any]) -> dict[str, Any]:
-        st.update(phase="Pending", mac=vm_mac(vm), observedGeneration=meta.get("generation"))
+        st.update(phase="Pending", mac=ctx.vm_mac(vm), observedGeneration=meta.get("generation"))
         st["conditions"] = conditions.set_condition(
             st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"))
         return st

@@ -16,7 +16,7 @@ from .names import (
     domain_name,
     parse_domain_name,
 )
-from .spec import DiskSpec, DomainSpec, PCIAddress, StandbySpec
+from .spec import BackingSpec, DiskSpec, DomainSpec, PCIAddress, StandbySpec
 from .xmlutil import parse_xml, to_xml
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "METADATA_PREFIX",
     "STANDBY_ALIAS",
     "VF_ALIAS",
+    "BackingSpec",
     "DiskSpec",
     "DomainSpec",
     "OwnerRef",

@@ -46,6 +46,18 @@ def _check_choice(value: object, choices: tuple[str, ...], what: str) -> None:
 
 
 @dataclass(frozen=True)
+class BackingSpec:
+    """One backing file of a disk image, as the FailoverVM declares it (``spec.disks[].backingChain``)."""
+
+    path: str
+    format: DiskFormat
+
+    def __post_init__(self) -> None:
+        _check_abs_path(self.path, "backing file path")
+        _check_choice(self.format, DISK_FORMATS, f"format of backing file {self.path!r}")
+
+
+@dataclass(frozen=True)
 class DiskSpec:
     """A file-backed disk.
 
@@ -60,9 +72,21 @@ class DiskSpec:
     bus: DiskBus
     read_only: bool = False
     boot_order: int | None = None
+    # The image's backing chain, top down; empty: the image has none (libvirt gets an explicit
+    # <backingStore/> either way and never probes a header for one).
+    backing: tuple[BackingSpec, ...] = ()
 
     def __post_init__(self) -> None:
         validate_dns_label(self.name, "disk name")
+        object.__setattr__(self, "backing", tuple(self.backing))
+        if any(not isinstance(b, BackingSpec) for b in self.backing):
+            raise ValueError(f"backing of disk {self.name!r} must hold BackingSpec objects")
+        if self.backing and self.format == "raw":
+            raise ValueError(f"disk {self.name!r} is raw: a raw image has no backing file")
+        for upper, lower in zip(self.backing, self.backing[1:], strict=False):
+            if upper.format == "raw":
+                raise ValueError(f"backing file {upper.path!r} of disk {self.name!r} is raw but has a backing file "
+                                 f"({lower.path!r})")
         _check_abs_path(self.path, f"path of disk {self.name!r}")
         _check_choice(self.format, DISK_FORMATS, f"format of disk {self.name!r}")
         _check_choice(self.bus, DISK_BUSES, f"bus of disk {self.name!r}")

@@ -35,6 +35,7 @@ def build_disk(disk: DiskSpec, dev: str) -> etree._Element:
     el = element("disk", type="file", device=device)
     sub(el, "driver", name="qemu", type=disk.format)
     sub(el, "source", file=disk.path)
+    _backing_store(el, disk)
     sub(el, "target", dev=dev, bus=disk.bus)
     if disk.boot_order is not None:
         sub(el, "boot", order=str(disk.boot_order))
@@ -42,6 +43,18 @@ def build_disk(disk: DiskSpec, dev: str) -> etree._Element:
         sub(el, "readonly")
     sub(el, "alias", name=disk_alias(disk.name))
     return el
+
+
+def _backing_store(el: etree._Element, disk: DiskSpec) -> None:
+    """The explicit backing chain: nested ``<backingStore type='file'>`` per declared backing file,
+    ended by an empty ``<backingStore/>``, so libvirt opens exactly these files in these formats and
+    never follows a backing file named in an image's header."""
+    parent = el
+    for layer in disk.backing:
+        parent = sub(parent, "backingStore", type="file")
+        sub(parent, "format", type=layer.format)
+        sub(parent, "source", file=layer.path)
+    sub(parent, "backingStore")
 
 
 def build_disks(disks: Sequence[DiskSpec]) -> list[etree._Element]:
