@@ -159,7 +159,7 @@ def run(state_dir: Path, rounds: int = 1, namespace: str = "bench-policies",
         scenarios: tuple[str, ...] = tuple(SCENARIOS)) -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
     nodes = [h["node"] for h in sb.data["libvirt"]][:2]
-    images = Path(sb.data["images_dir"])
+    images = Path(sb.data["images_dir"]) / namespace  # the namespace's own directory (ensure_namespace)
     pfs = [f"sbxpf{p}" for p in range(int(sb.data.get("pfs_per_node", 1)))]
     ensure_namespace(sb, namespace)
     ensure_pool(sb, POOL, pfs)

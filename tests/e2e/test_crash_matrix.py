@@ -21,7 +21,7 @@ import pytest
 
 from failovervm import failpoints, labels
 from failovervm import migration as mg
-from failovervm_sandbox import procs
+from failovervm_sandbox import images, procs
 from tests.conftest import REPO, Sandbox, controller_keys, restart_operator, wait_for
 from tests.e2e.helpers import (
     apply,
@@ -108,6 +108,7 @@ def killed_at(sb: Sandbox, component: str, point: str) -> Iterator[None]:
 def crash_ns(operator_sandbox: Sandbox) -> Iterator[str]:
     sb = operator_sandbox
     # Not make_namespace: the per-test cleanup would remove it; the whole matrix shares it.
+    images.provision_namespace(sb.images_dir, NS)  # its VMs' images (a namespace's own directory)
     sb.kubectl("create", "namespace", NS, check=False)
     apply(sb, pool_manifest(POOL, sb.data["bridge"]))
     try:

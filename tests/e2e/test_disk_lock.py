@@ -13,7 +13,7 @@ import pytest
 from lxml import etree
 
 from tests.conftest import TEST_IMAGES_DIR, Sandbox, make_namespace, wait_for
-from tests.e2e.helpers import HALT, apply, condition, get_vm, libvirt_conn, pool_manifest, vm_manifest, wait_phase
+from tests.e2e.helpers import apply, condition, get_vm, halt, libvirt_conn, pool_manifest, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
 POOL = "lock-pool"
@@ -38,12 +38,12 @@ def by_hand_copy(sb: Sandbox, src: str, dst: str, dname: str) -> libvirt.virDoma
 def test_a_second_writer_of_a_disk_is_refused_and_reported(operator_sandbox: Sandbox) -> None:
     sb = operator_sandbox
     ns = make_namespace(sb, "disklock")
-    disk = Path(TEST_IMAGES_DIR) / f"lock-{uuid.uuid4().hex[:8]}.raw"
+    disk = Path(TEST_IMAGES_DIR) / ns / f"lock-{uuid.uuid4().hex[:8]}.raw"  # the namespace's own directory
     disk.write_bytes(b"\0" * (1 << 20))
     copy: libvirt.virDomain | None = None
     try:
         spec = vm_manifest("lk", ns, POOL)
-        spec["spec"]["disks"] = [{"name": "boot", "path": HALT, "readOnly": True, "bootOrder": 1},
+        spec["spec"]["disks"] = [{"name": "boot", "path": halt(ns), "readOnly": True, "bootOrder": 1},
                                  {"name": "data", "path": str(disk)}]
         apply(sb, pool_manifest(POOL, sb.data["bridge"]), spec)
         vm = wait_phase(sb, ns, "lk", "Running")
