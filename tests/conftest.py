@@ -234,9 +234,9 @@ def sandbox(sandbox_prereqs: None, request: pytest.FixtureRequest) -> Iterator[S
     try:
         yield Sandbox(state_dir)
     finally:
-        res = _cli("sandbox", "down", "--state-dir", str(state_dir))
         if request.session.testsfailed:
-            _keep_logs(state_dir)
+            _keep_logs(state_dir)  # before `down`, which removes them
+        res = _cli("sandbox", "down", "--state-dir", str(state_dir))
         shutil.rmtree(state_dir, ignore_errors=True)
         if res.returncode != 0:
             print(f"sandbox down failed:\n{res.stdout}\n{res.stderr}", file=sys.stderr)
