@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,11 @@ def test_a_second_sandbox_on_the_same_bridge_is_refused_while_the_first_runs(tmp
     import subprocess
 
     etcd = subprocess.Popen(["bash", "-c", "exec -a fake-etcd sleep 30"])
+    cmdline = Path(f"/proc/{etcd.pid}/cmdline")
+    for _ in range(200):  # until bash has exec'd the stand-in (its command line names etcd)
+        if cmdline.read_bytes().startswith(b"fake-etcd"):
+            break
+        time.sleep(0.01)
     try:
         first = _sandbox(tmp_path, "a", etcd.pid)
         second = _sandbox(tmp_path, "b", None)

@@ -299,3 +299,27 @@ def test_vms_are_placed_in_parallel_and_each_vm_one_pass_at_a_time(kube: FakeKub
     assert sorted(outcomes).count("placed:n1") == 3 and sorted(outcomes).count("placed:n2") == 3
     claimed = [(c["spec"]["node"], c["spec"]["pciAddress"]) for c in kube.claims.values()]
     assert len(claimed) == len(set(claimed)) == 6
+
+
+def test_a_claim_left_by_a_pass_that_died_is_replaced_not_recorded_after_its_release(
+        kube: FakeKube, ctx: ControllerContext) -> None:
+    """#13 x #12 (the crash matrix's placement.after-claim): the controller died after claiming a VF
+    and before recording it. The next pass releases the VM's stale claims first; the cache still
+    shows the released one for a moment, and the VF choice must not take it up again (the VM would
+    record a claim that no longer exists). It claims afresh, and the VM holds exactly that claim."""
+    kube.add_vm(vm_obj("a"))
+    vms.ensure_scheduled(ctx, NS, "a")
+    uid = kube.vms[NS, "a"]["metadata"]["uid"]
+    [pod] = kube.pods.values()
+    kube.bind_pod(NS, pod["metadata"]["name"], "n1")
+    # The dead pass's claim: made, never recorded.
+    kube.create_claim({"metadata": {"name": "n1.0000-3b-02-0", "labels": {
+        labels.VM_NODE: "n1", f"{labels.PREFIX}/pool": "pool", labels.VM_UID_LABEL: uid}}, "spec": {
+        "node": "n1", "pool": "pool", "pciAddress": VFS[0], "purpose": "Running",
+        "owner": {"namespace": NS, "name": "a", "uid": uid}}})
+    frozen = kube.indexes()  # the cache before it sees the release
+    ctx.cache = cache.IndexedCache({**kube.live_indexes(), cache.CLAIMS: frozen[cache.CLAIMS]})
+    assert vms.ensure_scheduled(ctx, NS, "a") == "placed:n1"
+    recorded = kube.vms[NS, "a"]["status"]["vf"]["claimName"]
+    assert [c["metadata"]["name"] for c in kube.claims.values()
+            if c["spec"]["owner"]["uid"] == uid] == [recorded]

@@ -58,11 +58,15 @@ def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
             return "not-running"
         # Capacity seen by this pass: the pending timer looks again once it changed (needs_look).
         ctx.capacity.seen[uid] = (ctx.capacity.epoch, time.monotonic())
-        # Claims of an unplaced VM are stale (e.g. after an eviction): release them first. Found by
-        # owner in the watch cache; one it has not seen yet is left to the sweep of orphaned claims.
+        # Claims of an unplaced VM are stale (e.g. after an eviction, or made by a pass that died
+        # before recording them): release them first. Found by owner in the watch cache; one it has
+        # not seen yet is left to the sweep of orphaned claims. The cache may still show them for a
+        # moment: the VF choice must not take one of them up again (placement.own_claim).
+        released = set()
         for claim in ctx.cache.claims_of(uid):
             kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
-        return _place(ctx, vm)
+            released.add(str(claim["metadata"]["name"]))
+        return _place(ctx, vm, released)
 
 
 # A pending VM the timer looks at again although nothing it waits for changed (a missed event).
@@ -144,7 +148,7 @@ def _unbound_and_schedulable(pod: Mapping[str, Any]) -> bool:
     return vmpod.node_of(pod) is None and vmpod.unschedulable(pod) is None and not vmpod.is_terminating(pod)
 
 
-def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
+def _place(ctx: ControllerContext, vm: dict[str, Any], released: frozenset[str] | set[str] = frozenset()) -> str:
     """An unplaced VM that should run: its pod, kube-scheduler's answer, then a VF on that node
     (pool, node, inventory and claims from the watch caches)."""
     kube = ctx.kube
@@ -163,8 +167,9 @@ def _place(ctx: ControllerContext, vm: dict[str, Any]) -> str:
             return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
         return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
     result = claim_on_node(kube, vm, pool, node, inventory=node_vfs(ctx.cache, node, pool_name),
-                           node_obj=ctx.cache.node(node), claims=ctx.cache.claims_on(node, pool_name),
-                           recent=ctx.recent_claims)
+                           node_obj=ctx.cache.node(node), recent=ctx.recent_claims,
+                           claims=[c for c in ctx.cache.claims_on(node, pool_name)
+                                   if str(c["metadata"]["name"]) not in released])
     if isinstance(result, Unschedulable):
         # Bound where the VM cannot go after all (no free VF there, the node draining): let
         # kube-scheduler choose again, after a back-off.
