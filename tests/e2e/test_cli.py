@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, Sandbox, make_namespace, wait_for
+from tests.conftest import REPO, Sandbox, controller_keys, make_namespace, wait_for
 from tests.e2e.helpers import apply, get_vm, pool_manifest, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -70,5 +70,6 @@ def test_status_evacuate_console_and_metrics(operator_sandbox: Sandbox) -> None:
     assert f'failovervm_migrations_total{{node="{node}",result="succeeded"}}' in agent_metrics
     assert "failovervm_migration_downtime_milliseconds_bucket" in agent_metrics
     assert f'failovervm_libvirt_connected{{node="{node}"}} 1.0' in agent_metrics
-    wait_for(lambda: f'pool="{POOL}"' in _metrics(ops["controller_metrics_port"]), 30, what="pool gauges")
+    ports = [ops["controller_metrics_port" if k == "controller" else f"{k}_metrics_port"] for k in controller_keys(sb)]
+    wait_for(lambda: any(f'pool="{POOL}"' in _metrics(p) for p in ports), 30, what="pool gauges (the active replica's)")
     sb.kubectl("delete", "namespace", ns, "--timeout=120s")

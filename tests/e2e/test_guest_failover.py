@@ -18,7 +18,7 @@ import pytest
 
 from failovervm_sandbox.guestimage import GUEST_CMDLINE, GUEST_INITRD, GUEST_KERNEL
 from failovervm_sandbox.network import STANDBY_NETWORK
-from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, make_namespace, wait_for
+from tests.conftest import REPO, TEST_IMAGES_DIR, Sandbox, controller_keys, make_namespace, wait_for
 from tests.e2e.helpers import apply, condition, events, get_vm, libvirt_conn, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
@@ -96,10 +96,15 @@ def metrics(sb: Sandbox, key: str) -> str:
 
 
 def warned_migrations(sb: Sandbox) -> float:
-    """The controller's counter of migrations that ran without negotiated failover (0 before the first)."""
-    m = re.search(r'failovervm_migrations_without_failover_total{action="warned"} ([0-9.]+)',
-                  metrics(sb, "controller_metrics_port"))
-    return float(m[1]) if m else 0.0
+    """The controllers' counter of migrations that ran without negotiated failover (0 before the
+    first), summed over the replicas: whichever is active counted them (#13)."""
+    total = 0.0
+    for key in controller_keys(sb):
+        port_key = "controller_metrics_port" if key == "controller" else f"{key}_metrics_port"
+        m = re.search(r'failovervm_migrations_without_failover_total{action="warned"} ([0-9.]+)',
+                      metrics(sb, port_key))
+        total += float(m[1]) if m else 0.0
+    return total
 
 
 def drain(sb: Sandbox, node: str) -> None:
