@@ -23,8 +23,26 @@ SERVICE_CIDR = "10.96.0.0/24"
 SERVICE_IP = "10.96.0.1"
 
 
+# Ports the sandbox's servers listen on are chosen below the kernel's ephemeral range (32768-60999
+# by default): a port taken from that range (bind to port 0) is free when chosen but may be taken by
+# any outgoing connection (kubectl, the apiserver's clients) before the server that it was chosen
+# for binds it, and that server then fails with "address already in use".
+LISTEN_PORTS = (20000, 32000)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    import secrets
+
+    low, high = LISTEN_PORTS
+    for _ in range(200):
+        port = low + secrets.randbelow(high - low)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range is full: let the kernel choose
         s.bind((host, 0))
         return int(s.getsockname()[1])
 
