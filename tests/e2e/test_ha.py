@@ -46,7 +46,9 @@ def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox:
     active = max(prios, key=lambda i: prios[i])
     standby = next(i for i in prios if i != active)
     assert {active, standby} == {"controller", "controller-2"}
-    wait_for(lambda: "Pausing operations in favour of" in log_of(sb, standby), 30, what="the standby paused")
+    # Kopf pauses the replica that sees a live peer of higher priority; one that starts paused logs
+    # nothing (only a transition is logged), so the priorities are the proof, and the standby's
+    # "Resuming operations" after the kill below shows it was paused until then.
     assert "Pausing all operators" not in log_of(sb, standby) + log_of(sb, active)
 
     ns = make_namespace(sb, "ha")
@@ -83,10 +85,8 @@ def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox:
               f"the standby acted on a new VM {took_over:.1f}s after it")
         assert took_over < 30, took_over  # the bound is the 10 s peering lifetime (+ a watch restart)
     finally:
-        paused_before = log_of(sb, active).count("Pausing operations in favour of")
         restart_operator(sb)
-    # The restarted replica is newer: it stands by and does not take the work back.
-    wait_for(lambda: len(peers(sb)) == 2, 30, what="the restarted replica in the peering")
-    wait_for(lambda: log_of(sb, active).count("Pausing operations in favour of") > paused_before, 30,
-             what="the restarted one paused")
+    # The restarted replica is newer: it stands by (a lower priority) and does not take the work back.
+    after = wait_for(lambda: (p := peers(sb)) and len(p) == 2 and p, 30, what="the restarted replica in the peering")
+    assert after[standby]["priority"] > after[active]["priority"], after
     assert procs.alive(sb.data[standby]["pid"], "controller")
