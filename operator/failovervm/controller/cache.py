@@ -15,7 +15,7 @@ are bound).
 
 Keys of the indexes (Kopf's index maps each key to the values of all objects that returned it):
 
-- `fvm_keys`: ("uid", uid), ("node", status.nodeName), ("mac", mac), ("pending", "") for an
+- `fvm_keys`: ("uid", uid), ("node", status.nodeName), ("pending", "") for an
   unplaced VM that is not being deleted -> VM summary
 - `vfclaim_keys`: ("on", node, pool), ("of", owner uid) -> claim summary
 - `vfpool_index`: name -> pool summary
@@ -32,7 +32,6 @@ from typing import Any, Protocol
 
 from failovervm import labels
 from failovervm.kube import KubeAPI
-from failovervm.validation import vm_macs
 
 Obj = dict[str, Any]
 Index = Mapping[Any, Collection[Mapping[str, Any]]]
@@ -91,8 +90,6 @@ def vm_keys(vm: Mapping[str, Any]) -> dict[tuple[str, ...], Obj]:
         keys[("node", str(node))] = s
     elif not s["metadata"].get("deletionTimestamp"):
         keys[("pending", "")] = s
-    for mac in vm_macs(vm):
-        keys[("mac", mac)] = s
     return keys
 
 
@@ -159,7 +156,6 @@ class ClusterCache(Protocol):
     def vms(self) -> list[Obj]: ...
     def vms_on(self, node: str) -> list[Obj]: ...
     def pending_vms(self) -> list[Obj]: ...
-    def vms_with_mac(self, mac: str) -> list[Obj]: ...
     def claims_on(self, node: str, pool: str) -> list[Obj]: ...
     def claims_of(self, owner_uid: str) -> list[Obj]: ...
     def claims(self) -> list[Obj]: ...
@@ -205,9 +201,6 @@ class IndexedCache:
 
     def pending_vms(self) -> list[Obj]:
         return self._values(VMS, ("pending", ""))
-
-    def vms_with_mac(self, mac: str) -> list[Obj]:
-        return self._values(VMS, ("mac", mac))
 
     def claims_on(self, node: str, pool: str) -> list[Obj]:
         return self._values(CLAIMS, ("on", node, pool))
@@ -260,9 +253,6 @@ class ListedCache:
     def pending_vms(self) -> list[Obj]:
         return [vm_summary(v) for v in self.kube.list_vms() if not (v.get("status") or {}).get("nodeName")
                 and not v["metadata"].get("deletionTimestamp")]
-
-    def vms_with_mac(self, mac: str) -> list[Obj]:
-        return [vm_summary(v) for v in self.kube.list_vms() if mac in vm_macs(v)]
 
     def claims_on(self, node: str, pool: str) -> list[Obj]:
         return [claim_summary(c) for c in self.kube.list_claims(cached=True)
