@@ -86,6 +86,27 @@ def is_evacuation(mig: Mapping[str, Any]) -> bool:
     return bool(found.get(labels.EVACUATION_LABEL) or found.get(labels.EVICTED_POD_LABEL))
 
 
+def evacuation_start_limit(mig: Mapping[str, Any], source: str, migrations: Iterable[Mapping[str, Any]],
+                           limits: Limits) -> str | None:
+    """Why evacuation migration `mig` (Pending, its VM on `source`) must not start yet, or None.
+
+    plan_evacuation keeps the limits when it *creates* evacuation migrations, but two processes may
+    create them at once (a standby replica's eviction webhook and the active replica's node sweep,
+    each under its own process's node lock), one over the limit. The limits are therefore checked
+    again when one *starts* (leaves Pending): only the active replica does that, one start at a time
+    (Locks.evacuation_starts), counting the evacuations that have started (past Pending)."""
+    if not is_evacuation(mig):
+        return None
+    me = (mig["metadata"].get("namespace"), mig["metadata"].get("name"))
+    started = [m for m in migrations if is_evacuation(m) and is_active(m) and phase(m) != PENDING
+               and (m["metadata"].get("namespace"), m["metadata"].get("name")) != me]
+    if len(started) >= limits.per_cluster:
+        return f"cluster limit of {limits.per_cluster} parallel migrations reached"
+    if sum(1 for m in started if (m.get("status") or {}).get("sourceNode") == source) >= limits.per_node_outbound:
+        return f"node limit of {limits.per_node_outbound} outbound migrations reached"
+    return None
+
+
 START_TIMEOUT = "StartTimeout"
 
 

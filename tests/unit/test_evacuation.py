@@ -11,7 +11,7 @@ import pytest
 
 from failovervm import labels
 from failovervm import migration as mg
-from failovervm.controller import evacuation, main, sweeps
+from failovervm.controller import evacuation, main, migrations, sweeps
 from tests.fakes import FakeKube
 from tests.unit.conftest import MakeControllerContext
 
@@ -184,3 +184,54 @@ def test_collect_history_deletes_through_the_api(controller_ctx: MakeControllerC
         mig("s", mg.SUCCEEDED, "05", node="n2"), mig("x", mg.SUCCEEDED, "05", vm_name="gone")])
     ctx = controller_ctx(kube, migration_history=0)
     assert sweeps.collect_history(ctx) == deleted(kube) == ["ns/x", "ns/s"]  # n1 (cordoned) keeps its ledger
+
+
+def _evac(vm_name: str, node: str = "n1", phase: str | None = None) -> dict[str, Any]:
+    return {"apiVersion": labels.API_GROUP_VERSION, "kind": "FailoverVMMigration",
+            "metadata": {"name": f"evac-{vm_name}", "namespace": "ns",
+                         "labels": {labels.EVACUATION_LABEL: node, labels.VM_LABEL: vm_name}},
+            "spec": {"vmName": vm_name},
+            "status": {"phase": phase, "sourceNode": node} if phase else {}}
+
+
+def test_evacuation_start_limit_counts_started_evacuations_only() -> None:
+    limits = mg.Limits(per_cluster=3, per_node_outbound=2)
+    me = _evac("c")
+    user = {**_evac("u", phase=mg.RUNNING), "metadata": {"name": "u", "namespace": "ns"}}
+    started = [_evac("a", phase=mg.SCHEDULING), _evac("b", phase=mg.RUNNING)]
+    assert mg.evacuation_start_limit(me, "n1", [me, user, _evac("p"), started[0]], limits) is None
+    assert "node limit of 2" in (mg.evacuation_start_limit(me, "n1", [me, *started], limits) or "")
+    assert mg.evacuation_start_limit(me, "n2", [me, *started], limits) is None  # another node's
+    done = [_evac("a", phase=mg.SUCCEEDED), started[1]]
+    assert mg.evacuation_start_limit(me, "n1", done, limits) is None
+    others = [_evac(f"o{i}", node=f"n{i + 2}", phase=mg.RUNNING) for i in range(3)]
+    assert "cluster limit of 3" in (mg.evacuation_start_limit(me, "n1", [me, *others], limits) or "")
+    assert mg.evacuation_start_limit(user, "n1", [*started, *others], limits) is None  # users' never wait
+
+
+def test_evacuations_created_over_the_limit_by_two_replicas_start_within_it(
+        controller_ctx: MakeControllerContext) -> None:
+    """#13: a standby's eviction webhook and the active replica's node sweep each hold only their
+    own process's node lock, so they may create one evacuation migration too many. The active
+    replica starts them one at a time under one lock, counting those started: at most the node's
+    limit leaves Pending, even when every migration's timer runs at once (lists are slow here)."""
+    kube = SlowKube()
+    kube.add(vms=[vm("c", "uc")])
+    for name in ("a", "b", "c"):
+        kube.add_migration(_evac(name))
+    ctx = controller_ctx(kube, limits=mg.Limits(per_node_outbound=2))
+    threads = [threading.Thread(target=migrations.advance, args=(ctx, "ns", f"evac-{n}")) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    phases = sorted(mg.phase(m) for m in kube.migrations.values())
+    assert phases == [mg.PENDING, mg.SCHEDULING, mg.SCHEDULING], phases
+    waiting = next(m for m in kube.migrations.values() if mg.phase(m) == mg.PENDING)
+    assert waiting["status"]["message"] == "waiting: node limit of 2 outbound migrations reached"
+    locked = [v["metadata"]["name"] for v in kube.vms.values() if (v.get("status") or {}).get("migration")]
+    assert len(locked) == 2 and waiting["spec"]["vmName"] not in locked
+    # A slot frees: the waiting one starts on its next pass.
+    first = next(m for m in kube.migrations.values() if mg.phase(m) == mg.SCHEDULING)
+    kube.migrations[("ns", first["metadata"]["name"])]["status"]["phase"] = mg.FAILED
+    assert migrations.advance(ctx, "ns", waiting["metadata"]["name"]) == mg.SCHEDULING

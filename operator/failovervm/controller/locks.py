@@ -33,6 +33,9 @@ class Locks:
         self._migrations: dict[tuple[str, str], threading.Lock] = {}
         self._nodes: dict[str, threading.Lock] = {}
         self._vms = [threading.Lock() for _ in range(self.VM_STRIPES)]
+        # Held while an evacuation migration checks the parallel-migration limits and leaves
+        # Pending (migration.evacuation_start_limit): two starts never both see the last free slot.
+        self.evacuation_starts = threading.Lock()
 
     def vm(self, namespace: str, name: str) -> threading.Lock:
         """The lock of one VM's placement passes (shared with the VMs of the same stripe: bounded

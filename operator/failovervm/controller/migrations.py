@@ -149,6 +149,23 @@ def _start(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any]) -> s
         set_phase(ctx, mig, mg.FAILED, reason=mg.FAILOVER_NOT_READY, message=gate.message, conditions=fo_conds)
         kube.event(mig, mg.FAILOVER_NOT_READY, gate.message, type_="Warning", component="controller")
         return mg.FAILED
+    if not mg.is_evacuation(mig):
+        return _lock_and_schedule(ctx, mig, vm, source, gate, fo_conds)
+    with ctx.locks.evacuation_starts:  # the limits counted and the start made as one step
+        why = mg.evacuation_start_limit(mig, source, kube.list_migrations(), ctx.settings.limits)
+        if why is not None:
+            if mig_st.get("message") != f"waiting: {why}":
+                set_phase(ctx, mig, mg.PENDING, message=f"waiting: {why}")
+            return mg.PENDING
+        return _lock_and_schedule(ctx, mig, vm, source, gate, fo_conds)
+
+
+def _lock_and_schedule(ctx: ControllerContext, mig: dict[str, Any], vm: dict[str, Any], source: str,
+                       gate: mg.FailoverGate, fo_conds: list[dict[str, Any]]) -> str:
+    """Lock the VM for the migration and move it on to Scheduling (the last part of _start)."""
+    kube = ctx.kube
+    _ns, name = _key(mig)
+    mig_st = mig.get("status") or {}
     if not update_vm_migration(kube, vm, name, {"state": mg.SCHEDULING, "sourceNode": source}):
         return mg.PENDING
     warnings = list(mig_st.get("warnings") or [])
