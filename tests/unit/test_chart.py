@@ -349,7 +349,8 @@ def test_controller_deployment(render: Render) -> None:
     dep = one(docs, "Deployment")
     spec = dep["spec"]
     assert spec["replicas"] == 2
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Upgrades keep the webhooks answered: a new replica is ready before an old one stops.
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
@@ -758,3 +759,10 @@ def test_admission_policies_name_the_chart_identities(render: Render) -> None:
     assert all(p["spec"]["failurePolicy"] == "Fail" for p in policies.values())
     assert not [d for d in render("--set", "admissionPolicies.enabled=false")
                 if d["kind"].startswith("ValidatingAdmissionPolicy")]
+
+
+def test_controller_update_strategy_can_be_recreate_or_tuned(render: Render) -> None:
+    dep = one(render("--set", "controller.updateStrategy.type=Recreate"), "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    dep = one(render("--set-string", "controller.updateStrategy.rollingUpdate.maxSurge=50%"), "Deployment")
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": "50%", "maxUnavailable": 0}
