@@ -38,11 +38,17 @@ class NodeHealth:
 HOST_DOWN_ANNOTATION = "failovervm.io/host-down"  # labels.HOST_DOWN_ANNOTATION (this module imports nothing)
 
 
+def out_of_service_taint(node: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Node's out-of-service taint (any value and effect: Kubernetes' non-graceful node
+    shutdown uses NoExecute, some remediation tools NoSchedule), or None."""
+    return next((dict(t) for t in (node.get("spec") or {}).get("taints") or []
+                 if t.get("key") == OUT_OF_SERVICE_TAINT), None)
+
+
 def is_fenced(node: Mapping[str, Any] | None) -> bool:
     """Known to be off: the out-of-service taint. None (no Node) counts too for the callers that
     only need to know whether a node can still run or take anything (never for a release)."""
-    return node is None or any(t.get("key") == OUT_OF_SERVICE_TAINT for t in (node.get("spec") or {}).get("taints")
-                               or [])
+    return node is None or out_of_service_taint(node) is not None
 
 
 def assess(name: str, node: Mapping[str, Any] | None, now: dt.datetime | None = None) -> NodeHealth:
@@ -52,8 +58,12 @@ def assess(name: str, node: Mapping[str, Any] | None, now: dt.datetime | None = 
                           f"node {name} was deleted, which does not prove that its machine stopped: the VM is "
                           f"restarted elsewhere once confirmed (annotation {HOST_DOWN_ANNOTATION}={name} on the VM, "
                           f"or the Node back with the taint {OUT_OF_SERVICE_TAINT})")
-    if is_fenced(node):
-        return NodeHealth(FENCED, "NodeOutOfService", f"node {name} is tainted {OUT_OF_SERVICE_TAINT} (shut down)")
+    taint = out_of_service_taint(node)
+    if taint is not None:
+        shown = OUT_OF_SERVICE_TAINT + (f"={taint['value']}" if taint.get("value") else "") + f":{taint.get('effect')}"
+        return NodeHealth(FENCED, "NodeOutOfService",
+                          f"node {name} is tainted {shown} (shut down): the evidence that its machine no longer "
+                          "runs the VM is that taint (Kubernetes' non-graceful node shutdown)")
     ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
     if ready is not None and ready.get("status") == "True":
         return NodeHealth(HEALTHY, "NodeReady", f"node {name} is Ready")
@@ -92,4 +102,5 @@ def host_down_confirmed(vm: Mapping[str, Any], node: str) -> NodeHealth | None:
     if ((vm.get("metadata") or {}).get("annotations") or {}).get(HOST_DOWN_ANNOTATION) != node:
         return None
     return NodeHealth(FENCED, "HostDownConfirmed",
-                      f"node {node} was deleted and its machine confirmed down ({HOST_DOWN_ANNOTATION})")
+                      f"node {node} was deleted and its machine confirmed down: the evidence is the annotation "
+                      f"{HOST_DOWN_ANNOTATION}={node} on the VM")

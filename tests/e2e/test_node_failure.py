@@ -60,7 +60,9 @@ def test_failed_node_marks_its_vm_and_fencing_restarts_it_elsewhere(operator_san
         assert moved["metadata"]["labels"]["failovervm.io/node"] == new
         assert condition(moved, CONDITION) is None  # it was about the old node
         assert f"fvm_{ns}_crash" in domains_on(sb, new)
-        wait_for(lambda: events(sb, ns, "NodeFenced", "crash"), 30, what="the NodeFenced event")
+        fenced = wait_for(lambda: events(sb, ns, "NodeFenced", "crash"), 30, what="the NodeFenced event")
+        # The evidence the release rests on is named: the taint as the administrator set it.
+        assert f"{OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute" in fenced[0]["message"], fenced[0]["message"]
         # The old node's VF went back to its pool: one claim, on the new node.
         wait_for(lambda: [c["spec"]["node"] for c in claims(sb) if c["spec"]["owner"]["name"] == "crash"] == [new],
                  60, what="the fenced node's VF claim released")

@@ -35,8 +35,12 @@ def test_assess() -> None:
     assert "for 60s" in h.message and "Ready=Unknown (NodeStatusUnknown)" in h.message
     assert nh.OUT_OF_SERVICE_TAINT in h.message  # says what would restart the VM elsewhere
     assert nh.assess("n1", node(None)).state == nh.NOT_READY
-    assert nh.assess("n1", node("True", OUT)) == nh.NodeHealth(
-        nh.FENCED, "NodeOutOfService", f"node n1 is tainted {nh.OUT_OF_SERVICE_TAINT} (shut down)")
+    fenced = nh.assess("n1", node("True", OUT))
+    assert (fenced.state, fenced.reason) == (nh.FENCED, "NodeOutOfService")
+    # The message names the evidence: the taint as set, value and effect.
+    assert f"tainted {nh.OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute (shut down)" in fenced.message
+    no_schedule = nh.assess("n1", node("Unknown", [{"key": nh.OUT_OF_SERVICE_TAINT, "effect": "NoSchedule"}]))
+    assert no_schedule.state == nh.FENCED and f"{nh.OUT_OF_SERVICE_TAINT}:NoSchedule" in no_schedule.message
     assert nh.assess("n1", None).reason == "NodeDeleted"
     # The unreachable taint node-lifecycle adds is not fencing: the machine may still run the VM.
     unreachable = node("Unknown", [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}])
@@ -112,6 +116,7 @@ def test_fenced_node_releases_its_vms(kube: Cluster) -> None:
     assert "nodeName" not in st and "vf" not in st and "domain" not in st and st["phase"] == "Pending"
     ready = next(c for c in st["conditions"] if c["type"] == "Ready")
     assert ready["reason"] == "NodeOutOfService" and "restarting it on another node" in ready["message"]
+    assert f"{nh.OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute" in ready["message"]  # the evidence used
     assert "failovervm.io/node" not in stored(k)["metadata"]["labels"]
     assert k.reasons() == ["NodeFenced"]
     assert evacuation.reconcile_node(ctx, "n1")["released"] == []  # idempotent
@@ -142,7 +147,8 @@ def test_deleted_node_marks_its_vms_and_releases_them_once_confirmed_down(kube: 
     assert cond["status"] == "False" and cond["reason"] == "NodeDeleted" and "host-down" in cond["message"]
     k.patch_vm("ns", "vm", {"metadata": {"annotations": {"failovervm.io/host-down": "gone"}}})
     assert recovery.sweep_deleted_nodes(ctx) == ["ns/vm"]
-    assert next(c for c in stored(k)["status"]["conditions"] if c["type"] == "Ready")["reason"] == "HostDownConfirmed"
+    ready = next(c for c in stored(k)["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "HostDownConfirmed" and "failovervm.io/host-down=gone on the VM" in ready["message"]
     k2, ctx = kube([vm(node_name="gone")], [node()])
     assert recovery.release_all(ctx, "gone", None) == [] and k2.reasons() == ["NodeNotReady"]
     k2.patch_vm("ns", "vm", {"metadata": {"annotations": {"failovervm.io/host-down": "gone"}}})
