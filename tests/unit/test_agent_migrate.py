@@ -146,3 +146,24 @@ def test_a_failed_or_aborted_transfer_leaves_the_vm_running_here(tmp_path: Path,
     assert (ms["phase"], ms["reason"]) == (phase, reason) and str(error) in ms["message"]
     assert "keeps running on n1" in ms["message"]
     assert vm_status(kube)["phase"] == "Running" and vm_status(kube)["nodeName"] == "n1"
+
+
+def test_the_source_libvirtd_lost_mid_transfer_keeps_the_vm_locked_and_is_named(tmp_path: Path) -> None:
+    """#13, found by the e2e crash matrix: libvirtd on the source killed (and restarted) while it
+    migrates. migrateToURI3 fails, and where the domain is cannot be asked: the VM stays locked
+    (never unlocked on a guess), and once libvirtd answers again the reconcile records the failure
+    with its cause, not as an agent restart."""
+    m, kube, dm = setup(tmp_path)
+    dm.before("migrate", lambda: dm.fail("lookup", DomainError("internal error: client socket is closed")))
+    dm.fail("migrate", DomainError("End of file while reading data: Input/output error"))
+    with pytest.raises(migrate.OutcomeUnknown):
+        run(m, kube)
+    assert vm_status(kube)["migration"]["state"] == mg.RUNNING and mig_status(kube)["phase"] == mg.RUNNING
+    vm = kube.get_vm("ns", "vm")
+    assert vm is not None
+    out = m._recover(vm, vm["status"]["migration"], dm.lookup(DNAME))
+    assert out.action == "migration-failed"
+    ms = mig_status(kube)
+    assert (ms["phase"], ms["reason"]) == (mg.FAILED, "LibvirtConnectionLost"), ms
+    assert "End of file" in ms["message"] and "keeps running on n1" in ms["message"]
+    assert vm_status(kube)["phase"] == "Running" and "migration" not in vm_status(kube)

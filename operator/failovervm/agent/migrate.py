@@ -64,6 +64,11 @@ class OutcomeUnknown(Exception):
     locked by its migration: marking it failed would let it be started here a second time."""
 
 
+class LibvirtLost(OutcomeUnknown, DomainError):
+    """This node's libvirtd cannot be asked where the domain is (it died or restarts). Still a
+    DomainError for the callers that handle a lost connection (the reconcile retries)."""
+
+
 class RecordLater(Exception):
     """The transfer completed, but the API would not take the result yet."""
 
@@ -174,6 +179,10 @@ class Migrator:
     poll_interval: float = 0.5  # how often the progress thread samples the job (tests: less)
     # Limits that ended a migration recovered after an agent restart (VM uid -> the decision).
     recovered_limits: dict[str, mp.Decision] = field(default_factory=dict)
+    # Migrations whose transfer ended while this node's libvirtd could not be asked where the
+    # domain is (it died or restarted): VM uid -> what ended it. _recover records the outcome once
+    # libvirtd answers again, with this as the reason instead of an agent restart.
+    libvirt_lost: dict[str, str] = field(default_factory=dict)
 
     def handle(self, vm: Mapping[str, Any], dom: DomainRef | None) -> Outcome | None:
         """Called by reconcile for a VM with status.migration; None means: reconcile as usual."""
@@ -668,8 +677,15 @@ class Migrator:
         ctx = self.ctx
         meta = vm["metadata"]
         ns, name, mig_name = meta["namespace"], meta["name"], mig.get("name")
-        dom = ctx.dm.lookup(domxml.domain_name(ns, name))
-        still_here = dom is not None and ctx.dm.is_active(dom)
+        try:
+            dom = ctx.dm.lookup(domxml.domain_name(ns, name))
+            still_here = dom is not None and ctx.dm.is_active(dom)
+        except DomainError as exc:
+            # This node's libvirtd is gone (killed, restarting): whether the domain still runs here
+            # is unknown, so the VM stays locked; the reconcile after libvirt reconnects finds out.
+            self.libvirt_lost[meta["uid"]] = f"{reason}: {message}"
+            raise LibvirtLost(f"the migration ended ({reason}: {message}) and libvirtd on {ctx.node} cannot be "
+                                 f"asked whether the domain still runs here ({exc})") from exc
         if not still_here and check_target and mig.get("targetNode"):
             where, uri = self._on_target(vm, mig)
             if where == ON_TARGET_RUNNING:
@@ -714,6 +730,7 @@ class Migrator:
         """The agent restarted while a migration ran (libvirtd kept driving it)."""
         dm = self.ctx.dm
         uid = vm["metadata"]["uid"]
+        lost = self.libvirt_lost.pop(uid, None)
         if dom is not None and dm.is_active(dom):
             try:
                 if dm.job_running(dom):
@@ -728,13 +745,14 @@ class Migrator:
             if limit is not None and mig.get("state") != mg.ABORTING:
                 self._finish_failed(vm, mig, limit.reason, limit.message)
                 return Outcome("migration-failed")
-            self._finish_failed(
-                vm,
-                mig,
-                "AgentRestarted",
-                "the agent restarted during the migration; it did not complete",
-                phase=mg.ABORTED if mig.get("state") == mg.ABORTING else mg.FAILED,
-            )
+            if lost is not None:
+                reason, message = ("LibvirtConnectionLost", f"libvirtd on {self.ctx.node} went away during the "
+                                   f"migration ({lost}); back, it runs the domain here and no migration: it did not "
+                                   "complete")
+            else:
+                reason, message = "AgentRestarted", "the agent restarted during the migration; it did not complete"
+            self._finish_failed(vm, mig, reason, message,
+                                phase=mg.ABORTED if mig.get("state") == mg.ABORTING else mg.FAILED)
             return Outcome("migration-failed")
         # The domain left this node: did it arrive on the target?
         where, uri = self._on_target(vm, mig)
