@@ -90,11 +90,25 @@ def _short_hash(text: str) -> str:
 
 
 def pod_name(vm: Mapping[str, Any], migration: Mapping[str, Any] | None = None) -> str:
-    """`fvm-<vm>-<hash>`, at most 63 characters: the VM's running pod is named after the VM's uid, a
-    migration's target pod after the VM's and the migration's uids. A retry (or a second controller)
-    computes the same name and gets AlreadyExists instead of making a second pod."""
+    """`fvm-<vm>-<hash>`, at most 63 characters: the VM's running pod is named after the VM's uid
+    (and, once the VM was taken off a node, the time it was: see below), a migration's target pod
+    after the VM's and the migration's uids. A retry (or a second controller) computes the same
+    name and gets AlreadyExists instead of making a second pod.
+
+    A VM taken off its node (evictionStrategy Shutdown, a fenced node) gets a pod of a new name for
+    its next placement: its Scheduled condition turned False then, and that transition's time is
+    part of the name. `kubectl drain` retries an eviction answered 429 by pod *name*; with the old
+    name reused, the drain of the VM's old node would evict the VM's next pod, on another node,
+    again and again (it chased the VM across the cluster)."""
     meta = vm["metadata"]
-    key = str(meta["uid"]) if migration is None else f"{meta['uid']}/{migration['metadata']['uid']}"
+    if migration is not None:
+        key = f"{meta['uid']}/{migration['metadata']['uid']}"
+    else:
+        key = str(meta["uid"])
+        scheduled = next((c for c in (vm.get("status") or {}).get("conditions") or []
+                          if c.get("type") == "Scheduled"), None)
+        if scheduled is not None and scheduled.get("status") == "False" and scheduled.get("lastTransitionTime"):
+            key += f"/unplaced-since/{scheduled['lastTransitionTime']}"
     stem = f"fvm-{meta['name']}"[:54].rstrip("-.")
     return f"{stem}-{_short_hash(key)}"
 

@@ -93,6 +93,18 @@ def test_names_are_deterministic_distinct_and_valid() -> None:
     assert target != running and target == vmpod.pod_name(vm(), MIG)
     other_mig = {"metadata": {"name": "m1", "uid": "another"}}  # a later migration of the same name
     assert vmpod.pod_name(vm(), other_mig) != target
+    # Taken off its node (Scheduled turned False then): the next placement's pod has a new name, so a
+    # `kubectl drain` retrying the eviction of the old pod's name gets NotFound instead of evicting
+    # the VM again from wherever it was started next. Stable while it waits; new again after the next.
+    def released(at: str, status: str = "False") -> dict[str, Any]:
+        return {**vm(), "status": {"conditions": [
+            {"type": "Scheduled", "status": status, "reason": "Evicted", "lastTransitionTime": at}]}}
+
+    first = vmpod.pod_name(released("2026-11-29T23:17:04Z"))
+    assert first != running and first == vmpod.pod_name(released("2026-11-29T23:17:04Z"))
+    assert vmpod.pod_name(released("2026-11-29T23:19:00Z")) not in (first, running)
+    assert vmpod.pod_name(released("2026-11-29T23:19:00Z", status="True")) == running  # placed: as before
+    assert vmpod.pod_name(released("2026-11-29T23:17:04Z"), MIG) == target  # target pods: unchanged
     long = vm()
     long["metadata"]["name"] = "a" * 49 + ".b-" + "c" * 11
     for name in (vmpod.pod_name(long), vmpod.pod_name(long, MIG)):
