@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import libvirt
 
@@ -115,3 +117,30 @@ def qemu_cmdline(sb: Sandbox, node: str, domain: str) -> str:
 
 def claims(sb: Sandbox) -> list[dict[str, Any]]:
     return list(sb.kubectl_json("get", "vfclaims")["items"])
+
+
+class Sampler:
+    """Runs `sample()` every `interval` seconds on a thread while its `with` block runs (what a
+    user watching would see: phases, where a domain runs)."""
+
+    interval = 0.3
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Self:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._t.join()

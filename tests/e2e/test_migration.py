@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 from failovervm_sandbox import procs
 from tests.conftest import REPO, Sandbox, make_namespace, restart_operator, stop_controllers, wait_for
 from tests.e2e.helpers import (
+    Sampler,
     apply,
     claims,
     condition,
@@ -84,31 +84,19 @@ def _place_on(sb: Sandbox, ns: str, node: str, names: list[str], **spec: Any) ->
             sb.kubectl("taint", "node", other, "fvm-test/hold-", check=False)
 
 
-class PhaseRecorder:
+class PhaseRecorder(Sampler):
     """Records every phase each VM shows while a drain runs (polling, as a user would watch)."""
 
     def __init__(self, sb: Sandbox, ns: str) -> None:
+        super().__init__()
         self.sb, self.ns = sb, ns
         self.seen: dict[str, set[str]] = {}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            res = self.sb.kubectl("-n", self.ns, "get", "fvm", "-o", "json", check=False)
-            if res.returncode == 0:
-                for item in json.loads(res.stdout)["items"]:
-                    self.seen.setdefault(item["metadata"]["name"], set()).add(
-                        (item.get("status") or {}).get("phase", ""))
-            time.sleep(0.3)
-
-    def __enter__(self) -> PhaseRecorder:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+    def sample(self) -> None:
+        res = self.sb.kubectl("-n", self.ns, "get", "fvm", "-o", "json", check=False)
+        if res.returncode == 0:
+            for item in json.loads(res.stdout)["items"]:
+                self.seen.setdefault(item["metadata"]["name"], set()).add((item.get("status") or {}).get("phase", ""))
 
 
 def _max_overlap(migs: list[dict[str, Any]]) -> int:
