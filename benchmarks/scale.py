@@ -25,6 +25,7 @@ no domain ever existed) and the namespace with them.
 from __future__ import annotations
 
 import json
+import os
 import re
 import ssl
 import sys
@@ -49,7 +50,9 @@ CLIENTS = 8
 # node status and pod sweeps, and the agents' / the virtual nodes' inventory rounds.
 TIME_BASED = {("PUT", "leases"), ("PATCH", "leases"), ("GET", "leases"), ("PATCH", "nodes/status"),
               ("LIST", "pods@cluster"), ("LIST", "nodes@cluster"), ("GET", "nodes"), ("LIST", "vfpools@cluster"),
-              ("GET", "vfinventories"), ("WATCH", "leases")}
+              ("GET", "vfinventories"), ("WATCH", "leases"),
+              # Kopf's peering keep-alive of the two controller replicas (every few seconds each).
+              ("GET", "clusterkopfpeerings"), ("PATCH", "clusterkopfpeerings")}
 
 
 def _client(sb: SandboxHandle) -> client.ApiClient:
@@ -88,6 +91,17 @@ def rss_mib(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Stamps:
@@ -282,6 +296,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     placed = Stamps(sb, custom.list_namespaced_custom_object, (API_GROUP, API_VERSION, namespace, "failovervms"),
                     _placed).start()
     before = scrape(sb)
+    controller_pid = json.loads((state_dir / "sandbox.json").read_text()).get("controller", {}).get("pid")
+    cpu_before = cpu_seconds(controller_pid)
     names = [f"scale-{i}" for i in range(n)]
     t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: client.CustomObjectsApi(
         api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b,
@@ -290,11 +306,15 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
         wait(lambda: len(placed.at) >= n, 120 + n * 0.5, f"{n} VMs placed", 0.1)
     finally:
         after = scrape(sb)
+        cpu_after = cpu_seconds(controller_pid)
         placed.stop()
     t_placed = max(placed.at.values()) if placed.at else float("nan")
     out["operator"] = {"create_s": t_last - t0, "creates_per_s": n / (t_last - t0), "placed": len(placed.at),
                        "all_placed_s": t_placed - t0, "after_last_create_s": t_placed - t_last,
-                       "per_vm_ms": (t_placed - t0) / n * 1000}
+                       "per_vm_ms": (t_placed - t0) / n * 1000,
+                       # The (active) controller's CPU time from the first create to all placed.
+                       "controller_cpu_ms_per_vm": None if cpu_before is None or cpu_after is None
+                       else (cpu_after - cpu_before) / n * 1000}
     out["ratio_all_placed"] = out["operator"]["all_placed_s"] / out["raw"]["all_bound_s"]
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0}
     per_vm = {f"{v} {r}": c / n for (v, r), c in sorted(delta.items(), key=lambda kv: -kv[1])}
@@ -327,6 +347,8 @@ def _report(res: dict[str, Any]) -> None:
           f"{raw['after_last_create_s']:>11.1f}s")
     print(f"{'creates/s (VMs through the webhook; pods)':46}{op['creates_per_s']:>12.0f}{raw['creates_per_s']:>12.0f}")
     print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
+    if op.get("controller_cpu_ms_per_vm") is not None:
+        print(f"{'controller CPU per VM':46}{op['controller_cpu_ms_per_vm']:>10.1f}ms")
     print(f"apiserver requests: {rq['per_vm']:.1f} per VM ({rq['total']} in all); without time-based traffic "
           f"(leases, heartbeats, inventory rounds: {rq['time_based']}): {rq['per_vm_without_time_based']:.1f} per VM")
     for key, v in rq["by_verb_resource_per_vm"].items():
@@ -336,7 +358,8 @@ def _report(res: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    bench_main(__doc__, run, ("-n",), 1000, _report)
+    bench_main(__doc__, run, ("-n",), 1000, _report,
+               (("--keep", "leave the VMs in place (e.g. to inspect the controller, or before `sandbox down`)"),))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ conditions are a list, and a merge patch would overwrite the other writer's.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes import client, config
 from kubernetes.client import ApiException
 
-from failovervm import API_GROUP, API_VERSION
+from failovervm import API_GROUP, API_VERSION, jsoncopy
 from failovervm.conditions import now_iso
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class KubeAPI(Protocol):
         self, namespace: str, name: str, edit: Callable[[Mapping[str, Any]], dict[str, Any] | None],
         current: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None: ...
-    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool,
+    def set_finalizer(self, namespace: str, name: str, finalizer: str | tuple[str, ...], present: bool,
                       current: Mapping[str, Any] | None = None,
                       labels: Mapping[str, str] | None = None) -> dict[str, Any] | None: ...
     def list_pools(self) -> list[dict[str, Any]]: ...
@@ -108,6 +107,10 @@ def current_namespace(kubeconfig: str | None = None, context: str | None = None)
         return "default"
 
 
+# Connections kept open to the API server per client (see load).
+CONNECTIONS = 32
+
+
 def load(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """Load a kubeconfig (path, or $KUBECONFIG) or the in-cluster ServiceAccount config."""
     cfg = client.Configuration()
@@ -118,6 +121,10 @@ def load(kubeconfig: str | None = None, context: str | None = None) -> client.Ap
             config.load_incluster_config(client_configuration=cfg)
         except config.ConfigException:
             config.load_kube_config(client_configuration=cfg)
+    # One kept-alive connection per thread that may call at once (the controller's 16 handler
+    # threads, its webhook and event threads): past the pool's size (by default 5 per core) every
+    # call opens and closes a TLS connection of its own, a handshake on both sides each time.
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, CONNECTIONS)
     client.Configuration.set_default(cfg)
     return client.ApiClient(cfg)
 
@@ -151,11 +158,11 @@ def update_status(
     (later conflicts back off).
     """
     for attempt in range(attempts):
-        obj = copy.deepcopy(dict(current)) if (current is not None and attempt == 0) else get()
+        obj = jsoncopy.copy(current) if (current is not None and attempt == 0) else get()
         if obj is None or (uid and obj["metadata"]["uid"] != uid):
             return None
-        old = copy.deepcopy(dict(obj.get("status") or {}))
-        new = mutate(copy.deepcopy(old))
+        old = jsoncopy.copy(obj.get("status") or {})
+        new = mutate(jsoncopy.copy(old))
         if new is None or new == old:
             return obj
         obj["status"] = new
@@ -207,28 +214,31 @@ class VMMetadataEdits:
                     raise
         raise RuntimeError(f"metadata update of {namespace}/{name} kept conflicting")
 
-    def set_finalizer(self, namespace: str, name: str, finalizer: str, present: bool,
+    def set_finalizer(self, namespace: str, name: str, finalizer: str | tuple[str, ...], present: bool,
                       current: Mapping[str, Any] | None = None,
                       labels: Mapping[str, str] | None = None) -> dict[str, Any] | None:
-        """Add or remove a finalizer (and set `labels` in the same patch). Returns the updated object,
-        or None if the VM is gone (or, when adding, already being deleted: then only the labels change)."""
+        """Add or remove a finalizer, or several (and set `labels` in the same patch). Returns the
+        updated object, or None if the VM is gone (or, when adding, already being deleted: then only
+        the labels change)."""
+        wanted = (finalizer,) if isinstance(finalizer, str) else finalizer
 
         def edit(meta: Mapping[str, Any]) -> dict[str, Any] | None:
             fins = list(meta.get("finalizers") or [])
             deleting = bool(meta.get("deletionTimestamp"))
-            fins_ok = (finalizer in fins) == present or (present and deleting)
+            fins_ok = all((f in fins) == present for f in wanted) or (present and deleting)
             labels_ok = all((meta.get("labels") or {}).get(k) == v for k, v in (labels or {}).items())
             if fins_ok and labels_ok:
                 return None
             patch: dict[str, Any] = {}
             if not fins_ok:
-                patch["finalizers"] = [*fins, finalizer] if present else [f for f in fins if f != finalizer]
+                patch["finalizers"] = ([*fins, *(f for f in wanted if f not in fins)] if present
+                                       else [f for f in fins if f not in wanted])
             if labels and not labels_ok:
                 patch["labels"] = dict(labels)
             return patch
 
         obj = self.edit_vm_metadata(namespace, name, edit, current)
-        if obj is not None and present and finalizer not in (obj["metadata"].get("finalizers") or []):
+        if obj is not None and present and not set(wanted) <= set(obj["metadata"].get("finalizers") or []):
             return None  # being deleted: a finalizer can no longer be added
         return obj
 
@@ -344,6 +354,13 @@ class _KubeBase(VMMetadataEdits):
         """A core/v1 object from the generated client as the plain dict the operator works on."""
         return dict(self.api.sanitize_for_serialization(obj))
 
+    @staticmethod
+    def _raw(resp: Any) -> dict[str, Any]:
+        """The JSON body of a call made with `_preload_content=False`: the plain dict, without the
+        generated client's model classes (building a V1Pod and turning it back into a dict costs
+        more CPU than the request itself)."""
+        return dict(json.loads(resp.data))
+
     # -- Nodes ---------------------------------------------------------------------
     def list_nodes(self) -> list[dict[str, Any]]:
         return list(self._plain(self.core.list_node()).get("items", []))
@@ -369,22 +386,22 @@ class _KubeBase(VMMetadataEdits):
     def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a pod; the API server's refusal (409 AlreadyExists, 403 quota or Pod Security, 422
         invalid) is raised as ApiException for the caller to read (api_error_message)."""
-        return self._plain(self.core.create_namespaced_pod(body["metadata"]["namespace"], body))
+        return self._raw(self.core.create_namespaced_pod(body["metadata"]["namespace"], body, _preload_content=False))
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return unless_gone(lambda: self._plain(self.core.read_namespaced_pod(name, namespace)))
+        return unless_gone(lambda: self._raw(self.core.read_namespaced_pod(name, namespace, _preload_content=False)))
 
     def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
         kw = {"label_selector": label_selector} if label_selector else {}
-        res = (self.core.list_namespaced_pod(namespace, **kw) if namespace
-               else self.core.list_pod_for_all_namespaces(**kw))
-        return list(self._plain(res).get("items", []))
+        res = (self.core.list_namespaced_pod(namespace, _preload_content=False, **kw) if namespace
+               else self.core.list_pod_for_all_namespaces(_preload_content=False, **kw))
+        return list(self._raw(res).get("items") or [])
 
     def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch of a pod (a resourceVersion in it is a precondition: 409 when stale).
         None when the pod is gone."""
-        return unless_gone(lambda: self._plain(self.core.patch_namespaced_pod(
-            name, namespace, body, _content_type="application/merge-patch+json")))
+        return unless_gone(lambda: self._raw(self.core.patch_namespaced_pod(
+            name, namespace, body, _content_type="application/merge-patch+json", _preload_content=False)))
 
     def delete_pod(self, namespace: str, name: str, grace_period: int | None = None,
                    uid: str | None = None) -> bool:
@@ -396,7 +413,8 @@ class _KubeBase(VMMetadataEdits):
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            self.core.delete_namespaced_pod(name, namespace, body=body or None, grace_period_seconds=grace_period)
+            _ = self.core.delete_namespaced_pod(name, namespace, body=body or None, grace_period_seconds=grace_period,
+                                                _preload_content=False).data  # read to its end: see _post_event
             return True
         except ApiException as exc:
             if exc.status == 404 or (exc.status == 409 and uid):
@@ -450,7 +468,8 @@ class _KubeBase(VMMetadataEdits):
 
     def _post_event(self, namespace: str, body: dict[str, Any], reason: str, name: str) -> None:
         try:
-            self.core.create_namespaced_event(namespace, body)
+            # The raw answer, read to its end (so that its connection goes back to the pool).
+            _ = self.core.create_namespaced_event(namespace, body, _preload_content=False).data
         except Exception as exc:
             log.warning("could not post event %s on %s: %s", reason, name, exc)
 

@@ -47,6 +47,19 @@ class RecentClaims:
         with self._lock:
             self._at[(node, pci)] = time.monotonic()
 
+    def pick(self, node: str, pool: str, free: Iterable[str]) -> Placement | Unschedulable:
+        """choose_vf among `free` without the VFs taken lately on `node`, and the chosen one counted
+        as taken at once (before its claim is created): passes placing VMs on the same node in
+        parallel each start from a different VF, instead of all from the lowest free one with all
+        but one paying an AlreadyExists. A VF reserved here whose claim then fails stays out of the
+        choice for `ttl` (the consistent LIST before a NoFreeVF still finds it)."""
+        now = time.monotonic()
+        with self._lock:
+            decision = choose_vf(node, pool, [pci for pci in free if now - self._at.get((node, pci), -1e9) >= self.ttl])
+            if isinstance(decision, Placement):
+                self._at[(node, decision.pci_address)] = now
+            return decision
+
     def on(self, node: str) -> set[tuple[str, str]]:
         now = time.monotonic()
         with self._lock:
@@ -105,7 +118,9 @@ def claim_on_node(kube: KubeAPI, vm: Mapping[str, Any], pool: Mapping[str, Any],
     taken = claimed_vfs(claims) | (recent.on(node) if recent is not None else set())
     consistent = False
     for _attempt in range(16):
-        decision = choose_vf(node, pool_name, [pci for pci in inventory if (node, pci) not in taken])
+        free = [pci for pci in inventory if (node, pci) not in taken]
+        decision = choose_vf(node, pool_name, free) if recent is None or consistent else recent.pick(
+            node, pool_name, free)
         if isinstance(decision, Unschedulable):
             if consistent:
                 return decision

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
-from failovervm import labels
+from failovervm import jsoncopy, labels
 from failovervm.labels import API_GROUP_VERSION, DEFAULT_IMAGE, vf_resource
 from failovervm.nodehealth import OUT_OF_SERVICE_TAINT
 from failovervm.quantity import MIB, parse_quantity, parse_quantity_decimal
@@ -348,9 +348,9 @@ def summary(pod: Mapping[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     return {
-        "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "namespace", "uid", "labels", "ownerReferences",
+        "metadata": {k: jsoncopy.copy(meta[k]) for k in ("name", "namespace", "uid", "labels", "ownerReferences",
                                                           "creationTimestamp", "deletionTimestamp", "resourceVersion")
                      if k in meta},
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
-        "status": {"phase": status.get("phase"), "conditions": copy.deepcopy(status.get("conditions") or [])},
+        "status": {"phase": status.get("phase"), "conditions": jsoncopy.copy(status.get("conditions") or [])},
     }

@@ -265,3 +265,20 @@ def test_a_lost_hand_over_write_is_made_again(controller_ctx: MakeControllerCont
     lock = kube.vms["ns", "vm"]["status"]["migration"]
     assert lock == {"name": "m1", "state": mg.TARGET_READY, "sourceNode": "n1", "targetNode": "n2",
                     "targetPciAddress": "0000:3b:02.1", "targetClaim": "n2.c"}
+
+
+def test_repair_reads_the_watch_cache_not_a_list(controller_ctx: MakeControllerContext) -> None:
+    """The 30 s repair sweep decides from the cached summaries (they keep the node label, the
+    operator's finalizers, status.nodeName): no LIST of every VM; it patches only what needs it."""
+    from failovervm.controller.cache import IndexedCache
+
+    kube = FakeKube()
+    kube.add_vm({"metadata": meta(), "spec": {}, "status": dict(PLACED)})
+    ok = meta(name="ok", uid="u2", labels={labels.VM_NODE: "n1"}, finalizers=[labels.AGENT_FINALIZER, "other.io/x"])
+    kube.add_vm({"metadata": ok, "spec": {}, "status": dict(PLACED)})
+    ctx = controller_ctx(kube)
+    ctx.cache = IndexedCache(kube.live_indexes())
+    kube.calls.clear()
+    assert repairs.repair_vms(ctx) == ["ns/vm"]
+    assert kube.calls_of("list_vms") == [] and kube.calls_of("get_vm") == []
+    assert labels.AGENT_FINALIZER in kube.vms["ns", "vm"]["metadata"]["finalizers"]

@@ -6,6 +6,7 @@ stale retries at once. On FakeKube, with the VM pod index in memory as Kopf's is
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -124,18 +125,51 @@ def test_what_still_needs_a_pass_gets_one(kube: FakeKube, ctx: ControllerContext
     assert len(kube.pods) == 1
 
 
-def test_the_binding_pass_reads_the_vm_once_and_lists_nothing(kube: FakeKube, ctx: ControllerContext) -> None:
+def test_the_binding_pass_reads_nothing_and_lists_nothing(kube: FakeKube, ctx: ControllerContext) -> None:
     vms.ensure_scheduled(ctx, NS, "vm")
     bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n1")
     kube.calls.clear()
     assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
-    assert methods(kube).count("get_vm") == 1  # the placement's status write and patch use it
-    # Stale claims, the pool, the node, its VFs and the VF choice: all from the watch caches.
-    assert {"list_claims", "get_pool", "get_node", "get_inventory", "list_vms"}.isdisjoint(methods(kube))
-    assert methods(kube) == ["get_vm", "create_claim", "update_vm_status", "patch_vm"]
+    # The VM as the first pass's Pending write returned it (the VM cache shows that version: nobody
+    # wrote it since); stale claims, the pool, the node, its VFs, the VF choice: the watch caches.
+    assert methods(kube) == ["create_claim", "update_vm_status", "patch_vm"]
     vm = kube.vms[NS, "vm"]
     assert vm["status"]["vf"]["claimName"] in kube.claims
-    assert vm["metadata"]["labels"][labels.VM_NODE] == "n1" and labels.AGENT_FINALIZER in vm["metadata"]["finalizers"]
+    # One patch: the node label, the agent's finalizer and Kopf's (no PATCH of Kopf's own).
+    assert vm["metadata"]["labels"][labels.VM_NODE] == "n1"
+    assert set(vm["metadata"]["finalizers"]) == {labels.AGENT_FINALIZER, labels.CONTROLLER_FINALIZER}
+
+
+def test_the_binding_pass_reads_the_vm_when_the_cache_shows_a_newer_version(kube: FakeKube,
+                                                                           ctx: ControllerContext) -> None:
+    vms.ensure_scheduled(ctx, NS, "vm")
+    bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n1")
+    kube.patch_vm(NS, "vm", {"metadata": {"annotations": {"x": "y"}}})  # someone else wrote it since
+    kube.calls.clear()
+    assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
+    assert methods(kube) == ["get_vm", "create_claim", "update_vm_status", "patch_vm"]
+
+
+def test_the_first_pass_of_a_new_vm_starts_from_its_event(kube: FakeKube, ctx: ControllerContext) -> None:
+    event = dict(kube.vms[NS, "vm"])
+    assert vms.ensure_scheduled(ctx, NS, "vm", hint=event) == "pending:WaitingForScheduler"
+    assert methods(kube) == ["update_vm_status", "create_pod", "update_vm_status"]  # no GET (the 2nd: unchanged)
+    # Until the pod index shows that pod, the VM's own status event costs nothing.
+    kube.calls.clear()
+    ctx.pods = vmpods.IndexedPods({})
+    assert vms.waiting_for_kube_scheduler(ctx, kube.vms[NS, "vm"])
+    assert not vms.needs_look(ctx, kube.vms[NS, "vm"])
+    assert kube.calls == []
+
+
+def test_a_stale_event_never_undoes_a_placement(kube: FakeKube, ctx: ControllerContext) -> None:
+    """The event said "no status" but the VM was placed since: the Pending write's conflict reads it
+    again, finds it placed, and the pass stops (no Pending, no pod)."""
+    event = copy.deepcopy(kube.vms[NS, "vm"])
+    kube.vms[NS, "vm"]["metadata"]["resourceVersion"] = str(int(event["metadata"]["resourceVersion"]) + 1)
+    kube.vms[NS, "vm"]["status"] = {"phase": "Running", "nodeName": "n1"}
+    assert vms.ensure_scheduled(ctx, NS, "vm", hint=event) == "placed-meanwhile"
+    assert kube.vms[NS, "vm"]["status"] == {"phase": "Running", "nodeName": "n1"} and not kube.pods
 
 
 def test_the_binding_pass_survives_a_write_landing_after_its_read(kube: FakeKube, ctx: ControllerContext) -> None:
@@ -146,7 +180,7 @@ def test_the_binding_pass_survives_a_write_landing_after_its_read(kube: FakeKube
     assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
     vm = kube.vms[NS, "vm"]
     assert vm["status"]["phase"] == "Scheduled"
-    assert set(vm["metadata"]["finalizers"]) == {"kopf", labels.AGENT_FINALIZER}
+    assert set(vm["metadata"]["finalizers"]) == {"kopf", labels.AGENT_FINALIZER, labels.CONTROLLER_FINALIZER}
 
 
 def test_the_vf_choice_starts_from_the_cache_and_checks_a_consistent_list_before_a_no(kube: FakeKube) -> None:
@@ -217,3 +251,30 @@ def test_kube_lists_claims_from_the_api_servers_cache_only_when_asked() -> None:
         assert kube.list_claims(cached=True) == [{"metadata": {"name": "c"}}]
     assert [r["path"] for r in seen] == ["/apis/failovervm.io/v1alpha1/vfclaims",
                                          "/apis/failovervm.io/v1alpha1/vfclaims?resourceVersion=0"]
+
+
+def test_parallel_passes_on_one_node_start_from_different_vfs() -> None:
+    """The VF chosen is reserved at once (RecentClaims.pick): a second pass on the same node, whose
+    cache does not show the first one's claim yet, takes the next VF instead of paying an
+    AlreadyExists for the same one."""
+    from failovervm.placement import RecentClaims
+    from failovervm.scheduling import Placement
+
+    recent = RecentClaims()
+    free = ["0000:3b:02.1", "0000:3b:02.0", "0000:3b:02.2"]
+    first, second = recent.pick("n1", "pool", free), recent.pick("n1", "pool", free)
+    assert isinstance(first, Placement) and isinstance(second, Placement)
+    assert (first.pci_address, second.pci_address) == ("0000:3b:02.0", "0000:3b:02.1")
+    assert isinstance(recent.pick("n2", "pool", free), Placement)  # per node
+    recent.pick("n1", "pool", free)
+    assert recent.pick("n1", "pool", free).reason == "NoFreeVF"  # type: ignore[union-attr]
+
+
+def test_a_vm_holds_kopfs_finalizer_once_placed_only() -> None:
+    """Kopf puts no finalizer of its own on a new VM (the placement's patch adds it with the agent's);
+    a VM with either finalizer waits for the controller's deletion handler."""
+    from failovervm.controller.main import _holds_finalizers
+
+    assert not _holds_finalizers(meta={"finalizers": []})
+    assert _holds_finalizers(meta={"finalizers": [labels.AGENT_FINALIZER]})
+    assert _holds_finalizers(meta={"finalizers": [labels.CONTROLLER_FINALIZER]})

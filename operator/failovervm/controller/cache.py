@@ -25,12 +25,11 @@ Keys of the indexes (Kopf's index maps each key to the values of all objects tha
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Protocol
 
-from failovervm import labels
+from failovervm import jsoncopy, labels
 from failovervm.kube import KubeAPI
 
 Obj = dict[str, Any]
@@ -46,7 +45,7 @@ _VM_CONDITIONS = ("NodeHealthy", "Scheduled")
 
 def _pick(src: Mapping[str, Any] | None, keys: Iterable[str]) -> Obj:
     src = src or {}
-    return {k: copy.deepcopy(src[k]) for k in keys if k in src and src[k] is not None}
+    return {k: jsoncopy.copy(src[k]) for k in keys if k in src and src[k] is not None}
 
 
 def _condition(c: Mapping[str, Any]) -> Obj:
@@ -65,6 +64,9 @@ def vm_summary(vm: Mapping[str, Any]) -> Obj:
     node_label = (meta.get("labels") or {}).get(labels.VM_NODE)
     if node_label:
         out_meta["labels"] = {labels.VM_NODE: node_label}
+    fins = [str(f) for f in meta.get("finalizers") or [] if str(f).startswith(labels.PREFIX)]
+    if fins:
+        out_meta["finalizers"] = fins  # the operator's own (the repair of a placement reads them)
     net = _pick(spec.get("network"), ("pool", "mac"))
     out_spec = _pick(spec, ("running", "evictionStrategy"))
     if net:
@@ -111,7 +113,7 @@ def pool_summary(pool: Mapping[str, Any]) -> Obj:
     meta, status = pool.get("metadata") or {}, pool.get("status") or {}
     out = {"apiVersion": pool.get("apiVersion"), "kind": pool.get("kind"),
            "metadata": _pick(meta, ("name", "uid", "resourceVersion", "generation")),
-           "spec": copy.deepcopy(dict(pool.get("spec") or {})),
+           "spec": jsoncopy.copy(pool.get("spec") or {}),
            "status": _pick(status, ("totals", "nodeCount", "conditions", "observedGeneration"))}
     if "nodes" in status:
         out["legacyNodes"] = True  # the controller's next status write drops them

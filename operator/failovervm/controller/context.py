@@ -5,6 +5,8 @@ through its memo; tests build their own."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -95,6 +97,60 @@ class Capacity:
         return True
 
 
+class Placing:
+    """What this process itself did to the VMs it is placing, which its watch caches show only a
+    moment later: the VM as its last status write returned it, and when it created a VM's pod.
+
+    The next placement pass of that VM (kube-scheduler's binding) starts from that copy instead of a
+    GET while the VM cache shows the same resourceVersion (nobody wrote the VM since, as far as the
+    watch shows; a write that it does not show yet fails the status write with a 409, and the write
+    is made again on a fresh read). A pod created lately counts as the VM's pod until the pod index
+    shows it, so the VM's own status event does not cost a placement pass. Unplaced VMs only: a
+    copy goes when the VM is placed or deleted; at most `limit` of each, the oldest dropped first."""
+
+    def __init__(self, limit: int = 20_000, pod_ttl: float = 30.0) -> None:
+        self.limit, self.pod_ttl = limit, pod_ttl
+        self._copies: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pods: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(vm: Mapping[str, Any]) -> tuple[str, str]:
+        return str(vm["metadata"]["namespace"]), str(vm["metadata"]["name"])
+
+    def wrote(self, vm: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._copies.pop(self._key(vm), None)
+            self._copies[self._key(vm)] = dict(vm)
+            while len(self._copies) > self.limit:
+                del self._copies[next(iter(self._copies))]
+
+    def copy(self, namespace: str, name: str, cached_version: Callable[[str], str | None]) -> dict[str, Any] | None:
+        """The VM as this process last wrote it, if the VM cache (`cached_version(uid)`: the
+        resourceVersion it shows) has seen nothing newer."""
+        with self._lock:
+            mine = self._copies.get((namespace, name))
+        if mine is None or cached_version(str(mine["metadata"]["uid"])) != mine["metadata"].get("resourceVersion"):
+            return None
+        return mine
+
+    def pod_created(self, uid: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._pods[uid] = now
+            if len(self._pods) > self.limit:
+                self._pods = {u: t for u, t in self._pods.items() if now - t < self.pod_ttl}
+
+    def pod_created_lately(self, uid: str) -> bool:
+        return time.monotonic() - self._pods.get(uid, -1e9) < self.pod_ttl
+
+    def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
+        with self._lock:
+            self._copies.pop((namespace, name), None)
+            if uid:
+                self._pods.pop(uid, None)
+
+
 def _admission_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=4, thread_name_prefix="admission")
 
@@ -131,6 +187,8 @@ class ControllerContext:
     capacity: Capacity = field(default_factory=Capacity)
     # VFs claimed lately, which the claim cache may not show yet (placement.RecentClaims).
     recent_claims: RecentClaims = field(default_factory=RecentClaims)
+    # What this process wrote to the VMs it is placing, and their pods it created (Placing).
+    placing: Placing = field(default_factory=Placing)
     # Running migrations whose VM no longer names them: since when (controller.repairs).
     orphans: dict[tuple[str, str], float] = field(default_factory=dict)
     # FailoverMigrationPolicies and namespace labels: Kopf's indexes once a handler bound them

@@ -10,8 +10,6 @@ register those paths), so none of them may change."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import logging
 import os
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from failovervm import API_GROUP, API_VERSION, vmpod, webhookcerts
+from failovervm import API_GROUP, API_VERSION, malloc, memdebug, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
 from failovervm.controller import (
@@ -38,7 +36,7 @@ from failovervm.controller import (
 )
 from failovervm.controller.context import ControllerContext, ControllerSettings
 from failovervm.controller.isolation import isolated
-from failovervm.labels import CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
+from failovervm.labels import AGENT_FINALIZER, CONTROLLER_FINALIZER, DEFAULT_IMAGE, KOPF_ANNOTATION_PREFIX, PEERING_NAME
 from failovervm.logs import configure as configure_logs
 from failovervm.metrics import start_metrics
 from failovervm.migration import Limits
@@ -149,24 +147,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-# glibc's mallopt parameter M_ARENA_MAX.
-M_ARENA_MAX = -8
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """At most `arenas` malloc arenas in this process. glibc gives every thread that allocates one of
-    its own (up to 8 per core), and the controller's handler threads, admission pool and client
-    threads each keep one full of freed memory: that, not live objects, is most of a long-running
-    controller's RSS. Set before any thread starts (like MALLOC_ARENA_MAX=2); a libc without
-    mallopt (musl) is left alone. True when set."""
-    try:
-        return bool(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, arenas))
-    except (OSError, AttributeError):
-        return False
-
-
 def run(args: ControllerArgs) -> int:
-    limit_malloc_arenas()
+    malloc.limit_arenas()
+    memdebug.install()
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
@@ -243,9 +226,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.event(*FVM)
 def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
                 body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
-    if namespace is None or type == "DELETED" or meta.get("deletionTimestamp"):
+    if namespace is None:
         return
     ctx = _ctx(memo, kw)
+    if type == "DELETED":
+        vms.forget(ctx, namespace, name, str(meta.get("uid")))  # also one never placed (no finalizer)
+        return
+    if meta.get("deletionTimestamp"):
+        return
     if status.get("nodeName"):
         # Placed: it has its pod on its node (also what creates the pods of VMs that ran before this
         # version, when the controller starts: Kopf lists every VM first). In-memory unless a pod is missing.
@@ -254,11 +242,24 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
         # Its own Pending status write or Kopf's finalizer: in-memory, the pod's binding acts.
         outcome = "waiting-for-kube-scheduler"
     else:
-        outcome = vms.ensure_scheduled(ctx, namespace, name)
+        # A VM without any status (just created) is taken as the event shows it: no GET first.
+        outcome = vms.ensure_scheduled(ctx, namespace, name, hint=None if status else dict(body))
     log.debug("%s/%s: %s", namespace, name, outcome)
 
 
-@kopf.on.delete(*FVM)
+def _holds_finalizers(*, meta: kopf.Meta, **_: Any) -> bool:
+    """Whether a VM's deletion waits for on_vm_delete: once placed. The controller puts Kopf's
+    finalizer on a VM in the same patch as the node label and the agent finalizer (vms._place),
+    instead of Kopf's own PATCH at the VM's first event (one request per VM, and it collided with the
+    controller's writes: a 409 and a GET each time). A VM never placed holds no VF and no domain:
+    its deletion waits for nothing (its pod goes with it, a claim of a pass that died is released
+    by the orphan sweep). A VM with the agent finalizer but not Kopf's (a repair, an earlier
+    version) gets Kopf's from Kopf."""
+    fins = meta.get("finalizers") or []
+    return AGENT_FINALIZER in fins or CONTROLLER_FINALIZER in fins
+
+
+@kopf.on.delete(*FVM, when=_holds_finalizers)
 def on_vm_delete(*, name: str, namespace: str | None, uid: str, memo: kopf.Memo, **kw: Any) -> None:
     ctx = _ctx(memo, kw)
     try:
@@ -342,18 +343,7 @@ async def validate_failovervm(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 
 
 # -- tenancy (failovervm.tenancy): what admission and MAC generation read, in memory -------------------
-@kopf.index(*POOL)
-def tenancy_pools(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    """{pool name: its namespaceSelector and macRange}."""
-    return {name: tenancy.pool_entry(body)}
-
-
-@kopf.index("", "v1", "namespaces")
-def tenancy_namespaces(*, name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
-    """{namespace: its labels}, for the pools' namespaceSelectors."""
-    return {name: dict(labels)}
-
-
+# The pools and namespace labels: vfpool_index (above) and namespace_labels (below).
 @kopf.index(*FVM)
 def tenancy_macs(*, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """{(pool, MAC): the VM}: MACs are unique within a pool."""

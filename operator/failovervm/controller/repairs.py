@@ -51,9 +51,13 @@ def repair_vm(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
 
 
 def repair_vms(ctx: ControllerContext) -> list[str]:
-    """repair_vm for every VM; returns those patched."""
+    """repair_vm for every VM whose copy in the watch cache needs it (its summary keeps the node
+    label, the operator's finalizers, status.nodeName and resourceVersion: a copy that is stale
+    fails the patch, which is then made again on a fresh read); no LIST. Returns those patched."""
     repaired: list[str] = []
-    for vm in ctx.kube.list_vms():
+    for vm in ctx.cache.vms():
+        if repair.vm_metadata_patch(vm["metadata"], vm.get("status") or {}) is None:
+            continue
         key = f"{vm['metadata']['namespace']}/{vm['metadata']['name']}"
         isolated(f"repair of {key}", lambda v=vm, k=key: repaired.append(k) if repair_vm(ctx, v) else None)
     return repaired

@@ -5,6 +5,7 @@ until a handler bound them (and in tests), from the API itself."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
@@ -13,15 +14,11 @@ from failovervm.kube import KubeAPI
 from failovervm.tenancy import MacRange, mac_range
 from failovervm.validation import vm_macs
 
-# The index names (controller.main registers them under these function names).
-POOLS, NAMESPACES, MACS = "tenancy_pools", "tenancy_namespaces", "tenancy_macs"
-
-
-def pool_entry(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the pools index keeps of a VFPool: its name and the spec fields the rules read."""
-    spec = body.get("spec") or {}
-    return {"metadata": {"name": body["metadata"]["name"]},
-            "spec": {k: spec[k] for k in ("namespaceSelector", "macRange") if k in spec}}
+# The index names (controller.main registers them under these function names): the pools and
+# namespace labels are the controller's indexes of them, shared with the watch caches
+# (controller.cache: the pool summary keeps the whole spec) and the migration policies
+# (controller.policies); the MACs per pool are tenancy's own.
+POOLS, NAMESPACES, MACS = "vfpool_index", "namespace_labels", "tenancy_macs"
 
 
 def mac_keys(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -39,6 +36,10 @@ Index = Mapping[Any, Collection[Mapping[str, Any]]]
 
 # Generated MACs remembered until the index shows them (a status write reaches it a moment later).
 RECENT_MACS = 10_000
+# How long a pool or a namespace read from the API (no index: a standby replica, or a pool the index
+# does not show yet) answers admission: a standby admitting VM creates at 30 per second read both
+# for each (1.5 requests per VM in the scale benchmark). As stale as a watch cache under load.
+READ_TTL_SECONDS = 2.0
 
 
 class Tenancy:
@@ -47,6 +48,7 @@ class Tenancy:
         self.indexes: dict[str, Index] = {}
         self._recent: dict[tuple[str, str], str] = {}  # (pool, MAC) -> the VM uid it was handed to
         self._lock = threading.Lock()
+        self._read: dict[tuple[str, str], tuple[float, Any]] = {}  # (kind, name) -> (when, what): READ_TTL
         # Whether this replica is the active one (controller.ha.ActiveCheck): Kopf keeps the indexes
         # of the active replica only, so a standby's webhooks read the API instead.
         self.active: Callable[[], bool] = lambda: True
@@ -64,16 +66,30 @@ class Tenancy:
         found = list(index.get(key) or ())
         return found[0] if found else None
 
+    def _fetch(self, kind: str, name: str, read: Callable[[], Any]) -> Any:
+        """`read()`, or what it gave less than READ_TTL_SECONDS ago."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._read.get((kind, name))
+        if hit is not None and now - hit[0] < READ_TTL_SECONDS:
+            return hit[1]
+        value = read()
+        with self._lock:
+            if len(self._read) > 1024:
+                self._read = {k: v for k, v in self._read.items() if now - v[0] < READ_TTL_SECONDS}
+            self._read[(kind, name)] = (now, value)
+        return value
+
     def pool(self, name: str) -> Mapping[str, Any] | None:
-        """The pool; one missing from the index is asked for once (the index may not be filled yet
-        after a restart, and a refusal must be right)."""
+        """The pool; one missing from the index is asked for (the index may not be filled yet after
+        a restart, and a refusal must be right)."""
         found = self._one(self.indexes[POOLS], name) if self._indexed(POOLS) else None
-        return found if found is not None else self.kube.get_pool(name)
+        return found if found is not None else self._fetch("pool", name, lambda: self.kube.get_pool(name))
 
     def namespace_labels(self, name: str) -> Mapping[str, str]:
         if self._indexed(NAMESPACES):
             return self._one(self.indexes[NAMESPACES], name) or {}
-        ns = self.kube.get_namespace(name)
+        ns = self._fetch("namespace", name, lambda: self.kube.get_namespace(name))
         return dict(((ns or {}).get("metadata") or {}).get("labels") or {})
 
     def mac_holders(self, pool: str, mac: str | None) -> Iterable[Mapping[str, Any]]:

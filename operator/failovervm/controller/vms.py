@@ -21,7 +21,7 @@ from failovervm import migration as mg
 from failovervm.controller import evacuation, vmpods
 from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
-from failovervm.labels import AGENT_FINALIZER
+from failovervm.labels import AGENT_FINALIZER, CONTROLLER_FINALIZER
 from failovervm.placement import Claimed, claim_on_node
 from failovervm.scheduling import Unschedulable
 
@@ -32,41 +32,76 @@ class StillDeleting(Exception):
     """The agent has not removed the domain yet."""
 
 
-def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str) -> str:
-    """Place the VM if it is not placed yet (else keep its pod on its node). Returns what happened
-    (for logs and tests)."""
-    kube = ctx.kube
-    with ctx.locks.vm(namespace, name):
-        vm = kube.get_vm(namespace, name)
-        if vm is None or vm["metadata"].get("deletionTimestamp"):
-            return "gone"
-        status = vm.get("status") or {}
-        if status.get("nodeName"):
-            return ensure_pod_of_placed(ctx, vm, fresh=True)
-        spec = vm.get("spec") or {}
-        uid = vm["metadata"]["uid"]
-        if not spec.get("running", True):
-            def stopped(st: dict[str, Any]) -> dict[str, Any]:
-                st.update(phase="Stopped", mac=ctx.vm_mac(vm), observedGeneration=vm["metadata"].get("generation"))
-                st["conditions"] = conditions.set_condition(
-                    st.get("conditions"), "Scheduled", False, "NotRunning", "spec.running is false")
-                return st
+class PlacedMeanwhile(Exception):
+    """The VM's status, read again after a conflict, shows it placed: this pass stops."""
 
-            kube.update_vm_status(namespace, name, stopped, uid=uid)
-            for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING):
-                vmpods.delete(kube, pod)  # stopped before it was placed: it holds nothing
-            return "not-running"
-        # Capacity seen by this pass: the pending timer looks again once it changed (needs_look).
-        ctx.capacity.seen[uid] = (ctx.capacity.epoch, time.monotonic())
-        # Claims of an unplaced VM are stale (e.g. after an eviction, or made by a pass that died
-        # before recording them): release them first. Found by owner in the watch cache; one it has
-        # not seen yet is left to the sweep of orphaned claims. The cache may still show them for a
-        # moment: the VF choice must not take one of them up again (placement.own_claim).
-        released = set()
-        for claim in ctx.cache.claims_of(uid):
-            kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
-            released.add(str(claim["metadata"]["name"]))
-        return _place(ctx, vm, released)
+
+def _current(ctx: ControllerContext, namespace: str, name: str, hint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The VM a placement pass starts from: `hint` (a VM without any status, as its creation event
+    shows it, holding no claim in the cache), else the copy this process last wrote while the VM
+    cache shows nothing newer (Placing), else a GET. A copy that is stale after all fails the pass's
+    first write with a 409, and that write is made again on a fresh read."""
+    if hint is not None and not hint.get("status") and not ctx.cache.claims_of(str(hint["metadata"]["uid"])):
+        return hint
+
+    def cached_version(uid: str) -> str | None:
+        cached = ctx.cache.vm(uid)
+        return None if cached is None else cached["metadata"].get("resourceVersion")
+
+    mine = ctx.placing.copy(namespace, name, cached_version)
+    return mine if mine is not None else ctx.kube.get_vm(namespace, name)
+
+
+def forget(ctx: ControllerContext, namespace: str, name: str, uid: str) -> None:
+    """A VM was deleted (placed or not): drop what the controller remembered of it; its pod and VF
+    are capacity other VMs may wait for."""
+    ctx.capacity.seen.pop(uid, None)
+    ctx.capacity.changed()
+    ctx.placing.forget(namespace, name, uid)
+
+
+def ensure_scheduled(ctx: ControllerContext, namespace: str, name: str, hint: dict[str, Any] | None = None) -> str:
+    """Place the VM if it is not placed yet (else keep its pod on its node). Returns what happened
+    (for logs and tests). `hint`: the VM as an event shows it (see _current)."""
+    with ctx.locks.vm(namespace, name):
+        try:
+            return _ensure_scheduled(ctx, namespace, name, hint)
+        except PlacedMeanwhile:
+            return "placed-meanwhile"
+
+
+def _ensure_scheduled(ctx: ControllerContext, namespace: str, name: str, hint: dict[str, Any] | None) -> str:
+    kube = ctx.kube
+    vm = _current(ctx, namespace, name, hint)
+    if vm is None or vm["metadata"].get("deletionTimestamp"):
+        return "gone"
+    status = vm.get("status") or {}
+    if status.get("nodeName"):
+        return ensure_pod_of_placed(ctx, vm, fresh=True)
+    spec = vm.get("spec") or {}
+    uid = vm["metadata"]["uid"]
+    if not spec.get("running", True):
+        def stopped(st: dict[str, Any]) -> dict[str, Any]:
+            st.update(phase="Stopped", mac=ctx.vm_mac(vm), observedGeneration=vm["metadata"].get("generation"))
+            st["conditions"] = conditions.set_condition(
+                st.get("conditions"), "Scheduled", False, "NotRunning", "spec.running is false")
+            return st
+
+        kube.update_vm_status(namespace, name, stopped, uid=uid, current=vm)
+        for pod in vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING):
+            vmpods.delete(kube, pod)  # stopped before it was placed: it holds nothing
+        return "not-running"
+    # Capacity seen by this pass: the pending timer looks again once it changed (needs_look).
+    ctx.capacity.seen[uid] = (ctx.capacity.epoch, time.monotonic())
+    # Claims of an unplaced VM are stale (e.g. after an eviction, or made by a pass that died
+    # before recording them): release them first. Found by owner in the watch cache; one it has
+    # not seen yet is left to the sweep of orphaned claims. The cache may still show them for a
+    # moment: the VF choice must not take one of them up again (placement.own_claim).
+    released = set()
+    for claim in ctx.cache.claims_of(uid):
+        kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
+        released.add(str(claim["metadata"]["name"]))
+    return _place(ctx, vm, released)
 
 
 # A pending VM the timer looks at again although nothing it waits for changed (a missed event).
@@ -120,7 +155,7 @@ def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
         # kube-scheduler has the pod (it retries unschedulable pods itself): its answer, the binding,
         # is an event of the pod, whose handler makes the pass (a bound pod waiting for the placement
         # lock needs no second pass from here).
-        return len(pods) != 1
+        return len(pods) != 1 and not (not pods and ctx.placing.pod_created_lately(uid))
     if reason in _WAITS_FOR_CAPACITY:
         return seen is not None and seen[0] != ctx.capacity.epoch
     return True
@@ -140,6 +175,8 @@ def waiting_for_kube_scheduler(ctx: ControllerContext, vm: Mapping[str, Any]) ->
             or cond is None or cond.get("status") != "False" or cond.get("reason") != "WaitingForScheduler"):
         return False
     pods = vmpods.pods_of(ctx.pods, vm, labels.ROLE_RUNNING)
+    if not pods:  # the pod index may not show the pod this process has just created yet
+        return ctx.placing.pod_created_lately(str(meta["uid"]))
     return len(pods) == 1 and _unbound_and_schedulable(pods[0])
 
 
@@ -184,10 +221,12 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], released: frozenset[str] 
         return "gone"
     failpoints.hit("placement.after-status")
     # The node label lets the node's agent watch its VMs; its finalizer goes in the same patch,
-    # so the domain can never be created without the finalizer that removes it.
+    # so the domain can never be created without the finalizer that removes it; and Kopf's, so that
+    # the controller releases the VF when the VM is deleted (controller.main._holds_finalizers).
     meta = vm["metadata"]
-    kube.set_finalizer(meta["namespace"], meta["name"], AGENT_FINALIZER, True, current=placed,
-                       labels={labels.VM_NODE: result.node})
+    ctx.placing.forget(meta["namespace"], meta["name"], str(meta["uid"]))
+    kube.set_finalizer(meta["namespace"], meta["name"], (AGENT_FINALIZER, CONTROLLER_FINALIZER), True,
+                       current=placed, labels={labels.VM_NODE: result.node})
     kube.event(vm, "Scheduled", f"Scheduled to {result.node} with VF {result.pci_address} ({result.claim}); "
                f"kube-scheduler bound pod {vmpods.describe(pod)} there", component="controller")
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm))
@@ -245,11 +284,14 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
     # Scheduled=False is on the VM before its pod exists (see _predates_release).
     body = vmpod.build(vm, pool, ctx.settings.vm_pod)
     vm = _write_pending(ctx, vm, _waiting_for_scheduler(body))
+    if (vm.get("status") or {}).get("nodeName"):
+        raise PlacedMeanwhile()
     created = vmpods.create(kube, body)
     if created.rejected is not None:
         ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
         return Unschedulable("PodRejected", created.rejected), vm
     assert created.pod is not None
+    ctx.placing.pod_created(str(vm["metadata"]["uid"]))
     if created.new:
         vmpods.log_created(created.pod, None)
     return created.pod, vm
@@ -466,14 +508,20 @@ def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable)
     is not written again and costs no request."""
     meta = vm["metadata"]
 
-    def mutate(st: dict[str, Any]) -> dict[str, Any]:
+    def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
+        if st.get("nodeName"):
+            return None  # placed since `vm` was read (a conflict made it read again): never undone here
         st.update(phase="Pending", mac=ctx.vm_mac(vm), observedGeneration=meta.get("generation"))
         st["conditions"] = conditions.set_condition(
             st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"))
         return st
 
     written = ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
-    return written if written is not None else vm
+    if written is None:
+        return vm
+    if not (written.get("status") or {}).get("nodeName"):
+        ctx.placing.wrote(written)  # the binding's pass starts from it (Placing)
+    return written
 
 
 def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> None:
