@@ -278,3 +278,19 @@ def test_a_vm_holds_kopfs_finalizer_once_placed_only() -> None:
     assert not _holds_finalizers(meta={"finalizers": []})
     assert _holds_finalizers(meta={"finalizers": [labels.AGENT_FINALIZER]})
     assert _holds_finalizers(meta={"finalizers": [labels.CONTROLLER_FINALIZER]})
+
+
+def test_pod_events_that_need_nothing_are_answered_in_memory(kube: FakeKube, ctx: ControllerContext) -> None:
+    """What the async pod handler answers on the event loop, without a thread or an API call: a pod
+    not bound yet, and a bound pod whose VM the cache shows placed there with nothing to do (every
+    pod when the controller starts). The binding of a VM not placed yet is work."""
+    vms.ensure_scheduled(ctx, NS, "vm")
+    assert vms.settled_pod_event(ctx, "ADDED", the_pod(kube)) == "waiting-for-kube-scheduler"
+    bound = kube.bind_pod(NS, the_pod(kube)["metadata"]["name"], "n1")
+    assert vms.settled_pod_event(ctx, "MODIFIED", bound) is None
+    assert vms.on_running_pod_event(ctx, "MODIFIED", bound) == "placed:n1"
+    kube.calls.clear()
+    assert vms.settled_pod_event(ctx, "MODIFIED", the_pod(kube)) == "ok"
+    assert vms.placed_and_settled(ctx, kube.vms[NS, "vm"])
+    assert vms.settled_pod_event(ctx, "DELETED", the_pod(kube)) is None  # a deletion is always looked at
+    assert kube.calls == []

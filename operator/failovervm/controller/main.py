@@ -10,6 +10,7 @@ register those paths), so none of them may change."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -213,6 +214,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         debug = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
         logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
     settings.execution.max_workers = 16
+    memo.executor = settings.execution.executor  # the async handlers' blocking work (_in_thread)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     settings.peering.lifetime = args.peering_lifetime
@@ -223,9 +225,19 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
 
 
 # -- FailoverVM ----------------------------------------------------------------------------------
+async def _in_thread(memo: kopf.Memo, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run blocking domain work (API calls) in Kopf's handler threads. The handlers below answer
+    what needs no API call on the event loop and come here only for the rest: a sync handler
+    waits for one of the 16 threads, with its event's body, even when it has nothing to do, and
+    thousands of events arrive at once when the controller starts over 1,000 VMs and their pods
+    or during a burst of creates (docs/scale.md)."""
+    executor = memo.get("executor")
+    return await asyncio.get_running_loop().run_in_executor(executor, functools.partial(fn, *args, **kwargs))
+
+
 @kopf.on.event(*FVM)
-def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
-                body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
+async def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Status, meta: kopf.Meta,
+                      body: kopf.Body, memo: kopf.Memo, **kw: Any) -> None:
     if namespace is None:
         return
     ctx = _ctx(memo, kw)
@@ -234,16 +246,17 @@ def on_vm_event(*, type: str, name: str, namespace: str | None, status: kopf.Sta
         return
     if meta.get("deletionTimestamp"):
         return
+    vm = dict(body)
     if status.get("nodeName"):
         # Placed: it has its pod on its node (also what creates the pods of VMs that ran before this
         # version, when the controller starts: Kopf lists every VM first). In-memory unless a pod is missing.
-        outcome = vms.ensure_pod_of_placed(ctx, dict(body))
-    elif vms.waiting_for_kube_scheduler(ctx, dict(body)):
+        outcome = "ok" if vms.placed_and_settled(ctx, vm) else await _in_thread(memo, vms.ensure_pod_of_placed, ctx, vm)
+    elif vms.waiting_for_kube_scheduler(ctx, vm):
         # Its own Pending status write or Kopf's finalizer: in-memory, the pod's binding acts.
         outcome = "waiting-for-kube-scheduler"
     else:
         # A VM without any status (just created) is taken as the event shows it: no GET first.
-        outcome = vms.ensure_scheduled(ctx, namespace, name, hint=None if status else dict(body))
+        outcome = await _in_thread(memo, vms.ensure_scheduled, ctx, namespace, name, hint=None if status else vm)
     log.debug("%s/%s: %s", namespace, name, outcome)
 
 
@@ -360,16 +373,17 @@ def vm_pods(*, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict
 
 
 @kopf.on.event("", "v1", "pods", labels={fvm_labels.VM_UID_LABEL: kopf.PRESENT})
-def on_vm_pod_event(*, type: str, body: kopf.Body, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo,
-                    **kw: Any) -> None:
+async def on_vm_pod_event(*, type: str, body: kopf.Body, labels: kopf.Labels, namespace: str | None,
+                          memo: kopf.Memo, **kw: Any) -> None:
     """kube-scheduler bound a VM pod or found it unschedulable, or a pod was deleted: act on its VM
     (a running pod) or its migration (a target pod)."""
     ctx = _ctx(memo, kw)
     if labels.get(fvm_labels.ROLE_LABEL) == fvm_labels.ROLE_TARGET:
         if namespace and labels.get(fvm_labels.MIGRATION_LABEL):
-            migrations.advance(ctx, namespace, str(labels[fvm_labels.MIGRATION_LABEL]))
+            await _in_thread(memo, migrations.advance, ctx, namespace, str(labels[fvm_labels.MIGRATION_LABEL]))
         return
-    outcome = vms.on_running_pod_event(ctx, type, dict(body))
+    pod = dict(body)
+    outcome = vms.settled_pod_event(ctx, type, pod) or await _in_thread(memo, vms.on_running_pod_event, ctx, type, pod)
     log.debug("VM pod %s/%s %s: %s", namespace, body.get("metadata", {}).get("name"), type, outcome)
 
 

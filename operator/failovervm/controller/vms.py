@@ -297,6 +297,30 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
     return created.pod, vm
 
 
+def placed_and_settled(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
+    """A placed VM (as an event or the cache shows it) whose pods need nothing (ensure_pod_of_placed
+    would do nothing): answered in memory, on the event loop."""
+    return _placed_pods(ctx, vm, vmpods.pods_of(ctx.pods, vm))[0] in ("ok", "skip")
+
+
+def settled_pod_event(ctx: ControllerContext, event_type: str | None, pod: Mapping[str, Any]) -> str | None:
+    """What on_running_pod_event would answer without any API call, or None when it has work to
+    do: a pod created and not bound yet (kube-scheduler's answer is the next event), or a pod bound
+    where its VM, as the cache shows it, is placed and needs nothing (the binding event of a VM
+    placed since, every pod when the controller starts)."""
+    if event_type == "DELETED":
+        return None
+    if _unbound_and_schedulable(pod):
+        return "waiting-for-kube-scheduler"
+    node = vmpod.node_of(pod)
+    uid = ((pod.get("metadata") or {}).get("labels") or {}).get(labels.VM_UID_LABEL)
+    cached = ctx.cache.vm(str(uid)) if node and uid else None
+    if (cached is not None and (cached.get("status") or {}).get("nodeName") == node
+            and not cached["metadata"].get("deletionTimestamp") and placed_and_settled(ctx, cached)):
+        return "ok"
+    return None
+
+
 def ensure_pod_of_placed(ctx: ControllerContext, vm: Mapping[str, Any], *, fresh: bool = False) -> str:
     """A placed VM has a pod on its node: create one bound there when it has none (an upgrade over
     running VMs, a pod deleted out of band), drop extra running pods, turn a finished migration's
