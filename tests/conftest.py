@@ -38,8 +38,9 @@ def extra_sandbox_network(k: int) -> tuple[str, str]:
     return base, bridge
 TEST_NODES = 3
 # The examples reference images in the default sandbox image directory; the test
-# sandbox shares it (it only holds read-only test images).
-TEST_IMAGES_DIR = "/var/lib/failovervm-sandbox/images"
+# sandbox shares it (it only holds read-only test images). FAILOVERVM_TEST_IMAGES_DIR gives a
+# suite its own (a branch that changes the guest image, run next to others that install theirs).
+TEST_IMAGES_DIR = os.environ.get("FAILOVERVM_TEST_IMAGES_DIR") or "/var/lib/failovervm-sandbox/images"
 
 
 class Sandbox:

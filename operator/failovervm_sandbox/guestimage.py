@@ -50,6 +50,13 @@ GUEST_INITRD = "fvm-guest-initrd.img"
 # The kernel logs to ttyS0; `quiet` keeps it to warnings, the init writes to ttyS0 itself.
 # panic=-1 reboots at once on a panic (QEMU's -no-reboot / libvirt's on_reboot turn that into a stop).
 GUEST_CMDLINE = "console=ttyS0 quiet panic=-1"
+# Appended for a guest that dirties memory while it migrates under TCG (the migration-policy tests
+# and benchmark): kernel page-table isolation switches CR3 (a full TLB flush under TCG) at every
+# kernel entry and exit. QEMU 7.2's TCG marks a page dirty for migration only on the first write
+# through a TLB entry filled since its last dirty-bitmap sync, so without it the guest kernel's
+# writes through long-cached entries could be missed and the guest arrive with stale memory (seen
+# once: a kernel panic in __run_timers after such a migration). See docs/migration-policies.md.
+TCG_MIGRATION_CMDLINE = "pti=on"
 
 KERNEL_METAPACKAGE = "linux-image-cloud-amd64"
 BUSYBOX_PACKAGE = "busybox-static"
@@ -118,12 +125,14 @@ cfg_ip=
 cfg_peer=
 cfg_tick=5
 cfg_dirty=
+cfg_dirtywork=
 for arg in $cmdline; do
   case $arg in
     fvm.ip=*) cfg_ip=${arg#fvm.ip=} ;;
     fvm.peer=*) cfg_peer=${arg#fvm.peer=} ;;
     fvm.tick=*) cfg_tick=${arg#fvm.tick=} ;;
     fvm.dirty=*) cfg_dirty=${arg#fvm.dirty=} ;;
+    fvm.dirtywork=*) cfg_dirtywork=${arg#fvm.dirtywork=} ;;
   esac
 done
 case $cfg_tick in
@@ -131,6 +140,9 @@ case $cfg_tick in
 esac
 case $cfg_dirty in
   *[!0-9]* | 0*) cfg_dirty= ;;
+esac
+case $cfg_dirtywork in
+  *[!0-9]* | 0*) cfg_dirtywork= ;;
 esac
 
 for m in @MODULES@; do
@@ -231,15 +243,16 @@ if [ -n "$cfg_ip" ]; then
   fi
 fi
 
-# fvm.dirty=<MiB>: dirty that much guest memory continuously (rewrite a file of random bytes in the
-# RAM-backed root, over and over), so that a migration under a low bandwidth cap cannot converge
-# by itself. Random, not zeros: QEMU sends a zero page as a flag.
+# fvm.dirty=<MiB>: dirty that much guest memory continuously (/bin/fvm-dirtier rewrites it over
+# and over, CPU-bound, never with zeros: QEMU sends a zero page as a flag), so that a migration
+# under a low bandwidth cap cannot converge by pre-copy alone; fvm.dirtywork=<n> sets its work per
+# word (higher: slower). Its rate follows the CPU time it gets, so auto-converge slows it down.
 if [ -n "$cfg_dirty" ]; then
-  if dd if=/dev/urandom of=/tmp/fvm-dirty-src bs=1048576 count="$cfg_dirty" 2>/dev/null; then
-    (trap - TERM; while :; do cat /tmp/fvm-dirty-src >/tmp/fvm-dirty 2>/dev/null || sleep 1; done) &
+  if [ -x /bin/fvm-dirtier ]; then
+    (trap - TERM; exec /bin/fvm-dirtier "$cfg_dirty" $cfg_dirtywork) &
     echo "fvm-guest: dirtying mib=$cfg_dirty"
   else
-    echo "fvm-guest: dirtying mib=$cfg_dirty failed"
+    echo "fvm-guest: dirtying mib=$cfg_dirty failed: no /bin/fvm-dirtier"
   fi
 fi
 
@@ -262,6 +275,98 @@ while :; do sleep 3600; done
 """
 
 INIT_SCRIPT = _INIT_TEMPLATE.replace("@MODULES@", " ".join(GUEST_MODULES))
+
+# The guest's memory dirtier (/bin/fvm-dirtier, started by the init for fvm.dirty=<MiB>), compiled
+# at build time with the host's gcc (a build dependency of the sandbox, hack/install-deps.sh) into a
+# static x86-64 binary without libc. A shell loop (busybox cat of a file of random bytes) was too
+# slow under TCG to keep a 4 MiB/s migration from converging, and its rate did not follow the CPU
+# time the guest gets, so auto-converge's throttling did not show.
+DIRTIER_SOURCE = r"""/* fvm-dirtier <MiB> [work]: rewrites <MiB> of its own memory over and over, CPU-bound (each
+   8-byte word is the result of <work> xorshift rounds), never with zeros (QEMU sends a zero page
+   as a flag). Its dirty rate is proportional to the CPU time it gets, so QEMU's auto-converge
+   (which throttles the vCPU) slows it down in proportion. Every ~5 s it prints
+   "fvm-guest: dirtier pass=<n> kib_per_s=<rate>". No libc: static, raw Linux syscalls (x86-64). */
+typedef unsigned long u64;
+
+static long sys6(long n, long a, long b, long c, long d, long e, long f) {
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  register long r9 __asm__("r9") = f;
+  long ret;
+  __asm__ volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  return ret;
+}
+
+static u64 parse(const char *s, u64 dflt) {
+  u64 v = 0;
+  if (!s || !*s) return dflt;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return dflt;
+    v = v * 10 + (u64)(*s - '0');
+  }
+  return v ? v : dflt;
+}
+
+static u64 now_ms(void) {
+  long ts[2];
+  sys6(228, 1 /* CLOCK_MONOTONIC */, (long)ts, 0, 0, 0, 0);
+  return (u64)ts[0] * 1000 + (u64)ts[1] / 1000000;
+}
+
+static char *put(char *p, const char *s) { while (*s) *p++ = *s++; return p; }
+static char *num(char *p, u64 v) {
+  char tmp[24];
+  int n = 0;
+  do { tmp[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+  while (n) *p++ = tmp[--n];
+  return p;
+}
+
+void cmain(long *sp) {
+  long argc = sp[0];
+  char **argv = (char **)(sp + 1);
+  u64 mib = parse(argc > 1 ? argv[1] : 0, 8), work = parse(argc > 2 ? argv[2] : 0, 4);
+  if (mib > 4096) mib = 4096;
+  u64 words = mib << 17;
+  long m = sys6(9, 0, (long)(words * 8), 3 /* RW */, 0x22 /* PRIVATE|ANON */, -1, 0);
+  if (m < 0 && m > -4096) sys6(60, 1, 0, 0, 0, 0, 0);
+  volatile u64 *buf = (volatile u64 *)m;
+  u64 x = 0x9E3779B97F4A7C15UL, pass = 0, t0 = now_ms(), last_pass = 0;
+  for (;;) {
+    pass++;
+    for (u64 i = 0; i < words; i++) {
+      for (u64 k = 0; k < work; k++) { x ^= x << 13; x ^= x >> 7; x ^= x << 17; }
+      buf[i] = x | 1;
+    }
+    /* Drop the buffer's TLB entries (write-protect, then unprotect: the kernel flushes them).
+       Under TCG, QEMU marks a page dirty for migration only on the first write through a TLB
+       entry filled since its last dirty-bitmap sync: writes through entries that stay cached
+       are not seen, and a small buffer rewritten in a tight loop looks clean. KVM's dirty
+       logging sees every write; this makes TCG see each pass too. */
+    sys6(10, m, (long)(words * 8), 1 /* PROT_READ */, 0, 0, 0);
+    sys6(10, m, (long)(words * 8), 3 /* RW */, 0, 0, 0);
+    u64 t = now_ms();
+    if (t - t0 >= 5000) {
+      char line[96], *p = line;
+      p = put(p, "fvm-guest: dirtier pass=");
+      p = num(p, pass);
+      p = put(p, " kib_per_s=");
+      p = num(p, (pass - last_pass) * mib * 1024 * 1000 / (t - t0));
+      *p++ = '\n';
+      sys6(1, 1, (long)line, p - line, 0, 0, 0);
+      t0 = t;
+      last_pass = pass;
+    }
+  }
+}
+
+__asm__(".globl _start\n_start:\n xor %rbp,%rbp\n mov %rsp,%rdi\n and $-16,%rsp\n call cmain\n hlt\n");
+"""
+DIRTIER_CFLAGS: tuple[str, ...] = (
+    "-static", "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector", "-fno-pie", "-no-pie",
+    "-fno-asynchronous-unwind-tables", "-O2", "-s",
+)
 
 
 # --------------------------------------------------------------------------- cpio "newc"
@@ -340,28 +445,33 @@ def gzip_deterministic(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=9, mtime=0)
 
 
-def initramfs_entries(busybox: bytes, modules: Mapping[str, bytes], init: str | None = None) -> list[CpioEntry]:
-    """The initramfs members; ``init`` defaults to INIT_SCRIPT."""
+def initramfs_entries(busybox: bytes, modules: Mapping[str, bytes], init: str | None = None,
+                      dirtier: bytes | None = None) -> list[CpioEntry]:
+    """The initramfs members; ``init`` defaults to INIT_SCRIPT; ``dirtier``: /bin/fvm-dirtier."""
     if init is None:
         init = INIT_SCRIPT
     entries = [CpioEntry.directory(d) for d in GUEST_DIRS]
     entries.append(CpioEntry.chardev("dev/console", 5, 1, 0o600))
     entries.append(CpioEntry.file("bin/busybox", busybox, 0o755))
+    if dirtier is not None:
+        entries.append(CpioEntry.file("bin/fvm-dirtier", dirtier, 0o755))
     entries.append(CpioEntry.file("init", init.encode(), 0o755))
     for name, data in sorted(modules.items()):
         entries.append(CpioEntry.file(f"lib/modules/{name}.ko", data, 0o644))
     return entries
 
 
-def build_initramfs(busybox: bytes, modules: Mapping[str, bytes], init: str | None = None) -> bytes:
+def build_initramfs(busybox: bytes, modules: Mapping[str, bytes], init: str | None = None,
+                    dirtier: bytes | None = None) -> bytes:
     """The guest's initramfs as a gzip-compressed cpio archive (deterministic)."""
-    return gzip_deterministic(write_cpio(initramfs_entries(busybox, modules, init)))
+    return gzip_deterministic(write_cpio(initramfs_entries(busybox, modules, init, dirtier)))
 
 
 def recipe_hash() -> str:
     """Hash of everything besides the package versions that determines the build's output."""
     h = hashlib.sha256()
-    for part in (str(_BUILDER_VERSION), INIT_SCRIPT, "\n".join(GUEST_MODULES), "\n".join(GUEST_DIRS)):
+    for part in (str(_BUILDER_VERSION), INIT_SCRIPT, "\n".join(GUEST_MODULES), "\n".join(GUEST_DIRS),
+                 DIRTIER_SOURCE, " ".join(DIRTIER_CFLAGS)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
@@ -604,7 +714,19 @@ def build_from_debs(
             raise SandboxError(
                 f"{kernel_deb.name}: module {name} is neither in lib/modules/{kernel_release} nor built in"
             )
-    return vmlinuz.read_bytes(), build_initramfs(busybox.read_bytes(), modules)
+    dirtier = compile_dirtier(run, workdir)
+    return vmlinuz.read_bytes(), build_initramfs(busybox.read_bytes(), modules, dirtier=dirtier)
+
+
+def compile_dirtier(run: Runner, workdir: Path) -> bytes:
+    """/bin/fvm-dirtier: DIRTIER_SOURCE compiled with the host's gcc (static, no libc)."""
+    if shutil.which("gcc") is None:
+        raise SandboxError("gcc not found: the sandbox guest's memory dirtier is compiled at build time "
+                           "(hack/install-deps.sh installs gcc)")
+    src, out = workdir / "fvm-dirtier.c", workdir / "fvm-dirtier"
+    src.write_text(DIRTIER_SOURCE)
+    _check(run(["gcc", *DIRTIER_CFLAGS, "-o", str(out), str(src)], None), "gcc fvm-dirtier.c")
+    return out.read_bytes()
 
 
 @contextlib.contextmanager

@@ -262,6 +262,9 @@ class FakeApt:
                 (root / "bin").mkdir(parents=True, exist_ok=True)
                 (root / "bin" / "busybox").write_bytes(b"busybox " + fields["Version"].encode())
             return done()
+        if argv[0] == "gcc":
+            Path(argv[argv.index("-o") + 1]).write_bytes(b"\x7fELF fake dirtier")
+            return done()
         raise AssertionError(f"unexpected command {argv}")
 
     def tools(self) -> list[str]:
@@ -370,6 +373,8 @@ def test_build_pins_versions_and_rebuilds_from_cached_debs(
     assert got["kernel"].read_bytes() == b"kernel " + KVER.encode()
     members = {m.name: m for m in parse_newc(gzip.decompress(got["initrd"].read_bytes()))}
     assert members["bin/busybox"].data == b"busybox " + BBVER.encode()
+    assert members["bin/fvm-dirtier"].data == b"\x7fELF fake dirtier"
+    assert members["bin/fvm-dirtier"].mode == stat.S_IFREG | 0o755
     assert members["lib/modules/virtio_net.ko"].data == b"ko virtio_net", "the .ko.xz was decompressed"
     assert {n for n in members if n.startswith("lib/modules/")} == {
         f"lib/modules/{m}.ko" for m in guestimage.GUEST_MODULES
@@ -392,7 +397,7 @@ def test_build_pins_versions_and_rebuilds_from_cached_debs(
     monkeypatch.setattr(guestimage, "INIT_SCRIPT", guestimage.INIT_SCRIPT + "# changed\n")
     apt2 = FakeApt(kver="6.1.1000-1")
     got = guestimage.ensure_guest(out, cache, runner=apt2)
-    assert set(apt2.tools()) == {"dpkg-deb -f", "dpkg-deb -x"}
+    assert set(apt2.tools()) == {"dpkg-deb -f", "dpkg-deb -x", "gcc -static"}
     assert got["kernel"].read_bytes() == b"kernel " + KVER.encode()
     assert got["initrd"].read_bytes() != first_initrd
     assert len(list((cache / "builds").iterdir())) == 1, "the outdated build is pruned"
@@ -403,6 +408,19 @@ def test_build_pins_versions_and_rebuilds_from_cached_debs(
     assert "apt-cache depends" in apt3.tools()
     assert got["kernel"].read_bytes() == b"kernel 6.1.1000-1"
     assert not (cache / "debs" / f"{KPKG}_{KVER}_amd64.deb").exists()
+
+
+def test_the_dirtier_compiles_to_a_static_binary_and_dirties(tmp_path: Path) -> None:
+    """The real gcc (a sandbox prerequisite) builds the guest's dirtier without libc; run on the
+    host it rewrites its memory and reports its rate in the guest's console format."""
+    binary = tmp_path / "fvm-dirtier"
+    binary.write_bytes(guestimage.compile_dirtier(guestimage.run_tool, tmp_path))
+    data = binary.read_bytes()
+    assert data[:4] == b"\x7fELF" and b"libc.so" not in data and b"ld-linux" not in data
+    binary.chmod(0o755)
+    res = subprocess.run(["timeout", "-s", "KILL", "5.5", str(binary), "1", "1"], capture_output=True, text=True)
+    assert res.returncode == -9 or res.returncode == 137, res
+    assert re.fullmatch(r"fvm-guest: dirtier pass=\d+ kib_per_s=[1-9]\d*\n", res.stdout), res.stdout
 
 
 def test_resolve_pins_parses_apt_cache() -> None:

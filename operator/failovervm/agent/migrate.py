@@ -119,8 +119,12 @@ def _remote(dm: DomainManager, uri: str) -> Iterator[DomainManager | None]:
 def run_stats(run: _Run) -> dict[str, int]:
     """What a transfer adds to status.stats: how long the guest ran on its virtio standby (from the
     start of the transfer, when QEMU unplugs the VF, to now: the domain runs on the destination, or
-    on the source again), the highest auto-converge throttle, and whether it went post-copy."""
+    on the source again), the highest auto-converge throttle, whether it went post-copy, and the
+    last pre-copy pass seen (libvirt's completed-job figure replaces it for a completed one; for an
+    aborted one it says how far it got)."""
     out: dict[str, int] = {"standbyMs": int((time.monotonic() - run.started) * 1000)}
+    if run.iteration:
+        out["memoryIteration"] = run.iteration
     if run.throttle:
         out["autoConvergeThrottlePercent"] = run.throttle
     if run.post_copy:
@@ -163,6 +167,7 @@ class _Run:
     limit: mp.Decision | None = None  # the limit that aborted it
     post_copy: str = ""  # why it switched to post-copy
     throttle: int = 0  # the highest auto-converge throttle seen (%)
+    iteration: int = 0  # the highest pre-copy pass seen
     downtime_set: bool = False
 
 
@@ -288,7 +293,7 @@ class Migrator:
         if run is None:
             return
         wall = time.monotonic() - started
-        stats = {**self._completed_stats(uri, domxml.domain_name(ns, name)), **run_stats(run)}
+        stats = {**run_stats(run), **self._completed_stats(uri, domxml.domain_name(ns, name))}
         self._record_success(vm, mig, stats, wall)
 
     def _take(self, vm: Mapping[str, Any], mig_name: str) -> str:
@@ -530,6 +535,7 @@ class Migrator:
         when the Monitor says so."""
         dm, policy = self.ctx.dm, run.monitor.policy
         run.throttle = max(run.throttle, job.auto_converge_throttle or 0)
+        run.iteration = max(run.iteration, job.memory_iteration or 0)
         if policy.max_downtime_ms and not run.downtime_set:
             try:
                 dm.set_max_downtime(dom, policy.max_downtime_ms)
