@@ -2,8 +2,9 @@
 
 glibc gives every thread that allocates an arena of its own (up to 8 per core), and each keeps the
 memory its thread freed; and freed memory at the top of the heap or in whole free pages is returned
-to the kernel only by `malloc_trim`. Both, not live objects, made most of a long-running
-controller's RSS (docs/scale.md). A libc without these functions (musl) is left alone."""
+to the kernel only by `malloc_trim`. Measured at 1,000 VMs, neither the arena cap, the fixed
+thresholds nor the periodic trim moved the controller's RSS measurably: its bulk is live data
+(docs/scale.md, run H), kept here as cheap insurance. A libc without these functions (musl) is left alone."""
 
 from __future__ import annotations
 
