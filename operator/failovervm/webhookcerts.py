@@ -13,8 +13,6 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from failovervm import pki
-
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +29,8 @@ def ensure(cert_dir: Path, host: str) -> tuple[Path, Path, Path]:
     cert_dir.mkdir(parents=True, exist_ok=True)
     ca, crt, key = cert_dir / "ca.crt", cert_dir / "tls.crt", cert_dir / "tls.key"
     if not (ca.exists() and crt.exists() and key.exists()):
+        from failovervm import pki  # cryptography costs ~8 MiB: only when a certificate is made
+
         pki.make_ca(cert_dir, "ca", "failovervm-webhook-ca")
         reissue(cert_dir, host)
     return ca, crt, key
@@ -39,6 +39,8 @@ def ensure(cert_dir: Path, host: str) -> tuple[Path, Path, Path]:
 def reissue(cert_dir: Path, host: str) -> None:
     """A new serving certificate and key from the CA in `cert_dir` (what cert-manager does on
     renewal; the sandbox and the e2e tests use it to prove rotation without a restart)."""
+    from failovervm import pki
+
     leaf = pki.issue(pki.KeyPair(cert_dir / "ca.crt", cert_dir / "ca.key"), cert_dir, "webhook", host, server=True,
                      ip_addresses=(host,) if _is_ip(host) else (), dns_names=() if _is_ip(host) else (host,))
     leaf.key.replace(cert_dir / "tls.key")
