@@ -68,7 +68,9 @@ def test_the_indexes_keep_only_what_the_controller_reads(kube: FakeKube) -> None
     idx = kube.indexes()
     [summary] = idx[cache.VMS][("uid", vm["metadata"]["uid"])]
     assert "managedFields" not in summary["metadata"] and summary["metadata"]["name"] == "a"
-    assert not [k for k in idx[cache.VMS] if k[0] == "mac"]  # MACs: admission's (pool, MAC) index
+    # Admission's MACs per pool are keys of the same index, to the same summary (one object).
+    [by_mac] = idx[cache.VMS][cache.mac_key("pool", "52:54:00:00:00:01")]
+    assert by_mac is summary
     [n1] = idx[cache.NODES]["n1"]
     assert "managedFields" not in n1["metadata"] and "images" not in n1["status"]
     assert cache.inventory_summary(kube.inventories["n1"])["pools"]["pool"]["vfs"] == {a: "pf0" for a in VFS}

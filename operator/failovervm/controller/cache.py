@@ -16,7 +16,8 @@ are bound).
 Keys of the indexes (Kopf's index maps each key to the values of all objects that returned it):
 
 - `fvm_keys`: ("uid", uid), ("node", status.nodeName), ("pending", "") for an
-  unplaced VM that is not being deleted -> VM summary
+  unplaced VM that is not being deleted, ("mac", pool, MAC) for each MAC it holds (admission's
+  uniqueness per pool, controller.tenancy) -> VM summary
 - `vfclaim_keys`: ("on", node, pool), ("of", owner uid) -> claim summary
 - `vfpool_index`: name -> pool summary
 - `vfinventory_index`: node name -> inventory summary
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 
 from failovervm import jsoncopy, labels
 from failovervm.kube import KubeAPI
+from failovervm.validation import vm_macs
 
 Obj = dict[str, Any]
 Index = Mapping[Any, Collection[Mapping[str, Any]]]
@@ -92,7 +94,20 @@ def vm_keys(vm: Mapping[str, Any]) -> dict[tuple[str, ...], Obj]:
         keys[("node", str(node))] = s
     elif not s["metadata"].get("deletionTimestamp"):
         keys[("pending", "")] = s
+    keys.update(dict.fromkeys(mac_keys(s), s))
     return keys
+
+
+def mac_keys(vm: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The `fvm_keys` keys under which the VMs holding a MAC in a pool are found: one per MAC the VM
+    holds (spec.network.mac, status.mac). Kept in the VM index rather than one of their own: Kopf
+    calls every index function on every event of its kind."""
+    pool = str(((vm.get("spec") or {}).get("network") or {}).get("pool") or "")
+    return [mac_key(pool, mac) for mac in sorted(vm_macs(vm))] if pool else []
+
+
+def mac_key(pool: str, mac: str) -> tuple[str, ...]:
+    return ("mac", pool, mac)
 
 
 def claim_summary(claim: Mapping[str, Any]) -> Obj:

@@ -31,7 +31,6 @@ from failovervm.controller import (
     policies,
     recovery,
     sweeps,
-    tenancy,
     vmpods,
     vms,
 )
@@ -361,16 +360,14 @@ async def validate_failovervm(*, body: kopf.Body, memo: kopf.Memo, **kwargs: Any
 
 
 # -- tenancy (failovervm.tenancy): what admission and MAC generation read, in memory -------------------
-# The pools and namespace labels: vfpool_index (above) and namespace_labels (below).
-@kopf.index(*FVM)
-def tenancy_macs(*, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """{(pool, MAC): the VM}: MACs are unique within a pool."""
-    return tenancy.mac_keys(body)
+# The pools and namespace labels: vfpool_index (above) and namespace_labels (below); the MACs per
+# pool: keys of fvm_keys (above).
 
 
 # -- VM pods ---------------------------------------------------------------------------------------
-# Kopf watches all pods (it has no server-side label selector) and keeps those with a
-# failovervm.io/vm-uid label. Neither handler writes to pods, so Kopf puts nothing on them.
+# The API server sends only pods with a failovervm.io/vm-uid label (the watch's label selector, set
+# in configure); the label filter below says the same for readers. Neither handler writes to pods,
+# so Kopf puts nothing on them.
 @kopf.index("", "v1", "pods", labels={fvm_labels.VM_UID_LABEL: kopf.PRESENT})
 def vm_pods(*, body: kopf.Body, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, Any]]:
     """{vm uid: pod summary}: the VM pods in memory (Kopf fills it before any handler runs)."""

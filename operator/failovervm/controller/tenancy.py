@@ -10,6 +10,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from failovervm import domxml
+from failovervm.controller import cache
 from failovervm.kube import KubeAPI
 from failovervm.tenancy import MacRange, mac_range
 from failovervm.validation import vm_macs
@@ -17,18 +18,15 @@ from failovervm.validation import vm_macs
 # The index names (controller.main registers them under these function names): the pools and
 # namespace labels are the controller's indexes of them, shared with the watch caches
 # (controller.cache: the pool summary keeps the whole spec) and the migration policies
-# (controller.policies); the MACs per pool are tenancy's own.
-POOLS, NAMESPACES, MACS = "vfpool_index", "namespace_labels", "tenancy_macs"
+# (controller.policies); the MACs per pool are keys of the VM cache (controller.cache.mac_keys).
+POOLS, NAMESPACES, MACS = "vfpool_index", "namespace_labels", cache.VMS
 
 
-def mac_keys(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """{(pool, MAC): the VM} for each MAC the VM holds (spec.network.mac, status.mac)."""
-    pool = str(((body.get("spec") or {}).get("network") or {}).get("pool") or "")
-    meta = body.get("metadata") or {}
-    ref = {"metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"), "uid": meta.get("uid")},
-           "spec": {"network": dict((body.get("spec") or {}).get("network") or {})},
-           "status": {"mac": (body.get("status") or {}).get("mac")}}
-    return {(pool, mac): ref for mac in vm_macs(body)} if pool else {}
+def mac_keys(body: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
+    """{("mac", pool, MAC): the VM's cache summary} for each MAC the VM holds: its entries in the
+    VM cache (controller.cache.vm_keys), where admission looks MACs up."""
+    summary = cache.vm_summary(body)
+    return dict.fromkeys(cache.mac_keys(summary), summary)
 
 
 Index = Mapping[Any, Collection[Mapping[str, Any]]]
@@ -101,7 +99,7 @@ class Tenancy:
         except ValueError:
             return []
         if self._indexed(MACS):
-            return list(self.indexes[MACS].get((pool, norm)) or ())
+            return list(self.indexes[MACS].get(cache.mac_key(pool, norm)) or ())
         return [vm for vm in self.kube.list_vms()
                 if ((vm.get("spec") or {}).get("network") or {}).get("pool") == pool and norm in vm_macs(vm)]
 
