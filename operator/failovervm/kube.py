@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +20,7 @@ from kubernetes.client import ApiException
 
 from failovervm import API_GROUP, API_VERSION, jsoncopy
 from failovervm.conditions import now_iso
+from failovervm.expiring import ExpiringKeys
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +252,9 @@ class _KubeBase(VMMetadataEdits):
         self.api = api
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
-        self._recent_events: dict[tuple[Any, str, str], float] = {}
+        # (object uid, reason, message) of the Events posted lately (at most the newest 8,192).
+        self._recent_events = ExpiringKeys(self._EVENT_DEDUPE_SECONDS, limit=8192)
+        self._events_lock = threading.Lock()
         # Events are posted off the reconcile path: they must never slow down or fail it.
         self._event_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="events")
 
@@ -435,13 +439,10 @@ class _KubeBase(VMMetadataEdits):
         """
         meta = obj.get("metadata", {})
         key = (meta.get("uid"), reason, note)
-        now = time.monotonic()
-        if now - self._recent_events.get(key, -1e9) < self._EVENT_DEDUPE_SECONDS:
-            return
-        self._recent_events[key] = now
-        if len(self._recent_events) > 4096:
-            cutoff = now - self._EVENT_DEDUPE_SECONDS
-            self._recent_events = {k: t for k, t in self._recent_events.items() if t >= cutoff}
+        with self._events_lock:
+            if key in self._recent_events:
+                return
+            self._recent_events.add(key)
         namespace = meta.get("namespace") or "default"
         stamp = now_iso()
         body = {

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from failovervm import API_GROUP, API_VERSION, labels, repair
+from failovervm.expiring import ExpiringKeys
 from failovervm.kube import KubeAPI
 from failovervm.scheduling import NodeInfo, Placement, Unschedulable, choose_vf, node_refusal
 from failovervm.vfs import claim_name
@@ -40,12 +40,20 @@ class RecentClaims:
 
     def __init__(self, ttl: float = 30.0) -> None:
         self.ttl = ttl
-        self._at: dict[tuple[str, str], float] = {}
+        # By node: a pass looks at its node's VFs only, at a cost that does not grow with the
+        # claims made elsewhere (failovervm.expiring).
+        self._at: dict[str, ExpiringKeys] = {}
         self._lock = threading.Lock()
+
+    def _node(self, node: str) -> ExpiringKeys:
+        keys = self._at.get(node)
+        if keys is None:
+            keys = self._at[node] = ExpiringKeys(self.ttl, limit=100_000)
+        return keys
 
     def add(self, node: str, pci: str) -> None:
         with self._lock:
-            self._at[(node, pci)] = time.monotonic()
+            self._node(node).add(pci)
 
     def pick(self, node: str, pool: str, free: Iterable[str]) -> Placement | Unschedulable:
         """choose_vf among `free` without the VFs taken lately on `node`, and the chosen one counted
@@ -53,19 +61,22 @@ class RecentClaims:
         parallel each start from a different VF, instead of all from the lowest free one with all
         but one paying an AlreadyExists. A VF reserved here whose claim then fails stays out of the
         choice for `ttl` (the consistent LIST before a NoFreeVF still finds it)."""
-        now = time.monotonic()
         with self._lock:
-            decision = choose_vf(node, pool, [pci for pci in free if now - self._at.get((node, pci), -1e9) >= self.ttl])
+            taken = self._node(node)
+            decision = choose_vf(node, pool, [pci for pci in free if pci not in taken])
             if isinstance(decision, Placement):
-                self._at[(node, decision.pci_address)] = now
+                taken.add(decision.pci_address)
             return decision
 
     def on(self, node: str) -> set[tuple[str, str]]:
-        now = time.monotonic()
         with self._lock:
-            if len(self._at) > 256:
-                self._at = {k: t for k, t in self._at.items() if now - t < self.ttl}
-            return {k for k, t in self._at.items() if k[0] == node and now - t < self.ttl}
+            taken = self._at.get(node)
+            if taken is None:
+                return set()
+            out = {(node, str(pci)) for pci in taken}
+            if not out:
+                del self._at[node]
+            return out
 
 
 def claimed_vfs(claims: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
