@@ -11,13 +11,13 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from kubernetes import client
+from failovervm.kubeclient import ApiClient, Configuration
 
 Respond = Callable[[str, str], tuple[int, dict[str, Any]]]
 
 
 @contextmanager
-def api_server(respond: Respond) -> Iterator[tuple[client.ApiClient, list[dict[str, Any]]]]:
+def api_server(respond: Respond) -> Iterator[tuple[ApiClient, list[dict[str, Any]]]]:
     """(an ApiClient pointed at the server, the requests seen so far)."""
     seen: list[dict[str, Any]] = []
 
@@ -43,9 +43,9 @@ def api_server(respond: Respond) -> Iterator[tuple[client.ApiClient, list[dict[s
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
-        cfg = client.Configuration()
-        cfg.host = f"http://127.0.0.1:{httpd.server_address[1]}"
-        yield client.ApiClient(cfg), seen
+        api = ApiClient(Configuration(host=f"http://127.0.0.1:{httpd.server_address[1]}"))
+        yield api, seen
+        api.close()
     finally:
         httpd.shutdown()
         httpd.server_close()

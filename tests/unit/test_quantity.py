@@ -1,4 +1,4 @@
-"""Unit tests for failovervm.quantity: kubernetes.utils.parse_quantity behind the apimachinery grammar."""
+"""Unit tests for failovervm.quantity: the strict apimachinery grammar, computed exactly."""
 
 from decimal import Decimal
 
