@@ -17,8 +17,8 @@ import textwrap
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,29 +29,16 @@ import yaml
 
 from failovervm import kube, kubeclient, pki
 from failovervm.kubeclient import ApiClient, ApiException, ConfigException, Configuration
+from tests.fakes.http import FakeApiServer as Server
+from tests.fakes.http import fake_api_server
 
 REPO = Path(__file__).resolve().parents[2]
 
 # -- a local API server ----------------------------------------------------------------------------
 
 
-@dataclass
-class Seen:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: Any
-    client_cn: str | None
-
-
-@dataclass
-class Server:
-    url: str
-    seen: list[Seen] = field(default_factory=list)
-    # (method, path, the request) -> (status, JSON answer); default: echo the request's path.
-    respond: Callable[[Seen], tuple[int, Any]] = lambda s: (200, {"path": s.path})
-    tokens: set[str] | None = None  # when set: any other bearer token gets 401
+def _echo(_method: str, path: str) -> tuple[int, Any]:
+    return 200, {"path": urllib.parse.urlsplit(path).path}
 
 
 @dataclass
@@ -73,53 +60,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> PKI:
                other_ca=pki.make_ca(d, "other", "other-ca"))
 
 
-def _serve(server: Server, tls: ssl.SSLContext | None) -> Iterator[Server]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            url = urllib.parse.urlsplit(self.path)
-            cn = None
-            if tls is not None:
-                peer = self.connection.getpeercert()  # type: ignore[attr-defined]
-                if peer:
-                    cn = next(v for rdn in peer["subject"] for k, v in rdn if k == "commonName")
-            seen = Seen(self.command, url.path, urllib.parse.parse_qs(url.query), dict(self.headers),
-                        json.loads(raw) if raw else None, cn)
-            server.seen.append(seen)
-            auth = self.headers.get("Authorization", "")
-            if server.tokens is not None and auth.removeprefix("Bearer ") not in server.tokens:
-                code, obj = 401, {"kind": "Status", "code": 401, "reason": "Unauthorized", "message": "Unauthorized"}
-            else:
-                code, obj = server.respond(seen)
-            out = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(out)))
-            self.send_header("Audit-Id", "a-1")
-            self.end_headers()
-            self.wfile.write(out)
-
-        do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = _answer
-
-        def log_message(self, *_args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    if tls is not None:
-        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-    scheme = "https" if tls else "http"
-    server.url = f"{scheme}://127.0.0.1:{httpd.server_address[1]}"
-    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
-    try:
-        yield server
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-
-
 @pytest.fixture
 def https(certs: PKI) -> Iterator[Server]:
     """An HTTPS server with a certificate for api.example.internal (no IP SAN), asking for a client
@@ -128,7 +68,8 @@ def https(certs: PKI) -> Iterator[Server]:
     ctx.load_cert_chain(certs.server.cert, certs.server.key)
     ctx.load_verify_locations(certs.ca.cert)
     ctx.verify_mode = ssl.CERT_OPTIONAL
-    yield from _serve(Server(""), ctx)
+    with fake_api_server(_echo, ctx) as server:
+        yield server
 
 
 @pytest.fixture
@@ -137,12 +78,14 @@ def https_ip(certs: PKI, tmp_path: Path) -> Iterator[Server]:
     pair = pki.issue(certs.ca, tmp_path, "ip", "apiserver", server=True, ip_addresses=("127.0.0.1",))
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pair.cert, pair.key)
-    yield from _serve(Server(""), ctx)
+    with fake_api_server(_echo, ctx) as server:
+        yield server
 
 
 @pytest.fixture
 def http() -> Iterator[Server]:
-    yield from _serve(Server(""), None)
+    with fake_api_server(_echo) as server:
+        yield server
 
 
 def _b64(path: Path) -> str:
@@ -194,7 +137,7 @@ def test_client_certificate_files_relative_to_the_kubeconfig(https: Server, cert
     cfg = Configuration.from_kubeconfig(path)
     assert cfg.namespace == "team-a" and cfg.verify
     assert _get(cfg) == {"path": "/api/v1/namespaces/default"}
-    assert https.seen[-1].client_cn == "jane" and "Authorization" not in https.seen[-1].headers
+    assert https.seen[-1]["client_cn"] == "jane" and "Authorization" not in https.seen[-1]["headers"]
 
 
 def test_client_certificate_data(https: Server, certs: PKI, tmp_path: Path) -> None:
@@ -202,7 +145,7 @@ def test_client_certificate_data(https: Server, certs: PKI, tmp_path: Path) -> N
                                       "tls-server-name": "api.example.internal"},
                 {"client-certificate-data": _b64(certs.client.cert), "client-key-data": _b64(certs.client.key)})
     _get(Configuration.from_kubeconfig(path))
-    assert https.seen[-1].client_cn == "jane"
+    assert https.seen[-1]["client_cn"] == "jane"
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("fvm-kube-*")), "key files are removed"
 
 
@@ -252,11 +195,11 @@ def test_kubeconfig_list_merges_first_wins_and_contexts_are_chosen(
     cfg = Configuration.from_kubeconfig()
     assert cfg.host == http.url and cfg.namespace == "ns-a"
     _get(cfg)
-    assert http.seen[-1].headers["Authorization"] == "Bearer from-a"
+    assert http.seen[-1]["headers"]["Authorization"] == "Bearer from-a"
     cfg = Configuration.from_kubeconfig(context="ctx-b")
     assert cfg.namespace == "ns-b"
     _get(cfg)
-    assert http.seen[-1].headers["Authorization"] == "Bearer from-b-v"
+    assert http.seen[-1]["headers"]["Authorization"] == "Bearer from-b-v"
     assert kube.current_namespace() == "ns-a" and kube.current_namespace(context="ctx-b") == "ns-b"
     contexts, current = kubeclient.list_kubeconfig_contexts()
     assert [c["name"] for c in contexts] == ["ctx-a", "ctx-b"] and current is not None and current["name"] == "ctx-a"
@@ -303,18 +246,18 @@ def test_token_file_is_read_again(http: Server, tmp_path: Path, monkeypatch: pyt
     cfg = Configuration.from_kubeconfig(_one(tmp_path / "config", {"server": http.url}, {"tokenFile": "tok"}))
     api = ApiClient(cfg)
     api.request("GET", "/x")
-    assert http.seen[-1].headers["Authorization"] == "Bearer one"
+    assert http.seen[-1]["headers"]["Authorization"] == "Bearer one"
     (tmp_path / "tok").write_text("two\n")
     api.request("GET", "/x")
-    assert http.seen[-1].headers["Authorization"] == "Bearer one", "cached within the minute"
+    assert http.seen[-1]["headers"]["Authorization"] == "Bearer one", "cached within the minute"
     monkeypatch.setattr(kubeclient, "TOKEN_REREAD_SECONDS", 0.0)
     api.request("GET", "/x")
-    assert http.seen[-1].headers["Authorization"] == "Bearer two"
+    assert http.seen[-1]["headers"]["Authorization"] == "Bearer two"
     monkeypatch.setattr(kubeclient, "TOKEN_REREAD_SECONDS", 3600.0)
     (tmp_path / "tok").write_text("three\n")
     http.tokens = {"three"}
     assert api.request("GET", "/x") == {"path": "/x"}
-    assert [s.headers["Authorization"] for s in http.seen[-2:]] == ["Bearer two", "Bearer three"]
+    assert [s["headers"]["Authorization"] for s in http.seen[-2:]] == ["Bearer two", "Bearer three"]
 
 
 def test_in_cluster_service_account_with_a_rotated_token(https_ip: Server, certs: PKI, tmp_path: Path,
@@ -335,12 +278,12 @@ def test_in_cluster_service_account_with_a_rotated_token(https_ip: Server, certs
     monkeypatch.setattr(kubeclient, "TOKEN_REREAD_SECONDS", 0.0)
     https_ip.tokens = {"bound-2"}
     api.request("GET", "/api")
-    assert https_ip.seen[-1].headers["Authorization"] == "Bearer bound-2"
+    assert https_ip.seen[-1]["headers"]["Authorization"] == "Bearer bound-2"
     monkeypatch.setattr(kubeclient, "TOKEN_REREAD_SECONDS", 3600.0)
     (sa / "token").write_text("bound-3")
     https_ip.tokens = {"bound-3"}  # the old one is refused: read again at once
     api.request("GET", "/api")
-    assert [s.headers["Authorization"] for s in https_ip.seen[-2:]] == ["Bearer bound-2", "Bearer bound-3"]
+    assert [s["headers"]["Authorization"] for s in https_ip.seen[-2:]] == ["Bearer bound-2", "Bearer bound-3"]
     assert "bound" not in repr(cfg) + repr(api) + repr(cfg.credentials)
     with pytest.raises(ConfigException, match="KUBERNETES_SERVICE_HOST"):
         Configuration.in_cluster(sa, {})
@@ -402,7 +345,7 @@ def test_exec_plugin_token_is_cached_until_it_expires(http: Server, tmp_path: Pa
                                                                    api_version)))
     api.request("GET", "/a")
     api.request("GET", "/b")
-    assert [s.headers["Authorization"] for s in http.seen] == ["Bearer tok-x-1"] * 2
+    assert [s["headers"]["Authorization"] for s in http.seen] == ["Bearer tok-x-1"] * 2
     assert (tmp_path / "runs").read_text() == "1"
 
 
@@ -412,7 +355,7 @@ def test_exec_plugin_runs_again_once_expired_and_after_a_401(http: Server, tmp_p
     api = ApiClient(Configuration.from_kubeconfig(path))
     api.request("GET", "/a")
     api.request("GET", "/b")
-    assert [s.headers["Authorization"] for s in http.seen] == ["Bearer tok-x-1", "Bearer tok-x-2"]
+    assert [s["headers"]["Authorization"] for s in http.seen] == ["Bearer tok-x-1", "Bearer tok-x-2"]
 
     # No expiry: kept until the API server refuses it; then the plugin runs once more.
     (tmp_path / "runs").unlink()
@@ -423,7 +366,7 @@ def test_exec_plugin_runs_again_once_expired_and_after_a_401(http: Server, tmp_p
     api.request("GET", "/a")
     http.tokens = {"tok-x-2"}  # revoked
     assert api.request("GET", "/b") == {"path": "/b"}
-    assert [s.headers["Authorization"] for s in http.seen] == ["Bearer tok-x-1", "Bearer tok-x-1", "Bearer tok-x-2"]
+    assert [s["headers"]["Authorization"] for s in http.seen] == ["Bearer tok-x-1", "Bearer tok-x-1", "Bearer tok-x-2"]
     # Refused again with the fresh credential: the 401 is the caller's, the plugin is not run in a loop.
     http.tokens = set()
     with pytest.raises(ApiException) as err:
@@ -437,7 +380,7 @@ def test_exec_plugin_client_certificate(https: Server, certs: PKI, tmp_path: Pat
                             "client.authentication.k8s.io/v1beta1",
                             {"certificate-authority": str(certs.ca.cert), "tls-server-name": "api.example.internal"})
     _get(Configuration.from_kubeconfig(path))
-    assert https.seen[-1].client_cn == "jane" and "Authorization" not in https.seen[-1].headers
+    assert https.seen[-1]["client_cn"] == "jane" and "Authorization" not in https.seen[-1]["headers"]
 
 
 def test_exec_plugin_failures_are_config_exceptions(http: Server, tmp_path: Path) -> None:
@@ -460,7 +403,7 @@ def test_exec_plugin_failures_are_config_exceptions(http: Server, tmp_path: Path
 def test_refusals_raise_api_exception_with_the_status(http: Server) -> None:
     status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "AlreadyExists",
               "message": 'pods "p" already exists'}
-    http.respond = lambda s: (409, status) if s.method == "POST" else (404, {**status, "code": 404})
+    http.respond = lambda method, _path: (409, status) if method == "POST" else (404, {**status, "code": 404})
     api = ApiClient(Configuration(host=http.url, credentials=kubeclient.Credentials(token="sekrit")))
     with pytest.raises(ApiException) as err:
         kubeclient.CoreV1Api(api).create_namespaced_pod("ns", {"metadata": {"name": "p"}})
@@ -486,7 +429,7 @@ def test_requests_on_the_wire(http: Server) -> None:
     core.patch_node("n", {"spec": {}})
     core.patch_namespaced_pod("p", "ns", {"metadata": {}}, content_type=kubeclient.MERGE_PATCH)
     core.delete_namespaced_pod("p", "ns", body={"gracePeriodSeconds": 0}, grace_period_seconds=0)
-    got = [(s.method, s.path, s.query, s.headers.get("Content-Type"), s.body) for s in http.seen]
+    got = [(s["method"], s["url_path"], s["query"], s["type"], s["body"]) for s in http.seen]
     assert got == [
         ("GET", "/apis/g.io/v1/things", {"labelSelector": ["a=b,c!=d"], "resourceVersion": ["0"]}, None, None),
         ("PATCH", "/apis/g.io/v1/namespaces/ns/things/t%201", {}, "application/merge-patch+json",
@@ -621,11 +564,11 @@ def test_agent_mirror_list_watch(watch_server: tuple[str, list[dict[str, Any]], 
     from failovervm.agent.mirror import kube_list_watch
 
     url, seen, _ = watch_server
-    http.respond = lambda s: (200, {"metadata": {"resourceVersion": "5"}, "items": [{"metadata": {"name": "n1"}}]})
+    http.respond = lambda _m, _p: (200, {"metadata": {"resourceVersion": "5"}, "items": [{"metadata": {"name": "n1"}}]})
     list_fn, _ = kube_list_watch(ApiClient(Configuration(host=http.url)), "/api/v1/nodes",
                                  {"field_selector": "metadata.name=n1"}, "v1", "Node")
     assert list_fn() == ([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}], "5")
-    assert http.seen[0].query == {"fieldSelector": ["metadata.name=n1"]}
+    assert http.seen[0]["query"] == {"fieldSelector": ["metadata.name=n1"]}
     _, watch_fn = kube_list_watch(ApiClient(Configuration(host=url)), "/api/v1/nodes",
                                   {"field_selector": "metadata.name=n1"}, "v1", "Node")
     assert [k for k, _ in watch_fn("5")] == ["ADDED", "BOOKMARK", "ERROR"]
