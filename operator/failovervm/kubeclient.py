@@ -413,6 +413,8 @@ class Configuration:
         if not server:
             raise ConfigException(f"cluster {cluster_name!r} has no server")
         what = f"cluster {cluster_name!r}"
+        if cluster.value.get("proxy-url"):
+            raise ConfigException(f"{what}: proxy-url is not supported")
         ca = _pem(cluster, "certificate-authority-data", "certificate-authority", what)
         insecure = bool(cluster.value.get("insecure-skip-tls-verify"))
         user = cfg.users.get(user_name, _Entry({}, cluster.base)) if user_name else _Entry({}, cluster.base)

@@ -228,6 +228,9 @@ def test_kubeconfig_errors_are_config_exceptions(tmp_path: Path, monkeypatch: py
                            current="x")
     with pytest.raises(ConfigException, match="no cluster 'c'"):
         Configuration.from_kubeconfig(dangling)
+    proxied = _one(tmp_path / "p", {"server": "https://127.0.0.1:1", "proxy-url": "http://proxy:3128"}, {"token": "t"})
+    with pytest.raises(ConfigException, match="proxy-url is not supported"):
+        Configuration.from_kubeconfig(proxied)
 
 
 def test_auth_provider_is_refused_by_name(tmp_path: Path) -> None:
