@@ -455,8 +455,11 @@ class Configuration:
             return cls.from_kubeconfig(kubeconfig, context)
         try:
             return cls.in_cluster()
-        except ConfigException:
-            return cls.from_kubeconfig()
+        except ConfigException as not_in_cluster:
+            try:
+                return cls.from_kubeconfig()
+            except ConfigException as exc:
+                raise ConfigException(f"{exc}; {not_in_cluster}") from exc
 
 
 def _user_credentials(user: _Entry, name: str, cluster: Mapping[str, Any]) -> Credentials:

@@ -217,8 +217,11 @@ def test_kubeconfig_list_merges_first_wins_and_contexts_are_chosen(
 
 def test_kubeconfig_errors_are_config_exceptions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(ConfigException, match="no kubeconfig"):
         Configuration.from_kubeconfig()
+    with pytest.raises(ConfigException, match=r"no kubeconfig.*; not in a cluster"):
+        Configuration.load()
     assert kube.current_namespace() == "default"
     bad = tmp_path / "bad"
     bad.write_text("clusters: [\n")
