@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from kubernetes import watch
 
 from benchmarks.common import (
     SandboxHandle,
@@ -35,18 +34,18 @@ from benchmarks.common import (
     raw_copy_xml,
     summary,
 )
-from failovervm import API_GROUP, API_VERSION, labels
+from failovervm import API_GROUP, API_VERSION, kubeclient, labels
 
 POOL = "bench-pool"
 
 
 def _operator_once(sb: SandboxHandle, ns: str, name: str, image: str) -> tuple[float, float, dict[str, Any]]:
     """(seconds from create to Running, the create's start on the perf_counter clock, the VM)."""
-    w = watch.Watch()
+    w = kubeclient.Watch(sb.api)
     t0 = time.perf_counter()
     sb.custom.create_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms",
                                               halt_vm(name, ns, image, POOL))
-    for ev in w.stream(sb.custom.list_namespaced_custom_object, API_GROUP, API_VERSION, ns, "failovervms",
+    for ev in w.stream(kubeclient.custom_path(API_GROUP, API_VERSION, "failovervms", namespace=ns),
                        field_selector=f"metadata.name={name}", timeout_seconds=120):
         obj = ev["object"]
         if (obj.get("status") or {}).get("phase") == "Running":

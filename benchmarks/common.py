@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from kubernetes import client, config, watch
 from lxml import etree
 
-from failovervm import API_GROUP, API_VERSION
+from failovervm import API_GROUP, API_VERSION, kubeclient
 
 MIGRATE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
@@ -55,9 +54,9 @@ class SandboxHandle:
         self.state_dir = state_dir
         self.data: dict[str, Any] = json.loads((state_dir / "sandbox.json").read_text())
         self.kubeconfig = state_dir / "kubeconfig"
-        api = client.ApiClient(config.new_client_from_config(config_file=str(self.kubeconfig)).configuration)
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        self.api = kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(self.kubeconfig))
+        self.custom = kubeclient.CustomObjectsApi(self.api)
+        self.core = kubeclient.CoreV1Api(self.api)
 
     def uri(self, node: str) -> str:
         return str(next(h["uri"] for h in self.data["libvirt"] if h["node"] == node))
@@ -83,43 +82,43 @@ class Timeline:
         self.records: list[tuple[float, str, str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._watches: list[watch.Watch] = []
+        self._watches: list[kubeclient.Watch] = []
         self._threads: list[threading.Thread] = []
 
-    def _lister(self, kind: str) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        api = client.ApiClient(config.new_client_from_config(config_file=str(self.sb.kubeconfig)).configuration)
+    def _path(self, kind: str) -> str:
         if kind == "pods":
-            return client.CoreV1Api(api).list_namespaced_pod, (self.namespace,)
+            return kubeclient.core_path("pods", namespace=self.namespace)
         if kind == "failovervms":
-            return client.CustomObjectsApi(api).list_namespaced_custom_object, (
-                API_GROUP, API_VERSION, self.namespace, "failovervms")
+            return kubeclient.custom_path(API_GROUP, API_VERSION, "failovervms", namespace=self.namespace)
         if kind == "vfclaims":
-            return client.CustomObjectsApi(api).list_cluster_custom_object, (API_GROUP, API_VERSION, "vfclaims")
+            return kubeclient.custom_path(API_GROUP, API_VERSION, "vfclaims")
         if kind == "events":
-            return client.EventsV1Api(api).list_namespaced_event, (self.namespace,)
+            return kubeclient.custom_path("events.k8s.io", "v1", "events", namespace=self.namespace)
         raise ValueError(kind)
 
     def _run(self, kind: str) -> None:
-        fn, args = self._lister(kind)
+        api = kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(self.sb.kubeconfig))
+        path = self._path(kind)
         rv: str | None = None
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    listed = fn(*args, _preload_content=False)
-                    rv = json.loads(listed.data)["metadata"]["resourceVersion"]
-                w = watch.Watch()
+                    rv = api.request("GET", path)["metadata"]["resourceVersion"]
+                w = kubeclient.Watch(api)
                 self._watches.append(w)
-                for ev in w.stream(fn, *args, resource_version=rv, timeout_seconds=120, allow_watch_bookmarks=True,
-                                   deserialize=False):
+                for ev in w.stream(path, resource_version=rv, timeout_seconds=120, allow_watch_bookmarks=True):
                     t = time.perf_counter()
                     obj = ev["object"]
+                    if ev["type"] == "ERROR":  # an expired resourceVersion (410 Gone): list again
+                        rv = None
+                        break
                     rv = obj.get("metadata", {}).get("resourceVersion", rv)
                     if ev["type"] in ("ADDED", "MODIFIED", "DELETED"):
                         with self._lock:
                             self.records.append((t, kind, ev["type"], obj))
                     if self._stop.is_set():
                         break
-            except Exception:  # an expired resourceVersion (410), a dropped connection: list again
+            except Exception:  # a dropped connection: list again
                 rv = None
                 if not self._stop.is_set():
                     time.sleep(0.2)
@@ -159,8 +158,8 @@ def list_vms(sb: SandboxHandle, ns: str) -> list[dict[str, Any]]:
 def set_taint(sb: SandboxHandle, node: str, taint: dict[str, str], on: bool) -> None:
     """Add (on) or remove the taint with `taint`'s key on the node, keeping its other taints."""
     obj = sb.core.read_node(node)
-    body_taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in (obj.spec.taints or [])
-                   if t.key != taint["key"]]
+    body_taints = [{k: t[k] for k in ("key", "value", "effect") if k in t}
+                   for t in (obj.get("spec") or {}).get("taints") or [] if t.get("key") != taint["key"]]
     if on:
         body_taints.append(taint)
     sb.core.patch_node(node, {"spec": {"taints": body_taints or None}})

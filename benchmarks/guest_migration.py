@@ -105,7 +105,7 @@ def run(state_dir: Path, rounds: int = 5, namespace: str = "bench-guest") -> dic
     finally:
         sb.core.delete_namespace(namespace)
         # Gone before returning, so that the next run can create it again.
-        wait(lambda: namespace not in {n.metadata.name for n in sb.core.list_namespace().items}, 180,
+        wait(lambda: namespace not in {n["metadata"]["name"] for n in sb.core.list_namespace()["items"]}, 180,
              f"namespace {namespace} deleted", interval=1.0)
     return {"benchmark": "guest_migration", "rounds": rounds, "guests": results, "machine": machine()}
 

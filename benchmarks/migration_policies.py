@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
-from kubernetes.client import ApiException
 
 from benchmarks.common import (
     MIGRATE_FLAGS,
@@ -45,6 +44,7 @@ from benchmarks.common import (
 from benchmarks.guest_migration import linux_vm
 from failovervm import API_GROUP, API_VERSION, labels
 from failovervm import migrationpolicy as mp
+from failovervm.kubeclient import ApiException
 from failovervm_sandbox.guestimage import TCG_MIGRATION_CMDLINE
 
 POOL = "bench-policy-pool"
@@ -183,7 +183,7 @@ def run(state_dir: Path, rounds: int = 1, namespace: str = "bench-policies",
             vm = get_vm(sb, namespace, "dirty")
             src = vm["status"]["nodeName"]
             dst = next(n for n in nodes if n != src)
-            addr = sb.core.read_node(dst).metadata.annotations[labels.MIGRATION_ADDRESS]
+            addr = sb.core.read_node(dst)["metadata"]["annotations"][labels.MIGRATION_ADDRESS]
             policy = mp.effective_policy(_policy(namespace, SCENARIOS[scenario]), 128 << 20)
             raw = [_raw(sb, vm["status"]["domain"]["name"], src, dst, policy, addr) for _ in range(rounds)]
             results[scenario] = {"operator": op, "raw": raw}
@@ -193,7 +193,7 @@ def run(state_dir: Path, rounds: int = 1, namespace: str = "bench-policies",
         except ApiException:
             pass
         sb.core.delete_namespace(namespace)
-        wait(lambda: namespace not in {n.metadata.name for n in sb.core.list_namespace().items}, 180,
+        wait(lambda: namespace not in {n["metadata"]["name"] for n in sb.core.list_namespace()["items"]}, 180,
              f"namespace {namespace} deleted", interval=1.0)
     return {"benchmark": "migration_policies", "rounds": rounds, "bandwidth_mibps": CAP_MIBPS, "dirty_mib": DIRTY_MIB,
             "max_downtime_ms": DOWNTIME_MS,

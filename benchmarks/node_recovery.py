@@ -140,7 +140,7 @@ def run(state_dir: Path, n: int = 6, namespace: str = "bench-recovery") -> dict[
         _sandbox(state_dir, "node-up", failing)
         set_taint(sb, failing, FENCE, False)
     sb.core.delete_namespace(namespace)
-    wait(lambda: not any(ns.metadata.name == namespace for ns in sb.core.list_namespace().items), 180,
+    wait(lambda: not any(ns["metadata"]["name"] == namespace for ns in sb.core.list_namespace()["items"]), 180,
          f"namespace {namespace} deleted")
     return {
         "benchmark": "node_recovery",

@@ -40,10 +40,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config, watch
-
 from benchmarks.common import SandboxHandle, bench_main, ensure_namespace, machine, wait
-from failovervm import API_GROUP, API_VERSION, labels, vmpod
+from failovervm import API_GROUP, API_VERSION, kubeclient, labels, vmpod
 
 POOL = "bench-scale-pool"
 PLAIN_LABEL = "bench.failovervm.io/scale-plain"
@@ -57,8 +55,8 @@ TIME_BASED = {("PUT", "leases"), ("PATCH", "leases"), ("GET", "leases"), ("PATCH
               ("GET", "clusterkopfpeerings"), ("PATCH", "clusterkopfpeerings")}
 
 
-def _client(sb: SandboxHandle) -> client.ApiClient:
-    return client.ApiClient(config.new_client_from_config(config_file=str(sb.kubeconfig)).configuration)
+def _client(sb: SandboxHandle) -> kubeclient.ApiClient:
+    return kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(sb.kubeconfig))
 
 
 def scrape(sb: SandboxHandle) -> Counter[tuple[str, str]]:
@@ -110,12 +108,12 @@ class Stamps:
     """A watch of one namespace's objects of a kind, stamping (time.perf_counter) the first event in
     which `done(obj)` holds, per object name."""
 
-    def __init__(self, sb: SandboxHandle, lister: Callable[..., Any], args: tuple[Any, ...],
-                 done: Callable[[dict[str, Any]], bool], label_selector: str | None = None) -> None:
-        self.fn, self.args, self.done, self.selector = lister, args, done, label_selector
+    def __init__(self, sb: SandboxHandle, path: str, done: Callable[[dict[str, Any]], bool],
+                 label_selector: str | None = None) -> None:
+        self.api, self.path, self.done, self.selector = _client(sb), path, done, label_selector
         self.at: dict[str, float] = {}
         self._stop = threading.Event()
-        self._w: watch.Watch | None = None
+        self._w: kubeclient.Watch | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -124,14 +122,17 @@ class Stamps:
         while not self._stop.is_set():
             try:
                 if rv is None:
-                    listed = json.loads(self.fn(*self.args, _preload_content=False, **kw).data)
+                    listed = self.api.request("GET", self.path, query=kw)
                     rv = listed["metadata"]["resourceVersion"]
                     for obj in listed.get("items") or []:
                         self._see(obj)
-                self._w = watch.Watch()
-                for ev in self._w.stream(self.fn, *self.args, resource_version=rv, timeout_seconds=300,
+                self._w = kubeclient.Watch(self.api)
+                for ev in self._w.stream(self.path, resource_version=rv, timeout_seconds=300,
                                          allow_watch_bookmarks=True, **kw):
                     obj = ev["object"]
+                    if ev["type"] == "ERROR":  # 410 Gone: list again
+                        rv = None
+                        break
                     rv = obj["metadata"].get("resourceVersion", rv)
                     if ev["type"] in ("ADDED", "MODIFIED"):
                         self._see(obj)
@@ -170,7 +171,7 @@ def _create_all(sb: SandboxHandle, bodies: list[dict[str, Any]], create: Callabl
                 try:
                     create(apis[i], body)
                     break
-                except client.ApiException as exc:
+                except kubeclient.ApiException as exc:
                     if exc.status == 409:
                         break
                     if exc.status not in (429, 500, 503, 504) or attempt == 19:
@@ -211,7 +212,7 @@ def ensure_virtual_pool(sb: SandboxHandle, capacity: int) -> dict[str, Any]:
                      "standby": {"type": "bridge", "source": sb.data["bridge"]}}}
     try:
         sb.custom.create_cluster_custom_object(API_GROUP, API_VERSION, "vfpools", body)
-    except client.ApiException as exc:
+    except kubeclient.ApiException as exc:
         if exc.status != 409:
             raise
 
@@ -227,8 +228,8 @@ def fresh_namespace(sb: SandboxHandle, name: str) -> None:
     """The namespace, once an earlier run's deletion of it has finished."""
     def usable() -> bool:
         try:
-            return bool(sb.core.read_namespace(name).status.phase != "Terminating")
-        except client.ApiException as exc:
+            return bool(sb.core.read_namespace(name).get("status", {}).get("phase") != "Terminating")
+        except kubeclient.ApiException as exc:
             return exc.status == 404
 
     wait(usable, 900, f"namespace {name} of an earlier run deleted", 1.0)
@@ -245,7 +246,7 @@ def _cleanup(sb: SandboxHandle, ns: str, names: list[str], clients: int) -> None
     apis = [_client(sb) for _ in range(clients)]
 
     def one(i: int) -> None:
-        custom = client.CustomObjectsApi(apis[i])
+        custom = kubeclient.CustomObjectsApi(apis[i])
         for name in names[i::clients]:
             try:
                 vm = custom.get_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
@@ -253,7 +254,7 @@ def _cleanup(sb: SandboxHandle, ns: str, names: list[str], clients: int) -> None
                 custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name, {
                     "metadata": {"finalizers": fins, "resourceVersion": vm["metadata"]["resourceVersion"]}})
                 custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
-            except client.ApiException:
+            except kubeclient.ApiException:
                 pass  # gone, or changed meanwhile: the namespace's deletion still finds it
 
     with ThreadPoolExecutor(clients) as pool:
@@ -273,29 +274,28 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     fresh_namespace(sb, namespace)
     fresh_namespace(sb, raw_ns)
     pool = ensure_virtual_pool(sb, capacity)
-    wait(lambda: bool(sb.core.list_namespaced_service_account(raw_ns).items), 30, "the default ServiceAccount")
-    wait(lambda: bool(sb.core.list_namespaced_service_account(namespace).items), 30, "the default ServiceAccount")
-    core = client.CoreV1Api(_client(sb))
+    wait(lambda: bool(sb.core.list_namespaced_service_account(raw_ns)["items"]), 30, "the default ServiceAccount")
+    wait(lambda: bool(sb.core.list_namespaced_service_account(namespace)["items"]), 30, "the default ServiceAccount")
+    core = kubeclient.CoreV1Api(_client(sb))
     out: dict[str, Any] = {"benchmark": "scale", "n": n, "virtual_nodes": m, "vfs_per_node": sb.data["vfs_per_node"],
                            "clients": clients, "machine": machine()}
 
     # The raw floor: kube-scheduler binding N plain pods of the same requests.
-    bound = Stamps(sb, core.list_namespaced_pod, (raw_ns,), lambda o: bool((o.get("spec") or {}).get("nodeName")),
-                   f"{PLAIN_LABEL}=yes").start()
+    bound = Stamps(sb, kubeclient.core_path("pods", namespace=raw_ns),
+                   lambda o: bool((o.get("spec") or {}).get("nodeName")), f"{PLAIN_LABEL}=yes").start()
     pods = [plain_pod(f"plain-{i}", raw_ns, pool) for i in range(n)]
-    p0, p_last = _create_all(sb, pods, lambda api, b: client.CoreV1Api(api).create_namespaced_pod(
-        raw_ns, b, _preload_content=False), clients)
+    p0, p_last = _create_all(sb, pods, lambda api, b: kubeclient.CoreV1Api(api).create_namespaced_pod(
+        raw_ns, b), clients)
     wait(lambda: len(bound.at) >= n, 60 + n * 0.2, f"{n} plain pods bound", 0.1)
     bound.stop()
     out["raw"] = {"create_s": p_last - p0, "creates_per_s": n / (p_last - p0),
                   "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last}
     core.delete_collection_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes", grace_period_seconds=0)
-    wait(lambda: not core.list_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes").items, 120,
+    wait(lambda: not core.list_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes")["items"], 120,
          "plain pods deleted", 0.5)
 
     # The operator.
-    custom = client.CustomObjectsApi(_client(sb))
-    placed = Stamps(sb, custom.list_namespaced_custom_object, (API_GROUP, API_VERSION, namespace, "failovervms"),
+    placed = Stamps(sb, kubeclient.custom_path(API_GROUP, API_VERSION, "failovervms", namespace=namespace),
                     _placed).start()
     before = scrape(sb)
     # Every controller replica: the active one is the one that worked (the most CPU time meanwhile).
@@ -303,9 +303,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
     cpu_before = {k: cpu_seconds(pid) for k, pid in replicas.items()}
     names = [f"scale-{i}" for i in range(n)]
-    t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: client.CustomObjectsApi(
-        api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b,
-                                             _preload_content=False), clients)
+    t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: kubeclient.CustomObjectsApi(
+        api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b), clients)
     try:
         wait(lambda: len(placed.at) >= n, 120 + n * 0.5, f"{n} VMs placed", 0.1)
     finally:

@@ -164,7 +164,7 @@ def run(state_dir: Path, n: int = 20, namespace: str = "bench-binding") -> dict[
             plain = plain_pod(vm_pod, f"plain-{i}")
             before, before_attempts = metrics.histogram(SLI), metrics.histogram(ATTEMPTS)
             # Not deserialized: the watch's thread is not kept waiting for this one.
-            sb.core.create_namespaced_pod(namespace, plain, _preload_content=False)
+            sb.core.create_namespaced_pod(namespace, plain)
             created, bound, _ = _binding(tl, lambda o, p=plain["metadata"]["name"]: _labels(o).get(PLAIN_LABEL) == p,
                                          f"plain pod {plain['metadata']['name']}")
             seen["plain"].append(bound - created)

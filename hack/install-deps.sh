@@ -62,6 +62,12 @@ if [ ! -e "$stamp" ]; then
   log "python: installing the project, its test extras and the sandbox into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[test]'
+  # The official `kubernetes` package is no dependency (failovervm/kubeclient.py replaces it), and it
+  # must not linger in a venv made before: Kopf imports it whenever it is importable.
+  if .venv/bin/python -m pip show -q kubernetes >/dev/null 2>&1; then
+    log "python: removing the kubernetes package (no longer a dependency)"
+    .venv/bin/python -m pip uninstall -y -q kubernetes
+  fi
   # The sandbox in setuptools' strict editable mode: a static path in a .pth, not the import hook
   # of the default mode, which every interpreter of the venv would load at start-up (then even
   # `python -X importtime -c 'import failovervm.controller.main'` lists a sandbox module). Its

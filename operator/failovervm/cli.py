@@ -176,9 +176,9 @@ def _api_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.N
 
     @functools.wraps(fn)
     def wrapper(args: argparse.Namespace) -> int:
-        from kubernetes.client import ApiException
-        from kubernetes.config import ConfigException
         from urllib3.exceptions import HTTPError
+
+        from failovervm.kubeclient import ApiException, ConfigException
 
         try:
             return fn(args)

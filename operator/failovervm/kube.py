@@ -1,4 +1,5 @@
-"""Kubernetes adapter: the few API operations the operator needs, over the official client.
+"""Kubernetes adapter: the few API operations the operator needs, over the project's own client
+(failovervm.kubeclient: plain dicts over urllib3).
 
 Status is shared by the controller and the agents, so status writes are
 read-modify-write with the object's resourceVersion and retried on conflict:
@@ -15,12 +16,12 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from kubernetes import client, config
-from kubernetes.client import ApiException
-
-from failovervm import API_GROUP, API_VERSION, jsoncopy
+from failovervm import API_GROUP, API_VERSION, jsoncopy, kubeclient
 from failovervm.conditions import now_iso
 from failovervm.expiring import ExpiringKeys
+from failovervm.kubeclient import ApiClient, ApiException, ConfigException
+
+__all__ = ["ApiClient", "ApiException", "ConfigException", "Kube", "KubeAPI", "api_error_message", "load"]
 
 log = logging.getLogger(__name__)
 
@@ -100,36 +101,25 @@ def api_error_message(exc: ApiException) -> str:
 def current_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
     """The namespace of the kubeconfig's (current) context, as kubectl uses it."""
     try:
-        _, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        contexts, active = kubeclient.list_kubeconfig_contexts(kubeconfig)
         if context:
-            contexts, _ = config.list_kube_config_contexts(config_file=kubeconfig)
             active = next((c for c in contexts if c["name"] == context), active)
         return str((active or {}).get("context", {}).get("namespace") or "default")
-    except (config.ConfigException, OSError, TypeError):
+    except (ConfigException, OSError, TypeError):
         return "default"
 
 
-# Connections kept open to the API server per client (see load).
-CONNECTIONS = 32
+# Connections kept open to the API server per client: one per thread that may call at once (the
+# controller's 16 handler threads, its webhook and event threads); past the pool's size every call
+# would open and close a TLS connection of its own, a handshake on both sides each time.
+CONNECTIONS = kubeclient.CONNECTIONS
 
 
-def load(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+def load(kubeconfig: str | None = None, context: str | None = None) -> ApiClient:
     """Load a kubeconfig (path, or $KUBECONFIG) or the in-cluster ServiceAccount config."""
-    cfg = client.Configuration()
-    if kubeconfig or context:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=cfg)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=cfg)
-    # One kept-alive connection per thread that may call at once (the controller's 16 handler
-    # threads, its webhook and event threads): past the pool's size (by default 5 per core) every
-    # call opens and closes a TLS connection of its own, a handshake on both sides each time.
-    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, CONNECTIONS)
-    client.Configuration.set_default(cfg)
-    return client.ApiClient(cfg)
-
+    cfg = kubeclient.Configuration.load(kubeconfig, context)
+    cfg.connections = max(cfg.connections, CONNECTIONS)
+    return ApiClient(cfg)
 
 
 def unless_gone(read: Callable[[], T]) -> T | None:
@@ -248,10 +238,10 @@ class VMMetadataEdits:
 class _KubeBase(VMMetadataEdits):
     """Thin, synchronous wrapper; async callers run it in a thread."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: ApiClient) -> None:
         self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+        self.custom = kubeclient.CustomObjectsApi(api)
+        self.core = kubeclient.CoreV1Api(api)
         # (object uid, reason, message) of the Events posted lately (at most the newest 8,192).
         self._recent_events = ExpiringKeys(self._EVENT_DEDUPE_SECONDS, limit=8192)
         self._events_lock = threading.Lock()
@@ -354,58 +344,47 @@ class _KubeBase(VMMetadataEdits):
             if exc.status not in (404, 409):
                 raise
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        """A core/v1 object from the generated client as the plain dict the operator works on."""
-        return dict(self.api.sanitize_for_serialization(obj))
-
-    @staticmethod
-    def _raw(resp: Any) -> dict[str, Any]:
-        """The JSON body of a call made with `_preload_content=False`: the plain dict, without the
-        generated client's model classes (building a V1Pod and turning it back into a dict costs
-        more CPU than the request itself)."""
-        return dict(json.loads(resp.data))
-
     # -- Nodes ---------------------------------------------------------------------
     def list_nodes(self) -> list[dict[str, Any]]:
-        return list(self._plain(self.core.list_node()).get("items", []))
+        return list(dict(self.core.list_node()).get("items", []))
 
     def get_node(self, name: str) -> dict[str, Any] | None:
-        return unless_gone(lambda: self._plain(self.core.read_node(name)))
+        return unless_gone(lambda: dict(self.core.read_node(name)))
 
     def get_namespace(self, name: str) -> dict[str, Any] | None:
-        return unless_gone(lambda: self._plain(self.core.read_namespace(name)))
+        return unless_gone(lambda: dict(self.core.read_namespace(name)))
 
     def patch_node(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch a Node (the CLI's cordon)."""
-        return self._plain(self.core.patch_node(name, body))
+        return dict(self.core.patch_node(name, body))
 
     def patch_node_status(self, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch (RFC 7386) of the nodes/status subresource: only the keys in `body`
         change, a None value removes its key. Returns the Node as patched, None if it is gone."""
-        return unless_gone(lambda: self._plain(
-            self.core.patch_node_status(name, body, _content_type="application/merge-patch+json")))
+        return unless_gone(lambda: dict(
+            self.core.patch_node_status(name, body, content_type=kubeclient.MERGE_PATCH)))
 
     # -- Pods (VM pods, in the VMs' namespaces) --------------------------------------------
 
     def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
         """Create a pod; the API server's refusal (409 AlreadyExists, 403 quota or Pod Security, 422
         invalid) is raised as ApiException for the caller to read (api_error_message)."""
-        return self._raw(self.core.create_namespaced_pod(body["metadata"]["namespace"], body, _preload_content=False))
+        return dict(self.core.create_namespaced_pod(body["metadata"]["namespace"], body))
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return unless_gone(lambda: self._raw(self.core.read_namespaced_pod(name, namespace, _preload_content=False)))
+        return unless_gone(lambda: dict(self.core.read_namespaced_pod(name, namespace)))
 
     def list_pods(self, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
         kw = {"label_selector": label_selector} if label_selector else {}
-        res = (self.core.list_namespaced_pod(namespace, _preload_content=False, **kw) if namespace
-               else self.core.list_pod_for_all_namespaces(_preload_content=False, **kw))
-        return list(self._raw(res).get("items") or [])
+        res = (self.core.list_namespaced_pod(namespace, **kw) if namespace
+               else self.core.list_pod_for_all_namespaces(**kw))
+        return list(dict(res).get("items") or [])
 
     def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """JSON merge patch of a pod (a resourceVersion in it is a precondition: 409 when stale).
         None when the pod is gone."""
-        return unless_gone(lambda: self._raw(self.core.patch_namespaced_pod(
-            name, namespace, body, _content_type="application/merge-patch+json", _preload_content=False)))
+        return unless_gone(lambda: dict(self.core.patch_namespaced_pod(
+            name, namespace, body, content_type=kubeclient.MERGE_PATCH)))
 
     def delete_pod(self, namespace: str, name: str, grace_period: int | None = None,
                    uid: str | None = None) -> bool:
@@ -417,8 +396,7 @@ class _KubeBase(VMMetadataEdits):
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
-            _ = self.core.delete_namespaced_pod(name, namespace, body=body or None, grace_period_seconds=grace_period,
-                                                _preload_content=False).data  # read to its end: see _post_event
+            self.core.delete_namespaced_pod(name, namespace, body=body or None, grace_period_seconds=grace_period)
             return True
         except ApiException as exc:
             if exc.status == 404 or (exc.status == 409 and uid):
@@ -469,8 +447,7 @@ class _KubeBase(VMMetadataEdits):
 
     def _post_event(self, namespace: str, body: dict[str, Any], reason: str, name: str) -> None:
         try:
-            # The raw answer, read to its end (so that its connection goes back to the pool).
-            _ = self.core.create_namespaced_event(namespace, body, _preload_content=False).data
+            self.core.create_namespaced_event(namespace, body)
         except Exception as exc:
             log.warning("could not post event %s on %s: %s", reason, name, exc)
 

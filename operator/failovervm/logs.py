@@ -47,4 +47,4 @@ def configure(component: str, node: str | None = None, fmt: str = "text") -> Non
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)

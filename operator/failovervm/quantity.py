@@ -1,14 +1,11 @@
 """Kubernetes resource quantities ("512Mi", "2G", "1e9", 1073741824) as numbers of bytes or MiB.
 
-The value comes from ``kubernetes.utils.parse_quantity``. That function is lenient where
-``k8s.io/apimachinery``'s ``ParseQuantity`` (and so the CRD's ``isQuantity()``) is not, because it
-hands the number part to ``Decimal()``: it accepts whitespace (``" 1Gi"``, ``"1 Gi"``), ``NaN``,
-``Infinity``, ``1_000``, non-ASCII digits, an exponent with a suffix (``"1e3Mi"``), ``K`` for
-``k``, unbounded exponents (``"1e999999999"``), and bools and floats; it computes in the ambient
-``Decimal`` context (28 digits); and its errors (``Invalid number format: jun`` for ``"junk"``)
-name neither the value nor what was expected. So the wrapper checks the apimachinery grammar and
-the exponent range first, computes exactly, and raises the project's ``invalid quantity ...``
-:class:`ValueError`::
+Parsed here, strictly, by the grammar of ``k8s.io/apimachinery``'s ``ParseQuantity`` (and so the
+CRD's ``isQuantity()``): ASCII digits only, no whitespace, no ``NaN``/``Infinity``/``1_000``, an
+exponent or a suffix but never both, ``k`` (never ``K``) for 10^3, and an exponent of at most
+``_MAX_EXPONENT`` (anything bigger is a typo that would only make Decimal work hard). The value is
+computed exactly (``Decimal`` with enough digits for every quantity in that range), and anything
+else raises the project's ``invalid quantity ...`` :class:`ValueError` naming the value::
 
     <quantity>        ::= <signedNumber><suffix>
     <suffix>          ::= <binarySI> | <decimalExponent> | <decimalSI>
@@ -24,8 +21,6 @@ from __future__ import annotations
 import re
 from decimal import ROUND_CEILING, Decimal, localcontext
 
-from kubernetes.utils.quantity import parse_quantity as k8s_parse_quantity
-
 __all__ = ["MIB", "parse_quantity", "parse_quantity_decimal", "to_mib"]
 
 MIB = 1024 * 1024
@@ -33,9 +28,16 @@ MIB = 1024 * 1024
 # ASCII digits with at most one '.', at least one digit ("5.", ".5" are valid, "." is not), then
 # either an exponent or a suffix, never both.
 _GRAMMAR = re.compile(
-    r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
-    r"(?:[eE](?P<exp>[+-]?[0-9]+)|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?"
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:[eE](?P<exp>[+-]?[0-9]+)|(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?"
 )
+
+# Suffix -> (base, power): the value is number * base ** power.
+_SUFFIXES = {
+    "Ki": (2, 10), "Mi": (2, 20), "Gi": (2, 30), "Ti": (2, 40), "Pi": (2, 50), "Ei": (2, 60),
+    "n": (10, -9), "u": (10, -6), "m": (10, -3), "k": (10, 3), "M": (10, 6), "G": (10, 9),
+    "T": (10, 12), "P": (10, 15), "E": (10, 18),
+}
 
 # Anything bigger than this is certainly a typo and would only make Decimal work hard.
 _MAX_EXPONENT = 64
@@ -56,11 +58,13 @@ def parse_quantity_decimal(value: str | int) -> Decimal:
     match = _GRAMMAR.fullmatch(value)
     if match is None:
         raise ValueError(f"invalid quantity {value!r}: expected e.g. 512Mi, 2Gi, 1G or 1073741824")
-    if match.group("exp") is not None and abs(int(match.group("exp"))) > _MAX_EXPONENT:
+    exp, suffix = match.group("exp"), match.group("suffix")
+    if exp is not None and abs(int(exp)) > _MAX_EXPONENT:
         raise ValueError(f"invalid quantity {value!r}: exponent out of range")
+    base, power = (10, int(exp)) if exp is not None else _SUFFIXES.get(suffix or "", (10, 0))
     with localcontext() as ctx:
         ctx.prec = _PRECISION
-        return Decimal(k8s_parse_quantity(value))
+        return Decimal(match.group("number")) * Decimal(base) ** power
 
 
 def parse_quantity(value: str | int) -> int:

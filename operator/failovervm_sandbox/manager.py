@@ -226,14 +226,14 @@ def _connect_standby_network(state: State, opts: Options) -> None:
 
 def _register_nodes(state: State, opts: Options) -> None:
     """A Node object per host, and the heartbeat process that keeps them Ready as a kubelet would."""
-    from kubernetes import client, config
+    from failovervm import kubeclient
 
     paths = state.cp_paths
-    config.load_kube_config(config_file=str(paths.admin_kubeconfig))
+    api = kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(paths.admin_kubeconfig))
     version = controlplane.apiserver_version(paths, state.data["apiserver"]["port"])
     from failovervm_sandbox import nodes as nodes_mod
 
-    core = client.CoreV1Api()
+    core = kubeclient.CoreV1Api(api)
     nodes_mod.register(core, state.sandbox_nodes(), version)
     say(opts, f"nodes: registered {', '.join(n.name for n in state.sandbox_nodes())}")
     from failovervm_sandbox import virtualnodes
@@ -338,16 +338,15 @@ def node_down(opts: Options, name: str) -> None:
             pass
     procs.stop(d.get(f"libvirt-{entry['index']}", {}).get("pid"), "libvirtd")
     # What node-lifecycle-controller writes once the grace period passes without a heartbeat.
-    from kubernetes import client, config
-
+    from failovervm import kubeclient
     from failovervm_sandbox import nodes as nodes_mod
 
-    config.load_kube_config(config_file=str(state.kubeconfig))
+    api = kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(state.kubeconfig))
     now = dt.datetime.now(dt.UTC).isoformat()
-    client.CoreV1Api().patch_node_status(name, {"status": {"conditions": [{
+    kubeclient.CoreV1Api(api).patch_node_status(name, {"status": {"conditions": [{
         "type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
         "message": "Kubelet stopped posting node status (failovervm sandbox node-down).",
-        "lastHeartbeatTime": now, "lastTransitionTime": now}]}}, _content_type=nodes_mod.STRATEGIC_MERGE)
+        "lastHeartbeatTime": now, "lastTransitionTime": now}]}}, content_type=nodes_mod.STRATEGIC_MERGE)
     say(opts, f"node {name}: down ({len(killed)} QEMU process(es) killed, libvirtd and agent stopped, "
               "heartbeat stopped; Ready=Unknown)")
 
@@ -364,12 +363,11 @@ def node_up(opts: Options, name: str) -> State:
     state = up(dataclasses.replace(
         opts, bridge=d["bridge"], images_dir=Path(d["images_dir"]), node_cpu=d["node_cpu"],
         node_memory=d["node_memory"], address_base=_node_address(first["address"], -int(first["index"]))))
-    from kubernetes import client, config
-
+    from failovervm import kubeclient
     from failovervm_sandbox import nodes as nodes_mod
 
-    config.load_kube_config(config_file=str(state.kubeconfig))
-    nodes_mod.post_ready(client.CoreV1Api(), name)
+    api = kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(state.kubeconfig))
+    nodes_mod.post_ready(kubeclient.CoreV1Api(api), name)
     say(opts, f"node {name}: up")
     return state
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import json
 import logging
 import platform
 import signal
@@ -38,10 +37,15 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, config
-from kubernetes.client.rest import ApiException
-
 from failovervm import labels
+from failovervm.kubeclient import (
+    STRATEGIC_MERGE_PATCH,
+    ApiClient,
+    ApiException,
+    Configuration,
+    CoordinationV1Api,
+    CoreV1Api,
+)
 
 log = logging.getLogger(__name__)
 LEASE_NS = "kube-node-lease"
@@ -53,7 +57,7 @@ READY_EVERY = 3
 POD_SWEEP_SECONDS = 2.0
 # Sent explicitly (the client's default for a dict body happens to be the same): capacity and
 # allocatable are maps, merged key by key; conditions are a list merged by `type`.
-STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+STRATEGIC_MERGE = STRATEGIC_MERGE_PATCH
 # The resources the sandbox itself advertises for a node; anything else in capacity/allocatable
 # belongs to someone else (the agents' VF pools) and is never written here.
 OWN_RESOURCES = ("cpu", "memory", "pods", "ephemeral-storage")
@@ -109,9 +113,9 @@ def ready_patch(now: dt.datetime) -> dict[str, Any]:
     return {"status": {"conditions": _conditions(now)}}
 
 
-def post_ready(core: client.CoreV1Api, name: str) -> None:
+def post_ready(core: CoreV1Api, name: str) -> None:
     """Post the node's conditions as a healthy kubelet would (Ready, no pressure)."""
-    core.patch_node_status(name, ready_patch(_now()), _content_type=STRATEGIC_MERGE)
+    core.patch_node_status(name, ready_patch(_now()), content_type=STRATEGIC_MERGE)
 
 
 def node_manifest(node: SandboxNode) -> dict[str, Any]:
@@ -164,12 +168,12 @@ def node_status(node: SandboxNode, k8s_version: str) -> dict[str, Any]:
     }
 
 
-def register(api: client.CoreV1Api, nodes: Sequence[SandboxNode], k8s_version: str) -> None:
+def register(api: CoreV1Api, nodes: Sequence[SandboxNode], k8s_version: str) -> None:
     """Create (or update) the Node objects, post their status and take their first Lease.
 
     Re-registering an existing Node merges: its labels and annotations keep keys the sandbox does
     not set, and its capacity/allocatable keep resources others advertised (see the module doc)."""
-    coord = client.CoordinationV1Api(api.api_client)
+    coord = CoordinationV1Api(api.api_client)
     for node in nodes:
         body = node_manifest(node)
         try:
@@ -177,12 +181,12 @@ def register(api: client.CoreV1Api, nodes: Sequence[SandboxNode], k8s_version: s
         except ApiException as exc:
             if exc.status != 409:
                 raise
-            api.patch_node(node.name, {"metadata": body["metadata"]}, _content_type=STRATEGIC_MERGE)
-        api.patch_node_status(node.name, node_status(node, k8s_version), _content_type=STRATEGIC_MERGE)
+            api.patch_node(node.name, {"metadata": body["metadata"]}, content_type=STRATEGIC_MERGE)
+        api.patch_node_status(node.name, node_status(node, k8s_version), content_type=STRATEGIC_MERGE)
         renew_lease(coord, node.name)
 
 
-def renew_lease(coord: client.CoordinationV1Api, name: str) -> None:
+def renew_lease(coord: CoordinationV1Api, name: str) -> None:
     now = _now()
     body = {
         "apiVersion": "coordination.k8s.io/v1",
@@ -236,13 +240,12 @@ def confirm_deletion_body(uid: str) -> dict[str, Any]:
             "preconditions": {"uid": uid}}
 
 
-def pods_on(core: client.CoreV1Api, node: str) -> list[dict[str, Any]]:
+def pods_on(core: CoreV1Api, node: str) -> list[dict[str, Any]]:
     """The pods bound to `node`, in every namespace, as the apiserver's JSON."""
-    resp = core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}", _preload_content=False)
-    return list(json.loads(resp.data).get("items") or [])
+    return list(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").get("items") or [])
 
 
-def complete_deletions(core: client.CoreV1Api, nodes: Iterable[str], now: dt.datetime | None = None) -> int:
+def complete_deletions(core: CoreV1Api, nodes: Iterable[str], now: dt.datetime | None = None) -> int:
     """Confirm every graceful deletion that is due on `nodes`, as their kubelets would; the number
     confirmed. Errors are logged and the pod is tried again on the next sweep."""
     done = 0
@@ -280,8 +283,8 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
     SIGTERM. Nodes in `down()` (re-read every round) are skipped: `sandbox node-down` stopped their
     machine. The agent-less nodes (`slow`, virtualnodes.py) get their deletions completed every
     `interval` s only, and `publish(skipped)` (their VF inventory round) runs every `interval` s."""
-    config.load_kube_config(config_file=kubeconfig)
-    core, coord = client.CoreV1Api(), client.CoordinationV1Api()
+    api = ApiClient(Configuration.from_kubeconfig(kubeconfig))
+    core, coord = CoreV1Api(api), CoordinationV1Api(api)
     stopping = False
 
     def _stop(*_: object) -> None:

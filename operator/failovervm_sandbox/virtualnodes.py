@@ -69,10 +69,11 @@ def remove_others(core: Any, keep: Sequence[SandboxNode]) -> list[str]:
     VFInventories go with them (garbage collector: the Node owns its inventory)."""
     names = {n.name for n in keep}
     removed = []
-    for obj in core.list_node(label_selector=f"{labels.SANDBOX_VIRTUAL_NODE}=true").items:
-        if obj.metadata.name not in names:
-            core.delete_node(obj.metadata.name)
-            removed.append(obj.metadata.name)
+    for obj in core.list_node(label_selector=f"{labels.SANDBOX_VIRTUAL_NODE}=true").get("items") or []:
+        name = obj["metadata"]["name"]
+        if name not in names:
+            core.delete_node(name)
+            removed.append(name)
     return removed
 
 
@@ -95,7 +96,7 @@ class Publisher:
 
         kube = kube_mod.Kube(kube_mod.load(kubeconfig))
         selector = f"{labels.SANDBOX_VIRTUAL_NODE}=true"
-        return cls(kube, nodes, lambda: list(kube._plain(kube.core.list_node(label_selector=selector))["items"]))
+        return cls(kube, nodes, lambda: list(kube.core.list_node(label_selector=selector)["items"]))
 
     def round(self, skip: Collection[str] = ()) -> int:
         """One round over every virtual node (except `skip`); returns the nodes published."""

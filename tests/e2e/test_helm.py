@@ -225,13 +225,13 @@ def _refused_for_other_nodes(sb: Sandbox, tmp_path: Path, node: str, other: str)
     res = sb.kubectl_as(other_kc, "-n", "default", "label", "fvm", "demo", "forged=yes")
     assert res.returncode != 0 and "may only write FailoverVMs that run on it" in res.stderr, res.stderr
     # As the agent writes it: a PATCH of nodes/status without reading it first (no get on nodes/status).
-    import kubernetes
+    from failovervm import kubeclient
 
-    api = kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(config_file=str(other_kc)))
+    api = kubeclient.CoreV1Api(kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(other_kc)))
     try:
         api.patch_node_status(node, {"status": {"capacity": {"vf.failovervm.io/forged": "64"}}})
         raise AssertionError(f"the agent of {other} patched {node}'s status")
-    except kubernetes.client.ApiException as exc:
+    except kubeclient.ApiException as exc:
         assert exc.status == 403 and f"may only write its own Node's status, not {node}'s" in str(exc.body), exc.body
     res = sb.kubectl_as(unbound_kc, "-n", "default", "patch", "fvm", "demo", "--subresource=status",
                         "--type=merge", "-p", forged)

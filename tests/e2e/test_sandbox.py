@@ -173,8 +173,7 @@ def test_kube_scheduler_runs_as_system_kube_scheduler_with_least_privilege(sandb
 def test_node_extended_resources_survive_registration_and_heartbeat(sandbox: Sandbox, pod_ns: str) -> None:
     """What an agent advertises in a Node's status (vf.failovervm.io/<pool>) stays through the
     sandbox's re-registration and heartbeat, and kube-scheduler places by it."""
-    from kubernetes import client, config
-
+    from failovervm import kubeclient
     from failovervm_sandbox import nodes as nodes_mod
     from failovervm_sandbox.state import State
 
@@ -183,7 +182,7 @@ def test_node_extended_resources_survive_registration_and_heartbeat(sandbox: San
     sandbox.kubectl("patch", "node", node, "--subresource=status", "--type=merge", "-p",
                     json.dumps({"status": {"capacity": {res: "2"}, "allocatable": {res: "2"}}}))
     try:
-        api = client.CoreV1Api(config.new_client_from_config(config_file=str(sandbox.kubeconfig)))
+        api = kubeclient.CoreV1Api(kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(sandbox.kubeconfig)))
         nodes_mod.register(api, State(sandbox.state_dir).sandbox_nodes(),
                            sandbox.data["versions"]["KUBERNETES_VERSION"])
         nodes_mod.post_ready(api, node)

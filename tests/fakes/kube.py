@@ -32,11 +32,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, Self, TypeVar
 
-from kubernetes.client import ApiException
-
 from failovervm import API_GROUP, API_VERSION
 from failovervm.conditions import now_iso
-from failovervm.kube import KubeAPI, VMMetadataEdits, update_status
+from failovervm.kube import ApiException, KubeAPI, VMMetadataEdits, update_status
 from tests.fakes.failures import Failures, P, R, failable
 
 K = TypeVar("K")

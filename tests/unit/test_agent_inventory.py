@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiException
 from prometheus_client import REGISTRY
 
 from failovervm import labels
 from failovervm.agent.inventory import VF_RESOURCE_NAME_INVALID, VF_RESOURCES_UPDATED, publish
+from failovervm.kube import ApiException
 from tests.fakes import FakeKube
 from tests.fakes.kube import node
 from tests.unit.test_vfs import make_pf

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiException
 
 from failovervm import labels
 from failovervm.agent.domains import (
@@ -16,6 +15,7 @@ from failovervm.agent.domains import (
     OperationInvalid,
     PausedReason,
 )
+from failovervm.kube import ApiException
 from tests.fakes import FakeDomainManager, FakeKube
 from tests.fakes.kube import node
 

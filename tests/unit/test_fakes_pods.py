@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from kubernetes.client import ApiException
 
 from failovervm import labels
-from failovervm.kube import api_error_message
+from failovervm.kube import ApiException, api_error_message
 from tests.fakes import FakeKube
 
 

@@ -11,13 +11,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiException
 
 from failovervm import kube as kube_mod
 from failovervm import labels, vmpod
 from failovervm.controller import vmpods, vms
 from failovervm.controller.cache import IndexedCache, node_vfs
 from failovervm.controller.context import ControllerContext
+from failovervm.kube import ApiException
 from tests.fakes import FakeKube
 from tests.fakes.http import api_server
 from tests.fakes.kube import node

@@ -1,4 +1,4 @@
-"""Unit tests for failovervm.quantity: kubernetes.utils.parse_quantity behind the apimachinery grammar."""
+"""Unit tests for failovervm.quantity: the strict apimachinery grammar, computed exactly."""
 
 from decimal import Decimal
 
@@ -79,7 +79,7 @@ def test_parse_quantity_int_passthrough() -> None:
         "inf",
         "1e999",
         "12i",
-        # kubernetes.utils.parse_quantity accepts these (Decimal() parses them); apimachinery does not
+        # Decimal() parses these (so a parser handing the number to it would accept them); apimachinery does not
         "1_000",
         "1_0Mi",
         "\u0661\u0662",  # Arabic-Indic digits

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
-from failovervm import pki
+from failovervm import kubeclient, pki
 from failovervm_sandbox import controlplane, images, nodes, procs, sriov
+from tests.fakes.http import api_server
 
 
 def test_pki_issues_verifiable_certs(tmp_path: Path) -> None:
@@ -82,25 +82,9 @@ def test_kvm_probe_reports() -> None:
     assert ("KVM API version" in detail) if ok else ("/dev/kvm" in detail or "KVM_GET_API_VERSION" in detail)
 
 
-class _FakeServer:
-    """Stands in for the apiserver behind the real kubernetes client: records every request as
-    sent on the wire (method, path, Content-Type, JSON body); POST of an existing Node gets 409."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str, str, Any]] = []
-
-    def request(self, method: str, url: str, headers: dict[str, str] | None = None, body: Any = None,
-                post_params: Any = None, _request_timeout: Any = None) -> Any:
-        import urllib3
-        from kubernetes.client.rest import RESTResponse
-
-        path = urllib.parse.urlsplit(url).path
-        self.sent.append((method, path, (headers or {}).get("Content-Type", ""), body))
-        status, data = (409, b'{"kind":"Status","reason":"AlreadyExists"}') if method == "POST" else (200, b"{}")
-        resp = RESTResponse(urllib3.HTTPResponse(body=data, status=status, preload_content=False,
-                                                 headers={"Content-Type": "application/json"}))
-        resp.read()
-        return resp
+def _fake_apiserver(method: str, _path: str) -> tuple[int, dict[str, Any]]:
+    """POST of an existing Node gets 409 (a re-registration); everything else 200."""
+    return (409, {"kind": "Status", "reason": "AlreadyExists", "code": 409}) if method == "POST" else (200, {})
 
 
 def _no_deleting_directives(value: Any) -> bool:
@@ -115,22 +99,18 @@ def _no_deleting_directives(value: Any) -> bool:
     return True
 
 
-def test_node_patches_leave_others_resources_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_node_patches_leave_others_resources_alone() -> None:
     """Registration and the heartbeat write Node status with strategic merge patches of the sandbox's
     own keys only, so agents' extended resources (vf.failovervm.io/<pool>) in capacity/allocatable
     survive a re-registration (every `sandbox up`) and every heartbeat."""
-    from kubernetes import client
-
-    server = _FakeServer()
-    api_client = client.ApiClient(client.Configuration(host="https://127.0.0.1:1"))
-    monkeypatch.setattr(api_client.rest_client, "request", server.request)
-    core = client.CoreV1Api(api_client)
     n = nodes.SandboxNode("sandbox-node-1", "127.0.0.11", "qemu+tcp://127.0.0.11/system", "/x", "kvm", "8", "8Gi")
+    with api_server(_fake_apiserver) as (api, seen):
+        core = kubeclient.CoreV1Api(api)
+        nodes.register(core, [n], "v1.36.3")  # the Node exists already: a re-registration
+        nodes.post_ready(core, n.name)
 
-    nodes.register(core, [n], "v1.36.3")  # the Node exists already: a re-registration
-    nodes.post_ready(core, n.name)
-
-    node_writes = [s for s in server.sent if s[1].startswith("/api/v1/nodes")]
+    node_writes = [(s["method"], s["path"], s["type"], s["body"]) for s in seen
+                   if s["path"].startswith("/api/v1/nodes")]
     assert [(m, p) for m, p, _, _ in node_writes] == [
         ("POST", "/api/v1/nodes"), ("PATCH", "/api/v1/nodes/sandbox-node-1"),
         ("PATCH", "/api/v1/nodes/sandbox-node-1/status"), ("PATCH", "/api/v1/nodes/sandbox-node-1/status")]

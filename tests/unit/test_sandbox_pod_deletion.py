@@ -14,8 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from kubernetes import client
 
+from failovervm import kubeclient
 from failovervm_sandbox import nodes
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -75,7 +75,7 @@ def test_the_confirmation_is_a_kubelets_final_delete() -> None:
 
 
 @pytest.fixture
-def apiserver() -> Iterator[tuple[client.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]]]:
+def apiserver() -> Iterator[tuple[kubeclient.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]]]:
     """A local HTTP server with the pods of each node (GET /api/v1/pods?fieldSelector=spec.nodeName=N)
     that records every request; DELETE answers 200, or 404/409 for the pods named gone/replaced."""
     by_node: dict[str, list[dict[str, Any]]] = {}
@@ -114,17 +114,16 @@ def apiserver() -> Iterator[tuple[client.CoreV1Api, dict[str, list[dict[str, Any
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    cfg = client.Configuration()
-    cfg.host = f"http://127.0.0.1:{httpd.server_address[1]}"
+    cfg = kubeclient.Configuration(host=f"http://127.0.0.1:{httpd.server_address[1]}")
     try:
-        yield client.CoreV1Api(client.ApiClient(cfg)), by_node, seen
+        yield kubeclient.CoreV1Api(kubeclient.ApiClient(cfg)), by_node, seen
     finally:
         httpd.shutdown()
         httpd.server_close()
 
 
 def test_complete_deletions_lists_each_node_and_deletes_with_grace_0_and_the_uid(
-    apiserver: tuple[client.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]],
+    apiserver: tuple[kubeclient.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     core, by_node, seen = apiserver
@@ -153,12 +152,12 @@ def test_complete_deletions_lists_each_node_and_deletes_with_grace_0_and_the_uid
 
 
 def test_complete_deletions_keeps_going_when_a_list_fails(
-    apiserver: tuple[client.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]],
+    apiserver: tuple[kubeclient.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     core, by_node, seen = apiserver
     by_node["sandbox-node-2"] = [_pod("p", node="sandbox-node-2", deletion=NOW)]
-    bad = client.CoreV1Api(client.ApiClient(client.Configuration(host="http://127.0.0.1:1")))
+    bad = kubeclient.CoreV1Api(kubeclient.ApiClient(kubeclient.Configuration(host="http://127.0.0.1:1")))
     assert nodes.complete_deletions(bad, ["sandbox-node-1"], NOW) == 0
     assert any("listing the pods on sandbox-node-1 failed" in r.getMessage() for r in caplog.records)
     assert nodes.complete_deletions(core, ["sandbox-node-2"], NOW) == 1

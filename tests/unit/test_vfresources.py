@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiException
 
 from failovervm import labels, vfresources
+from failovervm.kube import ApiException
 from failovervm.vfresources import Change, plan
 from tests.fakes import FakeKube
 from tests.fakes.kube import node

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from kubernetes.client import ApiException
 
 from failovervm import conditions, labels, vmpod
 from failovervm import migration as mg
 from failovervm.controller import migrations, vmpods, vms
 from failovervm.controller.context import ControllerContext
+from failovervm.kube import ApiException
 from tests.fakes import FakeKube
 from tests.fakes.kube import node
 

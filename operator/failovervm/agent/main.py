@@ -17,6 +17,7 @@ round reads nothing from the API server.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import threading
@@ -26,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import watch
-
-from failovervm import API_GROUP, API_VERSION, domxml, labels
+from failovervm import API_GROUP, API_VERSION, domxml, kubeclient, labels
 from failovervm import kube as kube_mod
 from failovervm.agent.connection import LibvirtConnection
 from failovervm.agent.domains import DomainNotFound
@@ -110,11 +109,11 @@ class Agent:
         self.published = Published()  # what the inventory round last wrote (agent.inventory)
         # The VFPools and this Node, from watches: the inventory round reads neither from the API.
         self.pools = Mirror("VFPool", *kube_list_watch(
-            self.kube.custom.list_cluster_custom_object, (API_GROUP, API_VERSION, kube_mod.VFPOOL), {},
+            self.kube.api, kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.VFPOOL), {},
             f"{API_GROUP}/{API_VERSION}", "VFPool"), self._inventory_soon)
         self.node_obj = Mirror("Node", *kube_list_watch(
-            self.kube.core.list_node, (), {"field_selector": f"metadata.name={args.node}"}, "v1", "Node"),
-            self._inventory_soon)
+            self.kube.api, kubeclient.core_path("nodes"), {"field_selector": f"metadata.name={args.node}"},
+            "v1", "Node"), self._inventory_soon)
         self._inventory_queued = False
         # `workers` reconciles at a time, not counting those waiting for a guest to shut down
         # (agent.slots); their threads come from a pool of their own, never asyncio's default one.
@@ -161,10 +160,13 @@ class Agent:
         backoff = 0.5
         assert self.loop is not None
         while not self._stop.is_set():
-            w = watch.Watch()
+            w = kubeclient.Watch(self.kube.api)
             try:
-                for ev in w.stream(self.kube.custom.list_cluster_custom_object, API_GROUP, API_VERSION,
-                                   kube_mod.FVM, label_selector=selector, timeout_seconds=300):
+                for ev in w.stream(kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.FVM),
+                                   label_selector=selector, timeout_seconds=300):
+                    if ev["type"] == "ERROR":  # a Status (e.g. 410 Gone): watch again
+                        raise kubeclient.ApiException(int(ev["object"].get("code") or 0),
+                                                      ev["object"].get("reason"), json.dumps(ev["object"]))
                     obj = ev["object"]
                     meta = obj.get("metadata", {})
                     key = f"{meta.get('namespace')}/{meta.get('name')}"

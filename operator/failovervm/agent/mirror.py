@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from failovervm.kubeclient import ApiClient, Watch
+
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
@@ -87,26 +89,21 @@ class Mirror:
         return self
 
 
-def kube_list_watch(call: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                    api_version: str, kind: str) -> tuple[ListFn, WatchFn]:
-    """list_fn and watch_fn over a list call of the Kubernetes client (raw JSON, not deserialized;
-    listed items get their apiVersion and kind, which a LIST leaves out)."""
-    import json
-
-    from kubernetes import watch
+def kube_list_watch(api: ApiClient, path: str, query: dict[str, Any], api_version: str,
+                    kind: str) -> tuple[ListFn, WatchFn]:
+    """list_fn and watch_fn over a collection of the API (`path`, e.g. kubeclient.core_path("nodes")),
+    `query` its selectors; listed items get their apiVersion and kind, which a LIST leaves out."""
 
     def list_fn() -> tuple[list[Obj], str]:
-        data = json.loads(call(*args, _preload_content=False, **kwargs).data)
+        data = api.request("GET", path, query=query)
         items = [{"apiVersion": api_version, "kind": kind, **o} for o in data.get("items") or []]
         return items, str(data["metadata"]["resourceVersion"])
 
     def watch_fn(rv: str) -> Iterable[tuple[str, Obj]]:
-        w = watch.Watch()
+        w = Watch(api)
         try:
-            for ev in w.stream(call, *args, resource_version=rv, timeout_seconds=300, allow_watch_bookmarks=True,
-                               deserialize=False, **kwargs):
-                obj = ev.get("raw_object") if isinstance(ev.get("raw_object"), dict) else ev["object"]
-                yield str(ev["type"]), dict(obj)
+            for ev in w.stream(path, resource_version=rv, timeout_seconds=300, allow_watch_bookmarks=True, **query):
+                yield str(ev["type"]), dict(ev.get("object") or {})
         finally:
             w.stop()
 

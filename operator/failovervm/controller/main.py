@@ -195,8 +195,8 @@ def _ctx(memo: kopf.Memo, indices: dict[str, Any] | None = None) -> ControllerCo
 
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    # Kopf's client piggybacking does not recognise this kubernetes client version;
-    # use its own loaders: the ServiceAccount in-cluster, else the kubeconfig.
+    # The `kubernetes` package (which Kopf's client piggybacking would use) is not installed (see
+    # failovervm.kubeclient): Kopf's own loaders, the ServiceAccount in-cluster, else the kubeconfig.
     return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 

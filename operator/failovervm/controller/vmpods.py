@@ -17,10 +17,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes.client import ApiException
-
 from failovervm import labels, vmpod
-from failovervm.kube import KubeAPI, api_error_message
+from failovervm.kube import ApiException, KubeAPI, api_error_message
 from failovervm.scheduling import Unschedulable, UnschedulableReason
 
 log = logging.getLogger(__name__)
