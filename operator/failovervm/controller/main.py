@@ -156,10 +156,15 @@ def run(args: ControllerArgs) -> int:
     kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
     ctx = ControllerContext(controller_settings(args), kube)
     priority = (args.priority if args.priority is not None else ha.peering_priority()) if args.peering else None
+    keepalive = None
     if priority is not None:
         ctx.active = ha.ActiveCheck(lambda: kube.custom.get_cluster_custom_object(
             "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME), priority)
         ctx.tenancy.active = ctx.active
+        # Kopf takes its peering identity from $POD_ID too: the keep-alive thread renews that entry.
+        os.environ["POD_ID"] = identity = ha.own_identity(os.environ)
+        keepalive = ha.KeepAlive(lambda body: kube.custom.patch_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME, body), identity, priority, args.peering_lifetime)
     start_metrics(args.metrics_port)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(kopf.operator(
@@ -168,7 +173,7 @@ def run(args: ControllerArgs) -> int:
         standalone=not args.peering,
         priority=priority,
         liveness_endpoint=liveness,
-        memo=kopf.Memo(ctx=ctx, args=args),
+        memo=kopf.Memo(ctx=ctx, args=args, keepalive=keepalive),
     ))
     return 0
 
@@ -226,6 +231,30 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         settings.admission.server = _webhook_server(args)
         if args.webhook_managed:
             settings.admission.managed = API_GROUP
+
+
+@kopf.on.startup()
+async def start_keepalive(memo: kopf.Memo, **_: Any) -> None:
+    """The peering keep-alive thread (controller.ha.KeepAlive), and the task that tells it the event
+    loop still runs."""
+    keepalive: ha.KeepAlive | None = memo.get("keepalive")
+    if keepalive is None:
+        return
+
+    async def ticker() -> None:
+        while not keepalive.stopped.is_set():
+            keepalive.tick()
+            await asyncio.sleep(1.0)
+
+    memo.keepalive_ticker = asyncio.get_running_loop().create_task(ticker())
+    keepalive.start()
+
+
+@kopf.on.cleanup()
+async def stop_keepalive(memo: kopf.Memo, **_: Any) -> None:
+    keepalive: ha.KeepAlive | None = memo.get("keepalive")
+    if keepalive is not None:
+        await asyncio.to_thread(keepalive.stop)
 
 
 # -- FailoverVM ----------------------------------------------------------------------------------
