@@ -158,6 +158,9 @@ def update_status(
         if new is None or new == old:
             return obj
         obj["status"] = new
+        # Without managedFields: the API server keeps an object's own when a write leaves them out
+        # (a client unaware of them never clears them), and they are most of a FailoverVM's size.
+        obj["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
         try:
             return dict(replace(obj))
         except ApiException as exc:
