@@ -90,3 +90,10 @@ VF_RESOURCE_DOMAIN = f"vf.{PREFIX}"
 def vf_resource(pool: str) -> str:
     """`vf.failovervm.io/<pool>`: VFPool names are at most 63 characters, a valid resource name."""
     return f"{VF_RESOURCE_DOMAIN}/{pool}"
+
+# The FailoverVM validating webhook is called for creates and for updates that change the spec only
+# (a CEL matchCondition, the same in the chart and the sandbox): the controller's and the agents'
+# label, finalizer and annotation writes (three or more per VM over its life) would otherwise each
+# cost the API server a webhook round trip that admits them unchanged (controller.admission).
+VALIDATE_SPEC_CHANGES = ("request.operation != 'UPDATE' || !has(object.spec) || !has(oldObject.spec)"
+                         " || object.spec != oldObject.spec")

@@ -22,6 +22,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from failovervm import labels
 from failovervm.cli import build_parser
 from tests.prereq import require
 
@@ -503,6 +504,7 @@ def check_webhook_routing(docs: list[Doc], eviction_guard: bool) -> None:
                                   "scope": "Namespaced"}]
     assert validate["failurePolicy"] == "Fail"
     assert validate["sideEffects"] == "None"
+    assert validate["matchConditions"] == [{"name": "spec-changes", "expression": labels.VALIDATE_SPEC_CHANGES}]
     assert validate["admissionReviewVersions"] == ["v1"]
     if eviction_guard:
         evict = hooks["vm-pod-eviction.failovervm.io"]
@@ -534,6 +536,8 @@ def test_the_sandbox_registers_the_charts_webhooks() -> None:
         {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"]}]}
     assert (evict["failurePolicy"], evict["sideEffects"]) == ("Fail", "NoneOnDryRun")
     assert set(sandbox) == {"failovervm-validate.failovervm.io", "vm-pod-eviction.failovervm.io"}
+    assert sandbox["failovervm-validate.failovervm.io"]["matchConditions"] == [
+        {"name": "spec-changes", "expression": labels.VALIDATE_SPEC_CHANGES}]
 
 
 def test_webhook_path_is_kopfs() -> None:
