@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from failovervm.controller import admission
-from failovervm.controller.cache import pool_summary
+from failovervm.controller.cache import pool_summary, vm_keys
 from failovervm.controller.context import ControllerContext, ControllerSettings
-from failovervm.controller.tenancy import MACS, NAMESPACES, POOLS, mac_keys
+from failovervm.controller.tenancy import MACS, NAMESPACES, POOLS
 from failovervm.tenancy import DestinationRefused, MacRange, check_destination, pool_refusals, selector_matches
 from tests.fakes import FakeKube
 
@@ -86,7 +86,7 @@ def ctx(request: pytest.FixtureRequest) -> ControllerContext:
         c.tenancy.bind({
             POOLS: index([(p["metadata"]["name"], pool_summary(p)) for p in kube.pools.values()]),
             NAMESPACES: index([(n, ns["metadata"]["labels"]) for n, ns in kube.namespaces.items()]),
-            MACS: index([kv for vm in kube.vms.values() for kv in mac_keys(vm).items()]),
+            MACS: index([kv for vm in kube.vms.values() for kv in vm_keys(vm).items()]),
         })
         kube.calls.clear()
     return c

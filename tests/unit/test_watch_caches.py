@@ -142,7 +142,7 @@ def _tenancy_indexes(kube: FakeKube, pools: bool = True) -> dict[str, dict[Any, 
     for name, pool in kube.pools.items() if pools else ():
         out[tenancy.POOLS].setdefault(name, []).append(cache.pool_summary(pool))
     for vm in kube.vms.values():
-        for key, ref in tenancy.mac_keys(vm).items():
+        for key, ref in cache.vm_keys(vm).items():  # the MACs are keys of the VM index
             out[tenancy.MACS].setdefault(key, []).append(ref)
     return out
 

@@ -21,14 +21,6 @@ from failovervm.validation import vm_macs
 # (controller.policies); the MACs per pool are keys of the VM cache (controller.cache.mac_keys).
 POOLS, NAMESPACES, MACS = "vfpool_index", "namespace_labels", cache.VMS
 
-
-def mac_keys(body: Mapping[str, Any]) -> dict[tuple[str, ...], dict[str, Any]]:
-    """{("mac", pool, MAC): the VM's cache summary} for each MAC the VM holds: its entries in the
-    VM cache (controller.cache.vm_keys), where admission looks MACs up."""
-    summary = cache.vm_summary(body)
-    return dict.fromkeys(cache.mac_keys(summary), summary)
-
-
 Index = Mapping[Any, Collection[Mapping[str, Any]]]
 
 
