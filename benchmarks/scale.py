@@ -17,7 +17,10 @@ agent; VMs placed there never start). Uses a VFPool that selects only those node
              shown apart;
   memory:    the RSS of the active controller (the replica that used the most CPU meanwhile; the
              standby apart), the agents and the heartbeat once all are placed, and the active
-             controller's CPU time per VM.
+             controller's CPU time per VM;
+  CPU:       the CPU time of every sandbox process (etcd, kube-apiserver, kube-scheduler, the
+             controller replicas, ...) and of the benchmark's own clients, per VM and per plain pod,
+             over each phase (first create to all placed / bound): where the cores went.
 Then the VMs are deleted (the benchmark removes the agent finalizer, as the missing agents would:
 no domain ever existed) and the namespace with them.
 
@@ -91,6 +94,37 @@ def rss_mib(pid: int | None) -> float | None:
     except OSError:
         return None
     return None
+
+
+def _processes(state_dir: Path) -> dict[str, int]:
+    """The sandbox's processes by name (sandbox.json): control plane, controller replicas, heartbeat,
+    agents."""
+    d = json.loads((state_dir / "sandbox.json").read_text())
+    return {k: int(v["pid"]) for k, v in d.items() if isinstance(v, dict) and v.get("pid")}
+
+
+class CpuMeter:
+    """CPU seconds each sandbox process (and this benchmark's own client threads) used between
+    start() and stop(): where the 2 cores went, per phase."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.pids = _processes(state_dir)
+        self.before: dict[str, float] = {}
+
+    @staticmethod
+    def _self() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def start(self) -> "CpuMeter":
+        self.before = {k: cpu_seconds(pid) or 0.0 for k, pid in self.pids.items()}
+        self.before["benchmark clients"] = self._self()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        after = {k: cpu_seconds(pid) for k, pid in self.pids.items()}
+        after["benchmark clients"] = self._self()
+        return {k: round(v - self.before[k], 2) for k, v in after.items() if v is not None and k in self.before}
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -284,12 +318,15 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     bound = Stamps(sb, kubeclient.core_path("pods", namespace=raw_ns),
                    lambda o: bool((o.get("spec") or {}).get("nodeName")), f"{PLAIN_LABEL}=yes").start()
     pods = [plain_pod(f"plain-{i}", raw_ns, pool) for i in range(n)]
+    raw_cpu = CpuMeter(state_dir).start()
     p0, p_last = _create_all(sb, pods, lambda api, b: kubeclient.CoreV1Api(api).create_namespaced_pod(
         raw_ns, b), clients)
     wait(lambda: len(bound.at) >= n, 60 + n * 0.2, f"{n} plain pods bound", 0.1)
     bound.stop()
+    raw_cpu_s = raw_cpu.stop()
     out["raw"] = {"create_s": p_last - p0, "creates_per_s": n / (p_last - p0),
-                  "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last}
+                  "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last,
+                  "cpu_ms_per_pod": {k: v / n * 1000 for k, v in raw_cpu_s.items() if v > 0}}
     core.delete_collection_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes", grace_period_seconds=0)
     wait(lambda: not core.list_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes")["items"], 120,
          "plain pods deleted", 0.5)
@@ -302,6 +339,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     replicas = {k: v.get("pid") for k, v in json.loads((state_dir / "sandbox.json").read_text()).items()
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
     cpu_before = {k: cpu_seconds(pid) for k, pid in replicas.items()}
+    op_cpu = CpuMeter(state_dir).start()
     names = [f"scale-{i}" for i in range(n)]
     t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: kubeclient.CustomObjectsApi(
         api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b), clients)
@@ -310,13 +348,15 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     finally:
         after = scrape(sb)
         cpu_after = {k: cpu_seconds(pid) for k, pid in replicas.items()}
+        op_cpu_s = op_cpu.stop()
         placed.stop()
     t_placed = max(placed.at.values()) if placed.at else float("nan")
     out["operator"] = {"create_s": t_last - t0, "creates_per_s": n / (t_last - t0), "placed": len(placed.at),
                        "all_placed_s": t_placed - t0, "after_last_create_s": t_placed - t_last,
                        "per_vm_ms": (t_placed - t0) / n * 1000,
                        # The (active) controller's CPU time from the first create to all placed.
-                       "controller_cpu_ms_per_vm": None}
+                       "controller_cpu_ms_per_vm": None,
+                       "cpu_ms_per_vm": {k: v / n * 1000 for k, v in op_cpu_s.items() if v > 0}}
     worked = {k: (cpu_after[k] or 0.0) - (cpu_before.get(k) or 0.0) for k in replicas if cpu_after.get(k) is not None}
     active = max(worked, key=lambda k: worked[k]) if worked else "controller"
     if worked:
@@ -356,6 +396,13 @@ def _report(res: dict[str, Any]) -> None:
     print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
     if op.get("controller_cpu_ms_per_vm") is not None:
         print(f"{'controller CPU per VM':46}{op['controller_cpu_ms_per_vm']:>10.1f}ms")
+    rawc, opc = raw.get("cpu_ms_per_pod") or {}, op.get("cpu_ms_per_vm") or {}
+    if opc:
+        print("CPU per VM / per pod, by process (ms):")
+        for key in sorted(set(rawc) | set(opc), key=lambda k: -(opc.get(k) or 0.0)):
+            if max(opc.get(key, 0.0), rawc.get(key, 0.0)) >= 0.05:
+                print(f"  {key:44}{opc.get(key, 0.0):>10.2f}{rawc.get(key, 0.0):>12.2f}")
+        print(f"  {'all':44}{sum(opc.values()):>10.2f}{sum(rawc.values()):>12.2f}")
     print(f"apiserver requests: {rq['per_vm']:.1f} per VM ({rq['total']} in all); without time-based traffic "
           f"(leases, heartbeats, inventory rounds: {rq['time_based']}): {rq['per_vm_without_time_based']:.1f} per VM")
     for key, v in rq["by_verb_resource_per_vm"].items():
