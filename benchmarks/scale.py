@@ -116,7 +116,7 @@ class CpuMeter:
         t = os.times()
         return t.user + t.system
 
-    def start(self) -> "CpuMeter":
+    def start(self) -> CpuMeter:
         self.before = {k: cpu_seconds(pid) or 0.0 for k, pid in self.pids.items()}
         self.before["benchmark clients"] = self._self()
         return self
