@@ -10,8 +10,12 @@ The heartbeat also does the one part of a kubelet's pod handling that the API de
 completes graceful deletions. Deleting a bound pod only sets its deletionTimestamp (now + grace
 period); the pod stays Terminating until its node's kubelet, having killed the containers, confirms
 with a delete of grace period 0 and the pod's uid as precondition. So every POD_SWEEP_SECONDS the
-heartbeat lists the pods bound to each of its nodes that is up and sends that confirmation for
-those whose deletionTimestamp has passed (`deletions_due`): `kubectl drain`, evictions, namespace
+heartbeat sends that confirmation for the pods bound to each of its nodes that is up whose
+deletionTimestamp has passed (`deletions_due`). Like kubelets, it learns them from a watch
+(`TerminatingPods`: one watch of every bound pod for all the sandbox's nodes, keeping only those
+being deleted), not by listing each node's pods every sweep, which cost the API server and the
+heartbeat more with every pod (benchmarks/scale.py); while that watch is not in sync it lists per
+node as before: `kubectl drain`, evictions, namespace
 deletion and garbage collection then finish. It never touches a pod without a deletionTimestamp,
 nor a pod on another node or on a node `node-down` stopped (a dead kubelet confirms nothing). It
 runs no containers and writes no pod status.
@@ -32,6 +36,7 @@ import ipaddress
 import logging
 import platform
 import signal
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +50,8 @@ from failovervm.kubeclient import (
     Configuration,
     CoordinationV1Api,
     CoreV1Api,
+    Watch,
+    core_path,
 )
 
 log = logging.getLogger(__name__)
@@ -245,13 +252,122 @@ def pods_on(core: CoreV1Api, node: str) -> list[dict[str, Any]]:
     return list(core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").get("items") or [])
 
 
-def complete_deletions(core: CoreV1Api, nodes: Iterable[str], now: dt.datetime | None = None) -> int:
+# Every bound pod: what the heartbeat's kubelets would watch between them.
+BOUND_PODS = "spec.nodeName!="
+
+
+class TerminatingPods:
+    """The bound pods that are being deleted, by node, from one watch of every bound pod (a LIST
+    only to start or restart it, e.g. after 410 Gone): what `complete_deletions` needs without
+    listing each node's pods every sweep. A kubelet learns its pods the same way. Only pods with a
+    deletionTimestamp are kept (a few fields each); `synced()` is False until the first LIST and
+    while the watch restarts."""
+
+    def __init__(self, api: ApiClient, retry_seconds: float = 1.0, timeout_seconds: int = 300) -> None:
+        self.api = api
+        self.core = CoreV1Api(api)
+        self.retry_seconds = retry_seconds
+        self.timeout_seconds = timeout_seconds
+        self._by_node: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+        self._stopped = threading.Event()
+        self._watch: Watch | None = None
+        self._thread = threading.Thread(target=self._run, name="terminating-pods", daemon=True)
+
+    def start(self) -> TerminatingPods:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        watch = self._watch
+        if watch is not None:
+            watch.stop()
+
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def on(self, node: str) -> list[dict[str, Any]]:
+        """The pods bound to `node` that are being deleted (as deletions_due reads them)."""
+        with self._lock:
+            return list((self._by_node.get(node) or {}).values())
+
+    @staticmethod
+    def _summary(pod: Mapping[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        uid, node = str(meta.get("uid")), str(spec.get("nodeName") or "")
+        if not meta.get("deletionTimestamp") or not node:
+            return uid, node, None
+        keep = {k: meta[k] for k in ("namespace", "name", "uid", "deletionTimestamp", "deletionGracePeriodSeconds")
+                if k in meta}
+        return uid, node, {"metadata": keep, "spec": {"nodeName": node}}
+
+    def forget(self, pod: PodRef) -> None:
+        """Confirmed: not due again before its DELETED event (a second confirmation would be a 404)."""
+        with self._lock:
+            on_node = self._by_node.get(pod.node) or {}
+            on_node.pop(pod.uid, None)
+
+    def see(self, event_type: str, pod: Mapping[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED) of a bound pod."""
+        uid, node, summary = self._summary(pod)
+        with self._lock:
+            on_node = self._by_node.setdefault(node, {})
+            if event_type == "DELETED" or summary is None:
+                on_node.pop(uid, None)
+            else:
+                on_node[uid] = summary
+            if not on_node:
+                self._by_node.pop(node, None)
+
+    def reset(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """A fresh LIST: forget everything else."""
+        fresh: dict[str, dict[str, dict[str, Any]]] = {}
+        for pod in pods:
+            uid, node, summary = self._summary(pod)
+            if summary is not None:
+                fresh.setdefault(node, {})[uid] = summary
+        with self._lock:
+            self._by_node = fresh
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._list_and_watch()
+            except Exception as exc:  # keep watching through apiserver restarts
+                log.warning("watching the bound pods failed (listing per node meanwhile): %s", exc)
+            self._synced.clear()
+            self._stopped.wait(self.retry_seconds)
+
+    def _list_and_watch(self) -> None:
+        listing = self.core.list_pod_for_all_namespaces(field_selector=BOUND_PODS)
+        self.reset(listing.get("items") or [])
+        version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
+        self._synced.set()
+        while not self._stopped.is_set():
+            self._watch = watch = Watch(self.api)
+            for ev in watch.stream(core_path("pods"), resource_version=version, field_selector=BOUND_PODS,
+                                   timeout_seconds=self.timeout_seconds, allow_watch_bookmarks=True):
+                obj = ev.get("object") or {}
+                if ev["type"] == "ERROR":  # e.g. 410 Gone: list again
+                    raise RuntimeError(f"watch ended: {obj.get('message') or obj}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if ev["type"] != "BOOKMARK":
+                    self.see(str(ev["type"]), obj)
+
+
+def complete_deletions(core: CoreV1Api, nodes: Iterable[str], now: dt.datetime | None = None,
+                       known: TerminatingPods | None = None) -> int:
     """Confirm every graceful deletion that is due on `nodes`, as their kubelets would; the number
-    confirmed. Errors are logged and the pod is tried again on the next sweep."""
+    confirmed. The pods come from `known` while it is in sync, else from a LIST per node. Errors are
+    logged and the pod is tried again on the next sweep."""
     done = 0
+    watched = known is not None and known.synced()
     for node in nodes:
         try:
-            due = deletions_due(pods_on(core, node), {node}, now or _now())
+            pods = known.on(node) if known is not None and watched else pods_on(core, node)
+            due = deletions_due(pods, {node}, now or _now())
         except Exception as exc:  # keep going through apiserver restarts
             log.warning("listing the pods on %s failed: %s", node, exc)
             continue
@@ -269,6 +385,8 @@ def complete_deletions(core: CoreV1Api, nodes: Iterable[str], now: dt.datetime |
                 log.warning("completing the deletion of pod %s/%s failed: %s", pod.namespace, pod.name, exc)
                 continue
             done += 1
+            if known is not None:
+                known.forget(pod)
             log.info("pod %s/%s on %s: grace period over, deletion completed (as its kubelet would)",
                      pod.namespace, pod.name, pod.node)
     return done
@@ -279,12 +397,14 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
               sweep: float = POD_SWEEP_SECONDS, slow: Collection[str] = (),
               publish: Callable[[set[str]], object] | None = None) -> None:
     """Renew Leases every `interval` s and post Ready status every READY_EVERY-th time, and every
-    `sweep` s complete the graceful pod deletions that are due (`complete_deletions`); runs until
-    SIGTERM. Nodes in `down()` (re-read every round) are skipped: `sandbox node-down` stopped their
-    machine. The agent-less nodes (`slow`, virtualnodes.py) get their deletions completed every
-    `interval` s only, and `publish(skipped)` (their VF inventory round) runs every `interval` s."""
+    `sweep` s complete the graceful pod deletions that are due (`complete_deletions`, from the
+    watch of `TerminatingPods`); runs until SIGTERM. Nodes in `down()` (re-read every round) are
+    skipped: `sandbox node-down` stopped their machine. The agent-less nodes (`slow`,
+    virtualnodes.py) get their deletions completed every `interval` s only while the watch is not in
+    sync, and `publish(skipped)` (their VF inventory round) runs every `interval` s."""
     api = ApiClient(Configuration.from_kubeconfig(kubeconfig))
     core, coord = CoreV1Api(api), CoordinationV1Api(api)
+    terminating = TerminatingPods(ApiClient(Configuration.from_kubeconfig(kubeconfig))).start()
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -324,7 +444,10 @@ def heartbeat(kubeconfig: str, nodes: Sequence[SandboxNode], k8s_version: str,
                 except Exception as exc:  # keep beating through apiserver restarts
                     log.warning("heartbeat for %s failed: %s", node.name, exc)
             tick += 1
-        complete_deletions(core, [n.name for n in nodes if n.name not in skip and (beat or n.name not in slow)])
+        every = beat or terminating.synced()
+        complete_deletions(core, [n.name for n in nodes if n.name not in skip and (every or n.name not in slow)],
+                           known=terminating)
         deadline = min(next_beat, time.monotonic() + sweep)
         while not stopping and time.monotonic() < deadline:
             time.sleep(0.2)
+    terminating.stop()

@@ -1,11 +1,13 @@
 """failovervm.kubeclient and the Kube adapter against a real etcd + kube-apiserver (the sandbox's pinned
 builds, started here alone: no nodes, no controllers): the project's own CRDs, create / get / merge
 and JSON patches / status replace with optimistic concurrency / LIST with a label selector / WATCH
-(from a resourceVersion, with bookmarks, 410 for an expired one) / delete, and a ServiceAccount
-token (bound, from the TokenRequest API) given as a token file and by an exec credential plugin."""
+(from a resourceVersion, with bookmarks, 410 for an expired one) / delete, a ServiceAccount
+token (bound, from the TokenRequest API) given as a token file and by an exec credential plugin, and
+the sandbox heartbeat's watch of terminating pods."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import shutil
 import sys
@@ -236,3 +238,57 @@ def test_service_account_token_file_and_exec_plugin(api: ApiClient, apiserver: P
         with pytest.raises(ApiException) as err:
             kube.Kube(client).list_vms()
         assert err.value.status == 403 and "cannot list resource" in kube.api_error_message(err.value)
+
+
+def _bound_pod(name: str, node: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "kc", "finalizers": ["test.failovervm.io/hold"]},
+            "spec": {"nodeName": node, "serviceAccountName": "robot", "automountServiceAccountToken": False,
+                     "terminationGracePeriodSeconds": 30,
+                     "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}]}}
+
+
+def test_heartbeat_learns_terminating_pods_from_a_watch(api: ApiClient) -> None:
+    """The sandbox heartbeat's TerminatingPods: one LIST, then a watch of every bound pod; it keeps
+    the pods being deleted, by node, and complete_deletions confirms them from it without listing."""
+    from failovervm_sandbox import nodes
+
+    core = kubeclient.CoreV1Api(api)
+    try:
+        api.request("POST", kubeclient.core_path("serviceaccounts", namespace="kc"),
+                    body={"metadata": {"name": "robot"}})
+    except ApiException as exc:
+        assert exc.status == 409  # made by the ServiceAccount test
+    early = core.create_namespaced_pod("kc", _bound_pod("early", "vnode-a"))
+    core.delete_namespaced_pod("early", "kc")  # terminating before the watch starts: seen in its LIST
+    watch = nodes.TerminatingPods(api, retry_seconds=0.2).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not watch.synced():
+            assert time.monotonic() < deadline, "the pod watch did not start"
+            time.sleep(0.05)
+        assert [p["metadata"]["uid"] for p in watch.on("vnode-a")] == [early["metadata"]["uid"]]
+        late = core.create_namespaced_pod("kc", _bound_pod("late", "vnode-b"))
+        core.create_namespaced_pod("kc", _bound_pod("kept", "vnode-b"))
+        core.delete_namespaced_pod("late", "kc")
+        while [p["metadata"]["name"] for p in watch.on("vnode-b")] != ["late"]:
+            assert time.monotonic() < deadline, watch.on("vnode-b")
+            time.sleep(0.05)
+        # Due once the grace period is over; confirmed from the watch (grace period 0, the uid).
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=31)
+        assert nodes.complete_deletions(core, ["vnode-a", "vnode-b"], later, known=watch) == 2
+        for pod in (early, late):
+            got = core.read_namespaced_pod(pod["metadata"]["name"], "kc")  # held by the test's finalizer
+            assert got["metadata"]["deletionGracePeriodSeconds"] == 0
+            core.patch_namespaced_pod(pod["metadata"]["name"], "kc", {"metadata": {"finalizers": None}})
+        while watch.on("vnode-a") or watch.on("vnode-b"):
+            assert time.monotonic() < deadline, (watch.on("vnode-a"), watch.on("vnode-b"))
+            time.sleep(0.05)
+    finally:
+        watch.stop()
+        for name in ("early", "late", "kept"):
+            try:
+                core.patch_namespaced_pod(name, "kc", {"metadata": {"finalizers": None}})
+                core.delete_namespaced_pod(name, "kc", grace_period_seconds=0)
+            except ApiException:
+                pass

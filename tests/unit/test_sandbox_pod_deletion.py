@@ -162,3 +162,47 @@ def test_complete_deletions_keeps_going_when_a_list_fails(
     assert any("listing the pods on sandbox-node-1 failed" in r.getMessage() for r in caplog.records)
     assert nodes.complete_deletions(core, ["sandbox-node-2"], NOW) == 1
     assert [r["path"] for r in seen if r["method"] == "DELETE"] == ["/api/v1/namespaces/ns1/pods/p"]
+
+
+def _synced(core: kubeclient.CoreV1Api, pods: list[dict[str, Any]]) -> nodes.TerminatingPods:
+    """A TerminatingPods that has listed `pods` (its thread is not started)."""
+    known = nodes.TerminatingPods(core.api_client)
+    known.reset(pods)
+    known._synced.set()
+    return known
+
+
+def test_terminating_pods_keeps_only_bound_pods_being_deleted_by_node() -> None:
+    known = nodes.TerminatingPods(kubeclient.ApiClient(kubeclient.Configuration(host="http://127.0.0.1:1")))
+    past = NOW - dt.timedelta(seconds=3)
+    known.reset([_pod("running"), _pod("going", deletion=past), _pod("unbound", node=None, deletion=past),
+                 _pod("other", node="sandbox-node-2", deletion=past)])
+    assert [p["metadata"]["name"] for p in known.on("sandbox-node-1")] == ["going"]
+    assert known.on("sandbox-node-1")[0] == {  # a few fields, what deletions_due reads
+        "metadata": {"namespace": "ns1", "name": "going", "uid": "uid-going", "deletionGracePeriodSeconds": 30,
+                     "deletionTimestamp": past.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "spec": {"nodeName": "sandbox-node-1"}}
+    known.see("MODIFIED", _pod("running", deletion=past))       # deleted since
+    known.see("DELETED", _pod("going", deletion=past))          # gone
+    known.see("ADDED", _pod("new"))                             # not being deleted: not kept
+    assert [p["metadata"]["name"] for p in known.on("sandbox-node-1")] == ["running"]
+    known.forget(nodes.PodRef("ns1", "running", "uid-running", "sandbox-node-1"))  # confirmed
+    assert known.on("sandbox-node-1") == [] and [p["metadata"]["name"] for p in known.on("sandbox-node-2")] == ["other"]
+    known.reset([])  # a fresh LIST forgets the rest
+    assert known.on("sandbox-node-2") == [] and not known._by_node
+
+
+def test_complete_deletions_from_the_watch_lists_nothing(
+    apiserver: tuple[kubeclient.CoreV1Api, dict[str, list[dict[str, Any]]], list[dict[str, Any]]],
+) -> None:
+    core, by_node, seen = apiserver
+    past = NOW - dt.timedelta(seconds=3)
+    known = _synced(core, [_pod("web-1", deletion=past, ns="apps"), _pod("idle"),
+                           _pod("later", node="sandbox-node-2", deletion=NOW + dt.timedelta(seconds=20))])
+    assert nodes.complete_deletions(core, ["sandbox-node-1", "sandbox-node-2"], NOW, known=known) == 1
+    assert [(r["method"], r["path"]) for r in seen] == [("DELETE", "/api/v1/namespaces/apps/pods/web-1")]
+    assert known.on("sandbox-node-1") == []  # not confirmed twice
+    known._synced.clear()  # the watch restarts: each node is listed meanwhile
+    by_node["sandbox-node-1"] = [_pod("web-2", deletion=past)]
+    assert nodes.complete_deletions(core, ["sandbox-node-1"], NOW, known=known) == 1
+    assert [r["method"] for r in seen[1:]] == ["GET", "DELETE"]
