@@ -17,7 +17,8 @@ agent; VMs placed there never start). Uses a VFPool that selects only those node
              shown apart;
   memory:    the RSS of the active controller (the replica that used the most CPU meanwhile; the
              standby apart), the agents and the heartbeat once all are placed, and the active
-             controller's CPU time per VM;
+             controller's CPU time per VM, and how much of it Python's garbage collector took
+             (failovervm_python_gc_seconds_total);
   CPU:       the CPU time of every sandbox process (etcd, kube-apiserver, kube-scheduler, the
              controller replicas, ...) and of the benchmark's own clients, per VM and per plain pod,
              over each phase (first create to all placed / bound): where the cores went.
@@ -125,6 +126,27 @@ class CpuMeter:
         after = {k: cpu_seconds(pid) for k, pid in self.pids.items()}
         after["benchmark clients"] = self._self()
         return {k: round(v - self.before[k], 2) for k, v in after.items() if v is not None and k in self.before}
+
+
+def gc_seconds(port: int | None) -> dict[str, float]:
+    """A controller's time in Python's garbage collector so far, by generation (its
+    failovervm_python_gc_seconds_total on /metrics); empty when it cannot be read."""
+    if not port:
+        return {}
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for m in re.finditer(r'^failovervm_python_gc_seconds_total\{generation="(\d)"\} (\S+)$', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def _metrics_ports(state_dir: Path) -> dict[str, int]:
+    op = json.loads((state_dir / "sandbox.json").read_text()).get("operator") or {}
+    return {k.removesuffix("_metrics_port"): int(v) for k, v in op.items()
+            if k.endswith("_metrics_port") and k.startswith("controller")}
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -339,6 +361,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     replicas = {k: v.get("pid") for k, v in json.loads((state_dir / "sandbox.json").read_text()).items()
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
     cpu_before = {k: cpu_seconds(pid) for k, pid in replicas.items()}
+    ports = _metrics_ports(state_dir)
+    gc_before = {k: gc_seconds(ports.get(k)) for k in replicas}
     op_cpu = CpuMeter(state_dir).start()
     names = [f"scale-{i}" for i in range(n)]
     t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: kubeclient.CustomObjectsApi(
@@ -361,6 +385,10 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     active = max(worked, key=lambda k: worked[k]) if worked else "controller"
     if worked:
         out["operator"]["controller_cpu_ms_per_vm"] = worked[active] / n * 1000
+    gc_after = gc_seconds(ports.get(active))
+    if gc_after:
+        out["operator"]["controller_gc_ms_per_vm"] = {
+            g: (v - gc_before.get(active, {}).get(g, 0.0)) / n * 1000 for g, v in sorted(gc_after.items())}
     out["ratio_all_placed"] = out["operator"]["all_placed_s"] / out["raw"]["all_bound_s"]
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0}
     per_vm = {f"{v} {r}": c / n for (v, r), c in sorted(delta.items(), key=lambda kv: -kv[1])}
@@ -396,6 +424,10 @@ def _report(res: dict[str, Any]) -> None:
     print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
     if op.get("controller_cpu_ms_per_vm") is not None:
         print(f"{'controller CPU per VM':46}{op['controller_cpu_ms_per_vm']:>10.1f}ms")
+    if op.get("controller_gc_ms_per_vm"):
+        gcs = op["controller_gc_ms_per_vm"]
+        print(f"{'  of which garbage collection':46}{sum(gcs.values()):>10.1f}ms  (by generation: "
+              + ", ".join(f"{g}: {v:.2f}" for g, v in gcs.items()) + ")")
     rawc, opc = raw.get("cpu_ms_per_pod") or {}, op.get("cpu_ms_per_vm") or {}
     if opc:
         print("CPU per VM / per pod, by process (ms):")

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from failovervm import API_GROUP, API_VERSION, malloc, memdebug, vmpod, webhookcerts
+from failovervm import API_GROUP, API_VERSION, gcstats, malloc, memdebug, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
 from failovervm.controller import (
@@ -150,6 +150,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 def run(args: ControllerArgs) -> int:
     malloc.limit_arenas()
     memdebug.install()
+    gcstats.install()
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
