@@ -1,14 +1,25 @@
-"""The time Python's cyclic garbage collector takes, per generation, as Prometheus counters.
+"""Python's cyclic garbage collector in the controller: how long it takes (Prometheus counters by
+generation), and its tuning.
 
 prometheus_client reports how many collections ran (python_gc_collections_total), not how long they
 took. A collection of the oldest generation walks every container object the process holds (for
-the controller: every cached VM, pod and claim), so its cost grows with the cluster; this is how
-docs/scale.md measures it. The callbacks cost two clock reads per collection."""
+the controller: every cached VM, pod and claim, and every module it imported), so its cost grows
+with the cluster. The callbacks cost two clock reads per collection.
+
+Tuning (`tune`): CPython collects its youngest generation after every 700 net allocations of
+container objects. The controller allocates many (each watch event is a JSON tree, then Kopf's
+wrappers around it) and keeps many alive for a moment (events queued during a burst of creates), so
+at that threshold most of them survive two collections and land in the oldest generation, whose
+collections then walk the whole cache again and again: 30 % of the controller's CPU at 1,000 VMs
+(docs/scale.md). With a larger first threshold the short-lived trees die before they are looked
+at; and what exists when the operator starts (modules, classes, settings) is frozen out of every
+collection (gc.freeze). Cycles are still collected, only later."""
 
 from __future__ import annotations
 
 import gc
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter
@@ -40,3 +51,34 @@ def install() -> GcTimer:
     timer = GcTimer()
     gc.callbacks.append(timer)
     return timer
+
+
+# gc.set_threshold: the youngest generation is collected after this many net allocations (CPython:
+# 700), the middle one every 20 of those (10), the oldest every 10 of those (10, and only once a
+# quarter of what it holds is new). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
+THRESHOLDS = (50_000, 20, 10)
+ENV = "FAILOVERVM_GC_THRESHOLDS"
+
+
+def thresholds(environ: Mapping[str, str]) -> tuple[int, int, int]:
+    """The thresholds to use: $FAILOVERVM_GC_THRESHOLDS (three positive integers) or THRESHOLDS."""
+    raw = environ.get(ENV, "").strip()
+    if not raw:
+        return THRESHOLDS
+    try:
+        parts = tuple(int(p) for p in raw.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 1:
+        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 50000,20,10")
+    return parts[0], parts[1], parts[2]
+
+
+def tune(environ: Mapping[str, str]) -> tuple[int, int, int]:
+    """Set the collector's thresholds and freeze what exists now (call once, after the imports and
+    before the operator starts). Returns the thresholds set."""
+    chosen = thresholds(environ)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*chosen)
+    return chosen

@@ -22,3 +22,26 @@ def test_collections_are_timed_by_generation() -> None:
         assert after[0] > before[0] and after[2] > before[2]
     finally:
         gc.callbacks.remove(timer)
+
+
+def test_thresholds_come_from_the_environment_or_the_default() -> None:
+    assert gcstats.thresholds({}) == gcstats.THRESHOLDS
+    assert gcstats.thresholds({gcstats.ENV: " 700,10,10 "}) == (700, 10, 10)
+    for bad in ("1,2", "a,b,c", "0,10,10", "1,2,3,4"):
+        try:
+            gcstats.thresholds({gcstats.ENV: bad})
+        except ValueError as exc:
+            assert gcstats.ENV in str(exc)
+        else:
+            raise AssertionError(bad)
+
+
+def test_tune_sets_the_thresholds_and_freezes_what_exists() -> None:
+    saved = gc.get_threshold()
+    try:
+        assert gcstats.tune({gcstats.ENV: "1234,5,6"}) == (1234, 5, 6)
+        assert gc.get_threshold() == (1234, 5, 6)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)

@@ -167,6 +167,7 @@ def run(args: ControllerArgs) -> int:
         keepalive = ha.KeepAlive(lambda body: kube.custom.patch_cluster_custom_object(
             "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME, body), identity, priority, args.peering_lifetime)
     start_metrics(args.metrics_port)
+    gcstats.tune(os.environ)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(kopf.operator(
         clusterwide=True,
