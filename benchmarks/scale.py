@@ -63,16 +63,38 @@ def _client(sb: SandboxHandle) -> kubeclient.ApiClient:
     return kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(sb.kubeconfig))
 
 
-def scrape(sb: SandboxHandle) -> Counter[tuple[str, str]]:
-    """apiserver_request_total from the apiserver's /metrics (HTTPS, the sandbox CA, the admin client
-    certificate), summed over codes and components: (verb, resource[/subresource][@cluster for
-    cluster-wide LISTs and WATCHes]) -> count."""
+def metrics_text(sb: SandboxHandle) -> str:
+    """The apiserver's /metrics (HTTPS, the sandbox CA, the admin client certificate)."""
     pki = sb.state_dir / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
     url = f"https://127.0.0.1:{sb.data['apiserver']['port']}/metrics"
     with urllib.request.urlopen(url, context=ctx, timeout=30) as resp:
-        text = resp.read().decode()
+        return str(resp.read().decode())
+
+
+def sum_count(text: str, metric: str, **match: str) -> tuple[float, float]:
+    """(sum, count) of a histogram in a /metrics text, over the series whose labels include `match`."""
+    total = [0.0, 0.0]
+    for i, part in enumerate(("sum", "count")):
+        for m in re.finditer(rf"^{metric}_{part}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+            lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            if all(lbl.get(k) == v for k, v in match.items()):
+                total[i] += float(m.group(2))
+    return total[0], total[1]
+
+
+def mean_ms(before: str, after: str, metric: str, **match: str) -> float | None:
+    """The mean of a histogram's observations between two scrapes, in ms (None: none observed)."""
+    (s0, c0), (s1, c1) = sum_count(before, metric, **match), sum_count(after, metric, **match)
+    return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else None
+
+
+def scrape(sb: SandboxHandle, text: str | None = None) -> Counter[tuple[str, str]]:
+    """apiserver_request_total from the apiserver's /metrics, summed over codes and components:
+    (verb, resource[/subresource][@cluster for cluster-wide LISTs and WATCHes]) -> count."""
+    if text is None:
+        text = metrics_text(sb)
     out: Counter[tuple[str, str]] = Counter()
     for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
         lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
@@ -340,15 +362,19 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     bound = Stamps(sb, kubeclient.core_path("pods", namespace=raw_ns),
                    lambda o: bool((o.get("spec") or {}).get("nodeName")), f"{PLAIN_LABEL}=yes").start()
     pods = [plain_pod(f"plain-{i}", raw_ns, pool) for i in range(n)]
+    raw_text = metrics_text(sb)
     raw_cpu = CpuMeter(state_dir).start()
     p0, p_last = _create_all(sb, pods, lambda api, b: kubeclient.CoreV1Api(api).create_namespaced_pod(
         raw_ns, b), clients)
     wait(lambda: len(bound.at) >= n, 60 + n * 0.2, f"{n} plain pods bound", 0.1)
     bound.stop()
     raw_cpu_s = raw_cpu.stop()
+    raw_text_after = metrics_text(sb)
     out["raw"] = {"create_s": p_last - p0, "creates_per_s": n / (p_last - p0),
                   "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last,
-                  "cpu_ms_per_pod": {k: v / n * 1000 for k, v in raw_cpu_s.items() if v > 0}}
+                  "cpu_ms_per_pod": {k: v / n * 1000 for k, v in raw_cpu_s.items() if v > 0},
+                  "create_ms": mean_ms(raw_text, raw_text_after, "apiserver_request_duration_seconds",
+                                       verb="POST", resource="pods", subresource="")}
     core.delete_collection_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes", grace_period_seconds=0)
     wait(lambda: not core.list_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes")["items"], 120,
          "plain pods deleted", 0.5)
@@ -356,7 +382,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     # The operator.
     placed = Stamps(sb, kubeclient.custom_path(API_GROUP, API_VERSION, "failovervms", namespace=namespace),
                     _placed).start()
-    before = scrape(sb)
+    before_text = metrics_text(sb)
+    before = scrape(sb, before_text)
     # Every controller replica: the active one is the one that worked (the most CPU time meanwhile).
     replicas = {k: v.get("pid") for k, v in json.loads((state_dir / "sandbox.json").read_text()).items()
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
@@ -370,7 +397,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     try:
         wait(lambda: len(placed.at) >= n, 120 + n * 0.5, f"{n} VMs placed", 0.1)
     finally:
-        after = scrape(sb)
+        after_text = metrics_text(sb)
+        after = scrape(sb, after_text)
         cpu_after = {k: cpu_seconds(pid) for k, pid in replicas.items()}
         op_cpu_s = op_cpu.stop()
         placed.stop()
@@ -380,7 +408,13 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                        "per_vm_ms": (t_placed - t0) / n * 1000,
                        # The (active) controller's CPU time from the first create to all placed.
                        "controller_cpu_ms_per_vm": None,
-                       "cpu_ms_per_vm": {k: v / n * 1000 for k, v in op_cpu_s.items() if v > 0}}
+                       "cpu_ms_per_vm": {k: v / n * 1000 for k, v in op_cpu_s.items() if v > 0},
+                       # The mean time of a create in the API server, and of its admission webhook call.
+                       "create_ms": mean_ms(before_text, after_text, "apiserver_request_duration_seconds",
+                                            verb="POST", resource="failovervms", subresource=""),
+                       "webhook_ms": mean_ms(before_text, after_text,
+                                             "apiserver_admission_webhook_admission_duration_seconds",
+                                             operation="CREATE")}
     worked = {k: (cpu_after[k] or 0.0) - (cpu_before.get(k) or 0.0) for k in replicas if cpu_after.get(k) is not None}
     active = max(worked, key=lambda k: worked[k]) if worked else "controller"
     if worked:
@@ -421,6 +455,10 @@ def _report(res: dict[str, Any]) -> None:
     print(f"{'  of which after the last create':46}{op['after_last_create_s']:>11.1f}s"
           f"{raw['after_last_create_s']:>11.1f}s")
     print(f"{'creates/s (VMs through the webhook; pods)':46}{op['creates_per_s']:>12.0f}{raw['creates_per_s']:>12.0f}")
+    if op.get("create_ms") is not None and raw.get("create_ms") is not None:
+        print(f"{'mean create in the apiserver':46}{op['create_ms']:>10.1f}ms{raw['create_ms']:>10.1f}ms")
+    if op.get("webhook_ms") is not None:
+        print(f"{'  of which the admission webhook':46}{op['webhook_ms']:>10.1f}ms")
     print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
     if op.get("controller_cpu_ms_per_vm") is not None:
         print(f"{'controller CPU per VM':46}{op['controller_cpu_ms_per_vm']:>10.1f}ms")
