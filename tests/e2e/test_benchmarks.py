@@ -87,6 +87,14 @@ def test_scale_benchmark_quick(operator_sandbox: Sandbox) -> None:
         assert out["operator"]["placed"] == 12 and out["raw"]["all_bound_s"] > 0
         assert math.isfinite(out["ratio_all_placed"]) and out["requests"]["per_vm"] > 0
         assert out["rss_mib"]["controller"]
+        # Where the CPU went (every sandbox process, per VM and per plain pod), the controller's
+        # garbage collector, and the mean create in the API server with its webhook call.
+        cpu = out["operator"]["cpu_ms_per_vm"]
+        assert cpu.get("apiserver", 0) > 0 and cpu.get("etcd", 0) > 0, cpu
+        assert any(k.startswith("controller") and v > 0 for k, v in cpu.items()), cpu
+        assert out["raw"]["cpu_ms_per_pod"].get("scheduler", 0) > 0, out["raw"]["cpu_ms_per_pod"]
+        assert set(out["operator"].get("controller_gc_ms_per_vm") or {}) == {"0", "1", "2"}, out["operator"]
+        assert out["operator"]["create_ms"] > 0 and out["operator"]["webhook_ms"] > 0 and out["raw"]["create_ms"] > 0
         scale._report(out)
     finally:
         res = _cli(*_up_args(operator_sandbox.state_dir), "--virtual-nodes", "0")
