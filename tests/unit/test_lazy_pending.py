@@ -107,13 +107,3 @@ def test_a_vm_with_a_status_gets_pending_before_its_pod(kube: FakeKube, ctx: Con
     assert vms.ensure_scheduled(ctx, NS, "vm") == "pending:WaitingForScheduler"
     assert _status_writes(kube) == writes + 1 and scheduled(kube)["reason"] == "WaitingForScheduler"
     assert len(vm_pods(kube)) == 1
-
-
-def test_only_a_first_status_write_dates_scheduled_back_to_the_creation(kube: FakeKube,  # noqa: F811
-                                                                         ctx: ControllerContext) -> None:
-    """A VM that has a status without a Scheduled condition (written by an earlier version) gets
-    Scheduled=False as of now: a pod older than that may be left from an earlier placement."""
-    _new_vm(kube)
-    kube.update_vm_status(NS, "vm", lambda st: {**st, "phase": "Stopped"})
-    assert vms.ensure_scheduled(ctx, NS, "vm") == "pending:WaitingForScheduler"
-    assert scheduled(kube)["lastTransitionTime"] != CREATED

@@ -554,13 +554,13 @@ def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable)
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
         if st.get("nodeName"):
             return None  # placed since `vm` was read (a conflict made it read again): never undone here
-        # A VM's first status write: Scheduled has been False since the VM exists (its first pod may
-        # be older than this write, see _pending_pod; a pod is only ever taken as stale after a
-        # release, and a VM that was released has a status).
-        since = None if st else meta.get("creationTimestamp")
         st.update(phase="Pending", mac=ctx.vm_mac(vm), observedGeneration=meta.get("generation"))
+        # The first Scheduled condition: False since the VM exists (its first pod may be older than
+        # this write, see _pending_pod; a pod is only ever taken as stale after a release, which
+        # needs a placement, so a Scheduled condition, before it).
         st["conditions"] = conditions.set_condition(
-            st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"), since=since)
+            st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"),
+            since=meta.get("creationTimestamp"))
         return st
 
     written = ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
