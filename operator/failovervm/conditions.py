@@ -38,15 +38,13 @@ def set_condition(
     reason: str,
     message: str = "",
     observed_generation: int | None = None,
-    since: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Return a new list with condition `type_` set; lastTransitionTime only moves on a status change.
-    `since`: the lastTransitionTime of a condition the list does not have yet (default: now)."""
+    """Return a new list with condition `type_` set; lastTransitionTime only moves on a status change."""
     st = status_text(status)
     out = [dict(c) for c in conditions or []]
     existing = get(out, type_)
     if existing is None:
-        existing = {"type": type_, "lastTransitionTime": since or now_iso()}
+        existing = {"type": type_, "lastTransitionTime": now_iso()}
         out.append(existing)
     elif existing.get("status") != st:
         existing["lastTransitionTime"] = now_iso()

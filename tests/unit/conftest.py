@@ -22,9 +22,6 @@ def controller_ctx() -> Iterator[MakeControllerContext]:
     made: list[ControllerContext] = []
 
     def make(kube: KubeAPI, **settings: Any) -> ControllerContext:
-        # Pending before every pod unless a test asks for the production default's lazy Pending
-        # (tests/unit/test_lazy_pending.py).
-        settings.setdefault("pending_status_after_seconds", 0.0)
         ctx = ControllerContext(ControllerSettings(**settings), kube)
         made.append(ctx)
         return ctx

@@ -47,10 +47,6 @@ class ControllerSettings:
     # Seconds a migration may wait in TargetReady for its source agent before its target VF is
     # released and it fails with SourceAgentUnresponsive (0: wait forever).
     handover_timeout_seconds: float = 120.0
-    # A VM created without any status gets its pod at once and no Pending status while kube-scheduler
-    # answers within this many seconds (most do: then Scheduled is its first and only status write);
-    # 0: Pending is written before every pod, as for a VM that already has a status.
-    pending_status_after_seconds: float = 5.0
 
     @property
     def storage(self) -> StoragePolicy:
@@ -103,8 +99,7 @@ class Capacity:
 
 class Placing:
     """What this process itself did to the VMs it is placing, which its watch caches show only a
-    moment later: the VM as its last status write returned it (or, when its first pass wrote no
-    status, as its creation event showed it), and when it created a VM's pod.
+    moment later: the VM as its last status write returned it, and when it created a VM's pod.
 
     The next placement pass of that VM (kube-scheduler's binding) starts from that copy instead of a
     GET while the VM cache shows the same resourceVersion (nobody wrote the VM since, as far as the
@@ -148,11 +143,6 @@ class Placing:
 
     def pod_created_lately(self, uid: str) -> bool:
         return time.monotonic() - self._pods.get(uid, -1e9) < self.pod_ttl
-
-    def pod_age(self, uid: str) -> float | None:
-        """Seconds since this process created the VM's pod (None: not lately, or not this process)."""
-        created = self._pods.get(uid)
-        return None if created is None else time.monotonic() - created
 
     def forget(self, namespace: str, name: str, uid: str | None = None) -> None:
         with self._lock:

@@ -142,8 +142,6 @@ def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
     stale = seen is None or time.monotonic() - seen[1] >= PENDING_RESYNC_SECONDS
     if stale:
         return True
-    if not status and _lazy_pending(ctx, uid):
-        return False  # its pod was created without a Pending status: kube-scheduler's answer is a pod event
     if not (vm.get("spec") or {}).get("running", True):
         return not (status.get("phase") == "Stopped" and status.get("observedGeneration") == meta.get("generation"))
     if status.get("observedGeneration") != meta.get("generation"):
@@ -204,8 +202,6 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], released: frozenset[str] 
         message = vmpod.unschedulable(pod)
         if message is not None:  # kube-scheduler's own words; what cluster-autoscaler scales up for
             return _pending(ctx, vm, Unschedulable("Unschedulable", message), "FailedScheduling")
-        if not vm.get("status") and _lazy_pending(ctx, str(vm["metadata"]["uid"])):
-            return "waiting-for-kube-scheduler"  # no status yet, see _pending_pod
         return _pending(ctx, vm, _waiting_for_scheduler(pod), None)
     result = claim_on_node(kube, vm, pool, node, inventory=node_vfs(ctx.cache, node, pool_name),
                            node_obj=ctx.cache.node(node), recent=ctx.recent_claims,
@@ -236,13 +232,6 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], released: frozenset[str] 
     ctx.pod_retries.succeeded(vmpods.Retries.key(vm))
     ctx.capacity.seen.pop(str(meta["uid"]), None)
     return f"placed:{result.node}"
-
-
-def _lazy_pending(ctx: ControllerContext, uid: str) -> bool:
-    """A VM without any status whose pod this process created less than pending_status_after_seconds
-    ago (see _pending_pod): no Pending status is written for it yet."""
-    age = ctx.placing.pod_age(uid)
-    return age is not None and age < ctx.settings.pending_status_after_seconds
 
 
 def _waiting_for_scheduler(pod: Mapping[str, Any]) -> Unschedulable:
@@ -292,19 +281,11 @@ def _pending_pod(ctx: ControllerContext, vm: dict[str, Any], pool: Mapping[str, 
         pod = usable(vmpods.fresh_pods_of(kube, vm, labels.ROLE_RUNNING))
         if pod is not None:
             return pod, vm
-    # Scheduled=False is on the VM before its pod exists (see _predates_release), unless the VM has no
-    # status at all: it never had a pod before, so its first pod needs none. Its first status write is
-    # then Scheduled, once kube-scheduler has bound the pod, or Pending if that takes longer than
-    # pending_status_after_seconds (needs_look), with the VM's creation as the time Scheduled
-    # turned False (_write_pending): one status write fewer per VM, and one event fewer for every
-    # watcher of VMs.
+    # Scheduled=False is on the VM before its pod exists (see _predates_release).
     body = vmpod.build(vm, pool, ctx.settings.vm_pod)
-    if vm.get("status") or ctx.settings.pending_status_after_seconds <= 0:
-        vm = _write_pending(ctx, vm, _waiting_for_scheduler(body))
-        if (vm.get("status") or {}).get("nodeName"):
-            raise PlacedMeanwhile()
-    else:
-        ctx.placing.wrote(vm)  # the binding's pass starts from the VM as its creation event showed it
+    vm = _write_pending(ctx, vm, _waiting_for_scheduler(body))
+    if (vm.get("status") or {}).get("nodeName"):
+        raise PlacedMeanwhile()
     created = vmpods.create(kube, body)
     if created.rejected is not None:
         ctx.pod_retries.failed(vmpods.Retries.key(vm), "PodRejected", created.rejected)
@@ -555,12 +536,8 @@ def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable)
         if st.get("nodeName"):
             return None  # placed since `vm` was read (a conflict made it read again): never undone here
         st.update(phase="Pending", mac=ctx.vm_mac(vm), observedGeneration=meta.get("generation"))
-        # The first Scheduled condition: False since the VM exists (its first pod may be older than
-        # this write, see _pending_pod; a pod is only ever taken as stale after a release, which
-        # needs a placement, so a Scheduled condition, before it).
         st["conditions"] = conditions.set_condition(
-            st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"),
-            since=meta.get("creationTimestamp"))
+            st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"))
         return st
 
     written = ctx.kube.update_vm_status(meta["namespace"], meta["name"], mutate, uid=meta["uid"], current=vm)
