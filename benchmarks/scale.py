@@ -387,7 +387,6 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     # Every controller replica: the active one is the one that worked (the most CPU time meanwhile).
     replicas = {k: v.get("pid") for k, v in json.loads((state_dir / "sandbox.json").read_text()).items()
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
-    cpu_before = {k: cpu_seconds(pid) for k, pid in replicas.items()}
     ports = _metrics_ports(state_dir)
     gc_before = {k: gc_seconds(ports.get(k)) for k in replicas}
     op_cpu = CpuMeter(state_dir).start()
@@ -399,7 +398,6 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     finally:
         after_text = metrics_text(sb)
         after = scrape(sb, after_text)
-        cpu_after = {k: cpu_seconds(pid) for k, pid in replicas.items()}
         op_cpu_s = op_cpu.stop()
         placed.stop()
     t_placed = max(placed.at.values()) if placed.at else float("nan")
@@ -415,7 +413,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                        "webhook_ms": mean_ms(before_text, after_text,
                                              "apiserver_admission_webhook_admission_duration_seconds",
                                              operation="CREATE")}
-    worked = {k: (cpu_after[k] or 0.0) - (cpu_before.get(k) or 0.0) for k in replicas if cpu_after.get(k) is not None}
+    worked = {k: op_cpu_s[k] for k in replicas if k in op_cpu_s}  # CPU seconds of each replica meanwhile
     active = max(worked, key=lambda k: worked[k]) if worked else "controller"
     if worked:
         out["operator"]["controller_cpu_ms_per_vm"] = worked[active] / n * 1000
