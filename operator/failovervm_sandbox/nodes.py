@@ -50,9 +50,9 @@ from failovervm.kubeclient import (
     Configuration,
     CoordinationV1Api,
     CoreV1Api,
-    Watch,
     core_path,
 )
+from failovervm.reflector import Reflector
 
 log = logging.getLogger(__name__)
 LEASE_NS = "kube-node-lease"
@@ -256,37 +256,18 @@ def pods_on(core: CoreV1Api, node: str) -> list[dict[str, Any]]:
 BOUND_PODS = "spec.nodeName!="
 
 
-class TerminatingPods:
+class TerminatingPods(Reflector):
     """The bound pods that are being deleted, by node, from one watch of every bound pod (a LIST
     only to start or restart it, e.g. after 410 Gone): what `complete_deletions` needs without
     listing each node's pods every sweep. A kubelet learns its pods the same way. Only pods with a
     deletionTimestamp are kept (a few fields each); `synced()` is False until the first LIST and
-    while the watch restarts."""
+    while the watch restarts (complete_deletions then lists per node)."""
 
     def __init__(self, api: ApiClient, retry_seconds: float = 1.0, timeout_seconds: int = 300) -> None:
-        self.api = api
-        self.core = CoreV1Api(api)
-        self.retry_seconds = retry_seconds
-        self.timeout_seconds = timeout_seconds
+        super().__init__(api, core_path("pods"), name="terminating-pods", retry_seconds=retry_seconds,
+                         timeout_seconds=timeout_seconds, field_selector=BOUND_PODS)
         self._by_node: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
-        self._synced = threading.Event()
-        self._stopped = threading.Event()
-        self._watch: Watch | None = None
-        self._thread = threading.Thread(target=self._run, name="terminating-pods", daemon=True)
-
-    def start(self) -> TerminatingPods:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-        watch = self._watch
-        if watch is not None:
-            watch.stop()
-
-    def synced(self) -> bool:
-        return self._synced.is_set()
 
     def on(self, node: str) -> list[dict[str, Any]]:
         """The pods bound to `node` that are being deleted (as deletions_due reads them)."""
@@ -330,31 +311,6 @@ class TerminatingPods:
                 fresh.setdefault(node, {})[uid] = summary
         with self._lock:
             self._by_node = fresh
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self._list_and_watch()
-            except Exception as exc:  # keep watching through apiserver restarts
-                log.warning("watching the bound pods failed (listing per node meanwhile): %s", exc)
-            self._synced.clear()
-            self._stopped.wait(self.retry_seconds)
-
-    def _list_and_watch(self) -> None:
-        listing = self.core.list_pod_for_all_namespaces(field_selector=BOUND_PODS)
-        self.reset(listing.get("items") or [])
-        version = str((listing.get("metadata") or {}).get("resourceVersion") or "")
-        self._synced.set()
-        while not self._stopped.is_set():
-            self._watch = watch = Watch(self.api)
-            for ev in watch.stream(core_path("pods"), resource_version=version, field_selector=BOUND_PODS,
-                                   timeout_seconds=self.timeout_seconds, allow_watch_bookmarks=True):
-                obj = ev.get("object") or {}
-                if ev["type"] == "ERROR":  # e.g. 410 Gone: list again
-                    raise RuntimeError(f"watch ended: {obj.get('message') or obj}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if ev["type"] != "BOOKMARK":
-                    self.see(str(ev["type"]), obj)
 
 
 def complete_deletions(core: CoreV1Api, nodes: Iterable[str], now: dt.datetime | None = None,

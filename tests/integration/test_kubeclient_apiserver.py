@@ -292,3 +292,52 @@ def test_heartbeat_learns_terminating_pods_from_a_watch(api: ApiClient) -> None:
                 core.delete_namespaced_pod(name, "kc", grace_period_seconds=0)
             except ApiException:
                 pass
+
+
+def test_standby_mac_watch_lists_in_pages_then_follows_the_watch(api: ApiClient, monkeypatch: Any) -> None:
+    """A standby replica's MacWatch (controller.tenancy, on failovervm.reflector): the first LIST comes
+    in pages (LIST_PAGE, 2 here), then the watch keeps the MACs by pool as VMs come, change and go."""
+    from failovervm import reflector
+    from failovervm.controller import tenancy
+
+    monkeypatch.setattr(reflector, "LIST_PAGE", 2)
+    custom = kubeclient.CustomObjectsApi(api)
+    names = [f"mac-{i}" for i in range(5)]
+
+    def body(name: str, mac: str) -> dict[str, Any]:
+        vm = _vm(name)
+        vm["spec"]["network"] = {"pool": "p", "mac": mac}
+        return vm
+
+    for i, name in enumerate(names):
+        custom.create_namespaced_custom_object(API_GROUP, API_VERSION, "kc", kube.FVM,
+                                               body(name, f"52:54:00:00:01:0{i}"))
+    pages: list[Any] = []
+    real = api.request
+
+    def counting(method: str, path: str, **kw: Any) -> Any:
+        if method == "GET" and path.endswith("/failovervms"):
+            pages.append((kw.get("query") or {}).get("_continue"))
+        return real(method, path, **kw)
+
+    monkeypatch.setattr(api, "request", counting)
+    watch = tenancy.MacWatch(api, retry_seconds=0.2).start()
+    try:
+        assert watch.wait_synced(30), "the MAC watch did not start"
+        assert len(pages) >= 3 and pages[0] is None and all(pages[1:])  # 5 VMs or more, 2 per page
+        assert [h["metadata"]["name"] for h in watch.holders("p", "52:54:00:00:01:03")] == ["mac-3"]
+        custom.patch_namespaced_custom_object(API_GROUP, API_VERSION, "kc", kube.FVM, "mac-3",
+                                              {"spec": {"network": {"mac": "52:54:00:00:01:09"}}})
+        custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, "kc", kube.FVM, "mac-4")
+        deadline = time.monotonic() + 30
+        while watch.holders("p", "52:54:00:00:01:03") or watch.holders("p", "52:54:00:00:01:04") \
+                or not watch.holders("p", "52:54:00:00:01:09"):
+            assert time.monotonic() < deadline, "the watch did not follow"
+            time.sleep(0.05)
+    finally:
+        watch.stop()
+        for name in names:
+            try:
+                custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, "kc", kube.FVM, name)
+            except ApiException:
+                pass

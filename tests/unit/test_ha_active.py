@@ -81,3 +81,61 @@ def test_a_standby_reads_a_pool_and_a_namespace_once_per_ttl(monkeypatch: Any) -
     clock[0] += tenancy.READ_TTL_SECONDS
     ctx.tenancy.pool("p")
     assert len(kube.calls_of("get_pool")) == 2
+
+
+def _unreachable() -> Any:
+    from failovervm import kubeclient
+    return kubeclient.ApiClient(kubeclient.Configuration(host="http://127.0.0.1:1"))
+
+
+def test_the_standby_mac_watch_keeps_the_macs_of_every_vm_by_pool() -> None:
+    watch = tenancy.MacWatch(_unreachable())
+    other_pool = _vm("elsewhere", "52:54:00:00:00:01")
+    other_pool["spec"]["network"]["pool"] = "q"
+    recorded = _vm("recorded", "")  # a generated MAC: in status.mac only
+    del recorded["spec"]["network"]["mac"]
+    recorded["status"] = {"mac": "52:54:00:00:00:02"}
+    watch.reset([_vm("first", "52:54:00:00:00:01"), other_pool, recorded])
+    assert len(watch) == 3
+    assert [h["metadata"]["name"] for h in watch.holders("p", "52:54:00:00:00:01")] == ["first"]
+    assert [h["metadata"]["name"] for h in watch.holders("q", "52:54:00:00:00:01")] == ["elsewhere"]
+    assert [h["metadata"]["uid"] for h in watch.holders("p", "52:54:00:00:00:02")] == ["uid-recorded"]
+    # An edit moves the MAC; a deletion frees it; a new VM is found.
+    watch.see("MODIFIED", _vm("first", "52:54:00:00:00:03"))
+    assert watch.holders("p", "52:54:00:00:00:01") == []
+    assert [h["metadata"]["name"] for h in watch.holders("p", "52:54:00:00:00:03")] == ["first"]
+    watch.see("DELETED", recorded)
+    watch.see("ADDED", _vm("second", "52:54:00:00:00:04"))
+    assert watch.holders("p", "52:54:00:00:00:02") == [] and len(watch) == 3
+    # What admission's duplicate check reads of a holder names the VM and the MAC.
+    from failovervm.validation import vm_macs
+    holder = watch.holders("p", "52:54:00:00:00:04")[0]
+    assert holder["metadata"] == {"uid": "uid-second", "namespace": "t", "name": "second"}
+    assert vm_macs(holder) == {"52:54:00:00:00:04"}
+    watch.reset([])  # a fresh LIST forgets the rest
+    assert len(watch) == 0 and watch.holders("p", "52:54:00:00:00:04") == []
+
+
+def test_a_synced_standby_answers_the_mac_check_from_its_watch_without_a_list() -> None:
+    kube = FakeKube()
+    kube.add_pool({"metadata": {"name": "p"}, "spec": {}})
+    ctx = ControllerContext(ControllerSettings(), kube)
+    ctx.tenancy.bind({n: {} for n in (tenancy.POOLS, tenancy.NAMESPACES, tenancy.MACS)})
+    ctx.tenancy.active = lambda: False
+    watch = tenancy.MacWatch(_unreachable())
+    watch.reset([_vm("first", "52:54:00:00:00:01")])
+    watch._synced.set()
+    watch.start = lambda: watch  # type: ignore[method-assign]  # no thread: already "synced"
+    ctx.tenancy.standby_macs = lambda: watch
+    errors = asyncio.run(admission.validate_failovervm(ctx, _vm("second", "52:54:00:00:00:01"), "CREATE", None))
+    assert any("52:54:00:00:00:01 is already used" in e for e in errors), errors
+    assert asyncio.run(admission.validate_failovervm(ctx, _vm("third", "52:54:00:00:00:09"), "CREATE", None)) == []
+    assert kube.calls_of("list_vms") == []
+    # Not in sync (restarting after an error): the API answers meanwhile.
+    watch._synced.clear()
+    asyncio.run(admission.validate_failovervm(ctx, _vm("fourth", "52:54:00:00:00:01"), "CREATE", None))
+    assert len(kube.calls_of("list_vms")) == 1
+    # Active: the indexes answer, and the watch is stopped with what it kept.
+    ctx.tenancy.active = lambda: True
+    ctx.tenancy.mac_holders("p", "52:54:00:00:00:01")
+    assert watch._stopped.is_set() and ctx.tenancy._mac_watch is None

@@ -31,6 +31,7 @@ from failovervm.controller import (
     policies,
     recovery,
     sweeps,
+    tenancy,
     vmpods,
     vms,
 )
@@ -162,6 +163,10 @@ def run(args: ControllerArgs) -> int:
         ctx.active = ha.ActiveCheck(lambda: kube.custom.get_cluster_custom_object(
             "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME), priority)
         ctx.tenancy.active = ctx.active
+        # A standby answers admission too, with its Kopf indexes paused: its MACs come from a watch of
+        # its own, started now so that it is in sync before it is needed (the active replica stops it).
+        ctx.tenancy.standby_macs = lambda: tenancy.MacWatch(kube.api)
+        ctx.tenancy.standby_watch()
         # Kopf takes its peering identity from $POD_ID too: the keep-alive thread renews that entry.
         os.environ["POD_ID"] = identity = ha.own_identity(os.environ)
         keepalive = ha.KeepAlive(lambda body: kube.custom.patch_cluster_custom_object(
@@ -379,6 +384,7 @@ def pool_status(*, name: str, memo: kopf.Memo, **kw: Any) -> None:
     ctx = _ctx(memo, kw)
     isolated(f"status of VFPool {name}", vms.refresh_pool_status, ctx, name)
     sweeps.tick(ctx)
+    ctx.tenancy.stop_standby_watch()  # active (timers run on the active replica only): the indexes answer
 
 
 @kopf.on.validate(*FVM, operations=["CREATE", "UPDATE"], id="failovervm-validate")

@@ -1,17 +1,22 @@
 """What the tenancy rules (failovervm.tenancy) need from the cluster, from Kopf's in-memory indexes
-(controller.main: pools, namespace labels, MACs per pool), never a cluster-wide LIST per request;
-until a handler bound them (and in tests), from the API itself."""
+(controller.main: pools, namespace labels, MACs per pool), never a cluster-wide LIST per request.
+A standby replica, whose Kopf indexes are paused with its watches, reads the MACs from a watch of its
+own (MacWatch), and pools and namespaces by name; until a handler bound the indexes (and in tests),
+from the API itself."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
-from failovervm import domxml
+from failovervm import API_GROUP, API_VERSION, domxml
 from failovervm.controller import cache
 from failovervm.kube import KubeAPI
+from failovervm.kubeclient import ApiClient, custom_path
+from failovervm.reflector import Reflector
 from failovervm.tenancy import MacRange, mac_range
 from failovervm.validation import vm_macs
 
@@ -42,6 +47,11 @@ class Tenancy:
         # Whether this replica is the active one (controller.ha.ActiveCheck): Kopf keeps the indexes
         # of the active replica only, so a standby's webhooks read the API instead.
         self.active: Callable[[], bool] = lambda: True
+        # A standby's MACs (controller.main sets it with peering): started when it is not active,
+        # stopped once the indexes answer; while it (re)lists, admission LISTs the VMs.
+        self.standby_macs: Callable[[], MacWatch] | None = None
+        self._mac_watch: MacWatch | None = None
+        self._watch_lock = threading.Lock()  # not _lock: free_mac holds that while it asks mac_holders
 
     def _indexed(self, name: str) -> bool:
         return name in self.indexes and self.active()
@@ -91,9 +101,27 @@ class Tenancy:
         except ValueError:
             return []
         if self._indexed(MACS):
+            self.stop_standby_watch()
             return list(self.indexes[MACS].get(cache.mac_key(pool, norm)) or ())
+        watch = self.standby_watch()
+        if watch is not None and watch.synced():
+            return watch.holders(pool, norm)
         return [vm for vm in self.kube.list_vms()
                 if ((vm.get("spec") or {}).get("network") or {}).get("pool") == pool and norm in vm_macs(vm)]
+
+    def standby_watch(self) -> MacWatch | None:
+        """The standby's MAC watch, started at the first call (None: no peering, no standby)."""
+        with self._watch_lock:
+            if self._mac_watch is None and self.standby_macs is not None:
+                self._mac_watch = self.standby_macs().start()
+            return self._mac_watch
+
+    def stop_standby_watch(self) -> None:
+        """Active now: the indexes answer; the standby's watch and what it kept go."""
+        with self._watch_lock:
+            watch, self._mac_watch = self._mac_watch, None
+        if watch is not None:
+            watch.stop()
 
     def mac_range(self, pool: str | None) -> MacRange | None:
         return mac_range(self.pool(pool)) if pool else None
@@ -116,3 +144,70 @@ class Tenancy:
             while len(self._recent) > RECENT_MACS:
                 del self._recent[next(iter(self._recent))]
             return mac
+
+
+class MacWatch(Reflector):
+    """The MACs every FailoverVM holds (spec.network.mac, status.mac) by pool, from one watch of all
+    FailoverVMs: what a standby replica's admission checks a MAC against instead of listing every
+    FailoverVM for each request (its Kopf indexes are paused with its watches). Keeps the namespace,
+    name, pool and MACs of each VM (~0.3 KiB; 100,000 VMs: ~30 MiB)."""
+
+    def __init__(self, api: ApiClient, **kw: Any) -> None:
+        super().__init__(api, custom_path(API_GROUP, API_VERSION, "failovervms"), name="standby-macs", **kw)
+        self._vms: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}  # uid -> (namespace, name, pool, MACs)
+        self._by_key: dict[tuple[str, str], set[str]] = {}  # (pool, MAC) -> uids
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _entry(vm: Mapping[str, Any]) -> tuple[str, tuple[str, str, str, tuple[str, ...]] | None]:
+        meta = vm.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        pool = str(((vm.get("spec") or {}).get("network") or {}).get("pool") or "")
+        macs = tuple(sorted(vm_macs(vm)))
+        if not uid or not pool or not macs:
+            return uid, None
+        return uid, (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or ""), sys.intern(pool),
+                     tuple(sys.intern(m) for m in macs))
+
+    def _drop(self, uid: str) -> None:
+        old = self._vms.pop(uid, None)
+        if old is None:
+            return
+        _, _, pool, macs = old
+        for mac in macs:
+            held = self._by_key.get((pool, mac))
+            if held is not None:
+                held.discard(uid)
+                if not held:
+                    del self._by_key[(pool, mac)]
+
+    def _put(self, uid: str, entry: tuple[str, str, str, tuple[str, ...]]) -> None:
+        self._vms[uid] = entry
+        for mac in entry[3]:
+            self._by_key.setdefault((entry[2], mac), set()).add(uid)
+
+    def reset(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._vms, self._by_key = {}, {}
+            for vm in objs:
+                uid, entry = self._entry(vm)
+                if entry is not None:
+                    self._put(uid, entry)
+
+    def see(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        uid, entry = self._entry(obj)
+        with self._lock:
+            self._drop(uid)
+            if event_type != "DELETED" and entry is not None:
+                self._put(uid, entry)
+
+    def holders(self, pool: str, mac: str) -> list[dict[str, Any]]:
+        """The VMs of `pool` holding `mac` (normalized), shaped as validation.validate_vm reads them."""
+        with self._lock:
+            found = [(uid, self._vms[uid]) for uid in self._by_key.get((pool, mac), ())]
+        return [{"metadata": {"uid": uid, "namespace": ns, "name": name}, "spec": {"network": {"pool": p, "mac": mac}}}
+                for uid, (ns, name, p, _) in found]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._vms)

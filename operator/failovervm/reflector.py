@@ -1,0 +1,116 @@
+"""A collection kept in memory from one LIST and then one watch, in a thread of its own (what
+client-go calls a reflector): for the readers that cannot use Kopf's indexes, such as a standby
+controller replica's admission webhook (Kopf pauses a standby's watches) or the sandbox heartbeat.
+
+A subclass keeps only what it needs of each object (`reset`, `see`); the base lists (in pages of
+LIST_PAGE objects) to start, watches from the list's resourceVersion with bookmarks, resumes a
+watch the server ended from the last resourceVersion it saw, and lists again only after an error
+(410 Gone, a lost connection), with a growing pause. `synced()` is False until the first LIST and
+while it restarts: a reader then asks the API itself."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, Self
+
+from failovervm.kubeclient import ApiClient, Watch
+
+log = logging.getLogger(__name__)
+
+# Objects per LIST page: a first LIST of 100,000 VMs is 200 requests of a bounded size, not one
+# answer of hundreds of MiB.
+LIST_PAGE = 500
+
+
+class Reflector:
+    """One collection (`path`, e.g. kubeclient.custom_path(...) without a namespace: all of them)
+    from a LIST and a watch; `query`: labelSelector/fieldSelector for both, as the client's names
+    (label_selector=..., field_selector=...)."""
+
+    def __init__(self, api: ApiClient, path: str, *, name: str, retry_seconds: float = 1.0,
+                 max_retry_seconds: float = 30.0, timeout_seconds: int = 300, **query: Any) -> None:
+        self.api = api
+        self.path = path
+        self.name = name
+        self.query = query
+        self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
+        self.timeout_seconds = timeout_seconds
+        self._synced = threading.Event()
+        self._stopped = threading.Event()
+        self._watch: Watch | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    # -- what a subclass keeps -----------------------------------------------------------------------
+
+    def reset(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        """A fresh LIST: keep these, forget everything else."""
+        raise NotImplementedError
+
+    def see(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        """One watch event: ADDED, MODIFIED or DELETED."""
+        raise NotImplementedError
+
+    # -- the thread ------------------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def started(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        watch = self._watch
+        if watch is not None:
+            watch.stop()
+
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def _run(self) -> None:
+        pause = self.retry_seconds
+        while not self._stopped.is_set():
+            try:
+                self._list_and_watch()
+                pause = self.retry_seconds
+            except Exception as exc:  # keep going through apiserver restarts and 410 Gone
+                log.warning("%s: watch failed (readers ask the API meanwhile): %s", self.name, exc)
+                self._synced.clear()
+                self._stopped.wait(pause)
+                pause = min(pause * 2, self.max_retry_seconds)
+        self._synced.clear()
+
+    def list_all(self) -> tuple[list[dict[str, Any]], str]:
+        """Every object, in pages, and the list's resourceVersion."""
+        items: list[dict[str, Any]] = []
+        cont: str | None = None
+        while True:
+            page = self.api.request("GET", self.path, query={**self.query, "limit": LIST_PAGE, "_continue": cont})
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            cont = meta.get("continue") or None
+            if not cont:
+                return items, str(meta.get("resourceVersion") or "")
+
+    def _list_and_watch(self) -> None:
+        items, version = self.list_all()
+        self.reset(items)
+        del items
+        self._synced.set()
+        while not self._stopped.is_set():
+            self._watch = watch = Watch(self.api)
+            for ev in watch.stream(self.path, resource_version=version, timeout_seconds=self.timeout_seconds,
+                                   allow_watch_bookmarks=True, **self.query):
+                obj = ev.get("object") or {}
+                if ev["type"] == "ERROR":  # e.g. 410 Gone: list again
+                    raise RuntimeError(f"watch ended: {obj.get('message') or obj}")
+                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                if ev["type"] != "BOOKMARK":
+                    self.see(str(ev["type"]), obj)
