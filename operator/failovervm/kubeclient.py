@@ -46,7 +46,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -682,12 +682,18 @@ class Watch:
         self._lock = threading.Lock()
 
     def stream(self, path: str, *, resource_version: str | None = None, timeout_seconds: int | None = None,
-               allow_watch_bookmarks: bool = False, **query: Any) -> Iterator[dict[str, Any]]:
+               allow_watch_bookmarks: bool = False, read_timeout: float | None = None,
+               on_open: Callable[[], None] | None = None, **query: Any) -> Iterator[dict[str, Any]]:
+        """`read_timeout`: seconds of silence after which the connection counts as dead (default:
+        timeoutSeconds + 30, when the server ends the watch itself); `on_open()` is called once the
+        server has accepted the watch (before its first event, which may be a while coming)."""
         q = {**query, "watch": True, "resource_version": resource_version, "timeout_seconds": timeout_seconds,
              "allow_watch_bookmarks": allow_watch_bookmarks or None}
-        # The server ends the watch after timeoutSeconds; a silent connection past that is dead.
-        read_timeout = timeout_seconds + 30.0 if timeout_seconds else None
+        if read_timeout is None and timeout_seconds:
+            read_timeout = timeout_seconds + 30.0
         resp = self.api.stream(path, q, read_timeout)
+        if on_open is not None:
+            on_open()
         with self._lock:
             if self._stopped:
                 resp.release_conn()

@@ -3,10 +3,11 @@ client-go calls a reflector): for the readers that cannot use Kopf's indexes, su
 controller replica's admission webhook (Kopf pauses a standby's watches) or the sandbox heartbeat.
 
 A subclass keeps only what it needs of each object (`reset`, `see`); the base lists (in pages of
-LIST_PAGE objects) to start, watches from the list's resourceVersion with bookmarks, resumes a
-watch the server ended from the last resourceVersion it saw, and lists again only after an error
-(410 Gone, a lost connection), with a growing pause. `synced()` is False until the first LIST and
-while it restarts: a reader then asks the API itself."""
+LIST_PAGE objects) to start, then watches from the list's resourceVersion with bookmarks. A watch
+the server ended, or whose connection broke (an apiserver restart: after a growing pause), resumes
+from the last resourceVersion it saw, so the events missed meanwhile come then; only a 410 Gone
+(that version is too old) makes it list again. `synced()` is False until the first LIST, and from a
+broken connection until the server accepts the resumed watch: a reader then asks the API itself."""
 
 from __future__ import annotations
 
@@ -15,13 +16,23 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
-from failovervm.kubeclient import ApiClient, Watch
+from failovervm.kubeclient import ApiClient, ApiException, Watch
 
 log = logging.getLogger(__name__)
+
+# Seconds of silence after which a watch's connection counts as dead (a connection can go silent
+# without closing): the apiserver sends a watch with allowWatchBookmarks a BOOKMARK at least every
+# minute even when nothing changes (seen on the sandbox's 1.36: the first after 60.1 s on an idle
+# collection), so a minute and a half without a byte means it is gone: resume from the last version.
+SILENCE_SECONDS = 90.0
 
 # Objects per LIST page: a first LIST of 100,000 VMs is 200 requests of a bounded size, not one
 # answer of hundreds of MiB.
 LIST_PAGE = 500
+
+
+class Expired(Exception):
+    """The watch cannot resume from the resourceVersion it had (410 Gone): list again."""
 
 
 class Reflector:
@@ -41,6 +52,7 @@ class Reflector:
         self._synced = threading.Event()
         self._stopped = threading.Event()
         self._watch: Watch | None = None
+        self.version = ""  # the last resourceVersion seen: a watch that broke resumes from it
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     # -- what a subclass keeps -----------------------------------------------------------------------
@@ -76,16 +88,49 @@ class Reflector:
 
     def _run(self) -> None:
         pause = self.retry_seconds
+        version: str | None = None
         while not self._stopped.is_set():
             try:
-                self._list_and_watch()
+                if version is None:
+                    items, version = self.list_all()
+                    self.reset(items)
+                    del items
+                    self._synced.set()
+                version = self._follow(version)
                 pause = self.retry_seconds
-            except Exception as exc:  # keep going through apiserver restarts and 410 Gone
-                log.warning("%s: watch failed (readers ask the API meanwhile): %s", self.name, exc)
+            except Expired as exc:  # what happened since `version` is gone: list again
+                log.info("%s: %s; listing again", self.name, exc)
+                version = None
+                self._synced.clear()
+            except Exception as exc:  # a lost connection, an apiserver restart: resume from the last seen
+                log.warning("%s: watch failed (readers ask the API until it resumes): %s", self.name, exc)
+                version = self.version if version is not None else None
                 self._synced.clear()
                 self._stopped.wait(pause)
                 pause = min(pause * 2, self.max_retry_seconds)
         self._synced.clear()
+
+    def _follow(self, version: str) -> str:
+        """Watch from `version` until the server ends the watch (timeoutSeconds); the last
+        resourceVersion seen. Raises Expired on an ERROR event (410 Gone: too old), and whatever a
+        lost connection raises, with `self.version` at the last event seen."""
+        self.version = version
+        self._watch = watch = Watch(self.api)
+        try:
+            for ev in watch.stream(self.path, resource_version=version, timeout_seconds=self.timeout_seconds,
+                                   allow_watch_bookmarks=True, read_timeout=SILENCE_SECONDS,
+                                   on_open=self._synced.set, **self.query):
+                obj = ev.get("object") or {}
+                if ev["type"] == "ERROR":
+                    raise Expired(f"watch ended: {obj.get('message') or obj}")
+                self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
+                if ev["type"] != "BOOKMARK":
+                    self.see(str(ev["type"]), obj)
+        except ApiException as exc:
+            if exc.status == 410:
+                raise Expired(f"watch refused: {exc.reason}") from exc
+            raise
+        return self.version
 
     def list_all(self) -> tuple[list[dict[str, Any]], str]:
         """Every object, in pages, and the list's resourceVersion."""
@@ -99,18 +144,3 @@ class Reflector:
             if not cont:
                 return items, str(meta.get("resourceVersion") or "")
 
-    def _list_and_watch(self) -> None:
-        items, version = self.list_all()
-        self.reset(items)
-        del items
-        self._synced.set()
-        while not self._stopped.is_set():
-            self._watch = watch = Watch(self.api)
-            for ev in watch.stream(self.path, resource_version=version, timeout_seconds=self.timeout_seconds,
-                                   allow_watch_bookmarks=True, **self.query):
-                obj = ev.get("object") or {}
-                if ev["type"] == "ERROR":  # e.g. 410 Gone: list again
-                    raise RuntimeError(f"watch ended: {obj.get('message') or obj}")
-                version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                if ev["type"] != "BOOKMARK":
-                    self.see(str(ev["type"]), obj)

@@ -334,6 +334,19 @@ def test_standby_mac_watch_lists_in_pages_then_follows_the_watch(api: ApiClient,
                 or not watch.holders("p", "52:54:00:00:01:09"):
             assert time.monotonic() < deadline, "the watch did not follow"
             time.sleep(0.05)
+        # The connection breaks (as when the apiserver goes away): the watch resumes from the last
+        # version it saw, and what happened meanwhile comes then, without a second LIST.
+        listed = len(pages)
+        resp = watch._watch._resp if watch._watch is not None else None
+        assert resp is not None
+        resp.shutdown()
+        names.append("mac-5")
+        custom.create_namespaced_custom_object(API_GROUP, API_VERSION, "kc", kube.FVM,
+                                               body("mac-5", "52:54:00:00:01:05"))
+        while not watch.holders("p", "52:54:00:00:01:05"):
+            assert time.monotonic() < deadline, "the watch did not resume"
+            time.sleep(0.05)
+        assert len(pages) == listed
     finally:
         watch.stop()
         for name in names:
