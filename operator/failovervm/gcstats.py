@@ -16,27 +16,16 @@ VM (docs/scale.md), the only part that grew with N. The oldest generation is now
 as often (it is where collections cost), and what exists when the operator starts (modules,
 classes, settings) is frozen out of every collection. Cycles are still collected, a little later;
 a first threshold of 50,000 instead of 700 cut the collector's time further but cost about 50 MiB more
-memory at 1,000 VMs.
-
-Refreezing (`Refreezer`): even collected a third as often, the oldest generation's collections
-still walked the whole cache, which grows with the cluster (4.3 of 7.5 ms of GC per VM at 5,000
-VMs, 1.2 of 3.4 at 1,000). So once a minute a thread unfreezes everything, collects it all once,
-and freezes what survived: the automatic collections in between walk only what is newer than
-that. Cycles among frozen objects that die in between are collected at the next refreeze (their
-memory waits at most a minute more); everything else is freed by reference counting as before."""
+memory at 1,000 VMs."""
 
 from __future__ import annotations
 
 import gc
-import logging
-import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import Counter
-
-log = logging.getLogger(__name__)
 
 GC_SECONDS = Counter("failovervm_python_gc_seconds_total",
                      "Time spent in Python's cyclic garbage collector, by generation", ["generation"])
@@ -97,58 +86,3 @@ def tune(environ: Mapping[str, str]) -> tuple[int, int, int]:
     gc.freeze()
     gc.set_threshold(*chosen)
     return chosen
-
-
-# Seconds between two refreezes (Refreezer); FAILOVERVM_GC_REFREEZE_SECONDS overrides, 0 turns it off.
-REFREEZE_SECONDS = 60.0
-REFREEZE_ENV = "FAILOVERVM_GC_REFREEZE_SECONDS"
-
-
-def refreeze_seconds(environ: Mapping[str, str]) -> float:
-    raw = environ.get(REFREEZE_ENV, "").strip()
-    if not raw:
-        return REFREEZE_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if value < 0:
-        raise ValueError(f"{REFREEZE_ENV}={raw!r}: expected seconds (0: off), e.g. 60")
-    return value
-
-
-def refreeze() -> int:
-    """Collect everything once, frozen or not, and freeze what survives; the number collected."""
-    gc.unfreeze()
-    found = gc.collect()
-    gc.freeze()
-    return found
-
-
-class Refreezer:
-    """A daemon thread calling `refreeze()` every `interval` seconds (see the module's docstring)."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="gc-refreeze", daemon=True)
-
-    def start(self) -> Refreezer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _run(self) -> None:
-        while not self._stopped.wait(self.interval):
-            try:
-                refreeze()
-            except Exception:  # never let the collector's housekeeping end the process
-                log.exception("refreezing the garbage collector's generations failed")
-
-
-def start_refreezing(environ: Mapping[str, str]) -> Refreezer | None:
-    """The Refreezer, started (None when $FAILOVERVM_GC_REFREEZE_SECONDS is 0)."""
-    interval = refreeze_seconds(environ)
-    return Refreezer(interval).start() if interval > 0 else None

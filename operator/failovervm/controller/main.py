@@ -173,7 +173,6 @@ def run(args: ControllerArgs) -> int:
             "kopf.dev", "v1", "clusterkopfpeerings", PEERING_NAME, body), identity, priority, args.peering_lifetime)
     start_metrics(args.metrics_port)
     gcstats.tune(os.environ)
-    gcstats.start_refreezing(os.environ)
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     asyncio.run(kopf.operator(
         clusterwide=True,
