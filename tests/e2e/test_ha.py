@@ -38,6 +38,14 @@ def log_of(sb: Sandbox, key: str) -> str:
     return (sb.state_dir / "logs" / f"{key}.log").read_text(errors="replace")
 
 
+def fvm_lists(sb: Sandbox) -> float:
+    """How many LISTs of FailoverVMs the API server has served (its apiserver_request_total)."""
+    text = sb.kubectl("get", "--raw", "/metrics").stdout
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("apiserver_request_total{") and 'verb="LIST"' in line
+               and 'resource="failovervms"' in line)
+
+
 def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox: Sandbox) -> None:
     sb = operator_sandbox
     live = wait_for(lambda: (p := peers(sb)) and len(p) == 2 and p, 30, what="two live controller replicas")
@@ -57,10 +65,20 @@ def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox:
     pod = next(p["metadata"]["name"] for p in sb.kubectl_json("-n", ns, "get", "pods", "-l",
                                                               f"{labels.VM_LABEL}=ha-a")["items"])
     resumed_before = log_of(sb, standby).count("Resuming operations")
+    mac = str(get_vm(sb, ns, "ha-a")["status"]["mac"])  # type: ignore[index]
+    lists_before = fvm_lists(sb)
 
     os.kill(sb.data[active]["pid"], signal.SIGKILL)
     killed = time.monotonic()
     try:
+        # The standby checks a MAC against its own watch of the FailoverVMs, not a LIST of them all:
+        # four refusals, and at most one LIST meanwhile (the agent's 30 s resync may fall in).
+        for i in range(4):
+            dup = sb.kubectl("apply", "-f", "-", check=False, input=json.dumps(
+                vm_manifest(f"ha-dup-{i}", ns, POOL, network={"pool": POOL, "mac": mac})))
+            assert dup.returncode != 0 and f"spec.network.mac: {mac} is already used" in dup.stderr, dup.stderr
+        assert time.monotonic() - killed < 8  # well before the standby takes over (10 s lifetime)
+        assert fvm_lists(sb) - lists_before <= 1  # (Kopf's own LIST comes with the takeover, later)
         # At once, with no active replica: the standby answers both webhooks behind the Service.
         eviction = json.dumps({"apiVersion": "policy/v1", "kind": "Eviction",
                                "metadata": {"name": pod, "namespace": ns}})
