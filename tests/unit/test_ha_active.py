@@ -139,3 +139,61 @@ def test_a_synced_standby_answers_the_mac_check_from_its_watch_without_a_list() 
     ctx.tenancy.active = lambda: True
     ctx.tenancy.mac_holders("p", "52:54:00:00:00:01")
     assert watch._stopped.is_set() and ctx.tenancy._mac_watch is None
+
+
+class _NoThreads:
+    """An admission pool that must not be used."""
+
+    def submit(self, *_: Any, **__: Any) -> Any:
+        raise AssertionError("admission went to a thread")
+
+
+def test_the_active_replica_answers_admission_on_the_loop_from_memory() -> None:
+    """Known active within the last second and the pool indexed: no thread hop and no API read
+    (a hop to the admission pool and back waits for the busy event loop twice)."""
+    from failovervm.controller import cache
+
+    kube = FakeKube()
+    ctx = ControllerContext(ControllerSettings(), kube)
+    first = _vm("first", "52:54:00:00:00:01")
+    ctx.tenancy.bind({tenancy.POOLS: {"p": [{"metadata": {"name": "p"}, "spec": {}}]}, tenancy.NAMESPACES: {},
+                      tenancy.MACS: {cache.mac_key("p", "52:54:00:00:00:01"): [first]}})
+    reads: list[int] = []
+
+    def read() -> dict[str, Any]:
+        reads.append(1)
+        return {"status": {"me": {"priority": 7, "lifetime": 60, "lastseen": dt.datetime.now(dt.UTC).isoformat()}}}
+
+    check = ActiveCheck(read, 7, ttl=60)
+    assert check.cached() is None and check() and check.cached() is True and len(reads) == 1
+    ctx.tenancy.active = check
+    ctx.admission = _NoThreads()  # type: ignore[assignment]
+    errors = asyncio.run(admission.validate_failovervm(ctx, _vm("second", "52:54:00:00:00:01"), "CREATE", None))
+    assert any("52:54:00:00:00:01 is already used" in e for e in errors), errors
+    assert asyncio.run(admission.validate_failovervm(ctx, _vm("third", "52:54:00:00:00:02"), "CREATE", None)) == []
+    assert len(reads) == 1 and kube.calls_of("list_vms") == [] and kube.calls_of("get_pool") == []
+    # A pool the index does not show yet: asked for, in a thread (the loop never waits on the API).
+    other = _vm("fourth", "52:54:00:00:00:03")
+    other["spec"]["network"]["pool"] = "new-pool"
+    try:
+        asyncio.run(admission.validate_failovervm(ctx, other, "CREATE", None))
+    except AssertionError as exc:
+        assert "thread" in str(exc)
+    else:
+        raise AssertionError("a pool missing from the index was answered on the loop")
+
+
+def test_without_a_fresh_answer_to_whether_it_is_active_admission_goes_to_a_thread() -> None:
+    kube = FakeKube()
+    kube.add_pool({"metadata": {"name": "p"}, "spec": {}})
+    ctx = ControllerContext(ControllerSettings(), kube)
+    ctx.tenancy.bind({tenancy.POOLS: {"p": [{"metadata": {"name": "p"}, "spec": {}}]}, tenancy.NAMESPACES: {},
+                      tenancy.MACS: {}})
+    ctx.tenancy.active = ActiveCheck(lambda: None, 7, ttl=60)  # never read yet: not known
+    with ctx.tenancy.from_memory("p") as in_memory:
+        assert not in_memory
+    assert asyncio.run(admission.validate_failovervm(ctx, _vm("a", "52:54:00:00:00:01"), "CREATE", None)) == []
+    # A standby (read: not active) never answers from its paused indexes.
+    ctx.tenancy.active.cached = lambda: False  # type: ignore[method-assign]
+    with ctx.tenancy.from_memory("p") as in_memory:
+        assert not in_memory
