@@ -23,12 +23,6 @@ async def validate_failovervm(ctx: ControllerContext, body: Mapping[str, Any], o
     """The errors that reject a FailoverVM create or update (none: admit it)."""
     if operation == "UPDATE" and old and dict(old.get("spec") or {}) == dict(body.get("spec") or {}):
         return []  # metadata/finalizer/label changes: the spec was validated when it was written
-    pool = str(((body.get("spec") or {}).get("network") or {}).get("pool") or "")
-    with ctx.tenancy.from_memory(pool) as in_memory:
-        if in_memory:
-            # The active replica with its pool indexed: answered here, on the event loop, with no
-            # API call. A hop to the admission pool and back would wait for the busy loop twice.
-            return _validate_vm_sync(ctx, body)
     return await asyncio.get_running_loop().run_in_executor(ctx.admission, _validate_vm_sync, ctx, body)
 
 

@@ -79,11 +79,6 @@ class ActiveCheck:
         self._at, self._active = -float("inf"), False
         self._lock = threading.Lock()
 
-    def cached(self) -> bool | None:
-        """The answer read less than `ttl` seconds ago, without reading (None: none that fresh)."""
-        with self._lock:
-            return self._active if time.monotonic() - self._at < self.ttl else None
-
     def __call__(self) -> bool:
         with self._lock:
             if time.monotonic() - self._at >= self.ttl:

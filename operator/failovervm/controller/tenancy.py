@@ -9,9 +9,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from failovervm import API_GROUP, API_VERSION, domxml
@@ -39,11 +37,6 @@ RECENT_MACS = 10_000
 READ_TTL_SECONDS = 2.0
 
 
-# Set while admission answers on the event loop from memory (Tenancy.from_memory): the replica was
-# just found active, so the indexes answer without asking ActiveCheck again (which may read the API).
-_ASSUMED_ACTIVE: ContextVar[bool] = ContextVar("failovervm_assumed_active", default=False)
-
-
 class Tenancy:
     def __init__(self, kube: KubeAPI) -> None:
         self.kube = kube
@@ -61,24 +54,7 @@ class Tenancy:
         self._watch_lock = threading.Lock()  # not _lock: free_mac holds that while it asks mac_holders
 
     def _indexed(self, name: str) -> bool:
-        return name in self.indexes and (_ASSUMED_ACTIVE.get() or self.active())
-
-    @contextmanager
-    def from_memory(self, pool: str) -> Iterator[bool]:
-        """Whether the tenancy rules for a VM of `pool` can be answered now from the indexes alone,
-        with no call that may block (no API read): the indexes are bound, this replica is known to
-        be the active one from a read of the last second, and the pool is in the index. While the
-        context lasts, the indexes answer without asking whether the replica is active again."""
-        cached = getattr(self.active, "cached", None)
-        known = cached() if cached is not None else self.active()  # without peering: always True
-        ok = bool(known) and all(n in self.indexes for n in (POOLS, NAMESPACES, MACS)) \
-            and self._one(self.indexes[POOLS], pool) is not None
-        token = _ASSUMED_ACTIVE.set(True) if ok else None
-        try:
-            yield ok
-        finally:
-            if token is not None:
-                _ASSUMED_ACTIVE.reset(token)
+        return name in self.indexes and self.active()
 
     def bind(self, indices: Mapping[str, Any]) -> None:
         for name in (POOLS, NAMESPACES, MACS):
