@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Self
 
 from failovervm.kubeclient import ApiClient, ApiException, Watch
@@ -58,7 +58,9 @@ class Reflector:
     # -- what a subclass keeps -----------------------------------------------------------------------
 
     def reset(self, objs: Iterable[Mapping[str, Any]]) -> None:
-        """A fresh LIST: keep these, forget everything else."""
+        """A fresh LIST: keep these, forget everything else. `objs` comes a page at a time from the
+        API: read it to its end once, and keep serving the old state meanwhile (build the new one
+        aside and swap it in)."""
         raise NotImplementedError
 
     def see(self, event_type: str, obj: Mapping[str, Any]) -> None:
@@ -92,9 +94,11 @@ class Reflector:
         while not self._stopped.is_set():
             try:
                 if version is None:
-                    items, version = self.list_all()
-                    self.reset(items)
-                    del items
+                    self.version = ""
+                    self.reset(self._listed())  # a page at a time: never the whole LIST in memory
+                    if not self.version:
+                        raise RuntimeError("the LIST was not read to its end")
+                    version = self.version
                     self._synced.set()
                 version = self._follow(version)
                 pause = self.retry_seconds
@@ -132,15 +136,16 @@ class Reflector:
             raise
         return self.version
 
-    def list_all(self) -> tuple[list[dict[str, Any]], str]:
-        """Every object, in pages, and the list's resourceVersion."""
-        items: list[dict[str, Any]] = []
+    def _listed(self) -> Iterator[dict[str, Any]]:
+        """Every object, a page (LIST_PAGE objects) at a time; `self.version` is the list's
+        resourceVersion once the last page is read."""
         cont: str | None = None
         while True:
             page = self.api.request("GET", self.path, query={**self.query, "limit": LIST_PAGE, "_continue": cont})
-            items.extend(page.get("items") or [])
             meta = page.get("metadata") or {}
             cont = meta.get("continue") or None
             if not cont:
-                return items, str(meta.get("resourceVersion") or "")
-
+                self.version = str(meta.get("resourceVersion") or "")
+            yield from page.get("items") or []
+            if not cont:
+                return

@@ -139,3 +139,18 @@ def test_a_synced_standby_answers_the_mac_check_from_its_watch_without_a_list() 
     ctx.tenancy.active = lambda: True
     ctx.tenancy.mac_holders("p", "52:54:00:00:00:01")
     assert watch._stopped.is_set() and ctx.tenancy._mac_watch is None
+
+
+def test_a_fresh_list_is_read_a_page_at_a_time_while_the_old_state_answers() -> None:
+    watch = tenancy.MacWatch(_unreachable())
+    watch.reset([_vm("old", "52:54:00:00:00:01")])
+    seen_midway: list[list[str]] = []
+
+    def pages() -> Any:
+        yield _vm("new", "52:54:00:00:00:02")
+        seen_midway.append([h["metadata"]["name"] for h in watch.holders("p", "52:54:00:00:00:01")])
+        yield _vm("newer", "52:54:00:00:00:03")
+
+    watch.reset(pages())
+    assert seen_midway == [["old"]]  # the old state answered while the LIST was read
+    assert watch.holders("p", "52:54:00:00:00:01") == [] and len(watch) == 2

@@ -47,8 +47,8 @@ class Tenancy:
         # Whether this replica is the active one (controller.ha.ActiveCheck): Kopf keeps the indexes
         # of the active replica only, so a standby's webhooks read the API instead.
         self.active: Callable[[], bool] = lambda: True
-        # A standby's MACs (controller.main sets it with peering): started when it is not active,
-        # stopped once the indexes answer; while it (re)lists, admission LISTs the VMs.
+        # A standby's MACs (controller.main sets it with peering and starts it at start-up); stopped
+        # once the indexes answer (the active replica); while it (re)lists, admission LISTs the VMs.
         self.standby_macs: Callable[[], MacWatch] | None = None
         self._mac_watch: MacWatch | None = None
         self._watch_lock = threading.Lock()  # not _lock: free_mac holds that while it asks mac_holders
@@ -146,6 +146,9 @@ class Tenancy:
             return mac
 
 
+_Held = tuple[str, str, str, tuple[str, ...]]  # a VM's namespace, name, pool and MACs
+
+
 class MacWatch(Reflector):
     """The MACs every FailoverVM holds (spec.network.mac, status.mac) by pool, from one watch of all
     FailoverVMs: what a standby replica's admission checks a MAC against instead of listing every
@@ -154,12 +157,12 @@ class MacWatch(Reflector):
 
     def __init__(self, api: ApiClient, **kw: Any) -> None:
         super().__init__(api, custom_path(API_GROUP, API_VERSION, "failovervms"), name="standby-macs", **kw)
-        self._vms: dict[str, tuple[str, str, str, tuple[str, ...]]] = {}  # uid -> (namespace, name, pool, MACs)
+        self._vms: dict[str, _Held] = {}  # uid -> (namespace, name, pool, MACs)
         self._by_key: dict[tuple[str, str], set[str]] = {}  # (pool, MAC) -> uids
         self._lock = threading.Lock()
 
     @staticmethod
-    def _entry(vm: Mapping[str, Any]) -> tuple[str, tuple[str, str, str, tuple[str, ...]] | None]:
+    def _entry(vm: Mapping[str, Any]) -> tuple[str, _Held | None]:
         meta = vm.get("metadata") or {}
         uid = str(meta.get("uid") or "")
         pool = str(((vm.get("spec") or {}).get("network") or {}).get("pool") or "")
@@ -168,6 +171,12 @@ class MacWatch(Reflector):
             return uid, None
         return uid, (sys.intern(str(meta.get("namespace") or "")), str(meta.get("name") or ""), sys.intern(pool),
                      tuple(sys.intern(m) for m in macs))
+
+    @staticmethod
+    def _put(vms: dict[str, _Held], by_key: dict[tuple[str, str], set[str]], uid: str, entry: _Held) -> None:
+        vms[uid] = entry
+        for mac in entry[3]:
+            by_key.setdefault((entry[2], mac), set()).add(uid)
 
     def _drop(self, uid: str) -> None:
         old = self._vms.pop(uid, None)
@@ -181,25 +190,22 @@ class MacWatch(Reflector):
                 if not held:
                     del self._by_key[(pool, mac)]
 
-    def _put(self, uid: str, entry: tuple[str, str, str, tuple[str, ...]]) -> None:
-        self._vms[uid] = entry
-        for mac in entry[3]:
-            self._by_key.setdefault((entry[2], mac), set()).add(uid)
-
     def reset(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        vms: dict[str, _Held] = {}
+        by_key: dict[tuple[str, str], set[str]] = {}
+        for vm in objs:  # a page at a time from the API, while holders() answers from the old state
+            uid, entry = self._entry(vm)
+            if entry is not None:
+                self._put(vms, by_key, uid, entry)
         with self._lock:
-            self._vms, self._by_key = {}, {}
-            for vm in objs:
-                uid, entry = self._entry(vm)
-                if entry is not None:
-                    self._put(uid, entry)
+            self._vms, self._by_key = vms, by_key
 
     def see(self, event_type: str, obj: Mapping[str, Any]) -> None:
         uid, entry = self._entry(obj)
         with self._lock:
             self._drop(uid)
             if event_type != "DELETED" and entry is not None:
-                self._put(uid, entry)
+                self._put(self._vms, self._by_key, uid, entry)
 
     def holders(self, pool: str, mac: str) -> list[dict[str, Any]]:
         """The VMs of `pool` holding `mac` (normalized), shaped as validation.validate_vm reads them."""
