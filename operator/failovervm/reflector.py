@@ -73,9 +73,6 @@ class Reflector:
         self._thread.start()
         return self
 
-    def started(self) -> bool:
-        return self._thread.is_alive()
-
     def stop(self) -> None:
         self._stopped.set()
         watch = self._watch
@@ -90,38 +87,36 @@ class Reflector:
 
     def _run(self) -> None:
         pause = self.retry_seconds
-        version: str | None = None
+        listed = False
         while not self._stopped.is_set():
             try:
-                if version is None:
+                if not listed:
                     self.version = ""
                     self.reset(self._listed())  # a page at a time: never the whole LIST in memory
                     if not self.version:
                         raise RuntimeError("the LIST was not read to its end")
-                    version = self.version
+                    listed = True
                     self._synced.set()
-                version = self._follow(version)
+                self._follow()
                 pause = self.retry_seconds
-            except Expired as exc:  # what happened since `version` is gone: list again
+            except Expired as exc:  # what happened since self.version is gone: list again
                 log.info("%s: %s; listing again", self.name, exc)
-                version = None
+                listed = False
                 self._synced.clear()
             except Exception as exc:  # a lost connection, an apiserver restart: resume from the last seen
                 log.warning("%s: watch failed (readers ask the API until it resumes): %s", self.name, exc)
-                version = self.version if version is not None else None
                 self._synced.clear()
                 self._stopped.wait(pause)
                 pause = min(pause * 2, self.max_retry_seconds)
         self._synced.clear()
 
-    def _follow(self, version: str) -> str:
-        """Watch from `version` until the server ends the watch (timeoutSeconds); the last
-        resourceVersion seen. Raises Expired on an ERROR event (410 Gone: too old), and whatever a
-        lost connection raises, with `self.version` at the last event seen."""
-        self.version = version
+    def _follow(self) -> None:
+        """Watch from self.version until the server ends the watch (timeoutSeconds), moving
+        self.version along with the events. Raises Expired on an ERROR event (410 Gone: too old),
+        and whatever a lost connection raises, self.version then at the last event seen."""
         self._watch = watch = Watch(self.api)
         try:
-            for ev in watch.stream(self.path, resource_version=version, timeout_seconds=self.timeout_seconds,
+            for ev in watch.stream(self.path, resource_version=self.version, timeout_seconds=self.timeout_seconds,
                                    allow_watch_bookmarks=True, read_timeout=SILENCE_SECONDS,
                                    on_open=self._synced.set, **self.query):
                 obj = ev.get("object") or {}
@@ -134,7 +129,6 @@ class Reflector:
             if exc.status == 410:
                 raise Expired(f"watch refused: {exc.reason}") from exc
             raise
-        return self.version
 
     def _listed(self) -> Iterator[dict[str, Any]]:
         """Every object, a page (LIST_PAGE objects) at a time; `self.version` is the list's
