@@ -293,6 +293,41 @@ def raw_copy_xml(xml: str, name: str) -> str:
     return etree.tostring(el, encoding="unicode")
 
 
+RAW_MIGRATION_DEADLINE_S = 600.0
+
+
+def migrate_bounded(dom: libvirt.virDomain, uri: str, params: dict[str, Any], flags: int,
+                    deadline_s: float = RAW_MIGRATION_DEADLINE_S) -> None:
+    """dom.migrateToURI3(uri, params, flags), raising its libvirtError as usual, but never hanging
+    the caller: libvirt's call waits on a condition no signal interrupts (so pytest-timeout could
+    not stop it either). It runs in a daemon thread; past `deadline_s` its job is aborted, and if the
+    call still has not returned 60 s later, TimeoutError says so (the thread is left behind)."""
+    outcome: dict[str, BaseException | None] = {}
+
+    def call() -> None:
+        try:
+            dom.migrateToURI3(uri, params, flags)
+            outcome["error"] = None
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    t = threading.Thread(target=call, name=f"migrate-{dom.name()}", daemon=True)
+    t.start()
+    t.join(deadline_s)
+    if t.is_alive():
+        try:
+            dom.abortJob()
+        except libvirt.libvirtError:
+            pass
+        t.join(60.0)
+        if t.is_alive():
+            raise TimeoutError(f"migrateToURI3 of {dom.name()} to {uri} did not end within {deadline_s:.0f} s "
+                               "nor 60 s after abortJob")
+    error = outcome.get("error")
+    if error is not None:
+        raise error
+
+
 def raw_migration(
     sb: SandboxHandle, src: str, dst: str, template_dom: str, rounds: int, settle: float = 0.0
 ) -> tuple[list[float], list[int]]:
@@ -314,7 +349,7 @@ def raw_migration(
             c_src, c_dst = libvirt.open(sb.uri(here)), libvirt.open(sb.uri(there))
             d = c_src.lookupByName(name)
             t0 = time.perf_counter()
-            d.migrateToURI3(sb.uri(there), {}, MIGRATE_FLAGS)
+            migrate_bounded(d, sb.uri(there), {}, MIGRATE_FLAGS)
             times.append(time.perf_counter() - t0)
             downtimes.append(
                 int(c_dst.lookupByName(name).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime", 0))

@@ -37,6 +37,7 @@ from benchmarks.common import (
     ensure_pool,
     get_vm,
     machine,
+    migrate_bounded,
     migrate_vm,
     raw_copy_xml,
     wait,
@@ -107,7 +108,7 @@ def _raw(sb: SandboxHandle, template_dom: str, src: str, dst: str, policy: mp.Ef
     params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_BANDWIDTH: CAP_MIBPS,
                               libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{migration_address}",
                               libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: migration_address}
-    monitor, stop, seen = mp.Monitor(policy), threading.Event(), {"throttle": 0, "post_copy": False}
+    monitor, stop, seen = mp.Monitor(policy), threading.Event(), {"throttle": 0, "post_copy": False, "abort": False}
 
     def watch() -> None:
         downtime_set = False
@@ -122,37 +123,47 @@ def _raw(sb: SandboxHandle, template_dom: str, src: str, dst: str, policy: mp.Ef
                 seen["throttle"] = max(seen["throttle"], int(js.get("auto_converge_throttle") or 0))
                 d = monitor.observe(js.get("time_elapsed", 0) / 1000.0, js.get("data_remaining"),
                                     js.get("memory_iteration"))
-                if d.action == mp.ABORT:
-                    dom.abortJob()
-                elif d.action == mp.START_POST_COPY:
-                    dom.migrateStartPostCopy(0)
-                    seen["post_copy"] = True
             except libvirt.libvirtError:
                 continue
+            if d.action == mp.ABORT or seen["abort"]:  # as the agent: retried until libvirt takes it
+                try:
+                    dom.abortJob()
+                    seen["abort"] = False
+                except libvirt.libvirtError:
+                    seen["abort"] = True
+            elif d.action == mp.START_POST_COPY:
+                try:
+                    dom.migrateStartPostCopy(0)
+                except libvirt.libvirtError as exc:  # asked again at the next sample, as the agent
+                    monitor.switch_failed(str(exc))
+                    continue
+                monitor.switched()
+                seen["post_copy"] = True
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     t0 = time.perf_counter()
     converged, downtime = True, None
     try:
-        dom.migrateToURI3(sb.uri(dst), params, flags)
+        migrate_bounded(dom, sb.uri(dst), params, flags)
     except libvirt.libvirtError:
         converged = False
-    wall = time.perf_counter() - t0
-    stop.set()
-    watcher.join(timeout=5)
-    where = dst if converged else src
-    c = libvirt.open(sb.uri(where))
-    try:
-        d = c.lookupByName(name)
-        if converged:
-            downtime = d.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime")
-        d.destroy()
-        d.undefine()
-    except libvirt.libvirtError:
-        pass
     finally:
-        c.close()
+        wall = time.perf_counter() - t0
+        stop.set()
+        watcher.join(timeout=5)
+        for where in (dst, src):  # wherever the copy ended up (both, after a migration that never ended)
+            c = libvirt.open(sb.uri(where))
+            try:
+                d = c.lookupByName(name)
+                if converged and where == dst:
+                    downtime = d.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED).get("downtime")
+                d.destroy()
+                d.undefine()
+            except libvirt.libvirtError:
+                pass
+            finally:
+                c.close()
         conn.close()
     return {"wall_s": wall, "converged": converged, "downtime_ms": downtime, "standby_s": wall,
             "throttle_pct": seen["throttle"] or None, "post_copy": seen["post_copy"]}

@@ -37,7 +37,7 @@ MIGRATION_STANDBY_SECONDS = Histogram(
     "source again)", buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600))
 MIGRATIONS_LIMITED = Counter(
     "failovervm_migrations_limited_total", "Migrations ended by their policy's limits, by reason (CompletionTimeout, "
-    "NoProgress)", ["reason"])
+    "NoProgress, PostCopyFailed)", ["reason"])
 
 FAILOVER_STATES = ("True", "False", "Unknown")
 VMS_FAILOVER_READY = Gauge(

@@ -33,6 +33,12 @@ DEFAULT_PROGRESS_TIMEOUT = 150
 # Reasons a migration that hit a limit fails with (FailoverVMMigration status.reason).
 COMPLETION_TIMEOUT = "CompletionTimeout"
 NO_PROGRESS = "NoProgress"
+POST_COPY_FAILED = "PostCopyFailed"
+
+# How long a migration whose switch to post-copy libvirt keeps refusing may go on trying (seconds
+# of the job's own clock, the switch asked again at every sample) before it is aborted instead:
+# without this a migration that cannot converge in pre-copy would run forever.
+POST_COPY_SWITCH_GRACE_SECONDS = 60
 
 # Actions of the monitor.
 CONTINUE, START_POST_COPY, ABORT = "continue", "start-post-copy", "abort"
@@ -187,38 +193,61 @@ class Monitor:
     - the data left to copy has not dropped below its lowest value for the progress timeout:
       post-copy when allowed, else abort (NoProgress);
     - post-copy after N iterations when the policy says so.
-    Once in post-copy nothing aborts it: the guest already runs on the destination."""
+
+    A switch to post-copy counts only once the caller reports it done (`switched`): until then
+    every sample asks for it again, and when libvirt has refused it (`switch_failed`) for
+    POST_COPY_SWITCH_GRACE_SECONDS the migration is aborted (PostCopyFailed), so a migration that
+    cannot converge in pre-copy never runs forever. Once in post-copy nothing aborts it: the guest
+    already runs on the destination."""
 
     policy: EffectivePolicy
     lowest_remaining: int | None = None
     lowest_at: float = 0.0
     post_copy: bool = False
     done: bool = False
+    switch_asked_at: float | None = None  # when post-copy was first asked for (job clock)
+    switch_error: str = ""  # libvirt's last refusal of the switch
+    switch_why: str = ""  # the message of the decision to switch
 
     def observe(self, elapsed: float, remaining: int | None, iteration: int | None) -> Decision:
         if self.post_copy or self.done:
             return Decision(CONTINUE)
+        if self.switch_asked_at is not None:
+            waited = elapsed - self.switch_asked_at
+            if self.switch_error and waited >= POST_COPY_SWITCH_GRACE_SECONDS:
+                return self._abort(POST_COPY_FAILED, f"libvirt refused the switch to post-copy for {waited:.0f}s "
+                                                     f"(the last refusal: {self.switch_error})")
+            return Decision(START_POST_COPY, "PostCopy", self.switch_why)
         p = self.policy
         if remaining is not None and (self.lowest_remaining is None or remaining < self.lowest_remaining):
             self.lowest_remaining, self.lowest_at = remaining, elapsed
         if p.allow_post_copy and p.post_copy_after_iterations and (iteration or 0) >= p.post_copy_after_iterations:
-            return self._post_copy(f"pre-copy reached iteration {iteration} (postCopyAfterIterations "
-                                   f"{p.post_copy_after_iterations})")
+            return self._post_copy(elapsed, f"pre-copy reached iteration {iteration} (postCopyAfterIterations "
+                                            f"{p.post_copy_after_iterations})")
         if elapsed >= p.completion_timeout_seconds:
             why = (f"not completed within its completion timeout of {p.completion_timeout_seconds}s "
                    f"({p.completion_timeout_per_gib}s per GiB of guest memory)")
-            return self._post_copy(why) if p.allow_post_copy else self._abort(COMPLETION_TIMEOUT, why)
+            return self._post_copy(elapsed, why) if p.allow_post_copy else self._abort(COMPLETION_TIMEOUT, why)
         stalled = elapsed - self.lowest_at
         if self.lowest_remaining is not None and stalled >= p.progress_timeout_seconds:
             why = (f"no progress for {stalled:.0f}s (progress timeout {p.progress_timeout_seconds}s): the data left "
                    f"to copy has not dropped below {self.lowest_remaining} bytes; the guest dirties memory faster "
                    "than the link copies it")
-            return self._post_copy(why) if p.allow_post_copy else self._abort(NO_PROGRESS, why)
+            return self._post_copy(elapsed, why) if p.allow_post_copy else self._abort(NO_PROGRESS, why)
         return Decision(CONTINUE)
 
-    def _post_copy(self, why: str) -> Decision:
+    def switched(self) -> None:
+        """The caller's migrateStartPostCopy succeeded: the migration is in post-copy now."""
         self.post_copy = True
-        return Decision(START_POST_COPY, "PostCopy", f"switched to post-copy: {why}")
+
+    def switch_failed(self, error: str) -> None:
+        """The caller's migrateStartPostCopy was refused: asked again at the next sample, aborted
+        once refused for POST_COPY_SWITCH_GRACE_SECONDS."""
+        self.switch_error = error
+
+    def _post_copy(self, elapsed: float, why: str) -> Decision:
+        self.switch_asked_at, self.switch_why = elapsed, f"switched to post-copy: {why}"
+        return Decision(START_POST_COPY, "PostCopy", self.switch_why)
 
     def _abort(self, reason: str, why: str) -> Decision:
         self.done = True

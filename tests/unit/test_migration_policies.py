@@ -14,7 +14,7 @@ from failovervm import cli_ops, labels
 from failovervm import migration as mg
 from failovervm import migrationpolicy as mp
 from failovervm.agent import migrate
-from failovervm.agent.domains import JobProgress
+from failovervm.agent.domains import JobProgress, OperationInvalid
 from failovervm.controller import migrations as cm
 from failovervm.controller.policies import ALL, IndexedPolicies, StaticPolicies, for_migration, summary
 from tests.fakes import FakeKube
@@ -127,11 +127,29 @@ def test_no_progress_aborts_when_remaining_data_stops_shrinking() -> None:
 def test_post_copy_instead_of_aborting_and_after_iterations() -> None:
     m = mp.Monitor(mp.EffectivePolicy(completion_timeout_seconds=10, allow_post_copy=True))
     assert m.observe(10, 100, 2).action == mp.START_POST_COPY
+    m.switched()
     assert m.observe(500, 100, 3).action == mp.CONTINUE  # post-copy is never aborted
     m = mp.Monitor(mp.EffectivePolicy(completion_timeout_seconds=100, allow_post_copy=True,
                                       post_copy_after_iterations=3))
     assert m.observe(1, 100, 2).action == mp.CONTINUE
     assert m.observe(2, 100, 3).action == mp.START_POST_COPY
+
+
+def test_a_refused_switch_to_post_copy_is_asked_again_then_aborted() -> None:
+    """libvirt refusing migrateStartPostCopy must not leave a migration that cannot converge
+    running forever in pre-copy: asked again at every sample, aborted after the grace."""
+    m = mp.Monitor(mp.EffectivePolicy(completion_timeout_seconds=10, allow_post_copy=True))
+    assert m.observe(10, 100, 2).action == mp.START_POST_COPY
+    assert m.observe(11, 100, 3).action == mp.START_POST_COPY  # not confirmed: asked again
+    m.switch_failed("cannot acquire state change lock")
+    assert m.observe(10 + mp.POST_COPY_SWITCH_GRACE_SECONDS - 1, 100, 9).action == mp.START_POST_COPY
+    d = m.observe(10 + mp.POST_COPY_SWITCH_GRACE_SECONDS, 100, 10)
+    assert (d.action, d.reason) == (mp.ABORT, mp.POST_COPY_FAILED) and "state change lock" in d.message
+    assert m.observe(500, 100, 11).action == mp.CONTINUE  # decided once
+    m = mp.Monitor(mp.EffectivePolicy(completion_timeout_seconds=10, allow_post_copy=True))
+    assert m.observe(10, 100, 2).action == mp.START_POST_COPY
+    m.switched()
+    assert m.observe(500, 100, 3).action == mp.CONTINUE  # in post-copy: never aborted
 
 
 # -- the controller records the policy -------------------------------------------------------------------
@@ -212,6 +230,31 @@ def test_post_copy_completes_instead_and_the_request_carries_the_policy(agent: A
     assert st["stats"]["autoConvergeThrottlePercent"] == 40
     assert any(c["type"] == "PostCopy" for c in st["conditions"])
     assert vm_status(kube)["nodeName"] == "n2"
+
+
+def test_a_switch_to_post_copy_refused_once_is_retried(agent: Any) -> None:
+    m, kube, dm = agent
+    with_policy(kube, completion_timeout_seconds=3, allow_post_copy=True)
+    dm.fail("start_post_copy", OperationInvalid("Timed out during operation: cannot acquire state change lock", 68))
+    dm.slow_migration(DNAME, samples(50))
+    run(m, kube)
+    assert dm.calls.count("start_post_copy") == 2 and "abort_job" not in dm.calls
+    st = mig_status(kube)
+    assert st["phase"] == mg.SUCCEEDED and st["stats"]["postCopy"] is True
+
+
+def test_a_switch_to_post_copy_libvirt_keeps_refusing_ends_in_an_abort(agent: Any) -> None:
+    m, kube, dm = agent
+    with_policy(kube, completion_timeout_seconds=3, allow_post_copy=True)
+    refusal = OperationInvalid("Requested operation is not valid: post-copy migration is not enabled", 55)
+    dm.fail("start_post_copy", *[refusal] * 200)
+    dm.slow_migration(DNAME, samples(100))
+    run(m, kube)
+    assert "abort_job" in dm.calls and DNAME in dm.domains and not dm.remotes[TARGET_URI].domains
+    st = mig_status(kube)
+    assert (st["phase"], st["reason"]) == (mg.FAILED, mp.POST_COPY_FAILED)
+    assert "refused the switch to post-copy for 60s" in st["message"] and "not enabled" in st["message"]
+    assert vm_status(kube)["nodeName"] == "n1" and "postCopy" not in st["stats"]
 
 
 def test_auto_converge_that_converges_just_completes(agent: Any) -> None:

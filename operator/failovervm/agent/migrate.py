@@ -17,8 +17,9 @@ post-copy, parallel connections, maximum downtime) go into the request, and the 
 feeds libvirt's job statistics to a migrationpolicy.Monitor, which ends a migration that runs too
 long or stops making progress: abortJob (the VM keeps running here, its VF plugged back; the
 migration fails with CompletionTimeout or NoProgress) or, where the policy allows it, a switch to
-post-copy. The stream goes to the target's dedicated migration address when its Node has one
-(annotation failovervm.io/migration-address), else to libvirt's choice on the management network.
+post-copy (asked again while libvirt refuses it, aborted as PostCopyFailed after a minute). The
+stream goes to the target's dedicated migration address when its Node has one (annotation
+failovervm.io/migration-address), else to libvirt's choice on the management network.
 """
 
 from __future__ import annotations
@@ -524,13 +525,13 @@ class Migrator:
                 return
             if job.memory_total is None and job.data_remaining is None:
                 continue  # no job (yet)
-            self._enforce(dom, ns, mig_name, run, job)
+            self._enforce(dom, ns, mig_name, uid, run, job)
             if time.monotonic() - last < PROGRESS_INTERVAL:
                 continue
             last = time.monotonic()
             self._report_progress(ns, mig_name, job, run)
 
-    def _enforce(self, dom: DomainRef, ns: str, mig_name: str, run: _Run, job: JobProgress) -> None:
+    def _enforce(self, dom: DomainRef, ns: str, mig_name: str, uid: str, run: _Run, job: JobProgress) -> None:
         """Apply the policy to one job sample: the maximum downtime once, then abort or post-copy
         when the Monitor says so."""
         dm, policy = self.ctx.dm, run.monitor.policy
@@ -551,13 +552,19 @@ class Migrator:
             try:
                 dm.abort_job(dom)
             except DomainError as exc:
-                log.warning("abortJob of %s failed: %s", dom.name, exc)
+                # Decided once: the progress loop asks again every sample until libvirt takes it.
+                log.warning("abortJob of %s failed, retried: %s", dom.name, exc)
+                with self.lock:
+                    self.abort_requested.add(uid)
         elif decision.action == mp.START_POST_COPY:
             try:
                 dm.start_post_copy(dom)
             except DomainError as exc:
+                # Asked again at the next sample; aborted (PostCopyFailed) if libvirt keeps refusing.
                 log.warning("switching %s to post-copy failed: %s", dom.name, exc)
+                run.monitor.switch_failed(str(exc))
                 return
+            run.monitor.switched()
             run.post_copy = decision.message
             log.info("migration %s/%s: %s", ns, mig_name, decision.message)
 
