@@ -1,69 +1,66 @@
-"""The agent's watch-backed copies (agent.mirror.Mirror) of the VFPools and its own Node: LIST only
-to (re)start the watch, resume from the last resourceVersion seen (bookmarks too), relist after an
-ERROR or a failure; every change calls back (the agent then runs an inventory round)."""
+"""The agent's watch-backed copies (agent.mirror.Mirror, a reflector.Reflector) of the VFPools and
+its own Node: a paged LIST, then the watch, resumed from the last resourceVersion seen after a broken
+connection, listed again after 410; the objects carry their apiVersion and kind, and every change
+calls back (the agent then runs an inventory round)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
 from typing import Any
 
-import pytest
-
-from failovervm.agent import mirror as mirror_mod
 from failovervm.agent.mirror import Mirror
+from failovervm.kubeclient import ApiException
+from tests.unit.test_reflector import FakeApi, obj
 
 
-def obj(name: str, rv: str, **extra: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name, "resourceVersion": rv}, **extra}
+def wait_until(pred: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
 
 
-def test_lists_once_then_follows_the_watch_from_the_last_version_seen() -> None:
-    lists: list[int] = []
-    watched_from: list[str] = []
+def test_lists_then_follows_the_watch_and_calls_back_on_every_change() -> None:
+    api = FakeApi([obj("a", 9), obj("b", 9)], 10, [
+        ([{"type": "ADDED", "object": obj("c", 11)}, {"type": "BOOKMARK", "object": obj("", 15)}], None),
+        ([{"type": "MODIFIED", "object": {**obj("a", 16), "spec": {"x": 1}}},
+          {"type": "DELETED", "object": obj("b", 17)}, {"type": "DELETED", "object": obj("zz", 18)}],
+         ConnectionResetError("connection reset")),
+        ([], ApiException(410, "Gone")),
+    ])
     changes: list[int] = []
-    rounds: list[list[tuple[str, dict[str, Any]]]] = [
-        [("ADDED", obj("b", "11")), ("BOOKMARK", obj("", "15"))],
-        [("MODIFIED", obj("a", "16", spec={"x": 1})), ("DELETED", obj("b", "17"))],
-        [("ERROR", {"code": 410})],
-        [],
-    ]
-    mirror: Mirror
-
-    def list_fn() -> tuple[list[dict[str, Any]], str]:
-        lists.append(1)
-        return [obj("a", "9")], "10"
-
-    def watch_fn(rv: str) -> Iterable[tuple[str, dict[str, Any]]]:
-        watched_from.append(rv)
-        if not rounds:
-            mirror.stop.set()
-            return []
-        return rounds.pop(0)
-
-    mirror = Mirror("VFPool", list_fn, watch_fn, lambda: changes.append(1))
-    mirror.run()
-    # Resumed from the last version (the bookmark's too); the ERROR made it list again; a watch that
-    # ends quietly (its timeout) is resumed without a LIST.
-    assert watched_from == ["10", "15", "17", "10", "10"]
-    assert len(lists) == 2 and mirror.ready.is_set()
-    assert [o["metadata"]["name"] for o in mirror.objects()] == ["a"]
-    # 2 LISTs, ADDED b, MODIFIED a, DELETED b (a bookmark changes nothing).
+    mirror = Mirror(api, "/api/v1/things", "v1", "Thing", lambda: changes.append(1))
+    assert not mirror.ready.is_set()
+    mirror.start()
+    try:
+        wait_until(lambda: len(api.watched_from) >= 5)
+    finally:
+        mirror.stop()
+    # The end of a watch resumes from the bookmark; a reset connection from the last event seen; the
+    # 410 makes it list again and watch from the new list's version.
+    assert api.watched_from[:5] == ["10", "15", "18", "10", "10"]
+    assert api.lists == [None, None]  # two LISTs, one page each
+    assert mirror.ready.is_set()
+    assert mirror.get("a") == {"apiVersion": "v1", "kind": "Thing", "metadata": {"name": "a", "resourceVersion": "9"}}
+    assert sorted(o["metadata"]["name"] for o in mirror.objects()) == ["a", "b"]  # the second LIST's
+    # 2 LISTs, ADDED c, MODIFIED a, DELETED b; not the bookmark, nor deleting what it never had.
     assert len(changes) == 5
 
 
-def test_a_failing_list_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    mirror: Mirror
+def test_a_failing_list_is_retried() -> None:
+    class Flaky(FakeApi):
+        def request(self, *args: Any, **kw: Any) -> Any:
+            if not self.lists:
+                self.lists.append("failed")
+                raise OSError("connection refused")
+            return super().request(*args, **kw)
 
-    def list_fn() -> tuple[list[dict[str, Any]], str]:
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError("connection refused")
-        mirror.stop.set()
-        return [], "1"
-
-    mirror = Mirror("Node", list_fn, lambda rv: [], lambda: None)
-    slept: list[float] = []
-    monkeypatch.setattr(mirror_mod.time, "sleep", slept.append)
-    mirror.run()
-    assert len(calls) == 2 and slept == [0.5] and mirror.ready.is_set()
+    api = Flaky([obj("n1", 3)], 4, [])
+    mirror = Mirror(api, "/api/v1/nodes", "v1", "Node", lambda: None, field_selector="metadata.name=n1")
+    mirror.retry_seconds = 0.01
+    mirror.start()
+    try:
+        assert mirror.ready.wait(5)
+    finally:
+        mirror.stop()
+    assert api.lists == ["failed", None] and mirror.get("n1") is not None

@@ -564,23 +564,6 @@ def test_watch_stop_ends_a_blocked_stream(watch_server: tuple[str, list[dict[str
     assert ended.wait(5), "stop() ends a stream blocked in a read"
 
 
-def test_agent_mirror_list_watch(watch_server: tuple[str, list[dict[str, Any]], threading.Event],
-                                 http: Server) -> None:
-    """The agent's Mirror gets ERROR events as they come (it lists again on one)."""
-    from failovervm.agent.mirror import kube_list_watch
-
-    url, seen, _ = watch_server
-    http.respond = lambda _m, _p: (200, {"metadata": {"resourceVersion": "5"}, "items": [{"metadata": {"name": "n1"}}]})
-    list_fn, _ = kube_list_watch(ApiClient(Configuration(host=http.url)), "/api/v1/nodes",
-                                 {"field_selector": "metadata.name=n1"}, "v1", "Node")
-    assert list_fn() == ([{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}], "5")
-    assert http.seen[0]["query"] == {"fieldSelector": ["metadata.name=n1"]}
-    _, watch_fn = kube_list_watch(ApiClient(Configuration(host=url)), "/api/v1/nodes",
-                                  {"field_selector": "metadata.name=n1"}, "v1", "Node")
-    assert [k for k, _ in watch_fn("5")] == ["ADDED", "BOOKMARK", "ERROR"]
-    assert seen[0]["query"]["resourceVersion"] == ["5"] and seen[0]["query"]["allowWatchBookmarks"] == ["true"]
-
-
 # -- no `kubernetes` package in any operator process -----------------------------------------------------
 
 def test_operator_processes_do_not_import_the_kubernetes_package() -> None:

@@ -33,7 +33,7 @@ from failovervm.agent.connection import LibvirtConnection
 from failovervm.agent.domains import DomainNotFound
 from failovervm.agent.inventory import Published, publish, publish_node
 from failovervm.agent.libvirt_domains import LibvirtDomainManager
-from failovervm.agent.mirror import Mirror, kube_list_watch
+from failovervm.agent.mirror import Mirror
 from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.agent.slots import Slots
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
@@ -108,12 +108,10 @@ class Agent:
         self._stop = threading.Event()
         self.published = Published()  # what the inventory round last wrote (agent.inventory)
         # The VFPools and this Node, from watches: the inventory round reads neither from the API.
-        self.pools = Mirror("VFPool", *kube_list_watch(
-            self.kube.api, kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.VFPOOL), {},
-            f"{API_GROUP}/{API_VERSION}", "VFPool"), self._inventory_soon)
-        self.node_obj = Mirror("Node", *kube_list_watch(
-            self.kube.api, kubeclient.core_path("nodes"), {"field_selector": f"metadata.name={args.node}"},
-            "v1", "Node"), self._inventory_soon)
+        self.pools = Mirror(self.kube.api, kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.VFPOOL),
+                            f"{API_GROUP}/{API_VERSION}", "VFPool", self._inventory_soon)
+        self.node_obj = Mirror(self.kube.api, kubeclient.core_path("nodes"), "v1", "Node", self._inventory_soon,
+                               field_selector=f"metadata.name={args.node}")
         self._inventory_queued = False
         # `workers` reconciles at a time, not counting those waiting for a guest to shut down
         # (agent.slots); their threads come from a pool of their own, never asyncio's default one.
@@ -290,8 +288,8 @@ class Agent:
         log.info("agent for node %s started (libvirt %s)", self.args.node, self.args.libvirt_uri)
         await stop.wait()
         self._stop.set()
-        self.pools.stop.set()
-        self.node_obj.stop.set()
+        self.pools.stop()
+        self.node_obj.stop()
         for t in tasks:
             t.cancel()
 
