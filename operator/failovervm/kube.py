@@ -8,6 +8,7 @@ conditions are a list, and a merge patch would overwrite the other writer's.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -29,6 +30,7 @@ FVM = "failovervms"
 FVMM = "failovervmmigrations"
 VFPOOL = "vfpools"
 VFCLAIM = "vfclaims"
+MACLEASE = "macleases"
 VFINVENTORY = "vfinventories"
 T = TypeVar("T")
 
@@ -59,6 +61,10 @@ class KubeAPI(Protocol):
     def create_claim(self, body: dict[str, Any]) -> bool: ...
     def patch_claim(self, name: str, body: dict[str, Any]) -> None: ...
     def delete_claim(self, name: str, uid: str | None = None) -> None: ...
+    def create_mac_lease(self, body: dict[str, Any]) -> bool: ...
+    def get_mac_lease(self, name: str) -> dict[str, Any] | None: ...
+    def list_mac_leases(self) -> list[dict[str, Any]]: ...
+    def delete_mac_lease(self, name: str, uid: str | None = None) -> None: ...
     def get_inventory(self, node: str) -> dict[str, Any] | None: ...
     def list_inventories(self) -> list[dict[str, Any]]: ...
     def put_inventory(self, body: dict[str, Any], current: Mapping[str, Any] | None = None) -> dict[str, Any]: ...
@@ -85,6 +91,15 @@ class KubeAPI(Protocol):
     def update_migration_status(
         self, namespace: str, name: str, mutate: Callable[[dict[str, Any]], dict[str, Any] | None],
     ) -> dict[str, Any] | None: ...
+
+
+def age_seconds(obj: Mapping[str, Any]) -> float:
+    """Seconds since the object's metadata.creationTimestamp (0 without one)."""
+    ts = (obj.get("metadata") or {}).get("creationTimestamp")
+    if not ts:
+        return 0.0
+    created = dt.datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+    return (dt.datetime.now(dt.UTC) - created).total_seconds()
 
 
 def api_error_message(exc: ApiException) -> str:
@@ -323,13 +338,27 @@ class _KubeBase(VMMetadataEdits):
 
     def create_claim(self, body: dict[str, Any]) -> bool:
         """Create a VFClaim. Its name is the lock: False if the VF is already claimed."""
+        return self._create_lock(VFCLAIM, body)
+
+    def _create_lock(self, plural: str, body: dict[str, Any]) -> bool:
+        """Create a cluster-scoped object whose name is a lock: False if it exists already."""
         try:
-            self.custom.create_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM, body)
+            self.custom.create_cluster_custom_object(API_GROUP, API_VERSION, plural, body)
             return True
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
+
+    def _delete_exact(self, plural: str, name: str, uid: str | None) -> None:
+        """Delete a cluster-scoped object (only that exact object when `uid` is given); gone already,
+        or replaced by another one of that name, is fine."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            self.custom.delete_cluster_custom_object(API_GROUP, API_VERSION, plural, name, body=body)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def patch_claim(self, name: str, body: dict[str, Any]) -> None:
         try:
@@ -340,12 +369,22 @@ class _KubeBase(VMMetadataEdits):
 
     def delete_claim(self, name: str, uid: str | None = None) -> None:
         """Delete a VFClaim (only that exact object when `uid` is given)."""
-        body = {"preconditions": {"uid": uid}} if uid else None
-        try:
-            self.custom.delete_cluster_custom_object(API_GROUP, API_VERSION, VFCLAIM, name, body=body)
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
+        self._delete_exact(VFCLAIM, name, uid)
+
+    # -- MACLeases: a MAC's uniqueness in its pool, the create is the lock (failovervm.macleases) --------
+    def create_mac_lease(self, body: dict[str, Any]) -> bool:
+        """Create a MACLease: False if the MAC is already leased (its name is the lock)."""
+        return self._create_lock(MACLEASE, body)
+
+    def get_mac_lease(self, name: str) -> dict[str, Any] | None:
+        return unless_gone(lambda: dict(self.custom.get_cluster_custom_object(API_GROUP, API_VERSION, MACLEASE, name)))
+
+    def list_mac_leases(self) -> list[dict[str, Any]]:
+        return list(self.custom.list_cluster_custom_object(API_GROUP, API_VERSION, MACLEASE).get("items", []))
+
+    def delete_mac_lease(self, name: str, uid: str | None = None) -> None:
+        """Delete a MACLease (only that exact object when `uid` is given)."""
+        self._delete_exact(MACLEASE, name, uid)
 
     # -- Nodes ---------------------------------------------------------------------
     def list_nodes(self) -> list[dict[str, Any]]:

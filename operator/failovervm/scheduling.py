@@ -46,7 +46,8 @@ __all__ = [
 # waiting for kube-scheduler to bind the VM pod; Unschedulable: kube-scheduler cannot (its message says why);
 # PodRejected: the API server refused the VM pod (ResourceQuota, LimitRange, Pod Security...).
 UnschedulableReason = Literal[
-    "NoMatchingNode", "NoFreeVF", "NodesUnschedulable", "WaitingForScheduler", "Unschedulable", "PodRejected"
+    "NoMatchingNode", "NoFreeVF", "NodesUnschedulable", "WaitingForScheduler", "Unschedulable", "PodRejected",
+    "MACConflict",
 ]
 
 #: Taints that mean "this node is going away / being drained": running VMs must leave. Cordon,

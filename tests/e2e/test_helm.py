@@ -159,6 +159,9 @@ def test_helm_install_operator_under_chart_identities(helm_sandbox: Sandbox, tmp
         (ctl_kc, "create", "pods", "exec", "no"),
         (ctl_kc, "get", "secrets", "", "no"),
         (ctl_kc, "create", "vfclaims.failovervm.io", "", "yes"),
+        (ctl_kc, "create", "macleases.failovervm.io", "", "yes"),
+        (ctl_kc, "patch", "macleases.failovervm.io", "", "no"),
+        (agent_kc, "create", "macleases.failovervm.io", "", "no"),
         (ctl_kc, "patch", "nodes", "", "no"),
         # The agent advertises its node's VFs (extended resources in the Node's status); it may not
         # touch the Node itself (labels, taints, spec). The controller writes neither.

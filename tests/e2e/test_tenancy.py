@@ -11,6 +11,8 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -140,6 +142,82 @@ def test_tenants_reach_only_their_own_disks_pools_and_macs(tenants: Sandbox) -> 
     assert events(sb, "team-a", "ImageRefused", "evil")
     assert not [d for node in sb.nodes for d in domains_on(sb, node["node"]) if "evil" in d]
     os.unlink(evil)
+
+
+def _lease(sb: Sandbox, name: str) -> dict[str, Any]:
+    res = sb.kubectl("get", "maclease", name, "-o", "json", check=False)
+    return dict(json.loads(res.stdout)) if res.returncode == 0 else {}
+
+
+def test_two_vms_admitted_with_one_mac_never_both_run(tenants: Sandbox) -> None:
+    """Admission checks a MAC against a watch cache, so two creates at the same moment can both pass.
+    The MACLease taken before placement is the lock: whichever way admission went, one VM runs with
+    the MAC and the other waits (Pending, MACConflict, a Warning Event) until the first is deleted.
+    Also the deterministic case: a lease another VM holds (as a lost race leaves it) keeps a VM off
+    its node, and the orphan sweep releases it once that VM no longer uses the MAC."""
+    sb = tenants
+    pod_count = len(sb.kubectl_json("-n", "team-a", "get", "pods")["items"])
+
+    # -- the race, as two users' creates at the same instant -----------------------------------------------
+    mac = "52:54:00:aa:00:60"
+    bodies = [vm_manifest(f"race-{i}", "team-a", POOL, network={"pool": POOL, "mac": mac}) for i in (1, 2)]
+    start = threading.Barrier(2)
+
+    def create(body: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        start.wait()
+        return _as(sb, "alice", "create", "-f", "-", input=json.dumps(body))
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(create, bodies))
+    admitted = [b["metadata"]["name"] for b, r in zip(bodies, results, strict=True) if r.returncode == 0]
+    for r in results:
+        if r.returncode != 0:  # admission saw the other one after all: it names the field
+            assert "spec.network.mac" in r.stderr and "already used in VFPool" in r.stderr, r.stderr
+    print(f"admitted at the same moment: {admitted}")
+    assert admitted
+    lease = f"{POOL}.{mac.replace(':', '-')}"
+    winner = wait_for(lambda: (_lease(sb, lease).get("spec") or {})
+                      .get("owner", {}).get("name"), 60, what=f"MACLease {lease}")
+    assert wait_phase(sb, "team-a", winner, "Running", timeout=120)["status"]["mac"] == mac
+    losers = [n for n in admitted if n != winner]
+    for loser in losers:
+        vm = wait_for(lambda n=loser: (lambda v: v if (condition(v, "Scheduled") or {}).get("reason") == "MACConflict"
+                                       else None)(get_vm(sb, "team-a", n)), 60, what=f"{loser} MACConflict")
+        assert vm["status"]["phase"] == "Pending" and not vm["status"].get("nodeName")
+        assert f"FailoverVM team-a/{winner}" in condition(vm, "Scheduled")["message"]
+        assert events(sb, "team-a", "MACConflict", loser)
+    # never two VMs with that MAC on the segment: the loser has no pod, so no domain either
+    assert len(sb.kubectl_json("-n", "team-a", "get", "pods")["items"]) == pod_count + 1
+    # the winner deleted: its lease goes with it, and the one that waited runs
+    sb.kubectl("-n", "team-a", "delete", "fvm", winner, "--wait=true", "--timeout=120s")
+    for loser in losers:
+        assert wait_phase(sb, "team-a", loser, "Running", timeout=120)["status"]["mac"] == mac
+        owner = sb.kubectl_json("get", "maclease", lease)["spec"]["owner"]
+        assert owner["name"] == loser
+    for name in admitted:
+        sb.kubectl("-n", "team-a", "delete", "fvm", name, "--ignore-not-found", "--wait=true", "--timeout=120s")
+    wait_for(lambda: not _lease(sb, lease).get("spec"), 60,
+             what=f"MACLease {lease} released")
+
+    # -- a lease held by a VM that no longer uses the MAC (as a race another replica won leaves it) -------
+    mac2 = "52:54:00:aa:00:61"
+    holder = vm_manifest("holder", "team-a", POOL, running=False, network={"pool": POOL, "mac": "52:54:00:aa:00:62"})
+    apply(sb, holder)
+    meta = get_vm(sb, "team-a", "holder")["metadata"]
+    lease2 = f"{POOL}.{mac2.replace(':', '-')}"
+    apply(sb, {"apiVersion": "failovervm.io/v1alpha1", "kind": "MACLease", "metadata": {"name": lease2},
+               "spec": {"pool": POOL, "mac": mac2,
+                        "owner": {"namespace": "team-a", "name": "holder", "uid": meta["uid"]}}})
+    assert _apply_as(sb, "alice", vm_manifest("late", "team-a", POOL,
+                                              network={"pool": POOL, "mac": mac2})).returncode == 0
+    vm = wait_for(lambda: (lambda v: v if (condition(v, "Scheduled") or {}).get("reason") == "MACConflict"
+                           else None)(get_vm(sb, "team-a", "late")), 60, what="late: MACConflict")
+    assert "MACLease " + lease2 in condition(vm, "Scheduled")["message"]
+    # The 30 s sweep releases it after the claims' grace (the sandbox's: see claim_gc_grace_seconds).
+    assert wait_phase(sb, "team-a", "late", "Running", timeout=240)["status"]["mac"] == mac2
+    assert sb.kubectl_json("get", "maclease", lease2)["spec"]["owner"]["name"] == "late"
+    for name in ("late", "holder"):
+        sb.kubectl("-n", "team-a", "delete", "fvm", name, "--wait=true", "--timeout=120s")
 
 
 def test_an_agent_migrates_only_to_its_target_nodes_own_libvirt(operator_sandbox: Sandbox) -> None:

@@ -41,7 +41,7 @@ K = TypeVar("K")
 FK = TypeVar("FK", bound="FakeKube")
 KINDS = {"failovervms": "FailoverVM", "failovervmmigrations": "FailoverVMMigration", "vfpools": "VFPool",
          "vfclaims": "VFClaim", "vfinventories": "VFInventory", "nodes": "Node", "pods": "Pod",
-         "namespaces": "Namespace"}
+         "namespaces": "Namespace", "macleases": "MACLease"}
 Obj = dict[str, Any]
 Mutate = Callable[[Obj], Obj | None]
 
@@ -158,6 +158,7 @@ class FakeKube(VMMetadataEdits, Failures):
         self.migrations: dict[tuple[str, str], Obj] = {}
         self.pools: dict[str, Obj] = {}
         self.claims: dict[str, Obj] = {}
+        self.mac_leases: dict[str, Obj] = {}
         self.inventories: dict[str, Obj] = {}
         self.nodes: dict[str, Obj] = {}
         self.namespaces: dict[str, Obj] = {}
@@ -225,6 +226,7 @@ class FakeKube(VMMetadataEdits, Failures):
     def indexes(self) -> dict[str, dict[Any, list[Obj]]]:
         """The controller's watch indexes (controller.cache) as Kopf would hold them for the objects
         stored now: plain dicts for `IndexedCache`."""
+        from failovervm import macleases
         from failovervm.controller import cache
 
         out: dict[str, dict[Any, list[Obj]]] = {name: {} for name in cache.INDEX_NAMES}
@@ -237,6 +239,8 @@ class FakeKube(VMMetadataEdits, Failures):
             put(cache.VMS, cache.vm_keys(vm))
         for claim in self.claims.values():
             put(cache.CLAIMS, cache.claim_keys(claim))
+        for lease in self.mac_leases.values():
+            put(cache.MAC_LEASES, macleases.lease_keys(lease))
         for name, pool in self.pools.items():
             put(cache.POOLS, {name: cache.pool_summary(pool)})
         for name, inv in self.inventories.items():
@@ -348,6 +352,26 @@ class FakeKube(VMMetadataEdits, Failures):
     @api
     def delete_claim(self, name: str, uid: str | None = None) -> None:
         self._delete(self.claims, name, uid)
+
+    @api
+    def create_mac_lease(self, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        if name in self.mac_leases:
+            return False
+        self._create("macleases", self.mac_leases, name, body)
+        return True
+
+    @api
+    def get_mac_lease(self, name: str) -> Obj | None:
+        return copy.deepcopy(self.mac_leases.get(name))
+
+    @api
+    def list_mac_leases(self) -> list[Obj]:
+        return self._list(self.mac_leases, None)
+
+    @api
+    def delete_mac_lease(self, name: str, uid: str | None = None) -> None:
+        self._delete(self.mac_leases, name, uid)
 
     # -- Nodes and Pods ------------------------------------------------------------------------
     @api

@@ -206,6 +206,7 @@ CONTROLLER_RULES = {
     ("failovervm.io", "vfpools"): {"get", "list", "watch", "patch"},
     ("failovervm.io", "vfpools/status"): {"get", "update", "patch"},
     ("failovervm.io", "vfclaims"): {"get", "list", "watch", "create", "delete", "patch"},
+    ("failovervm.io", "macleases"): {"get", "list", "watch", "create", "delete"},
     ("failovervm.io", "vfinventories"): {"get", "list", "watch"},
     ("failovervm.io", "failovermigrationpolicies"): {"get", "list", "watch"},
     ("", "nodes"): {"get", "list", "watch"},

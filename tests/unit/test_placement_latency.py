@@ -62,12 +62,17 @@ def kube() -> FakeKube:
     return k
 
 
-@pytest.fixture
-def ctx(kube: FakeKube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
+def indexed_ctx(kube: FakeKube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
+    """A controller context reading the fake's objects through indexes, as Kopf's (no API call)."""
     c = controller_ctx(kube)
     c.pods = vmpods.IndexedPods(LiveIndex(kube))
     c.cache = IndexedCache(kube.live_indexes())
     return c
+
+
+@pytest.fixture
+def ctx(kube: FakeKube, controller_ctx: Callable[..., ControllerContext]) -> ControllerContext:
+    return indexed_ctx(kube, controller_ctx)
 
 
 def the_pod(kube: FakeKube) -> dict[str, Any]:

@@ -19,6 +19,7 @@ Keys of the indexes (Kopf's index maps each key to the values of all objects tha
   unplaced VM that is not being deleted, ("mac", pool, MAC) for each MAC it holds (admission's
   uniqueness per pool, controller.tenancy) -> VM summary
 - `vfclaim_keys`: ("on", node, pool), ("of", owner uid) -> claim summary
+- `maclease_keys`: ("name", name), ("of", owner uid) -> MACLease summary (failovervm.macleases)
 - `vfpool_index`: name -> pool summary
 - `vfinventory_index`: node name -> inventory summary
 - `node_index`: name -> node summary
@@ -30,7 +31,7 @@ import json
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any, Protocol
 
-from failovervm import jsoncopy, labels
+from failovervm import jsoncopy, labels, macleases
 from failovervm.kube import KubeAPI
 from failovervm.validation import vm_macs
 
@@ -39,7 +40,8 @@ Index = Mapping[Any, Collection[Mapping[str, Any]]]
 
 # The index names of controller.main (the keyword arguments Kopf passes to every handler).
 VMS, CLAIMS, POOLS, INVENTORIES, NODES = "fvm_keys", "vfclaim_keys", "vfpool_index", "vfinventory_index", "node_index"
-INDEX_NAMES = (VMS, CLAIMS, POOLS, INVENTORIES, NODES)
+MAC_LEASES = "maclease_keys"
+INDEX_NAMES = (VMS, CLAIMS, POOLS, INVENTORIES, NODES, MAC_LEASES)
 
 # The VM conditions the controller reads from its cache (node health, scheduling).
 _VM_CONDITIONS = ("NodeHealthy", "Scheduled")
@@ -176,6 +178,9 @@ class ClusterCache(Protocol):
     def claims_on(self, node: str, pool: str) -> list[Obj]: ...
     def claims_of(self, owner_uid: str) -> list[Obj]: ...
     def claims(self) -> list[Obj]: ...
+    def mac_lease(self, name: str) -> Obj | None: ...
+    def mac_leases_of(self, owner_uid: str) -> list[Obj]: ...
+    def mac_leases(self) -> list[Obj]: ...
     def pool(self, name: str) -> Obj | None: ...
     def pools(self) -> list[Obj]: ...
     def inventory(self, node: str) -> Obj | None: ...
@@ -227,6 +232,15 @@ class IndexedCache:
 
     def claims(self) -> list[Obj]:
         return self._keyed(CLAIMS, "of")
+
+    def mac_lease(self, name: str) -> Obj | None:
+        return self._one(MAC_LEASES, ("name", name))
+
+    def mac_leases_of(self, owner_uid: str) -> list[Obj]:
+        return self._values(MAC_LEASES, ("of", owner_uid))
+
+    def mac_leases(self) -> list[Obj]:
+        return self._keyed(MAC_LEASES, "name")
 
     def pool(self, name: str) -> Obj | None:
         return self._one(POOLS, name)
@@ -281,6 +295,16 @@ class ListedCache:
 
     def claims(self) -> list[Obj]:
         return [claim_summary(c) for c in self.kube.list_claims(cached=True)]
+
+    def mac_lease(self, name: str) -> Obj | None:
+        lease = self.kube.get_mac_lease(name)
+        return macleases.lease_summary(lease) if lease is not None else None
+
+    def mac_leases_of(self, owner_uid: str) -> list[Obj]:
+        return [s for s in self.mac_leases() if str(macleases.owner(s).get("uid")) == owner_uid]
+
+    def mac_leases(self) -> list[Obj]:
+        return [macleases.lease_summary(lease) for lease in self.kube.list_mac_leases()]
 
     def pool(self, name: str) -> Obj | None:
         pool = self.kube.get_pool(name)

@@ -194,6 +194,8 @@ class ControllerContext:
     # FailoverMigrationPolicies and namespace labels: Kopf's indexes once a handler bound them
     # (controller.main); until then (and in tests) none, so the built-in defaults.
     policies: PolicySource = field(default_factory=StaticPolicies)
+    # The MACLease CRD was found missing (warned once; placement goes on without leases).
+    mac_leases_missing: bool = False
 
     # Pools, namespace labels and MACs per pool for the tenancy rules: Kopf's indexes once bound.
     tenancy: Tenancy = field(init=False)

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from failovervm import API_GROUP, API_VERSION, gcstats, malloc, memdebug, vmpod, webhookcerts
+from failovervm import API_GROUP, API_VERSION, gcstats, macleases, malloc, memdebug, vmpod, webhookcerts
 from failovervm import kube as kube_mod
 from failovervm import labels as fvm_labels
 from failovervm.controller import (
@@ -27,6 +27,7 @@ from failovervm.controller import (
     cache,
     evacuation,
     ha,
+    leases,
     migrations,
     policies,
     recovery,
@@ -49,6 +50,7 @@ FVM = (API_GROUP, API_VERSION, "failovervms")
 FVMM = (API_GROUP, API_VERSION, "failovervmmigrations")
 POOL = (API_GROUP, API_VERSION, "vfpools")
 CLAIM = (API_GROUP, API_VERSION, "vfclaims")
+MACLEASE = (API_GROUP, API_VERSION, "macleases")
 INVENTORY = (API_GROUP, API_VERSION, "vfinventories")
 POLICY = (API_GROUP, API_VERSION, "failovermigrationpolicies")
 
@@ -282,7 +284,10 @@ async def on_vm_event(*, type: str, name: str, namespace: str | None, status: ko
         return
     ctx = _ctx(memo, kw)
     if type == "DELETED":
-        vms.forget(ctx, namespace, name, str(meta.get("uid")))  # also one never placed (no finalizer)
+        uid = str(meta.get("uid"))
+        vms.forget(ctx, namespace, name, uid)  # also one never placed (no finalizer)
+        if ctx.cache.mac_leases_of(uid):  # in memory: a request only for a VM that leased its MAC
+            await _in_thread(memo, leases.release_mac_leases, ctx, uid)
         return
     if meta.get("deletionTimestamp"):
         return
@@ -333,6 +338,11 @@ def vfclaim_keys(*, body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str
     return cache.claim_keys(body)
 
 
+@kopf.index(*MACLEASE)
+def maclease_keys(*, body: kopf.Body, **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    return macleases.lease_keys(body)
+
+
 @kopf.index(*POOL)
 def vfpool_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: cache.pool_summary(body)}
@@ -351,6 +361,13 @@ def node_index(*, name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, A
 @kopf.on.event(*CLAIM)
 async def on_claim_event(*, type: str, memo: kopf.Memo, **kw: Any) -> None:
     """A released VF is capacity: wake the VMs that wait for one."""
+    if type == "DELETED":
+        _ctx(memo, kw).capacity.changed()
+
+
+@kopf.on.event(*MACLEASE)
+async def on_mac_lease_event(*, type: str, memo: kopf.Memo, **kw: Any) -> None:
+    """A released MAC: wake the VMs that wait for one (MACConflict)."""
     if type == "DELETED":
         _ctx(memo, kw).capacity.changed()
 

@@ -1,4 +1,5 @@
-"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims, the VM
+"""The controller's periodic sweeps: every node (3 s), and every 30 s orphaned VFClaims and
+MACLeases, the VM
 pods (each placed VM has one on its node; no migration target pod outlives its migration), the
 migration sweep (VM locks left by migrations that vanished, the history of finished migrations
 kept per VM) and VMs of deleted nodes."""
@@ -11,7 +12,7 @@ from typing import Any
 
 from failovervm import labels, malloc
 from failovervm import migration as mg
-from failovervm.controller import evacuation, recovery, repairs
+from failovervm.controller import evacuation, leases, recovery, repairs
 from failovervm.controller.context import ControllerContext
 from failovervm.controller.isolation import isolated
 from failovervm.controller.locks import NOT_TAKEN, LockWrite, update_vm_migration
@@ -39,7 +40,8 @@ def tick(ctx: ControllerContext) -> None:
         ctx.sweeps.guards_removed = True
     if now - ctx.sweeps.claims >= SLOW_SWEEP_SECONDS:
         ctx.sweeps.claims = now
-        for what, sweep in (("orphaned VFClaims", collect_orphaned_claims), ("VM pods", sweep_pods),
+        for what, sweep in (("orphaned VFClaims", collect_orphaned_claims),
+                            ("orphaned MACLeases", leases.collect_orphaned_mac_leases), ("VM pods", sweep_pods),
                             ("migrations", sweep_migrations), ("deleted nodes", recovery.sweep_deleted_nodes),
                             ("VM metadata", repairs.repair_vms)):
             isolated(f"sweep of {what}", sweep, ctx)

@@ -126,6 +126,12 @@ class Tenancy:
     def mac_range(self, pool: str | None) -> MacRange | None:
         return mac_range(self.pool(pool)) if pool else None
 
+    def note_taken(self, pool: str, mac: str, uid: str) -> None:
+        """`mac` of `pool` is held by the VM `uid` (its MACLease says so, which the indexes may not
+        show yet): free_mac hands it to no other VM."""
+        with self._lock:
+            self._recent[(pool, mac)] = uid
+
     def free_mac(self, pool: str, rng: MacRange, uid: str) -> str:
         """A MAC from the pool's range for the VM `uid` that no other VM of the pool holds: its stable
         one (from its UID) unless taken, else the next of a stable sequence. A small range can hold

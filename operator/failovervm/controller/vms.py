@@ -16,11 +16,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from failovervm import conditions, failpoints, labels, metrics, nodehealth, vmpod
+from failovervm import conditions, failpoints, labels, macleases, metrics, nodehealth, vmpod
 from failovervm import migration as mg
-from failovervm.controller import evacuation, vmpods
+from failovervm.controller import evacuation, leases, vmpods
 from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
+from failovervm.kube import age_seconds
 from failovervm.labels import AGENT_FINALIZER, CONTROLLER_FINALIZER
 from failovervm.placement import Claimed, claim_on_node
 from failovervm.scheduling import Unschedulable
@@ -137,7 +138,7 @@ def needs_look(ctx: ControllerContext, vm: Mapping[str, Any]) -> bool:
         return False
     uid = str(meta["uid"])
     seen = ctx.capacity.seen.get(uid)
-    if seen is None and not status and _age_seconds(vm) < NEW_VM_GRACE_SECONDS:
+    if seen is None and not status and age_seconds(vm) < NEW_VM_GRACE_SECONDS:
         return False  # just created: its creation event makes the first pass
     stale = seen is None or time.monotonic() - seen[1] >= PENDING_RESYNC_SECONDS
     if stale:
@@ -194,6 +195,10 @@ def _place(ctx: ControllerContext, vm: dict[str, Any], released: frozenset[str] 
     if pool is None:
         return _pending(ctx, vm, Unschedulable("NoMatchingNode", f"VFPool {pool_name!r} does not exist"),
                         "FailedScheduling")
+    # Its MAC before anything else: a VM that may not have it holds no pod and no VF meanwhile.
+    conflict = leases.take_mac_lease(ctx, vm, pool)
+    if conflict is not None:
+        return _pending(ctx, vm, conflict, macleases.CONFLICT)
     pod, vm = _pending_pod(ctx, vm, pool)
     if isinstance(pod, Unschedulable):
         return _pending(ctx, vm, pod, "PodRejected" if pod.reason == "PodRejected" else "FailedScheduling")
@@ -535,7 +540,9 @@ def _write_pending(ctx: ControllerContext, vm: dict[str, Any], u: Unschedulable)
     def mutate(st: dict[str, Any]) -> dict[str, Any] | None:
         if st.get("nodeName"):
             return None  # placed since `vm` was read (a conflict made it read again): never undone here
-        st.update(phase="Pending", mac=ctx.vm_mac(vm), observedGeneration=meta.get("generation"))
+        st.update(phase="Pending", observedGeneration=meta.get("generation"))
+        if u.reason != macleases.CONFLICT:  # never a MAC the VM could not lease
+            st["mac"] = ctx.vm_mac(vm)
         st["conditions"] = conditions.set_condition(
             st.get("conditions"), "Scheduled", False, u.reason, u.message, meta.get("generation"))
         return st
@@ -570,14 +577,6 @@ def finalize(ctx: ControllerContext, namespace: str, name: str, uid: str) -> Non
         kube.event(vm, "VFReleased", f"released VF claims {', '.join(released)}", component="controller")
 
 
-def _age_seconds(obj: Mapping[str, Any]) -> float:
-    ts = obj["metadata"].get("creationTimestamp")
-    if not ts:
-        return 0.0
-    created = dt.datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
-    return (dt.datetime.now(dt.UTC) - created).total_seconds()
-
-
 def claim_is_orphaned(claim: Mapping[str, Any], vm: Mapping[str, Any] | None) -> bool:
     """A claim whose VM is gone, or that the VM no longer refers to (status write lost)."""
     owner = claim["spec"].get("owner") or {}
@@ -596,7 +595,7 @@ def collect_orphaned_claims(ctx: ControllerContext) -> list[str]:
     kube = ctx.kube
     removed = []
     for claim in ctx.cache.claims():
-        if _age_seconds(claim) < ctx.settings.claim_gc_grace_seconds:
+        if age_seconds(claim) < ctx.settings.claim_gc_grace_seconds:
             continue
         owner = claim["spec"].get("owner") or {}
         if not claim_is_orphaned(claim, ctx.cache.vm(str(owner.get("uid")))):
