@@ -190,3 +190,18 @@ def test_a_fresh_lease_is_left_to_its_vm_by_the_sweep(kube: FakeKube, ctx: Contr
     vms.ensure_scheduled(ctx, "a", "first")
     del kube.vms["a", "first"]
     assert leases.collect_orphaned_mac_leases(ctx) == []  # within the grace: its VM may not be cached yet
+
+
+def test_a_lease_changing_hands_under_the_pass_makes_it_wait_not_fail(kube: FakeKube, ctx: ControllerContext) -> None:
+    kube.add_vm(vm("a", "first"))
+    other = macleases.lease_body({"metadata": {"namespace": "b", "name": "x", "uid": "x-uid"}}, "pool", MAC)
+
+    def appear() -> None:
+        kube.mac_leases[other["metadata"]["name"]] = {**other, "metadata": {**other["metadata"], "uid": "l"}}
+
+    kube.before("create_mac_lease", appear, appear)
+    kube.before("get_mac_lease", kube.mac_leases.clear, kube.mac_leases.clear)
+    assert vms.ensure_scheduled(ctx, "a", "first") == "pending:MACConflict"
+    assert "leased in VFPool 'pool' to another FailoverVM" in scheduled(kube, "a", "first")["message"]
+    # The next pass takes it.
+    assert vms.ensure_scheduled(ctx, "a", "first") == "pending:WaitingForScheduler"

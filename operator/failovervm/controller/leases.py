@@ -72,7 +72,10 @@ def _lease(ctx: ControllerContext, vm: Mapping[str, Any], pool: str, mac: str) -
         log.warning("MACLease %s: its VM %s/%s is gone; taken over", name, macleases.owner(other).get("namespace"),
                     macleases.owner(other).get("name"))
         ctx.kube.delete_mac_lease(name, (other.get("metadata") or {}).get("uid"))
-    return other if other is not None else body
+    if other is not None:
+        return other
+    # Taken and released twice while this pass looked: someone else's for now (the VM tries again).
+    return {"metadata": {"name": name}, "spec": {"pool": pool, "mac": mac, "owner": {}}}
 
 
 def _holder_gone(ctx: ControllerContext, lease: Mapping[str, Any]) -> bool:
