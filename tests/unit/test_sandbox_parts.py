@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,11 @@ def test_halt_sector_is_a_boot_sector(tmp_path: Path) -> None:
 
 def test_procs_spawn_alive_stop(tmp_path: Path) -> None:
     pid = procs.spawn([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "log")
+    # Popen returns once the child's close-on-exec pipe closed, which the kernel does in execve before
+    # it lays out the new command line: for a moment /proc/<pid>/cmdline is empty (a loaded machine).
+    deadline = time.monotonic() + 10
+    while not procs.alive(pid, "time.sleep") and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert procs.alive(pid, "time.sleep")
     assert not procs.alive(pid, "no-such-marker")
     assert procs.stop(pid, "time.sleep", timeout=5)
