@@ -23,7 +23,7 @@ agent; VMs placed there never start). Uses a VFPool that selects only those node
              controller replicas, ...) and of the benchmark's own clients, per VM and per plain pod,
              over each phase (first create to all placed / bound): where the cores went.
 Then the VMs are deleted (the benchmark removes the agent finalizer, as the missing agents would:
-no domain ever existed) and the namespace with them.
+no domain ever existed, also from a VM placed while it was being deleted) and the namespace with them.
 
   .venv/bin/python -m benchmarks.scale --state-dir /var/lib/failovervm-sandbox -n 1000
 """
@@ -333,10 +333,30 @@ def _cleanup(sb: SandboxHandle, ns: str, names: list[str], clients: int) -> None
                     "metadata": {"finalizers": fins, "resourceVersion": vm["metadata"]["resourceVersion"]}})
                 custom.delete_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms", name)
             except kubeclient.ApiException:
-                pass  # gone, or changed meanwhile: the namespace's deletion still finds it
+                pass  # gone, or changed meanwhile: the sweep below finds it
 
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(one, range(clients)))
+    # A VM placed while it was being deleted (the controller's placement raced the first pass) or
+    # whose finalizer patch met a conflict still holds the agent finalizer: strip it until none is left.
+    custom = kubeclient.CustomObjectsApi(apis[0])
+
+    def stuck() -> list[dict[str, Any]]:
+        vms = custom.list_namespaced_custom_object(API_GROUP, API_VERSION, ns, "failovervms")["items"]
+        return [v for v in vms if v["metadata"].get("deletionTimestamp")
+                and labels.AGENT_FINALIZER in (v["metadata"].get("finalizers") or [])]
+
+    deadline = time.monotonic() + 300
+    while (left := stuck()) and time.monotonic() < deadline:
+        for vm in left:
+            fins = [f for f in vm["metadata"].get("finalizers") or [] if f != labels.AGENT_FINALIZER]
+            try:
+                custom.patch_namespaced_custom_object(
+                    API_GROUP, API_VERSION, ns, "failovervms", vm["metadata"]["name"],
+                    {"metadata": {"finalizers": fins, "resourceVersion": vm["metadata"]["resourceVersion"]}})
+            except kubeclient.ApiException:
+                pass  # changed meanwhile: the next round reads it again
+        time.sleep(2)
 
 
 def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients: int = CLIENTS,
