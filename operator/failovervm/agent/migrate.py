@@ -561,7 +561,8 @@ class Migrator:
                 dm.start_post_copy(dom)
             except DomainError as exc:
                 # Asked again at the next sample; aborted (PostCopyFailed) if libvirt keeps refusing.
-                log.warning("switching %s to post-copy failed: %s", dom.name, exc)
+                log.log(logging.DEBUG if run.monitor.switch_error else logging.WARNING,
+                        "switching %s to post-copy failed (asked again every sample): %s", dom.name, exc)
                 run.monitor.switch_failed(str(exc))
                 return
             run.monitor.switched()
