@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from failovervm.agent.mirror import Mirror
+from failovervm.agent.mirror import KeyFeed, Mirror
 from failovervm.kubeclient import ApiException
 from tests.unit.test_reflector import FakeApi, obj
 
@@ -64,3 +64,24 @@ def test_a_failing_list_is_retried() -> None:
     finally:
         mirror.stop()
     assert api.lists == ["failed", None] and mirror.get("n1") is not None
+
+
+def test_the_agents_vm_feed_queues_every_vm_listed_or_changed_and_resumes() -> None:
+    """The agent's own FailoverVMs (KeyFeed): each VM of the LIST and of every event (a deletion too)
+    reaches the work queue; a broken connection resumes from the last version, not with a new LIST."""
+    def vm(name: str, rv: int) -> dict[str, Any]:
+        return {"metadata": {"namespace": "ns", "name": name, "resourceVersion": str(rv)}}
+
+    api = FakeApi([vm("a", 3), vm("b", 3)], 4, [
+        ([{"type": "MODIFIED", "object": vm("a", 5)}], ConnectionResetError("connection reset")),
+        ([{"type": "DELETED", "object": vm("b", 6)}, {"type": "BOOKMARK", "object": obj("", 9)}], None),
+    ])
+    fed: list[str] = []
+    feed = KeyFeed(api, "/apis/failovervm.io/v1alpha1/failovervms", fed.append, label_selector="node=n1")
+    feed.start()
+    try:
+        wait_until(lambda: len(api.watched_from) >= 3)
+    finally:
+        feed.stop()
+    assert fed == ["ns/a", "ns/b", "ns/a", "ns/b"]
+    assert api.lists == [None] and api.watched_from[:3] == ["4", "5", "9"]

@@ -17,11 +17,8 @@ round reads nothing from the API server.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import signal
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +30,7 @@ from failovervm.agent.connection import LibvirtConnection
 from failovervm.agent.domains import DomainNotFound
 from failovervm.agent.inventory import Published, publish, publish_node
 from failovervm.agent.libvirt_domains import LibvirtDomainManager
-from failovervm.agent.mirror import Mirror
+from failovervm.agent.mirror import KeyFeed, Mirror
 from failovervm.agent.reconcile import AgentContext, reconcile
 from failovervm.agent.slots import Slots
 from failovervm.metrics import RECONCILE_ERRORS, start_metrics
@@ -105,7 +102,6 @@ class Agent:
         self.conn = LibvirtConnection(args.libvirt_uri, args.node, self._on_domain_event, self._on_reconnect)
         self.ctx: AgentContext | None = None
         self.migrator: Any = None
-        self._stop = threading.Event()
         self.published = Published()  # what the inventory round last wrote (agent.inventory)
         # The VFPools and this Node, from watches: the inventory round reads neither from the API.
         self.pools = Mirror(self.kube.api, kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.VFPOOL),
@@ -151,33 +147,6 @@ class Agent:
         self.ctx.migration_hook = migrator.handle
         log.info("libvirt host %s: KVM %s", self.args.libvirt_uri, "available" if kvm else "NOT available (TCG)")
         asyncio.get_running_loop().create_task(self._resync())
-
-    def _watch_thread(self) -> None:
-        """Blocking watch with the server-side label selector; restarts with backoff."""
-        selector = f"{labels.VM_NODE}={self.args.node}"
-        backoff = 0.5
-        assert self.loop is not None
-        while not self._stop.is_set():
-            w = kubeclient.Watch(self.kube.api)
-            try:
-                for ev in w.stream(kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.FVM),
-                                   label_selector=selector, timeout_seconds=300):
-                    if ev["type"] == "ERROR":  # a Status (e.g. 410 Gone): watch again
-                        raise kubeclient.ApiException(int(ev["object"].get("code") or 0),
-                                                      ev["object"].get("reason"), json.dumps(ev["object"]))
-                    obj = ev["object"]
-                    meta = obj.get("metadata", {})
-                    key = f"{meta.get('namespace')}/{meta.get('name')}"
-                    self.loop.call_soon_threadsafe(self.queue.add, key)
-                    backoff = 0.5
-                    if self._stop.is_set():
-                        break
-            except Exception as exc:
-                log.warning("FailoverVM watch failed: %s; retrying in %.1fs", exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                w.stop()
 
     async def _resync(self) -> None:
         try:
@@ -282,12 +251,16 @@ class Agent:
             asyncio.create_task(self._periodic(self.args.inventory_seconds, self._inventory)),
             asyncio.create_task(self._dispatch()),
         ]
-        threading.Thread(target=self._watch_thread, name="fvm-watch", daemon=True).start()
+        # Its own FailoverVMs (server-side label selector), each change to the work queue.
+        loop = asyncio.get_running_loop()
+        vm_feed = KeyFeed(self.kube.api, kubeclient.custom_path(API_GROUP, API_VERSION, kube_mod.FVM),
+                          lambda key: loop.call_soon_threadsafe(self.queue.add, key),
+                          label_selector=f"{labels.VM_NODE}={self.args.node}").start()
         self.pools.start()
         self.node_obj.start()
         log.info("agent for node %s started (libvirt %s)", self.args.node, self.args.libvirt_uri)
         await stop.wait()
-        self._stop.set()
+        vm_feed.stop()
         self.pools.stop()
         self.node_obj.stop()
         for t in tasks:

@@ -56,3 +56,25 @@ class Mirror(Reflector):
 
     def _typed(self, obj: Mapping[str, Any]) -> Obj:
         return {"apiVersion": self.api_version, "kind": self.kind, **obj}
+
+
+class KeyFeed(Reflector):
+    """Every object of a collection as "namespace/name" to `feed` (from the watch thread): each one
+    a LIST shows, and each one an event is about (deleted ones too). Keeps nothing itself: the agent's
+    own FailoverVMs (label selector: its node) go to its work queue this way."""
+
+    def __init__(self, api: ApiClient, path: str, feed: Callable[[str], object], **query: Any) -> None:
+        super().__init__(api, path, name="feed-" + path.rsplit("/", 1)[-1], retry_seconds=0.5, **query)
+        self.feed = feed
+
+    @staticmethod
+    def _key(obj: Mapping[str, Any]) -> str:
+        meta = obj.get("metadata") or {}
+        return f"{meta.get('namespace')}/{meta.get('name')}"
+
+    def reset(self, objs: Iterable[Mapping[str, Any]]) -> None:
+        for obj in objs:
+            self.feed(self._key(obj))
+
+    def see(self, event_type: str, obj: Mapping[str, Any]) -> None:
+        self.feed(self._key(obj))
