@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal
 
 from failovervm import API_GROUP, API_VERSION, jsoncopy
-from failovervm.validation import vm_macs
+from failovervm.validation import named_for, vm_macs
 
 Obj = dict[str, Any]
 CONFLICT: Final[Literal["MACConflict"]] = "MACConflict"
@@ -80,12 +80,8 @@ def is_orphaned(lease: Mapping[str, Any], vm: Mapping[str, Any] | None) -> bool:
 def conflict_message(vm: Mapping[str, Any], lease: Mapping[str, Any], explicit: bool) -> str:
     """Why the VM waits, naming the holder only within the VM's own namespace (tenancy)."""
     spec, held = lease.get("spec") or {}, owner(lease)
-    if not held.get("uid"):
-        holder = "another FailoverVM"
-    elif held.get("namespace") == (vm.get("metadata") or {}).get("namespace"):
-        holder = f"FailoverVM {held.get('namespace')}/{held.get('name')}"
-    else:
-        holder = "a FailoverVM of another namespace"
+    namespace = str((vm.get("metadata") or {}).get("namespace") or "")
+    holder = named_for(namespace, held.get("namespace"), held.get("name")) if held.get("uid") else "another FailoverVM"
     what = "spec.network.mac" if explicit else "the MAC generated from the pool's macRange,"
     return (f"{what} {spec.get('mac')} is leased in VFPool {spec.get('pool')!r} to {holder} (MACLease "
             f"{(lease.get('metadata') or {}).get('name')}); the VM waits until that VM is deleted or uses "

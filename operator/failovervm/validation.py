@@ -25,6 +25,14 @@ def vm_macs(vm: Mapping[str, Any]) -> set[str]:
     return out
 
 
+def named_for(namespace: str, other_namespace: Any, other_name: Any) -> str:
+    """Another FailoverVM as a user of `namespace` may see it: by name within the namespace only
+    (tenancy: another tenant's VM names are not theirs to read)."""
+    if other_namespace == namespace:
+        return f"FailoverVM {other_namespace}/{other_name}"
+    return "a FailoverVM of another namespace"
+
+
 def validate_vm(
     vm: Mapping[str, Any],
     *,
@@ -63,11 +71,8 @@ def validate_vm(
                 if (om.get("namespace"), om.get("name")) == (namespace, name):
                     continue
                 if norm in vm_macs(other):
-                    errors.append(
-                        f"spec.network.mac: {norm} is already used in VFPool {pool!r} by "
-                        + (f"FailoverVM {om.get('namespace')}/{om.get('name')}" if om.get("namespace") == namespace
-                           else "a FailoverVM of another namespace")
-                    )
+                    errors.append(f"spec.network.mac: {norm} is already used in VFPool {pool!r} by "
+                                  + named_for(namespace, om.get("namespace"), om.get("name")))
                     break
     for field, path, write in guest_paths(vm):
         if ".." in path.split("/"):

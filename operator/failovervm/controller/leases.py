@@ -10,7 +10,8 @@ from typing import Any
 
 from failovervm import macleases
 from failovervm.controller.context import ControllerContext
-from failovervm.kube import ApiException, age_seconds
+from failovervm.controller.orphans import release_orphans
+from failovervm.kube import ApiException
 from failovervm.scheduling import Unschedulable
 
 log = logging.getLogger(__name__)
@@ -111,17 +112,5 @@ def release_mac_leases(ctx: ControllerContext, uid: str) -> list[str]:
 def collect_orphaned_mac_leases(ctx: ControllerContext) -> list[str]:
     """Release MACLeases whose VM is gone or no longer uses that MAC in that pool: decided from the
     watch caches after the claims' grace, confirmed by reading the VM before a lease is deleted."""
-    removed = []
-    for lease in ctx.cache.mac_leases():
-        if age_seconds(lease) < ctx.settings.claim_gc_grace_seconds:
-            continue
-        held = macleases.owner(lease)
-        if not macleases.is_orphaned(lease, ctx.cache.vm(str(held.get("uid")))):
-            continue
-        vm = ctx.kube.get_vm(str(held.get("namespace") or ""), str(held.get("name") or ""))
-        if macleases.is_orphaned(lease, vm):
-            name = str(lease["metadata"]["name"])
-            ctx.kube.delete_mac_lease(name, lease["metadata"].get("uid"))
-            removed.append(name)
-            log.warning("released orphaned MACLease %s", name)
-    return removed
+    return release_orphans(ctx, ctx.cache.mac_leases(), macleases.is_orphaned, ctx.kube.delete_mac_lease,
+                           "MACLease")

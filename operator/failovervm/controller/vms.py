@@ -21,6 +21,7 @@ from failovervm import migration as mg
 from failovervm.controller import evacuation, leases, vmpods
 from failovervm.controller.cache import node_vfs
 from failovervm.controller.context import ControllerContext
+from failovervm.controller.orphans import release_orphans
 from failovervm.kube import age_seconds
 from failovervm.labels import AGENT_FINALIZER, CONTROLLER_FINALIZER
 from failovervm.placement import Claimed, claim_on_node
@@ -592,20 +593,7 @@ def claim_is_orphaned(claim: Mapping[str, Any], vm: Mapping[str, Any] | None) ->
 def collect_orphaned_claims(ctx: ControllerContext) -> list[str]:
     """Release VFClaims whose VM is gone or no longer refers to them: decided from the watch
     caches, confirmed by reading the VM before a claim is deleted."""
-    kube = ctx.kube
-    removed = []
-    for claim in ctx.cache.claims():
-        if age_seconds(claim) < ctx.settings.claim_gc_grace_seconds:
-            continue
-        owner = claim["spec"].get("owner") or {}
-        if not claim_is_orphaned(claim, ctx.cache.vm(str(owner.get("uid")))):
-            continue
-        vm = kube.get_vm(owner.get("namespace", ""), owner.get("name", ""))
-        if claim_is_orphaned(claim, vm):
-            kube.delete_claim(claim["metadata"]["name"], claim["metadata"].get("uid"))
-            removed.append(claim["metadata"]["name"])
-            log.warning("released orphaned VFClaim %s", claim["metadata"]["name"])
-    return removed
+    return release_orphans(ctx, ctx.cache.claims(), claim_is_orphaned, ctx.kube.delete_claim, "VFClaim")
 
 
 def pool_counts(ctx: ControllerContext, pool_name: str) -> tuple[list[dict[str, Any]], bool]:
