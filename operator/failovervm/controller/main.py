@@ -153,6 +153,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
 def run(args: ControllerArgs) -> int:
     malloc.limit_arenas()
     memdebug.install()
+    memdebug.install_census()
     gcstats.install()
     configure_logs("controller", None, args.log_format)
     if args.kubeconfig:
