@@ -18,8 +18,7 @@ import time
 import tracemalloc
 from collections.abc import Mapping
 from pathlib import Path
-from types import (AsyncGeneratorType, CodeType, CoroutineType, FrameType, FunctionType, GeneratorType,
-                   MethodType)
+from types import AsyncGeneratorType, CodeType, CoroutineType, FrameType, FunctionType, GeneratorType, MethodType
 
 from failovervm import malloc
 
