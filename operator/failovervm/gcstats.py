@@ -13,17 +13,16 @@ many alive for a while (the events queued during a burst of creates), so they su
 collections and land in the oldest generation; each of its collections then walks the whole cache
 again. Measured at 1,000 / 5,000 VMs: 6.0 / 10.7 ms of the controller's 19.8 / 24.2 ms of CPU per
 VM (docs/scale.md), the only part that grew with N. The oldest generation is now collected a tenth
-as often (it is where collections cost), and what exists when the operator starts (modules,
-classes, settings) is frozen out of every collection. Cycles are still collected, a little later;
-a first threshold of 50,000 instead of 700 cut the collector's time further but cost about 50 MiB more
-memory at 1,000 VMs.
+as often (it is where collections cost), the youngest after 10,000 net allocations instead of 700
+(see THRESHOLDS), and what exists when the operator starts (modules, classes, settings) is frozen
+out of every collection. Cycles are still collected, later.
 
 Most of what those collections found was not garbage of the operator's making: Kopf's views of
 each event's body formed reference cycles, so every event's JSON tree waited for a collection
 instead of being freed when Kopf dropped it. controller/kopfviews.py removes those cycles (16,400
-cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census);
-the oldest generation's share fell from 7.5 to 2.1 ms per VM at 5,000 VMs, and to 0.6 ms with the
-threshold of 100 (30 before)."""
+cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census).
+At 5,000 VMs the collector's share fell from 7.5 to 4.7 ms per VM (the oldest generation's from
+4.3 to 2.1 ms), and to 2.3 ms with the thresholds now."""
 
 from __future__ import annotations
 
@@ -64,12 +63,16 @@ def install() -> GcTimer:
 
 
 # gc.set_threshold: the youngest generation is collected after this many net allocations of
-# container objects (as CPython: 700), the middle one every 10 of those (as CPython), the oldest
-# every 100 of those (CPython: 10; and only once a quarter of what it holds is new). 30 until Kopf's
-# views stopped making every event body cyclic garbage (controller/kopfviews.py); with little left
-# for it to reclaim, 100 took the oldest generation from 2.1 to 0.6 ms per VM at 5,000 VMs for the
-# same memory (run K2, docs/scale.md). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
-THRESHOLDS = (700, 10, 100)
+# container objects (CPython: 700), the middle one every 10 of those (as CPython), the oldest every
+# 100 of those (CPython: 10; and only once a quarter of what it holds is new). Until Kopf's views
+# stopped making every event body cyclic garbage (controller/kopfviews.py) they were (700, 10, 30):
+# a larger first threshold then cost memory (50 MiB more at 1,000 VMs with 50,000), since garbage
+# waited longer for its collection. With little cyclic garbage left, what a young collection walks
+# is the events still queued while the controller is behind, and fewer collections walk it less
+# often: (10000, 10, 100) gave 12.7 ms of controller CPU per VM at both 1,000 and 5,000 VMs
+# (collector 1.7 / 2.3 ms) against 12.7 / 14.8 (2.2 / 3.8) with (700, 10, 100), for the same
+# memory (runs K3, K4, docs/scale.md). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
+THRESHOLDS = (10000, 10, 100)
 ENV = "FAILOVERVM_GC_THRESHOLDS"
 
 
@@ -83,7 +86,7 @@ def thresholds(environ: Mapping[str, str]) -> tuple[int, int, int]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 700,10,100")
+        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 10000,10,100")
     return parts[0], parts[1], parts[2]
 
 
