@@ -118,9 +118,12 @@ class Census:
         self.objects = 0
 
     def take(self, garbage: list[object]) -> int:
-        """Count what the collector saved and drop it; how many objects it was."""
-        batch = garbage[:]
-        del garbage[:]
+        """Count what the collector saved and drop it; how many objects it was. (A collection in
+        another thread may append meanwhile: only the first `n` are taken, the rest stay for the
+        next round.)"""
+        n = len(garbage)
+        batch = garbage[:n]
+        del garbage[:n]
         self.totals.update(garbage_kind(o) for o in batch)
         self.rounds += 1
         self.objects += len(batch)
