@@ -22,7 +22,7 @@ each event's body formed reference cycles, so every event's JSON tree waited for
 instead of being freed when Kopf dropped it. controller/kopfviews.py removes those cycles (16,400
 cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census).
 At 5,000 VMs the collector's share fell from 7.5 to 4.7 ms per VM (the oldest generation's from
-4.3 to 2.1 ms), and to 2.3 ms with the thresholds now."""
+4.3 to 2.1 ms), and to 2.3-2.9 ms with the thresholds now."""
 
 from __future__ import annotations
 
@@ -69,9 +69,10 @@ def install() -> GcTimer:
 # a larger first threshold then cost memory (50 MiB more at 1,000 VMs with 50,000), since garbage
 # waited longer for its collection. With little cyclic garbage left, what a young collection walks
 # is the events still queued while the controller is behind, and fewer collections walk it less
-# often: (10000, 10, 100) gave 12.7 ms of controller CPU per VM at both 1,000 and 5,000 VMs
-# (collector 1.7 / 2.3 ms) against 12.7 / 14.8 (2.2 / 3.8) with (700, 10, 100), for the same
-# memory (runs K3, K4, docs/scale.md). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
+# often: with (10000, 10, 100) the collector took 1.3-1.7 / 2.3-2.9 ms per VM at 1,000 / 5,000 VMs
+# (runs K4 to K6; the oldest generation never ran) against 2.2 / 3.8 ms with (700, 10, 100) (run
+# K3), for the same memory (docs/scale.md). The controller's whole CPU per VM varies more between
+# runs than that (12.7-15.4 ms at 5,000). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
 THRESHOLDS = (10000, 10, 100)
 ENV = "FAILOVERVM_GC_THRESHOLDS"
 
