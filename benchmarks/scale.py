@@ -33,7 +33,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import signal
 import ssl
+import subprocess
 import sys
 import threading
 import time
@@ -84,20 +87,42 @@ def sum_count(text: str, metric: str, **match: str) -> tuple[float, float]:
     return total[0], total[1]
 
 
+def watch_events(before: str, after: str) -> dict[str, dict[str, float]]:
+    """The events the apiserver sent to all its watchers between two scrapes, by resource (a write
+    seen by three watchers counts three): their number and bytes (apiserver_watch_events_total,
+    apiserver_watch_events_sizes)."""
+    def by_resource(text: str, series: str) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for m in re.finditer(rf"^{series}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+            lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+            out[lbl.get("resource") or lbl.get("kind") or "?"] += float(m.group(2))
+        return out
+    out: dict[str, dict[str, float]] = {}
+    for key, series in (("events", "apiserver_watch_events_total"), ("bytes", "apiserver_watch_events_sizes_sum")):
+        b, a = by_resource(before, series), by_resource(after, series)
+        for res in a:
+            if a[res] - b.get(res, 0.0) > 0:
+                out.setdefault(res, {"events": 0.0, "bytes": 0.0})[key] = a[res] - b.get(res, 0.0)
+    return out
+
+
 def mean_ms(before: str, after: str, metric: str, **match: str) -> float | None:
     """The mean of a histogram's observations between two scrapes, in ms (None: none observed)."""
     (s0, c0), (s1, c1) = sum_count(before, metric, **match), sum_count(after, metric, **match)
     return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else None
 
 
-def scrape(sb: SandboxHandle, text: str | None = None) -> Counter[tuple[str, str]]:
-    """apiserver_request_total from the apiserver's /metrics, summed over codes and components:
-    (verb, resource[/subresource][@cluster for cluster-wide LISTs and WATCHes]) -> count."""
+def scrape(sb: SandboxHandle, text: str | None = None, code: str | None = None) -> Counter[tuple[str, str]]:
+    """apiserver_request_total from the apiserver's /metrics, summed over codes (only `code`, e.g.
+    "409", when given) and components: (verb, resource[/subresource][@cluster for cluster-wide LISTs
+    and WATCHes]) -> count."""
     if text is None:
         text = metrics_text(sb)
     out: Counter[tuple[str, str]] = Counter()
     for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
         lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if code is not None and lbl.get("code") != code:
+            continue
         resource = lbl.get("resource", "")
         if lbl.get("subresource"):
             resource += "/" + lbl["subresource"]
@@ -163,6 +188,34 @@ def gc_seconds(port: int | None) -> dict[str, float]:
     for m in re.finditer(r'^failovervm_python_gc_seconds_total\{generation="(\d)"\} (\S+)$', text, re.M):
         out[m.group(1)] = float(m.group(2))
     return out
+
+
+class PySpy:
+    """`py-spy record` attached to each controller replica over one phase (--py-spy): its collapsed
+    stacks while it holds the GIL (its Python work, not its waits), to compare where a replica's
+    time goes at two sizes. SIGINT makes py-spy write them."""
+
+    def __init__(self, state_dir: Path, replicas: dict[str, Any], n: int, rate: int = 50) -> None:
+        self.cmds = {k: ["py-spy", "record", "--nonblocking", "--gil", "--rate", str(rate), "--format", "raw",
+                         "--output", str(state_dir / f"py-spy-{k}-{n}.txt"), "--pid", str(pid)]
+                     for k, pid in replicas.items() if pid}
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> PySpy:
+        if shutil.which("py-spy") is None:
+            raise SystemExit("--py-spy: py-spy is not on PATH (pip install py-spy)")
+        self.procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      for cmd in self.cmds.values()]
+        return self
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGINT)
+        for p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def _metrics_ports(state_dir: Path) -> dict[str, int]:
@@ -360,7 +413,7 @@ def _cleanup(sb: SandboxHandle, ns: str, names: list[str], clients: int) -> None
 
 
 def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients: int = CLIENTS,
-        keep: bool = False) -> dict[str, Any]:
+        keep: bool = False, py_spy: bool = False) -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
     m = int(sb.data.get("virtual_nodes") or 0)
     if not m:
@@ -403,13 +456,14 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     placed = Stamps(sb, kubeclient.custom_path(API_GROUP, API_VERSION, "failovervms", namespace=namespace),
                     _placed).start()
     before_text = metrics_text(sb)
-    before = scrape(sb, before_text)
+    before, conflicts_before = scrape(sb, before_text), scrape(sb, before_text, code="409")
     # Every controller replica: the active one is the one that worked (the most CPU time meanwhile).
     replicas = {k: v.get("pid") for k, v in json.loads((state_dir / "sandbox.json").read_text()).items()
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
     ports = _metrics_ports(state_dir)
     gc_before = {k: gc_seconds(ports.get(k)) for k in replicas}
     op_cpu = CpuMeter(state_dir).start()
+    spies = PySpy(state_dir, replicas, n).start() if py_spy else None
     names = [f"scale-{i}" for i in range(n)]
     t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: kubeclient.CustomObjectsApi(
         api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b), clients)
@@ -417,8 +471,10 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
         wait(lambda: len(placed.at) >= n, 120 + n * 0.5, f"{n} VMs placed", 0.1)
     finally:
         after_text = metrics_text(sb)
-        after = scrape(sb, after_text)
+        after, conflicts_after = scrape(sb, after_text), scrape(sb, after_text, code="409")
         op_cpu_s = op_cpu.stop()
+        if spies is not None:
+            spies.stop()
         placed.stop()
     t_placed = max(placed.at.values()) if placed.at else float("nan")
     out["operator"] = {"create_s": t_last - t0, "creates_per_s": n / (t_last - t0), "placed": len(placed.at),
@@ -430,6 +486,10 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                        # The mean time of a create in the API server, and of its admission webhook call.
                        "create_ms": mean_ms(before_text, after_text, "apiserver_request_duration_seconds",
                                             verb="POST", resource="failovervms", subresource=""),
+                       # What every watcher received meanwhile, per VM: events and bytes by resource.
+                       "watch_per_vm": {r: {k: v / n for k, v in e.items()}
+                                        for r, e in sorted(watch_events(before_text, after_text).items(),
+                                                           key=lambda kv: -kv[1]["bytes"])},
                        "webhook_ms": mean_ms(before_text, after_text,
                                              "apiserver_admission_webhook_admission_duration_seconds",
                                              operation="CREATE")}
@@ -445,9 +505,14 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0}
     per_vm = {f"{v} {r}": c / n for (v, r), c in sorted(delta.items(), key=lambda kv: -kv[1])}
     time_based = sum(c for (v, r), c in delta.items() if (v, r) in TIME_BASED)
+    conflicts = {k: conflicts_after[k] - conflicts_before.get(k, 0) for k in conflicts_after
+                 if conflicts_after[k] - conflicts_before.get(k, 0) > 0}
     out["requests"] = {"total": sum(delta.values()), "per_vm": sum(delta.values()) / n,
                        "time_based": time_based, "per_vm_without_time_based": (sum(delta.values()) - time_based) / n,
-                       "by_verb_resource_per_vm": per_vm}
+                       "by_verb_resource_per_vm": per_vm,
+                       # Writes refused for a stale resourceVersion (409 Conflict), each retried.
+                       "conflicts_per_vm": {f"{v} {r}": c / n for (v, r), c in
+                                            sorted(conflicts.items(), key=lambda kv: -kv[1])}}
     d = json.loads((state_dir / "sandbox.json").read_text())
     out["rss_mib"] = {"controller": rss_mib(replicas.get(active)),
                       **{f"{k} (standby)": rss_mib(pid) for k, pid in replicas.items() if k != active},
@@ -496,12 +561,23 @@ def _report(res: dict[str, Any]) -> None:
     for key, v in rq["by_verb_resource_per_vm"].items():
         if v >= 0.01:
             print(f"  {key:44}{v:>8.2f}")
+    if "conflicts_per_vm" in rq:
+        print(f"  of them refused with 409 Conflict: {sum(rq['conflicts_per_vm'].values()):.3f} per VM"
+              + "".join(f"; {k} {v:.3f}" for k, v in rq["conflicts_per_vm"].items()))
+    if op.get("watch_per_vm"):
+        print("watch events sent per VM, to all watchers (events, KiB):")
+        for resource, e in op["watch_per_vm"].items():
+            if e["events"] >= 0.01:
+                print(f"  {resource:44}{e['events']:>8.2f}{e['bytes'] / 1024:>10.1f}")
     print("RSS (MiB): " + ", ".join(f"{k} {v}" for k, v in res["rss_mib"].items()))
 
 
 def main() -> None:
     bench_main(__doc__, run, ("-n",), 1000, _report,
-               (("--keep", "leave the VMs in place (e.g. to inspect the controller, or before `sandbox down`)"),))
+               (("--keep", "leave the VMs in place (e.g. to inspect the controller, or before `sandbox down`)"),
+                ("--py-spy", "sample every controller replica with py-spy (on PATH) from the first create to all "
+                             "placed: collapsed stacks in STATE_DIR/py-spy-<replica>-<N>.txt (a profile, not a "
+                             "timing: the samples cost the replicas a little CPU)")))
 
 
 if __name__ == "__main__":
