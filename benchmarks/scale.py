@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks import profile_compare
 from benchmarks.common import SandboxHandle, bench_main, ensure_namespace, machine, wait
 from failovervm import API_GROUP, API_VERSION, kubeclient, labels, vmpod
 
@@ -195,7 +196,7 @@ class PySpy:
     stacks while it holds the GIL (its Python work, not its waits), to compare where a replica's
     time goes at two sizes. SIGINT makes py-spy write them."""
 
-    def __init__(self, state_dir: Path, replicas: dict[str, Any], n: int, rate: int = 50) -> None:
+    def __init__(self, state_dir: Path, replicas: dict[str, Any], n: int, rate: int = profile_compare.RATE) -> None:
         self.cmds = {k: ["py-spy", "record", "--nonblocking", "--gil", "--rate", str(rate), "--format", "raw",
                          "--output", str(state_dir / f"py-spy-{k}-{n}.txt"), "--pid", str(pid)]
                      for k, pid in replicas.items() if pid}

@@ -41,3 +41,18 @@ def test_watch_events_are_the_difference_by_resource() -> None:
         "failovervms": {"events": 7.0, "bytes": 700.0},
     }
     assert scale.watch_events(AFTER, AFTER) == {}
+
+
+def test_profiles_compare_per_vm_by_growth() -> None:
+    from benchmarks import profile_compare as pc
+
+    a = pc.Profile.parse("main (m.py:1);place (v.py:10) 50\nmain (m.py:1);index (k.py:3) 50\n")
+    b = pc.Profile.parse("main (m.py:2);place (v.py:12) 250\nmain (m.py:1);index (k.py:3) 500\nnoise\n")
+    assert (a.samples, b.samples) == (100, 750)
+    assert a.own == {"place (v.py)": 50, "index (k.py)": 50}  # line numbers dropped
+    assert b.inclusive["main (m.py)"] == 750
+    # 50 samples/s: 50 samples over 1,000 VMs are 1 ms per VM; 500 over 5,000 are 2 ms.
+    assert pc.ms_per_vm(50, 1000) == 1.0 and pc.ms_per_vm(500, 5000) == 2.0
+    report = pc.compare(a, 1000, b, 5000).splitlines()
+    assert report[0] == "profiled time per VM: 2.00 ms at 1000, 3.00 ms at 5000"
+    assert report[2].split()[-2:] == ["index", "(k.py)"] and "+1.00" in report[2]  # grew most: first
