@@ -13,7 +13,7 @@ many alive for a while (the events queued during a burst of creates), so they su
 collections and land in the oldest generation; each of its collections then walks the whole cache
 again. Measured at 1,000 / 5,000 VMs: 6.0 / 10.7 ms of the controller's 19.8 / 24.2 ms of CPU per
 VM (docs/scale.md), the only part that grew with N. The oldest generation is now collected a tenth
-as often (it is where collections cost), the youngest after 10,000 net allocations instead of 700
+as often (it is where collections cost), the youngest after 50,000 net allocations instead of 700
 (see THRESHOLDS), and what exists when the operator starts (modules, classes, settings) is frozen
 out of every collection. Cycles are still collected, later.
 
@@ -22,7 +22,7 @@ each event's body formed reference cycles, so every event's JSON tree waited for
 instead of being freed when Kopf dropped it. controller/kopfviews.py removes those cycles (16,400
 cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census).
 At 5,000 VMs the collector's share fell from 7.5 to 4.7 ms per VM (the oldest generation's from
-4.3 to 2.1 ms), and to 2.3-2.9 ms with the thresholds now."""
+4.3 to 2.1 ms), and to 1.5 ms with the thresholds now."""
 
 from __future__ import annotations
 
@@ -63,17 +63,19 @@ def install() -> GcTimer:
 
 
 # gc.set_threshold: the youngest generation is collected after this many net allocations of
-# container objects (CPython: 700), the middle one every 10 of those (as CPython), the oldest every
+# container objects (CPython: 700), the middle one every 20 of those (CPython: 10), the oldest every
 # 100 of those (CPython: 10; and only once a quarter of what it holds is new). Until Kopf's views
 # stopped making every event body cyclic garbage (controller/kopfviews.py) they were (700, 10, 30):
 # a larger first threshold then cost memory (50 MiB more at 1,000 VMs with 50,000), since garbage
-# waited longer for its collection. With little cyclic garbage left, what a young collection walks
-# is the events still queued while the controller is behind, and fewer collections walk it less
-# often: with (10000, 10, 100) the collector took 1.3-1.7 / 2.3-2.9 ms per VM at 1,000 / 5,000 VMs
-# (runs K4 to K6; the oldest generation never ran) against 2.2 / 3.8 ms with (700, 10, 100) (run
-# K3), for the same memory (docs/scale.md). The controller's whole CPU per VM varies more between
-# runs than that (12.7-15.4 ms at 5,000). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
-THRESHOLDS = (10000, 10, 100)
+# waited longer for its collection. With little cyclic garbage left (about 100 objects/s), what a
+# young collection walks is the events still queued while the controller is behind, and fewer
+# collections walk it less often. Measured at 1,000 / 5,000 VMs (docs/scale.md): (700, 10, 100)
+# 2.2 / 3.8 ms of collector per VM (run K3); (10000, 10, 100) 1.3-1.7 / 2.3-2.9 ms (runs K4 to K6);
+# (50000, 20, 100) 0.7 / 1.5 ms (run G1), its middle generation 0.2 instead of 1.0-1.2 ms at 5,000,
+# with an RSS of 136 / 350 MiB against 130-132 / 356-387 MiB. The oldest generation did not run in
+# any of those. The controller's whole CPU per VM varies between runs more than the collector's
+# share (12.7-15.4 ms at 5,000). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
+THRESHOLDS = (50000, 20, 100)
 ENV = "FAILOVERVM_GC_THRESHOLDS"
 
 
@@ -87,7 +89,7 @@ def thresholds(environ: Mapping[str, str]) -> tuple[int, int, int]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 10000,10,100")
+        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 50000,20,100")
     return parts[0], parts[1], parts[2]
 
 
