@@ -71,7 +71,7 @@ def install() -> GcTimer:
 # young collection walks is the events still queued while the controller is behind, and fewer
 # collections walk it less often. Measured at 1,000 / 5,000 VMs (docs/scale.md): (700, 10, 100)
 # 2.2 / 3.8 ms of collector per VM (run K3); (10000, 10, 100) 1.3-1.7 / 2.3-2.9 ms (runs K4 to K6);
-# (50000, 20, 100) 0.7 / 1.5 ms (run G1), its middle generation 0.2 instead of 1.0-1.2 ms at 5,000,
+# (50000, 20, 100) 0.7 / 1.5 ms (run T3), its middle generation 0.2 instead of 1.0-1.2 ms at 5,000,
 # with an RSS of 136 / 350 MiB against 130-132 / 356-387 MiB. The oldest generation did not run in
 # any of those. The controller's whole CPU per VM varies between runs more than the collector's
 # share (12.7-15.4 ms at 5,000). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
