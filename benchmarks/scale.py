@@ -14,14 +14,18 @@ agent; VMs placed there never start). Uses a VFPool that selects only those node
   requests:  the apiserver's own `apiserver_request_total` (its /metrics, scraped before the first
              create and once all are placed), per VM by verb and resource; time-based traffic that
              does not depend on N (leases, node heartbeats, the heartbeat's and agents' polling) is
-             shown apart;
+             shown apart; those refused with 409 Conflict; and the watch events the apiserver sent
+             to all its watchers meanwhile (apiserver_watch_events_total and _sizes), per VM by
+             resource;
   memory:    the RSS of the active controller (the replica that used the most CPU meanwhile; the
              standby apart), the agents and the heartbeat once all are placed, and the active
              controller's CPU time per VM, and how much of it Python's garbage collector took
              (failovervm_python_gc_seconds_total);
   CPU:       the CPU time of every sandbox process (etcd, kube-apiserver, kube-scheduler, the
              controller replicas, ...) and of the benchmark's own clients, per VM and per plain pod,
-             over each phase (first create to all placed / bound): where the cores went.
+             over each phase (first create to all placed / bound): where the cores went;
+  --py-spy:  each controller replica's Python stacks while it holds the GIL over the VM phase
+             (py-spy, collapsed; compare two sizes with benchmarks.profile_compare).
 Then the VMs are deleted (the benchmark removes the agent finalizer, as the missing agents would:
 no domain ever existed, also from a VM placed while it was being deleted) and the namespace with them.
 
@@ -466,9 +470,10 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     op_cpu = CpuMeter(state_dir).start()
     spies = PySpy(state_dir, replicas, n).start() if py_spy else None
     names = [f"scale-{i}" for i in range(n)]
-    t0, t_last = _create_all(sb, [vm_body(nm, namespace) for nm in names], lambda api, b: kubeclient.CustomObjectsApi(
-        api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b), clients)
     try:
+        t0, t_last = _create_all(
+            sb, [vm_body(nm, namespace) for nm in names], lambda api, b: kubeclient.CustomObjectsApi(
+                api).create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, "failovervms", b), clients)
         wait(lambda: len(placed.at) >= n, 120 + n * 0.5, f"{n} VMs placed", 0.1)
     finally:
         after_text = metrics_text(sb)
