@@ -22,7 +22,7 @@ each event's body formed reference cycles, so every event's JSON tree waited for
 instead of being freed when Kopf dropped it. controller/kopfviews.py removes those cycles (16,400
 cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census).
 At 5,000 VMs the collector's share fell from 7.5 to 4.7 ms per VM (the oldest generation's from
-4.3 to 2.1 ms), and to 1.5 ms with the thresholds now."""
+4.3 to 2.1 ms), and to 1.5-1.8 ms with the thresholds now."""
 
 from __future__ import annotations
 
