@@ -46,7 +46,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -81,33 +81,32 @@ def metrics_text(sb: SandboxHandle) -> str:
         return str(resp.read().decode())
 
 
+def series(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
+    """The labelled samples `name{labels} value` of a /metrics text: (labels, value) each."""
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
+        yield dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))), float(m.group(2))
+
+
 def sum_count(text: str, metric: str, **match: str) -> tuple[float, float]:
     """(sum, count) of a histogram in a /metrics text, over the series whose labels include `match`."""
-    total = [0.0, 0.0]
-    for i, part in enumerate(("sum", "count")):
-        for m in re.finditer(rf"^{metric}_{part}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
-            lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            if all(lbl.get(k) == v for k, v in match.items()):
-                total[i] += float(m.group(2))
-    return total[0], total[1]
+    sum_, count = (sum((v for lbl, v in series(text, f"{metric}_{part}")
+                        if all(lbl.get(k) == want for k, want in match.items())), 0.0) for part in ("sum", "count"))
+    return sum_, count
 
 
 def watch_events(before: str, after: str) -> dict[str, dict[str, float]]:
     """The events the apiserver sent to all its watchers between two scrapes, by resource (a write
     seen by three watchers counts three): their number and bytes (apiserver_watch_events_total,
     apiserver_watch_events_sizes)."""
-    def by_resource(text: str, series: str) -> Counter[str]:
+    def by_resource(text: str, name: str) -> Counter[str]:
         out: Counter[str] = Counter()
-        for m in re.finditer(rf"^{series}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
-            lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-            out[lbl.get("resource") or lbl.get("kind") or "?"] += float(m.group(2))
+        for lbl, v in series(text, name):
+            out[lbl.get("resource") or lbl.get("kind") or "?"] += v
         return out
     out: dict[str, dict[str, float]] = {}
-    for key, series in (("events", "apiserver_watch_events_total"), ("bytes", "apiserver_watch_events_sizes_sum")):
-        b, a = by_resource(before, series), by_resource(after, series)
-        for res in a:
-            if a[res] - b.get(res, 0.0) > 0:
-                out.setdefault(res, {"events": 0.0, "bytes": 0.0})[key] = a[res] - b.get(res, 0.0)
+    for key, name in (("events", "apiserver_watch_events_total"), ("bytes", "apiserver_watch_events_sizes_sum")):
+        for res, grown in (by_resource(after, name) - by_resource(before, name)).items():
+            out.setdefault(res, {"events": 0.0, "bytes": 0.0})[key] = grown
     return out
 
 
@@ -124,8 +123,7 @@ def scrape(sb: SandboxHandle, text: str | None = None, code: str | None = None) 
     if text is None:
         text = metrics_text(sb)
     out: Counter[tuple[str, str]] = Counter()
-    for m in re.finditer(r"^apiserver_request_total\{([^}]*)\} (\S+)$", text, re.MULTILINE):
-        lbl = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+    for lbl, value in series(text, "apiserver_request_total"):
         if code is not None and lbl.get("code") != code:
             continue
         resource = lbl.get("resource", "")
@@ -133,8 +131,13 @@ def scrape(sb: SandboxHandle, text: str | None = None, code: str | None = None) 
             resource += "/" + lbl["subresource"]
         if lbl.get("verb") in ("LIST", "WATCH") and lbl.get("scope") == "cluster":
             resource += "@cluster"
-        out[(lbl.get("verb", ""), resource)] += int(float(m.group(2)))
+        out[(lbl.get("verb", ""), resource)] += int(value)
     return out
+
+
+def per_vm(counts: Counter[tuple[str, str]], n: int) -> dict[str, float]:
+    """Request counts by (verb, resource) as "verb resource" -> per VM, the most first."""
+    return {f"{v} {r}": c / n for (v, r), c in counts.most_common()}
 
 
 def rss_mib(pid: int | None) -> float | None:
@@ -189,10 +192,8 @@ def gc_seconds(port: int | None) -> dict[str, float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     except OSError:
         return {}
-    out = {}
-    for m in re.finditer(r'^failovervm_python_gc_seconds_total\{generation="(\d)"\} (\S+)$', text, re.M):
-        out[m.group(1)] = float(m.group(2))
-    return out
+    return {lbl["generation"]: v for lbl, v in series(text, "failovervm_python_gc_seconds_total")
+            if "generation" in lbl}
 
 
 class PySpy:
@@ -508,17 +509,13 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
         out["operator"]["controller_gc_ms_per_vm"] = {
             g: (v - gc_before.get(active, {}).get(g, 0.0)) / n * 1000 for g, v in sorted(gc_after.items())}
     out["ratio_all_placed"] = out["operator"]["all_placed_s"] / out["raw"]["all_bound_s"]
-    delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0) > 0}
-    per_vm = {f"{v} {r}": c / n for (v, r), c in sorted(delta.items(), key=lambda kv: -kv[1])}
+    delta = after - before  # the counts that grew
     time_based = sum(c for (v, r), c in delta.items() if (v, r) in TIME_BASED)
-    conflicts = {k: conflicts_after[k] - conflicts_before.get(k, 0) for k in conflicts_after
-                 if conflicts_after[k] - conflicts_before.get(k, 0) > 0}
     out["requests"] = {"total": sum(delta.values()), "per_vm": sum(delta.values()) / n,
                        "time_based": time_based, "per_vm_without_time_based": (sum(delta.values()) - time_based) / n,
-                       "by_verb_resource_per_vm": per_vm,
+                       "by_verb_resource_per_vm": per_vm(delta, n),
                        # Writes refused for a stale resourceVersion (409 Conflict), each retried.
-                       "conflicts_per_vm": {f"{v} {r}": c / n for (v, r), c in
-                                            sorted(conflicts.items(), key=lambda kv: -kv[1])}}
+                       "conflicts_per_vm": per_vm(conflicts_after - conflicts_before, n)}
     d = json.loads((state_dir / "sandbox.json").read_text())
     out["rss_mib"] = {"controller": rss_mib(replicas.get(active)),
                       **{f"{k} (standby)": rss_mib(pid) for k, pid in replicas.items() if k != active},

@@ -56,3 +56,12 @@ def test_profiles_compare_per_vm_by_growth() -> None:
     report = pc.compare(a, 1000, b, 5000).splitlines()
     assert report[0] == "profiled time per VM: 2.00 ms at 1000, 3.00 ms at 5000"
     assert report[2].split()[-2:] == ["index", "(k.py)"] and "+1.00" in report[2]  # grew most: first
+
+
+def test_histogram_sums_and_means_over_the_matching_series() -> None:
+    text = ('lat_seconds_sum{verb="POST"} 2.5\nlat_seconds_count{verb="POST"} 5\n'
+            'lat_seconds_sum{verb="GET"} 9\nlat_seconds_count{verb="GET"} 1\n')
+    assert scale.sum_count(text, "lat_seconds", verb="POST") == (2.5, 5.0)
+    assert scale.sum_count(text, "lat_seconds") == (11.5, 6.0)
+    assert scale.mean_ms("", text, "lat_seconds", verb="POST") == 500.0
+    assert scale.mean_ms(text, text, "lat_seconds") is None  # nothing observed in between
