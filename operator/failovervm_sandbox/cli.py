@@ -37,6 +37,9 @@ def build_parser(prog: str = "failovervm sandbox") -> argparse.ArgumentParser:
     up.add_argument("--address-base", default="127.0.0.10",
                     help="node N's libvirtd listens on this loopback address + N (default 127.0.0.10)")
     up.add_argument("--bridge", default="fvmsbr0", help="Linux bridge for the virtio standby NICs")
+    up.add_argument("--profiling", action="store_true",
+                    help="kube-apiserver serves /debug/pprof (to the admin credentials; for benchmarks' --pprof); "
+                         "off by default; applies when `up` starts kube-apiserver (the first `up`), kept until `down`")
     up.add_argument("--no-operator", action="store_true", help="do not start the operator processes")
     up.set_defaults(func=cmd_up)
     down = sbs.add_parser("down", parents=[common], help="stop everything `up` started and remove its state")
@@ -77,6 +80,7 @@ def _options(args: argparse.Namespace) -> Options:
         address_base=getattr(args, "address_base", "127.0.0.10"),
         bridge=getattr(args, "bridge", "fvmsbr0"),
         operator=not getattr(args, "no_operator", False),
+        profiling=getattr(args, "profiling", False),
     )
 
 

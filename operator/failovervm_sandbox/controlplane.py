@@ -187,7 +187,9 @@ def start_etcd(binary: Path, paths: ControlPlanePaths, client_port: int, peer_po
     return pid
 
 
-def start_apiserver(binary: Path, paths: ControlPlanePaths, port: int, etcd_port: int) -> int:
+def start_apiserver(binary: Path, paths: ControlPlanePaths, port: int, etcd_port: int,
+                    profiling: bool = False) -> int:
+    """kube-apiserver; `profiling` serves /debug/pprof (to system:masters: the admin credentials)."""
     d = paths.pki
     argv = [
         str(binary),
@@ -206,7 +208,7 @@ def start_apiserver(binary: Path, paths: ControlPlanePaths, port: int, etcd_port
         "--anonymous-auth=false",
         "--allow-privileged=true",
         "--enable-admission-plugins=NodeRestriction",
-        "--profiling=false",
+        f"--profiling={str(profiling).lower()}",
         "--endpoint-reconciler-type=none",
         "--v=1",
     ]

@@ -106,6 +106,7 @@ def _record_settings(opts: Options) -> State:
             "node_memory": opts.node_memory, "images_dir": str(opts.images_dir.resolve()),
             "accel": "kvm" if accel_ok else "tcg", "accel_detail": accel_detail, "bridge": opts.bridge,
             "versions": binaries.versions(),
+            "profiling": bool(opts.profiling or d.get("profiling")),
         }
     )
     d.setdefault("etcd", {}).setdefault("client_port", controlplane.free_port())
@@ -138,7 +139,8 @@ def _start_control_plane(state: State, opts: Options) -> None:
     )
     ensure_component(
         state, "apiserver", "kube-apiserver",
-        lambda: controlplane.start_apiserver(bins["kube-apiserver"], paths, api_port, d["etcd"]["client_port"]),
+        lambda: controlplane.start_apiserver(bins["kube-apiserver"], paths, api_port, d["etcd"]["client_port"],
+                                             profiling=bool(d.get("profiling"))),
         opts, f"kube-apiserver ({server})",
     )
     if not controlplane.apiserver_ready(paths, api_port):

@@ -33,6 +33,7 @@ class Options:
     node_memory: str = "16Gi"
     bridge: str = "fvmsbr0"
     operator: bool = True
+    profiling: bool = False  # kube-apiserver --profiling (benchmarks' --pprof)
     quiet: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

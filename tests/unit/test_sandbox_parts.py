@@ -181,3 +181,15 @@ def test_virtual_nodes_publish_their_vfs_as_an_agent_would(tmp_path: Path) -> No
     assert publisher.round(skip={"sandbox-vnode-3"}) == 2
     # Nothing changed: one LIST of the pools and of the nodes for all of them, no write.
     assert [c.method for c in kube.calls] == ["list_pools", "list_nodes"]
+
+
+@pytest.mark.parametrize("profiling", [False, True])
+def test_apiserver_serves_profiles_only_when_asked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  profiling: bool) -> None:
+    """/debug/pprof is off unless `sandbox up --profiling` (benchmarks.scale --pprof) asked for it."""
+    spawned: list[list[str]] = []
+    monkeypatch.setattr(controlplane.procs, "spawn", lambda argv, log: spawned.append(list(argv)) or 1)
+    monkeypatch.setattr(controlplane, "wait_http", lambda *a, **k: None)
+    monkeypatch.setattr(controlplane, "_ssl_context", lambda paths: None)
+    controlplane.start_apiserver(Path("/bin/kas"), controlplane.ControlPlanePaths(tmp_path), 1, 2, profiling=profiling)
+    assert [a for a in spawned[0] if a.startswith("--profiling=")] == [f"--profiling={str(profiling).lower()}"]
