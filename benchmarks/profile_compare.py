@@ -1,23 +1,34 @@
-"""Compare two py-spy profiles of a controller replica per VM (`benchmarks.scale --py-spy`).
+"""Compare two profiles per VM: a controller replica's (`benchmarks.scale --py-spy`) or
+kube-apiserver's (`benchmarks.scale --pprof`).
 
 `scale --py-spy` writes each replica's collapsed stacks (py-spy's raw format, sampled while the
-replica holds the GIL, 50 samples/s) over the VM phase of a run with N VMs. This prints, in ms per
-VM, the whole profile and each function's own (self) and inclusive time at both sizes, the
-functions whose time per VM grew most first: where a replica's cost per VM changes with N.
+replica holds the GIL, 50 samples/s) over the VM phase of a run with N VMs; `scale --pprof`
+writes kube-apiserver's Go CPU profile (100 samples/s) in 10 s windows, several files per phase,
+read here with `go tool pprof -traces` (a shell pattern in quotes takes all the windows of a
+phase). This prints, in ms per VM, the whole profile and each function's own (self) and inclusive
+time at both sizes, the functions whose time per VM grew most first: where a process's cost per
+VM changes with N.
 
   .venv/bin/python -m benchmarks.profile_compare py-spy-controller-1000.txt 1000 \\
       py-spy-controller-5000.txt 5000
+  .venv/bin/python -m benchmarks.profile_compare 'pprof-apiserver-operator-1000-*' 1000 \\
+      'pprof-apiserver-operator-5000-*' 5000
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import re
+import shutil
+import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 RATE = 50  # samples per second (benchmarks.scale.PySpy samples at this rate)
+GO_RATE = 100  # Go's CPU profiler (runtime/pprof) samples at this rate
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
 
 
 @dataclass
@@ -44,6 +55,36 @@ class Profile:
                 prof.inclusive[f] += n
         return prof
 
+    @classmethod
+    def parse_traces(cls, text: str, rate: float = GO_RATE) -> Profile:
+        """`go tool pprof -traces` of a CPU profile: blocks between `-----------+` lines, each a
+        time and the leaf frame, then its callers one per line (root last); label lines (`key:
+        value`) are skipped. Times become samples at `rate`."""
+        prof = cls()
+        for block in re.split(r"^-+\+-+$", text, flags=re.MULTILINE)[1:]:
+            lines = [ln for ln in block.splitlines() if ln.strip() and not re.match(r"\s*[\w.-]+:\s", ln)]
+            m = re.match(r"\s*([\d.]+)(ns|us|µs|ms|s)\s+(\S.*)$", lines[0]) if lines else None
+            if m is None:
+                continue
+            n = round(float(m[1]) * _UNITS[m[2]] * rate)
+            frames = [f.strip().removesuffix(" (inline)") for f in [m[3], *lines[1:]]][::-1]
+            prof.samples += n
+            prof.own[frames[-1]] += n
+            for f in set(frames):
+                prof.inclusive[f] += n
+        return prof
+
+
+def load(spec: str) -> tuple[Profile, float]:
+    """A profile and its sampling rate: py-spy's collapsed stacks from a file, or Go CPU profiles
+    (`*.pb.gz`, a shell pattern for several) through `go tool pprof -traces`."""
+    files = sorted(glob.glob(spec)) or [spec]
+    if not files[0].endswith(".pb.gz"):
+        return Profile.parse(Path(files[0]).read_text()), RATE
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    out = subprocess.run([go, "tool", "pprof", "-traces", *files], capture_output=True, text=True, check=True)
+    return Profile.parse_traces(out.stdout), GO_RATE
+
 
 def ms_per_vm(samples: int, n: int, rate: float = RATE) -> float:
     return samples * 1000.0 / rate / n
@@ -65,15 +106,16 @@ def compare(a: Profile, na: int, b: Profile, nb: int, top: int = 25, rate: float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("a", type=Path)
+    ap.add_argument("a", help="py-spy collapsed stacks, or Go CPU profiles (a quoted pattern: 'x-1000-*.pb.gz')")
     ap.add_argument("na", type=int)
-    ap.add_argument("b", type=Path)
+    ap.add_argument("b")
     ap.add_argument("nb", type=int)
     ap.add_argument("--top", type=int, default=25)
-    ap.add_argument("--rate", type=float, default=RATE)
     args = ap.parse_args()
-    print(compare(Profile.parse(args.a.read_text()), args.na, Profile.parse(args.b.read_text()), args.nb,
-                  args.top, args.rate))
+    (a, rate_a), (b, rate_b) = load(args.a), load(args.b)
+    if rate_a != rate_b:
+        raise SystemExit("compare a py-spy profile with a py-spy profile, a Go profile with a Go profile")
+    print(compare(a, args.na, b, args.nb, args.top, rate_a))
 
 
 if __name__ == "__main__":

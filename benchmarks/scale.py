@@ -25,7 +25,9 @@ agent; VMs placed there never start). Uses a VFPool that selects only those node
              controller replicas, ...) and of the benchmark's own clients, per VM and per plain pod,
              over each phase (first create to all placed / bound): where the cores went;
   --py-spy:  each controller replica's Python stacks while it holds the GIL over the VM phase
-             (py-spy, collapsed; compare two sizes with benchmarks.profile_compare).
+             (py-spy, collapsed; compare two sizes with benchmarks.profile_compare);
+  --pprof:   kube-apiserver's Go CPU profile over each phase (10 s windows) and its live heap at
+             the end of it (the sandbox up with --profiling; benchmarks.profile_compare too).
 Then the VMs are deleted (the benchmark removes the agent finalizer, as the missing agents would:
 no domain ever existed, also from a VM placed while it was being deleted) and the namespace with them.
 
@@ -44,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -71,14 +74,19 @@ def _client(sb: SandboxHandle) -> kubeclient.ApiClient:
     return kubeclient.ApiClient(kubeclient.Configuration.from_kubeconfig(sb.kubeconfig))
 
 
-def metrics_text(sb: SandboxHandle) -> str:
-    """The apiserver's /metrics (HTTPS, the sandbox CA, the admin client certificate)."""
+def _apiserver_get(sb: SandboxHandle, path: str, timeout: float = 30) -> bytes:
+    """GET `path` from the apiserver (HTTPS, the sandbox CA, the admin client certificate)."""
     pki = sb.state_dir / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    url = f"https://127.0.0.1:{sb.data['apiserver']['port']}/metrics"
-    with urllib.request.urlopen(url, context=ctx, timeout=30) as resp:
-        return str(resp.read().decode())
+    url = f"https://127.0.0.1:{sb.data['apiserver']['port']}{path}"
+    with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+        return bytes(resp.read())
+
+
+def metrics_text(sb: SandboxHandle) -> str:
+    """The apiserver's /metrics."""
+    return _apiserver_get(sb, "/metrics").decode()
 
 
 def series(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
@@ -222,6 +230,44 @@ class PySpy:
                 p.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+class Pprof:
+    """kube-apiserver's Go CPU profile over one phase (--pprof; the sandbox up with --profiling):
+    consecutive /debug/pprof/profile windows of CHUNK_S seconds, each a file
+    STATE_DIR/pprof-apiserver-<phase>-<N>-<i>.pb.gz (`go tool pprof -top` takes them all at once),
+    and its live heap at the end."""
+
+    CHUNK_S = 10
+
+    def __init__(self, sb: SandboxHandle, phase: str, n: int) -> None:
+        self.sb, self.prefix, self.heap = sb, f"pprof-apiserver-{phase}-{n}", f"pprof-apiserver-heap-{phase}-{n}.pb.gz"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.files: list[Path] = []
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            data = _apiserver_get(self.sb, f"/debug/pprof/profile?seconds={self.CHUNK_S}", self.CHUNK_S + 30)
+            path = self.sb.state_dir / f"{self.prefix}-{len(self.files)}.pb.gz"
+            path.write_bytes(data)
+            self.files.append(path)
+
+    def start(self) -> Pprof:
+        try:
+            _apiserver_get(self.sb, "/debug/pprof/")
+        except urllib.error.HTTPError as e:
+            raise SystemExit(f"--pprof: kube-apiserver serves no profiles ({e}): "
+                             "`failovervm sandbox up --profiling`") from None
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """After the window running now (the phase's last seconds are in it); then the live heap
+        (STATE_DIR/pprof-apiserver-heap-<phase>-<N>.pb.gz: what the watch caches hold at N)."""
+        self._stop.set()
+        self._thread.join(self.CHUNK_S + 40)
+        (self.sb.state_dir / self.heap).write_bytes(_apiserver_get(self.sb, "/debug/pprof/heap?gc=1"))
 
 
 def _metrics_ports(state_dir: Path) -> dict[str, int]:
@@ -419,7 +465,7 @@ def _cleanup(sb: SandboxHandle, ns: str, names: list[str], clients: int) -> None
 
 
 def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients: int = CLIENTS,
-        keep: bool = False, py_spy: bool = False) -> dict[str, Any]:
+        keep: bool = False, py_spy: bool = False, pprof: bool = False) -> dict[str, Any]:
     sb = SandboxHandle(state_dir)
     m = int(sb.data.get("virtual_nodes") or 0)
     if not m:
@@ -443,11 +489,14 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     pods = [plain_pod(f"plain-{i}", raw_ns, pool) for i in range(n)]
     raw_text = metrics_text(sb)
     raw_cpu = CpuMeter(state_dir).start()
+    raw_prof = Pprof(sb, "raw", n).start() if pprof else None
     p0, p_last = _create_all(sb, pods, lambda api, b: kubeclient.CoreV1Api(api).create_namespaced_pod(
         raw_ns, b), clients)
     wait(lambda: len(bound.at) >= n, 60 + n * 0.2, f"{n} plain pods bound", 0.1)
     bound.stop()
     raw_cpu_s = raw_cpu.stop()
+    if raw_prof is not None:
+        raw_prof.stop()
     raw_text_after = metrics_text(sb)
     out["raw"] = {"create_s": p_last - p0, "creates_per_s": n / (p_last - p0),
                   "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last,
@@ -470,6 +519,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     gc_before = {k: gc_seconds(ports.get(k)) for k in replicas}
     op_cpu = CpuMeter(state_dir).start()
     spies = PySpy(state_dir, replicas, n).start() if py_spy else None
+    op_prof = Pprof(sb, "operator", n).start() if pprof else None
     names = [f"scale-{i}" for i in range(n)]
     try:
         t0, t_last = _create_all(
@@ -482,6 +532,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
         op_cpu_s = op_cpu.stop()
         if spies is not None:
             spies.stop()
+        if op_prof is not None:
+            op_prof.stop()
         placed.stop()
     t_placed = max(placed.at.values()) if placed.at else float("nan")
     out["operator"] = {"create_s": t_last - t0, "creates_per_s": n / (t_last - t0), "placed": len(placed.at),
@@ -580,7 +632,10 @@ def main() -> None:
                (("--keep", "leave the VMs in place (e.g. to inspect the controller, or before `sandbox down`)"),
                 ("--py-spy", "sample every controller replica with py-spy (on PATH) from the first create to all "
                              "placed: collapsed stacks in STATE_DIR/py-spy-<replica>-<N>.txt (a profile, not a "
-                             "timing: the samples cost the replicas a little CPU)")))
+                             "timing: the samples cost the replicas a little CPU)"),
+                ("--pprof", "kube-apiserver's CPU profile over each phase, in 10 s windows: "
+                            "STATE_DIR/pprof-apiserver-<raw|operator>-<N>-<i>.pb.gz (needs `failovervm sandbox up "
+                            "--profiling`; compare with `go tool pprof -top -diff_base`)")))
 
 
 if __name__ == "__main__":

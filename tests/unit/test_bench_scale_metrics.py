@@ -58,6 +58,38 @@ def test_profiles_compare_per_vm_by_growth() -> None:
     assert report[2].split()[-2:] == ["index", "(k.py)"] and "+1.00" in report[2]  # grew most: first
 
 
+GO_TRACES = """File: kube-apiserver
+Type: cpu
+Duration: 10s, Total samples = 60ms ( 0.6%)
+-----------+-------------------------------------------------------
+      30ms   runtime.spanClass.sizeclass (inline)
+             runtime.scanSpan
+             runtime.gcBgMarkWorker
+-----------+-------------------------------------------------------
+         key:  value
+      20ms   encoding/json.appendCompact
+             k8s.io/apiserver/pkg/endpoints/handlers.(*patcher).patchResource.func2
+             net/http.(*conn).serve
+-----------+-------------------------------------------------------
+   10000us   runtime.scanSpan
+             runtime.gcBgMarkWorker
+-----------+-------------------------------------------------------
+"""
+
+
+def test_go_cpu_traces_become_samples_at_100_per_second() -> None:
+    """`go tool pprof -traces` of kube-apiserver (scale --pprof): leaf first, root last, times in
+    any unit; a label line is not a frame."""
+    from benchmarks import profile_compare as pc
+
+    prof = pc.Profile.parse_traces(GO_TRACES)
+    assert prof.samples == 6  # 60 ms at 100 samples/s
+    assert prof.own == {"runtime.spanClass.sizeclass": 3, "encoding/json.appendCompact": 2, "runtime.scanSpan": 1}
+    assert prof.inclusive["runtime.gcBgMarkWorker"] == 4 and prof.inclusive["net/http.(*conn).serve"] == 2
+    assert "key:  value" not in prof.inclusive
+    # 4 samples over 1,000 VMs at 100 samples/s: 0.04 ms per VM.
+    assert pc.ms_per_vm(prof.inclusive["runtime.gcBgMarkWorker"], 1000, pc.GO_RATE) == 0.04
+
 def test_histogram_sums_and_means_over_the_matching_series() -> None:
     text = ('lat_seconds_sum{verb="POST"} 2.5\nlat_seconds_count{verb="POST"} 5\n'
             'lat_seconds_sum{verb="GET"} 9\nlat_seconds_count{verb="GET"} 1\n')
