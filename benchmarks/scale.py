@@ -235,8 +235,8 @@ class PySpy:
 class Pprof:
     """kube-apiserver's Go CPU profile over one phase (--pprof; the sandbox up with --profiling):
     consecutive /debug/pprof/profile windows of CHUNK_S seconds, each a file
-    STATE_DIR/pprof-apiserver-<phase>-<N>-<i>.pb.gz (`go tool pprof -top` takes them all at once),
-    and its live heap at the end."""
+    STATE_DIR/pprof-apiserver-<phase>-<N>-<i>.pb.gz (benchmarks.profile_compare and `go tool pprof`
+    take them all at once), and its live heap at the end."""
 
     CHUNK_S = 10
 
@@ -245,13 +245,17 @@ class Pprof:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.files: list[Path] = []
+        self.error: Exception | None = None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            data = _apiserver_get(self.sb, f"/debug/pprof/profile?seconds={self.CHUNK_S}", self.CHUNK_S + 30)
-            path = self.sb.state_dir / f"{self.prefix}-{len(self.files)}.pb.gz"
-            path.write_bytes(data)
-            self.files.append(path)
+        try:
+            while not self._stop.is_set():
+                data = _apiserver_get(self.sb, f"/debug/pprof/profile?seconds={self.CHUNK_S}", self.CHUNK_S + 30)
+                path = self.sb.state_dir / f"{self.prefix}-{len(self.files)}.pb.gz"
+                path.write_bytes(data)
+                self.files.append(path)
+        except (OSError, urllib.error.URLError) as e:  # reported by stop(): the profile has a gap
+            self.error = e
 
     def start(self) -> Pprof:
         try:
@@ -267,6 +271,9 @@ class Pprof:
         (STATE_DIR/pprof-apiserver-heap-<phase>-<N>.pb.gz: what the watch caches hold at N)."""
         self._stop.set()
         self._thread.join(self.CHUNK_S + 40)
+        if self.error is not None:
+            print(f"--pprof: {self.prefix} stopped after {len(self.files)} windows: {self.error}",
+                  file=sys.stderr, flush=True)
         (self.sb.state_dir / self.heap).write_bytes(_apiserver_get(self.sb, "/debug/pprof/heap?gc=1"))
 
 
@@ -635,7 +642,8 @@ def main() -> None:
                              "timing: the samples cost the replicas a little CPU)"),
                 ("--pprof", "kube-apiserver's CPU profile over each phase, in 10 s windows: "
                             "STATE_DIR/pprof-apiserver-<raw|operator>-<N>-<i>.pb.gz (needs `failovervm sandbox up "
-                            "--profiling`; compare with `go tool pprof -top -diff_base`)")))
+                            "--profiling`; two sizes per VM with benchmarks.profile_compare), and its live heap after "
+                            "each phase: STATE_DIR/pprof-apiserver-heap-<raw|operator>-<N>.pb.gz")))
 
 
 if __name__ == "__main__":
