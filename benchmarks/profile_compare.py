@@ -47,13 +47,15 @@ class Profile:
             stack, _, count = line.strip().rpartition(" ")
             if not stack or not count.isdigit():
                 continue
-            n = int(count)
-            frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
-            prof.samples += n
-            prof.own[frames[-1]] += n
-            for f in set(frames):
-                prof.inclusive[f] += n
+            prof.add([re.sub(r":\d+\)$", ")", f) for f in stack.split(";")], int(count))
         return prof
+
+    def add(self, frames: list[str], n: int) -> None:
+        """A stack (root first, leaf last) sampled n times."""
+        self.samples += n
+        self.own[frames[-1]] += n
+        for f in set(frames):
+            self.inclusive[f] += n
 
     @classmethod
     def parse_traces(cls, text: str, rate: float = GO_RATE) -> Profile:
@@ -66,12 +68,8 @@ class Profile:
             m = re.match(r"\s*([\d.]+)(ns|us|µs|ms|s)\s+(\S.*)$", lines[0]) if lines else None
             if m is None:
                 continue
-            n = round(float(m[1]) * _UNITS[m[2]] * rate)
-            frames = [f.strip().removesuffix(" (inline)") for f in [m[3], *lines[1:]]][::-1]
-            prof.samples += n
-            prof.own[frames[-1]] += n
-            for f in set(frames):
-                prof.inclusive[f] += n
+            prof.add([f.strip().removesuffix(" (inline)") for f in [m[3], *lines[1:]]][::-1],
+                     round(float(m[1]) * _UNITS[m[2]] * rate))
         return prof
 
 
