@@ -79,7 +79,9 @@ def load(spec: str) -> tuple[Profile, float]:
     files = sorted(glob.glob(spec)) or [spec]
     if not files[0].endswith(".pb.gz"):
         return Profile.parse(Path(files[0]).read_text()), RATE
-    go = shutil.which("go") or "/usr/local/go/bin/go"
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("Go profiles are read with `go tool pprof`: no go on PATH (hack/install-deps.sh needs it too)")
     out = subprocess.run([go, "tool", "pprof", "-traces", *files], capture_output=True, text=True, check=True)
     return Profile.parse_traces(out.stdout), GO_RATE
 

@@ -274,7 +274,10 @@ class Pprof:
         if self.error is not None:
             print(f"--pprof: {self.prefix} stopped after {len(self.files)} windows: {self.error}",
                   file=sys.stderr, flush=True)
-        (self.sb.state_dir / self.heap).write_bytes(_apiserver_get(self.sb, "/debug/pprof/heap?gc=1"))
+        try:  # in the phase's `finally`: a failed fetch must not hide the phase's own error
+            (self.sb.state_dir / self.heap).write_bytes(_apiserver_get(self.sb, "/debug/pprof/heap?gc=1"))
+        except (OSError, urllib.error.URLError) as e:
+            print(f"--pprof: no heap profile {self.heap}: {e}", file=sys.stderr, flush=True)
 
 
 def _metrics_ports(state_dir: Path) -> dict[str, int]:

@@ -90,6 +90,7 @@ def test_go_cpu_traces_become_samples_at_100_per_second() -> None:
     # 4 samples over 1,000 VMs at 100 samples/s: 0.04 ms per VM.
     assert pc.ms_per_vm(prof.inclusive["runtime.gcBgMarkWorker"], 1000, pc.GO_RATE) == 0.04
 
+
 def test_histogram_sums_and_means_over_the_matching_series() -> None:
     text = ('lat_seconds_sum{verb="POST"} 2.5\nlat_seconds_count{verb="POST"} 5\n'
             'lat_seconds_sum{verb="GET"} 9\nlat_seconds_count{verb="GET"} 1\n')
