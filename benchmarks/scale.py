@@ -20,7 +20,8 @@ agent; VMs placed there never start). Uses a VFPool that selects only those node
   memory:    the RSS of the active controller (the replica that used the most CPU meanwhile; the
              standby apart), the agents and the heartbeat once all are placed, and the active
              controller's CPU time per VM, and how much of it Python's garbage collector took
-             (failovervm_python_gc_seconds_total);
+             (failovervm_python_gc_seconds_total), in how many collections of each generation and
+             how long the longest held the event loop (failovervm_python_gc_pause_seconds);
   CPU:       the CPU time of every sandbox process (etcd, kube-apiserver, kube-scheduler, the
              controller replicas, ...) and of the benchmark's own clients, per VM and per plain pod,
              over each phase (first create to all placed / bound): where the cores went;
@@ -191,17 +192,44 @@ class CpuMeter:
         return {k: round(v - self.before[k], 2) for k, v in after.items() if v is not None and k in self.before}
 
 
-def gc_seconds(port: int | None) -> dict[str, float]:
-    """A controller's time in Python's garbage collector so far, by generation (its
-    failovervm_python_gc_seconds_total on /metrics); empty when it cannot be read."""
+def controller_metrics(port: int | None) -> str:
+    """A controller replica's /metrics text; empty when it cannot be read."""
     if not port:
-        return {}
+        return ""
     try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     except OSError:
-        return {}
+        return ""
+
+
+def gc_seconds(text: str) -> dict[str, float]:
+    """A controller's time in Python's garbage collector so far, by generation (its
+    failovervm_python_gc_seconds_total)."""
     return {lbl["generation"]: v for lbl, v in series(text, "failovervm_python_gc_seconds_total")
             if "generation" in lbl}
+
+
+def gc_pauses(before: str, after: str) -> dict[str, dict[str, float | None]]:
+    """The collections between two scrapes of a controller, by generation: how many, their mean
+    length and the upper bound of the longest (the smallest bucket of
+    failovervm_python_gc_pause_seconds holding all of them), in ms."""
+    def buckets(text: str) -> dict[str, dict[float, float]]:
+        out: dict[str, dict[float, float]] = {}
+        for lbl, v in series(text, "failovervm_python_gc_pause_seconds_bucket"):
+            out.setdefault(lbl.get("generation", ""), {})[float(lbl["le"])] = v
+        return out
+    b0, b1 = buckets(before), buckets(after)
+    res: dict[str, dict[str, float | None]] = {}
+    for gen, upto in sorted(b1.items()):
+        grew = {le: c - b0.get(gen, {}).get(le, 0.0) for le, c in upto.items()}
+        count = grew.get(float("inf"), 0.0)
+        if not count:
+            continue
+        longest = min((le for le, c in grew.items() if c >= count), default=float("inf"))
+        res[gen] = {"collections": count, "mean_ms": mean_ms(before, after, "failovervm_python_gc_pause_seconds",
+                                                             generation=gen),
+                    "longest_at_most_ms": None if longest == float("inf") else longest * 1000}
+    return res
 
 
 class PySpy:
@@ -526,7 +554,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     replicas = {k: v.get("pid") for k, v in json.loads((state_dir / "sandbox.json").read_text()).items()
                 if (k == "controller" or k.startswith("controller-")) and isinstance(v, dict)}
     ports = _metrics_ports(state_dir)
-    gc_before = {k: gc_seconds(ports.get(k)) for k in replicas}
+    metrics_before = {k: controller_metrics(ports.get(k)) for k in replicas}
     op_cpu = CpuMeter(state_dir).start()
     spies = PySpy(state_dir, replicas, n).start() if py_spy else None
     op_prof = Pprof(sb, "operator", n).start() if pprof else None
@@ -566,10 +594,13 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     active = max(worked, key=lambda k: worked[k]) if worked else "controller"
     if worked:
         out["operator"]["controller_cpu_ms_per_vm"] = worked[active] / n * 1000
-    gc_after = gc_seconds(ports.get(active))
+    metrics_after = controller_metrics(ports.get(active))
+    gc_before, gc_after = gc_seconds(metrics_before.get(active, "")), gc_seconds(metrics_after)
     if gc_after:
         out["operator"]["controller_gc_ms_per_vm"] = {
-            g: (v - gc_before.get(active, {}).get(g, 0.0)) / n * 1000 for g, v in sorted(gc_after.items())}
+            g: (v - gc_before.get(g, 0.0)) / n * 1000 for g, v in sorted(gc_after.items())}
+        # Each collection holds the event loop (webhooks included): how long they were.
+        out["operator"]["controller_gc_pauses"] = gc_pauses(metrics_before.get(active, ""), metrics_after)
     out["ratio_all_placed"] = out["operator"]["all_placed_s"] / out["raw"]["all_bound_s"]
     delta = after - before  # the counts that grew
     time_based = sum(c for (v, r), c in delta.items() if (v, r) in TIME_BASED)
@@ -614,6 +645,10 @@ def _report(res: dict[str, Any]) -> None:
         gcs = op["controller_gc_ms_per_vm"]
         print(f"{'  of which garbage collection':46}{sum(gcs.values()):>10.1f}ms  (by generation: "
               + ", ".join(f"{g}: {v:.2f}" for g, v in gcs.items()) + ")")
+    for gen, p in (op.get("controller_gc_pauses") or {}).items():
+        longest = p["longest_at_most_ms"]
+        print(f"{'    generation ' + gen + ' collections, mean, longest':46}{p['collections']:>10.0f}  "
+              f"{p['mean_ms'] or 0.0:.2f} ms, " + (f"<= {longest:g} ms" if longest is not None else "> 5 s"))
     rawc, opc = raw.get("cpu_ms_per_pod") or {}, op.get("cpu_ms_per_vm") or {}
     if opc:
         print("CPU per VM / per pod, by process (ms):")

@@ -6,6 +6,10 @@ took. A collection of the oldest generation walks every container object the pro
 the controller: every cached VM, pod and claim, and every module it imported), so its cost grows
 with the cluster. The callbacks cost two clock reads per collection.
 
+A collection holds the event loop (the admission webhooks, every handler) for as long as it runs,
+so each one's length is also kept as a histogram (failovervm_python_gc_pause_seconds): the longest
+pauses, not only their sum, decide how large the young generation may be.
+
 Tuning (`tune`): CPython collects its oldest generation once ten collections of the middle one
 ran and a quarter of what it holds is new since its last collection. The controller allocates
 many container objects (each watch event is a JSON tree, then Kopf's wrappers around it) and keeps
@@ -31,24 +35,33 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 GC_SECONDS = Counter("failovervm_python_gc_seconds_total",
                      "Time spent in Python's cyclic garbage collector, by generation", ["generation"])
+# From a young collection of a few thousand objects (well under a millisecond) to a full one of a
+# large cache (a second or more).
+PAUSE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+GC_PAUSE = Histogram("failovervm_python_gc_pause_seconds",
+                     "How long each collection of Python's cyclic garbage collector held the process, by generation",
+                     ["generation"], buckets=PAUSE_BUCKETS)
 
 
 class GcTimer:
-    """gc.callbacks entry: times each collection (start to stop) into GC_SECONDS."""
+    """gc.callbacks entry: times each collection (start to stop) into GC_SECONDS and GC_PAUSE."""
 
     def __init__(self) -> None:
         self._started = 0.0
         self._counters = [GC_SECONDS.labels(str(g)) for g in range(3)]
+        self._pauses = [GC_PAUSE.labels(str(g)) for g in range(3)]
 
     def __call__(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         elif self._started:
-            self._counters[int(info.get("generation", 2))].inc(time.perf_counter() - self._started)
+            took, gen = time.perf_counter() - self._started, int(info.get("generation", 2))
+            self._counters[gen].inc(took)
+            self._pauses[gen].observe(took)
             self._started = 0.0
 
 

@@ -98,3 +98,29 @@ def test_histogram_sums_and_means_over_the_matching_series() -> None:
     assert scale.sum_count(text, "lat_seconds") == (11.5, 6.0)
     assert scale.mean_ms("", text, "lat_seconds", verb="POST") == 500.0
     assert scale.mean_ms(text, text, "lat_seconds") is None  # nothing observed in between
+
+
+def test_gc_pauses_between_two_scrapes_by_generation() -> None:
+    """The controller's pause histogram as prometheus_client writes it: the collections between the
+    scrapes, their mean and the bucket that holds the longest."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from failovervm import gcstats
+
+    reg = CollectorRegistry()
+    hist = Histogram("failovervm_python_gc_pause_seconds", "pauses", ["generation"],
+                     buckets=gcstats.PAUSE_BUCKETS, registry=reg)
+    hist.labels("0").observe(0.0003)
+    hist.labels("1").observe(0.03)
+    before = generate_latest(reg).decode()
+    for took in (0.0004, 0.0015, 0.003):
+        hist.labels("0").observe(took)
+    hist.labels("2").observe(7.0)  # longer than the last finite bucket
+    after = generate_latest(reg).decode()
+    pauses = scale.gc_pauses(before, after)
+    assert set(pauses) == {"0", "2"}  # generation 1 did not run in between
+    assert pauses["0"]["collections"] == 3 and pauses["0"]["longest_at_most_ms"] == 5.0
+    assert abs((pauses["0"]["mean_ms"] or 0) - 1.633) < 0.001
+    assert pauses["2"] == {"collections": 1, "mean_ms": 7000.0, "longest_at_most_ms": None}
+    assert scale.gc_pauses("", "") == {}
+    assert scale.gc_seconds(after) == {}  # another metric

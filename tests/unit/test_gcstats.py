@@ -1,8 +1,10 @@
-"""failovervm.gcstats: every collection's time lands in its generation's counter."""
+"""failovervm.gcstats: every collection's time lands in its generation's counter and pause histogram."""
 
 from __future__ import annotations
 
 import gc
+
+from prometheus_client import REGISTRY
 
 from failovervm import gcstats
 
@@ -11,15 +13,22 @@ def _value(gen: int) -> float:
     return gcstats.GC_SECONDS.labels(str(gen))._value.get()
 
 
+def _pauses(gen: int) -> float:
+    return REGISTRY.get_sample_value("failovervm_python_gc_pause_seconds_count", {"generation": str(gen)}) or 0.0
+
+
 def test_collections_are_timed_by_generation() -> None:
     timer = gcstats.install()
     try:
         assert gcstats.install() is timer  # once per process
-        before = [_value(g) for g in range(3)]
+        before, pauses = [_value(g) for g in range(3)], [_pauses(g) for g in range(3)]
         gc.collect(0)
         gc.collect(2)
         after = [_value(g) for g in range(3)]
         assert after[0] > before[0] and after[2] > before[2]
+        # Each collection is one observation of its generation's pause (a young one may also have
+        # run on its own meanwhile).
+        assert _pauses(0) >= pauses[0] + 1 and _pauses(2) == pauses[2] + 1
     finally:
         gc.callbacks.remove(timer)
 
