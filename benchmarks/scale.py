@@ -125,6 +125,25 @@ def mean_ms(before: str, after: str, metric: str, **match: str) -> float | None:
     return (s1 - s0) / (c1 - c0) * 1000 if c1 > c0 else None
 
 
+def share_over(before: str, after: str, metric: str, seconds: float, **match: str) -> float | None:
+    """The share of a histogram's observations between two scrapes that took longer than
+    `seconds` (one of its bucket bounds), over the series whose labels include `match` (None: none
+    observed, or no such bucket)."""
+    def counts(text: str) -> tuple[float, float, bool]:
+        within = total = 0.0
+        found = False
+        for lbl, v in series(text, f"{metric}_bucket"):
+            if not all(lbl.get(k) == want for k, want in match.items()):
+                continue
+            if lbl.get("le") == "+Inf":
+                total += v
+            elif float(lbl.get("le", "nan")) == seconds:
+                within, found = within + v, True
+        return within, total, found
+    (w0, t0, _), (w1, t1, found) = counts(before), counts(after)
+    return 1.0 - (w1 - w0) / (t1 - t0) if found and t1 > t0 else None
+
+
 def scrape(sb: SandboxHandle, text: str | None = None, code: str | None = None) -> Counter[tuple[str, str]]:
     """apiserver_request_total from the apiserver's /metrics, summed over codes (only `code`, e.g.
     "409", when given) and components: (verb, resource[/subresource][@cluster for cluster-wide LISTs
@@ -589,7 +608,12 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                                                            key=lambda kv: -kv[1]["bytes"])},
                        "webhook_ms": mean_ms(before_text, after_text,
                                              "apiserver_admission_webhook_admission_duration_seconds",
-                                             operation="CREATE")}
+                                             operation="CREATE"),
+                       # Its tail: the share of those calls longer than 0.1 s and 0.5 s (the
+                       # apiserver's buckets), where the controller's pauses would show.
+                       "webhook_over": {f"{s:g}s": share_over(before_text, after_text,
+                                                              "apiserver_admission_webhook_admission_duration_seconds",
+                                                              s, operation="CREATE") for s in (0.1, 0.5)}}
     worked = {k: op_cpu_s[k] for k in replicas if k in op_cpu_s}  # CPU seconds of each replica meanwhile
     active = max(worked, key=lambda k: worked[k]) if worked else "controller"
     if worked:
@@ -638,6 +662,9 @@ def _report(res: dict[str, Any]) -> None:
         print(f"{'mean create in the apiserver':46}{op['create_ms']:>10.1f}ms{raw['create_ms']:>10.1f}ms")
     if op.get("webhook_ms") is not None:
         print(f"{'  of which the admission webhook':46}{op['webhook_ms']:>10.1f}ms")
+    over = {k: v for k, v in (op.get("webhook_over") or {}).items() if v is not None}
+    if over:
+        print(f"{'  webhook calls longer than':46}" + ", ".join(f"{k}: {v:.1%}" for k, v in over.items()))
     print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
     if op.get("controller_cpu_ms_per_vm") is not None:
         print(f"{'controller CPU per VM':46}{op['controller_cpu_ms_per_vm']:>10.1f}ms")

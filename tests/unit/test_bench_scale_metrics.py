@@ -124,3 +124,13 @@ def test_gc_pauses_between_two_scrapes_by_generation() -> None:
     assert pauses["2"] == {"collections": 1, "mean_ms": 7000.0, "longest_at_most_ms": None}
     assert scale.gc_pauses("", "") == {}
     assert scale.gc_seconds(after) == {}  # another metric
+
+
+def test_share_of_a_histogram_over_a_bucket_bound() -> None:
+    def text(fast: int, slow: int, other: int = 0) -> str:
+        return (f'w_bucket{{operation="CREATE",le="0.1"}} {fast}\n'
+                f'w_bucket{{operation="CREATE",le="+Inf"}} {fast + slow}\n'
+                f'w_bucket{{operation="UPDATE",le="0.1"}} 0\nw_bucket{{operation="UPDATE",le="+Inf"}} {other}\n')
+    assert scale.share_over(text(10, 0), text(40, 10, 99), "w", 0.1, operation="CREATE") == 0.25
+    assert scale.share_over(text(10, 0), text(10, 0), "w", 0.1, operation="CREATE") is None  # none in between
+    assert scale.share_over(text(0, 0), text(4, 0), "w", 0.5, operation="CREATE") is None  # no such bucket
