@@ -35,6 +35,8 @@ POINTS = {
     # controller: release (fenced node) and deletion
     "release.after-unlabel": "the fenced node's label removed from the VM; its status not released",
     "finalize.before-claims": "a deleted VM's domain removed; its VF claims not released",
+    # controller: high availability
+    "ha.renew.active": "the active replica's keep-alive thread renews its peering entry (the API out of reach)",
     # agent: migration on the source node
     "agent.migrate.after-take": "the VM's lock says Running (the agent's commit); the migration not",
     "agent.migrate.mid-transfer": "the transfer started in libvirt; the agent gone while it runs",

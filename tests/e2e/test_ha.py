@@ -1,25 +1,29 @@
 """Two controller replicas (#13): exactly one active, both answering the webhooks; kill -9 of the
 active one and the standby takes over within the peering lifetime (10 s), while the standby's
-eviction webhook already held the drain (429) and started the VM's migration meanwhile."""
+eviction webhook already held the drain (429) and started the VM's migration meanwhile; and an
+active replica that can no longer renew its peering entry stands down before that lifetime ends."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import re
 import signal
 import time
 from typing import Any
 
 import pytest
 
-from failovervm import labels
+from failovervm import failpoints, labels
+from failovervm.controller import ha
 from failovervm_sandbox import procs
-from tests.conftest import Sandbox, make_namespace, restart_operator, wait_for
+from tests.conftest import Sandbox, controller_keys, make_namespace, restart_operator, wait_for
 from tests.e2e.helpers import apply, get_vm, pool_manifest, vm_manifest, wait_phase
 
 pytestmark = pytest.mark.e2e
 POOL = "ha-pool"
+RENEW_POINT = "ha.renew.active"
 
 
 def peers(sb: Sandbox) -> dict[str, dict[str, Any]]:
@@ -108,3 +112,60 @@ def test_kill_the_active_controller_and_the_standby_takes_over(operator_sandbox:
     after = wait_for(lambda: (p := peers(sb)) and len(p) == 2 and p, 30, what="the restarted replica in the peering")
     assert after[standby]["priority"] > after[active]["priority"], after
     assert procs.alive(sb.data[standby]["pid"], "controller")
+
+
+def test_an_active_replica_that_cannot_renew_its_entry_stands_down(operator_sandbox: Sandbox) -> None:
+    """The renew deadline (controller/ha.py: KeepAlive): the active replica's keep-alive renewals stop
+    getting through (failpoint `ha.renew.active=error`: the API out of reach for that thread; Kopf's
+    own keep-alive still renews, so only this replica knows). It exits with status 75 once 7 s passed
+    since its last renewal, 3 s before the standby may take its entry for dead, and the standby then
+    resumes. Without the deadline a replica cut off from the API server would act on when it came
+    back, next to the one that took over."""
+    sb = operator_sandbox
+    wait_for(lambda: len(peers(sb)) == 2, 30, what="two live controller replicas")
+    first, second = controller_keys(sb)[:2]
+    argv = {k: procs.cmdline(sb.data[k]["pid"]) for k in (first, second)}
+    assert all(argv.values())
+    for key in (first, second):  # both: one stopped alone would hand over to the other
+        procs.stop(sb.data[key]["pid"], "controller")
+    logs = {k: sb.state_dir / "logs" / f"{k}-standdown.log" for k in (first, second)}
+    cut_off = procs.spawn(argv[first], logs[first], env={**os.environ, failpoints.ENV: f"{RENEW_POINT}=error",
+                                                         "POD_ID": first})
+    standby = None
+    try:
+        # Alone, it is the active one; the other starts later, so it stands by (a lower priority).
+        wait_for(lambda: first in peers(sb), 60, what=f"{first} in the peering")
+        standby = procs.spawn(argv[second], logs[second], env={**os.environ, "POD_ID": second})
+        started = time.monotonic()
+        status: list[int] = []  # its wait status, once it exited (reaped here: this test started it)
+
+        def reaped() -> bool:
+            if not status:
+                pid, st = os.waitpid(cut_off, os.WNOHANG)
+                if pid == cut_off:
+                    status.append(st)
+            return bool(status)
+
+        wait_for(reaped, 60, what=f"{first} standing down")
+        exited = time.monotonic()
+        assert os.waitstatus_to_exitcode(status[0]) == ha.STAND_DOWN_EXIT
+        text = logs[first].read_text(errors="replace")
+        assert f"failpoint {RENEW_POINT}: error" in text
+        m = re.search(rf"standing down: the active replica {first} could not renew its peering entry for "
+                      r"([\d.]+) s, past the 7 s renew deadline of a 10 s lifetime", text)
+        assert m, text[-3000:]
+        assert 7.0 < float(m.group(1)) < 9.0  # the watchdog checks twice a second
+        # The standby resumes once the entry Kopf kept renewing until the exit expires (10 s).
+        wait_for(lambda: "Resuming operations" in logs[second].read_text(errors="replace"), 40,
+                 what=f"{second} resuming")
+        resumed = time.monotonic() - exited
+        live = peers(sb)
+        assert second in live and first not in live, live
+        print(f"\nHA: the cut-off replica stood down after {m.group(1)} s without a renewal "
+              f"({exited - started:.1f} s after the standby started); the standby resumed {resumed:.1f} s later")
+    finally:
+        procs.stop(cut_off)
+        if standby is not None:
+            procs.stop(standby)
+        restart_operator(sb)
+    wait_for(lambda: len(peers(sb)) == 2, 60, what="both replicas back in the peering")

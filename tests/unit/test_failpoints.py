@@ -42,9 +42,9 @@ def test_every_point_in_the_code_is_listed_and_every_listed_point_is_in_the_code
 
 def test_every_point_runs_in_the_e2e_crash_matrix() -> None:
     """#13: "every failure point runs in the suite": each listed point is named (as a string) by
-    tests/e2e/test_crash_matrix.py, which kills the controller or an agent there, and has a row in
-    the crash matrix of docs/reliability.md."""
-    matrix = (REPO / "tests" / "e2e" / "test_crash_matrix.py").read_text()
+    tests/e2e/test_crash_matrix.py, which kills the controller or an agent there, or by
+    tests/e2e/test_ha.py (the peering's failures), and has a row in a table of docs/reliability.md."""
+    matrix = "".join((REPO / "tests" / "e2e" / f).read_text() for f in ("test_crash_matrix.py", "test_ha.py"))
     doc = (REPO / "docs" / "reliability.md").read_text()
     assert [p for p in failpoints.POINTS if f'"{p}"' not in matrix] == []
     assert [p for p in failpoints.POINTS if f"| `{p}` |" not in doc] == []

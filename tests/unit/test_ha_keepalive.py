@@ -37,6 +37,103 @@ def test_renews_while_the_loop_ticks_and_stops_when_it_is_stuck() -> None:
     assert keep.renew() and len(sent) == 3
 
 
+def peering(status: dict[str, Any]) -> dict[str, Any]:
+    """The peering object a renewal's PATCH answers with (the API server merges every entry)."""
+    return {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "status": status}
+
+
+class Api:
+    """The peering object in the API server: merges each renewal, or fails while `down`."""
+
+    def __init__(self, others: dict[str, Any] | None = None) -> None:
+        self.status: dict[str, Any] = dict(others or {})
+        self.down = False
+
+    def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.down:
+            raise ConnectionRefusedError("the API server is out of reach")
+        self.status.update(body["status"])
+        return peering(self.status)
+
+
+def test_the_active_replica_stands_down_when_it_cannot_renew_before_the_deadline() -> None:
+    api, clock, reasons = Api(), Clock(), []
+    keep = ha.KeepAlive(api, "ctl-a", priority=7, lifetime=10, clock=clock, stand_down=reasons.append)
+    assert keep.deadline == 7.0 == ha.renew_deadline(10)  # 3 s before the standby may resume
+    assert keep.renew() and keep.active  # alone: the answer says it is the active one
+    api.down = True
+    for _ in range(2):  # two renewals fail (every 2.5 s): not yet
+        clock.now += 2.5
+        keep.tick()
+        try:
+            keep.renew()
+        except ConnectionRefusedError:
+            pass
+        assert not keep.check()
+    clock.now += 2.1  # 7.1 s since the entry was last stamped
+    keep.tick()
+    assert keep.check() and len(reasons) == 1
+    assert "ctl-a could not renew its peering entry for 7.1 s" in reasons[0]
+    assert "stuck" not in reasons[0]
+    assert keep.stopped.is_set() and not keep.check()  # once; and the renewals end with it
+    api.down = False
+    assert not keep.renew()
+
+
+def test_a_stuck_loop_makes_the_active_replica_stand_down_a_standby_never() -> None:
+    clock, reasons = Clock(), []
+    higher = {"ctl-old": ha.peer_entry(9, 10)}  # an older replica: this one stands by
+    standby = ha.KeepAlive(Api(higher), "ctl-b", priority=7, lifetime=10, clock=clock, stand_down=reasons.append)
+    active = ha.KeepAlive(Api(), "ctl-a", priority=8, lifetime=10, clock=clock, stand_down=reasons.append)
+    assert standby.renew() and not standby.active
+    assert active.renew() and active.active
+    clock.now += 5.1  # neither loop ticked since: neither renews
+    assert not standby.renew() and not active.renew()
+    clock.now += 2.0
+    assert not standby.check() and active.check()
+    assert len(reasons) == 1 and "ctl-a" in reasons[0] and "its event loop is stuck" in reasons[0]
+    clock.now += 60  # a standby cut off for a minute still does nothing: it is not acting
+    assert not standby.check()
+
+
+def test_a_renewal_that_got_through_resets_the_deadline_and_a_clean_stop_disarms_it() -> None:
+    api, clock, reasons = Api(), Clock(), []
+    keep = ha.KeepAlive(api, "ctl-a", priority=7, lifetime=10, clock=clock, stand_down=reasons.append)
+    for _ in range(10):  # a minute of renewals, each 6.9 s after the last: never overdue
+        keep.tick()
+        assert keep.renew()
+        clock.now += 6.9
+        assert not keep.check()
+    keep.stopped.set()  # stop() on a clean exit: the entry is removed, nothing to stand down from
+    clock.now += 60
+    assert not keep.check() and reasons == []
+
+
+def test_the_watchdog_thread_stands_down_while_a_renewal_hangs() -> None:
+    import threading
+
+    release, done = threading.Event(), threading.Event()
+    calls: list[dict[str, Any]] = []
+
+    def patch(body: dict[str, Any]) -> dict[str, Any]:
+        calls.append(body)
+        if len(calls) > 1 and body["status"]["ctl-a"] is not None:
+            release.wait(10)  # the second renewal hangs in the API call
+        return peering(body["status"])
+
+    reasons: list[str] = []
+    keep = ha.KeepAlive(patch, "ctl-a", priority=7, lifetime=10, interval=0.05, deadline=0.3,
+                        stand_down=lambda r: (reasons.append(r), done.set()))
+    assert keep.renew() and keep.active
+    keep.start()
+    try:
+        assert done.wait(5), "no stand-down while the renewal hung"
+        assert len(reasons) == 1
+    finally:
+        release.set()
+        keep.stop()
+
+
 def test_stop_removes_the_entry_and_ends_renewals() -> None:
     sent: list[dict[str, Any]] = []
     keep = ha.KeepAlive(sent.append, "ctl@host/1", priority=7, lifetime=10, interval=0.01)
