@@ -67,6 +67,18 @@ def _non_negative(value: str) -> int:
     return n
 
 
+def _peering_lifetime(value: str) -> int:
+    """--peering-lifetime: long enough for a renew deadline before it (controller/ha.py)."""
+    from failovervm.controller.ha import MIN_PEERING_LIFETIME
+
+    n = int(value)
+    if n < MIN_PEERING_LIFETIME:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_PEERING_LIFETIME} s (the active replica stands down 3 s before its entry "
+            f"expires, and renews it every lifetime / 4), not {n}")
+    return n
+
+
 def cmd_controller(args: argparse.Namespace) -> int:
     from failovervm.controller.main import ControllerArgs, run
 
@@ -389,9 +401,11 @@ def _add_controller(sub: Subcommands) -> None:
     ctl.add_argument("--priority", type=int, default=None,
                      help="Kopf peering priority of this replica (the highest live one is active; default: "
                           "by start time, so the oldest replica stays active and a new one waits)")
-    ctl.add_argument("--peering-lifetime", type=int, default=10, metavar="SECONDS",
+    ctl.add_argument("--peering-lifetime", type=_peering_lifetime, default=10, metavar="SECONDS",
                      help="how long a replica's peering entry lives without a keepalive: a standby takes "
-                          "over at most this long after the active replica was killed (default 10)")
+                          "over at most this long after the active replica was killed; the active replica "
+                          "stands down when it could not renew its entry for this less 3 s (default 10, "
+                          "at least 6)")
     ctl.add_argument("--namespace", default="failovervm-system",
                      help="the operator's namespace")
     ctl.add_argument("--parallel-migrations-per-cluster", type=int, default=5)

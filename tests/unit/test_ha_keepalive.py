@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from failovervm.controller import ha
 
 
@@ -148,3 +150,15 @@ def test_identity_is_the_pod_name_when_given() -> None:
     assert ha.own_identity({"POD_ID": "failovervm-controller-abc"}) == "failovervm-controller-abc"
     made = ha.own_identity({})
     assert "@" in made and made.count("/") == 2
+
+
+def test_a_lifetime_too_short_for_a_renew_deadline_is_refused_with_the_flag_named(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from failovervm.cli import build_parser
+
+    args = ["controller", "--storage-root", "/srv", "--peering-lifetime"]
+    assert build_parser().parse_args([*args, "6"]).peering_lifetime == 6
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*args, "5"])
+    assert "--peering-lifetime: must be at least 6 s" in capsys.readouterr().err
+    assert ha.renew_deadline(ha.MIN_PEERING_LIFETIME) == 3.0

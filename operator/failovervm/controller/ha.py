@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # max(1, lifetime - 5..10) seconds, so 10 s means a keepalive every 1-5 s (one small PATCH of the
 # ClusterKopfPeering per replica) and a takeover at most ~10 s after the active replica died.
 DEFAULT_PEERING_LIFETIME = 10
+# The shortest lifetime that leaves a renew deadline (below) with a renewal or two before it.
+MIN_PEERING_LIFETIME = 6
 
 # How long before its entry's lifetime ends the active replica stands down when it could not renew
 # it: the standby resumes at the entry's lastseen + lifetime on its own clock, so this covers the
