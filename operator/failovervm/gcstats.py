@@ -26,7 +26,7 @@ each event's body formed reference cycles, so every event's JSON tree waited for
 instead of being freed when Kopf dropped it. controller/kopfviews.py removes those cycles (16,400
 cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census).
 At 5,000 VMs the collector's share fell from 7.5 to 4.7 ms per VM (the oldest generation's from
-4.3 to 2.1 ms), and to 1.5-1.8 ms with the thresholds now."""
+4.3 to 2.1 ms), and to 2.2-2.4 ms with the thresholds now, in pauses of tens of milliseconds."""
 
 from __future__ import annotations
 
@@ -82,13 +82,16 @@ def install() -> GcTimer:
 # a larger first threshold then cost memory (50 MiB more at 1,000 VMs with 50,000), since garbage
 # waited longer for its collection. With little cyclic garbage left (about 100 objects/s), what a
 # young collection walks is the events still queued while the controller is behind, and fewer
-# collections walk it less often. Measured at 1,000 / 5,000 VMs (docs/scale.md): (700, 10, 100)
-# 2.2 / 3.8 ms of collector per VM (run K3); (10000, 10, 100) 1.3-1.7 / 2.3-2.9 ms (runs K4 to K6);
-# (50000, 20, 100) 0.7 / 1.5 ms (run T3), its middle generation 0.2 instead of 1.0-1.2 ms at 5,000,
-# with an RSS of 136 / 350 MiB against 130-132 / 356-387 MiB. The oldest generation did not run in
+# collections walk it less often, but each for longer, holding the event loop (the webhooks' answers)
+# meanwhile. Measured at 1,000 / 5,000 VMs during a burst of creates (docs/scale.md, runs V1 to V5):
+# (50000, 20, 100) took 0.5-1.0 / 1.1-1.4 ms of collector per VM, its young collections 79-168 ms
+# each and its middle ones up to 0.4-1.0 s (the longest under 2 s) at 5,000; (200000, 20, 100) 0.2 /
+# 1.0 ms, young collections of 0.2-0.45 s; (10000, 20, 100), the default, 1.2 / 2.2-2.4 ms, young
+# collections of 23-34 ms and middle ones of 0.33 s (the longest under 1 s): a twentieth of the
+# controller's CPU per VM more for pauses a quarter as long. The oldest generation did not run in
 # any of those. The controller's whole CPU per VM varies between runs more than the collector's
-# share (12.7-15.4 ms at 5,000). FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
-THRESHOLDS = (50000, 20, 100)
+# share. FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
+THRESHOLDS = (10000, 20, 100)
 ENV = "FAILOVERVM_GC_THRESHOLDS"
 
 
@@ -102,7 +105,7 @@ def thresholds(environ: Mapping[str, str]) -> tuple[int, int, int]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
-        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 50000,20,100")
+        raise ValueError(f"{ENV}={raw!r}: expected three positive integers, e.g. 10000,20,100")
     return parts[0], parts[1], parts[2]
 
 

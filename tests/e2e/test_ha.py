@@ -154,7 +154,7 @@ def test_an_active_replica_that_cannot_renew_its_entry_stands_down(operator_sand
         m = re.search(rf"standing down: the active replica {first} could not renew its peering entry for "
                       r"([\d.]+) s, past the 7 s renew deadline of a 10 s lifetime", text)
         assert m, text[-3000:]
-        assert 7.0 < float(m.group(1)) < 9.0  # the watchdog checks twice a second
+        assert 7.0 <= float(m.group(1)) < 9.0  # past 7 s (printed to 0.1 s); checked twice a second
         # The standby resumes once the entry Kopf kept renewing until the exit expires (10 s).
         wait_for(lambda: "Resuming operations" in logs[second].read_text(errors="replace"), 40,
                  what=f"{second} resuming")
