@@ -98,9 +98,27 @@ def series(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
 
 def sum_count(text: str, metric: str, **match: str) -> tuple[float, float]:
     """(sum, count) of a histogram in a /metrics text, over the series whose labels include `match`."""
-    sum_, count = (sum((v for lbl, v in series(text, f"{metric}_{part}")
-                        if all(lbl.get(k) == want for k, want in match.items())), 0.0) for part in ("sum", "count"))
+    sum_, count = (sum((v for lbl, v in series(text, f"{metric}_{part}") if _matches(lbl, match)), 0.0)
+                   for part in ("sum", "count"))
     return sum_, count
+
+
+def _matches(labels: dict[str, str], match: dict[str, str]) -> bool:
+    return all(labels.get(k) == want for k, want in match.items())
+
+
+def bucket_deltas(before: str, after: str, metric: str, **match: str) -> dict[float, float]:
+    """A histogram's observations between two scrapes at or under each of its bucket bounds (inf:
+    all of them), over the series whose labels include `match`; the bounds are those of `after`."""
+    def buckets(text: str) -> dict[float, float]:
+        out: dict[float, float] = {}
+        for lbl, v in series(text, f"{metric}_bucket"):
+            if "le" in lbl and _matches(lbl, match):
+                le = float(lbl["le"])  # "+Inf" too
+                out[le] = out.get(le, 0.0) + v
+        return out
+    b0 = buckets(before)
+    return {le: c - b0.get(le, 0.0) for le, c in buckets(after).items()}
 
 
 def watch_events(before: str, after: str) -> dict[str, dict[str, float]]:
@@ -129,19 +147,9 @@ def share_over(before: str, after: str, metric: str, seconds: float, **match: st
     """The share of a histogram's observations between two scrapes that took longer than
     `seconds` (one of its bucket bounds), over the series whose labels include `match` (None: none
     observed, or no such bucket)."""
-    def counts(text: str) -> tuple[float, float, bool]:
-        within = total = 0.0
-        found = False
-        for lbl, v in series(text, f"{metric}_bucket"):
-            if not all(lbl.get(k) == want for k, want in match.items()):
-                continue
-            if lbl.get("le") == "+Inf":
-                total += v
-            elif float(lbl.get("le", "nan")) == seconds:
-                within, found = within + v, True
-        return within, total, found
-    (w0, t0, _), (w1, t1, found) = counts(before), counts(after)
-    return 1.0 - (w1 - w0) / (t1 - t0) if found and t1 > t0 else None
+    grew = bucket_deltas(before, after, metric, **match)
+    total = grew.get(float("inf"), 0.0)
+    return 1.0 - grew[seconds] / total if seconds in grew and total > 0 else None
 
 
 def scrape(sb: SandboxHandle, text: str | None = None, code: str | None = None) -> Counter[tuple[str, str]]:
@@ -232,21 +240,15 @@ def gc_pauses(before: str, after: str) -> dict[str, dict[str, float | None]]:
     """The collections between two scrapes of a controller, by generation: how many, their mean
     length and the upper bound of the longest (the smallest bucket of
     failovervm_python_gc_pause_seconds holding all of them), in ms."""
-    def buckets(text: str) -> dict[str, dict[float, float]]:
-        out: dict[str, dict[float, float]] = {}
-        for lbl, v in series(text, "failovervm_python_gc_pause_seconds_bucket"):
-            out.setdefault(lbl.get("generation", ""), {})[float(lbl["le"])] = v
-        return out
-    b0, b1 = buckets(before), buckets(after)
+    metric = "failovervm_python_gc_pause_seconds"
     res: dict[str, dict[str, float | None]] = {}
-    for gen, upto in sorted(b1.items()):
-        grew = {le: c - b0.get(gen, {}).get(le, 0.0) for le, c in upto.items()}
+    for gen in sorted({lbl["generation"] for lbl, _ in series(after, f"{metric}_bucket") if "generation" in lbl}):
+        grew = bucket_deltas(before, after, metric, generation=gen)
         count = grew.get(float("inf"), 0.0)
         if not count:
             continue
         longest = min((le for le, c in grew.items() if c >= count), default=float("inf"))
-        res[gen] = {"collections": count, "mean_ms": mean_ms(before, after, "failovervm_python_gc_pause_seconds",
-                                                             generation=gen),
+        res[gen] = {"collections": count, "mean_ms": mean_ms(before, after, metric, generation=gen),
                     "longest_at_most_ms": None if longest == float("inf") else longest * 1000}
     return res
 
