@@ -69,13 +69,13 @@ def _non_negative(value: str) -> int:
 
 def _peering_lifetime(value: str) -> int:
     """--peering-lifetime: long enough for a renew deadline before it (controller/ha.py)."""
-    from failovervm.controller.ha import MIN_PEERING_LIFETIME
+    from failovervm.controller.ha import MIN_PEERING_LIFETIME, STAND_DOWN_MARGIN
 
     n = int(value)
     if n < MIN_PEERING_LIFETIME:
         raise argparse.ArgumentTypeError(
-            f"must be at least {MIN_PEERING_LIFETIME} s (the active replica stands down 3 s before its entry "
-            f"expires, and renews it every lifetime / 4), not {n}")
+            f"must be at least {MIN_PEERING_LIFETIME} s (the active replica stands down {STAND_DOWN_MARGIN:g} s "
+            f"before its entry expires, and renews it every lifetime / 4), not {n}")
     return n
 
 

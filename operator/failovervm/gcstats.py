@@ -26,7 +26,7 @@ each event's body formed reference cycles, so every event's JSON tree waited for
 instead of being freed when Kopf dropped it. controller/kopfviews.py removes those cycles (16,400
 cyclic objects/s during a burst of creates before, 100/s after, counted with memdebug's census).
 At 5,000 VMs the collector's share fell from 7.5 to 4.7 ms per VM (the oldest generation's from
-4.3 to 2.1 ms), and to 2.2-2.4 ms with the thresholds now, in pauses of tens of milliseconds."""
+4.3 to 2.1 ms), and to 2.2-3.1 ms with the thresholds now, in pauses of tens of milliseconds."""
 
 from __future__ import annotations
 
@@ -83,12 +83,12 @@ def install() -> GcTimer:
 # waited longer for its collection. With little cyclic garbage left (about 100 objects/s), what a
 # young collection walks is the events still queued while the controller is behind, and fewer
 # collections walk it less often, but each for longer, holding the event loop (the webhooks' answers)
-# meanwhile. Measured at 1,000 / 5,000 VMs during a burst of creates (docs/scale.md, runs V1 to V5):
+# meanwhile. Measured at 1,000 / 5,000 VMs during a burst of creates (docs/scale.md, runs V1 to V7):
 # (50000, 20, 100) took 0.5-1.0 / 1.1-1.4 ms of collector per VM, its young collections 79-168 ms
 # each and its middle ones up to 0.4-1.0 s (the longest under 2 s) at 5,000; (200000, 20, 100) 0.2 /
-# 1.0 ms, young collections of 0.2-0.45 s; (10000, 20, 100), the default, 1.2 / 2.2-2.4 ms, young
-# collections of 23-34 ms and middle ones of 0.33 s (the longest under 1 s): a twentieth of the
-# controller's CPU per VM more for pauses a quarter as long. The oldest generation did not run in
+# 1.0 ms, young collections of 0.2-0.45 s; (10000, 20, 100), the default, 1.2-2.0 / 2.2-3.1 ms,
+# young collections of 23-41 ms and middle ones of 0.33-0.45 s (the longest under 1 s): about 1 ms
+# of the controller's CPU per VM more for pauses a quarter as long. The oldest generation did not run in
 # any of those. The controller's whole CPU per VM varies between runs more than the collector's
 # share. FAILOVERVM_GC_THRESHOLDS="a,b,c" overrides them.
 THRESHOLDS = (10000, 20, 100)
