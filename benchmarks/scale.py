@@ -50,7 +50,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -197,25 +197,40 @@ def _processes(state_dir: Path) -> dict[str, int]:
 
 class CpuMeter:
     """CPU seconds each sandbox process (and this benchmark's own client threads) used between
-    start() and stop(): where the 2 cores went, per phase."""
+    start() and stop(): where the 2 cores went, per phase. `details` then holds, per process, its
+    user and system seconds and its threads' voluntary and involuntary context switches meanwhile
+    (what a process spends in the kernel and on switching threads, e.g. for the GIL)."""
 
     def __init__(self, state_dir: Path) -> None:
         self.pids = _processes(state_dir)
         self.before: dict[str, float] = {}
+        self.before_details: dict[str, dict[str, float]] = {}
+        self.details: dict[str, dict[str, float]] = {}
 
     @staticmethod
     def _self() -> float:
         t = os.times()
         return t.user + t.system
 
+    @staticmethod
+    def _self_details() -> dict[str, float]:
+        t = os.times()
+        return {"user_s": t.user, "system_s": t.system, **context_switches(os.getpid())}
+
     def start(self) -> CpuMeter:
         self.before = {k: cpu_seconds(pid) or 0.0 for k, pid in self.pids.items()}
         self.before["benchmark clients"] = self._self()
+        self.before_details = {k: d for k, pid in self.pids.items() if (d := process_details(pid))}
+        self.before_details["benchmark clients"] = self._self_details()
         return self
 
     def stop(self) -> dict[str, float]:
         after = {k: cpu_seconds(pid) for k, pid in self.pids.items()}
         after["benchmark clients"] = self._self()
+        details = {k: d for k, pid in self.pids.items() if (d := process_details(pid))}
+        details["benchmark clients"] = self._self_details()
+        self.details = {k: {f: round(v - self.before_details[k].get(f, 0.0), 2) for f, v in d.items()}
+                        for k, d in details.items() if k in self.before_details}
         return {k: round(v - self.before[k], 2) for k, v in after.items() if v is not None and k in self.before}
 
 
@@ -333,6 +348,49 @@ def _metrics_ports(state_dir: Path) -> dict[str, int]:
     op = json.loads((state_dir / "sandbox.json").read_text()).get("operator") or {}
     return {k.removesuffix("_metrics_port"): int(v) for k, v in op.items()
             if k.endswith("_metrics_port") and k.startswith("controller")}
+
+
+def context_switches(pid: int) -> dict[str, float]:
+    """The voluntary and involuntary context switches of all of a process's live threads so far
+    (/proc/<pid>/task/*/status; a thread that ended takes its own with it)."""
+    res = {"voluntary_switches": 0.0, "involuntary_switches": 0.0}
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        res = parse_switches(text, res)
+    return res
+
+
+def parse_switches(status: str, total: Mapping[str, float] | None = None) -> dict[str, float]:
+    """A thread's context switches from its /proc status text, added to `total`."""
+    res = dict(total or {"voluntary_switches": 0.0, "involuntary_switches": 0.0})
+    for line in status.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            name = "voluntary_switches" if key.startswith("voluntary") else "involuntary_switches"
+            res[name] += float(value.split()[0])
+    return res
+
+
+def details_per(details: Mapping[str, Mapping[str, float]], n: int) -> dict[str, dict[str, float]]:
+    """CpuMeter.details per VM (or pod): user and system CPU in ms, context switches as counts."""
+    return {k: {(f.removesuffix("_s") + "_ms" if f.endswith("_s") else f): (v * 1000 if f.endswith("_s") else v) / n
+                for f, v in d.items()} for k, d in details.items()}
+
+
+def process_details(pid: int | None) -> dict[str, float] | None:
+    """A process's user and system CPU seconds (/proc/<pid>/stat) and its threads' context switches
+    so far; None when it cannot be read."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    tck = os.sysconf("SC_CLK_TCK")
+    return {"user_s": int(fields[11]) / tck, "system_s": int(fields[12]) / tck, **context_switches(pid)}
 
 
 def cpu_seconds(pid: int | None) -> float | None:
@@ -560,6 +618,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     out["raw"] = {"create_s": p_last - p0, "creates_per_s": n / (p_last - p0),
                   "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last,
                   "cpu_ms_per_pod": {k: v / n * 1000 for k, v in raw_cpu_s.items() if v > 0},
+                  "cpu_details_per_pod": details_per(raw_cpu.details, n),
                   "create_ms": mean_ms(raw_text, raw_text_after, "apiserver_request_duration_seconds",
                                        verb="POST", resource="pods", subresource="")}
     core.delete_collection_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes", grace_period_seconds=0)
@@ -601,6 +660,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                        # The (active) controller's CPU time from the first create to all placed.
                        "controller_cpu_ms_per_vm": None,
                        "cpu_ms_per_vm": {k: v / n * 1000 for k, v in op_cpu_s.items() if v > 0},
+                       # Of it, user and system CPU, and the threads' context switches, per VM.
+                       "cpu_details_per_vm": details_per(op_cpu.details, n),
                        # The mean time of a create in the API server, and of its admission webhook call.
                        "create_ms": mean_ms(before_text, after_text, "apiserver_request_duration_seconds",
                                             verb="POST", resource="failovervms", subresource=""),
@@ -685,6 +746,14 @@ def _report(res: dict[str, Any]) -> None:
             if max(opc.get(key, 0.0), rawc.get(key, 0.0)) >= 0.05:
                 print(f"  {key:44}{opc.get(key, 0.0):>10.2f}{rawc.get(key, 0.0):>12.2f}")
         print(f"  {'all':44}{sum(opc.values()):>10.2f}{sum(rawc.values()):>12.2f}")
+    opd = op.get("cpu_details_per_vm") or {}
+    if opd:
+        print("  of it user / system CPU (ms), and context switches voluntary / involuntary, per VM:")
+        for key in sorted(opd, key=lambda k: -(opc.get(k) or 0.0)):
+            d = opd[key]
+            if (opc.get(key) or 0.0) >= 0.5:
+                print(f"    {key:42}{d.get('user_ms', 0.0):>8.2f} /{d.get('system_ms', 0.0):>6.2f}"
+                      f"{d.get('voluntary_switches', 0.0):>10.1f} /{d.get('involuntary_switches', 0.0):>6.1f}")
     print(f"apiserver requests: {rq['per_vm']:.1f} per VM ({rq['total']} in all); without time-based traffic "
           f"(leases, heartbeats, inventory rounds: {rq['time_based']}): {rq['per_vm_without_time_based']:.1f} per VM")
     for key, v in rq["by_verb_resource_per_vm"].items():

@@ -134,3 +134,47 @@ def test_share_of_a_histogram_over_a_bucket_bound() -> None:
     assert scale.share_over(text(10, 0), text(40, 10, 99), "w", 0.1, operation="CREATE") == 0.25
     assert scale.share_over(text(10, 0), text(10, 0), "w", 0.1, operation="CREATE") is None  # none in between
     assert scale.share_over(text(0, 0), text(4, 0), "w", 0.5, operation="CREATE") is None  # no such bucket
+
+
+def test_context_switches_are_summed_over_threads_and_kept_per_vm() -> None:
+    status = "Name:\tpython\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n"
+    one = scale.parse_switches(status)
+    assert one == {"voluntary_switches": 120.0, "involuntary_switches": 7.0}
+    assert scale.parse_switches(status, one) == {"voluntary_switches": 240.0, "involuntary_switches": 14.0}
+    # This process's own threads, read from /proc: at least the main thread's switches.
+    import os
+    assert scale.context_switches(os.getpid())["voluntary_switches"] >= 0
+    details = {"controller": {"user_s": 2.0, "system_s": 0.5, "voluntary_switches": 3000.0,
+                              "involuntary_switches": 100.0}}
+    assert scale.details_per(details, 1000) == {"controller": {
+        "user_ms": 2.0, "system_ms": 0.5, "voluntary_switches": 3.0, "involuntary_switches": 0.1}}
+
+
+def _run(n: int, per_vm: float, clients: float, apiserver: float, controller: float) -> dict[str, Any]:
+    return {"n": n, "raw": {"cpu_ms_per_pod": {"apiserver": 8.0, "benchmark clients": clients}},
+            "operator": {"per_vm_ms": per_vm, "controller_cpu_ms_per_vm": controller,
+                         "cpu_ms_per_vm": {"apiserver": apiserver, "controller": 1.0, "controller-2": controller,
+                                           "etcd": 3.0, "benchmark clients": clients}}}
+
+
+def test_the_curve_gives_each_run_at_the_first_runs_machine_speed() -> None:
+    from benchmarks import scale_curve as sc
+    # The second run's machine was 25 % slower (its clients took 1.25 ms per VM for the same work).
+    p1, p2 = sc.point(_run(1000, 20.0, 1.0, 20.0, 12.0)), sc.point(_run(5000, 27.5, 1.25, 27.5, 15.0))
+    assert p2.cpu_ms["controller (active)"] == 15.0 and p2.cpu_ms["controller (standby)"] == 1.0
+    assert "controller-2" not in p2.cpu_ms
+    assert sc.at_speed(p2.time_ms, p2, p1) == 22.0
+    table = {r[0].strip(): r[1:] for r in sc.rows([p1, p2])}
+    assert table["time per VM, as measured"] == ["20.00 ms", "27.50 ms (+38 %)"]
+    assert table["time per VM at the first run's speed"] == ["20.00 ms", "22.00 ms (+10 %)"]
+    assert table["apiserver"] == ["20.00 ms", "22.00 ms (+10 %)"]
+    # The operator's replicas took 13.0 ms per VM in the first run, 12.8 at its speed in the second:
+    # the time per VM at the first run's speed, scaled by all CPU with theirs at 13.0 (38.4 / 38.2).
+    assert table["the same, had the operator's CPU per VM not grown"] == ["20.00 ms", "22.12 ms (+11 %)"]
+    assert table["controller (active)"] == ["12.00 ms", "12.00 ms (+0 %)"]
+    assert table["Kubernetes (kube-apiserver, etcd, kube-scheduler, kube-controller-manager)"] == [
+        "23.00 ms", "24.40 ms (+6 %)"]
+    assert "benchmark clients" not in table  # the index has its own row
+    assert table["raw floor: kube-apiserver's CPU per plain pod, at the first raw phase's speed"] == [
+        "8.00 ms", "6.40 ms (-20 %)"]
+    assert "N = 5,000" in sc.render(sc.rows([p1, p2])).splitlines()[0]
