@@ -37,12 +37,14 @@ no domain ever existed, also from a VM placed while it was being deleted) and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import threading
@@ -232,6 +234,56 @@ class CpuMeter:
         self.details = {k: {f: round(v - self.before_details[k].get(f, 0.0), 2) for f, v in d.items()}
                         for k, d in details.items() if k in self.before_details}
         return {k: round(v - self.before[k], 2) for k, v in after.items() if v is not None and k in self.before}
+
+
+PROBE_PERIOD = 0.5  # seconds between two rounds of the speed probe
+
+
+def probe_work() -> int:
+    """One round of the speed probe: the same interpreter work every time (building, encoding and
+    hashing a few thousand small dicts, what the controller and the clients mostly do)."""
+    d = {f"k{i}": {"n": i, "s": str(i), "l": [i, i + 1]} for i in range(1500)}
+    return len(hashlib.sha256(json.dumps(d).encode()).digest())
+
+
+class SpeedProbe:
+    """The machine's speed during a phase: a thread of its own runs probe_work every PROBE_PERIOD s
+    and keeps the CPU time of each round (time.thread_time: its own thread's CPU, not its waits for
+    the cores or the GIL). The work is the same at any N, so the median round says how fast the
+    machine ran the phase (frequency, the host's other tenants): this machine's speed changes between
+    runs by up to 30-40 % (benchmarks/README.md, tenth round). Its own CPU time is taken out of the
+    benchmark clients' figure."""
+
+    def __init__(self) -> None:
+        self.rounds: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="speed-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(PROBE_PERIOD):
+            t0 = time.thread_time()
+            probe_work()
+            self.rounds.append(time.thread_time() - t0)
+
+    def start(self) -> SpeedProbe:
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        """The rounds, their median CPU time (ms) and the probe's whole CPU time (s)."""
+        self._stop.set()
+        self._thread.join()
+        return {"rounds": len(self.rounds), "median_ms": statistics.median(self.rounds) * 1000 if self.rounds else 0.0,
+                "cpu_s": sum(self.rounds)}
+
+
+def without_probe(cpu_s: dict[str, float], details: dict[str, dict[str, float]], probe: Mapping[str, float]) -> None:
+    """Take the speed probe's CPU time out of the benchmark clients' (it runs in their process)."""
+    key = "benchmark clients"
+    if key in cpu_s:
+        cpu_s[key] = round(max(cpu_s[key] - probe["cpu_s"], 0.0), 2)
+    if key in details:
+        details[key]["user_s"] = round(max(details[key].get("user_s", 0.0) - probe["cpu_s"], 0.0), 2)
 
 
 def controller_metrics(port: int | None) -> str:
@@ -606,12 +658,15 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     pods = [plain_pod(f"plain-{i}", raw_ns, pool) for i in range(n)]
     raw_text = metrics_text(sb)
     raw_cpu = CpuMeter(state_dir).start()
+    raw_probe = SpeedProbe().start()
     raw_prof = Pprof(sb, "raw", n).start() if pprof else None
     p0, p_last = _create_all(sb, pods, lambda api, b: kubeclient.CoreV1Api(api).create_namespaced_pod(
         raw_ns, b), clients)
     wait(lambda: len(bound.at) >= n, 60 + n * 0.2, f"{n} plain pods bound", 0.1)
     bound.stop()
+    raw_speed = raw_probe.stop()
     raw_cpu_s = raw_cpu.stop()
+    without_probe(raw_cpu_s, raw_cpu.details, raw_speed)
     if raw_prof is not None:
         raw_prof.stop()
     raw_text_after = metrics_text(sb)
@@ -619,6 +674,8 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                   "all_bound_s": max(bound.at.values()) - p0, "after_last_create_s": max(bound.at.values()) - p_last,
                   "cpu_ms_per_pod": {k: v / n * 1000 for k, v in raw_cpu_s.items() if v > 0},
                   "cpu_details_per_pod": details_per(raw_cpu.details, n),
+                  # The machine's speed meanwhile: the median CPU time of the probe's fixed round.
+                  "speed_probe_ms": raw_speed["median_ms"],
                   "create_ms": mean_ms(raw_text, raw_text_after, "apiserver_request_duration_seconds",
                                        verb="POST", resource="pods", subresource="")}
     core.delete_collection_namespaced_pod(raw_ns, label_selector=f"{PLAIN_LABEL}=yes", grace_period_seconds=0)
@@ -636,6 +693,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     ports = _metrics_ports(state_dir)
     metrics_before = {k: controller_metrics(ports.get(k)) for k in replicas}
     op_cpu = CpuMeter(state_dir).start()
+    op_probe = SpeedProbe().start()
     spies = PySpy(state_dir, replicas, n).start() if py_spy else None
     op_prof = Pprof(sb, "operator", n).start() if pprof else None
     names = [f"scale-{i}" for i in range(n)]
@@ -647,7 +705,9 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
     finally:
         after_text = metrics_text(sb)
         after, conflicts_after = scrape(sb, after_text), scrape(sb, after_text, code="409")
+        op_speed = op_probe.stop()
         op_cpu_s = op_cpu.stop()
+        without_probe(op_cpu_s, op_cpu.details, op_speed)
         if spies is not None:
             spies.stop()
         if op_prof is not None:
@@ -662,6 +722,7 @@ def run(state_dir: Path, n: int = 1000, namespace: str = "bench-scale", clients:
                        "cpu_ms_per_vm": {k: v / n * 1000 for k, v in op_cpu_s.items() if v > 0},
                        # Of it, user and system CPU, and the threads' context switches, per VM.
                        "cpu_details_per_vm": details_per(op_cpu.details, n),
+                       "speed_probe_ms": op_speed["median_ms"],
                        # The mean time of a create in the API server, and of its admission webhook call.
                        "create_ms": mean_ms(before_text, after_text, "apiserver_request_duration_seconds",
                                             verb="POST", resource="failovervms", subresource=""),
@@ -729,6 +790,9 @@ def _report(res: dict[str, Any]) -> None:
     if over:
         print(f"{'  webhook calls longer than':46}" + ", ".join(f"{k}: {v:.1%}" for k, v in over.items()))
     print(f"{'time per VM (all placed / N)':46}{op['per_vm_ms']:>10.1f}ms")
+    if op.get("speed_probe_ms") is not None:
+        print(f"{'speed probe (median CPU of its fixed round)':46}{op['speed_probe_ms']:>10.2f}ms"
+              f"{raw.get('speed_probe_ms') or 0.0:>10.2f}ms")
     if op.get("controller_cpu_ms_per_vm") is not None:
         print(f"{'controller CPU per VM':46}{op['controller_cpu_ms_per_vm']:>10.1f}ms")
     if op.get("controller_gc_ms_per_vm"):

@@ -2,10 +2,12 @@
 measured and at the first run's machine speed.
 
 This machine's speed changes between runs by up to 30 to 40 % (benchmarks/README.md, tenth round).
-The benchmark's own client threads do the same work for every VM at any N (build, encode and send
-one create over TLS), so their CPU time per VM is the index of the machine's speed during a phase.
-Every figure of a run is also given multiplied by the first run's index over its own: what it
-would have been at the first run's speed. Growth is against the first run.
+The index of the machine's speed during a phase is the CPU time of the speed probe's fixed round
+(`scale.SpeedProbe`, the same work at any N; eleventh round on); for runs without it, the
+benchmark's own client threads' CPU per VM (they also do the same work for every VM: build, encode
+and send one create over TLS). Every figure of a run is also given multiplied by the first run's
+index over its own: what it would have been at the first run's speed. Growth is against the first
+run.
 
   .venv/bin/python -m benchmarks.scale -n 1000 --json > n1000.json
   .venv/bin/python -m benchmarks.scale -n 5000 --json > n5000.json
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-INDEX = "benchmark clients"  # the process whose CPU per VM is the machine-speed index
+INDEX = "benchmark clients"  # without the probe, the process whose CPU per VM is the machine-speed index
 # Kubernetes' own processes in the sandbox: what the operator's requests and pods cost there.
 KUBERNETES = ("apiserver", "etcd", "scheduler", "controller_manager")
 
@@ -32,10 +34,11 @@ class Point:
 
     n: int
     time_ms: float
-    index_ms: float
+    index_ms: float  # the speed probe's median round, or the benchmark clients' CPU per VM (see probe)
     cpu_ms: Mapping[str, float]
     raw_apiserver_ms: float | None
     raw_index_ms: float | None
+    probe: bool = False  # index_ms is the speed probe's
 
 
 def point(res: Mapping[str, Any]) -> Point:
@@ -53,11 +56,15 @@ def point(res: Mapping[str, Any]) -> Point:
         others = sum(v for k, v in replicas.items() if k != name)
         if len(replicas) > 1:
             cpu["controller (standby)"] = others
+    raw_cpu = raw.get("cpu_ms_per_pod") or {}
+    if op.get("speed_probe_ms") and raw.get("speed_probe_ms"):
+        return Point(n=int(res["n"]), time_ms=float(op["per_vm_ms"]), index_ms=float(op["speed_probe_ms"]),
+                     cpu_ms=cpu, raw_apiserver_ms=raw_cpu.get("apiserver"),
+                     raw_index_ms=float(raw["speed_probe_ms"]), probe=True)
     index = cpu.get(INDEX)
     if not index:
         raise SystemExit(f"the run with N = {res['n']} has no CPU time of the {INDEX} (a scale run before the "
                          "tenth round?)")
-    raw_cpu = raw.get("cpu_ms_per_pod") or {}
     return Point(n=int(res["n"]), time_ms=float(op["per_vm_ms"]), index_ms=float(index), cpu_ms=cpu,
                  raw_apiserver_ms=raw_cpu.get("apiserver"), raw_index_ms=raw_cpu.get(INDEX))
 
@@ -77,6 +84,8 @@ def rows(points: Sequence[Point]) -> list[list[str]]:
     first run's speed (Kubernetes' processes and the operator's together, then each process, the
     largest first); then kube-apiserver's CPU per plain pod of the raw floor."""
     ref = points[0]
+    if len({p.probe for p in points}) > 1:
+        raise SystemExit("some runs have the speed probe and some not: compare runs of one kind")
     table = [["", *(f"N = {p.n:,}" for p in points)]]
 
     def line(label: str, values: list[float | None], ref_value: float | None, unit: str = "ms") -> None:
@@ -91,7 +100,8 @@ def rows(points: Sequence[Point]) -> list[list[str]]:
         table.append([label, *cells])
 
     line("time per VM, as measured", [p.time_ms for p in points], ref.time_ms)
-    line(f"machine-speed index ({INDEX}' CPU per VM)", [p.index_ms for p in points], ref.index_ms)
+    index = "the speed probe's round, CPU" if ref.probe else f"{INDEX}' CPU per VM"
+    line(f"machine-speed index ({index})", [p.index_ms for p in points], ref.index_ms)
     line("time per VM at the first run's speed", [at_speed(p.time_ms, p, ref) for p in points], ref.time_ms)
     # On saturated cores the time per VM is all processes' CPU per VM over the cores: what it would be
     # had the operator's replicas taken the same CPU per VM as in the first run (the rest as measured).
@@ -111,7 +121,7 @@ def rows(points: Sequence[Point]) -> list[list[str]]:
              sum(v for k, v in ref.cpu_ms.items() if group(k)))
     names = sorted({k for p in points for k in p.cpu_ms}, key=lambda k: -max(p.cpu_ms.get(k, 0.0) for p in points))
     for name in names:
-        if name == INDEX or max(p.cpu_ms.get(name, 0.0) for p in points) < 0.05:
+        if (name == INDEX and not ref.probe) or max(p.cpu_ms.get(name, 0.0) for p in points) < 0.05:
             continue
         line(f"    {name}", [at_speed(p.cpu_ms.get(name, 0.0), p, ref) for p in points], ref.cpu_ms.get(name, 0.0))
     if all(p.raw_apiserver_ms and p.raw_index_ms for p in points):

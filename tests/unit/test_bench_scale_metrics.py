@@ -3,9 +3,13 @@ the watch events sent to all watchers by resource (what the scale report prints 
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
+import pytest
 from benchmarks import scale
+from benchmarks import scale_curve as sc
 
 BEFORE = """\
 apiserver_request_total{code="200",resource="failovervms",scope="resource",subresource="status",verb="PUT"} 10
@@ -142,7 +146,6 @@ def test_context_switches_are_summed_over_threads_and_kept_per_vm() -> None:
     assert one == {"voluntary_switches": 120.0, "involuntary_switches": 7.0}
     assert scale.parse_switches(status, one) == {"voluntary_switches": 240.0, "involuntary_switches": 14.0}
     # This process's own threads, read from /proc: at least the main thread's switches.
-    import os
     assert scale.context_switches(os.getpid())["voluntary_switches"] >= 0
     details = {"controller": {"user_s": 2.0, "system_s": 0.5, "voluntary_switches": 3000.0,
                               "involuntary_switches": 100.0}}
@@ -158,7 +161,6 @@ def _run(n: int, per_vm: float, clients: float, apiserver: float, controller: fl
 
 
 def test_the_curve_gives_each_run_at_the_first_runs_machine_speed() -> None:
-    from benchmarks import scale_curve as sc
     # The second run's machine was 25 % slower (its clients took 1.25 ms per VM for the same work).
     p1, p2 = sc.point(_run(1000, 20.0, 1.0, 20.0, 12.0)), sc.point(_run(5000, 27.5, 1.25, 27.5, 15.0))
     assert p2.cpu_ms["controller (active)"] == 15.0 and p2.cpu_ms["controller (standby)"] == 1.0
@@ -178,3 +180,30 @@ def test_the_curve_gives_each_run_at_the_first_runs_machine_speed() -> None:
     assert table["raw floor: kube-apiserver's CPU per plain pod, at the first raw phase's speed"] == [
         "8.00 ms", "6.40 ms (-20 %)"]
     assert "N = 5,000" in sc.render(sc.rows([p1, p2])).splitlines()[0]
+
+
+def test_the_speed_probe_times_its_fixed_rounds_and_leaves_the_clients_cpu_alone(monkeypatch: Any) -> None:
+    monkeypatch.setattr(scale, "PROBE_PERIOD", 0.01)
+    probe = scale.SpeedProbe().start()
+    time.sleep(0.2)
+    res = probe.stop()
+    assert res["rounds"] >= 2 and res["median_ms"] > 0 and res["cpu_s"] > 0
+    cpu = {"benchmark clients": 1.5, "apiserver": 20.0}
+    details = {"benchmark clients": {"user_s": 1.3, "system_s": 0.2}}
+    scale.without_probe(cpu, details, {"cpu_s": 0.5, "median_ms": 3.0, "rounds": 50})
+    assert cpu == {"benchmark clients": 1.0, "apiserver": 20.0}
+    assert details["benchmark clients"] == {"user_s": 0.8, "system_s": 0.2}
+
+
+def test_the_curve_takes_the_speed_probe_as_the_index_when_every_run_has_it() -> None:
+    r1, r2 = _run(1000, 20.0, 1.0, 20.0, 12.0), _run(5000, 24.0, 1.0, 24.0, 12.0)
+    for r, probe in ((r1, 3.0), (r2, 3.6)):  # the second phase ran 20 % slower
+        r["operator"]["speed_probe_ms"] = r["raw"]["speed_probe_ms"] = probe
+    p1, p2 = sc.point(r1), sc.point(r2)
+    assert p1.probe and p2.probe and p2.index_ms == 3.6
+    table = {r[0].strip(): r[1:] for r in sc.rows([p1, p2])}
+    assert table["machine-speed index (the speed probe's round, CPU)"] == ["3.00 ms", "3.60 ms (+20 %)"]
+    assert table["time per VM at the first run's speed"] == ["20.00 ms", "20.00 ms (+0 %)"]
+    assert "benchmark clients" in table  # an ordinary process when the probe is the index
+    with pytest.raises(SystemExit, match="speed probe"):
+        sc.rows([p1, sc.point(_run(5000, 24.0, 1.0, 24.0, 12.0))])
