@@ -27,6 +27,7 @@ from failovervm.controller import (
     cache,
     evacuation,
     ha,
+    kopftoggles,
     kopfviews,
     leases,
     migrations,
@@ -160,6 +161,10 @@ def run(args: ControllerArgs) -> int:
     if not kopfviews.install():
         log.warning("Kopf's body and patch views still form reference cycles (a Kopf upgrade?): every "
                     "watch event waits for the cyclic garbage collector (failovervm/controller/kopfviews.py)")
+    if not kopftoggles.install():
+        log.warning("Kopf's index pre-population wakes every waiting object on every object indexed (a Kopf "
+                    "upgrade?): a start over many objects costs CPU quadratic in them "
+                    "(failovervm/controller/kopftoggles.py)")
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     kube = kube_mod.Kube(kube_mod.load(args.kubeconfig))
