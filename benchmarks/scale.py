@@ -278,7 +278,8 @@ class SpeedProbe:
 
 
 def without_probe(cpu_s: dict[str, float], details: dict[str, dict[str, float]], probe: Mapping[str, float]) -> None:
-    """Take the speed probe's CPU time out of the benchmark clients' (it runs in their process)."""
+    """Take the speed probe's CPU time out of the benchmark clients' (it runs in their process; all of
+    it counted as user time)."""
     key = "benchmark clients"
     if key in cpu_s:
         cpu_s[key] = round(max(cpu_s[key] - probe["cpu_s"], 0.0), 2)
@@ -432,9 +433,9 @@ def details_per(details: Mapping[str, Mapping[str, float]], n: int) -> dict[str,
                 for f, v in d.items()} for k, d in details.items()}
 
 
-def process_details(pid: int | None) -> dict[str, float] | None:
-    """A process's user and system CPU seconds (/proc/<pid>/stat) and its threads' context switches
-    so far; None when it cannot be read."""
+def _cpu_times(pid: int | None) -> tuple[float, float] | None:
+    """User and system CPU seconds of a process so far (/proc/<pid>/stat); None when it cannot be
+    read."""
     if not pid:
         return None
     try:
@@ -442,18 +443,22 @@ def process_details(pid: int | None) -> dict[str, float] | None:
     except OSError:
         return None
     tck = os.sysconf("SC_CLK_TCK")
-    return {"user_s": int(fields[11]) / tck, "system_s": int(fields[12]) / tck, **context_switches(pid)}
+    return int(fields[11]) / tck, int(fields[12]) / tck
+
+
+def process_details(pid: int | None) -> dict[str, float] | None:
+    """A process's user and system CPU seconds and its threads' context switches so far; None when
+    it cannot be read."""
+    times = _cpu_times(pid)
+    if times is None or not pid:
+        return None
+    return {"user_s": times[0], "system_s": times[1], **context_switches(pid)}
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
-    if not pid:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process so far."""
+    times = _cpu_times(pid)
+    return None if times is None else times[0] + times[1]
 
 
 class Stamps:
