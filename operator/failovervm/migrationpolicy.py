@@ -190,8 +190,12 @@ class Monitor:
     to copy (libvirt's data_remaining; None: not reported yet) and the pre-copy iteration.
 
     - completion timeout reached: post-copy when allowed, else abort (CompletionTimeout);
-    - the data left to copy has not dropped below its lowest value for the progress timeout:
-      post-copy when allowed, else abort (NoProgress);
+    - the data left to copy has not dropped below its lowest value for the progress timeout, and
+      auto-converge has not throttled the guest harder meanwhile: post-copy when allowed, else
+      abort (NoProgress). A throttle raised is progress: QEMU is still closing in on convergence,
+      and the lowest value may be a sample taken between two passes, before the next pass's pages
+      were counted, which later samples cannot beat while the guest runs (a 12 KiB one aborted an
+      auto-converging migration on the sandbox);
     - post-copy after N iterations when the policy says so.
 
     A switch to post-copy counts only once the caller reports it done (`switched`): until then
@@ -203,13 +207,15 @@ class Monitor:
     policy: EffectivePolicy
     lowest_remaining: int | None = None
     lowest_at: float = 0.0
+    highest_throttle: int = 0  # auto-converge's vCPU throttle so far, in percent
     post_copy: bool = False
     done: bool = False
     switch_asked_at: float | None = None  # when post-copy was first asked for (job clock)
     switch_error: str = ""  # libvirt's last refusal of the switch
     switch_why: str = ""  # the message of the decision to switch
 
-    def observe(self, elapsed: float, remaining: int | None, iteration: int | None) -> Decision:
+    def observe(self, elapsed: float, remaining: int | None, iteration: int | None,
+                throttle: int | None = None) -> Decision:
         if self.post_copy or self.done:
             return Decision(CONTINUE)
         if self.switch_asked_at is not None:
@@ -221,6 +227,8 @@ class Monitor:
         p = self.policy
         if remaining is not None and (self.lowest_remaining is None or remaining < self.lowest_remaining):
             self.lowest_remaining, self.lowest_at = remaining, elapsed
+        if throttle is not None and throttle > self.highest_throttle:
+            self.highest_throttle, self.lowest_at = throttle, elapsed  # auto-converge closing in
         if p.allow_post_copy and p.post_copy_after_iterations and (iteration or 0) >= p.post_copy_after_iterations:
             return self._post_copy(elapsed, f"pre-copy reached iteration {iteration} (postCopyAfterIterations "
                                             f"{p.post_copy_after_iterations})")
@@ -231,8 +239,9 @@ class Monitor:
         stalled = elapsed - self.lowest_at
         if self.lowest_remaining is not None and stalled >= p.progress_timeout_seconds:
             why = (f"no progress for {stalled:.0f}s (progress timeout {p.progress_timeout_seconds}s): the data left "
-                   f"to copy has not dropped below {self.lowest_remaining} bytes; the guest dirties memory faster "
-                   "than the link copies it")
+                   f"to copy has not dropped below {self.lowest_remaining} bytes"
+                   + (f" nor auto-converge's throttle risen above {self.highest_throttle}%" if self.highest_throttle
+                      else "") + "; the guest dirties memory faster than the link copies it")
             return self._post_copy(elapsed, why) if p.allow_post_copy else self._abort(NO_PROGRESS, why)
         return Decision(CONTINUE)
 

@@ -124,6 +124,18 @@ def test_no_progress_aborts_when_remaining_data_stops_shrinking() -> None:
     assert (d.action, d.reason) == (mp.ABORT, mp.NO_PROGRESS) and "800 bytes" in d.message
 
 
+def test_auto_converge_raising_its_throttle_is_progress() -> None:
+    m = mp.Monitor(mp.EffectivePolicy(completion_timeout_seconds=100, progress_timeout_seconds=5,
+                                      allow_auto_converge=True))
+    assert m.observe(0, 12288, 1, 0).action == mp.CONTINUE  # a sample between two passes: a low bar
+    assert m.observe(4, 900_000, 3, 20).action == mp.CONTINUE
+    assert m.observe(8, 700_000, 6, 40).action == mp.CONTINUE  # throttled harder at 8 s: progress
+    assert m.observe(12, 600_000, 9, 40).action == mp.CONTINUE  # 4 s since
+    d = m.observe(13, 650_000, 10, 40)  # 5 s without a lower sample or a higher throttle
+    assert (d.action, d.reason) == (mp.ABORT, mp.NO_PROGRESS)
+    assert "12288 bytes nor auto-converge's throttle risen above 40%" in d.message
+
+
 def test_post_copy_instead_of_aborting_and_after_iterations() -> None:
     m = mp.Monitor(mp.EffectivePolicy(completion_timeout_seconds=10, allow_post_copy=True))
     assert m.observe(10, 100, 2).action == mp.START_POST_COPY

@@ -545,7 +545,7 @@ class Migrator:
                 log.info("setting the maximum downtime of %s not possible yet: %s", dom.name, exc)
         elapsed = (job.time_elapsed_ms / 1000.0 if job.time_elapsed_ms is not None
                    else time.monotonic() - run.started)
-        decision = run.monitor.observe(elapsed, job.data_remaining, job.memory_iteration)
+        decision = run.monitor.observe(elapsed, job.data_remaining, job.memory_iteration, job.auto_converge_throttle)
         if decision.action == mp.ABORT:
             run.limit = decision
             log.warning("migration %s/%s: %s", ns, mig_name, decision.message)
