@@ -20,7 +20,7 @@ if a Kopf upgrade defeats it, and tests/unit/test_kopftoggles.py fails then too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from kopf._cogs.aiokits import aiotoggles
@@ -29,30 +29,29 @@ ToggleSet = aiotoggles.ToggleSet
 Toggle = aiotoggles.Toggle
 
 
+def _changed(tset: Any, change: Callable[[], None]) -> None:
+    """Change the set's toggles (its condition held) and wake the waiters only if its state changed."""
+    before = tset.is_on()
+    change()
+    if tset.is_on() != before:
+        tset._condition.notify_all()
+
+
 async def make_toggle(self: Any, __val: bool = False, *, name: str | None = None) -> Any:
     toggle = Toggle(__val, name=name, condition=self._condition)
     async with self._condition:
-        before = self.is_on()
-        self._toggles.add(toggle)
-        if self.is_on() != before:
-            self._condition.notify_all()
+        _changed(self, lambda: self._toggles.add(toggle))
     return toggle
 
 
 async def drop_toggle(self: Any, toggle: Any) -> None:
     async with self._condition:
-        before = self.is_on()
-        self._toggles.discard(toggle)
-        if self.is_on() != before:
-            self._condition.notify_all()
+        _changed(self, lambda: self._toggles.discard(toggle))
 
 
 async def drop_toggles(self: Any, toggles: Iterable[Any]) -> None:
     async with self._condition:
-        before = self.is_on()
-        self._toggles.difference_update(toggles)
-        if self.is_on() != before:
-            self._condition.notify_all()
+        _changed(self, lambda: self._toggles.difference_update(toggles))
 
 
 PATCHES = {"make_toggle": make_toggle, "drop_toggle": drop_toggle, "drop_toggles": drop_toggles}
