@@ -205,35 +205,30 @@ class CpuMeter:
 
     def __init__(self, state_dir: Path) -> None:
         self.pids = _processes(state_dir)
-        self.before: dict[str, float] = {}
-        self.before_details: dict[str, dict[str, float]] = {}
+        self.before: dict[str, dict[str, float] | None] = {}
         self.details: dict[str, dict[str, float]] = {}
 
-    @staticmethod
-    def _self() -> float:
+    def _read(self) -> dict[str, dict[str, float] | None]:
+        """Every process's details now (None: unreadable), this benchmark's own among them."""
         t = os.times()
-        return t.user + t.system
-
-    @staticmethod
-    def _self_details() -> dict[str, float]:
-        t = os.times()
-        return {"user_s": t.user, "system_s": t.system, **context_switches(os.getpid())}
+        return {**{k: process_details(pid) for k, pid in self.pids.items()},
+                "benchmark clients": {"user_s": t.user, "system_s": t.system, **context_switches(os.getpid())}}
 
     def start(self) -> CpuMeter:
-        self.before = {k: cpu_seconds(pid) or 0.0 for k, pid in self.pids.items()}
-        self.before["benchmark clients"] = self._self()
-        self.before_details = {k: d for k, pid in self.pids.items() if (d := process_details(pid))}
-        self.before_details["benchmark clients"] = self._self_details()
+        self.before = self._read()
         return self
 
     def stop(self) -> dict[str, float]:
-        after = {k: cpu_seconds(pid) for k, pid in self.pids.items()}
-        after["benchmark clients"] = self._self()
-        details = {k: d for k, pid in self.pids.items() if (d := process_details(pid))}
-        details["benchmark clients"] = self._self_details()
-        self.details = {k: {f: round(v - self.before_details[k].get(f, 0.0), 2) for f, v in d.items()}
-                        for k, d in details.items() if k in self.before_details}
-        return {k: round(v - self.before[k], 2) for k, v in after.items() if v is not None and k in self.before}
+        after = self._read()
+        self.details = {k: {f: round(v - (self.before.get(k) or {}).get(f, 0.0), 2) for f, v in d.items()}
+                        for k, d in after.items() if d is not None and self.before.get(k) is not None}
+        return {k: round(_cpu(d) - _cpu(self.before[k]), 2) for k, d in after.items()
+                if d is not None and k in self.before}
+
+
+def _cpu(details: Mapping[str, float] | None) -> float:
+    """User + system CPU seconds of process_details (0 when it could not be read)."""
+    return details["user_s"] + details["system_s"] if details else 0.0
 
 
 PROBE_PERIOD = 0.5  # seconds between two rounds of the speed probe
@@ -433,9 +428,9 @@ def details_per(details: Mapping[str, Mapping[str, float]], n: int) -> dict[str,
                 for f, v in d.items()} for k, d in details.items()}
 
 
-def _cpu_times(pid: int | None) -> tuple[float, float] | None:
-    """User and system CPU seconds of a process so far (/proc/<pid>/stat); None when it cannot be
-    read."""
+def process_details(pid: int | None) -> dict[str, float] | None:
+    """A process's user and system CPU seconds (/proc/<pid>/stat) and its threads' context switches
+    so far; None when it cannot be read."""
     if not pid:
         return None
     try:
@@ -443,22 +438,7 @@ def _cpu_times(pid: int | None) -> tuple[float, float] | None:
     except OSError:
         return None
     tck = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tck, int(fields[12]) / tck
-
-
-def process_details(pid: int | None) -> dict[str, float] | None:
-    """A process's user and system CPU seconds and its threads' context switches so far; None when
-    it cannot be read."""
-    times = _cpu_times(pid)
-    if times is None or not pid:
-        return None
-    return {"user_s": times[0], "system_s": times[1], **context_switches(pid)}
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU time of a process so far."""
-    times = _cpu_times(pid)
-    return None if times is None else times[0] + times[1]
+    return {"user_s": int(fields[11]) / tck, "system_s": int(fields[12]) / tck, **context_switches(pid)}
 
 
 class Stamps:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +57,26 @@ def point(res: Mapping[str, Any]) -> Point:
         if len(replicas) > 1:
             cpu["controller (standby)"] = others
     raw_cpu = raw.get("cpu_ms_per_pod") or {}
-    if op.get("speed_probe_ms") and raw.get("speed_probe_ms"):
-        return Point(n=int(res["n"]), time_ms=float(op["per_vm_ms"]), index_ms=float(op["speed_probe_ms"]),
-                     cpu_ms=cpu, raw_apiserver_ms=raw_cpu.get("apiserver"),
-                     raw_index_ms=float(raw["speed_probe_ms"]), probe=True)
-    index = cpu.get(INDEX)
+    probe = bool(op.get("speed_probe_ms") and raw.get("speed_probe_ms"))
+    index, raw_index = (op["speed_probe_ms"], raw["speed_probe_ms"]) if probe else (cpu.get(INDEX), raw_cpu.get(INDEX))
     if not index:
         raise SystemExit(f"the run with N = {res['n']} has no CPU time of the {INDEX} (a scale run before the "
                          "tenth round?)")
     return Point(n=int(res["n"]), time_ms=float(op["per_vm_ms"]), index_ms=float(index), cpu_ms=cpu,
-                 raw_apiserver_ms=raw_cpu.get("apiserver"), raw_index_ms=raw_cpu.get(INDEX))
+                 raw_apiserver_ms=raw_cpu.get("apiserver"), raw_index_ms=raw_index, probe=probe)
+
+
+def is_kubernetes(name: str) -> bool:
+    return name in KUBERNETES
+
+
+def is_operator(name: str) -> bool:
+    return name.startswith("controller (")
+
+
+def cpu_of(p: Point, group: Callable[[str], bool]) -> float:
+    """The CPU per VM of a run's processes in `group`, as measured."""
+    return sum(v for k, v in p.cpu_ms.items() if group(k))
 
 
 def at_speed(value: float, p: Point, ref: Point) -> float:
@@ -107,29 +117,25 @@ def rows(points: Sequence[Point]) -> list[list[str]]:
     # had the operator's replicas taken the same CPU per VM as in the first run (the rest as measured).
     def operator_flat(p: Point) -> float:
         total = at_speed(sum(p.cpu_ms.values()), p, ref)
-        ops = at_speed(sum(v for k, v in p.cpu_ms.items() if k.startswith("controller (")), p, ref)
-        ref_ops = sum(v for k, v in ref.cpu_ms.items() if k.startswith("controller ("))
-        return at_speed(p.time_ms, p, ref) * (total - ops + ref_ops) / total
+        return at_speed(p.time_ms, p, ref) * (total - at_speed(cpu_of(p, is_operator), p, ref)
+                                              + cpu_of(ref, is_operator)) / total
 
     line("  the same, had the operator's CPU per VM not grown", [operator_flat(p) for p in points], ref.time_ms)
     line("CPU per VM, all processes, at that speed",
          [at_speed(sum(p.cpu_ms.values()), p, ref) for p in points], sum(ref.cpu_ms.values()))
     for label, group in (("  Kubernetes (kube-apiserver, etcd, kube-scheduler, kube-controller-manager)",
-                          lambda k: k in KUBERNETES),
-                         ("  the operator (controller replicas)", lambda k: k.startswith("controller ("))):
-        line(label, [at_speed(sum(v for k, v in p.cpu_ms.items() if group(k)), p, ref) for p in points],
-             sum(v for k, v in ref.cpu_ms.items() if group(k)))
+                          is_kubernetes), ("  the operator (controller replicas)", is_operator)):
+        line(label, [at_speed(cpu_of(p, group), p, ref) for p in points], cpu_of(ref, group))
     names = sorted({k for p in points for k in p.cpu_ms}, key=lambda k: -max(p.cpu_ms.get(k, 0.0) for p in points))
     for name in names:
         if (name == INDEX and not ref.probe) or max(p.cpu_ms.get(name, 0.0) for p in points) < 0.05:
             continue
         line(f"    {name}", [at_speed(p.cpu_ms.get(name, 0.0), p, ref) for p in points], ref.cpu_ms.get(name, 0.0))
-    if all(p.raw_apiserver_ms and p.raw_index_ms for p in points):
-        raw_ref = points[0]
-        assert raw_ref.raw_apiserver_ms is not None and raw_ref.raw_index_ms is not None
+    raws = [(p.raw_apiserver_ms, p.raw_index_ms) for p in points]
+    if all(ms and index for ms, index in raws):
+        ref_ms, ref_index = raws[0]
         line("raw floor: kube-apiserver's CPU per plain pod, at the first raw phase's speed",
-             [p.raw_apiserver_ms * raw_ref.raw_index_ms / p.raw_index_ms  # type: ignore[operator]
-              for p in points], raw_ref.raw_apiserver_ms)
+             [ms * ref_index / index for ms, index in raws], ref_ms)  # type: ignore[operator]
     return table
 
 
